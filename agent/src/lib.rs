@@ -1,0 +1,211 @@
+//! The per-node agent: follows the node's kernel log, turns matching records into
+//! [`FaultEvent`]s and publishes them, with periodic [`Heartbeat`]s, to Kafka.
+//!
+//! It owns the node-side half of detection: kernel log parsing ([`kmsg`]), the rule set
+//! ([`rules`]) and the publishing loop ([`NodeAgent`]). Event ids are derived from the boot id
+//! and the kernel sequence number, so re-reading the log after a restart republishes the same
+//! ids, which consumers deduplicate: nothing is lost and nothing acts twice. While Kafka is down
+//! the producer keeps records queued and the loop waits, so the log is read on only once they
+//! are delivered. Many [`NodeAgent`]s can share one [`Producer`] (the demo runs thousands).
+//!
+//! It deliberately depends on no Kubernetes, SQL or HTTP-server crate: it runs on every node.
+
+pub mod kmsg;
+pub mod rules;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use firebreak_schema::{
+    FAULT_TOPIC, FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id,
+    kafka::{KafkaConfig, Producer},
+};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Everything that can go wrong in the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the host's files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A kernel log record could not be parsed.
+    #[error("unparsable kernel log record: {0}")]
+    Kmsg(String),
+    /// Encoding or publishing an event failed.
+    #[error(transparent)]
+    Schema(#[from] firebreak_schema::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The agent of one node.
+pub struct NodeAgent {
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+    /// Where the node's `/` is mounted (`/` on a real node).
+    pub host_root: PathBuf,
+    /// Kernel log rules.
+    pub rules: Arc<Vec<rules::Rule>>,
+    /// Shared producer.
+    pub producer: Producer,
+    /// How often the kernel log is read.
+    pub poll_interval: Duration,
+    /// How often a heartbeat is sent.
+    pub heartbeat_interval: Duration,
+}
+
+impl NodeAgent {
+    /// Runs until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let span = tracing::info_span!("agent", cluster = %self.cluster, node = %self.node);
+        let _enter = span.enter();
+        let mut follower = kmsg::Follower::new(&self.host_root);
+        let mut poll = tokio::time::interval(self.poll_interval);
+        let mut beat = tokio::time::interval(self.heartbeat_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0u64;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = beat.tick() => {
+                    seq += 1;
+                    let hb = Heartbeat {
+                        cluster: self.cluster.clone(), node: self.node.clone(),
+                        agent_version: env!("CARGO_PKG_VERSION").into(), seq, sent_at: OffsetDateTime::now_utc(),
+                    };
+                    if let Err(error) = self.producer.publish_nowait(HEARTBEAT_TOPIC, &hb) {
+                        tracing::warn!(%error, "heartbeat not queued");
+                    }
+                }
+                _ = poll.tick() => {
+                    let records = match follower.poll() {
+                        Ok(r) => r,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot read the kernel log");
+                            continue;
+                        }
+                    };
+                    for record in records {
+                        let Some(event) = self.fault_of(&record) else { continue };
+                        tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
+                        self.publish(&event, &cancel).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fault a record reveals, if a rule matches.
+    pub fn fault_of(&self, record: &kmsg::Record) -> Option<FaultEvent> {
+        let rule = rules::first_match(&self.rules, &record.message)?;
+        let (btime, boot_id) = boot_facts(&self.host_root);
+        let usec = i64::try_from(record.usec).unwrap_or(i64::MAX);
+        let observed_at = OffsetDateTime::from_unix_timestamp(btime)
+            .ok()
+            .and_then(|b| b.checked_add(time::Duration::microseconds(usec)))
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        let seq = record.seq.to_string();
+        Some(FaultEvent {
+            id: deterministic_id(observed_at, &[&self.cluster, &self.node, &boot_id, &seq]),
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            class: rule.kind.class(),
+            kind: rule.kind,
+            severity: rule.severity,
+            source: Source::Agent,
+            observed_at,
+            message: record.message.clone(),
+            evidence: BTreeMap::from([
+                ("rule".into(), rule.name.into()),
+                ("kmsg_seq".into(), seq),
+                ("kmsg_level".into(), record.level.to_string()),
+                ("boot_id".into(), boot_id),
+            ]),
+        })
+    }
+
+    /// Publishes until the brokers have the event (or the agent stops).
+    async fn publish(&self, event: &FaultEvent, cancel: &CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.producer.publish(FAULT_TOPIC, event).await {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, event_id = %event.id, "publish failed; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+            }
+        }
+    }
+}
+
+/// `btime` from `<root>/proc/stat` and the boot id from `<root>/proc/sys/kernel/random/boot_id`.
+fn boot_facts(root: &Path) -> (i64, String) {
+    let btime = std::fs::read_to_string(root.join("proc/stat"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok()))
+        .unwrap_or(0);
+    let boot_id = std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    (btime, boot_id)
+}
+
+/// Command-line arguments of `firebreak agent` and `firebreak-agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Cluster this node belongs to.
+    #[arg(long, env = "FIREBREAK_CLUSTER")]
+    pub cluster: String,
+    /// This node's name.
+    #[arg(long, env = "FIREBREAK_NODE")]
+    pub node: String,
+    /// Where the host's root filesystem is mounted.
+    #[arg(long, default_value = "/")]
+    pub host_root: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// Heartbeat period.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Kernel log poll period.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+}
+
+/// Runs one agent until Ctrl-C, then flushes what is queued.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let producer = Producer::new(&KafkaConfig::new(args.kafka_brokers))?;
+    let cancel = CancellationToken::new();
+    let agent = NodeAgent {
+        cluster: args.cluster,
+        node: args.node,
+        host_root: args.host_root,
+        rules: Arc::new(rules::defaults()),
+        producer: producer.clone(),
+        poll_interval: args.poll_interval,
+        heartbeat_interval: args.heartbeat_interval,
+    };
+    let task = tokio::spawn(agent.run(cancel.clone()));
+    let _ = tokio::signal::ctrl_c().await;
+    cancel.cancel();
+    let _ = task.await;
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}

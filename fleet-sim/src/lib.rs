@@ -1,0 +1,171 @@
+//! fleet-sim: simulated Kubernetes clusters that speak the real Kubernetes REST API (JSON over
+//! HTTP on 127.0.0.1), so Firebreak's detector and remediator — and `kubectl` — talk to them
+//! exactly as they would to a kube-apiserver.
+//!
+//! It owns: the API surface Firebreak and kubectl need (discovery, nodes, pods with eviction and
+//! PodDisruptionBudgets, leases, events, watches with resourceVersion), a kubelet-like simulation
+//! of every node (status heartbeats, leases, reboots, a host-root directory with a `/dev/kmsg`
+//! file and `/proc/stat`), ReplicaSet/DaemonSet-like controllers that recreate evicted pods, and
+//! a fault injector that writes real kernel log lines or stops a node's heartbeats.
+//!
+//! Reboots are asked for through the API: annotate the node with
+//! `firebreak.io/reboot-requested=<anything>`; the node goes NotReady for
+//! [`Timings::reboot`], comes back with a new `status.nodeInfo.bootID`, an empty kernel log and
+//! no injected fault, and the annotation is removed.
+
+mod api;
+mod patch;
+mod resources;
+mod select;
+mod sim;
+mod store;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+pub use sim::{AuditEntry, Cluster, Fault};
+
+/// Everything that can go wrong in the simulator; API errors map to Kubernetes `Status` replies.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 404.
+    #[error("{0} \"{1}\" not found")]
+    NotFound(String, String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 410: a watch asked for a resourceVersion older than the kept history.
+    #[error("{0}")]
+    Gone(String),
+    /// 415.
+    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {0})")]
+    UnsupportedMediaType(String),
+    /// 422.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 429: an eviction would violate a PodDisruptionBudget (named).
+    #[error("Cannot evict pod as it would violate the pod's disruption budget.")]
+    TooManyRequests(String),
+    /// 405.
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    /// Writing a kubeconfig or a node's host-root files failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How fast simulated time goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    /// Period of node status heartbeats and lease renewals.
+    pub heartbeat: Duration,
+    /// Silence after which the node controller marks a node `Unknown`.
+    pub unreachable_after: Duration,
+    /// How long a reboot keeps a node NotReady.
+    pub reboot: Duration,
+    /// How long a scheduled pod takes to become Running and Ready.
+    pub pod_start: Duration,
+    /// Default grace period of the simulated pods.
+    pub pod_grace: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(1000),
+            unreachable_after: Duration::from_secs(3),
+            reboot: Duration::from_secs(3),
+            pod_start: Duration::from_millis(1500),
+            pod_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Kubeconfigs and host roots go under `<data_dir>/clusters/<cluster>/`.
+    pub data_dir: PathBuf,
+    /// Number of clusters, named `c1`, `c2`, ...
+    pub clusters: usize,
+    /// Nodes per cluster, named `<cluster>-node-001`, ...
+    pub nodes_per_cluster: usize,
+    /// Simulated durations.
+    pub timings: Timings,
+}
+
+/// A running fleet of simulated clusters.
+pub struct Fleet {
+    clusters: Vec<Arc<Cluster>>,
+    cancel: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Creates the clusters, binds each API server on 127.0.0.1 (a free port) and writes the
+    /// kubeconfigs and host roots.
+    pub async fn start(cfg: FleetConfig) -> Result<Fleet> {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let mut clusters = Vec::new();
+        let mut tasks = Vec::new();
+        for i in 1..=cfg.clusters {
+            let name = format!("c{i}");
+            let dir = cfg.data_dir.join("clusters").join(&name);
+            let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                .await
+                .map_err(|source| Error::Io { path: dir.clone(), source })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| Error::Io { path: dir.clone(), source })?;
+            let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings)?);
+            tasks.push(tokio::spawn(api::serve(cluster.clone(), listener, cancel.clone())));
+            tasks.push(tokio::spawn(sim::run(cluster.clone(), cancel.clone())));
+            clusters.push(cluster);
+        }
+        Ok(Fleet { clusters, cancel, tasks })
+    }
+
+    /// The clusters.
+    pub fn clusters(&self) -> &[Arc<Cluster>] {
+        &self.clusters
+    }
+
+    /// A cluster by name.
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.iter().find(|c| c.name() == name)
+    }
+
+    /// Stops the API servers and simulation loops.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+pub(crate) fn time_now_rfc3339() -> String {
+    fmt_time(time::OffsetDateTime::now_utc())
+}
+
+pub(crate) fn fmt_time(t: time::OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+pub(crate) fn fmt_micro_time(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    t.format(&f).unwrap_or_default()
+}

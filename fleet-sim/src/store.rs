@@ -1,0 +1,199 @@
+//! The object store behind one simulated API server: JSON objects by resource, namespace and
+//! name, a cluster-wide resourceVersion, and a bounded watch history so that watches can resume
+//! from a resourceVersion (or get 410 Gone when it is too old), as with etcd behind a kube-apiserver.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::{Error, Result, resources::Resource, time_now_rfc3339};
+
+/// How many changes a watch can resume across.
+const HISTORY: usize = 20_000;
+
+/// One change to one object.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// resourceVersion the change produced.
+    pub rv: u64,
+    /// Resource plural.
+    pub resource: &'static str,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    pub kind: &'static str,
+    /// The object after the change (before it, for `DELETED`).
+    pub object: Value,
+}
+
+type Key = (&'static str, String, String);
+
+/// The store. Callers hold it behind a mutex; every method is short.
+pub struct Store {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Change>,
+    tx: broadcast::Sender<Change>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(HISTORY);
+        Self { rv: 1, objects: BTreeMap::new(), history: VecDeque::new(), tx }
+    }
+
+    /// The current resourceVersion.
+    pub fn rv(&self) -> u64 {
+        self.rv
+    }
+
+    /// A copy of one object.
+    pub fn get(&self, res: &Resource, ns: &str, name: &str) -> Option<Value> {
+        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Copies of every object of a resource, in one namespace or all (`None`).
+    pub fn list(&self, res: &Resource, ns: Option<&str>) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Creates an object; fails with 409 when it exists.
+    pub fn create(&mut self, res: &Resource, mut obj: Value) -> Result<Value> {
+        let (ns, name) = names(res, &obj)?;
+        let key = (res.plural, ns, name.clone());
+        if self.objects.contains_key(&key) {
+            return Err(Error::Conflict(format!("{} \"{name}\" already exists", res.plural)));
+        }
+        let meta = obj
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| Error::BadRequest("object has no metadata".into()))?;
+        meta.entry("uid").or_insert_with(|| json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(time_now_rfc3339()));
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), json!(res.api_version()));
+            o.insert("kind".into(), json!(res.kind));
+        }
+        Ok(self.commit(key, "ADDED", obj))
+    }
+
+    /// Replaces an object. A resourceVersion in the new object must match the stored one.
+    pub fn replace(&mut self, res: &Resource, mut obj: Value) -> Result<Value> {
+        let (ns, name) = names(res, &obj)?;
+        let key = (res.plural, ns, name.clone());
+        let old = self
+            .objects
+            .get(&key)
+            .ok_or_else(|| Error::NotFound(res.singular(), name.clone()))?;
+        if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && !rv.is_empty()
+            && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        {
+            return Err(Error::Conflict(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
+                 please apply your changes to the latest version and try again",
+                res.plural
+            )));
+        }
+        for keep in ["uid", "creationTimestamp"] {
+            if let Some(v) = old.pointer(&format!("/metadata/{keep}")).cloned()
+                && let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+            {
+                m.insert(keep.into(), v);
+            }
+        }
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), json!(res.api_version()));
+            o.insert("kind".into(), json!(res.kind));
+        }
+        if obj == *old {
+            return Ok(obj);
+        }
+        Ok(self.commit(key, "MODIFIED", obj))
+    }
+
+    /// Removes an object and returns its last state.
+    pub fn remove(&mut self, res: &Resource, ns: &str, name: &str) -> Result<Value> {
+        let key = (res.plural, ns.to_owned(), name.to_owned());
+        let obj = self
+            .objects
+            .remove(&key)
+            .ok_or_else(|| Error::NotFound(res.singular(), name.to_owned()))?;
+        self.rv += 1;
+        let mut obj = obj;
+        set_rv(&mut obj, self.rv);
+        self.record(Change { rv: self.rv, resource: res.plural, kind: "DELETED", object: obj.clone() });
+        Ok(obj)
+    }
+
+    /// Changes since `rv` for a resource, and a receiver for every later change; `Err(Gone)` when
+    /// `rv` is older than the kept history.
+    pub fn watch_from(&self, res: &Resource, rv: u64) -> Result<(Vec<Change>, broadcast::Receiver<Change>)> {
+        let oldest = self.history.front().map_or(self.rv, |c| c.rv);
+        if rv + 1 < oldest {
+            return Err(Error::Gone(format!("too old resource version: {rv} ({oldest})")));
+        }
+        let past = self
+            .history
+            .iter()
+            .filter(|c| c.rv > rv && c.resource == res.plural)
+            .cloned()
+            .collect();
+        Ok((past, self.tx.subscribe()))
+    }
+
+    /// A receiver for every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.tx.subscribe()
+    }
+
+    fn commit(&mut self, key: Key, kind: &'static str, mut obj: Value) -> Value {
+        self.rv += 1;
+        set_rv(&mut obj, self.rv);
+        self.objects.insert(key.clone(), obj.clone());
+        self.record(Change { rv: self.rv, resource: key.0, kind, object: obj.clone() });
+        obj
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(change.clone());
+        // No receivers is fine.
+        let _ = self.tx.send(change);
+    }
+}
+
+fn set_rv(obj: &mut Value, rv: u64) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), json!(rv.to_string()));
+    }
+}
+
+fn names(res: &Resource, obj: &Value) -> Result<(String, String)> {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::BadRequest("metadata.name is required".into()))?;
+    let ns = if res.namespaced {
+        obj.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::BadRequest("metadata.namespace is required".into()))?
+    } else {
+        ""
+    };
+    Ok((ns.to_owned(), name.to_owned()))
+}

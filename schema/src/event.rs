@@ -1,0 +1,259 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Error, Result, wire::CloudEvent};
+
+/// Which layer of the machine failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultClass {
+    /// CPU, memory, disks, NICs.
+    Hardware,
+    /// Kernel and operating system.
+    System,
+    /// Node components: kubelet, container runtime, the agent itself.
+    Component,
+}
+
+/// What failed. Each kind has a default class and severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FaultKind {
+    /// EDAC reported an uncorrectable memory error.
+    MemoryUncorrectable,
+    /// The kernel reported a task blocked for too long.
+    KernelHung,
+    /// A filesystem hit an error and was remounted read-only.
+    ReadonlyFilesystem,
+    /// The kubelet stopped working.
+    KubeletDown,
+    /// The node's Ready condition went False or Unknown.
+    NodeNotReady,
+    /// The node's agent stopped sending heartbeats.
+    AgentSilent,
+}
+
+impl FaultKind {
+    /// Every kind, in a stable order.
+    pub const ALL: [FaultKind; 6] = [
+        FaultKind::MemoryUncorrectable,
+        FaultKind::KernelHung,
+        FaultKind::ReadonlyFilesystem,
+        FaultKind::KubeletDown,
+        FaultKind::NodeNotReady,
+        FaultKind::AgentSilent,
+    ];
+
+    /// The name used on the wire and in APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::MemoryUncorrectable => "MemoryUncorrectable",
+            FaultKind::KernelHung => "KernelHung",
+            FaultKind::ReadonlyFilesystem => "ReadonlyFilesystem",
+            FaultKind::KubeletDown => "KubeletDown",
+            FaultKind::NodeNotReady => "NodeNotReady",
+            FaultKind::AgentSilent => "AgentSilent",
+        }
+    }
+
+    /// The class a fault of this kind belongs to.
+    pub fn class(self) -> FaultClass {
+        match self {
+            FaultKind::MemoryUncorrectable => FaultClass::Hardware,
+            FaultKind::KernelHung | FaultKind::ReadonlyFilesystem | FaultKind::NodeNotReady => {
+                FaultClass::System
+            }
+            FaultKind::KubeletDown | FaultKind::AgentSilent => FaultClass::Component,
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        FaultKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::Invalid(format!("unknown fault kind `{s}`")))
+    }
+}
+
+/// How urgent a fault is. Only `critical` faults trigger automatic remediation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth recording.
+    Info,
+    /// Degraded, not yet harmful.
+    Warning,
+    /// The node cannot be trusted with workloads.
+    Critical,
+}
+
+/// Who observed the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The per-node agent.
+    Agent,
+    /// The cluster-level detector.
+    Detector,
+}
+
+macro_rules! str_enum {
+    ($t:ty { $($v:ident => $s:literal),+ }) => {
+        impl $t {
+            /// The name used on the wire and in APIs.
+            pub fn as_str(self) -> &'static str { match self { $(Self::$v => $s),+ } }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
+        }
+        impl std::str::FromStr for $t {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s { $($s => Ok(Self::$v),)+ _ => Err(Error::Invalid(format!("unknown {} `{s}`", stringify!($t)))) }
+            }
+        }
+    };
+}
+str_enum!(FaultClass { Hardware => "hardware", System => "system", Component => "component" });
+str_enum!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
+str_enum!(Source { Agent => "agent", Detector => "detector" });
+
+/// One observed fault on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// UUIDv7; derived deterministically from what was observed, so a re-read log line or a
+    /// re-observed transition yields the same id and is deduplicated downstream.
+    pub id: Uuid,
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+    /// Layer that failed.
+    pub class: FaultClass,
+    /// What failed.
+    pub kind: FaultKind,
+    /// How urgent.
+    pub severity: Severity,
+    /// Who observed it.
+    pub source: Source,
+    /// When it was observed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub observed_at: OffsetDateTime,
+    /// Human-readable description (the matched log line, the condition message, ...).
+    pub message: String,
+    /// Raw facts behind the observation (log sequence number, rule, condition reason, ...).
+    #[serde(default)]
+    pub evidence: BTreeMap<String, String>,
+}
+
+impl FaultEvent {
+    /// Checks the invariants decoding relies on.
+    pub fn validate(&self) -> Result<()> {
+        validate_names(&self.cluster, &self.node)?;
+        if self.id.get_version_num() != 7 {
+            return Err(Error::Invalid(format!("event id {} is not a UUIDv7", self.id)));
+        }
+        Ok(())
+    }
+}
+
+impl CloudEvent for FaultEvent {
+    const TYPE: &'static str = "io.firebreak.fault.v1";
+    fn ce_id(&self) -> String {
+        self.id.to_string()
+    }
+    fn ce_source(&self) -> String {
+        format!("/firebreak/{}/{}/{}", self.source, self.cluster, self.node)
+    }
+    fn ce_time(&self) -> OffsetDateTime {
+        self.observed_at
+    }
+    fn key(&self) -> String {
+        format!("{}/{}", self.cluster, self.node)
+    }
+    fn validate(&self) -> Result<()> {
+        FaultEvent::validate(self)
+    }
+}
+
+/// An agent's periodic sign of life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Monotonic per agent process.
+    pub seq: u64,
+    /// When it was sent.
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+}
+
+impl CloudEvent for Heartbeat {
+    const TYPE: &'static str = "io.firebreak.heartbeat.v1";
+    fn ce_id(&self) -> String {
+        format!("{}/{}/{}/{}", self.cluster, self.node, self.sent_at.unix_timestamp(), self.seq)
+    }
+    fn ce_source(&self) -> String {
+        format!("/firebreak/agent/{}/{}", self.cluster, self.node)
+    }
+    fn ce_time(&self) -> OffsetDateTime {
+        self.sent_at
+    }
+    fn key(&self) -> String {
+        format!("{}/{}", self.cluster, self.node)
+    }
+    fn validate(&self) -> Result<()> {
+        validate_names(&self.cluster, &self.node)
+    }
+}
+
+/// A fault event as stored and served by the event center.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The event as it was published.
+    #[serde(flatten)]
+    pub event: FaultEvent,
+    /// When the event center stored it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+fn validate_names(cluster: &str, node: &str) -> Result<()> {
+    for (what, v) in [("cluster", cluster), ("node", node)] {
+        if v.is_empty() || v.len() > 253 || v.contains('/') {
+            return Err(Error::Invalid(format!("{what} name `{v}` is empty, too long or contains '/'")));
+        }
+    }
+    Ok(())
+}
+
+/// A UUIDv7 whose timestamp is `at` and whose remaining bits are a hash of `parts`: the same
+/// observation always gets the same id, so re-publishing it is harmless.
+pub fn deterministic_id(at: OffsetDateTime, parts: &[&str]) -> Uuid {
+    let mut hasher = Sha256::new();
+    for p in parts {
+        hasher.update((p.len() as u64).to_le_bytes());
+        hasher.update(p.as_bytes());
+    }
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+}

@@ -1,0 +1,109 @@
+//! Kafka glue shared by every service (feature `kafka`): how Firebreak configures `rdkafka`
+//! producers and consumers, and how a Kafka record becomes a typed event.
+
+use std::time::Duration;
+
+use rdkafka::{
+    ClientConfig, Message,
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord},
+};
+
+use crate::{CloudEvent, Error, Result, encode, wire::decode};
+
+/// Where the brokers are and how to tune the clients.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Extra librdkafka properties for consumers (`session.timeout.ms=3000`, ...).
+    pub consumer_options: Vec<(String, String)>,
+}
+
+impl KafkaConfig {
+    /// Brokers with default tuning.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), consumer_options: Vec::new() }
+    }
+
+    /// A consumer configuration for a group: offsets are stored by the application only after
+    /// the record's effect is durable (`enable.auto.offset.store=false`) and committed in the
+    /// background; a new group starts from the earliest record.
+    pub fn consumer(&self, group: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &self.consumer_options {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// An idempotent producer (`acks=all`) that never gives up on a record: while the brokers are
+/// down records wait in librdkafka's queue and are delivered, in order, once they are back.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl Producer {
+    /// Creates the producer.
+    pub fn new(cfg: &KafkaConfig) -> Result<Self> {
+        let inner = ClientConfig::new()
+            .set("bootstrap.servers", &cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        Ok(Self { inner })
+    }
+
+    /// Publishes an event and waits until the brokers have it.
+    pub async fn publish<E: CloudEvent>(&self, topic: &str, event: &E) -> Result<()> {
+        let msg = encode(event)?;
+        let headers = to_headers(&msg.headers);
+        let record = FutureRecord::to(topic).key(&msg.key).payload(&msg.payload).headers(headers);
+        self.inner
+            .send(record, Duration::from_secs(0))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// Queues an event without waiting for delivery (heartbeats); fails if the queue is full.
+    pub fn publish_nowait<E: CloudEvent>(&self, topic: &str, event: &E) -> Result<()> {
+        let msg = encode(event)?;
+        let headers = to_headers(&msg.headers);
+        let record = FutureRecord::to(topic).key(&msg.key).payload(&msg.payload).headers(headers);
+        self.inner.send_result(record).map(drop).map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// Waits up to `timeout` for queued records to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        use rdkafka::producer::Producer as _;
+        self.inner.flush(timeout).map_err(Error::Kafka)
+    }
+}
+
+fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
+    headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (k, v)| {
+        h.insert(Header { key: k, value: Some(v.as_bytes()) })
+    })
+}
+
+/// Decodes a consumed record into an event.
+pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> Result<E> {
+    let headers: Vec<(&str, Option<&[u8]>)> = msg
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    decode(headers, msg.payload())
+}

@@ -1,0 +1,69 @@
+//! Firebreak's shared vocabulary: the fault and heartbeat events that travel over Kafka, their
+//! wire format (JSON body plus CloudEvents binary-mode headers), the topic names, and the request
+//! and response types of the gate and event-center HTTP APIs.
+//!
+//! This crate depends on no other Firebreak crate and on no transport: it turns events into
+//! [`WireMessage`]s (key, headers, payload) and back, and the services move those bytes with
+//! `rdkafka`. Decoding never panics; bad input is a typed [`Error`].
+
+mod event;
+mod gate;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+mod wire;
+
+pub use event::{
+    EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, Severity, Source, deterministic_id,
+};
+pub use gate::{Operation, PermitRequest, PermitResponse};
+pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
+
+/// Topic carrying [`FaultEvent`]s from agents and detectors.
+pub const FAULT_TOPIC: &str = "firebreak.faults.v1";
+/// Topic carrying agent [`Heartbeat`]s.
+pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
+
+/// Taint key the remediator puts on a node it has taken out of service.
+pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";
+/// Label put on every pod of a node under remediation.
+pub const TO_BE_MIGRATED_LABEL: &str = "firebreak.io/to-be-migrated";
+/// Node annotation through which a reboot is requested (value: the requesting workflow id).
+pub const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
+
+/// Everything that can go wrong turning bytes into events.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kafka record had no value.
+    #[error("message has no payload")]
+    MissingPayload,
+    /// A required CloudEvents header is absent.
+    #[error("missing header `{0}`")]
+    MissingHeader(&'static str),
+    /// A header value is not UTF-8.
+    #[error("header `{0}` is not valid UTF-8")]
+    HeaderEncoding(String),
+    /// The `ce_specversion` header is not one we speak.
+    #[error("unsupported CloudEvents spec version `{0}`")]
+    SpecVersion(String),
+    /// The `ce_type` header names another event type.
+    #[error("event type `{found}` where `{expected}` was expected")]
+    WrongType {
+        /// The type this decoder handles.
+        expected: &'static str,
+        /// The type the message carried.
+        found: String,
+    },
+    /// The payload is not the JSON of the expected event.
+    #[error("invalid JSON payload: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The Kafka client failed.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The payload parsed but violates an invariant (empty cluster, mismatched id, ...).
+    #[error("invalid event: {0}")]
+    Invalid(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,169 @@
+use serde::{Serialize, de::DeserializeOwned};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{Error, Result};
+
+/// The CloudEvents version written in `ce_specversion`.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// An event that travels as a CloudEvent in Kafka binary content mode.
+pub trait CloudEvent: Serialize + DeserializeOwned {
+    /// Value of the `ce_type` header.
+    const TYPE: &'static str;
+    /// Value of the `ce_id` header.
+    fn ce_id(&self) -> String;
+    /// Value of the `ce_source` header.
+    fn ce_source(&self) -> String;
+    /// Value of the `ce_time` header.
+    fn ce_time(&self) -> OffsetDateTime;
+    /// Kafka message key: `<cluster>/<node>`, so one node's events stay in one partition, in order.
+    fn key(&self) -> String;
+    /// Invariants checked after decoding.
+    fn validate(&self) -> Result<()>;
+}
+
+/// A Kafka record, independent of any client library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireMessage {
+    /// Message key.
+    pub key: String,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// JSON body.
+    pub payload: Vec<u8>,
+}
+
+/// Encodes an event: JSON body plus `ce_*` and `content-type` headers.
+pub fn encode<E: CloudEvent>(event: &E) -> Result<WireMessage> {
+    let payload = serde_json::to_vec(event)?;
+    let time = event
+        .ce_time()
+        .format(&Rfc3339)
+        .map_err(|e| Error::Invalid(format!("unformattable time: {e}")))?;
+    Ok(WireMessage {
+        key: event.key(),
+        headers: vec![
+            ("ce_specversion".into(), SPEC_VERSION.into()),
+            ("ce_id".into(), event.ce_id()),
+            ("ce_source".into(), event.ce_source()),
+            ("ce_type".into(), E::TYPE.into()),
+            ("ce_time".into(), time),
+            ("content-type".into(), "application/json".into()),
+        ],
+        payload,
+    })
+}
+
+/// Decodes a record: checks the CloudEvents headers, parses the body, validates the event.
+pub fn decode<'a, E: CloudEvent>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    payload: Option<&[u8]>,
+) -> Result<E> {
+    let mut spec = None;
+    let mut ty = None;
+    for (name, value) in headers {
+        let text = |v: Option<&[u8]>| {
+            std::str::from_utf8(v.unwrap_or_default())
+                .map(str::to_owned)
+                .map_err(|_| Error::HeaderEncoding(name.to_owned()))
+        };
+        match name {
+            "ce_specversion" => spec = Some(text(value)?),
+            "ce_type" => ty = Some(text(value)?),
+            _ => {}
+        }
+    }
+    let spec = spec.ok_or(Error::MissingHeader("ce_specversion"))?;
+    if spec != SPEC_VERSION {
+        return Err(Error::SpecVersion(spec));
+    }
+    let ty = ty.ok_or(Error::MissingHeader("ce_type"))?;
+    if ty != E::TYPE {
+        return Err(Error::WrongType { expected: E::TYPE, found: ty });
+    }
+    let payload = payload.ok_or(Error::MissingPayload)?;
+    let event: E = serde_json::from_slice(payload)?;
+    event.validate()?;
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{FaultEvent, FaultKind, Heartbeat, Severity, Source, deterministic_id};
+
+    fn fault() -> FaultEvent {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        FaultEvent {
+            id: deterministic_id(at, &["c1", "n1", "7"]),
+            cluster: "c1".into(),
+            node: "n1".into(),
+            class: FaultKind::MemoryUncorrectable.class(),
+            kind: FaultKind::MemoryUncorrectable,
+            severity: Severity::Critical,
+            source: Source::Agent,
+            observed_at: at,
+            message: "EDAC MC0: 1 UE".into(),
+            evidence: BTreeMap::from([("seq".into(), "7".into())]),
+        }
+    }
+
+    fn headers(m: &WireMessage) -> Vec<(&str, Option<&[u8]>)> {
+        m.headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect()
+    }
+
+    #[test]
+    fn round_trip_with_cloudevents_headers() {
+        let event = fault();
+        let msg = encode(&event).unwrap();
+        assert_eq!(msg.key, "c1/n1");
+        let h: BTreeMap<_, _> = msg.headers.iter().cloned().collect();
+        assert_eq!(h["ce_specversion"], "1.0");
+        assert_eq!(h["ce_type"], "io.firebreak.fault.v1");
+        assert_eq!(h["ce_id"], event.id.to_string());
+        assert_eq!(h["ce_source"], "/firebreak/agent/c1/n1");
+        assert_eq!(h["ce_time"], "2023-11-14T22:13:20Z");
+        assert_eq!(h["content-type"], "application/json");
+        let back: FaultEvent = decode(headers(&msg), Some(&msg.payload)).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn deterministic_ids_are_stable_v7_and_distinct() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a = deterministic_id(at, &["c", "n", "1"]);
+        assert_eq!(a, deterministic_id(at, &["c", "n", "1"]));
+        assert_ne!(a, deterministic_id(at, &["c", "n", "2"]));
+        assert_ne!(deterministic_id(at, &["c", "n1"]), deterministic_id(at, &["cn", "1"]));
+        assert_eq!(a.get_version_num(), 7);
+    }
+
+    #[test]
+    fn bad_input_is_a_typed_error() {
+        let msg = encode(&fault()).unwrap();
+        let h = headers(&msg);
+        assert!(matches!(decode::<FaultEvent>(h.clone(), None), Err(Error::MissingPayload)));
+        assert!(matches!(decode::<FaultEvent>(h.clone(), Some(b"{not json")), Err(Error::Json(_))));
+        assert!(matches!(
+            decode::<FaultEvent>(Vec::new(), Some(&msg.payload)),
+            Err(Error::MissingHeader("ce_specversion"))
+        ));
+        assert!(matches!(
+            decode::<Heartbeat>(h.clone(), Some(&msg.payload)),
+            Err(Error::WrongType { .. })
+        ));
+        let mut bad = fault();
+        bad.node = String::new();
+        let bad = serde_json::to_vec(&bad).unwrap();
+        assert!(matches!(decode::<FaultEvent>(h.clone(), Some(&bad)), Err(Error::Invalid(_))));
+        let v4 = serde_json::to_vec(&FaultEvent { id: uuid::Uuid::nil(), ..fault() }).unwrap();
+        assert!(matches!(decode::<FaultEvent>(h.clone(), Some(&v4)), Err(Error::Invalid(_))));
+        let bad_utf8 = vec![("ce_specversion", Some(&[0xffu8][..]))];
+        assert!(matches!(
+            decode::<FaultEvent>(bad_utf8, Some(&msg.payload)),
+            Err(Error::HeaderEncoding(_))
+        ));
+    }
+}
