@@ -1,1 +1,252 @@
-//! placeholder
+//! The detector: the cluster-side half of fault detection, one per cluster.
+//!
+//! It owns two detections. Node readiness: it watches Nodes through the Kubernetes API and
+//! publishes `NodeNotReady` when a node's Ready condition leaves True. Silent agents: it consumes
+//! agent heartbeats and publishes `AgentSilent` for a node whose agent has not been heard from
+//! for [`Config::agent_silent_after`]. A fault observed on a node Firebreak itself has taken out
+//! of service (it carries the `firebreak.io/unhealthy` taint) is published as a warning with
+//! evidence `caused_by_remediation=true`, so our own reboots never trigger new remediation.
+//! Event ids derive from what was observed (node, transition time), so a restarted detector
+//! republishes the same ids and consumers deduplicate.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
+
+use firebreak_schema::{
+    FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat, Severity, Source, UNHEALTHY_TAINT_KEY,
+    deterministic_id,
+    kafka::{KafkaConfig, Producer, decode_message},
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, watcher},
+};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Everything that can go wrong in the detector.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Kafka or event encoding failed.
+    #[error(transparent)]
+    Schema(#[from] firebreak_schema::Error),
+    /// The Kubernetes client could not be built.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to run the detector.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster watched.
+    pub cluster: String,
+    /// Kafka brokers and tuning.
+    pub kafka: KafkaConfig,
+    /// Silence after which an agent is reported silent.
+    pub agent_silent_after: Duration,
+    /// A node first seen NotReady is reported only if it was created longer ago than this
+    /// (new nodes are NotReady until their kubelet reports).
+    pub new_node_grace: Duration,
+}
+
+/// Runs both detections until `cancel`.
+pub async fn run(cfg: Config, client: Client, cancel: CancellationToken) -> Result<()> {
+    let producer = Producer::new(&cfg.kafka)?;
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("firebreak-detector-{}", cfg.cluster))
+        .create()
+        .map_err(firebreak_schema::Error::from)?;
+    consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_schema::Error::from)?;
+    let span = tracing::info_span!("detector", cluster = %cfg.cluster);
+    let _e = span.enter();
+    tracing::info!("detector running");
+    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, bool>::new());
+    let watching = tokio::spawn(watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, cancel.clone()));
+    heartbeats(cfg, consumer, producer, nodes_rx, cancel).await;
+    let _ = watching.await;
+    Ok(())
+}
+
+fn ready_condition(node: &Node) -> Option<(String, String, String, Option<OffsetDateTime>)> {
+    let c = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
+    let at = c.last_transition_time.as_ref().and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok());
+    Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default(), at))
+}
+
+fn under_remediation(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY))
+}
+
+async fn watch_nodes(
+    cfg: Config,
+    api: Api<Node>,
+    producer: Producer,
+    nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, bool>>,
+    cancel: CancellationToken,
+) {
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    // Last Ready status seen per node.
+    let mut ready: HashMap<String, String> = HashMap::new();
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = stream.next() => ev,
+        };
+        let node = match ev {
+            None => return,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "node watch failed; retrying");
+                continue;
+            }
+            Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => n,
+            Some(Ok(watcher::Event::Delete(n))) => {
+                let name = n.metadata.name.unwrap_or_default();
+                ready.remove(&name);
+                nodes_tx.send_modify(|m| {
+                    m.remove(&name);
+                });
+                continue;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let Some((status, reason, message, since)) = ready_condition(&node) else { continue };
+        let previous = ready.insert(name.clone(), status.clone());
+        nodes_tx.send_modify(|m| {
+            m.insert(name.clone(), status == "True");
+        });
+        if status == "True" || previous.as_deref() == Some(status.as_str()) {
+            continue;
+        }
+        let was_ready = previous.as_deref() == Some("True");
+        let age = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| OffsetDateTime::now_utc().unix_timestamp() - t.0.as_second())
+            .unwrap_or(0);
+        if !was_ready && (previous.is_some() || age < cfg.new_node_grace.as_secs() as i64) {
+            continue;
+        }
+        let observed_at = since.unwrap_or_else(OffsetDateTime::now_utc);
+        let ours = under_remediation(&node);
+        let mut evidence = BTreeMap::from([
+            ("ready_status".to_owned(), status.clone()),
+            ("reason".to_owned(), reason.clone()),
+        ]);
+        if ours {
+            evidence.insert("caused_by_remediation".into(), "true".into());
+        }
+        let event = FaultEvent {
+            id: deterministic_id(observed_at, &[&cfg.cluster, &name, "NodeNotReady", &status]),
+            cluster: cfg.cluster.clone(),
+            node: name.clone(),
+            class: FaultKind::NodeNotReady.class(),
+            kind: FaultKind::NodeNotReady,
+            severity: if ours { Severity::Warning } else { Severity::Critical },
+            source: Source::Detector,
+            observed_at,
+            message: format!("Ready={status} ({reason}): {message}"),
+            evidence,
+        };
+        tracing::info!(node = %name, event_id = %event.id, ready = %status, caused_by_remediation = ours, "node not ready");
+        publish(&producer, &event, &cancel).await;
+    }
+}
+
+async fn heartbeats(
+    cfg: Config,
+    consumer: StreamConsumer,
+    producer: Producer,
+    nodes: tokio::sync::watch::Receiver<BTreeMap<String, bool>>,
+    cancel: CancellationToken,
+) {
+    let started = Instant::now();
+    let mut last: HashMap<String, (Instant, u64)> = HashMap::new();
+    let mut reported: HashMap<String, Instant> = HashMap::new();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            msg = consumer.recv() => match msg {
+                Err(error) => tracing::warn!(%error, "heartbeat receive failed"),
+                Ok(msg) => {
+                    match decode_message::<Heartbeat>(&msg) {
+                        Ok(hb) if hb.cluster == cfg.cluster => {
+                            if reported.remove(&hb.node).is_some() {
+                                tracing::info!(node = %hb.node, "agent heard again");
+                            }
+                            last.insert(hb.node, (Instant::now(), hb.seq));
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable heartbeat skipped"),
+                    }
+                    let _ = consumer.store_offset_from_message(&msg);
+                }
+            },
+            _ = check.tick() => {
+                let known: Vec<String> = nodes.borrow().keys().cloned().chain(last.keys().cloned()).collect();
+                for node in known {
+                    if reported.contains_key(&node) {
+                        continue;
+                    }
+                    let (since, seq) = last.get(&node).copied().unwrap_or((started, 0));
+                    let silent = since.elapsed();
+                    if silent < cfg.agent_silent_after {
+                        continue;
+                    }
+                    let observed_at = OffsetDateTime::now_utc();
+                    let event = FaultEvent {
+                        id: deterministic_id(observed_at, &[&cfg.cluster, &node, "AgentSilent", &seq.to_string()]),
+                        cluster: cfg.cluster.clone(),
+                        node: node.clone(),
+                        class: FaultKind::AgentSilent.class(),
+                        kind: FaultKind::AgentSilent,
+                        severity: Severity::Warning,
+                        source: Source::Detector,
+                        observed_at,
+                        message: format!("no heartbeat for {}s (threshold {}s)", silent.as_secs(), cfg.agent_silent_after.as_secs()),
+                        evidence: BTreeMap::from([
+                            ("silent_for_s".into(), silent.as_secs().to_string()),
+                            ("threshold_s".into(), cfg.agent_silent_after.as_secs().to_string()),
+                            ("last_heartbeat_seq".into(), seq.to_string()),
+                        ]),
+                    };
+                    tracing::info!(node = %node, event_id = %event.id, silent_s = silent.as_secs(), "agent silent");
+                    reported.insert(node, Instant::now());
+                    publish(&producer, &event, &cancel).await;
+                }
+            }
+        }
+    }
+}
+
+async fn publish(producer: &Producer, event: &FaultEvent, cancel: &CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match producer.publish(FAULT_TOPIC, event).await {
+            Ok(()) => return,
+            Err(error) => tracing::warn!(%error, event_id = %event.id, "publish failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+        }
+    }
+}

@@ -1,1 +1,123 @@
-//! placeholder
+//! The event center: consumes fault and remediation topics into a durable store (SQLite or
+//! PostgreSQL through `sqlx`), deduplicates by event id, and serves the on-call web page, the
+//! REST API and a live Server-Sent-Events stream.
+//!
+//! It owns the record of what happened in the fleet. Offsets are committed only after the write
+//! (see [`consumer`]); records that cannot be decoded are counted, kept in `rejected_messages`
+//! and skipped, so one bad producer never stops the stream.
+
+mod consumer;
+mod http;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use firebreak_schema::{EventRecord, RemediationEvent, kafka::KafkaConfig};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use rdkafka::consumer::StreamConsumer;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use store::{EventFilter, Store};
+
+/// Everything that can go wrong in the event center.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row cannot be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// An API request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Kafka or decoding failed.
+    #[error(transparent)]
+    Schema(#[from] firebreak_schema::Error),
+    /// The HTTP listener failed.
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What the live stream carries.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A newly stored fault.
+    Fault(Box<EventRecord>),
+    /// A newly stored remediation step.
+    Remediation(Box<RemediationEvent>),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RejectLabels {
+    reason: &'static str,
+}
+
+/// The event center's metrics, registered under `firebreak_event_center`.
+#[derive(Clone, Default)]
+pub(crate) struct Metrics {
+    consumed: Counter,
+    stored: Counter,
+    duplicates: Counter,
+    rejected: Family<RejectLabels, Counter>,
+    store_errors: Counter,
+}
+
+impl Metrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("records_consumed", "Kafka records consumed", self.consumed.clone());
+        registry.register("records_stored", "New events and steps stored", self.stored.clone());
+        registry.register("records_duplicate", "Records whose id was already stored", self.duplicates.clone());
+        registry.register("records_rejected", "Undecodable records, kept and skipped, by reason", self.rejected.clone());
+        registry.register("store_errors", "Failed database writes (retried)", self.store_errors.clone());
+    }
+}
+
+/// How to run the event center.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Kafka brokers and tuning.
+    pub kafka: KafkaConfig,
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// Consumer group id.
+    pub group_id: String,
+}
+
+/// Runs the consumer and the HTTP server on `listener` until `cancel`.
+pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
+    let store = Store::open(&cfg.database_url).await?;
+    let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Schema(e.into()))?;
+    consumer::subscribe(&consumer)?;
+    let (live, _) = broadcast::channel(1024);
+    let metrics = Metrics::default();
+    let mut registry = Registry::with_prefix("firebreak_event_center");
+    metrics.register(&mut registry);
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, database = %redact(&cfg.database_url), "event center running");
+    let consuming = tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, cancel.clone()));
+    let app = http::router(http::AppState { store, live, registry: Arc::new(registry) });
+    let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
+    cancel.cancel();
+    let _ = consuming.await;
+    served.map_err(Error::Serve)
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}

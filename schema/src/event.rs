@@ -257,3 +257,49 @@ pub fn deterministic_id(at: OffsetDateTime, parts: &[&str]) -> Uuid {
     let millis = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
 }
+
+/// One step of a remediation workflow, published by the remediator so that the event center
+/// and platform services can follow (and explain) what was done to a node and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemediationEvent {
+    /// UUIDv7 of this step record (deterministic per workflow and step).
+    pub id: Uuid,
+    /// The workflow.
+    pub workflow_id: Uuid,
+    /// Cluster name.
+    pub cluster: String,
+    /// Node name.
+    pub node: String,
+    /// The fault that started the workflow.
+    pub trigger_event_id: Uuid,
+    /// The workflow's state after this step (`permit_wait`, `cordoned`, `healed`, ...).
+    pub state: String,
+    /// Why, with the measured values.
+    pub reason: String,
+    /// When the step happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl CloudEvent for RemediationEvent {
+    const TYPE: &'static str = "io.firebreak.remediation.v1";
+    fn ce_id(&self) -> String {
+        self.id.to_string()
+    }
+    fn ce_source(&self) -> String {
+        format!("/firebreak/remediator/{}/{}", self.cluster, self.node)
+    }
+    fn ce_time(&self) -> OffsetDateTime {
+        self.at
+    }
+    fn key(&self) -> String {
+        format!("{}/{}", self.cluster, self.node)
+    }
+    fn validate(&self) -> Result<()> {
+        validate_names(&self.cluster, &self.node)?;
+        if self.state.is_empty() {
+            return Err(Error::Invalid("remediation state is empty".into()));
+        }
+        Ok(())
+    }
+}

@@ -13,7 +13,8 @@ pub mod kafka;
 mod wire;
 
 pub use event::{
-    EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, Severity, Source, deterministic_id,
+    EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source,
+    deterministic_id,
 };
 pub use gate::{Operation, PermitRequest, PermitResponse};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
@@ -22,6 +23,8 @@ pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 pub const FAULT_TOPIC: &str = "firebreak.faults.v1";
 /// Topic carrying agent [`Heartbeat`]s.
 pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
+/// Topic carrying the remediator's workflow steps ([`RemediationEvent`]s).
+pub const REMEDIATION_TOPIC: &str = "firebreak.remediations.v1";
 
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";

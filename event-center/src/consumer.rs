@@ -1,0 +1,109 @@
+//! Consumes the fault and remediation topics into the store. A record's offset is stored for
+//! commit only after its write succeeded (or, for an undecodable record, after it was kept in
+//! `rejected_messages`), so a crash replays records rather than losing them; inserts are
+//! idempotent by event id, so replays do not duplicate.
+
+use std::time::Duration;
+
+use firebreak_schema::{FAULT_TOPIC, FaultEvent, REMEDIATION_TOPIC, RemediationEvent, kafka::decode_message};
+use rdkafka::{
+    Message,
+    consumer::{Consumer as _, StreamConsumer},
+    message::BorrowedMessage,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Live, Metrics, Result, store::Store};
+
+/// Why a record was rejected, as a bounded metric label.
+fn reject_label(e: &firebreak_schema::Error) -> &'static str {
+    use firebreak_schema::Error as E;
+    match e {
+        E::MissingPayload => "missing_payload",
+        E::MissingHeader(_) => "missing_header",
+        E::HeaderEncoding(_) => "header_encoding",
+        E::SpecVersion(_) => "spec_version",
+        E::WrongType { .. } => "wrong_type",
+        E::Json(_) => "json",
+        E::Invalid(_) => "invalid",
+        E::Kafka(_) => "kafka",
+    }
+}
+
+pub(crate) async fn run(consumer: StreamConsumer, store: Store, live: broadcast::Sender<Live>, metrics: Metrics, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Retry the write until it succeeds: the offset must not move past an unwritten record.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match handle(&msg, &store, &live, &metrics).await {
+                Ok(()) => break,
+                Err(error) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(%error, topic = msg.topic(), offset = msg.offset(), "write failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+                    }
+                }
+            }
+        }
+        if let Err(error) = consumer.store_offset_from_message(&msg) {
+            tracing::warn!(%error, "could not store offset");
+        }
+    }
+}
+
+async fn handle(msg: &BorrowedMessage<'_>, store: &Store, live: &broadcast::Sender<Live>, metrics: &Metrics) -> Result<()> {
+    metrics.consumed.inc();
+    let reject = |e: firebreak_schema::Error| async move {
+        metrics.rejected.get_or_create(&crate::RejectLabels { reason: reject_label(&e) }).inc();
+        tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "rejected undecodable record");
+        store.insert_rejected(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), &e.to_string()).await
+    };
+    match msg.topic() {
+        t if t == FAULT_TOPIC => match decode_message::<FaultEvent>(msg) {
+            Ok(event) => match store.insert_fault(&event).await? {
+                Some(record) => {
+                    metrics.stored.inc();
+                    tracing::info!(cluster = %event.cluster, node = %event.node, event_id = %event.id, kind = %event.kind, "fault stored");
+                    let _ = live.send(Live::Fault(Box::new(record)));
+                }
+                None => {
+                    metrics.duplicates.inc();
+                }
+            },
+            Err(e) => reject(e).await?,
+        },
+        t if t == REMEDIATION_TOPIC => match decode_message::<RemediationEvent>(msg) {
+            Ok(step) => {
+                if store.insert_remediation(&step).await? {
+                    metrics.stored.inc();
+                    let _ = live.send(Live::Remediation(Box::new(step)));
+                } else {
+                    metrics.duplicates.inc();
+                }
+            }
+            Err(e) => reject(e).await?,
+        },
+        other => tracing::warn!(topic = other, "record from an unexpected topic ignored"),
+    }
+    Ok(())
+}
+
+/// Subscribes a consumer to the topics the event center stores.
+pub(crate) fn subscribe(consumer: &StreamConsumer) -> Result<()> {
+    consumer.subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC]).map_err(|e| crate::Error::Schema(e.into()))
+}

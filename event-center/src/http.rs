@@ -1,0 +1,105 @@
+//! The HTTP API and the on-call web page.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{
+        Html, IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::get,
+};
+use futures::Stream;
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+
+use crate::{Error, EventFilter, Live, Store};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Store,
+    pub(crate) live: broadcast::Sender<Live>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(include_str!("index.html")) }))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/remediations", get(remediations))
+        .route("/api/v1/stream", get(stream))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if code.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            "internal error; see the event center's log".to_owned()
+        } else {
+            self.to_string()
+        };
+        (code, Json(serde_json::json!({"error": message}))).into_response()
+    }
+}
+
+async fn events(State(s): State<AppState>, q: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>) -> Result<Response, Error> {
+    let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
+    Ok(Json(s.store.list_faults(&f).await?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct RemediationFilter {
+    cluster: Option<String>,
+    node: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn remediations(State(s): State<AppState>, q: Result<Query<RemediationFilter>, axum::extract::rejection::QueryRejection>) -> Result<Response, Error> {
+    let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let rows = s
+        .store
+        .list_remediations(f.cluster.as_deref().unwrap_or(""), f.node.as_deref().unwrap_or(""), f.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut rx = s.live.subscribe();
+    let events = async_stream::stream! {
+        loop {
+            match rx.recv().await {
+                Ok(Live::Fault(r)) => yield Ok(Event::default().event("fault").json_data(&*r).unwrap_or_default()),
+                Ok(Live::Remediation(r)) => yield Ok(Event::default().event("remediation").json_data(&*r).unwrap_or_default()),
+                // A slow client missed some; tell it to reload.
+                Err(broadcast::error::RecvError::Lagged(n)) => yield Ok(Event::default().event("lagged").data(n.to_string())),
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    };
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

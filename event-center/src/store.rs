@@ -1,0 +1,215 @@
+//! The durable store, through `sqlx`'s `Any` driver: SQLite (embedded, the default) or
+//! PostgreSQL, chosen by the URL. Migrations are embedded and portable between both.
+
+use std::str::FromStr;
+
+use firebreak_schema::{EventRecord, FaultClass, FaultEvent, RemediationEvent};
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::{Error, Result};
+
+/// A filter on the event list.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct EventFilter {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only this node.
+    pub node: Option<String>,
+    /// Only this class.
+    pub class: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// The event center's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// Opens a pool for a `sqlite://` or `postgres://` URL; a SQLite file is created if missing.
+pub async fn connect(url: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let url = if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
+        format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+    } else {
+        url.to_owned()
+    };
+    let max = if url.starts_with("sqlite:") { 1 } else { 8 };
+    Ok(AnyPoolOptions::new().max_connections(max).connect(&url).await?)
+}
+
+fn fmt(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn parse_time(s: &str) -> Result<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| Error::Corrupt(format!("time `{s}`: {e}")))
+}
+
+impl Store {
+    /// Connects and migrates.
+    pub async fn open(url: &str) -> Result<Self> {
+        let pool = connect(url).await?;
+        let mut migrator = sqlx::migrate!("./migrations");
+        // The remediator may keep its own migrations in the same database.
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Stores an event; `false` if an event with that id was already stored.
+    pub async fn insert_fault(&self, e: &FaultEvent) -> Result<Option<EventRecord>> {
+        let received_at = OffsetDateTime::now_utc();
+        let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let done = sqlx::query(
+            "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, observed_at_ms, \
+             message, evidence, received_at, received_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(e.id.to_string())
+        .bind(&e.cluster)
+        .bind(&e.node)
+        .bind(e.class.as_str())
+        .bind(e.kind.as_str())
+        .bind(e.severity.as_str())
+        .bind(e.source.as_str())
+        .bind(fmt(e.observed_at))
+        .bind(ms(e.observed_at))
+        .bind(&e.message)
+        .bind(evidence)
+        .bind(fmt(received_at))
+        .bind(ms(received_at))
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then(|| EventRecord { event: e.clone(), received_at }))
+    }
+
+    /// Stores a remediation step; `false` if already stored.
+    pub async fn insert_remediation(&self, r: &RemediationEvent) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO remediation_events (id, workflow_id, cluster, node, trigger_event_id, state, reason, at, at_ms) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(r.id.to_string())
+        .bind(r.workflow_id.to_string())
+        .bind(&r.cluster)
+        .bind(&r.node)
+        .bind(r.trigger_event_id.to_string())
+        .bind(&r.state)
+        .bind(&r.reason)
+        .bind(fmt(r.at))
+        .bind(ms(r.at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Keeps a record that could not be decoded.
+    pub async fn insert_rejected(&self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, error: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rejected_messages (topic, kafka_partition, kafka_offset, message_key, payload, error, received_at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
+        )
+        .bind(topic)
+        .bind(partition)
+        .bind(offset)
+        .bind(key.map(|k| String::from_utf8_lossy(k).into_owned()))
+        .bind(payload.map(|p| String::from_utf8_lossy(p).into_owned()))
+        .bind(error)
+        .bind(fmt(OffsetDateTime::now_utc()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Events matching `f`, newest first.
+    pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
+        if let Some(c) = &f.class {
+            FaultClass::from_str(c).map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
+        }
+        let limit = f.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(Error::BadRequest(format!("limit {limit} is not between 1 and 1000")));
+        }
+        let rows = sqlx::query(
+            "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at \
+             FROM fault_events WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
+             ORDER BY received_at_ms DESC, id DESC LIMIT $4",
+        )
+        .bind(f.cluster.clone().unwrap_or_default())
+        .bind(f.node.clone().unwrap_or_default())
+        .bind(f.class.clone().unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(fault_of_row).collect()
+    }
+
+    /// Remediation steps, newest first.
+    pub async fn list_remediations(&self, cluster: &str, node: &str, limit: i64) -> Result<Vec<RemediationEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events \
+             WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) ORDER BY at_ms DESC, id DESC LIMIT $3",
+        )
+        .bind(cluster)
+        .bind(node)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let uuid = |c: &str| -> Result<uuid::Uuid> {
+                    let s: String = r.try_get(c)?;
+                    s.parse().map_err(|e| Error::Corrupt(format!("{c}: {e}")))
+                };
+                Ok(RemediationEvent {
+                    id: uuid("id")?,
+                    workflow_id: uuid("workflow_id")?,
+                    cluster: r.try_get("cluster")?,
+                    node: r.try_get("node")?,
+                    trigger_event_id: uuid("trigger_event_id")?,
+                    state: r.try_get("state")?,
+                    reason: r.try_get("reason")?,
+                    at: parse_time(&r.try_get::<String, _>("at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Number of records kept as undecodable.
+    pub async fn rejected_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM rejected_messages").fetch_one(&self.pool).await?.try_get("n")?)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn fault_of_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {
+    let s = |c: &str| -> Result<String> { Ok(r.try_get::<String, _>(c)?) };
+    let corrupt = |e: firebreak_schema::Error| Error::Corrupt(e.to_string());
+    Ok(EventRecord {
+        event: FaultEvent {
+            id: s("id")?.parse().map_err(|e| Error::Corrupt(format!("id: {e}")))?,
+            cluster: s("cluster")?,
+            node: s("node")?,
+            class: s("class")?.parse().map_err(corrupt)?,
+            kind: s("kind")?.parse().map_err(corrupt)?,
+            severity: s("severity")?.parse().map_err(corrupt)?,
+            source: s("source")?.parse().map_err(corrupt)?,
+            observed_at: parse_time(&s("observed_at")?)?,
+            message: s("message")?,
+            evidence: serde_json::from_str(&s("evidence")?).map_err(|e| Error::Corrupt(format!("evidence: {e}")))?,
+        },
+        received_at: parse_time(&s("received_at")?)?,
+    })
+}
