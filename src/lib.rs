@@ -1,1 +1,86 @@
-//! placeholder
+//! The `firebreak` binary's wiring: one command per service (`agent`, `detector`,
+//! `event-center`, `gate`, `remediator`, `fleet-sim`) and `demo`, which runs the whole loop on
+//! one machine — librdkafka's mock cluster as the broker, SQLite, fleet-sim as the clusters.
+//!
+//! It owns process concerns only: flags, telemetry, Kubernetes client construction, signal
+//! handling and the demo's orchestration. Every behaviour lives in the service crates.
+
+pub mod cli;
+pub mod demo;
+
+use std::path::Path;
+
+/// Everything that can go wrong starting or running a service from this binary.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] firebreak_agent::Error),
+    /// The detector failed.
+    #[error(transparent)]
+    Detector(#[from] firebreak_detector::Error),
+    /// The event center failed.
+    #[error(transparent)]
+    EventCenter(#[from] firebreak_event_center::Error),
+    /// The remediator failed.
+    #[error(transparent)]
+    Remediator(#[from] firebreak_remediator::Error),
+    /// The gate failed.
+    #[error(transparent)]
+    Gate(#[from] firebreak_rate_limiter::Error),
+    /// The simulator failed.
+    #[error(transparent)]
+    FleetSim(#[from] firebreak_fleet_sim::Error),
+    /// Kafka failed.
+    #[error(transparent)]
+    Kafka(#[from] firebreak_schema::Error),
+    /// A kubeconfig could not be read or used.
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A socket or file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A flag has an invalid value.
+    #[error("invalid argument: {0}")]
+    Usage(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Initialises logging: `RUST_LOG`-style filter from the environment (default `info`), text or
+/// JSON lines.
+pub fn init_telemetry(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,rdkafka=warn,librdkafka=warn,kube=warn,sqlx=warn,hyper=warn,tower=warn".into()
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
+}
+
+/// A Kubernetes client from a kubeconfig file.
+pub async fn kube_client(path: &Path) -> Result<kube::Client> {
+    let err = |message: String| Error::Kubeconfig { path: path.display().to_string(), message };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+}
+
+/// Binds a TCP listener.
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Io { what: format!("listen on {addr}"), source })
+}

@@ -26,6 +26,7 @@ use firebreak_schema::{
 };
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Everything that can go wrong in the agent.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,10 @@ impl NodeAgent {
     /// Runs until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         let span = tracing::info_span!("agent", cluster = %self.cluster, node = %self.node);
-        let _enter = span.enter();
+        self.run_inner(cancel).instrument(span).await
+    }
+
+    async fn run_inner(self, cancel: CancellationToken) {
         let mut follower = kmsg::Follower::new(&self.host_root);
         let mut poll = tokio::time::interval(self.poll_interval);
         let mut beat = tokio::time::interval(self.heartbeat_interval);

@@ -32,6 +32,7 @@ use rdkafka::{
 use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Everything that can go wrong in the detector.
 #[derive(Debug, thiserror::Error)]
@@ -71,11 +72,12 @@ pub async fn run(cfg: Config, client: Client, cancel: CancellationToken) -> Resu
         .map_err(firebreak_schema::Error::from)?;
     consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_schema::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
-    let _e = span.enter();
-    tracing::info!("detector running");
+    tracing::info!(parent: &span, "detector running");
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, bool>::new());
-    let watching = tokio::spawn(watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, cancel.clone()));
-    heartbeats(cfg, consumer, producer, nodes_rx, cancel).await;
+    let watching = tokio::spawn(
+        watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, cancel.clone()).instrument(span.clone()),
+    );
+    heartbeats(cfg, consumer, producer, nodes_rx, cancel).instrument(span).await;
     let _ = watching.await;
     Ok(())
 }

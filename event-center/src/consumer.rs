@@ -3,7 +3,13 @@
 //! `rejected_messages`), so a crash replays records rather than losing them; inserts are
 //! idempotent by event id, so replays do not duplicate.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use firebreak_schema::{FAULT_TOPIC, FaultEvent, REMEDIATION_TOPIC, RemediationEvent, kafka::decode_message};
 use rdkafka::{
@@ -31,10 +37,25 @@ fn reject_label(e: &firebreak_schema::Error) -> &'static str {
     }
 }
 
-pub(crate) async fn run(consumer: StreamConsumer, store: Store, live: broadcast::Sender<Live>, metrics: Metrics, cancel: CancellationToken) {
+pub(crate) async fn run(
+    consumer: StreamConsumer,
+    store: Store,
+    live: broadcast::Sender<Live>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = check.tick() => {
+                let assigned = consumer.assignment().is_ok_and(|a| a.count() > 0);
+                if assigned != ready.swap(assigned, Ordering::Relaxed) {
+                    tracing::info!(assigned, "partition assignment changed");
+                }
+                continue;
+            }
             m = consumer.recv() => m,
         };
         let msg = match msg {

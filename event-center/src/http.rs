@@ -1,6 +1,12 @@
 //! The HTTP API and the on-call web page.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use axum::{
     Json, Router,
@@ -23,6 +29,8 @@ pub(crate) struct AppState {
     pub(crate) store: Store,
     pub(crate) live: broadcast::Sender<Live>,
     pub(crate) registry: Arc<Registry>,
+    /// Whether the consumer holds partitions.
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -32,6 +40,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/remediations", get(remediations))
         .route("/api/v1/stream", get(stream))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -94,6 +103,14 @@ async fn healthz(State(s): State<AppState>) -> Response {
         Ok(()) => (StatusCode::OK, "ok").into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+/// Ready when the database answers and the consumer has been assigned partitions.
+async fn readyz(State(s): State<AppState>) -> Response {
+    if !s.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "consumer has no partitions yet").into_response();
+    }
+    healthz(State(s)).await
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

@@ -10,7 +10,10 @@ mod consumer;
 mod http;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use firebreak_schema::{EventRecord, RemediationEvent, kafka::KafkaConfig};
 use prometheus_client::{
@@ -106,8 +109,9 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     metrics.register(&mut registry);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, database = %redact(&cfg.database_url), "event center running");
-    let consuming = tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, cancel.clone()));
-    let app = http::router(http::AppState { store, live, registry: Arc::new(registry) });
+    let ready = Arc::new(AtomicBool::new(false));
+    let consuming = tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
+    let app = http::router(http::AppState { store, live, registry: Arc::new(registry), ready });
     let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
     cancel.cancel();
     let _ = consuming.await;

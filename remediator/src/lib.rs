@@ -1,1 +1,185 @@
-//! placeholder
+//! The remediator: durable, one-per-cluster workflows that take a faulty node out of service,
+//! repair it and put it back, asking the gate before the risky part.
+//!
+//! It owns the repair decision and its execution. Intake: each critical hardware or system fault
+//! of its cluster starts a workflow (one open workflow per node; later faults attach to it);
+//! every consumed fault is recorded with the decision taken. A workflow: ask the gate for a
+//! `cordon` permit (no answer = no permit: fail closed) → cordon and taint
+//! `firebreak.io/unhealthy=<kind>:NoSchedule` → label pods `firebreak.io/to-be-migrated=true`
+//! and evict them through the Eviction API, retrying PodDisruptionBudget refusals, never
+//! skipping them → ask for a reboot → wait for a new boot id and Ready → a quiet period with no
+//! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
+//! escalates to a human and leaves the node cordoned. State is written before each side effect
+//! and every action is idempotent, so a restarted remediator resumes where it stopped. Each
+//! transition is also published to the remediation topic with its reason.
+
+mod gate;
+mod node_ops;
+pub mod store;
+mod workflow;
+
+use std::{sync::Arc, time::Duration};
+
+use firebreak_schema::{
+    FAULT_TOPIC, FaultEvent,
+    kafka::{KafkaConfig, Producer, decode_message},
+};
+use rdkafka::{
+    Message,
+    consumer::{Consumer, StreamConsumer},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use gate::GateClient;
+pub use store::{Intake, State, Store, Workflow};
+
+/// Everything that can go wrong in the remediator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row cannot be read back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The Kubernetes API failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object kept changing under us.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Kafka or decoding failed.
+    #[error(transparent)]
+    Schema(#[from] firebreak_schema::Error),
+    /// The remediator is shutting down.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to run the remediator of one cluster.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cluster remediated.
+    pub cluster: String,
+    /// Kafka brokers and tuning.
+    pub kafka: KafkaConfig,
+    /// Base URL of the gate.
+    pub gate_url: String,
+    /// `sqlite://...` or `postgres://...`.
+    pub database_url: String,
+    /// How long a rebooted node must stay Ready with no new critical fault before uncordon.
+    pub quiet_period: Duration,
+    /// Wait between eviction rounds when a PodDisruptionBudget refused one.
+    pub eviction_retry: Duration,
+    /// Longest time a drain may take before escalation.
+    pub drain_timeout: Duration,
+    /// Longest time a reboot may take before escalation.
+    pub reboot_timeout: Duration,
+}
+
+impl Config {
+    /// Production defaults for a cluster.
+    pub fn new(cluster: &str, kafka: KafkaConfig, gate_url: &str, database_url: &str) -> Self {
+        Self {
+            cluster: cluster.into(),
+            kafka,
+            gate_url: gate_url.into(),
+            database_url: database_url.into(),
+            quiet_period: Duration::from_secs(60),
+            eviction_retry: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(600),
+            reboot_timeout: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Runs intake and workflows until `cancel`.
+pub async fn run(cfg: Config, client: kube::Client, cancel: CancellationToken) -> Result<()> {
+    let store = Store::open(&cfg.database_url).await?;
+    let producer = Producer::new(&cfg.kafka)?;
+    let consumer: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("firebreak-remediator-{}", cfg.cluster))
+        .create()
+        .map_err(firebreak_schema::Error::from)?;
+    consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_schema::Error::from)?;
+    let ctx = Arc::new(workflow::Ctx {
+        gate: GateClient::new(&cfg.gate_url),
+        ops: node_ops::NodeOps::new(client),
+        store: store.clone(),
+        producer,
+        cancel: cancel.clone(),
+        cfg,
+    });
+    let span = tracing::info_span!("remediator", cluster = %ctx.cfg.cluster);
+    intake_loop(ctx, store, consumer).instrument(span).await
+}
+
+async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamConsumer) -> Result<()> {
+    let cancel = ctx.cancel.clone();
+    let mut tasks = tokio::task::JoinSet::new();
+    for wf in store.open_workflows(&ctx.cfg.cluster).await? {
+        tracing::info!(workflow_id = %wf.id, node = %wf.node, state = wf.state.as_str(), "resuming workflow");
+        tasks.spawn(workflow::drive(ctx.clone(), wf));
+    }
+    tracing::info!("remediator running");
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => break,
+            m = consumer.recv() => m,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        match decode_message::<FaultEvent>(&msg) {
+            Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),
+            Ok(event) if event.cluster != ctx.cfg.cluster => {}
+            Ok(event) => {
+                let Some(decision) = intake(&ctx, &event).await else { break };
+                match decision {
+                    Intake::Started(wf) => {
+                        tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
+                        ctx.publish(&wf);
+                        tasks.spawn(workflow::drive(ctx.clone(), wf));
+                    }
+                    Intake::Attached(id) => tracing::info!(workflow_id = %id, node = %event.node, incident = %event.id, "fault attached to open workflow"),
+                    Intake::Ignored(why) => tracing::info!(node = %event.node, incident = %event.id, why, "fault not remediated"),
+                    Intake::Duplicate => {}
+                }
+            }
+        }
+        if let Err(error) = consumer.store_offset_from_message(&msg) {
+            tracing::warn!(%error, "could not store offset");
+        }
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Records a fault, retrying database failures; `None` when cancelled.
+async fn intake(ctx: &workflow::Ctx, event: &FaultEvent) -> Option<Intake> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match ctx.store.intake(event).await {
+            Ok(d) => return Some(d),
+            Err(error) => tracing::error!(%error, incident = %event.id, "recording fault failed; retrying"),
+        }
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+        }
+    }
+}

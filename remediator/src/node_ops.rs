@@ -1,0 +1,152 @@
+//! What the remediator does to a node, through the Kubernetes API. Every operation is
+//! idempotent: doing it again after a crash changes nothing more.
+
+use firebreak_schema::{REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use crate::{Error, Result};
+
+/// Node and pod operations of one cluster.
+#[derive(Clone)]
+pub struct NodeOps {
+    nodes: Api<Node>,
+    client: Client,
+}
+
+/// Outcome of one eviction attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Accepted (201) or the pod is already gone (404).
+    Done,
+    /// 429: a PodDisruptionBudget allows no disruption now.
+    Blocked(String),
+}
+
+impl NodeOps {
+    /// Operations through `client`.
+    pub fn new(client: Client) -> Self {
+        Self { nodes: Api::all(client.clone()), client }
+    }
+
+    /// The node.
+    pub async fn get(&self, node: &str) -> Result<Node> {
+        Ok(self.nodes.get(node).await?)
+    }
+
+    /// Cordons the node and adds `firebreak.io/unhealthy=<kind>:NoSchedule`.
+    pub async fn cordon_and_taint(&self, node: &str, kind: &str) -> Result<()> {
+        self.update_taints(node, Some(true), |taints| {
+            if !taints.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY) {
+                taints.push(Taint {
+                    key: UNHEALTHY_TAINT_KEY.into(),
+                    value: Some(kind.into()),
+                    effect: "NoSchedule".into(),
+                    time_added: None,
+                });
+            }
+        })
+        .await
+    }
+
+    /// Removes our taint and uncordons.
+    pub async fn uncordon_and_untaint(&self, node: &str) -> Result<()> {
+        self.update_taints(node, Some(false), |taints| taints.retain(|t| t.key != UNHEALTHY_TAINT_KEY)).await
+    }
+
+    /// Read-modify-write of the taint list with the resourceVersion as precondition, retried on
+    /// conflict, so concurrent taint changes by others are never overwritten.
+    async fn update_taints(&self, node: &str, unschedulable: Option<bool>, edit: impl Fn(&mut Vec<Taint>)) -> Result<()> {
+        for _ in 0..10 {
+            let n = self.nodes.get(node).await?;
+            let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+            edit(&mut taints);
+            let patch = json!({
+                "metadata": {"resourceVersion": n.metadata.resource_version},
+                "spec": {"unschedulable": unschedulable, "taints": taints},
+            });
+            match self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!("node {node} kept changing while updating its taints")))
+    }
+
+    /// The pods to migrate off the node: everything but DaemonSet pods, mirror pods and pods
+    /// that have already finished.
+    pub async fn pods_to_migrate(&self, node: &str) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let list = pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|p| {
+                let owned_by_ds = p
+                    .metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o.kind == "DaemonSet" && o.controller == Some(true)));
+                let mirror = p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+                let finished = p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+                !owned_by_ds && !mirror && !finished
+            })
+            .collect())
+    }
+
+    /// Labels a pod `firebreak.io/to-be-migrated=true`.
+    pub async fn mark_for_migration(&self, pod: &Pod) -> Result<()> {
+        let (ns, name) = pod_names(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let patch = json!({"metadata": {"labels": {TO_BE_MIGRATED_LABEL: "true"}}});
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Evicts a pod through the Eviction API. The body is posted by hand: kube-core's
+    /// `EvictParams` serialises its delete options under a key the API server ignores.
+    pub async fn evict(&self, pod: &Pod) -> Result<Eviction> {
+        let (ns, name) = pod_names(pod);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": "policy/v1", "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+            "deleteOptions": {"propagationPolicy": "Background"},
+        });
+        match api.create_subresource::<_, serde_json::Value>("eviction", &name, &PostParams::default(), &body).await {
+            Ok(_) => Ok(Eviction::Done),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Eviction::Done),
+            Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(s.message)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Asks for a reboot by annotating the node with the workflow id.
+    pub async fn request_reboot(&self, node: &str, workflow: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {REBOOT_ANNOTATION: workflow}}});
+        self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        Ok(())
+    }
+}
+
+/// The node's boot id and whether it is Ready.
+pub fn boot_and_ready(node: &Node) -> (String, bool) {
+    let status = node.status.as_ref();
+    let boot = status.and_then(|s| s.node_info.as_ref()).map(|i| i.boot_id.clone()).unwrap_or_default();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    (boot, ready)
+}
+
+fn pod_names(pod: &Pod) -> (String, String) {
+    (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+}

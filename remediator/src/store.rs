@@ -1,0 +1,318 @@
+//! Workflow state through `sqlx` (SQLite or PostgreSQL). Every transition is written here
+//! before the side effect it leads to.
+
+use firebreak_schema::{FaultEvent, Severity};
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+/// Where a workflow is. Each state names the next action; all actions are idempotent, so a
+/// restarted remediator resumes by doing the persisted state's action again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for a cordon permit from the gate.
+    PermitWait,
+    /// Permit held; cordon and taint next.
+    Cordoning,
+    /// Cordoned; label and evict pods next.
+    Draining,
+    /// Drained; reboot next, then wait for a new boot id and Ready.
+    Rebooting,
+    /// Back up; waiting for a quiet period with no new fault.
+    Verifying,
+    /// Verified; uncordon, untaint and release next.
+    Uncordoning,
+    /// Done: the node is back in service.
+    Healed,
+    /// Done: a human must take over; the node stays cordoned.
+    Escalated,
+}
+
+impl State {
+    /// Name stored and published.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::PermitWait => "permit_wait",
+            State::Cordoning => "cordoning",
+            State::Draining => "draining",
+            State::Rebooting => "rebooting",
+            State::Verifying => "verifying",
+            State::Uncordoning => "uncordoning",
+            State::Healed => "healed",
+            State::Escalated => "escalated",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        [
+            State::PermitWait,
+            State::Cordoning,
+            State::Draining,
+            State::Rebooting,
+            State::Verifying,
+            State::Uncordoning,
+            State::Healed,
+            State::Escalated,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| Error::Corrupt(format!("unknown workflow state `{s}`")))
+    }
+
+    /// Whether the workflow has ended.
+    pub fn is_done(self) -> bool {
+        matches!(self, State::Healed | State::Escalated)
+    }
+}
+
+/// A workflow row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workflow {
+    /// Workflow id.
+    pub id: Uuid,
+    /// Cluster.
+    pub cluster: String,
+    /// Node.
+    pub node: String,
+    /// The fault that started it.
+    pub trigger_event_id: Uuid,
+    /// The fault's kind.
+    pub fault_kind: String,
+    /// Current state.
+    pub state: State,
+    /// The gate permit held, if any.
+    pub permit_id: Option<Uuid>,
+    /// The node's boot id before the reboot was asked for.
+    pub boot_id_before: Option<String>,
+    /// When the node came back from the reboot (ms since the epoch).
+    pub rebooted_at_ms: Option<i64>,
+    /// Why it is in its state.
+    pub reason: String,
+}
+
+/// What the intake decided about one consumed fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intake {
+    /// Seen before: nothing to do.
+    Duplicate,
+    /// Recorded, no action, with why.
+    Ignored(String),
+    /// Recorded against the node's open workflow.
+    Attached(Uuid),
+    /// A new workflow was created.
+    Started(Workflow),
+}
+
+/// The remediator's database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn uuid_col(r: &sqlx::any::AnyRow, c: &str) -> Result<Option<Uuid>> {
+    let v: Option<String> = r.try_get(c)?;
+    v.map(|s| s.parse().map_err(|e| Error::Corrupt(format!("{c}: {e}")))).transpose()
+}
+
+impl Store {
+    /// Connects (a SQLite file is created if missing) and migrates.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new().max_connections(if sqlite { 1 } else { 4 }).connect(&url).await?;
+        let mut migrator = sqlx::migrate!("./migrations");
+        // The event center may keep its own migrations in the same database.
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records a consumed fault and decides what to do with it, atomically.
+    pub async fn intake(&self, e: &FaultEvent) -> Result<Intake> {
+        let mut tx = self.pool.begin().await?;
+        let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
+            .bind(e.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if seen.is_some() {
+            return Ok(Intake::Duplicate);
+        }
+        let open = sqlx::query("SELECT id FROM workflows WHERE cluster = $1 AND node = $2 AND done = 0")
+            .bind(&e.cluster)
+            .bind(&e.node)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let open = match open {
+            Some(r) => uuid_col(&r, "id")?,
+            None => None,
+        };
+        let ours = e.evidence.get("caused_by_remediation").is_some_and(|v| v == "true");
+        let (decision, workflow) = if let Some(id) = open {
+            (Intake::Attached(id), Some(id))
+        } else if e.severity != Severity::Critical {
+            (Intake::Ignored(format!("severity {} (only critical faults are remediated)", e.severity)), None)
+        } else if ours {
+            (Intake::Ignored("caused by our own remediation".into()), None)
+        } else if e.class == firebreak_schema::FaultClass::Component {
+            (Intake::Ignored(format!("{} is a component fault; reboot does not repair it", e.kind)), None)
+        } else {
+            let wf = Workflow {
+                id: Uuid::now_v7(),
+                cluster: e.cluster.clone(),
+                node: e.node.clone(),
+                trigger_event_id: e.id,
+                fault_kind: e.kind.to_string(),
+                state: State::PermitWait,
+                permit_id: None,
+                boot_id_before: None,
+                rebooted_at_ms: None,
+                reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
+            };
+            sqlx::query(
+                "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, created_at, updated_at) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8)",
+            )
+            .bind(wf.id.to_string())
+            .bind(&wf.cluster)
+            .bind(&wf.node)
+            .bind(wf.trigger_event_id.to_string())
+            .bind(&wf.fault_kind)
+            .bind(wf.state.as_str())
+            .bind(&wf.reason)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, 0, $2, $3, $4)")
+                .bind(wf.id.to_string())
+                .bind(wf.state.as_str())
+                .bind(&wf.reason)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
+            let id = wf.id;
+            (Intake::Started(wf), Some(id))
+        };
+        let text = match &decision {
+            Intake::Ignored(why) => format!("ignored: {why}"),
+            Intake::Attached(id) => format!("attached to open workflow {id}"),
+            Intake::Started(wf) => format!("started workflow {}", wf.id),
+            Intake::Duplicate => String::new(),
+        };
+        sqlx::query(
+            "INSERT INTO seen_faults (event_id, cluster, node, kind, severity, observed_at_ms, workflow_id, decision, at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+        )
+        .bind(e.id.to_string())
+        .bind(&e.cluster)
+        .bind(&e.node)
+        .bind(e.kind.as_str())
+        .bind(e.severity.as_str())
+        .bind(ms(e.observed_at))
+        .bind(workflow.map(|w| w.to_string()))
+        .bind(text)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(decision)
+    }
+
+    /// Persists a transition and appends it to the workflow's step log.
+    pub async fn transition(&self, wf: &Workflow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, rebooted_at_ms = $5, reason = $6, \
+             done = $7, updated_at = $8 WHERE id = $1",
+        )
+        .bind(wf.id.to_string())
+        .bind(wf.state.as_str())
+        .bind(wf.permit_id.map(|p| p.to_string()))
+        .bind(wf.boot_id_before.clone())
+        .bind(wf.rebooted_at_ms)
+        .bind(&wf.reason)
+        .bind(i32::from(wf.state.is_done()))
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
+            .bind(wf.id.to_string())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(wf.id.to_string())
+            .bind(seq)
+            .bind(wf.state.as_str())
+            .bind(&wf.reason)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Open workflows of a cluster, to resume after a restart.
+    pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
+        let rows = sqlx::query(
+            "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, boot_id_before, rebooted_at_ms, reason \
+             FROM workflows WHERE cluster = $1 AND done = 0",
+        )
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Workflow {
+                    id: uuid_col(r, "id")?.ok_or_else(|| Error::Corrupt("workflow without id".into()))?,
+                    cluster: r.try_get("cluster")?,
+                    node: r.try_get("node")?,
+                    trigger_event_id: uuid_col(r, "trigger_event_id")?.ok_or_else(|| Error::Corrupt("no trigger".into()))?,
+                    fault_kind: r.try_get("fault_kind")?,
+                    state: State::parse(&r.try_get::<String, _>("state")?)?,
+                    permit_id: uuid_col(r, "permit_id")?,
+                    boot_id_before: r.try_get("boot_id_before")?,
+                    rebooted_at_ms: r.try_get("rebooted_at_ms")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The newest critical fault on a node observed after `after_ms`, if any.
+    pub async fn critical_fault_since(&self, cluster: &str, node: &str, after_ms: i64) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT event_id, kind FROM seen_faults WHERE cluster = $1 AND node = $2 AND severity = 'critical' \
+             AND observed_at_ms > $3 ORDER BY observed_at_ms DESC LIMIT 1",
+        )
+        .bind(cluster)
+        .bind(node)
+        .bind(after_ms)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("event_id")?, r.try_get("kind")?))).transpose()
+    }
+
+    /// The step log of a workflow: (state, reason), oldest first.
+    pub async fn steps(&self, workflow: Uuid) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT state, reason FROM workflow_steps WHERE workflow_id = $1 ORDER BY seq")
+            .bind(workflow.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("state")?, r.try_get("reason")?))).collect()
+    }
+}

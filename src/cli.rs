@@ -1,0 +1,186 @@
+//! Command-line interface.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use firebreak_schema::kafka::KafkaConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result, bind, demo, kube_client};
+
+/// Firebreak: node fault self-healing and risk-gated change for Kubernetes fleets.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// Log as JSON lines (for clusters) instead of text.
+    #[arg(long, global = true, env = "FIREBREAK_LOG_JSON")]
+    pub log_json: bool,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Kafka flags shared by the services.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// Extra librdkafka consumer property, `key=value` (repeatable).
+    #[arg(long = "kafka-consumer-option", value_parser = parse_kv)]
+    pub consumer_options: Vec<(String, String)>,
+}
+
+impl KafkaArgs {
+    fn config(&self) -> KafkaConfig {
+        KafkaConfig { brokers: self.kafka_brokers.clone(), consumer_options: self.consumer_options.clone() }
+    }
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
+/// The services.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Per-node agent: kernel log faults and heartbeats to Kafka.
+    Agent(firebreak_agent::AgentArgs),
+    /// Per-cluster detector: NotReady nodes and silent agents.
+    Detector {
+        /// Cluster name.
+        #[arg(long)]
+        cluster: String,
+        /// Kubeconfig of the cluster.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Silence after which an agent is reported.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        agent_silent_after: Duration,
+    },
+    /// Central event center: store, API and web UI.
+    EventCenter {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// `sqlite://FILE` or `postgres://...`.
+        #[arg(long, default_value = "sqlite://firebreak-events.db", env = "FIREBREAK_DATABASE_URL")]
+        database_url: String,
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Central gate: permits for risky operations.
+    Gate {
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        listen: String,
+        /// TOML policy file; the built-in policy applies without it.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Per-cluster remediator: durable repair workflows.
+    Remediator {
+        /// Cluster name.
+        #[arg(long)]
+        cluster: String,
+        /// Kubeconfig of the cluster.
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Base URL of the gate.
+        #[arg(long, default_value = "http://127.0.0.1:8181")]
+        gate_url: String,
+        /// `sqlite://FILE` or `postgres://...`.
+        #[arg(long, default_value = "sqlite://firebreak-remediator.db", env = "FIREBREAK_DATABASE_URL")]
+        database_url: String,
+        /// Quiet period after a reboot before uncordon.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        quiet_period: Duration,
+    },
+    /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
+    FleetSim {
+        /// Where kubeconfigs and node host roots are written.
+        #[arg(long, default_value = "./firebreak-data")]
+        data_dir: PathBuf,
+        /// Number of clusters.
+        #[arg(long, default_value_t = 1)]
+        clusters: usize,
+        /// Nodes per cluster.
+        #[arg(long, default_value_t = 5)]
+        nodes_per_cluster: usize,
+    },
+    /// The whole loop on this machine, with no external service.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs a command until Ctrl-C.
+pub async fn run(cli: Cli) -> Result<()> {
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stopping");
+        stop.cancel();
+    });
+    match cli.command {
+        Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
+        Command::Detector { cluster, kubeconfig, kafka, agent_silent_after } => {
+            let client = kube_client(&kubeconfig).await?;
+            let cfg = firebreak_detector::Config {
+                cluster,
+                kafka: kafka.config(),
+                agent_silent_after,
+                new_node_grace: Duration::from_secs(60),
+            };
+            Ok(firebreak_detector::run(cfg, client, cancel).await?)
+        }
+        Command::EventCenter { kafka, database_url, listen } => {
+            let listener = bind(&listen).await?;
+            let cfg = firebreak_event_center::Config {
+                kafka: kafka.config(),
+                database_url,
+                group_id: "firebreak-event-center".into(),
+            };
+            Ok(firebreak_event_center::run(cfg, listener, cancel).await?)
+        }
+        Command::Gate { listen, policy } => {
+            let policy = match policy {
+                Some(p) => firebreak_rate_limiter::Policy::load(&p)?,
+                None => firebreak_rate_limiter::Policy::default(),
+            };
+            let listener = bind(&listen).await?;
+            let gate = Arc::new(firebreak_rate_limiter::Gate::new(policy));
+            Ok(firebreak_rate_limiter::serve(listener, gate, cancel.cancelled_owned()).await?)
+        }
+        Command::Remediator { cluster, kubeconfig, kafka, gate_url, database_url, quiet_period } => {
+            let client = kube_client(&kubeconfig).await?;
+            let mut cfg = firebreak_remediator::Config::new(&cluster, kafka.config(), &gate_url, &database_url);
+            cfg.quiet_period = quiet_period;
+            Ok(firebreak_remediator::run(cfg, client, cancel).await?)
+        }
+        Command::FleetSim { data_dir, clusters, nodes_per_cluster } => {
+            if clusters == 0 {
+                return Err(Error::Usage("--clusters must be at least 1".into()));
+            }
+            let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
+                data_dir,
+                clusters,
+                nodes_per_cluster,
+                timings: Default::default(),
+            })
+            .await?;
+            for c in fleet.clusters() {
+                println!("cluster {} at {}: KUBECONFIG={}", c.name(), c.url(), c.kubeconfig_path().display());
+            }
+            cancel.cancelled().await;
+            fleet.shutdown().await;
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args, cancel).await,
+    }
+}

@@ -1,0 +1,310 @@
+//! The whole loop on one machine: [`Stack`] starts every component on the real protocols —
+//! librdkafka's in-process mock cluster as the Kafka broker (real Kafka protocol on a real
+//! 127.0.0.1 port), SQLite files, fleet-sim's clusters behind their Kubernetes API — and
+//! `firebreak demo` adds a fault injector. The end-to-end tests drive the same [`Stack`].
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use firebreak_agent::{NodeAgent, rules};
+use firebreak_fleet_sim::{Fault, Fleet, FleetConfig, Timings};
+use firebreak_rate_limiter::{Gate, Policy};
+use firebreak_schema::{
+    FAULT_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC,
+    kafka::{KafkaConfig, Producer},
+};
+use rand::seq::IndexedRandom;
+use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result, bind, kube_client};
+
+/// `firebreak demo` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Where SQLite files, kubeconfigs and node host roots go.
+    #[arg(long, default_value = "./firebreak-data")]
+    pub data_dir: PathBuf,
+    /// Number of simulated clusters.
+    #[arg(long, default_value_t = 3)]
+    pub clusters: usize,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 20)]
+    pub nodes_per_cluster: usize,
+    /// A random fault is injected this often.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub fault_every: Duration,
+    /// Event center (web UI and API) address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Gate address.
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    pub gate_listen: String,
+    /// Stop by itself after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub run_for: Option<Duration>,
+}
+
+/// How to assemble a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Number of clusters.
+    pub clusters: usize,
+    /// Nodes per cluster.
+    pub nodes_per_cluster: usize,
+    /// Event center address (`127.0.0.1:0` for any free port).
+    pub listen: String,
+    /// Gate address.
+    pub gate_listen: String,
+    /// Gate policy.
+    pub policy: Policy,
+    /// Event center database; SQLite under the data directory when `None`.
+    pub event_center_db: Option<String>,
+    /// Remediator database (shared by all clusters); one SQLite file per cluster when `None`.
+    pub remediator_db: Option<String>,
+    /// Remediator quiet period after reboot.
+    pub quiet_period: Duration,
+    /// Remediator wait after a PodDisruptionBudget refusal.
+    pub eviction_retry: Duration,
+    /// Agent heartbeat period.
+    pub heartbeat: Duration,
+}
+
+impl StackOptions {
+    /// Demo-speed defaults.
+    pub fn new(data_dir: PathBuf, clusters: usize, nodes_per_cluster: usize) -> Self {
+        Self {
+            data_dir,
+            clusters,
+            nodes_per_cluster,
+            listen: "127.0.0.1:0".into(),
+            gate_listen: "127.0.0.1:0".into(),
+            policy: Policy::default(),
+            event_center_db: None,
+            remediator_db: None,
+            quiet_period: Duration::from_secs(5),
+            eviction_retry: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Every component, running.
+pub struct Stack {
+    /// The simulated clusters.
+    pub fleet: Fleet,
+    /// The Kafka broker. Not `Send`: keep the stack on the task that made it.
+    pub kafka: MockCluster<'static, DefaultProducerContext>,
+    /// Broker addresses and client tuning.
+    pub kafka_config: KafkaConfig,
+    /// `http://...` of the event center.
+    pub event_center_url: String,
+    /// `http://...` of the gate.
+    pub gate_url: String,
+    gate_addr: SocketAddr,
+    policy: Policy,
+    gate: Option<(CancellationToken, JoinHandle<()>)>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    producer: Producer,
+}
+
+fn spawn_logged<E: std::fmt::Display>(what: String, f: impl Future<Output = Result<(), E>> + Send + 'static) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(error) = f.await {
+            tracing::error!(%error, component = %what, "component stopped with an error");
+        }
+    })
+}
+
+impl Stack {
+    /// Starts everything.
+    pub async fn start(opts: StackOptions) -> Result<Stack> {
+        if opts.clusters == 0 || opts.nodes_per_cluster == 0 {
+            return Err(Error::Usage("at least one cluster and one node per cluster".into()));
+        }
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|source| Error::Io { what: format!("create {}", opts.data_dir.display()), source })?;
+        let data_dir = std::fs::canonicalize(&opts.data_dir)
+            .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
+        let kafka = MockCluster::new(1).map_err(firebreak_schema::Error::from)?;
+        for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3)] {
+            kafka.create_topic(topic, partitions, 1).map_err(firebreak_schema::Error::from)?;
+        }
+        let kafka_config = KafkaConfig {
+            brokers: kafka.bootstrap_servers(),
+            consumer_options: vec![
+                ("session.timeout.ms".into(), "6000".into()),
+                ("heartbeat.interval.ms".into(), "500".into()),
+            ],
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let fleet = Fleet::start(FleetConfig {
+            data_dir: data_dir.clone(),
+            clusters: opts.clusters,
+            nodes_per_cluster: opts.nodes_per_cluster,
+            timings: Timings::default(),
+        })
+        .await?;
+
+        let gate_listener = bind(&opts.gate_listen).await?;
+        let gate_addr = gate_listener
+            .local_addr()
+            .map_err(|source| Error::Io { what: "gate address".into(), source })?;
+
+        let ec_listener = bind(&opts.listen).await?;
+        let ec_addr = ec_listener
+            .local_addr()
+            .map_err(|source| Error::Io { what: "event center address".into(), source })?;
+        let ec = firebreak_event_center::Config {
+            kafka: kafka_config.clone(),
+            database_url: opts
+                .event_center_db
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("event-center.db").display())),
+            group_id: "firebreak-event-center".into(),
+        };
+        tasks.push(spawn_logged("event-center".into(), firebreak_event_center::run(ec, ec_listener, cancel.clone())));
+
+        let producer = Producer::new(&kafka_config)?;
+        let rules = Arc::new(rules::defaults());
+        for cluster in fleet.clusters() {
+            let client = kube_client(&cluster.kubeconfig_path()).await?;
+            let detector = firebreak_detector::Config {
+                cluster: cluster.name().into(),
+                kafka: kafka_config.clone(),
+                agent_silent_after: opts.heartbeat * 5,
+                new_node_grace: Duration::from_secs(60),
+            };
+            tasks.push(spawn_logged(format!("detector/{}", cluster.name()), firebreak_detector::run(detector, client.clone(), cancel.clone())));
+            let db = opts.remediator_db.clone().unwrap_or_else(|| {
+                format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name())).display())
+            });
+            let mut rem = firebreak_remediator::Config::new(cluster.name(), kafka_config.clone(), &format!("http://{gate_addr}"), &db);
+            rem.quiet_period = opts.quiet_period;
+            rem.eviction_retry = opts.eviction_retry;
+            tasks.push(spawn_logged(format!("remediator/{}", cluster.name()), firebreak_remediator::run(rem, client, cancel.clone())));
+            for node in cluster.node_names() {
+                let agent = NodeAgent {
+                    cluster: cluster.name().into(),
+                    host_root: cluster.host_root(&node),
+                    node,
+                    rules: rules.clone(),
+                    producer: producer.clone(),
+                    poll_interval: Duration::from_millis(250),
+                    heartbeat_interval: opts.heartbeat,
+                };
+                tasks.push(tokio::spawn(agent.run(cancel.clone())));
+            }
+        }
+        let mut stack = Stack {
+            fleet,
+            kafka,
+            kafka_config,
+            event_center_url: format!("http://{ec_addr}"),
+            gate_url: format!("http://{gate_addr}"),
+            gate_addr,
+            policy: opts.policy,
+            gate: None,
+            cancel,
+            tasks,
+            producer,
+        };
+        stack.serve_gate(gate_listener);
+        Ok(stack)
+    }
+
+    fn serve_gate(&mut self, listener: tokio::net::TcpListener) {
+        let stop = CancellationToken::new();
+        let gate = Arc::new(Gate::new(self.policy.clone()));
+        let task = spawn_logged("gate".into(), firebreak_rate_limiter::serve(listener, gate, stop.clone().cancelled_owned()));
+        self.gate = Some((stop, task));
+    }
+
+    /// Stops the gate (its permits are forgotten, as with a crashed gate).
+    pub async fn stop_gate(&mut self) {
+        if let Some((stop, task)) = self.gate.take() {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Starts the gate again on the same address.
+    pub async fn start_gate(&mut self) -> Result<()> {
+        if self.gate.is_none() {
+            let listener = bind(&self.gate_addr.to_string()).await?;
+            self.serve_gate(listener);
+        }
+        Ok(())
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.stop_gate().await;
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let _ = self.producer.flush(Duration::from_secs(2));
+        let Stack { fleet, kafka, producer, .. } = self;
+        // Every client goes before the broker does.
+        drop(producer);
+        fleet.shutdown().await;
+        drop(kafka);
+    }
+}
+
+/// `firebreak demo`.
+pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
+    let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters, args.nodes_per_cluster);
+    opts.listen = args.listen.clone();
+    opts.gate_listen = args.gate_listen.clone();
+    let stack = Stack::start(opts).await?;
+    println!("Firebreak demo running. Ctrl-C stops it.");
+    println!("  event center (web UI): {}/", stack.event_center_url);
+    println!("  events API:            {}/api/v1/events", stack.event_center_url);
+    println!("  gate decisions:        {}/api/v1/decisions", stack.gate_url);
+    println!("  kafka (mock cluster):  {}", stack.kafka_config.brokers);
+    for c in stack.fleet.clusters() {
+        println!("  cluster {}: kubectl --kubeconfig {} get nodes", c.name(), c.kubeconfig_path().display());
+    }
+    let deadline = async {
+        match args.run_for {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(args.fault_every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = &mut deadline => break,
+            _ = tick.tick() => {
+                let pick = {
+                    let mut rng = rand::rng();
+                    stack.fleet.clusters().choose(&mut rng).and_then(|c| {
+                        let nodes = c.node_names();
+                        let node = nodes.choose(&mut rng)?.clone();
+                        let fault = *Fault::ALL.choose(&mut rng)?;
+                        Some((c.clone(), node, fault))
+                    })
+                };
+                if let Some((cluster, node, fault)) = pick {
+                    match cluster.inject(&node, fault) {
+                        Ok(()) => println!("injected {fault:?} into {}/{node}", cluster.name()),
+                        Err(error) => tracing::warn!(%error, "fault injection failed"),
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    stack.shutdown().await;
+    Ok(())
+}
