@@ -68,13 +68,17 @@ pub fn init_telemetry(json: bool) {
     let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
 }
 
-/// A Kubernetes client from a kubeconfig file.
+/// A Kubernetes client from a kubeconfig file, without kube-client's implicit retries.
 pub async fn kube_client(path: &Path) -> Result<kube::Client> {
     let err = |message: String| Error::Kubeconfig { path: path.display().to_string(), message };
     let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    // kube-client retries 429s by itself (15 times, backoff up to 1000 s). That would hide a
+    // PodDisruptionBudget's refusal from the remediator, which retries evictions explicitly,
+    // counts the refusals and bounds the drain with a timeout.
+    config.default_retry = false;
     kube::Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 

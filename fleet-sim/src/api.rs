@@ -234,6 +234,7 @@ fn watch(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
     let keep = move |o: &Value| {
         ns.as_deref().is_none_or(|ns| str_at(o, "/metadata/namespace") == ns) && l.matches_labels(o) && f.matches_fields(o)
     };
+    let shutdown = c.shutdown.clone();
     let stream = async_stream::stream! {
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -245,6 +246,7 @@ fn watch(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
+                _ = shutdown.cancelled() => break,
                 change = rx.recv() => match change {
                     Ok(ch) if ch.resource == res.plural && keep(&ch.object) => yield Ok(line(ch.kind, &ch.object)),
                     Ok(_) => {}

@@ -127,7 +127,7 @@ impl Fleet {
             let addr = listener
                 .local_addr()
                 .map_err(|source| Error::Io { path: dir.clone(), source })?;
-            let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings)?);
+            let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings, cancel.clone())?);
             tasks.push(tokio::spawn(api::serve(cluster.clone(), listener, cancel.clone())));
             tasks.push(tokio::spawn(sim::run(cluster.clone(), cancel.clone())));
             clusters.push(cluster);

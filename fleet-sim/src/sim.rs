@@ -117,10 +117,19 @@ pub struct Cluster {
     timings: Timings,
     workloads: Vec<Workload>,
     state: Mutex<State>,
+    /// Cancelled when the fleet stops; open watches end then.
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl Cluster {
-    pub(crate) fn new(name: String, dir: PathBuf, addr: SocketAddr, nodes: usize, timings: Timings) -> Result<Self> {
+    pub(crate) fn new(
+        name: String,
+        dir: PathBuf,
+        addr: SocketAddr,
+        nodes: usize,
+        timings: Timings,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
@@ -138,6 +147,7 @@ impl Cluster {
             dir,
             addr,
             timings,
+            shutdown,
             state: Mutex::new(State {
                 store: Store::new(),
                 nodes: BTreeMap::new(),

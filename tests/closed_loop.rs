@@ -1,0 +1,127 @@
+//! (a) One uncorrectable memory error, from a node's kernel log to a healed node, on the real
+//! protocols: kmsg file → agent → Kafka → event center API; remediator → gate → Kubernetes API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{NodeLog, get_json, stack, steps, wait_for};
+use firebreak_fleet_sim::Fault;
+use k8s_openapi::api::{core::v1::{Node, Pod}, policy::v1::PodDisruptionBudget};
+use kube::{Api, api::ListParams};
+
+async fn closed_loop(name: &str, db: Option<String>) {
+    let stack = stack(name, |o| {
+        o.event_center_db = db.clone();
+        o.remediator_db = db.clone();
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-001", cluster.name());
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let log = NodeLog::watch(client.clone());
+
+    let before = nodes.get(&node).await.unwrap();
+    let boot_before = before.status.unwrap().node_info.unwrap().boot_id;
+    let to_migrate: Vec<String> = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some("default"))
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    assert!(to_migrate.iter().filter(|p| p.starts_with("web-")).count() >= 2, "node carries two replicas under one PDB: {to_migrate:?}");
+
+    // Watch the disruption budget for the whole run: it must never be violated.
+    let pdb_floor = std::sync::Arc::new(std::sync::Mutex::new(i32::MAX));
+    let floor = pdb_floor.clone();
+    let sampler = tokio::spawn(async move {
+        loop {
+            if let Ok(p) = pdbs.get("web").await {
+                let s = p.status.unwrap_or_default();
+                let mut f = floor.lock().unwrap();
+                *f = (*f).min(s.current_healthy - s.desired_healthy);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let injected = tokio::time::Instant::now();
+
+    // The event reaches the event center's API within 10 s.
+    let url = format!("{}/api/v1/events?node={node}", stack.event_center_url);
+    let event = wait_for("the fault in the events API", Duration::from_secs(10), || async {
+        get_json(&url).await?.as_array()?.iter().find(|e| e["kind"] == "MemoryUncorrectable").cloned()
+    })
+    .await;
+    assert!(injected.elapsed() < Duration::from_secs(10));
+    assert_eq!(event["class"], "hardware");
+    assert_eq!(event["severity"], "critical");
+    assert_eq!(event["source"], "agent");
+    assert_eq!(event["cluster"], cluster.name());
+    assert!(event["message"].as_str().unwrap().contains("EDAC MC0: 1 UE"));
+
+    // Cordoned and tainted, as a kube client sees it.
+    wait_for("the node cordoned and tainted", Duration::from_secs(20), || async {
+        let n = nodes.get(&node).await.ok()?;
+        let spec = n.spec?;
+        let tainted = spec.taints?.iter().any(|t| {
+            t.key == "firebreak.io/unhealthy" && t.value.as_deref() == Some("MemoryUncorrectable") && t.effect == "NoSchedule"
+        });
+        (spec.unschedulable == Some(true) && tainted).then_some(())
+    })
+    .await;
+
+    // Healed in the end: uncordoned, untainted, rebooted.
+    wait_for("the workflow to heal the node", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.last().filter(|(s, _)| s == "healed").map(|_| ())
+    })
+    .await;
+    let after = nodes.get(&node).await.unwrap();
+    let spec = after.spec.clone().unwrap();
+    assert_ne!(spec.unschedulable, Some(true), "uncordoned");
+    assert!(!spec.taints.unwrap_or_default().iter().any(|t| t.key == "firebreak.io/unhealthy"), "untainted");
+    assert_ne!(after.status.unwrap().node_info.unwrap().boot_id, boot_before, "the node rebooted");
+    assert!(log.first_out_of_service(&node).is_some());
+
+    // Pods: each labelled, then evicted through the Eviction API; the PDB's 429 was retried.
+    let audit = cluster.audit();
+    for pod in &to_migrate {
+        let labelled = audit.iter().position(|a| a.verb == "patch" && a.resource == "pods" && &a.name == pod && a.code == 200);
+        let evicted = audit.iter().position(|a| a.subresource == "eviction" && &a.name == pod && a.code == 201);
+        assert!(labelled.is_some() && evicted.is_some() && labelled < evicted, "{pod} labelled then evicted");
+    }
+    assert!(audit.iter().any(|a| a.subresource == "eviction" && a.code == 429), "a PDB refusal happened and was retried");
+    assert!(!audit.iter().any(|a| a.verb == "delete" && a.resource == "pods"), "pods are evicted, never deleted");
+    sampler.abort();
+    assert!(*pdb_floor.lock().unwrap() >= 0, "the disruption budget was never violated");
+
+    // Every step is explained, in order.
+    let states: Vec<String> = steps(&stack, &node).await.into_iter().map(|(s, _)| s).collect();
+    let want = ["permit_wait", "cordoning", "draining", "rebooting", "verifying", "uncordoning", "healed"];
+    let mut it = states.iter();
+    for w in want {
+        assert!(it.any(|s| s == w), "step {w} missing or out of order in {states:?}");
+    }
+    let drained = steps(&stack, &node).await.into_iter().find(|(s, _)| s == "rebooting").unwrap().1;
+    assert!(drained.contains("evictions refused by PodDisruptionBudgets"), "{drained}");
+    assert!(!drained.contains(" 0 evictions refused"), "{drained}");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_error_heals_node_sqlite() {
+    closed_loop("loop-sqlite", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_error_heals_node_postgres() {
+    let db = common::postgres_db().await;
+    closed_loop("loop-pg", Some(db)).await;
+}

@@ -1,0 +1,131 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use firebreak::demo::{Stack, StackOptions};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::Value;
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("firebreak-{name}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A new, empty PostgreSQL database on the local server; its URL.
+pub async fn postgres_db() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("FIREBREAK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("fb_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("PostgreSQL on 127.0.0.1:5432");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    format!("{base}/{name}")
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` saying `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// GET a JSON document; `None` on any failure.
+pub async fn get_json(url: &str) -> Option<Value> {
+    let r = reqwest::get(url).await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+/// A small stack (one cluster by default), started and ready to consume.
+pub async fn stack(name: &str, tune: impl FnOnce(&mut StackOptions)) -> Stack {
+    let mut opts = StackOptions::new(temp_dir(name), 1, 4);
+    opts.quiet_period = Duration::from_secs(2);
+    opts.eviction_retry = Duration::from_millis(500);
+    tune(&mut opts);
+    let stack = Stack::start(opts).await.expect("stack starts");
+    let url = format!("{}/readyz", stack.event_center_url);
+    wait_for("the event center to be assigned partitions", Duration::from_secs(30), || async {
+        reqwest::get(&url).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    stack
+}
+
+/// Steps the remediator published for a node, oldest first: (state, reason).
+pub async fn steps(stack: &Stack, node: &str) -> Vec<(String, String)> {
+    let url = format!("{}/api/v1/remediations?node={node}&limit=1000", stack.event_center_url);
+    let mut out: Vec<(String, String)> = get_json(&url)
+        .await
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| (s["state"].as_str().unwrap_or("").to_owned(), s["reason"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Whether a node is cordoned or carries Firebreak's taint.
+pub fn out_of_service(n: &Node) -> bool {
+    let spec = n.spec.as_ref();
+    spec.and_then(|s| s.unschedulable).unwrap_or(false)
+        || spec.and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "firebreak.io/unhealthy"))
+}
+
+/// Every node state seen through a watch, in order: (node, out of service).
+#[derive(Clone, Default)]
+pub struct NodeLog(pub Arc<Mutex<Vec<(String, bool, tokio::time::Instant)>>>);
+
+impl NodeLog {
+    /// Starts watching the cluster's nodes; every change is recorded.
+    pub fn watch(client: kube::Client) -> Self {
+        let log = NodeLog::default();
+        let inner = log.clone();
+        tokio::spawn(async move {
+            let api: kube::Api<Node> = kube::Api::all(client);
+            let mut s = watcher(api, watcher::Config::default()).applied_objects().boxed();
+            while let Some(Ok(n)) = s.next().await {
+                let name = n.metadata.name.clone().unwrap_or_default();
+                inner.0.lock().unwrap().push((name, out_of_service(&n), tokio::time::Instant::now()));
+            }
+        });
+        log
+    }
+
+    /// Largest number of nodes out of service at the same time.
+    pub fn max_out_of_service(&self) -> usize {
+        let mut state = std::collections::BTreeMap::new();
+        let mut max = 0;
+        for (node, out, _) in self.0.lock().unwrap().iter() {
+            state.insert(node.clone(), *out);
+            max = max.max(state.values().filter(|v| **v).count());
+        }
+        max
+    }
+
+    /// When a node was first seen out of service.
+    pub fn first_out_of_service(&self, node: &str) -> Option<tokio::time::Instant> {
+        self.0.lock().unwrap().iter().find(|(n, out, _)| n == node && *out).map(|(_, _, t)| *t)
+    }
+}
