@@ -14,8 +14,8 @@ CREATE TABLE IF NOT EXISTS fault_events (
     received_at TEXT NOT NULL,
     received_at_ms BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS fault_events_by_time ON fault_events (received_at_ms);
-CREATE INDEX IF NOT EXISTS fault_events_by_node ON fault_events (cluster, node, received_at_ms);
+CREATE INDEX IF NOT EXISTS fault_events_by_time ON fault_events (observed_at_ms);
+CREATE INDEX IF NOT EXISTS fault_events_by_node ON fault_events (cluster, node, observed_at_ms);
 
 CREATE TABLE IF NOT EXISTS remediation_events (
     id TEXT PRIMARY KEY,

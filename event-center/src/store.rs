@@ -128,7 +128,7 @@ impl Store {
         Ok(())
     }
 
-    /// Events matching `f`, newest first.
+    /// Events matching `f`, most recently observed first.
     pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
         if let Some(c) = &f.class {
             FaultClass::from_str(c).map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
@@ -140,7 +140,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at \
              FROM fault_events WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
-             ORDER BY received_at_ms DESC, id DESC LIMIT $4",
+             ORDER BY observed_at_ms DESC, id DESC LIMIT $4",
         )
         .bind(f.cluster.clone().unwrap_or_default())
         .bind(f.node.clone().unwrap_or_default())

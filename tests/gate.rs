@@ -1,0 +1,97 @@
+//! (b) The gate's concurrency budget holds across simultaneous faults; (c) with the gate down
+//! nothing is cordoned, and the workflow proceeds once it is back.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{NodeLog, get_json, stack, steps, wait_for};
+use firebreak_fleet_sim::Fault;
+use firebreak_rate_limiter::{Limits, Policy};
+use firebreak_schema::Operation;
+
+fn one_cordon_at_a_time() -> Policy {
+    Policy {
+        permit_ttl: Duration::from_secs(300),
+        operations: BTreeMap::from([(
+            Operation::Cordon,
+            Limits { rate_per_minute: 600, burst: 10, max_concurrent_per_cluster: 1 },
+        )]),
+    }
+}
+
+async fn healed(stack: &firebreak::demo::Stack, node: &str) -> Option<()> {
+    steps(stack, node).await.last().filter(|(s, _)| s == "healed").map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_budget_of_one_cordon_per_cluster_holds() {
+    let stack = stack("budget", |o| {
+        o.nodes_per_cluster = 5;
+        o.policy = one_cordon_at_a_time();
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let log = NodeLog::watch(client);
+    let victims: Vec<String> = (1..=3).map(|i| format!("{}-node-00{i}", cluster.name())).collect();
+    for node in &victims {
+        cluster.inject(node, Fault::MemoryUncorrectable).unwrap();
+    }
+    for node in &victims {
+        wait_for(&format!("{node} healed"), Duration::from_secs(120), || healed(&stack, node)).await;
+    }
+    assert_eq!(log.max_out_of_service(), 1, "never more than one node cordoned at a time, and one was");
+    for node in &victims {
+        assert!(log.first_out_of_service(node).is_some(), "{node} was taken out of service");
+    }
+    // The denials say which limit and what was measured.
+    let decisions = get_json(&format!("{}/api/v1/decisions", stack.gate_url)).await.unwrap();
+    let denied: Vec<&serde_json::Value> = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["response"])
+        .filter(|r| r["granted"] == false)
+        .collect();
+    assert!(!denied.is_empty());
+    for r in denied {
+        assert_eq!(r["limit"], "concurrency");
+        assert_eq!((r["measured"].as_f64(), r["threshold"].as_f64()), (Some(1.0), Some(1.0)));
+    }
+    let mut explained = false;
+    for n in &victims {
+        explained |= steps(&stack, n).await.iter().any(|(s, r)| s == "permit_wait" && r.contains("concurrency limit"));
+    }
+    assert!(explained, "a waiting workflow explains the concurrency limit it waits on");
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gate_down_means_no_cordon_until_it_is_back() {
+    let mut stack = stack("gate-down", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let log = NodeLog::watch(client);
+    let node = format!("{}-node-002", cluster.name());
+    stack.stop_gate().await;
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
+    wait_for("the workflow to report the gate unavailable", Duration::from_secs(20), || async {
+        steps(&stack, &node)
+            .await
+            .iter()
+            .any(|(s, r)| s == "permit_wait" && r.contains("gate unavailable, failing closed"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(log.first_out_of_service(&node).is_none(), "nothing cordoned while the gate is down");
+    assert!(steps(&stack, &node).await.iter().all(|(s, _)| s == "permit_wait"));
+
+    stack.start_gate().await.unwrap();
+    let back = tokio::time::Instant::now();
+    wait_for("the node healed after the gate came back", Duration::from_secs(60), || healed(&stack, &node)).await;
+    let cordoned = log.first_out_of_service(&node).expect("the node was cordoned once the gate was back");
+    assert!(cordoned >= back);
+    stack.shutdown().await;
+}
