@@ -111,7 +111,10 @@ pub struct Stack {
     producer: Producer,
 }
 
-fn spawn_logged<E: std::fmt::Display>(what: String, f: impl Future<Output = Result<(), E>> + Send + 'static) -> JoinHandle<()> {
+fn spawn_logged<E: std::fmt::Display>(
+    what: String,
+    f: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         if let Err(error) = f.await {
             tracing::error!(%error, component = %what, "component stopped with an error");
@@ -152,14 +155,12 @@ impl Stack {
         .await?;
 
         let gate_listener = bind(&opts.gate_listen).await?;
-        let gate_addr = gate_listener
-            .local_addr()
-            .map_err(|source| Error::Io { what: "gate address".into(), source })?;
+        let gate_addr =
+            gate_listener.local_addr().map_err(|source| Error::Io { what: "gate address".into(), source })?;
 
         let ec_listener = bind(&opts.listen).await?;
-        let ec_addr = ec_listener
-            .local_addr()
-            .map_err(|source| Error::Io { what: "event center address".into(), source })?;
+        let ec_addr =
+            ec_listener.local_addr().map_err(|source| Error::Io { what: "event center address".into(), source })?;
         let ec = firebreak_event_center::Config {
             kafka: kafka_config.clone(),
             database_url: opts
@@ -180,14 +181,25 @@ impl Stack {
                 agent_silent_after: opts.heartbeat * 5,
                 new_node_grace: Duration::from_secs(60),
             };
-            tasks.push(spawn_logged(format!("detector/{}", cluster.name()), firebreak_detector::run(detector, client.clone(), cancel.clone())));
+            tasks.push(spawn_logged(
+                format!("detector/{}", cluster.name()),
+                firebreak_detector::run(detector, client.clone(), cancel.clone()),
+            ));
             let db = opts.remediator_db.clone().unwrap_or_else(|| {
                 format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name())).display())
             });
-            let mut rem = firebreak_remediator::Config::new(cluster.name(), kafka_config.clone(), &format!("http://{gate_addr}"), &db);
+            let mut rem = firebreak_remediator::Config::new(
+                cluster.name(),
+                kafka_config.clone(),
+                &format!("http://{gate_addr}"),
+                &db,
+            );
             rem.quiet_period = opts.quiet_period;
             rem.eviction_retry = opts.eviction_retry;
-            tasks.push(spawn_logged(format!("remediator/{}", cluster.name()), firebreak_remediator::run(rem, client, cancel.clone())));
+            tasks.push(spawn_logged(
+                format!("remediator/{}", cluster.name()),
+                firebreak_remediator::run(rem, client, cancel.clone()),
+            ));
             for node in cluster.node_names() {
                 let agent = NodeAgent {
                     cluster: cluster.name().into(),
@@ -221,7 +233,8 @@ impl Stack {
     fn serve_gate(&mut self, listener: tokio::net::TcpListener) {
         let stop = CancellationToken::new();
         let gate = Arc::new(Gate::new(self.policy.clone()));
-        let task = spawn_logged("gate".into(), firebreak_rate_limiter::serve(listener, gate, stop.clone().cancelled_owned()));
+        let task =
+            spawn_logged("gate".into(), firebreak_rate_limiter::serve(listener, gate, stop.clone().cancelled_owned()));
         self.gate = Some((stop, task));
     }
 

@@ -61,9 +61,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Initialises logging: `RUST_LOG`-style filter from the environment (default `info`), text or
 /// JSON lines.
 pub fn init_telemetry(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        "info,rdkafka=warn,librdkafka=warn,kube=warn,sqlx=warn,hyper=warn,tower=warn".into()
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rdkafka=warn,librdkafka=warn,kube=warn,sqlx=warn,hyper=warn,tower=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
 }
@@ -84,7 +83,5 @@ pub async fn kube_client(path: &Path) -> Result<kube::Client> {
 
 /// Binds a TCP listener.
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Io { what: format!("listen on {addr}"), source })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Io { what: format!("listen on {addr}"), source })
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::{NodeLog, get_json, stack, steps, wait_for};
 use firebreak_fleet_sim::Fault;
-use k8s_openapi::api::{core::v1::{Node, Pod}, policy::v1::PodDisruptionBudget};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod},
+    policy::v1::PodDisruptionBudget,
+};
 use kube::{Api, api::ListParams};
 
 async fn closed_loop(name: &str, db: Option<String>) {
@@ -35,7 +38,10 @@ async fn closed_loop(name: &str, db: Option<String>) {
         .filter(|p| p.metadata.namespace.as_deref() == Some("default"))
         .map(|p| p.metadata.name.unwrap())
         .collect();
-    assert!(to_migrate.iter().filter(|p| p.starts_with("web-")).count() >= 2, "node carries two replicas under one PDB: {to_migrate:?}");
+    assert!(
+        to_migrate.iter().filter(|p| p.starts_with("web-")).count() >= 2,
+        "node carries two replicas under one PDB: {to_migrate:?}"
+    );
 
     // Watch the disruption budget for the whole run: it must never be violated.
     let pdb_floor = std::sync::Arc::new(std::sync::Mutex::new(i32::MAX));
@@ -72,7 +78,9 @@ async fn closed_loop(name: &str, db: Option<String>) {
         let n = nodes.get(&node).await.ok()?;
         let spec = n.spec?;
         let tainted = spec.taints?.iter().any(|t| {
-            t.key == "firebreak.io/unhealthy" && t.value.as_deref() == Some("MemoryUncorrectable") && t.effect == "NoSchedule"
+            t.key == "firebreak.io/unhealthy"
+                && t.value.as_deref() == Some("MemoryUncorrectable")
+                && t.effect == "NoSchedule"
         });
         (spec.unschedulable == Some(true) && tainted).then_some(())
     })
@@ -93,11 +101,15 @@ async fn closed_loop(name: &str, db: Option<String>) {
     // Pods: each labelled, then evicted through the Eviction API; the PDB's 429 was retried.
     let audit = cluster.audit();
     for pod in &to_migrate {
-        let labelled = audit.iter().position(|a| a.verb == "patch" && a.resource == "pods" && &a.name == pod && a.code == 200);
+        let labelled =
+            audit.iter().position(|a| a.verb == "patch" && a.resource == "pods" && &a.name == pod && a.code == 200);
         let evicted = audit.iter().position(|a| a.subresource == "eviction" && &a.name == pod && a.code == 201);
         assert!(labelled.is_some() && evicted.is_some() && labelled < evicted, "{pod} labelled then evicted");
     }
-    assert!(audit.iter().any(|a| a.subresource == "eviction" && a.code == 429), "a PDB refusal happened and was retried");
+    assert!(
+        audit.iter().any(|a| a.subresource == "eviction" && a.code == 429),
+        "a PDB refusal happened and was retried"
+    );
     assert!(!audit.iter().any(|a| a.verb == "delete" && a.resource == "pods"), "pods are evicted, never deleted");
     sampler.abort();
     assert!(*pdb_floor.lock().unwrap() >= 0, "the disruption budget was never violated");

@@ -45,7 +45,8 @@ async fn start(kafka: &KafkaConfig, db: &str) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
-    let cfg = firebreak_event_center::Config { kafka: kafka.clone(), database_url: db.into(), group_id: "ec-test".into() };
+    let cfg =
+        firebreak_event_center::Config { kafka: kafka.clone(), database_url: db.into(), group_id: "ec-test".into() };
     let c = cancel.clone();
     let task = tokio::spawn(async move { firebreak_event_center::run(cfg, listener, c).await.unwrap() });
     let ready = format!("{url}/readyz");
@@ -66,7 +67,10 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     mock.create_topic(REMEDIATION_TOPIC, 1, 1).unwrap();
     let kafka = KafkaConfig {
         brokers: mock.bootstrap_servers(),
-        consumer_options: vec![("session.timeout.ms".into(), "6000".into()), ("heartbeat.interval.ms".into(), "500".into())],
+        consumer_options: vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "500".into()),
+        ],
     };
     let ec = start(&kafka, &db).await;
 

@@ -47,13 +47,8 @@ async fn concurrency_budget_of_one_cordon_per_cluster_holds() {
     }
     // The denials say which limit and what was measured.
     let decisions = get_json(&format!("{}/api/v1/decisions", stack.gate_url)).await.unwrap();
-    let denied: Vec<&serde_json::Value> = decisions
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| &d["response"])
-        .filter(|r| r["granted"] == false)
-        .collect();
+    let denied: Vec<&serde_json::Value> =
+        decisions.as_array().unwrap().iter().map(|d| &d["response"]).filter(|r| r["granted"] == false).collect();
     assert!(!denied.is_empty());
     for r in denied {
         assert_eq!(r["limit"], "concurrency");

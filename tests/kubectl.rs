@@ -37,9 +37,14 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_works_against_fleet_sim() {
     let dir = temp_dir("kubectl");
-    let fleet = Fleet::start(FleetConfig { data_dir: dir.clone(), clusters: 1, nodes_per_cluster: 3, timings: Default::default() })
-        .await
-        .unwrap();
+    let fleet = Fleet::start(FleetConfig {
+        data_dir: dir.clone(),
+        clusters: 1,
+        nodes_per_cluster: 3,
+        timings: Default::default(),
+    })
+    .await
+    .unwrap();
     let cluster = fleet.clusters()[0].clone();
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());

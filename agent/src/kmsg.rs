@@ -30,9 +30,8 @@ pub fn parse(line: &str) -> Result<Record> {
     let bad = |why: &str| Error::Kmsg(format!("{why}: `{}`", line.chars().take(120).collect::<String>()));
     let (head, message) = line.split_once(';').ok_or_else(|| bad("no `;`"))?;
     let mut fields = head.split(',');
-    let mut num = |what: &str| -> Result<u64> {
-        fields.next().and_then(|f| f.trim().parse().ok()).ok_or_else(|| bad(what))
-    };
+    let mut num =
+        |what: &str| -> Result<u64> { fields.next().and_then(|f| f.trim().parse().ok()).ok_or_else(|| bad(what)) };
     let prio = num("bad priority")?;
     let seq = num("bad sequence number")?;
     let usec = num("bad timestamp")?;
@@ -68,11 +67,8 @@ impl Follower {
     pub fn poll(&mut self) -> Result<Vec<Record>> {
         let io = |source| Error::Io { path: self.path.clone(), source };
         if self.file.is_none() {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags_nonblocking()
-                .open(&self.path)
-                .map_err(io)?;
+            let file =
+                std::fs::OpenOptions::new().read(true).custom_flags_nonblocking().open(&self.path).map_err(io)?;
             self.device = file.metadata().map_err(io)?.file_type().is_char_device();
             self.file = Some(file);
         }
@@ -143,7 +139,10 @@ mod tests {
     #[test]
     fn parses_records() {
         let r = parse("3,1234,5678901,-;EDAC MC0: 1 UE memory read error").unwrap();
-        assert_eq!(r, Record { level: 3, seq: 1234, usec: 5678901, message: "EDAC MC0: 1 UE memory read error".into() });
+        assert_eq!(
+            r,
+            Record { level: 3, seq: 1234, usec: 5678901, message: "EDAC MC0: 1 UE memory read error".into() }
+        );
         let r = parse("14,2,3,c,more;text; with; semicolons").unwrap();
         assert_eq!((r.level, r.message.as_str()), (6, "text; with; semicolons"));
         assert!(parse("garbage").is_err());

@@ -20,8 +20,18 @@ pub struct Rule {
 pub fn defaults() -> Vec<Rule> {
     let specs: [(&str, &str, FaultKind, Severity); 5] = [
         ("edac-uncorrectable", r"EDAC MC\d+: \d+ UE ", FaultKind::MemoryUncorrectable, Severity::Critical),
-        ("mce-fatal", r"mce: \[Hardware Error\]: .*(Fatal|Uncorrected)", FaultKind::MemoryUncorrectable, Severity::Critical),
-        ("fs-readonly", r"(EXT4-fs|XFS|Btrfs).*(Remounting filesystem read-only|forced shutdown|Filesystem has been shut down)", FaultKind::ReadonlyFilesystem, Severity::Critical),
+        (
+            "mce-fatal",
+            r"mce: \[Hardware Error\]: .*(Fatal|Uncorrected)",
+            FaultKind::MemoryUncorrectable,
+            Severity::Critical,
+        ),
+        (
+            "fs-readonly",
+            r"(EXT4-fs|XFS|Btrfs).*(Remounting filesystem read-only|forced shutdown|Filesystem has been shut down)",
+            FaultKind::ReadonlyFilesystem,
+            Severity::Critical,
+        ),
         ("hung-task", r"task \S+ blocked for more than \d+ seconds", FaultKind::KernelHung, Severity::Critical),
         ("kubelet-oom", r"Out of memory: Killed process \d+ \(kubelet\)", FaultKind::KubeletDown, Severity::Critical),
     ];
@@ -51,7 +61,10 @@ mod tests {
         let rules = defaults();
         assert_eq!(rules.len(), 5);
         let cases = [
-            ("EDAC MC0: 1 UE memory read error on CPU_SrcID#0_MC#0_Chan#1_DIMM#0 (channel:1 slot:0 page:0x3fe12)", Some(FaultKind::MemoryUncorrectable)),
+            (
+                "EDAC MC0: 1 UE memory read error on CPU_SrcID#0_MC#0_Chan#1_DIMM#0 (channel:1 slot:0 page:0x3fe12)",
+                Some(FaultKind::MemoryUncorrectable),
+            ),
             ("EDAC MC0: 3 CE memory read error on CPU_SrcID#0", None),
             ("EXT4-fs (sda1): Remounting filesystem read-only", Some(FaultKind::ReadonlyFilesystem)),
             ("EXT4-fs (sda1): mounted filesystem with ordered data mode.", None),

@@ -89,10 +89,7 @@ fn ready_condition(node: &Node) -> Option<(String, String, String, Option<Offset
 }
 
 fn under_remediation(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY))
+    node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY))
 }
 
 async fn watch_nodes(
@@ -148,10 +145,8 @@ async fn watch_nodes(
         }
         let observed_at = since.unwrap_or_else(OffsetDateTime::now_utc);
         let ours = under_remediation(&node);
-        let mut evidence = BTreeMap::from([
-            ("ready_status".to_owned(), status.clone()),
-            ("reason".to_owned(), reason.clone()),
-        ]);
+        let mut evidence =
+            BTreeMap::from([("ready_status".to_owned(), status.clone()), ("reason".to_owned(), reason.clone())]);
         if ours {
             evidence.insert("caused_by_remediation".into(), "true".into());
         }

@@ -87,12 +87,19 @@ pub(crate) async fn run(
     }
 }
 
-async fn handle(msg: &BorrowedMessage<'_>, store: &Store, live: &broadcast::Sender<Live>, metrics: &Metrics) -> Result<()> {
+async fn handle(
+    msg: &BorrowedMessage<'_>,
+    store: &Store,
+    live: &broadcast::Sender<Live>,
+    metrics: &Metrics,
+) -> Result<()> {
     metrics.consumed.inc();
     let reject = |e: firebreak_schema::Error| async move {
         metrics.rejected.get_or_create(&crate::RejectLabels { reason: reject_label(&e) }).inc();
         tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "rejected undecodable record");
-        store.insert_rejected(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), &e.to_string()).await
+        store
+            .insert_rejected(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), &e.to_string())
+            .await
     };
     match msg.topic() {
         t if t == FAULT_TOPIC => match decode_message::<FaultEvent>(msg) {

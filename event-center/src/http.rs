@@ -61,7 +61,10 @@ impl IntoResponse for Error {
     }
 }
 
-async fn events(State(s): State<AppState>, q: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>) -> Result<Response, Error> {
+async fn events(
+    State(s): State<AppState>,
+    q: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
     let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
     Ok(Json(s.store.list_faults(&f).await?).into_response())
 }
@@ -73,7 +76,10 @@ struct RemediationFilter {
     limit: Option<i64>,
 }
 
-async fn remediations(State(s): State<AppState>, q: Result<Query<RemediationFilter>, axum::extract::rejection::QueryRejection>) -> Result<Response, Error> {
+async fn remediations(
+    State(s): State<AppState>,
+    q: Result<Query<RemediationFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
     let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
     let rows = s
         .store
@@ -116,7 +122,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+            .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

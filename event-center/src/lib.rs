@@ -82,7 +82,11 @@ impl Metrics {
         registry.register("records_consumed", "Kafka records consumed", self.consumed.clone());
         registry.register("records_stored", "New events and steps stored", self.stored.clone());
         registry.register("records_duplicate", "Records whose id was already stored", self.duplicates.clone());
-        registry.register("records_rejected", "Undecodable records, kept and skipped, by reason", self.rejected.clone());
+        registry.register(
+            "records_rejected",
+            "Undecodable records, kept and skipped, by reason",
+            self.rejected.clone(),
+        );
         registry.register("store_errors", "Failed database writes (retried)", self.store_errors.clone());
     }
 }
@@ -110,7 +114,8 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, database = %redact(&cfg.database_url), "event center running");
     let ready = Arc::new(AtomicBool::new(false));
-    let consuming = tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
+    let consuming =
+        tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
     let app = http::router(http::AppState { store, live, registry: Arc::new(registry), ready });
     let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
     cancel.cancel();

@@ -111,7 +111,15 @@ impl Store {
     }
 
     /// Keeps a record that could not be decoded.
-    pub async fn insert_rejected(&self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, error: &str) -> Result<()> {
+    pub async fn insert_rejected(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        error: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO rejected_messages (topic, kafka_partition, kafka_offset, message_key, payload, error, received_at) \
              VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING",
@@ -131,7 +139,8 @@ impl Store {
     /// Events matching `f`, most recently observed first.
     pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
         if let Some(c) = &f.class {
-            FaultClass::from_str(c).map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
+            FaultClass::from_str(c)
+                .map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
         }
         let limit = f.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {

@@ -60,7 +60,13 @@ struct Req {
     body: Bytes,
 }
 
-async fn kube_api(State(c): State<Arc<Cluster>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn kube_api(
+    State(c): State<Arc<Cluster>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let query = Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
     let path = uri.path().trim_matches('/').to_owned();
     let segs: Vec<&str> = path.split('/').collect();
@@ -180,12 +186,8 @@ fn list(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
     let (l, f) = selectors(req)?;
     let (items, rv) = {
         let st = c.lock();
-        let items: Vec<Value> = st
-            .store
-            .list(t.res, t.ns)
-            .into_iter()
-            .filter(|o| l.matches_labels(o) && f.matches_fields(o))
-            .collect();
+        let items: Vec<Value> =
+            st.store.list(t.res, t.ns).into_iter().filter(|o| l.matches_labels(o) && f.matches_fields(o)).collect();
         (items, st.store.rv())
     };
     if wants_table(req) {
@@ -232,7 +234,9 @@ fn watch(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
         }
     };
     let keep = move |o: &Value| {
-        ns.as_deref().is_none_or(|ns| str_at(o, "/metadata/namespace") == ns) && l.matches_labels(o) && f.matches_fields(o)
+        ns.as_deref().is_none_or(|ns| str_at(o, "/metadata/namespace") == ns)
+            && l.matches_labels(o)
+            && f.matches_fields(o)
     };
     let shutdown = c.shutdown.clone();
     let stream = async_stream::stream! {
@@ -301,9 +305,7 @@ fn create(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
 
 fn update(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(StatusCode, Value)> {
     let name = t.name.unwrap_or_default();
-    let old = store
-        .get(t.res, ns_of(t), name)
-        .ok_or_else(|| Error::NotFound(t.res.plural.into(), name.into()))?;
+    let old = store.get(t.res, ns_of(t), name).ok_or_else(|| Error::NotFound(t.res.plural.into(), name.into()))?;
     let mut new = body_json(req)?;
     if str_at(&new, "/metadata/name") != name {
         return Err(Error::BadRequest("the name of the object does not match the name on the URL".into()));
@@ -314,9 +316,7 @@ fn update(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
 
 fn patch_one(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(StatusCode, Value)> {
     let name = t.name.unwrap_or_default();
-    let old = store
-        .get(t.res, ns_of(t), name)
-        .ok_or_else(|| Error::NotFound(t.res.plural.into(), name.into()))?;
+    let old = store.get(t.res, ns_of(t), name).ok_or_else(|| Error::NotFound(t.res.plural.into(), name.into()))?;
     let ct = req.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mut new = old.clone();
     patch::apply(&mut new, ct, &req.body)?;
@@ -385,14 +385,24 @@ fn delete(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
     }
     if t.res.plural == PODS.plural {
         let pod = store.get(&PODS, ns_of(t), name).ok_or_else(|| Error::NotFound("pods".into(), name.into()))?;
-        return terminate(store, pod, grace_period(req, options.as_ref(), &Value::Null).max(-1), options.is_some() || req.query.contains_key("gracePeriodSeconds"));
+        return terminate(
+            store,
+            pod,
+            grace_period(req, options.as_ref(), &Value::Null).max(-1),
+            options.is_some() || req.query.contains_key("gracePeriodSeconds"),
+        );
     }
     Ok((StatusCode::OK, store.remove(t.res, ns_of(t), name)?))
 }
 
 /// Graceful pod deletion: the pod gets a deletionTimestamp and stays Terminating for its grace
 /// period, unless the grace period is 0.
-fn terminate(store: &mut crate::store::Store, mut pod: Value, grace: i64, explicit: bool) -> Result<(StatusCode, Value)> {
+fn terminate(
+    store: &mut crate::store::Store,
+    mut pod: Value,
+    grace: i64,
+    explicit: bool,
+) -> Result<(StatusCode, Value)> {
     let grace = if explicit && grace >= 0 {
         grace
     } else {
@@ -425,7 +435,10 @@ fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Stat
     if !terminating && pod_ready(&pod) {
         let pdbs = matching_pdbs(store, &pod);
         if pdbs.len() > 1 {
-            return Err(Error::Unprocessable("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into()));
+            return Err(Error::Unprocessable(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+                    .into(),
+            ));
         }
         if let Some(pdb) = pdbs.first() {
             let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
@@ -447,34 +460,78 @@ fn wants_table(req: &Req) -> bool {
     req.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("as=Table"))
 }
 
+/// Computes a table row's cells from an object.
+type CellsFn = dyn Fn(&Value) -> Vec<Value>;
+
 /// The `meta.k8s.io/v1` Table kubectl asks for, with the columns a real API server prints.
 fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
     let col = |name: &str, ty: &str, priority: u8| json!({"name": name, "type": ty, "format": if name == "Name" {"name"} else {""}, "description": "", "priority": priority});
-    let (columns, cells): (Vec<Value>, Box<dyn Fn(&Value) -> Vec<Value>>) = match res.plural {
+    let (columns, cells): (Vec<Value>, Box<CellsFn>) = match res.plural {
         "nodes" => (
-            vec![col("Name", "string", 0), col("Status", "string", 0), col("Roles", "string", 0), col("Age", "string", 0), col("Version", "string", 0), col("Internal-IP", "string", 1)],
+            vec![
+                col("Name", "string", 0),
+                col("Status", "string", 0),
+                col("Roles", "string", 0),
+                col("Age", "string", 0),
+                col("Version", "string", 0),
+                col("Internal-IP", "string", 1),
+            ],
             Box::new(|n: &Value| {
-                let ready = n.pointer("/status/conditions").and_then(Value::as_array)
-                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready")).map(|c| str_at(c, "/status")).unwrap_or_default();
+                let ready = n
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                    .map(|c| str_at(c, "/status"))
+                    .unwrap_or_default();
                 let mut status = if ready == "True" { "Ready".to_owned() } else { "NotReady".to_owned() };
                 if n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                     status.push_str(",SchedulingDisabled");
                 }
-                let roles: Vec<String> = n.pointer("/metadata/labels").and_then(Value::as_object)
-                    .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned)).collect())
+                let roles: Vec<String> = n
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .map(|l| {
+                        l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned)).collect()
+                    })
                     .unwrap_or_default();
                 let roles = if roles.is_empty() { "<none>".to_owned() } else { roles.join(",") };
                 let ip = n.pointer("/status/addresses/0/address").cloned().unwrap_or(json!("<none>"));
-                vec![json!(str_at(n, "/metadata/name")), json!(status), json!(roles), json!(age(n)), json!(str_at(n, "/status/nodeInfo/kubeletVersion")), ip]
+                vec![
+                    json!(str_at(n, "/metadata/name")),
+                    json!(status),
+                    json!(roles),
+                    json!(age(n)),
+                    json!(str_at(n, "/status/nodeInfo/kubeletVersion")),
+                    ip,
+                ]
             }),
         ),
         "pods" => (
-            vec![col("Name", "string", 0), col("Ready", "string", 0), col("Status", "string", 0), col("Restarts", "string", 0), col("Age", "string", 0), col("IP", "string", 1), col("Node", "string", 1)],
+            vec![
+                col("Name", "string", 0),
+                col("Ready", "string", 0),
+                col("Status", "string", 0),
+                col("Restarts", "string", 0),
+                col("Age", "string", 0),
+                col("IP", "string", 1),
+                col("Node", "string", 1),
+            ],
             Box::new(|p: &Value| {
                 let ready = if pod_ready(p) { "1/1" } else { "0/1" };
-                let status = if p.pointer("/metadata/deletionTimestamp").is_some() { "Terminating".to_owned() } else { str_at(p, "/status/phase") };
-                vec![json!(str_at(p, "/metadata/name")), json!(ready), json!(status), json!("0"), json!(age(p)),
-                    json!(p.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>")), json!(str_at(p, "/spec/nodeName"))]
+                let status = if p.pointer("/metadata/deletionTimestamp").is_some() {
+                    "Terminating".to_owned()
+                } else {
+                    str_at(p, "/status/phase")
+                };
+                vec![
+                    json!(str_at(p, "/metadata/name")),
+                    json!(ready),
+                    json!(status),
+                    json!("0"),
+                    json!(age(p)),
+                    json!(p.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>")),
+                    json!(str_at(p, "/spec/nodeName")),
+                ]
             }),
         ),
         _ => (

@@ -40,7 +40,9 @@ pub enum Error {
     #[error("{0}")]
     Gone(String),
     /// 415.
-    #[error("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {0})")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {0})"
+    )]
     UnsupportedMediaType(String),
     /// 422.
     #[error("{0}")]
@@ -124,9 +126,7 @@ impl Fleet {
             let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .map_err(|source| Error::Io { path: dir.clone(), source })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| Error::Io { path: dir.clone(), source })?;
+            let addr = listener.local_addr().map_err(|source| Error::Io { path: dir.clone(), source })?;
             let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings, cancel.clone())?);
             tasks.push(tokio::spawn(api::serve(cluster.clone(), listener, cancel.clone())));
             tasks.push(tokio::spawn(sim::run(cluster.clone(), cancel.clone())));
@@ -164,8 +164,6 @@ pub(crate) fn fmt_time(t: time::OffsetDateTime) -> String {
 }
 
 pub(crate) fn fmt_micro_time(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
     t.format(&f).unwrap_or_default()
 }

@@ -31,9 +31,7 @@ pub fn apply(target: &mut Value, content_type: &str, body: &[u8]) -> Result<()> 
 fn merge_key(path: &str) -> Option<&'static str> {
     match path {
         "/status/conditions" | "/status/addresses" => Some("type"),
-        "/spec/containers" | "/spec/initContainers" | "/spec/volumes" | "/status/containerStatuses" => {
-            Some("name")
-        }
+        "/spec/containers" | "/spec/initContainers" | "/spec/volumes" | "/status/containerStatuses" => Some("name"),
         "/metadata/ownerReferences" => Some("uid"),
         "/spec/taints" => None,
         _ => None,

@@ -24,11 +24,7 @@ pub struct Resource {
 impl Resource {
     /// `v1` or `group/version`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_owned()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
     }
 
     /// The lowercase kind, used in error messages.
@@ -108,8 +104,7 @@ pub const ALL: [&Resource; 6] = [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &
 
 /// Finds a resource by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    ALL.into_iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    ALL.into_iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// The Kubernetes version the simulator claims to be.
@@ -132,11 +127,8 @@ pub fn core_versions() -> Value {
 
 /// `GET /apis`.
 pub fn groups() -> Value {
-    let mut groups: Vec<(&str, &str)> = ALL
-        .iter()
-        .filter(|r| !r.group.is_empty())
-        .map(|r| (r.group, r.version))
-        .collect();
+    let mut groups: Vec<(&str, &str)> =
+        ALL.iter().filter(|r| !r.group.is_empty()).map(|r| (r.group, r.version)).collect();
     groups.dedup();
     let groups: Vec<Value> = groups
         .into_iter()

@@ -46,11 +46,7 @@ impl Selector {
                     Some((k, r)) => (k, r, true),
                     None => t.split_once(" in ").map(|(k, r)| (k, r, false)).ok_or_else(bad)?,
                 };
-                let inner = rest
-                    .trim()
-                    .strip_prefix('(')
-                    .and_then(|r| r.strip_suffix(')'))
-                    .ok_or_else(bad)?;
+                let inner = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
                 let vals = inner.split(',').map(|v| v.trim().to_owned()).collect();
                 if neg { Term::NotIn(k.trim().into(), vals) } else { Term::In(k.trim().into(), vals) }
             } else if sets && let Some(k) = t.strip_prefix('!') {
@@ -85,11 +81,7 @@ impl Selector {
     pub fn from_match_labels(v: Option<&Value>) -> Self {
         let terms = v
             .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| Term::Eq(k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, v)| Term::Eq(k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
             .unwrap_or_default();
         Self(terms)
     }

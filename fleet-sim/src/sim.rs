@@ -192,10 +192,7 @@ impl Cluster {
     /// Injects a fault into a node.
     pub fn inject(&self, node: &str, fault: Fault) -> Result<()> {
         let mut st = self.lock();
-        let sim = st
-            .nodes
-            .get_mut(node)
-            .ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
         if fault == Fault::NotReady {
             sim.heartbeating = false;
         }
@@ -333,7 +330,8 @@ impl Cluster {
     fn tick_node(&self, st: &mut State, name: &str, now: Instant) -> Result<()> {
         let Some(node) = st.store.get(&NODES, "", name) else { return Ok(()) };
         let Some(sim) = st.nodes.get_mut(name) else { return Ok(()) };
-        let reboot_asked = node.pointer(&format!("/metadata/annotations/{}", REBOOT_ANNOTATION.replace('/', "~1"))).is_some();
+        let reboot_asked =
+            node.pointer(&format!("/metadata/annotations/{}", REBOOT_ANNOTATION.replace('/', "~1"))).is_some();
         if reboot_asked && sim.reboot_done_at.is_none() {
             tracing::info!(cluster = %self.name, node = name, "rebooting");
             sim.reboot_done_at = Some(now + self.timings.reboot);
@@ -605,12 +603,15 @@ fn boot(sim: &mut NodeSim) -> Result<()> {
     std::fs::write(&bid, format!("{}\n", sim.boot_id)).map_err(io(bid))?;
     let kmsg = root.join("dev/kmsg");
     std::fs::write(&kmsg, b"").map_err(io(kmsg))?;
-    append_kmsg(sim, &[
-        (5, "Linux version 6.1.0-firebreak-sim (gcc 12.2.0) #1 SMP PREEMPT_DYNAMIC".into()),
-        (6, "Command line: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet".into()),
-        (6, "EDAC MC0: Giving out device to module skx_edac controller Skylake Socket#0 IMC#0".into()),
-        (6, "EXT4-fs (sda1): mounted filesystem with ordered data mode. Quota mode: none.".into()),
-    ])
+    append_kmsg(
+        sim,
+        &[
+            (5, "Linux version 6.1.0-firebreak-sim (gcc 12.2.0) #1 SMP PREEMPT_DYNAMIC".into()),
+            (6, "Command line: BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro quiet".into()),
+            (6, "EDAC MC0: Giving out device to module skx_edac controller Skylake Socket#0 IMC#0".into()),
+            (6, "EXT4-fs (sda1): mounted filesystem with ordered data mode. Quota mode: none.".into()),
+        ],
+    )
 }
 
 /// Appends records in the kernel's `/dev/kmsg` format: `<prio>,<seq>,<usec>,<flags>;<text>`.

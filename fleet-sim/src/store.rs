@@ -91,10 +91,7 @@ impl Store {
     pub fn replace(&mut self, res: &Resource, mut obj: Value) -> Result<Value> {
         let (ns, name) = names(res, &obj)?;
         let key = (res.plural, ns, name.clone());
-        let old = self
-            .objects
-            .get(&key)
-            .ok_or_else(|| Error::NotFound(res.singular(), name.clone()))?;
+        let old = self.objects.get(&key).ok_or_else(|| Error::NotFound(res.singular(), name.clone()))?;
         if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str)
             && !rv.is_empty()
             && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
@@ -125,10 +122,7 @@ impl Store {
     /// Removes an object and returns its last state.
     pub fn remove(&mut self, res: &Resource, ns: &str, name: &str) -> Result<Value> {
         let key = (res.plural, ns.to_owned(), name.to_owned());
-        let obj = self
-            .objects
-            .remove(&key)
-            .ok_or_else(|| Error::NotFound(res.singular(), name.to_owned()))?;
+        let obj = self.objects.remove(&key).ok_or_else(|| Error::NotFound(res.singular(), name.to_owned()))?;
         self.rv += 1;
         let mut obj = obj;
         set_rv(&mut obj, self.rv);
@@ -143,12 +137,7 @@ impl Store {
         if rv + 1 < oldest {
             return Err(Error::Gone(format!("too old resource version: {rv} ({oldest})")));
         }
-        let past = self
-            .history
-            .iter()
-            .filter(|c| c.rv > rv && c.resource == res.plural)
-            .cloned()
-            .collect();
+        let past = self.history.iter().filter(|c| c.rv > rv && c.resource == res.plural).cloned().collect();
         Ok((past, self.tx.subscribe()))
     }
 

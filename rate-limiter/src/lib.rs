@@ -193,7 +193,10 @@ impl Gate {
             expires_at: None,
         };
         let (Some(limits), Some(rate)) = (self.policy.operations.get(&op), self.rates.get(&op)) else {
-            return (deny(format!("operation {op} is not allowed by the policy"), "policy", 0.0, 0.0, 60), "denied_policy");
+            return (
+                deny(format!("operation {op} is not allowed by the policy"), "policy", 0.0, 0.0, 60),
+                "denied_policy",
+            );
         };
         if let Some(p) = inner.permits.values().find(|p| {
             p.operation == op && p.cluster == req.cluster && p.node == req.node && p.requester == req.requester
@@ -212,7 +215,10 @@ impl Gate {
                 .unwrap_or(5);
             return (
                 deny(
-                    format!("concurrency limit: {in_flight} {op} permits in flight in cluster {} (limit {cap})", req.cluster),
+                    format!(
+                        "concurrency limit: {in_flight} {op} permits in flight in cluster {} (limit {cap})",
+                        req.cluster
+                    ),
                     "concurrency",
                     in_flight as f64,
                     cap as f64,
@@ -231,7 +237,11 @@ impl Gate {
                 deny(
                     format!(
                         "rate limit: {} {op} permits granted in cluster {} in the last minute (limit {}/min, burst {}); next in {:.1}s",
-                        window.len(), req.cluster, limits.rate_per_minute, limits.burst, wait.as_secs_f64()
+                        window.len(),
+                        req.cluster,
+                        limits.rate_per_minute,
+                        limits.burst,
+                        wait.as_secs_f64()
                     ),
                     "rate",
                     window.len() as f64,
@@ -255,7 +265,10 @@ impl Gate {
         };
         let reason = format!(
             "granted: {} of {cap} {op} permits in flight in cluster {} after this one; {} granted in the last minute (limit {}/min)",
-            in_flight + 1, req.cluster, window.len(), limits.rate_per_minute
+            in_flight + 1,
+            req.cluster,
+            window.len(),
+            limits.rate_per_minute
         );
         let resp = grant(&permit, reason);
         inner.permits.insert(permit.id, permit);
@@ -358,7 +371,9 @@ async fn list_decisions(State(gate): State<Arc<Gate>>) -> Json<Vec<Decision>> {
 async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
     let mut out = String::new();
     match encode(&mut out, &gate.registry) {
-        Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response(),
+        Ok(()) => {
+            ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
+        }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
@@ -368,13 +383,21 @@ mod tests {
     use super::*;
 
     fn req(cluster: &str, node: &str, who: &str) -> PermitRequest {
-        PermitRequest { operation: Operation::Cordon, cluster: cluster.into(), node: Some(node.into()), requester: who.into() }
+        PermitRequest {
+            operation: Operation::Cordon,
+            cluster: cluster.into(),
+            node: Some(node.into()),
+            requester: who.into(),
+        }
     }
 
     fn gate(rate: u32, burst: u32, cap: u32, ttl: Duration) -> Gate {
         Gate::new(Policy {
             permit_ttl: ttl,
-            operations: BTreeMap::from([(Operation::Cordon, Limits { rate_per_minute: rate, burst, max_concurrent_per_cluster: cap })]),
+            operations: BTreeMap::from([(
+                Operation::Cordon,
+                Limits { rate_per_minute: rate, burst, max_concurrent_per_cluster: cap },
+            )]),
         })
     }
 

@@ -37,7 +37,11 @@ fn default_ttl() -> Duration {
 impl Default for Policy {
     /// The built-in policy: cautious for destructive operations.
     fn default() -> Self {
-        let l = |rate_per_minute, burst, max_concurrent_per_cluster| Limits { rate_per_minute, burst, max_concurrent_per_cluster };
+        let l = |rate_per_minute, burst, max_concurrent_per_cluster| Limits {
+            rate_per_minute,
+            burst,
+            max_concurrent_per_cluster,
+        };
         Policy {
             permit_ttl: default_ttl(),
             operations: BTreeMap::from([
@@ -90,8 +94,14 @@ mod tests {
         assert_eq!(p.permit_ttl, Duration::from_secs(120));
         assert_eq!(p.operations[&Operation::Cordon].max_concurrent_per_cluster, 1);
         assert!(!p.operations.contains_key(&Operation::Reboot));
-        assert!(Policy::parse("[operations.cordon]\nrate_per_minute = 0\nburst = 1\nmax_concurrent_per_cluster = 1").is_err());
-        assert!(Policy::parse("[operations.explode]\nrate_per_minute = 1\nburst = 1\nmax_concurrent_per_cluster = 1").is_err());
+        assert!(
+            Policy::parse("[operations.cordon]\nrate_per_minute = 0\nburst = 1\nmax_concurrent_per_cluster = 1")
+                .is_err()
+        );
+        assert!(
+            Policy::parse("[operations.explode]\nrate_per_minute = 1\nburst = 1\nmax_concurrent_per_cluster = 1")
+                .is_err()
+        );
         assert!(Policy::parse("typo = 1\n[operations]").is_err());
     }
 }

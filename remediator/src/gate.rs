@@ -16,16 +16,14 @@ pub struct GateClient {
 impl GateClient {
     /// A client for the gate at `base` (`http://127.0.0.1:8181`).
     pub fn new(base: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
         Self { base: base.trim_end_matches('/').to_owned(), http }
     }
 
     /// Asks for a permit. Never errors: failures come back as denials saying why.
     pub async fn request(&self, operation: Operation, cluster: &str, node: &str, requester: &str) -> PermitResponse {
-        let req = PermitRequest { operation, cluster: cluster.into(), node: Some(node.into()), requester: requester.into() };
+        let req =
+            PermitRequest { operation, cluster: cluster.into(), node: Some(node.into()), requester: requester.into() };
         let denied = |why: String| PermitResponse {
             granted: false,
             permit_id: None,

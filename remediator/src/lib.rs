@@ -155,8 +155,12 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
                         ctx.publish(&wf);
                         tasks.spawn(workflow::drive(ctx.clone(), wf));
                     }
-                    Intake::Attached(id) => tracing::info!(workflow_id = %id, node = %event.node, incident = %event.id, "fault attached to open workflow"),
-                    Intake::Ignored(why) => tracing::info!(node = %event.node, incident = %event.id, why, "fault not remediated"),
+                    Intake::Attached(id) => {
+                        tracing::info!(workflow_id = %id, node = %event.node, incident = %event.id, "fault attached to open workflow")
+                    }
+                    Intake::Ignored(why) => {
+                        tracing::info!(node = %event.node, incident = %event.id, why, "fault not remediated")
+                    }
                     Intake::Duplicate => {}
                 }
             }

@@ -60,7 +60,12 @@ impl NodeOps {
 
     /// Read-modify-write of the taint list with the resourceVersion as precondition, retried on
     /// conflict, so concurrent taint changes by others are never overwritten.
-    async fn update_taints(&self, node: &str, unschedulable: Option<bool>, edit: impl Fn(&mut Vec<Taint>)) -> Result<()> {
+    async fn update_taints(
+        &self,
+        node: &str,
+        unschedulable: Option<bool>,
+        edit: impl Fn(&mut Vec<Taint>),
+    ) -> Result<()> {
         for _ in 0..10 {
             let n = self.nodes.get(node).await?;
             let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
@@ -92,8 +97,13 @@ impl NodeOps {
                     .owner_references
                     .as_ref()
                     .is_some_and(|o| o.iter().any(|o| o.kind == "DaemonSet" && o.controller == Some(true)));
-                let mirror = p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
-                let finished = p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+                let mirror =
+                    p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+                let finished = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
                 !owned_by_ds && !mirror && !finished
             })
             .collect())

@@ -281,7 +281,8 @@ impl Store {
                     id: uuid_col(r, "id")?.ok_or_else(|| Error::Corrupt("workflow without id".into()))?,
                     cluster: r.try_get("cluster")?,
                     node: r.try_get("node")?,
-                    trigger_event_id: uuid_col(r, "trigger_event_id")?.ok_or_else(|| Error::Corrupt("no trigger".into()))?,
+                    trigger_event_id: uuid_col(r, "trigger_event_id")?
+                        .ok_or_else(|| Error::Corrupt("no trigger".into()))?,
                     fault_kind: r.try_get("fault_kind")?,
                     state: State::parse(&r.try_get::<String, _>("state")?)?,
                     permit_id: uuid_col(r, "permit_id")?,
@@ -294,7 +295,12 @@ impl Store {
     }
 
     /// The newest critical fault on a node observed after `after_ms`, if any.
-    pub async fn critical_fault_since(&self, cluster: &str, node: &str, after_ms: i64) -> Result<Option<(String, String)>> {
+    pub async fn critical_fault_since(
+        &self,
+        cluster: &str,
+        node: &str,
+        after_ms: i64,
+    ) -> Result<Option<(String, String)>> {
         let row = sqlx::query(
             "SELECT event_id, kind FROM seen_faults WHERE cluster = $1 AND node = $2 AND severity = 'critical' \
              AND observed_at_ms > $3 ORDER BY observed_at_ms DESC LIMIT 1",

@@ -102,7 +102,8 @@ impl Runner {
             State::PermitWait => self.permit(ctx, wf).await,
             State::Cordoning => {
                 ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
-                let reason = format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
+                let reason =
+                    format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
                 ctx.advance(wf, State::Draining, reason).await
             }
             State::Draining => self.drain(ctx, wf).await,
@@ -124,7 +125,8 @@ impl Runner {
         let resp = ctx.gate.request(firebreak_schema::Operation::Cordon, &wf.cluster, &wf.node, &requester).await;
         if resp.granted {
             wf.permit_id = resp.permit_id;
-            let reason = format!("cordon permit {}: {}", resp.permit_id.map(|p| p.to_string()).unwrap_or_default(), resp.reason);
+            let reason =
+                format!("cordon permit {}: {}", resp.permit_id.map(|p| p.to_string()).unwrap_or_default(), resp.reason);
             return ctx.advance(wf, State::Cordoning, reason).await;
         }
         let reason = format!("waiting for a cordon permit: {}", resp.reason);
@@ -147,7 +149,11 @@ impl Runner {
             let mut blocked = Vec::new();
             for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                 ctx.ops.mark_for_migration(pod).await?;
-                let name = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+                let name = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or(""),
+                    pod.metadata.name.as_deref().unwrap_or("")
+                );
                 match ctx.ops.evict(pod).await? {
                     Eviction::Done => {
                         self.evicted += 1;
@@ -174,7 +180,9 @@ impl Runner {
         wf.boot_id_before = Some(boot_id);
         let reason = format!(
             "drained: {} pods evicted, {} evictions refused by PodDisruptionBudgets and retried, in {:.1}s",
-            self.evicted, self.refused, started.elapsed().as_secs_f64()
+            self.evicted,
+            self.refused,
+            started.elapsed().as_secs_f64()
         );
         self.started = None;
         ctx.advance(wf, State::Rebooting, reason).await
@@ -189,15 +197,15 @@ impl Runner {
             let (boot, ready) = boot_and_ready(&node);
             if boot != before && ready {
                 wf.rebooted_at_ms = Some(ms(OffsetDateTime::now_utc()));
-                let reason = format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", started.elapsed().as_secs_f64());
+                let reason = format!(
+                    "rebooted in {:.1}s: boot id {before} -> {boot}; node Ready",
+                    started.elapsed().as_secs_f64()
+                );
                 self.started = None;
                 return ctx.advance(wf, State::Verifying, reason).await;
             }
-            let pending = node
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(firebreak_schema::REBOOT_ANNOTATION));
+            let pending =
+                node.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(firebreak_schema::REBOOT_ANNOTATION));
             // Ask only when no reboot is under way: same boot, no request pending, still Ready.
             if !asked && boot == before && !pending && ready {
                 ctx.ops.request_reboot(&wf.node, &wf.id.to_string()).await?;
@@ -205,7 +213,16 @@ impl Runner {
                 asked = true;
             }
             if started.elapsed() > ctx.cfg.reboot_timeout {
-                return self.escalate(ctx, wf, format!("node did not come back within {}s of the reboot request", ctx.cfg.reboot_timeout.as_secs())).await;
+                return self
+                    .escalate(
+                        ctx,
+                        wf,
+                        format!(
+                            "node did not come back within {}s of the reboot request",
+                            ctx.cfg.reboot_timeout.as_secs()
+                        ),
+                    )
+                    .await;
             }
             ctx.sleep(Duration::from_millis(500)).await?;
         }
@@ -218,14 +235,26 @@ impl Runner {
             let node = ctx.ops.get(&wf.node).await?;
             let (boot, ready) = boot_and_ready(&node);
             if !ready {
-                return self.escalate(ctx, wf, format!("node went NotReady {:.1}s into the quiet period after reboot", started.elapsed().as_secs_f64())).await;
+                return self
+                    .escalate(
+                        ctx,
+                        wf,
+                        format!(
+                            "node went NotReady {:.1}s into the quiet period after reboot",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    )
+                    .await;
             }
             if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, since).await? {
-                return self.escalate(ctx, wf, format!("fault recurred after reboot: {kind} ({event}) on boot {boot}")).await;
+                return self
+                    .escalate(ctx, wf, format!("fault recurred after reboot: {kind} ({event}) on boot {boot}"))
+                    .await;
             }
             ctx.sleep(Duration::from_millis(500)).await?;
         }
-        let reason = format!("quiet period passed: Ready and no new critical fault for {}s", ctx.cfg.quiet_period.as_secs());
+        let reason =
+            format!("quiet period passed: Ready and no new critical fault for {}s", ctx.cfg.quiet_period.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
     }
 

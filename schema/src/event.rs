@@ -63,9 +63,7 @@ impl FaultKind {
     pub fn class(self) -> FaultClass {
         match self {
             FaultKind::MemoryUncorrectable => FaultClass::Hardware,
-            FaultKind::KernelHung | FaultKind::ReadonlyFilesystem | FaultKind::NodeNotReady => {
-                FaultClass::System
-            }
+            FaultKind::KernelHung | FaultKind::ReadonlyFilesystem | FaultKind::NodeNotReady => FaultClass::System,
             FaultKind::KubeletDown | FaultKind::AgentSilent => FaultClass::Component,
         }
     }

@@ -71,11 +71,7 @@ impl Producer {
         let msg = encode(event)?;
         let headers = to_headers(&msg.headers);
         let record = FutureRecord::to(topic).key(&msg.key).payload(&msg.payload).headers(headers);
-        self.inner
-            .send(record, Duration::from_secs(0))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| Error::Kafka(e))
+        self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 
     /// Queues an event without waiting for delivery (heartbeats); fails if the queue is full.
@@ -101,9 +97,7 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
 
 /// Decodes a consumed record into an event.
 pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> Result<E> {
-    let headers: Vec<(&str, Option<&[u8]>)> = msg
-        .headers()
-        .map(|h| h.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
+    let headers: Vec<(&str, Option<&[u8]>)> =
+        msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
     decode(headers, msg.payload())
 }

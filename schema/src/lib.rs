@@ -13,8 +13,7 @@ pub mod kafka;
 mod wire;
 
 pub use event::{
-    EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source,
-    deterministic_id,
+    EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
 pub use gate::{Operation, PermitRequest, PermitResponse};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};

@@ -36,10 +36,7 @@ pub struct WireMessage {
 /// Encodes an event: JSON body plus `ce_*` and `content-type` headers.
 pub fn encode<E: CloudEvent>(event: &E) -> Result<WireMessage> {
     let payload = serde_json::to_vec(event)?;
-    let time = event
-        .ce_time()
-        .format(&Rfc3339)
-        .map_err(|e| Error::Invalid(format!("unformattable time: {e}")))?;
+    let time = event.ce_time().format(&Rfc3339).map_err(|e| Error::Invalid(format!("unformattable time: {e}")))?;
     Ok(WireMessage {
         key: event.key(),
         headers: vec![
@@ -150,10 +147,7 @@ mod tests {
             decode::<FaultEvent>(Vec::new(), Some(&msg.payload)),
             Err(Error::MissingHeader("ce_specversion"))
         ));
-        assert!(matches!(
-            decode::<Heartbeat>(h.clone(), Some(&msg.payload)),
-            Err(Error::WrongType { .. })
-        ));
+        assert!(matches!(decode::<Heartbeat>(h.clone(), Some(&msg.payload)), Err(Error::WrongType { .. })));
         let mut bad = fault();
         bad.node = String::new();
         let bad = serde_json::to_vec(&bad).unwrap();
@@ -161,9 +155,6 @@ mod tests {
         let v4 = serde_json::to_vec(&FaultEvent { id: uuid::Uuid::nil(), ..fault() }).unwrap();
         assert!(matches!(decode::<FaultEvent>(h.clone(), Some(&v4)), Err(Error::Invalid(_))));
         let bad_utf8 = vec![("ce_specversion", Some(&[0xffu8][..]))];
-        assert!(matches!(
-            decode::<FaultEvent>(bad_utf8, Some(&msg.payload)),
-            Err(Error::HeaderEncoding(_))
-        ));
+        assert!(matches!(decode::<FaultEvent>(bad_utf8, Some(&msg.payload)), Err(Error::HeaderEncoding(_))));
     }
 }

@@ -25,7 +25,8 @@ pub async fn postgres_db() -> String {
     use sqlx::Connection;
     let base = std::env::var("FIREBREAK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("fb_{}", uuid::Uuid::now_v7().simple());
-    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("PostgreSQL on 127.0.0.1:5432");
+    let mut conn =
+        sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("PostgreSQL on 127.0.0.1:5432");
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
     format!("{base}/{name}")
 }
