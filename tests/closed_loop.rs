@@ -116,7 +116,8 @@ async fn closed_loop(name: &str, db: Option<String>) {
 
     // Every step is explained, in order.
     let states: Vec<String> = steps(&stack, &node).await.into_iter().map(|(s, _)| s).collect();
-    let want = ["permit_wait", "cordoning", "draining", "rebooting", "verifying", "uncordoning", "healed"];
+    let want =
+        ["permit_wait", "cordoning", "draining", "rebooting", "awaiting_boot", "verifying", "uncordoning", "healed"];
     let mut it = states.iter();
     for w in want {
         assert!(it.any(|s| s == w), "step {w} missing or out of order in {states:?}");
@@ -124,6 +125,15 @@ async fn closed_loop(name: &str, db: Option<String>) {
     let drained = steps(&stack, &node).await.into_iter().find(|(s, _)| s == "rebooting").unwrap().1;
     assert!(drained.contains("evictions refused by PodDisruptionBudgets"), "{drained}");
     assert!(!drained.contains(" 0 evictions refused"), "{drained}");
+
+    // The NotReady our own reboot caused is reported, marked as ours, and starts nothing.
+    let events = get_json(&url).await.unwrap();
+    let ours: Vec<&serde_json::Value> =
+        events.as_array().unwrap().iter().filter(|e| e["kind"] == "NodeNotReady").collect();
+    assert!(!ours.is_empty(), "the reboot's NotReady was reported");
+    assert!(ours.iter().all(|e| e["evidence"]["caused_by_remediation"] == "true" && e["severity"] == "warning"));
+    let healed = states.iter().filter(|s| *s == "healed").count();
+    assert_eq!(healed, 1, "one workflow: {states:?}");
     stack.shutdown().await;
 }
 
@@ -136,4 +146,33 @@ async fn memory_error_heals_node_sqlite() {
 async fn memory_error_heals_node_postgres() {
     let db = common::postgres_db().await;
     closed_loop("loop-pg", Some(db)).await;
+}
+
+/// A node whose kubelet stops posting status: the detector reports it, the remediator reboots
+/// it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn not_ready_node_is_detected_and_healed() {
+    let stack = stack("notready", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-003", cluster.name());
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    let url = format!("{}/api/v1/events?node={node}", stack.event_center_url);
+    let detected = wait_for("NodeNotReady from the detector", Duration::from_secs(15), || async {
+        get_json(&url).await?.as_array()?.iter().find(|e| e["kind"] == "NodeNotReady").cloned()
+    })
+    .await;
+    assert_eq!(detected["source"], "detector");
+    assert_eq!(detected["severity"], "critical");
+    assert_eq!(detected["evidence"]["ready_status"], "Unknown");
+    wait_for("the node healed", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.last().filter(|(s, _)| s == "healed").map(|_| ())
+    })
+    .await;
+    let all = get_json(&format!("{}/api/v1/remediations?node={node}", stack.event_center_url)).await.unwrap();
+    let mut workflows: Vec<&str> = all.as_array().unwrap().iter().map(|s| s["workflow_id"].as_str().unwrap()).collect();
+    workflows.dedup();
+    workflows.sort();
+    workflows.dedup();
+    assert_eq!(workflows.len(), 1, "one workflow, not one per NotReady");
+    stack.shutdown().await;
 }

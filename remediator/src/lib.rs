@@ -7,7 +7,7 @@
 //! `cordon` permit (no answer = no permit: fail closed) → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → label pods `firebreak.io/to-be-migrated=true`
 //! and evict them through the Eviction API, retrying PodDisruptionBudget refusals, never
-//! skipping them → ask for a reboot → wait for a new boot id and Ready → a quiet period with no
+//! skipping them → ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
 //! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
 //! escalates to a human and leaves the node cordoned. State is written before each side effect
 //! and every action is idempotent, so a restarted remediator resumes where it stopped. Each

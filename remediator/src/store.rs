@@ -18,8 +18,11 @@ pub enum State {
     Cordoning,
     /// Cordoned; label and evict pods next.
     Draining,
-    /// Drained; reboot next, then wait for a new boot id and Ready.
+    /// Drained; ask for a reboot next.
     Rebooting,
+    /// Reboot asked for (persisted before asking, so it is asked at most once); waiting for a
+    /// new boot id and Ready.
+    AwaitingBoot,
     /// Back up; waiting for a quiet period with no new fault.
     Verifying,
     /// Verified; uncordon, untaint and release next.
@@ -38,6 +41,7 @@ impl State {
             State::Cordoning => "cordoning",
             State::Draining => "draining",
             State::Rebooting => "rebooting",
+            State::AwaitingBoot => "awaiting_boot",
             State::Verifying => "verifying",
             State::Uncordoning => "uncordoning",
             State::Healed => "healed",
@@ -51,6 +55,7 @@ impl State {
             State::Cordoning,
             State::Draining,
             State::Rebooting,
+            State::AwaitingBoot,
             State::Verifying,
             State::Uncordoning,
             State::Healed,

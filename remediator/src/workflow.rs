@@ -108,6 +108,7 @@ impl Runner {
             }
             State::Draining => self.drain(ctx, wf).await,
             State::Rebooting => self.reboot(ctx, wf).await,
+            State::AwaitingBoot => self.await_boot(ctx, wf).await,
             State::Verifying => self.verify(ctx, wf).await,
             State::Uncordoning => {
                 ctx.ops.uncordon_and_untaint(&wf.node).await?;
@@ -189,9 +190,29 @@ impl Runner {
     }
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let node = ctx.ops.get(&wf.node).await?;
+        let (boot, ready) = boot_and_ready(&node);
+        let reason = format!(
+            "reboot requested (annotation {}); boot id {boot}, Ready={ready}",
+            firebreak_schema::REBOOT_ANNOTATION
+        );
+        // Persisted first: after a crash the request is not repeated (a lost request times out
+        // and escalates; a repeated one would reboot the node twice).
+        ctx.advance(wf, State::AwaitingBoot, reason).await?;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match ctx.ops.request_reboot(&wf.node, &wf.id.to_string()).await {
+                Ok(()) => return Ok(()),
+                Err(error) => tracing::warn!(%error, "reboot request failed; retrying"),
+            }
+            ctx.sleep(backoff).await?;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn await_boot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let started = *self.started.get_or_insert_with(Instant::now);
         let before = wf.boot_id_before.clone().unwrap_or_default();
-        let mut asked = false;
         loop {
             let node = ctx.ops.get(&wf.node).await?;
             let (boot, ready) = boot_and_ready(&node);
@@ -204,25 +225,12 @@ impl Runner {
                 self.started = None;
                 return ctx.advance(wf, State::Verifying, reason).await;
             }
-            let pending =
-                node.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(firebreak_schema::REBOOT_ANNOTATION));
-            // Ask only when no reboot is under way: same boot, no request pending, still Ready.
-            if !asked && boot == before && !pending && ready {
-                ctx.ops.request_reboot(&wf.node, &wf.id.to_string()).await?;
-                tracing::info!("reboot requested");
-                asked = true;
-            }
             if started.elapsed() > ctx.cfg.reboot_timeout {
-                return self
-                    .escalate(
-                        ctx,
-                        wf,
-                        format!(
-                            "node did not come back within {}s of the reboot request",
-                            ctx.cfg.reboot_timeout.as_secs()
-                        ),
-                    )
-                    .await;
+                let why = format!(
+                    "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
+                    ctx.cfg.reboot_timeout.as_secs()
+                );
+                return self.escalate(ctx, wf, why).await;
             }
             ctx.sleep(Duration::from_millis(500)).await?;
         }

@@ -1,0 +1,168 @@
+//! Detection on the real protocols: the agent loses nothing while Kafka is down; the detector
+//! reports silent agents and clears them when they speak again.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::temp_dir;
+use firebreak_agent::{NodeAgent, rules};
+use firebreak_fleet_sim::{Fault, Fleet, FleetConfig};
+use firebreak_schema::{
+    FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat,
+    kafka::{KafkaConfig, Producer, decode_message},
+};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    mocking::MockCluster,
+};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+fn kafka(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaConfig {
+    mock.create_topic(FAULT_TOPIC, 3, 1).unwrap();
+    mock.create_topic(HEARTBEAT_TOPIC, 3, 1).unwrap();
+    KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        consumer_options: vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "500".into()),
+        ],
+    }
+}
+
+/// Every fault on the topic, read from the start by a fresh group.
+fn fault_reader(cfg: &KafkaConfig) -> StreamConsumer {
+    let c: StreamConsumer = cfg.consumer(&format!("reader-{}", uuid::Uuid::now_v7())).create().unwrap();
+    c.subscribe(&[FAULT_TOPIC]).unwrap();
+    c
+}
+
+async fn next_fault(c: &StreamConsumer, timeout: Duration, want: impl Fn(&FaultEvent) -> bool) -> FaultEvent {
+    tokio::time::timeout(timeout, async {
+        loop {
+            let msg = c.recv().await.unwrap();
+            if let Ok(e) = decode_message::<FaultEvent>(&msg)
+                && want(&e)
+            {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the fault arrives")
+}
+
+fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer) -> NodeAgent {
+    NodeAgent {
+        cluster: cluster.name().into(),
+        node: node.into(),
+        host_root: cluster.host_root(node),
+        rules: Arc::new(rules::defaults()),
+        producer: producer.clone(),
+        poll_interval: Duration::from_millis(100),
+        heartbeat_interval: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_loses_nothing_while_kafka_is_down() {
+    let mock = MockCluster::new(1).unwrap();
+    let cfg = kafka(&mock);
+    let fleet = Fleet::start(FleetConfig {
+        data_dir: temp_dir("agent"),
+        clusters: 1,
+        nodes_per_cluster: 1,
+        timings: Default::default(),
+    })
+    .await
+    .unwrap();
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let producer = Producer::new(&cfg).unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(agent(&cluster, &node, &producer).run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    mock.broker_down(1).unwrap();
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mock.broker_up(1).unwrap();
+
+    let reader = fault_reader(&cfg);
+    let first = next_fault(&reader, Duration::from_secs(30), |_| true).await;
+    let second = next_fault(&reader, Duration::from_secs(30), |_| true).await;
+    assert_eq!((first.kind, second.kind), (FaultKind::MemoryUncorrectable, FaultKind::ReadonlyFilesystem), "in order");
+    assert_eq!(first.evidence["rule"], "edac-uncorrectable");
+    assert!(first.observed_at <= second.observed_at);
+
+    // A restarted agent re-reads the log and republishes the same ids: consumers deduplicate.
+    cancel.cancel();
+    task.await.unwrap();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(agent(&cluster, &node, &producer).run(cancel.clone()));
+    let replay = next_fault(&reader, Duration::from_secs(30), |_| true).await;
+    assert_eq!(replay.id, first.id, "same observation, same id");
+    cancel.cancel();
+    task.await.unwrap();
+    drop(reader);
+    drop(producer);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detector_reports_silent_agents() {
+    let mock = MockCluster::new(1).unwrap();
+    let cfg = kafka(&mock);
+    let fleet = Fleet::start(FleetConfig {
+        data_dir: temp_dir("silent"),
+        clusters: 1,
+        nodes_per_cluster: 2,
+        timings: Default::default(),
+    })
+    .await
+    .unwrap();
+    let cluster = fleet.clusters()[0].clone();
+    let (talker, mute) = (cluster.node_names()[0].clone(), cluster.node_names()[1].clone());
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let cancel = CancellationToken::new();
+    let detector = firebreak_detector::Config {
+        cluster: cluster.name().into(),
+        kafka: cfg.clone(),
+        agent_silent_after: Duration::from_secs(8),
+        new_node_grace: Duration::from_secs(60),
+    };
+    let task = tokio::spawn(firebreak_detector::run(detector, client, cancel.clone()));
+    let producer = Producer::new(&cfg).unwrap();
+    let beats = tokio::spawn({
+        let (producer, cluster, talker) = (producer.clone(), cluster.name().to_owned(), talker.clone());
+        async move {
+            for seq in 0.. {
+                let hb = Heartbeat {
+                    cluster: cluster.clone(),
+                    node: talker.clone(),
+                    agent_version: "test".into(),
+                    seq,
+                    sent_at: OffsetDateTime::now_utc(),
+                };
+                producer.publish(HEARTBEAT_TOPIC, &hb).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let reader = fault_reader(&cfg);
+    let silent = next_fault(&reader, Duration::from_secs(30), |e| e.kind == FaultKind::AgentSilent).await;
+    assert_eq!(silent.node, mute, "only the node whose agent never spoke");
+    assert_eq!(silent.evidence["threshold_s"], "8");
+    assert_eq!(silent.severity, firebreak_schema::Severity::Warning, "a silent agent alone is not a reason to reboot");
+    // The talking node stops talking: it is reported too.
+    beats.abort();
+    let later = next_fault(&reader, Duration::from_secs(30), |e| e.kind == FaultKind::AgentSilent).await;
+    assert_eq!(later.node, talker);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop(reader);
+    drop(producer);
+    fleet.shutdown().await;
+}
