@@ -327,3 +327,85 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("state")?, r.try_get("reason")?))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use firebreak_schema::{FaultKind, Source, deterministic_id};
+
+    use super::*;
+
+    fn fault(node: &str, kind: FaultKind, severity: Severity, secs: i64) -> FaultEvent {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        FaultEvent {
+            id: deterministic_id(at, &["c1", node, kind.as_str()]),
+            cluster: "c1".into(),
+            node: node.into(),
+            class: kind.class(),
+            kind,
+            severity,
+            source: Source::Agent,
+            observed_at: at,
+            message: "m".into(),
+            evidence: BTreeMap::new(),
+        }
+    }
+
+    async fn store() -> Store {
+        let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Store::open(&format!("sqlite://{}", dir.join("r.db").display())).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn intake_decides_once_per_event_and_one_workflow_per_node() {
+        let s = store().await;
+        let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
+        let Intake::Started(wf) = s.intake(&first).await.unwrap() else { panic!("a workflow starts") };
+        assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
+        assert_eq!(s.intake(&first).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
+        let second = fault("n1", FaultKind::KernelHung, Severity::Critical, 5);
+        assert_eq!(s.intake(&second).await.unwrap(), Intake::Attached(wf.id));
+        let warn = fault("n2", FaultKind::KernelHung, Severity::Warning, 0);
+        assert!(matches!(s.intake(&warn).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning")));
+        let component = fault("n2", FaultKind::KubeletDown, Severity::Critical, 1);
+        assert!(matches!(s.intake(&component).await.unwrap(), Intake::Ignored(w) if w.contains("component")));
+        let mut ours = fault("n3", FaultKind::NodeNotReady, Severity::Critical, 0);
+        ours.evidence.insert("caused_by_remediation".into(), "true".into());
+        assert!(matches!(s.intake(&ours).await.unwrap(), Intake::Ignored(w) if w.contains("our own")));
+        // The attached fault counts as a recurrence after the time it was observed before.
+        let since = ms(first.observed_at);
+        assert_eq!(s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1), Some("KernelHung".into()));
+        assert_eq!(s.critical_fault_since("c1", "n1", ms(second.observed_at)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn transitions_persist_and_open_workflows_resume() {
+        let s = store().await;
+        let Intake::Started(mut wf) =
+            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0)).await.unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        wf.state = State::AwaitingBoot;
+        wf.permit_id = Some(Uuid::now_v7());
+        wf.boot_id_before = Some("boot-1".into());
+        wf.reason = "reboot requested".into();
+        s.transition(&wf).await.unwrap();
+        let open = s.open_workflows("c1").await.unwrap();
+        assert_eq!(open, vec![wf.clone()], "a restarted remediator resumes exactly here");
+        assert!(s.open_workflows("c2").await.unwrap().is_empty());
+        wf.state = State::Healed;
+        wf.reason = "healed".into();
+        s.transition(&wf).await.unwrap();
+        assert!(s.open_workflows("c1").await.unwrap().is_empty());
+        let steps: Vec<String> = s.steps(wf.id).await.unwrap().into_iter().map(|(st, _)| st).collect();
+        assert_eq!(steps, ["permit_wait", "awaiting_boot", "healed"]);
+        // The node is free again: a new fault starts a new workflow.
+        assert!(matches!(
+            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60)).await.unwrap(),
+            Intake::Started(_)
+        ));
+    }
+}
