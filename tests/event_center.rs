@@ -151,3 +151,121 @@ async fn malformed_records_sqlite() {
 async fn malformed_records_postgres() {
     malformed_records_are_kept_and_skipped(common::postgres_db().await).await;
 }
+
+/// A WebDriver session on headless Chromium (chromedriver on a free port).
+struct Browser {
+    driver: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    async fn open(url: &str) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (bash .ci/test installs it)");
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let profile = temp_dir("chromium");
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.display())]}}}});
+        let session: serde_json::Value = wait_for("chromedriver session", Duration::from_secs(20), || async {
+            http.post(format!("{root}/session")).json(&caps).send().await.ok()?.json().await.ok()
+        })
+        .await;
+        let id = session["value"]["sessionId"].as_str().expect("a session").to_owned();
+        let b = Browser { driver, base: format!("{root}/session/{id}"), http };
+        b.http.post(format!("{}/url", b.base)).json(&serde_json::json!({"url": url})).send().await.unwrap();
+        b
+    }
+
+    async fn text(&self, element: &str) -> String {
+        let script = format!("return document.getElementById('{element}').innerText");
+        let v: serde_json::Value = self
+            .http
+            .post(format!("{}/execute/sync", self.base))
+            .json(&serde_json::json!({"script": script, "args": []}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["value"].as_str().unwrap_or_default().to_owned()
+    }
+
+    async fn wait_text(&self, element: &str, needle: &str) {
+        wait_for(&format!("`{needle}` in #{element}"), Duration::from_secs(15), || async {
+            self.text(element).await.contains(needle).then_some(())
+        })
+        .await;
+    }
+}
+
+impl Browser {
+    async fn close(self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_page_lists_events_and_updates_live() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(FAULT_TOPIC, 3, 1).unwrap();
+    mock.create_topic(REMEDIATION_TOPIC, 1, 1).unwrap();
+    let kafka = KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        consumer_options: vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "500".into()),
+        ],
+    };
+    let db = format!("sqlite://{}", temp_dir("ui").join("events.db").display());
+    let ec = start(&kafka, &db).await;
+    let producer = Producer::new(&kafka).unwrap();
+    let before = fault("node-before", FaultKind::MemoryUncorrectable, 0);
+    producer.publish(FAULT_TOPIC, &before).await.unwrap();
+    wait_for("stored", Duration::from_secs(15), || async { (!events(&ec.url, "").await.is_empty()).then_some(()) })
+        .await;
+
+    let browser = Browser::open(&format!("{}/", ec.url)).await;
+    browser.wait_text("status", "live").await;
+    browser.wait_text("faults", "node-before").await;
+    assert!(browser.text("faults").await.contains("MemoryUncorrectable"));
+
+    // Arrives while the page is open: shown without a reload, markup shown as text.
+    let mut live = fault("node-live", FaultKind::KernelHung, 30);
+    live.message = "<img src=x onerror=alert(1)> hung".into();
+    producer.publish(FAULT_TOPIC, &live).await.unwrap();
+    browser.wait_text("faults", "node-live").await;
+    assert!(browser.text("faults").await.contains("<img src=x onerror=alert(1)> hung"));
+    let step = firebreak_schema::RemediationEvent {
+        id: uuid::Uuid::now_v7(),
+        workflow_id: uuid::Uuid::now_v7(),
+        cluster: "c1".into(),
+        node: "node-live".into(),
+        trigger_event_id: live.id,
+        state: "healed".into(),
+        reason: "uncordoned and untainted".into(),
+        at: OffsetDateTime::now_utc(),
+    };
+    producer.publish(REMEDIATION_TOPIC, &step).await.unwrap();
+    browser.wait_text("steps", "healed").await;
+    assert!(browser.text("steps").await.contains("c1/node-live"));
+    browser.close().await;
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}

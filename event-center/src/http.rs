@@ -31,6 +31,8 @@ pub(crate) struct AppState {
     pub(crate) registry: Arc<Registry>,
     /// Whether the consumer holds partitions.
     pub(crate) ready: Arc<AtomicBool>,
+    /// Cancelled at shutdown: live streams end then, so the server can stop.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -90,9 +92,14 @@ async fn remediations(
 
 async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut rx = s.live.subscribe();
+    let shutdown = s.shutdown.clone();
     let events = async_stream::stream! {
         loop {
-            match rx.recv().await {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = rx.recv() => next,
+            };
+            match next {
                 Ok(Live::Fault(r)) => yield Ok(Event::default().event("fault").json_data(&*r).unwrap_or_default()),
                 Ok(Live::Remediation(r)) => yield Ok(Event::default().event("remediation").json_data(&*r).unwrap_or_default()),
                 // A slow client missed some; tell it to reload.

@@ -116,7 +116,8 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let ready = Arc::new(AtomicBool::new(false));
     let consuming =
         tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
-    let app = http::router(http::AppState { store, live, registry: Arc::new(registry), ready });
+    let app =
+        http::router(http::AppState { store, live, registry: Arc::new(registry), ready, shutdown: cancel.clone() });
     let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
     cancel.cancel();
     let _ = consuming.await;
