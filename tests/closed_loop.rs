@@ -176,3 +176,36 @@ async fn not_ready_node_is_detected_and_healed() {
     assert_eq!(workflows.len(), 1, "one workflow, not one per NotReady");
     stack.shutdown().await;
 }
+
+/// A fault that comes back right after the reboot: the remediator escalates to a human, leaves
+/// the node cordoned and tainted, and gives its permit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn recurring_fault_escalates_to_a_human() {
+    let stack = stack("escalate", |o| o.quiet_period = Duration::from_secs(8)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-004", cluster.name());
+    cluster.inject(&node, Fault::KernelHung).unwrap();
+    wait_for("the quiet period after the reboot", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.iter().any(|(s, _)| s == "verifying").then_some(())
+    })
+    .await;
+    cluster.inject(&node, Fault::KernelHung).unwrap();
+    let (_, why) = wait_for("escalation", Duration::from_secs(20), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    assert!(why.contains("fault recurred after reboot: KernelHung"), "{why}");
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let n = Api::<Node>::all(client).get(&node).await.unwrap();
+    assert!(common::out_of_service(&n), "left cordoned for a human");
+    assert_eq!(n.spec.unwrap().unschedulable, Some(true));
+    let permits = wait_for("the permit released", Duration::from_secs(10), || async {
+        get_json(&format!("{}/api/v1/permits", stack.gate_url))
+            .await
+            .filter(|p| p.as_array().is_some_and(Vec::is_empty))
+    })
+    .await;
+    assert_eq!(permits, serde_json::json!([]));
+    assert!(!steps(&stack, &node).await.iter().any(|(s, _)| s == "healed"));
+    stack.shutdown().await;
+}

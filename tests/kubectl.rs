@@ -101,3 +101,99 @@ async fn kubectl_works_against_fleet_sim() {
     assert!(json["status"]["nodeInfo"]["bootID"].as_str().is_some_and(|b| !b.is_empty()));
     fleet.shutdown().await;
 }
+
+/// Eviction, deletion and rescheduling behave as a real kube-apiserver's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_sim_evicts_and_deletes_like_the_api_server() {
+    use kube::api::{DeleteParams, EvictParams, Patch, PatchParams};
+    let fleet = Fleet::start(FleetConfig {
+        data_dir: temp_dir("sim-api"),
+        clusters: 1,
+        nodes_per_cluster: 4,
+        timings: Default::default(),
+    })
+    .await
+    .unwrap();
+    let cluster = fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let all_ready = || async {
+        let l = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+        l.items
+            .iter()
+            .all(|p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .then_some(l.items)
+    };
+    let web = wait_for("web pods running", Duration::from_secs(10), all_ready).await;
+    let node = "c1-node-001";
+    let on_node: Vec<String> = web
+        .iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(on_node.len(), 2);
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})))
+        .await
+        .unwrap();
+
+    // kube-core's EvictParams body: accepted, its `delete_options` ignored with a warning, as
+    // a real API server does (dry run: nothing happens).
+    let raw = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/default/pods/{}/eviction?dryRun=All", cluster.url(), on_node[0]))
+        .json(&serde_json::json!({"delete_options": {"gracePeriodSeconds": 0}, "metadata": {"name": on_node[0]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 201);
+    let warning = raw.headers().get("warning").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(warning, r#"299 - "unknown field \"delete_options\"""#);
+    assert!(pods.get(&on_node[0]).await.unwrap().metadata.deletion_timestamp.is_none(), "dry run changes nothing");
+
+    // One disruption allowed: the first eviction succeeds and the pod is Terminating, not gone.
+    pods.evict(&on_node[0], &EvictParams::default()).await.unwrap();
+    let terminating = pods.get(&on_node[0]).await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    // None left: the second is refused with the API server's words.
+    match pods.evict(&on_node[1], &EvictParams::default()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 429);
+            assert_eq!(s.message, "Cannot evict pod as it would violate the pod's disruption budget.");
+        }
+        other => panic!("expected 429, got {other:?}"),
+    }
+    // The replacement is scheduled off the cordoned node; while it is not Ready it can be
+    // evicted whatever the budget says.
+    let replacement = wait_for("a replacement pod", Duration::from_secs(5), || async {
+        let l = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+        l.items.into_iter().find(|p| {
+            p.metadata.name.as_deref().is_some_and(|n| !web.iter().any(|w| w.metadata.name.as_deref() == Some(n)))
+        })
+    })
+    .await;
+    let replacement_node = replacement.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap();
+    assert_ne!(replacement_node, node, "not on the cordoned node");
+    assert_ne!(replacement.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    pods.evict(replacement.metadata.name.as_deref().unwrap(), &EvictParams::default()).await.unwrap();
+    // The terminating pod goes away after its grace period.
+    wait_for("the evicted pod gone", Duration::from_secs(10), || async {
+        matches!(pods.get(&on_node[0]).await, Err(kube::Error::Api(s)) if s.code == 404).then_some(())
+    })
+    .await;
+    // Deletion with a zero grace period is immediate.
+    pods.delete(&on_node[1], &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    assert!(matches!(pods.get(&on_node[1]).await, Err(kube::Error::Api(s)) if s.code == 404));
+    // Replicas come back to full strength, all off the cordoned node.
+    let web = wait_for("web back to 5 ready pods", Duration::from_secs(15), || async {
+        let items = all_ready().await?;
+        (items.len() == 5).then_some(items)
+    })
+    .await;
+    let moved = web.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)).count();
+    assert_eq!(moved, 0);
+    fleet.shutdown().await;
+}

@@ -169,7 +169,32 @@ async fn route(c: &Arc<Cluster>, group: &str, version: &str, rest: &[&str], req:
         });
         r
     };
-    Some(result.map(|(code, body)| json_reply(code, &body)))
+    let warnings = if t.sub == Some("eviction") { unknown_eviction_fields(&req.body) } else { Vec::new() };
+    Some(result.map(|(code, body)| {
+        let mut reply = json_reply(code, &body);
+        for field in warnings {
+            // What a real API server answers for a field it drops (kube-core's `delete_options`).
+            let warning = format!("299 - \"unknown field \\\"{field}\\\"\"");
+            if let Ok(v) = header::HeaderValue::from_str(&warning) {
+                reply.headers_mut().append(header::WARNING, v);
+            }
+        }
+        reply
+    }))
+}
+
+/// Top-level fields of an Eviction body that the API server does not know and ignores.
+fn unknown_eviction_fields(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .map(|o| {
+            o.keys()
+                .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "deleteOptions"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn ns_of<'a>(t: &Target<'a>) -> &'a str {
@@ -425,7 +450,8 @@ fn terminate(
 fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(StatusCode, Value)> {
     let name = t.name.unwrap_or_default();
     let body = body_json(req)?;
-    if body.get("kind").and_then(Value::as_str) != Some("Eviction") {
+    // Like the API server: a missing kind defaults to Eviction; another kind is refused.
+    if body.get("kind").and_then(Value::as_str).is_some_and(|k| k != "Eviction") {
         return Err(Error::BadRequest("body must be a policy/v1 Eviction".into()));
     }
     let pod = store.get(&PODS, ns_of(t), name).ok_or_else(|| Error::NotFound("pods".into(), name.into()))?;

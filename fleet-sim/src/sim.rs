@@ -663,3 +663,38 @@ pub(crate) fn age(obj: &Value) -> String {
 pub(crate) fn now_plus(d: Duration) -> String {
     fmt_time(OffsetDateTime::now_utc() + d)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_nodes_are_tainted_not_ready_until_their_kubelet_reports() {
+        let dir = std::env::temp_dir().join(format!("fb-sim-{}", uuid::Uuid::new_v4().simple()));
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let c = Cluster::new("t".into(), dir, addr, 2, Timings::default(), CancellationToken::new()).unwrap();
+        let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
+        assert_eq!(ready_status(&node), "False");
+        assert_eq!(node["spec"]["taints"][0]["key"], NOT_READY_TAINT);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { c.tick().unwrap() });
+        let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
+        assert_eq!(ready_status(&node), "True");
+        assert!(node["spec"].get("taints").is_none());
+        assert!(std::fs::read_to_string(c.host_root("t-node-001").join("dev/kmsg")).unwrap().starts_with("5,0,"));
+    }
+
+    #[test]
+    fn watches_resume_from_a_resource_version_or_are_gone() {
+        let mut s = Store::new();
+        let rv0 = s.rv();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "a"}})).unwrap();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "b"}})).unwrap();
+        let (past, _) = s.watch_from(&NAMESPACES, rv0 + 1).unwrap();
+        assert_eq!(past.iter().map(|c| str_at(&c.object, "/metadata/name")).collect::<Vec<_>>(), ["b"]);
+        for i in 0..20_001 {
+            s.create(&EVENTS, json!({"metadata": {"name": format!("e{i}"), "namespace": "default"}})).unwrap();
+        }
+        assert!(matches!(s.watch_from(&NAMESPACES, rv0), Err(Error::Gone(_))));
+    }
+}
