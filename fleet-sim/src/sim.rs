@@ -1,7 +1,7 @@
 //! One simulated cluster: its store, its nodes' kubelets, its controllers and the fault injector.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     io::Write,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -328,10 +328,10 @@ impl Cluster {
     }
 
     fn tick_node(&self, st: &mut State, name: &str, now: Instant) -> Result<()> {
-        let Some(node) = st.store.get(&NODES, "", name) else { return Ok(()) };
+        let Some(node) = st.store.get_ref(&NODES, "", name) else { return Ok(()) };
         let Some(sim) = st.nodes.get_mut(name) else { return Ok(()) };
-        let reboot_asked =
-            node.pointer(&format!("/metadata/annotations/{}", REBOOT_ANNOTATION.replace('/', "~1"))).is_some();
+        let reboot_asked = node.pointer("/metadata/annotations").and_then(|a| a.get(REBOOT_ANNOTATION)).is_some();
+        let ready = ready_status(node).to_owned();
         if reboot_asked && sim.reboot_done_at.is_none() {
             tracing::info!(cluster = %self.name, node = name, "rebooting");
             sim.reboot_done_at = Some(now + self.timings.reboot);
@@ -355,102 +355,119 @@ impl Cluster {
             sim.last_heartbeat = now - self.timings.heartbeat;
         }
         if sim.heartbeating {
-            if now.duration_since(sim.last_heartbeat) < self.timings.heartbeat && ready_status(&node) == "True" {
-                return Ok(());
-            }
-            sim.last_heartbeat = now;
+            // Like a kubelet with node leases: the lease is renewed every period, the Node
+            // object is written only when its status changes.
             let boot_id = sim.boot_id.clone();
-            let mut n = node.clone();
-            set_condition(&mut n, "Ready", "True", "KubeletReady", "kubelet is posting ready status");
-            set_taint(&mut n, NOT_READY_TAINT, false);
-            set_taint(&mut n, UNREACHABLE_TAINT, false);
-            if let Some(info) = n.pointer_mut("/status/nodeInfo").and_then(Value::as_object_mut) {
-                info.insert("bootID".into(), json!(boot_id));
+            let stale_boot = node.pointer("/status/nodeInfo/bootID").and_then(Value::as_str) != Some(boot_id.as_str());
+            if ready != "True" || stale_boot {
+                let mut n = node.clone();
+                set_condition(&mut n, "Ready", "True", "KubeletReady", "kubelet is posting ready status");
+                set_taint(&mut n, NOT_READY_TAINT, false);
+                set_taint(&mut n, UNREACHABLE_TAINT, false);
+                if let Some(info) = n.pointer_mut("/status/nodeInfo").and_then(Value::as_object_mut) {
+                    info.insert("bootID".into(), json!(boot_id));
+                }
+                st.store.replace(&NODES, n)?;
             }
-            st.store.replace(&NODES, n)?;
-            if let Some(mut lease) = st.store.get(&LEASES, "kube-node-lease", name) {
-                lease["spec"]["renewTime"] = json!(fmt_micro_time(OffsetDateTime::now_utc()));
-                st.store.replace(&LEASES, lease)?;
+            if now.duration_since(sim.last_heartbeat) >= self.timings.heartbeat {
+                sim.last_heartbeat = now;
+                if let Some(mut lease) = st.store.get(&LEASES, "kube-node-lease", name) {
+                    lease["spec"]["renewTime"] = json!(fmt_micro_time(OffsetDateTime::now_utc()));
+                    st.store.replace(&LEASES, lease)?;
+                }
             }
-        } else if now.duration_since(sim.last_heartbeat) >= self.timings.unreachable_after
-            && ready_status(&node) == "True"
-        {
+        } else if now.duration_since(sim.last_heartbeat) >= self.timings.unreachable_after && ready == "True" {
             let mut n = node.clone();
             set_condition(&mut n, "Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.");
             set_taint(&mut n, UNREACHABLE_TAINT, true);
             st.store.replace(&NODES, n)?;
-            let event = node_event(name, "NodeNotReady", "Node is not ready");
-            st.store.create(&EVENTS, event)?;
+            st.store.create(&EVENTS, node_event(name, "NodeNotReady", "Node is not ready"))?;
         }
         Ok(())
     }
 
     fn tick_pods(&self, st: &mut State, now: Instant) -> Result<()> {
         let wall = OffsetDateTime::now_utc();
-        let pods = st.store.list(&PODS, None);
-        // Kubelets: finish terminations, start pods.
-        for pod in &pods {
-            let (ns, name) = (str_at(pod, "/metadata/namespace"), str_at(pod, "/metadata/name"));
-            if let Some(ts) = pod.pointer("/metadata/deletionTimestamp").and_then(Value::as_str) {
-                let due = OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
-                    .map_or(true, |t| t <= wall);
-                if due {
-                    st.store.remove(&PODS, &ns, &name)?;
-                    st.pending_ready.remove(&(ns, name));
-                }
+        let key = |p: &Value| (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
+        // Kubelets: finish terminations whose grace period is over.
+        let due: Vec<(String, String)> = st
+            .store
+            .iter(&PODS, None)
+            .filter(|p| {
+                p.pointer("/metadata/deletionTimestamp").and_then(Value::as_str).is_some_and(|ts| {
+                    OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+                        .map_or(true, |t| t <= wall)
+                })
+            })
+            .map(key)
+            .collect();
+        for (ns, name) in due {
+            st.store.remove(&PODS, &ns, &name)?;
+            st.pending_ready.remove(&(ns, name));
+        }
+        // Kubelets: start scheduled pods once their node is up.
+        let starting: Vec<(String, String)> = st
+            .pending_ready
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= self.timings.pod_start)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in starting {
+            let Some(pod) = st.store.get_ref(&PODS, &k.0, &k.1) else {
+                st.pending_ready.remove(&k);
+                continue;
+            };
+            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+                st.pending_ready.remove(&k);
                 continue;
             }
-            let key = (ns, name);
-            if let Some(since) = st.pending_ready.get(&key).copied() {
-                let node = str_at(pod, "/spec/nodeName");
-                let node_up = st.store.get(&NODES, "", &node).is_some_and(|n| ready_status(&n) == "True");
-                if node_up && now.duration_since(since) >= self.timings.pod_start {
-                    let mut p = pod.clone();
-                    let started = time_now_rfc3339();
-                    p["status"] = json!({"phase": "Running", "startTime": started,
-                        "podIP": format!("10.244.{}.{}", rand::random::<u8>(), rand::random::<u8>()),
-                        "conditions": [{"type": "PodScheduled", "status": "True"},
-                            {"type": "Initialized", "status": "True"},
-                            {"type": "ContainersReady", "status": "True", "lastTransitionTime": started},
-                            {"type": "Ready", "status": "True", "lastTransitionTime": started}],
-                        "containerStatuses": [{"name": p.pointer("/spec/containers/0/name").cloned().unwrap_or(json!("main")),
-                            "ready": true, "started": true, "restartCount": 0,
-                            "image": p.pointer("/spec/containers/0/image").cloned().unwrap_or(json!("")),
-                            "state": {"running": {"startedAt": started}}}]});
-                    st.store.replace(&PODS, p)?;
-                    st.pending_ready.remove(&key);
-                }
+            let node = str_at(pod, "/spec/nodeName");
+            if st.store.get_ref(&NODES, "", &node).is_none_or(|n| ready_status(n) != "True") {
+                continue;
             }
+            let mut p = pod.clone();
+            let started = time_now_rfc3339();
+            p["status"] = json!({"phase": "Running", "startTime": started,
+                "podIP": format!("10.244.{}.{}", rand::random::<u8>(), rand::random::<u8>()),
+                "conditions": [{"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": started},
+                    {"type": "Ready", "status": "True", "lastTransitionTime": started}],
+                "containerStatuses": [{"name": p.pointer("/spec/containers/0/name").cloned().unwrap_or(json!("main")),
+                    "ready": true, "started": true, "restartCount": 0,
+                    "image": p.pointer("/spec/containers/0/image").cloned().unwrap_or(json!("")),
+                    "state": {"running": {"startedAt": started}}}]});
+            st.store.replace(&PODS, p)?;
+            st.pending_ready.remove(&k);
+        }
+        // One pass over live pods: replicas per app, pods per node, nodes with a daemon pod.
+        let mut live: HashMap<String, usize> = HashMap::new();
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        let mut daemon: HashSet<String> = HashSet::new();
+        for p in st.store.iter(&PODS, None).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()) {
+            let node = str_at(p, "/spec/nodeName");
+            if str_at(p, "/metadata/namespace") == "kube-system" {
+                daemon.insert(node.clone());
+            }
+            *per_node.entry(node).or_default() += 1;
+            *live.entry(str_at(p, "/metadata/labels/app")).or_default() += 1;
         }
         // ReplicaSet controllers: replace pods that are terminating or gone.
-        let pods = st.store.list(&PODS, None);
-        let live = |app: &str| {
-            pods.iter()
-                .filter(|p| p.pointer("/metadata/labels/app").and_then(Value::as_str) == Some(app))
-                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
-                .count()
-        };
         for w in &self.workloads {
-            for _ in live(w.name)..w.replicas {
-                let Some(node) = schedulable_node(st, &pods) else { break };
+            for _ in live.get(w.name).copied().unwrap_or(0)..w.replicas {
+                let Some(node) = schedulable_node(&st.store, &per_node) else { break };
+                *per_node.entry(node.clone()).or_default() += 1;
                 let suffix = uuid::Uuid::new_v4().simple().to_string()[..5].to_owned();
-                let pod = self.replica_pod(w, &node, &suffix);
-                let pod = st.store.create(&PODS, pod)?;
-                st.pending_ready.insert((str_at(&pod, "/metadata/namespace"), str_at(&pod, "/metadata/name")), now);
+                let pod = st.store.create(&PODS, self.replica_pod(w, &node, &suffix))?;
+                st.pending_ready.insert(key(&pod), now);
             }
         }
         // DaemonSet controller: one pod per node, cordoned or not.
-        let names: Vec<String> = st.nodes.keys().cloned().collect();
+        let names: Vec<String> = st.nodes.keys().filter(|n| !daemon.contains(*n)).cloned().collect();
         for node in names {
-            let has = pods.iter().any(|p| {
-                str_at(p, "/metadata/namespace") == "kube-system"
-                    && str_at(p, "/spec/nodeName") == node
-                    && p.pointer("/metadata/deletionTimestamp").is_none()
-            });
-            let exists = st.store.get(&PODS, "kube-system", &format!("node-exporter-{node}")).is_some();
-            if !has && !exists {
+            if st.store.get_ref(&PODS, "kube-system", &format!("node-exporter-{node}")).is_none() {
                 let pod = st.store.create(&PODS, self.daemon_pod(&node))?;
-                st.pending_ready.insert((str_at(&pod, "/metadata/namespace"), str_at(&pod, "/metadata/name")), now);
+                st.pending_ready.insert(key(&pod), now);
             }
         }
         Ok(())
@@ -487,9 +504,9 @@ pub(crate) fn pod_ready(pod: &Value) -> bool {
 pub(crate) fn matching_pdbs(store: &Store, pod: &Value) -> Vec<Value> {
     let ns = str_at(pod, "/metadata/namespace");
     store
-        .list(&PDBS, Some(&ns))
-        .into_iter()
+        .iter(&PDBS, Some(&ns))
         .filter(|pdb| Selector::from_match_labels(pdb.pointer("/spec/selector/matchLabels")).matches_labels(pod))
+        .cloned()
         .collect()
 }
 
@@ -498,9 +515,11 @@ pub(crate) fn update_pdbs(store: &mut Store) -> Result<()> {
     for pdb in store.list(&PDBS, None) {
         let ns = str_at(&pdb, "/metadata/namespace");
         let sel = Selector::from_match_labels(pdb.pointer("/spec/selector/matchLabels"));
-        let pods: Vec<Value> = store.list(&PODS, Some(&ns)).into_iter().filter(|p| sel.matches_labels(p)).collect();
-        let healthy = pods.iter().filter(|p| pod_ready(p)).count() as i64;
-        let expected = pods.iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).count() as i64;
+        let (mut healthy, mut expected) = (0i64, 0i64);
+        for p in store.iter(&PODS, Some(&ns)).filter(|p| sel.matches_labels(p)) {
+            healthy += i64::from(pod_ready(p));
+            expected += i64::from(p.pointer("/metadata/deletionTimestamp").is_none());
+        }
         let desired = match pdb.pointer("/spec/minAvailable").and_then(Value::as_i64) {
             Some(m) => m,
             None => expected - pdb.pointer("/spec/maxUnavailable").and_then(Value::as_i64).unwrap_or(0),
@@ -508,7 +527,7 @@ pub(crate) fn update_pdbs(store: &mut Store) -> Result<()> {
         let status = json!({"currentHealthy": healthy, "desiredHealthy": desired,
             "disruptionsAllowed": (healthy - desired).max(0), "expectedPods": expected, "observedGeneration": 1});
         if pdb.get("status") != Some(&status) {
-            let mut p = pdb.clone();
+            let mut p = pdb;
             p["status"] = status;
             store.replace(&PDBS, p)?;
         }
@@ -529,18 +548,18 @@ pub(crate) fn str_at(v: &Value, ptr: &str) -> String {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_owned()
 }
 
-fn ready_status(node: &Value) -> String {
+fn ready_status(node: &Value) -> &str {
     node.pointer("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-        .map(|c| str_at(c, "/status"))
+        .and_then(|c| c["status"].as_str())
         .unwrap_or_default()
 }
 
-fn schedulable_node(st: &State, pods: &[Value]) -> Option<String> {
-    let nodes = st.store.list(&NODES, None);
-    nodes
-        .iter()
+/// The schedulable node (Ready, not cordoned, no NoSchedule/NoExecute taint) with the fewest pods.
+fn schedulable_node(store: &Store, per_node: &HashMap<String, usize>) -> Option<String> {
+    store
+        .iter(&NODES, None)
         .filter(|n| ready_status(n) == "True")
         .filter(|n| n.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true))
         .filter(|n| {
@@ -548,8 +567,9 @@ fn schedulable_node(st: &State, pods: &[Value]) -> Option<String> {
                 .and_then(Value::as_array)
                 .is_some_and(|t| t.iter().any(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute"))
         })
-        .map(|n| str_at(n, "/metadata/name"))
-        .min_by_key(|name| pods.iter().filter(|p| str_at(p, "/spec/nodeName") == *name).count())
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+        .min_by_key(|name| per_node.get(*name).copied().unwrap_or(0))
+        .map(str::to_owned)
 }
 
 fn cond(ty: &str, status: &str, reason: &str, message: &str) -> Value {

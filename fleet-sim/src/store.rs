@@ -58,13 +58,24 @@ impl Store {
         self.objects.get(&(res.plural, ns.to_owned(), name.to_owned())).cloned()
     }
 
+    /// One object, borrowed.
+    pub fn get_ref(&self, res: &Resource, ns: &str, name: &str) -> Option<&Value> {
+        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned()))
+    }
+
+    /// Every object of a resource, in one namespace or all (`None`), borrowed.
+    pub fn iter<'a>(&'a self, res: &Resource, ns: Option<&'a str>) -> impl Iterator<Item = &'a Value> + 'a {
+        let plural = res.plural;
+        self.objects
+            .range((plural, String::new(), String::new())..)
+            .take_while(move |((r, _, _), _)| *r == plural)
+            .filter(move |((_, n, _), _)| ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v)
+    }
+
     /// Copies of every object of a resource, in one namespace or all (`None`).
     pub fn list(&self, res: &Resource, ns: Option<&str>) -> Vec<Value> {
-        self.objects
-            .iter()
-            .filter(|((r, n, _), _)| *r == res.plural && ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.iter(res, ns).cloned().collect()
     }
 
     /// Creates an object; fails with 409 when it exists.
