@@ -82,6 +82,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Longest time a reboot may take before escalation.
     pub reboot_timeout: Duration,
+    /// Faults observed longer ago than this are recorded but not acted on (a new consumer
+    /// group reads the topic from its start).
+    pub stale_after: Duration,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             eviction_retry: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(600),
             reboot_timeout: Duration::from_secs(900),
+            stale_after: Duration::from_secs(600),
         }
     }
 }
@@ -177,7 +181,7 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
 async fn intake(ctx: &workflow::Ctx, event: &FaultEvent) -> Option<Intake> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match ctx.store.intake(event).await {
+        match ctx.store.intake(event, ctx.cfg.stale_after).await {
             Ok(d) => return Some(d),
             Err(error) => tracing::error!(%error, incident = %event.id, "recording fault failed; retrying"),
         }

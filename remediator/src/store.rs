@@ -147,8 +147,9 @@ impl Store {
         Ok(Self { pool })
     }
 
-    /// Records a consumed fault and decides what to do with it, atomically.
-    pub async fn intake(&self, e: &FaultEvent) -> Result<Intake> {
+    /// Records a consumed fault and decides what to do with it, atomically. A fault observed
+    /// more than `stale_after` ago is history (a replayed topic), not a reason to act.
+    pub async fn intake(&self, e: &FaultEvent, stale_after: std::time::Duration) -> Result<Intake> {
         let mut tx = self.pool.begin().await?;
         let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
             .bind(e.id.to_string())
@@ -167,8 +168,11 @@ impl Store {
             None => None,
         };
         let ours = e.evidence.get("caused_by_remediation").is_some_and(|v| v == "true");
+        let age = (OffsetDateTime::now_utc() - e.observed_at).whole_seconds();
         let (decision, workflow) = if let Some(id) = open {
             (Intake::Attached(id), Some(id))
+        } else if age > i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX) {
+            (Intake::Ignored(format!("observed {age}s ago, older than the {}s limit", stale_after.as_secs())), None)
         } else if e.severity != Severity::Critical {
             (Intake::Ignored(format!("severity {} (only critical faults are remediated)", e.severity)), None)
         } else if ours {
@@ -337,7 +341,7 @@ mod tests {
     use super::*;
 
     fn fault(node: &str, kind: FaultKind, severity: Severity, secs: i64) -> FaultEvent {
-        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        let at = OffsetDateTime::now_utc() - time::Duration::minutes(5) + time::Duration::seconds(secs);
         FaultEvent {
             id: deterministic_id(at, &["c1", node, kind.as_str()]),
             cluster: "c1".into(),
@@ -352,6 +356,17 @@ mod tests {
         }
     }
 
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+    #[tokio::test]
+    async fn old_faults_are_history() {
+        let s = store().await;
+        let old = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, -3600);
+        assert!(
+            matches!(s.intake(&old, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("older than the 600s limit"))
+        );
+    }
+
     async fn store() -> Store {
         let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -362,18 +377,18 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf) = s.intake(&first).await.unwrap() else { panic!("a workflow starts") };
+        let Intake::Started(wf) = s.intake(&first, LIMIT).await.unwrap() else { panic!("a workflow starts") };
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
-        assert_eq!(s.intake(&first).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
+        assert_eq!(s.intake(&first, LIMIT).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
         let second = fault("n1", FaultKind::KernelHung, Severity::Critical, 5);
-        assert_eq!(s.intake(&second).await.unwrap(), Intake::Attached(wf.id));
+        assert_eq!(s.intake(&second, LIMIT).await.unwrap(), Intake::Attached(wf.id));
         let warn = fault("n2", FaultKind::KernelHung, Severity::Warning, 0);
-        assert!(matches!(s.intake(&warn).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning")));
+        assert!(matches!(s.intake(&warn, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning")));
         let component = fault("n2", FaultKind::KubeletDown, Severity::Critical, 1);
-        assert!(matches!(s.intake(&component).await.unwrap(), Intake::Ignored(w) if w.contains("component")));
+        assert!(matches!(s.intake(&component, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("component")));
         let mut ours = fault("n3", FaultKind::NodeNotReady, Severity::Critical, 0);
         ours.evidence.insert("caused_by_remediation".into(), "true".into());
-        assert!(matches!(s.intake(&ours).await.unwrap(), Intake::Ignored(w) if w.contains("our own")));
+        assert!(matches!(s.intake(&ours, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("our own")));
         // The attached fault counts as a recurrence after the time it was observed before.
         let since = ms(first.observed_at);
         assert_eq!(s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1), Some("KernelHung".into()));
@@ -384,7 +399,7 @@ mod tests {
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
         let Intake::Started(mut wf) =
-            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0)).await.unwrap()
+            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), LIMIT).await.unwrap()
         else {
             panic!("a workflow starts")
         };
@@ -404,7 +419,7 @@ mod tests {
         assert_eq!(steps, ["permit_wait", "awaiting_boot", "healed"]);
         // The node is free again: a new fault starts a new workflow.
         assert!(matches!(
-            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60)).await.unwrap(),
+            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60), LIMIT).await.unwrap(),
             Intake::Started(_)
         ));
     }
