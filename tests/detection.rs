@@ -130,7 +130,7 @@ async fn detector_reports_silent_agents() {
     let detector = firebreak_detector::Config {
         cluster: cluster.name().into(),
         kafka: cfg.clone(),
-        agent_silent_after: Duration::from_secs(8),
+        agent_silent_after: Duration::from_secs(12),
         new_node_grace: Duration::from_secs(60),
     };
     let task = tokio::spawn(firebreak_detector::run(detector, client, cancel.clone()));
@@ -154,7 +154,7 @@ async fn detector_reports_silent_agents() {
     let reader = fault_reader(&cfg);
     let silent = next_fault(&reader, Duration::from_secs(30), |e| e.kind == FaultKind::AgentSilent).await;
     assert_eq!(silent.node, mute, "only the node whose agent never spoke");
-    assert_eq!(silent.evidence["threshold_s"], "8");
+    assert_eq!(silent.evidence["threshold_s"], "12");
     assert_eq!(silent.severity, firebreak_schema::Severity::Warning, "a silent agent alone is not a reason to reboot");
     // The talking node stops talking: it is reported too.
     beats.abort();

@@ -99,15 +99,26 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
         (events(&ec.url, "").await.len() == 2).then_some(())
     })
     .await;
-    let metrics = reqwest::get(format!("{}/metrics", ec.url)).await.unwrap().text().await.unwrap();
-    for line in [
+    let want = [
         "firebreak_event_center_records_rejected_total{reason=\"missing_header\"} 1",
         "firebreak_event_center_records_rejected_total{reason=\"json\"} 1",
         "firebreak_event_center_records_duplicate_total 1",
         "firebreak_event_center_records_stored_total 2",
-    ] {
-        assert!(metrics.contains(line), "missing `{line}` in\n{metrics}");
-    }
+        "firebreak_event_center_records_consumed_total 5",
+    ];
+    let metrics_url = format!("{}/metrics", ec.url);
+    let mut last = String::new();
+    let counted = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            last = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+            if want.iter().all(|l| last.contains(l)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "expected {want:?} in\n{last}");
 
     // Filters, newest first, and input validation.
     let all = events(&ec.url, "").await;

@@ -147,6 +147,14 @@ impl Runner {
             if pods.is_empty() {
                 break;
             }
+            // A node that is not Ready has no kubelet to finish terminations: once every pod's
+            // eviction was accepted, waiting is futile and the reboot is what ends them.
+            if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
+                && !boot_and_ready(&ctx.ops.get(&wf.node).await?).1
+            {
+                tracing::info!(terminating = pods.len(), "node not Ready; not waiting for its pods to terminate");
+                break;
+            }
             let mut blocked = Vec::new();
             for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                 ctx.ops.mark_for_migration(pod).await?;
