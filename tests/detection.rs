@@ -5,31 +5,15 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::temp_dir;
 use firebreak_agent::{NodeAgent, rules};
-use firebreak_fleet_sim::{Fault, Fleet, FleetConfig};
+use firebreak_fleet_sim::Fault;
 use firebreak_schema::{
     FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat,
     kafka::{KafkaConfig, Producer, decode_message},
 };
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    mocking::MockCluster,
-};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-
-fn kafka(mock: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>) -> KafkaConfig {
-    mock.create_topic(FAULT_TOPIC, 3, 1).unwrap();
-    mock.create_topic(HEARTBEAT_TOPIC, 3, 1).unwrap();
-    KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        consumer_options: vec![
-            ("session.timeout.ms".into(), "6000".into()),
-            ("heartbeat.interval.ms".into(), "500".into()),
-        ],
-    }
-}
 
 /// Every fault on the topic, read from the start by a fresh group.
 fn fault_reader(cfg: &KafkaConfig) -> StreamConsumer {
@@ -67,16 +51,8 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_loses_nothing_while_kafka_is_down() {
-    let mock = MockCluster::new(1).unwrap();
-    let cfg = kafka(&mock);
-    let fleet = Fleet::start(FleetConfig {
-        data_dir: temp_dir("agent"),
-        clusters: 1,
-        nodes_per_cluster: 1,
-        timings: Default::default(),
-    })
-    .await
-    .unwrap();
+    let (mock, cfg) = common::mock_kafka(&[(FAULT_TOPIC, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = common::fleet("agent", 1).await;
     let cluster = fleet.clusters()[0].clone();
     let node = cluster.node_names()[0].clone();
     let producer = Producer::new(&cfg).unwrap();
@@ -113,16 +89,8 @@ async fn agent_loses_nothing_while_kafka_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detector_reports_silent_agents() {
-    let mock = MockCluster::new(1).unwrap();
-    let cfg = kafka(&mock);
-    let fleet = Fleet::start(FleetConfig {
-        data_dir: temp_dir("silent"),
-        clusters: 1,
-        nodes_per_cluster: 2,
-        timings: Default::default(),
-    })
-    .await
-    .unwrap();
+    let (_mock, cfg) = common::mock_kafka(&[(FAULT_TOPIC, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = common::fleet("silent", 2).await;
     let cluster = fleet.clusters()[0].clone();
     let (talker, mute) = (cluster.node_names()[0].clone(), cluster.node_names()[1].clone());
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();

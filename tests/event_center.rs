@@ -13,7 +13,6 @@ use firebreak_schema::{
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
-    mocking::MockCluster,
     producer::{FutureProducer, FutureRecord},
 };
 use time::OffsetDateTime;
@@ -62,16 +61,7 @@ async fn events(url: &str, query: &str) -> Vec<serde_json::Value> {
 }
 
 async fn malformed_records_are_kept_and_skipped(db: String) {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic(FAULT_TOPIC, 3, 1).unwrap();
-    mock.create_topic(REMEDIATION_TOPIC, 1, 1).unwrap();
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        consumer_options: vec![
-            ("session.timeout.ms".into(), "6000".into()),
-            ("heartbeat.interval.ms".into(), "500".into()),
-        ],
-    };
+    let (_mock, kafka) = common::mock_kafka(&[(FAULT_TOPIC, 3), (REMEDIATION_TOPIC, 1)]);
     let ec = start(&kafka, &db).await;
 
     let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
@@ -234,16 +224,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_page_lists_events_and_updates_live() {
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic(FAULT_TOPIC, 3, 1).unwrap();
-    mock.create_topic(REMEDIATION_TOPIC, 1, 1).unwrap();
-    let kafka = KafkaConfig {
-        brokers: mock.bootstrap_servers(),
-        consumer_options: vec![
-            ("session.timeout.ms".into(), "6000".into()),
-            ("heartbeat.interval.ms".into(), "500".into()),
-        ],
-    };
+    let (_mock, kafka) = common::mock_kafka(&[(FAULT_TOPIC, 3), (REMEDIATION_TOPIC, 1)]);
     let db = format!("sqlite://{}", temp_dir("ui").join("events.db").display());
     let ec = start(&kafka, &db).await;
     let producer = Producer::new(&kafka).unwrap();

@@ -5,7 +5,6 @@ mod common;
 use std::{process::Command, time::Duration};
 
 use common::{temp_dir, wait_for};
-use firebreak_fleet_sim::{Fleet, FleetConfig};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{Api, api::ListParams};
 
@@ -36,15 +35,7 @@ fn rows(out: &str) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_works_against_fleet_sim() {
-    let dir = temp_dir("kubectl");
-    let fleet = Fleet::start(FleetConfig {
-        data_dir: dir.clone(),
-        clusters: 1,
-        nodes_per_cluster: 3,
-        timings: Default::default(),
-    })
-    .await
-    .unwrap();
+    let fleet = common::fleet("kubectl", 3).await;
     let cluster = fleet.clusters()[0].clone();
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
@@ -54,7 +45,7 @@ async fn kubectl_works_against_fleet_sim() {
         l.items.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).then_some(())
     })
     .await;
-    let k = Kubectl { kubeconfig: cluster.kubeconfig_path(), cache: dir.join("kube-cache") };
+    let k = Kubectl { kubeconfig: cluster.kubeconfig_path(), cache: temp_dir("kube-cache") };
     let node = "c1-node-001";
 
     let got = rows(&k.run(&["get", "nodes"]));
@@ -106,14 +97,7 @@ async fn kubectl_works_against_fleet_sim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_sim_evicts_and_deletes_like_the_api_server() {
     use kube::api::{DeleteParams, EvictParams, Patch, PatchParams};
-    let fleet = Fleet::start(FleetConfig {
-        data_dir: temp_dir("sim-api"),
-        clusters: 1,
-        nodes_per_cluster: 4,
-        timings: Default::default(),
-    })
-    .await
-    .unwrap();
+    let fleet = common::fleet("sim-api", 4).await;
     let cluster = fleet.clusters()[0].clone();
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let nodes: Api<Node> = Api::all(client.clone());

@@ -130,3 +130,37 @@ impl NodeLog {
         self.0.lock().unwrap().iter().find(|(n, out, _)| n == node && *out).map(|(_, _, t)| *t)
     }
 }
+
+/// librdkafka's mock cluster with the given topics, and a client config tuned for its quick
+/// group rebalances.
+pub fn mock_kafka(
+    topics: &[(&str, i32)],
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    firebreak_schema::kafka::KafkaConfig,
+) {
+    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+    for (topic, partitions) in topics {
+        mock.create_topic(topic, *partitions, 1).unwrap();
+    }
+    let cfg = firebreak_schema::kafka::KafkaConfig {
+        brokers: mock.bootstrap_servers(),
+        consumer_options: vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            ("heartbeat.interval.ms".into(), "500".into()),
+        ],
+    };
+    (mock, cfg)
+}
+
+/// A one-cluster fleet-sim.
+pub async fn fleet(name: &str, nodes: usize) -> firebreak_fleet_sim::Fleet {
+    firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
+        data_dir: temp_dir(name),
+        clusters: 1,
+        nodes_per_cluster: nodes,
+        timings: Default::default(),
+    })
+    .await
+    .unwrap()
+}
