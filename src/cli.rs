@@ -4,6 +4,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use firebreak_schema::kafka::KafkaConfig;
+use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, bind, demo, kube_client};
@@ -59,6 +60,9 @@ pub enum Command {
         /// Silence after which an agent is reported.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_silent_after: Duration,
+        /// Serve Prometheus metrics at `http://ADDR/metrics`.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Central event center: store, API and web UI.
     EventCenter {
@@ -99,6 +103,9 @@ pub enum Command {
         /// Quiet period after a reboot before uncordon.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         quiet_period: Duration,
+        /// Serve Prometheus metrics at `http://ADDR/metrics`.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     FleetSim {
@@ -127,15 +134,18 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { cluster, kubeconfig, kafka, agent_silent_after } => {
+        Command::Detector { cluster, kubeconfig, kafka, agent_silent_after, metrics_listen } => {
             let client = kube_client(&kubeconfig).await?;
+            let mut registry = Registry::default();
+            let metrics = firebreak_detector::Metrics::new(&mut registry);
+            metrics_server(metrics_listen, registry, &cancel).await?;
             let cfg = firebreak_detector::Config {
                 cluster,
                 kafka: kafka.config(),
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
             };
-            Ok(firebreak_detector::run(cfg, client, cancel).await?)
+            Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
         Command::EventCenter { kafka, database_url, listen } => {
             let listener = bind(&listen).await?;
@@ -155,11 +165,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             let gate = Arc::new(firebreak_rate_limiter::Gate::new(policy));
             Ok(firebreak_rate_limiter::serve(listener, gate, cancel.cancelled_owned()).await?)
         }
-        Command::Remediator { cluster, kubeconfig, kafka, gate_url, database_url, quiet_period } => {
+        Command::Remediator { cluster, kubeconfig, kafka, gate_url, database_url, quiet_period, metrics_listen } => {
             let client = kube_client(&kubeconfig).await?;
+            let mut registry = Registry::default();
+            let metrics = firebreak_remediator::Metrics::new(&mut registry);
+            metrics_server(metrics_listen, registry, &cancel).await?;
             let mut cfg = firebreak_remediator::Config::new(&cluster, kafka.config(), &gate_url, &database_url);
             cfg.quiet_period = quiet_period;
-            Ok(firebreak_remediator::run(cfg, client, cancel).await?)
+            Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
         Command::FleetSim { data_dir, clusters, nodes_per_cluster } => {
             if clusters == 0 {
@@ -181,4 +194,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args, cancel).await,
     }
+}
+
+/// Starts the metrics server when an address was given.
+async fn metrics_server(listen: Option<String>, registry: Registry, cancel: &CancellationToken) -> Result<()> {
+    if let Some(addr) = listen {
+        let listener = bind(&addr).await?;
+        let serving = crate::serve_metrics(listener, Arc::new(registry), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+    }
+    Ok(())
 }

@@ -40,6 +40,9 @@ pub struct DemoArgs {
     /// Gate address.
     #[arg(long, default_value = "127.0.0.1:8181")]
     pub gate_listen: String,
+    /// Detector and remediator metrics address (`/metrics`).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
     /// Stop by itself after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub run_for: Option<Duration>,
@@ -58,6 +61,8 @@ pub struct StackOptions {
     pub listen: String,
     /// Gate address.
     pub gate_listen: String,
+    /// Detector and remediator metrics address.
+    pub metrics_listen: String,
     /// Gate policy.
     pub policy: Policy,
     /// Event center database; SQLite under the data directory when `None`.
@@ -81,6 +86,7 @@ impl StackOptions {
             nodes_per_cluster,
             listen: "127.0.0.1:0".into(),
             gate_listen: "127.0.0.1:0".into(),
+            metrics_listen: "127.0.0.1:0".into(),
             policy: Policy::default(),
             event_center_db: None,
             remediator_db: None,
@@ -103,6 +109,8 @@ pub struct Stack {
     pub event_center_url: String,
     /// `http://...` of the gate.
     pub gate_url: String,
+    /// `http://...` of the detectors' and remediators' metrics.
+    pub metrics_url: String,
     gate_addr: SocketAddr,
     policy: Policy,
     gate: Option<(CancellationToken, JoinHandle<()>)>,
@@ -173,6 +181,18 @@ impl Stack {
 
         let producer = Producer::new(&kafka_config)?;
         let rules = Arc::new(rules::defaults());
+        let mut registry = prometheus_client::registry::Registry::default();
+        let detector_metrics = firebreak_detector::Metrics::new(&mut registry);
+        let remediator_metrics = firebreak_remediator::Metrics::new(&mut registry);
+        let metrics_listener = bind(&opts.metrics_listen).await?;
+        let metrics_url = format!(
+            "http://{}",
+            metrics_listener.local_addr().map_err(|source| Error::Io { what: "metrics address".into(), source })?
+        );
+        tasks.push(spawn_logged(
+            "metrics".into(),
+            crate::serve_metrics(metrics_listener, Arc::new(registry), cancel.clone()),
+        ));
         for cluster in fleet.clusters() {
             let client = kube_client(&cluster.kubeconfig_path()).await?;
             let detector = firebreak_detector::Config {
@@ -183,7 +203,7 @@ impl Stack {
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),
-                firebreak_detector::run(detector, client.clone(), cancel.clone()),
+                firebreak_detector::run(detector, client.clone(), detector_metrics.clone(), cancel.clone()),
             ));
             let db = opts.remediator_db.clone().unwrap_or_else(|| {
                 format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name())).display())
@@ -198,7 +218,7 @@ impl Stack {
             rem.eviction_retry = opts.eviction_retry;
             tasks.push(spawn_logged(
                 format!("remediator/{}", cluster.name()),
-                firebreak_remediator::run(rem, client, cancel.clone()),
+                firebreak_remediator::run(rem, client, remediator_metrics.clone(), cancel.clone()),
             ));
             for node in cluster.node_names() {
                 let agent = NodeAgent {
@@ -219,6 +239,7 @@ impl Stack {
             kafka_config,
             event_center_url: format!("http://{ec_addr}"),
             gate_url: format!("http://{gate_addr}"),
+            metrics_url,
             gate_addr,
             policy: opts.policy,
             gate: None,
@@ -276,11 +297,16 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters, args.nodes_per_cluster);
     opts.listen = args.listen.clone();
     opts.gate_listen = args.gate_listen.clone();
+    opts.metrics_listen = args.metrics_listen.clone();
     let stack = Stack::start(opts).await?;
     println!("Firebreak demo running. Ctrl-C stops it.");
     println!("  event center (web UI): {}/", stack.event_center_url);
     println!("  events API:            {}/api/v1/events", stack.event_center_url);
     println!("  gate decisions:        {}/api/v1/decisions", stack.gate_url);
+    println!(
+        "  metrics:               {0}/metrics (detectors, remediators), {1}/metrics, {2}/metrics",
+        stack.metrics_url, stack.event_center_url, stack.gate_url
+    );
     println!("  kafka (mock cluster):  {}", stack.kafka_config.brokers);
     for c in stack.fleet.clusters() {
         println!("  cluster {}: kubectl --kubeconfig {} get nodes", c.name(), c.kubeconfig_path().display());

@@ -85,3 +85,30 @@ pub async fn kube_client(path: &Path) -> Result<kube::Client> {
 pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Io { what: format!("listen on {addr}"), source })
 }
+
+/// Serves `GET /metrics` (OpenMetrics text) for a registry until `shutdown`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get};
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut out = String::new();
+                match prometheus_client::encoding::text::encode(&mut out, &registry) {
+                    Ok(()) => ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(|source| Error::Io { what: "metrics server".into(), source })
+}

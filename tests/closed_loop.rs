@@ -134,6 +134,19 @@ async fn closed_loop(name: &str, db: Option<String>) {
     assert!(ours.iter().all(|e| e["evidence"]["caused_by_remediation"] == "true" && e["severity"] == "warning"));
     let healed = states.iter().filter(|s| *s == "healed").count();
     assert_eq!(healed, 1, "one workflow: {states:?}");
+
+    // The same story in the metrics.
+    let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url)).await.unwrap().text().await.unwrap();
+    let c = cluster.name();
+    for line in [
+        format!("firebreak_remediator_workflow_transitions_total{{cluster=\"{c}\",state=\"healed\"}} 1"),
+        format!("firebreak_remediator_faults_total{{cluster=\"{c}\",decision=\"started\"}} 1"),
+        format!("firebreak_detector_nodes{{cluster=\"{c}\",ready=\"true\"}} 4"),
+        format!("firebreak_detector_faults_published_total{{cluster=\"{c}\",kind=\"NodeNotReady\"}}"),
+        format!("firebreak_remediator_evictions_total{{cluster=\"{c}\",outcome=\"refused\"}}"),
+    ] {
+        assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
+    }
     stack.shutdown().await;
 }
 

@@ -12,7 +12,15 @@ fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
     let dir = std::env::temp_dir().join(format!("firebreak-demo-{}", uuid::Uuid::now_v7().simple()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["demo", "--clusters", "2", "--nodes-per-cluster", "3", "--fault-every", "1s"])
-        .args(["--listen", "127.0.0.1:0", "--gate-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--gate-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

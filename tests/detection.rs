@@ -101,7 +101,8 @@ async fn detector_reports_silent_agents() {
         agent_silent_after: Duration::from_secs(12),
         new_node_grace: Duration::from_secs(60),
     };
-    let task = tokio::spawn(firebreak_detector::run(detector, client, cancel.clone()));
+    let task =
+        tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
     let producer = Producer::new(&cfg).unwrap();
     let beats = tokio::spawn({
         let (producer, cluster, talker) = (producer.clone(), cluster.name().to_owned(), talker.clone());

@@ -25,6 +25,11 @@ use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
 };
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -48,6 +53,48 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    cluster: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
+    cluster: String,
+    ready: &'static str,
+}
+
+/// The detector's metrics, registered under `firebreak_detector`, labelled by cluster; clones
+/// share the values.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    published: Family<KindLabels, Counter>,
+    nodes: Family<ReadyLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("firebreak_detector");
+        r.register("faults_published", "Faults published by cluster and kind", m.published.clone());
+        r.register("nodes", "Nodes by cluster and Ready status (true, false)", m.nodes.clone());
+        m
+    }
+
+    fn published(&self, cluster: &str, kind: FaultKind) {
+        self.published.get_or_create(&KindLabels { cluster: cluster.into(), kind: kind.as_str() }).inc();
+    }
+
+    fn nodes(&self, cluster: &str, nodes: &BTreeMap<String, bool>) {
+        let ready = nodes.values().filter(|r| **r).count() as i64;
+        let total = nodes.len() as i64;
+        self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "true" }).set(ready);
+        self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "false" }).set(total - ready);
+    }
+}
+
 /// How to run the detector.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -63,7 +110,7 @@ pub struct Config {
 }
 
 /// Runs both detections until `cancel`.
-pub async fn run(cfg: Config, client: Client, cancel: CancellationToken) -> Result<()> {
+pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
     let producer = Producer::new(&cfg.kafka)?;
     let consumer: StreamConsumer = cfg
         .kafka
@@ -75,9 +122,10 @@ pub async fn run(cfg: Config, client: Client, cancel: CancellationToken) -> Resu
     tracing::info!(parent: &span, "detector running");
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, bool>::new());
     let watching = tokio::spawn(
-        watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, cancel.clone()).instrument(span.clone()),
+        watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
+            .instrument(span.clone()),
     );
-    heartbeats(cfg, consumer, producer, nodes_rx, cancel).instrument(span).await;
+    heartbeats(cfg, consumer, producer, nodes_rx, metrics, cancel).instrument(span).await;
     let _ = watching.await;
     Ok(())
 }
@@ -97,6 +145,7 @@ async fn watch_nodes(
     api: Api<Node>,
     producer: Producer,
     nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, bool>>,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -120,6 +169,7 @@ async fn watch_nodes(
                 nodes_tx.send_modify(|m| {
                     m.remove(&name);
                 });
+                metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
                 continue;
             }
             Some(Ok(_)) => continue,
@@ -130,6 +180,7 @@ async fn watch_nodes(
         nodes_tx.send_modify(|m| {
             m.insert(name.clone(), status == "True");
         });
+        metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
         if status == "True" || previous.as_deref() == Some(status.as_str()) {
             continue;
         }
@@ -164,6 +215,7 @@ async fn watch_nodes(
         };
         tracing::info!(node = %name, event_id = %event.id, ready = %status, caused_by_remediation = ours, "node not ready");
         publish(&producer, &event, &cancel).await;
+        metrics.published(&cfg.cluster, event.kind);
     }
 }
 
@@ -172,6 +224,7 @@ async fn heartbeats(
     consumer: StreamConsumer,
     producer: Producer,
     nodes: tokio::sync::watch::Receiver<BTreeMap<String, bool>>,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
@@ -228,6 +281,7 @@ async fn heartbeats(
                     tracing::info!(node = %node, event_id = %event.id, silent_s = silent.as_secs(), "agent silent");
                     reported.insert(node, Instant::now());
                     publish(&producer, &event, &cancel).await;
+                    metrics.published(&cfg.cluster, event.kind);
                 }
             }
         }

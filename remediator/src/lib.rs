@@ -14,6 +14,7 @@
 //! transition is also published to the remediation topic with its reason.
 
 mod gate;
+mod metrics;
 mod node_ops;
 pub mod store;
 mod workflow;
@@ -32,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use gate::GateClient;
+pub use metrics::Metrics;
 pub use store::{Intake, State, Store, Workflow};
 
 /// Everything that can go wrong in the remediator.
@@ -105,7 +107,7 @@ impl Config {
 }
 
 /// Runs intake and workflows until `cancel`.
-pub async fn run(cfg: Config, client: kube::Client, cancel: CancellationToken) -> Result<()> {
+pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
     let store = Store::open(&cfg.database_url).await?;
     let producer = Producer::new(&cfg.kafka)?;
     let consumer: StreamConsumer = cfg
@@ -119,6 +121,7 @@ pub async fn run(cfg: Config, client: kube::Client, cancel: CancellationToken) -
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),
         producer,
+        metrics,
         cancel: cancel.clone(),
         cfg,
     });
@@ -153,8 +156,16 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
             Ok(event) if event.cluster != ctx.cfg.cluster => {}
             Ok(event) => {
                 let Some(decision) = intake(&ctx, &event).await else { break };
+                let label = match &decision {
+                    Intake::Started(_) => "started",
+                    Intake::Attached(_) => "attached",
+                    Intake::Ignored(_) => "ignored",
+                    Intake::Duplicate => "duplicate",
+                };
+                ctx.metrics.intake(&ctx.cfg.cluster, label);
                 match decision {
                     Intake::Started(wf) => {
+                        ctx.metrics.transition(&ctx.cfg.cluster, wf.state.as_str());
                         tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
                         ctx.publish(&wf);
                         tasks.spawn(workflow::drive(ctx.clone(), wf));

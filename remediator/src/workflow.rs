@@ -21,6 +21,7 @@ pub(crate) struct Ctx {
     pub(crate) ops: NodeOps,
     pub(crate) gate: GateClient,
     pub(crate) producer: Producer,
+    pub(crate) metrics: crate::Metrics,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -58,6 +59,7 @@ impl Ctx {
             return Err(e);
         }
         tracing::info!(state = state.as_str(), reason = %wf.reason, "workflow step");
+        self.metrics.transition(&wf.cluster, state.as_str());
         self.publish(wf);
         Ok(())
     }
@@ -130,6 +132,7 @@ impl Runner {
                 format!("cordon permit {}: {}", resp.permit_id.map(|p| p.to_string()).unwrap_or_default(), resp.reason);
             return ctx.advance(wf, State::Cordoning, reason).await;
         }
+        ctx.metrics.denial(&wf.cluster, resp.limit.as_deref());
         let reason = format!("waiting for a cordon permit: {}", resp.reason);
         // Record and publish each distinct denial once, not every retry.
         let kind = resp.limit.clone().unwrap_or_default();
@@ -165,10 +168,12 @@ impl Runner {
                 );
                 match ctx.ops.evict(pod).await? {
                     Eviction::Done => {
+                        ctx.metrics.eviction(&wf.cluster, true);
                         self.evicted += 1;
                         tracing::info!(pod = %name, "pod evicted");
                     }
                     Eviction::Blocked(why) => {
+                        ctx.metrics.eviction(&wf.cluster, false);
                         self.refused += 1;
                         tracing::info!(pod = %name, why, "eviction refused by a PodDisruptionBudget; will retry");
                         blocked.push(name);
