@@ -135,6 +135,20 @@ async fn closed_loop(name: &str, db: Option<String>) {
     let healed = states.iter().filter(|s| *s == "healed").count();
     assert_eq!(healed, 1, "one workflow: {states:?}");
 
+    // And in the node's Kubernetes events.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["FirebreakCordoning", "FirebreakDraining", "FirebreakAwaitingBoot", "FirebreakHealed"] {
+        assert!(reasons.iter().any(|x| x == r), "event {r} missing in {reasons:?}");
+    }
+
     // The same story in the metrics.
     let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url)).await.unwrap().text().await.unwrap();
     let c = cluster.name();

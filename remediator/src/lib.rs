@@ -9,7 +9,8 @@
 //! and evict them through the Eviction API, retrying PodDisruptionBudget refusals, never
 //! skipping them → ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
 //! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
-//! escalates to a human and leaves the node cordoned. State is written before each side effect
+//! escalates to a human and leaves the node cordoned. Each transition is also recorded as a
+//! Kubernetes Event on the node (best effort). State is written before each side effect
 //! and every action is idempotent, so a restarted remediator resumes where it stopped. Each
 //! transition is also published to the remediation topic with its reason.
 

@@ -2,7 +2,7 @@
 //! idempotent: doing it again after a crash changes nothing more.
 
 use firebreak_schema::{REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY};
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Taint};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -137,6 +137,39 @@ impl NodeOps {
             Err(kube::Error::Api(s)) if s.code == 429 => Ok(Eviction::Blocked(s.message)),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Records a core/v1 Event on the node, so `kubectl describe node` shows what Firebreak did
+    /// and why.
+    pub async fn record_event(&self, node: &str, reason: &str, message: &str, warning: bool) -> Result<()> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{node}.{}", uuid::Uuid::now_v7().simple())),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            involved_object: k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(node.into()),
+                ..Default::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.chars().take(1024).collect()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.into()),
+            count: Some(1),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            source: Some(k8s_openapi::api::core::v1::EventSource {
+                component: Some("firebreak-remediator".into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &event).await?;
+        Ok(())
     }
 
     /// Asks for a reboot by annotating the node with the workflow id.

@@ -61,8 +61,23 @@ impl Ctx {
         tracing::info!(state = state.as_str(), reason = %wf.reason, "workflow step");
         self.metrics.transition(&wf.cluster, state.as_str());
         self.publish(wf);
+        let reason = format!("Firebreak{}", camel(state.as_str()));
+        let message = format!("workflow {}: {}", wf.id, wf.reason);
+        if let Err(error) = self.ops.record_event(&wf.node, &reason, &message, state == State::Escalated).await {
+            tracing::warn!(%error, "could not record a Kubernetes event");
+        }
         Ok(())
     }
+}
+
+/// `awaiting_boot` -> `AwaitingBoot`.
+fn camel(s: &str) -> String {
+    s.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Runs a workflow to its end (or until cancelled), retrying failed steps.
