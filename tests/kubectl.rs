@@ -171,6 +171,14 @@ async fn fleet_sim_evicts_and_deletes_like_the_api_server() {
     // Deletion with a zero grace period is immediate.
     pods.delete(&on_node[1], &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
     assert!(matches!(pods.get(&on_node[1]).await, Err(kube::Error::Api(s)) if s.code == 404));
+    // Without a grace period of its own, a deletion takes the pod's terminationGracePeriodSeconds.
+    let batch = pods.list(&ListParams::default().labels("app=batch")).await.unwrap().items.remove(0);
+    let batch_name = batch.metadata.name.clone().unwrap();
+    let own = batch.spec.as_ref().and_then(|s| s.termination_grace_period_seconds);
+    pods.delete(&batch_name, &DeleteParams::default()).await.unwrap();
+    let deleting = pods.get(&batch_name).await.unwrap();
+    assert!(deleting.metadata.deletion_timestamp.is_some(), "Terminating, not gone");
+    assert_eq!(deleting.metadata.deletion_grace_period_seconds, own);
     // Replicas come back to full strength, all off the cordoned node.
     let web = wait_for("web back to 5 ready pods", Duration::from_secs(15), || async {
         let items = all_ready().await?;

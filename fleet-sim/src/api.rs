@@ -392,11 +392,14 @@ fn dry_run(req: &Req, body: Option<&Value>) -> bool {
             .is_some_and(|a| a.iter().any(|v| v == "All"))
 }
 
+/// The grace period a deletion asks for (query parameter, then delete options; a negative value
+/// counts as not given), else the pod's own `terminationGracePeriodSeconds`, else 30 s.
 fn grace_period(req: &Req, options: Option<&Value>, pod: &Value) -> i64 {
     req.query
         .get("gracePeriodSeconds")
         .and_then(|g| g.parse().ok())
         .or_else(|| options.and_then(|o| o.get("gracePeriodSeconds")).and_then(Value::as_i64))
+        .filter(|g| *g >= 0)
         .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
         .unwrap_or(30)
 }
@@ -410,29 +413,15 @@ fn delete(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
     }
     if t.res.plural == PODS.plural {
         let pod = store.get(&PODS, ns_of(t), name).ok_or_else(|| Error::NotFound("pods".into(), name.into()))?;
-        return terminate(
-            store,
-            pod,
-            grace_period(req, options.as_ref(), &Value::Null).max(-1),
-            options.is_some() || req.query.contains_key("gracePeriodSeconds"),
-        );
+        let grace = grace_period(req, options.as_ref(), &pod);
+        return terminate(store, pod, grace);
     }
     Ok((StatusCode::OK, store.remove(t.res, ns_of(t), name)?))
 }
 
 /// Graceful pod deletion: the pod gets a deletionTimestamp and stays Terminating for its grace
 /// period, unless the grace period is 0.
-fn terminate(
-    store: &mut crate::store::Store,
-    mut pod: Value,
-    grace: i64,
-    explicit: bool,
-) -> Result<(StatusCode, Value)> {
-    let grace = if explicit && grace >= 0 {
-        grace
-    } else {
-        pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30)
-    };
+fn terminate(store: &mut crate::store::Store, mut pod: Value, grace: i64) -> Result<(StatusCode, Value)> {
     let (ns, name) = (str_at(&pod, "/metadata/namespace"), str_at(&pod, "/metadata/name"));
     if grace == 0 {
         return Ok((StatusCode::OK, store.remove(&PODS, &ns, &name)?));
@@ -476,9 +465,8 @@ fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Stat
     if dry_run(req, Some(&body)) {
         return Ok((StatusCode::CREATED, success));
     }
-    let explicit = options.and_then(|o| o.get("gracePeriodSeconds")).is_some();
     let grace = grace_period(req, options, &pod);
-    terminate(store, pod, grace, explicit)?;
+    terminate(store, pod, grace)?;
     Ok((StatusCode::CREATED, success))
 }
 
