@@ -106,7 +106,7 @@ impl NodeAgent {
                     for record in records {
                         let Some(event) = self.fault_of(&record) else { continue };
                         tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
-                        self.publish(&event, &cancel).await;
+                        self.producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await;
                     }
                 }
             }
@@ -140,21 +140,6 @@ impl NodeAgent {
                 ("boot_id".into(), boot_id),
             ]),
         })
-    }
-
-    /// Publishes until the brokers have the event (or the agent stops).
-    async fn publish(&self, event: &FaultEvent, cancel: &CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.producer.publish(FAULT_TOPIC, event).await {
-                Ok(()) => return,
-                Err(error) => tracing::warn!(%error, event_id = %event.id, "publish failed; retrying"),
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
-            }
-        }
     }
 }
 

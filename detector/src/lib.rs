@@ -214,8 +214,9 @@ async fn watch_nodes(
             evidence,
         };
         tracing::info!(node = %name, event_id = %event.id, ready = %status, caused_by_remediation = ours, "node not ready");
-        publish(&producer, &event, &cancel).await;
-        metrics.published(&cfg.cluster, event.kind);
+        if producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await {
+            metrics.published(&cfg.cluster, event.kind);
+        }
     }
 }
 
@@ -280,24 +281,11 @@ async fn heartbeats(
                     };
                     tracing::info!(node = %node, event_id = %event.id, silent_s = silent.as_secs(), "agent silent");
                     reported.insert(node, Instant::now());
-                    publish(&producer, &event, &cancel).await;
-                    metrics.published(&cfg.cluster, event.kind);
+                    if producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await {
+                        metrics.published(&cfg.cluster, event.kind);
+                    }
                 }
             }
-        }
-    }
-}
-
-async fn publish(producer: &Producer, event: &FaultEvent, cancel: &CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match producer.publish(FAULT_TOPIC, event).await {
-            Ok(()) => return,
-            Err(error) => tracing::warn!(%error, event_id = %event.id, "publish failed; retrying"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
         }
     }
 }

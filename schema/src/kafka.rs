@@ -74,6 +74,27 @@ impl Producer {
         self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 
+    /// Publishes an event, retrying failures with backoff (200 ms doubling to 10 s), until the
+    /// brokers have it; `false` if `cancel` fired first.
+    pub async fn publish_until_delivered<E: CloudEvent>(
+        &self,
+        topic: &str,
+        event: &E,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.publish(topic, event).await {
+                Ok(()) => return true,
+                Err(error) => tracing::warn!(%error, event_id = %event.ce_id(), topic, "publish failed; retrying"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
+            }
+        }
+    }
+
     /// Queues an event without waiting for delivery (heartbeats); fails if the queue is full.
     pub fn publish_nowait<E: CloudEvent>(&self, topic: &str, event: &E) -> Result<()> {
         let msg = encode(event)?;
