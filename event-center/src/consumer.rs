@@ -34,6 +34,8 @@ fn reject_label(e: &firebreak_schema::Error) -> &'static str {
         E::Json(_) => "json",
         E::Invalid(_) => "invalid",
         E::Kafka(_) => "kafka",
+        // Not produced by decoding.
+        E::Database(_) | E::Migrate(_) => "other",
     }
 }
 

@@ -33,16 +33,13 @@ pub enum Error {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row cannot be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// An API request is invalid.
     #[error("{0}")]
     BadRequest(String),
-    /// Kafka or decoding failed.
+    /// Kafka, decoding, or opening and migrating the database failed.
     #[error(transparent)]
     Schema(#[from] firebreak_schema::Error),
     /// The HTTP listener failed.

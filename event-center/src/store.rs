@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use firebreak_schema::{EventRecord, FaultClass, FaultEvent, RemediationEvent};
-use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, Row};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{Error, Result};
@@ -28,18 +28,6 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// Opens a pool for a `sqlite://` or `postgres://` URL; a SQLite file is created if missing.
-pub async fn connect(url: &str) -> Result<AnyPool> {
-    sqlx::any::install_default_drivers();
-    let url = if url.starts_with("sqlite:") && !url.contains("mode=") && !url.contains(":memory:") {
-        format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
-    } else {
-        url.to_owned()
-    };
-    let max = if url.starts_with("sqlite:") { 1 } else { 8 };
-    Ok(AnyPoolOptions::new().max_connections(max).connect(&url).await?)
-}
-
 fn fmt(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -55,12 +43,7 @@ fn parse_time(s: &str) -> Result<OffsetDateTime> {
 impl Store {
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        let pool = connect(url).await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        // The remediator may keep its own migrations in the same database.
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool: firebreak_schema::db::open(url, sqlx::migrate!("./migrations"), 8).await? })
     }
 
     /// Stores an event; `false` if an event with that id was already stored.

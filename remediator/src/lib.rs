@@ -43,9 +43,6 @@ pub enum Error {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-    /// Migrations failed.
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
     /// A stored row cannot be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -55,7 +52,7 @@ pub enum Error {
     /// An object kept changing under us.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// Kafka or decoding failed.
+    /// Kafka, decoding, or opening and migrating the database failed.
     #[error(transparent)]
     Schema(#[from] firebreak_schema::Error),
     /// The remediator is shutting down.

@@ -2,7 +2,7 @@
 //! before the side effect it leads to.
 
 use firebreak_schema::{FaultEvent, Severity};
-use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, Row};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
@@ -132,19 +132,7 @@ fn uuid_col(r: &sqlx::any::AnyRow, c: &str) -> Result<Option<Uuid>> {
 impl Store {
     /// Connects (a SQLite file is created if missing) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let url = if sqlite && !url.contains("mode=") && !url.contains(":memory:") {
-            format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
-        } else {
-            url.to_owned()
-        };
-        let pool = AnyPoolOptions::new().max_connections(if sqlite { 1 } else { 4 }).connect(&url).await?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        // The event center may keep its own migrations in the same database.
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool: firebreak_schema::db::open(url, sqlx::migrate!("./migrations"), 4).await? })
     }
 
     /// Records a consumed fault and decides what to do with it, atomically. A fault observed

@@ -6,6 +6,8 @@
 //! [`WireMessage`]s (key, headers, payload) and back, and the services move those bytes with
 //! `rdkafka`. Decoding never panics; bad input is a typed [`Error`].
 
+#[cfg(feature = "db")]
+pub mod db;
 mod event;
 mod gate;
 #[cfg(feature = "kafka")]
@@ -62,6 +64,14 @@ pub enum Error {
     #[cfg(feature = "kafka")]
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The database could not be opened.
+    #[cfg(feature = "db")]
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+    /// The database could not be migrated.
+    #[cfg(feature = "db")]
+    #[error("migration: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
     /// The payload parsed but violates an invariant (empty cluster, mismatched id, ...).
     #[error("invalid event: {0}")]
     Invalid(String),

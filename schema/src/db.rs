@@ -1,0 +1,24 @@
+//! How Firebreak opens its databases (feature `db`), the same way in every service: `sqlite://`
+//! (created if missing, one connection: SQLite has one writer) or `postgres://`, through sqlx's
+//! `Any` driver; then the service's embedded migrations. Services may share one database, each
+//! with its own migrations, so a migration another service applied is not an error.
+
+use sqlx::{AnyPool, any::AnyPoolOptions, migrate::Migrator};
+
+use crate::{Error, Result};
+
+/// Opens a pool for `url` (at most `max_connections`, 1 for SQLite) and runs `migrator`.
+pub async fn open(url: &str, mut migrator: Migrator, max_connections: u32) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    let url = if sqlite && !url.contains("mode=") && !url.contains(":memory:") {
+        format!("{url}{}mode=rwc", if url.contains('?') { "&" } else { "?" })
+    } else {
+        url.to_owned()
+    };
+    let max = if sqlite { 1 } else { max_connections };
+    let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await.map_err(Error::Database)?;
+    migrator.set_ignore_missing(true);
+    migrator.run(&pool).await.map_err(Error::Migrate)?;
+    Ok(pool)
+}
