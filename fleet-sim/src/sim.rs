@@ -91,6 +91,8 @@ struct NodeSim {
     host_root: PathBuf,
     seq: u64,
     boot_id: String,
+    /// Boot time, seconds since the epoch (as `btime` in `/proc/stat`).
+    btime: i64,
     heartbeating: bool,
     last_heartbeat: Instant,
     reboot_done_at: Option<Instant>,
@@ -218,6 +220,7 @@ impl Cluster {
                 host_root,
                 seq: 0,
                 boot_id: String::new(),
+                btime: 0,
                 heartbeating: true,
                 last_heartbeat: Instant::now(),
                 reboot_done_at: None,
@@ -616,7 +619,8 @@ fn boot(sim: &mut NodeSim) -> Result<()> {
     }
     sim.boot_id = uuid::Uuid::new_v4().to_string();
     sim.seq = 0;
-    let btime = OffsetDateTime::now_utc().unix_timestamp();
+    sim.btime = OffsetDateTime::now_utc().unix_timestamp();
+    let btime = sim.btime;
     let stat = root.join("proc/stat");
     std::fs::write(&stat, format!("cpu  0 0 0 0 0 0 0 0 0 0\nbtime {btime}\nprocesses 1\n")).map_err(io(stat))?;
     let bid = root.join("proc/sys/kernel/random/boot_id");
@@ -637,11 +641,7 @@ fn boot(sim: &mut NodeSim) -> Result<()> {
 /// Appends records in the kernel's `/dev/kmsg` format: `<prio>,<seq>,<usec>,<flags>;<text>`.
 fn append_kmsg(sim: &mut NodeSim, lines: &[(u8, String)]) -> Result<()> {
     let path = sim.host_root.join("dev/kmsg");
-    let btime = std::fs::read_to_string(sim.host_root.join("proc/stat"))
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<i64>().ok()))
-        .unwrap_or(0);
-    let usec = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000 - i128::from(btime) * 1_000_000).max(0);
+    let usec = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000 - i128::from(sim.btime) * 1_000_000).max(0);
     let mut out = String::new();
     for (prio, text) in lines {
         out.push_str(&format!("{prio},{},{usec},-;{text}\n", sim.seq));

@@ -2,9 +2,11 @@
 //! wire format (JSON body plus CloudEvents binary-mode headers), the topic names, and the request
 //! and response types of the gate and event-center HTTP APIs.
 //!
-//! This crate depends on no other Firebreak crate and on no transport: it turns events into
-//! [`WireMessage`]s (key, headers, payload) and back, and the services move those bytes with
-//! `rdkafka`. Decoding never panics; bad input is a typed [`Error`].
+//! This crate depends on no other Firebreak crate. Its core depends on no transport: it turns
+//! events into [`WireMessage`]s (key, headers, payload) and back. Two features hold what every
+//! service must do the same way: `kafka` (module `kafka`: client configuration, publishing, decoding
+//! records with `rdkafka`) and `db` (module `db`: opening and migrating a database with `sqlx`).
+//! Decoding never panics; bad input is a typed [`Error`].
 
 #[cfg(feature = "db")]
 pub mod db;
