@@ -38,6 +38,22 @@ impl KafkaArgs {
     }
 }
 
+/// Flags of the per-cluster services (detector, remediator).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Cluster name.
+    #[arg(long)]
+    pub cluster: String,
+    /// Kubeconfig of the cluster.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Serve Prometheus metrics at `http://ADDR/metrics`.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
@@ -49,20 +65,11 @@ pub enum Command {
     Agent(firebreak_agent::AgentArgs),
     /// Per-cluster detector: NotReady nodes and silent agents.
     Detector {
-        /// Cluster name.
-        #[arg(long)]
-        cluster: String,
-        /// Kubeconfig of the cluster.
-        #[arg(long)]
-        kubeconfig: PathBuf,
         #[command(flatten)]
-        kafka: KafkaArgs,
+        on: ClusterArgs,
         /// Silence after which an agent is reported.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_silent_after: Duration,
-        /// Serve Prometheus metrics at `http://ADDR/metrics`.
-        #[arg(long)]
-        metrics_listen: Option<String>,
     },
     /// Central event center: store, API and web UI.
     EventCenter {
@@ -86,14 +93,8 @@ pub enum Command {
     },
     /// Per-cluster remediator: durable repair workflows.
     Remediator {
-        /// Cluster name.
-        #[arg(long)]
-        cluster: String,
-        /// Kubeconfig of the cluster.
-        #[arg(long)]
-        kubeconfig: PathBuf,
         #[command(flatten)]
-        kafka: KafkaArgs,
+        on: ClusterArgs,
         /// Base URL of the gate.
         #[arg(long, default_value = "http://127.0.0.1:8181")]
         gate_url: String,
@@ -103,9 +104,6 @@ pub enum Command {
         /// Quiet period after a reboot before uncordon.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         quiet_period: Duration,
-        /// Serve Prometheus metrics at `http://ADDR/metrics`.
-        #[arg(long)]
-        metrics_listen: Option<String>,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     FleetSim {
@@ -134,14 +132,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { cluster, kubeconfig, kafka, agent_silent_after, metrics_listen } => {
-            let client = kube_client(&kubeconfig).await?;
+        Command::Detector { on, agent_silent_after } => {
+            let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
-            metrics_server(metrics_listen, registry, &cancel).await?;
+            metrics_server(on.metrics_listen, registry, &cancel).await?;
             let cfg = firebreak_detector::Config {
-                cluster,
-                kafka: kafka.config(),
+                kafka: on.kafka.config(),
+                cluster: on.cluster,
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
             };
@@ -165,12 +163,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             let gate = Arc::new(firebreak_rate_limiter::Gate::new(policy));
             Ok(firebreak_rate_limiter::serve(listener, gate, cancel.cancelled_owned()).await?)
         }
-        Command::Remediator { cluster, kubeconfig, kafka, gate_url, database_url, quiet_period, metrics_listen } => {
-            let client = kube_client(&kubeconfig).await?;
+        Command::Remediator { on, gate_url, database_url, quiet_period } => {
+            let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
-            metrics_server(metrics_listen, registry, &cancel).await?;
-            let mut cfg = firebreak_remediator::Config::new(&cluster, kafka.config(), &gate_url, &database_url);
+            metrics_server(on.metrics_listen, registry, &cancel).await?;
+            let mut cfg = firebreak_remediator::Config::new(&on.cluster, on.kafka.config(), &gate_url, &database_url);
             cfg.quiet_period = quiet_period;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
