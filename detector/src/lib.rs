@@ -87,8 +87,9 @@ impl Metrics {
         self.published.get_or_create(&KindLabels { cluster: cluster.into(), kind: kind.as_str() }).inc();
     }
 
-    fn nodes(&self, cluster: &str, nodes: &BTreeMap<String, bool>) {
-        let ready = nodes.values().filter(|r| **r).count() as i64;
+    /// `nodes`: each node's last Ready condition status.
+    fn nodes(&self, cluster: &str, nodes: &BTreeMap<String, String>) {
+        let ready = nodes.values().filter(|r| *r == "True").count() as i64;
         let total = nodes.len() as i64;
         self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "true" }).set(ready);
         self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "false" }).set(total - ready);
@@ -120,7 +121,7 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
     consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_schema::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, "detector running");
-    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, bool>::new());
+    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
     let watching = tokio::spawn(
         watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
@@ -144,13 +145,11 @@ async fn watch_nodes(
     cfg: Config,
     api: Api<Node>,
     producer: Producer,
-    nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, bool>>,
+    nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, String>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-    // Last Ready status seen per node.
-    let mut ready: HashMap<String, String> = HashMap::new();
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -165,7 +164,6 @@ async fn watch_nodes(
             Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => n,
             Some(Ok(watcher::Event::Delete(n))) => {
                 let name = n.metadata.name.unwrap_or_default();
-                ready.remove(&name);
                 nodes_tx.send_modify(|m| {
                     m.remove(&name);
                 });
@@ -176,10 +174,8 @@ async fn watch_nodes(
         };
         let name = node.metadata.name.clone().unwrap_or_default();
         let Some((status, reason, message, since)) = ready_condition(&node) else { continue };
-        let previous = ready.insert(name.clone(), status.clone());
-        nodes_tx.send_modify(|m| {
-            m.insert(name.clone(), status == "True");
-        });
+        let mut previous = None;
+        nodes_tx.send_modify(|m| previous = m.insert(name.clone(), status.clone()));
         metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
         if status == "True" || previous.as_deref() == Some(status.as_str()) {
             continue;
@@ -224,7 +220,7 @@ async fn heartbeats(
     cfg: Config,
     consumer: StreamConsumer,
     producer: Producer,
-    nodes: tokio::sync::watch::Receiver<BTreeMap<String, bool>>,
+    nodes: tokio::sync::watch::Receiver<BTreeMap<String, String>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
