@@ -3,11 +3,13 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use firebreak_schema::kafka::KafkaConfig;
+use firebreak_plumbing::kafka::KafkaConfig;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, Result, bind, demo, kube_client};
+#[cfg(feature = "demo")]
+use crate::demo;
+use crate::{Error, Result, bind, kube_client};
 
 /// Firebreak: node fault self-healing and risk-gated change for Kubernetes fleets.
 #[derive(Debug, Parser)]
@@ -106,6 +108,7 @@ pub enum Command {
         quiet_period: Duration,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
+    #[cfg(feature = "demo")]
     FleetSim {
         /// Where kubeconfigs and node host roots are written.
         #[arg(long, default_value = "./firebreak-data")]
@@ -118,6 +121,7 @@ pub enum Command {
         nodes_per_cluster: usize,
     },
     /// The whole loop on this machine, with no external service.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
 }
 
@@ -172,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.quiet_period = quiet_period;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
+        #[cfg(feature = "demo")]
         Command::FleetSim { data_dir, clusters, nodes_per_cluster } => {
             if clusters == 0 {
                 return Err(Error::Usage("--clusters must be at least 1".into()));
@@ -190,6 +195,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             fleet.shutdown().await;
             Ok(())
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, cancel).await,
     }
 }

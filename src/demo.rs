@@ -7,11 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use firebreak_agent::{NodeAgent, rules};
 use firebreak_fleet_sim::{Fault, Fleet, FleetConfig, Timings};
+use firebreak_plumbing::kafka::{KafkaConfig, Producer};
 use firebreak_rate_limiter::{Gate, Policy};
-use firebreak_schema::{
-    FAULT_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC,
-    kafka::{KafkaConfig, Producer},
-};
+use firebreak_schema::{FAULT_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -140,9 +138,9 @@ impl Stack {
             .map_err(|source| Error::Io { what: format!("create {}", opts.data_dir.display()), source })?;
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
-        let kafka = MockCluster::new(1).map_err(firebreak_schema::Error::from)?;
+        let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
         for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3)] {
-            kafka.create_topic(topic, partitions, 1).map_err(firebreak_schema::Error::from)?;
+            kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
         let kafka_config = KafkaConfig {
             brokers: kafka.bootstrap_servers(),
@@ -330,7 +328,7 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
                     stack.fleet.clusters().choose(&mut rng).and_then(|c| {
                         let nodes = c.node_names();
                         let node = nodes.choose(&mut rng)?.clone();
-                        let fault = *Fault::ALL.choose(&mut rng)?;
+                        let fault = *Fault::CLEARED_BY_REBOOT.choose(&mut rng)?;
                         Some((c.clone(), node, fault))
                     })
                 };

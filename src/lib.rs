@@ -4,8 +4,12 @@
 //!
 //! It owns process concerns only: flags, telemetry, Kubernetes client construction, signal
 //! handling and the demo's orchestration. Every behaviour lives in the service crates.
+//!
+//! Feature `demo` (on by default) adds `demo` and `fleet-sim`: the simulated clusters and
+//! librdkafka's in-process mock broker. The service image is built without it.
 
 pub mod cli;
+#[cfg(feature = "demo")]
 pub mod demo;
 
 use std::path::Path;
@@ -29,11 +33,12 @@ pub enum Error {
     #[error(transparent)]
     Gate(#[from] firebreak_rate_limiter::Error),
     /// The simulator failed.
+    #[cfg(feature = "demo")]
     #[error(transparent)]
     FleetSim(#[from] firebreak_fleet_sim::Error),
     /// Kafka failed.
     #[error(transparent)]
-    Kafka(#[from] firebreak_schema::Error),
+    Kafka(#[from] firebreak_plumbing::Error),
     /// A kubeconfig could not be read or used.
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig {

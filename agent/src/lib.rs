@@ -20,11 +20,9 @@ use std::{
     time::Duration,
 };
 
-use firebreak_schema::{
-    FAULT_TOPIC, FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id,
-    kafka::{KafkaConfig, Producer},
-};
-use time::OffsetDateTime;
+use chrono::{DateTime, TimeDelta, Utc};
+use firebreak_plumbing::kafka::{KafkaConfig, Producer};
+use firebreak_schema::{FAULT_TOPIC, FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -42,9 +40,9 @@ pub enum Error {
     /// A kernel log record could not be parsed.
     #[error("unparsable kernel log record: {0}")]
     Kmsg(String),
-    /// Encoding or publishing an event failed.
+    /// Creating the producer or publishing an event failed.
     #[error(transparent)]
-    Schema(#[from] firebreak_schema::Error),
+    Plumbing(#[from] firebreak_plumbing::Error),
 }
 
 /// Result alias for this crate.
@@ -89,7 +87,7 @@ impl NodeAgent {
                     seq += 1;
                     let hb = Heartbeat {
                         cluster: self.cluster.clone(), node: self.node.clone(),
-                        agent_version: env!("CARGO_PKG_VERSION").into(), seq, sent_at: OffsetDateTime::now_utc(),
+                        agent_version: env!("CARGO_PKG_VERSION").into(), seq, sent_at: Utc::now(),
                     };
                     if let Err(error) = self.producer.publish_nowait(HEARTBEAT_TOPIC, &hb) {
                         tracing::warn!(%error, "heartbeat not queued");
@@ -118,10 +116,9 @@ impl NodeAgent {
         let rule = rules::first_match(&self.rules, &record.message)?;
         let (btime, boot_id) = boot_facts(&self.host_root);
         let usec = i64::try_from(record.usec).unwrap_or(i64::MAX);
-        let observed_at = OffsetDateTime::from_unix_timestamp(btime)
-            .ok()
-            .and_then(|b| b.checked_add(time::Duration::microseconds(usec)))
-            .unwrap_or_else(OffsetDateTime::now_utc);
+        let observed_at = DateTime::from_timestamp(btime, 0)
+            .and_then(|b| b.checked_add_signed(TimeDelta::microseconds(usec)))
+            .unwrap_or_else(Utc::now);
         let seq = record.seq.to_string();
         Some(FaultEvent {
             id: deterministic_id(observed_at, &[&self.cluster, &self.node, &boot_id, &seq]),

@@ -6,18 +6,23 @@
 //! for [`Config::agent_silent_after`]. A fault observed on a node Firebreak itself has taken out
 //! of service (it carries the `firebreak.io/unhealthy` taint) is published as a warning with
 //! evidence `caused_by_remediation=true`, so our own reboots never trigger new remediation.
-//! Event ids derive from what was observed (node, transition time), so a restarted detector
-//! republishes the same ids and consumers deduplicate.
+//! Event ids derive from what was observed, so a restarted detector republishes the same ids and
+//! consumers deduplicate: `NodeNotReady` from the node and its Ready transition time;
+//! `AgentSilent` from the last heartbeat heard (its send time and sequence number) or, for an
+//! agent not heard since the detector started, from the node's creation time. (A detector that
+//! restarts while an agent is silent has not heard that agent's last heartbeat, so it reports
+//! the silence once more, under the second kind of id.)
 
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
+use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
 use firebreak_schema::{
     FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat, Severity, Source, UNHEALTHY_TAINT_KEY,
     deterministic_id,
-    kafka::{KafkaConfig, Producer, decode_message},
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -34,7 +39,6 @@ use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
 };
-use time::OffsetDateTime;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -44,7 +48,7 @@ use tracing::Instrument;
 pub enum Error {
     /// Kafka or event encoding failed.
     #[error(transparent)]
-    Schema(#[from] firebreak_schema::Error),
+    Plumbing(#[from] firebreak_plumbing::Error),
     /// The Kubernetes client could not be built.
     #[error("kubernetes: {0}")]
     Kube(#[from] kube::Error),
@@ -88,8 +92,8 @@ impl Metrics {
     }
 
     /// `nodes`: each node's last Ready condition status.
-    fn nodes(&self, cluster: &str, nodes: &BTreeMap<String, String>) {
-        let ready = nodes.values().filter(|r| *r == "True").count() as i64;
+    fn nodes(&self, cluster: &str, nodes: &BTreeMap<String, Seen>) {
+        let ready = nodes.values().filter(|n| n.ready == "True").count() as i64;
         let total = nodes.len() as i64;
         self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "true" }).set(ready);
         self.nodes.get_or_create(&ReadyLabels { cluster: cluster.into(), ready: "false" }).set(total - ready);
@@ -117,11 +121,11 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         .kafka
         .consumer(&format!("firebreak-detector-{}", cfg.cluster))
         .create()
-        .map_err(firebreak_schema::Error::from)?;
-    consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_schema::Error::from)?;
+        .map_err(firebreak_plumbing::Error::from)?;
+    consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, "detector running");
-    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, String>::new());
+    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, Seen>::new());
     let watching = tokio::spawn(
         watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
@@ -131,9 +135,16 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
     Ok(())
 }
 
-fn ready_condition(node: &Node) -> Option<(String, String, String, Option<OffsetDateTime>)> {
+/// What the detector knows of a node: its last Ready status and when it was created.
+#[derive(Debug, Clone)]
+struct Seen {
+    ready: String,
+    created: DateTime<Utc>,
+}
+
+fn ready_condition(node: &Node) -> Option<(String, String, String, Option<DateTime<Utc>>)> {
     let c = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
-    let at = c.last_transition_time.as_ref().and_then(|t| OffsetDateTime::from_unix_timestamp(t.0.as_second()).ok());
+    let at = c.last_transition_time.as_ref().and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0));
     Some((c.status.clone(), c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default(), at))
 }
 
@@ -145,7 +156,7 @@ async fn watch_nodes(
     cfg: Config,
     api: Api<Node>,
     producer: Producer,
-    nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, String>>,
+    nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, Seen>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
@@ -174,23 +185,26 @@ async fn watch_nodes(
         };
         let name = node.metadata.name.clone().unwrap_or_default();
         let Some((status, reason, message, since)) = ready_condition(&node) else { continue };
+        let created = node
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
+            .unwrap_or(DateTime::UNIX_EPOCH);
         let mut previous = None;
-        nodes_tx.send_modify(|m| previous = m.insert(name.clone(), status.clone()));
+        nodes_tx.send_modify(|m| {
+            previous = m.insert(name.clone(), Seen { ready: status.clone(), created }).map(|s| s.ready)
+        });
         metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
         if status == "True" || previous.as_deref() == Some(status.as_str()) {
             continue;
         }
         let was_ready = previous.as_deref() == Some("True");
-        let age = node
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| OffsetDateTime::now_utc().unix_timestamp() - t.0.as_second())
-            .unwrap_or(0);
+        let age = (Utc::now() - created).num_seconds();
         if !was_ready && (previous.is_some() || age < cfg.new_node_grace.as_secs() as i64) {
             continue;
         }
-        let observed_at = since.unwrap_or_else(OffsetDateTime::now_utc);
+        let observed_at = since.unwrap_or_else(Utc::now);
         let ours = under_remediation(&node);
         let mut evidence =
             BTreeMap::from([("ready_status".to_owned(), status.clone()), ("reason".to_owned(), reason.clone())]);
@@ -220,12 +234,13 @@ async fn heartbeats(
     cfg: Config,
     consumer: StreamConsumer,
     producer: Producer,
-    nodes: tokio::sync::watch::Receiver<BTreeMap<String, String>>,
+    nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
-    let mut last: HashMap<String, (Instant, u64)> = HashMap::new();
+    // Per node: when its agent was last heard here, and that heartbeat's sequence number and send time.
+    let mut last: HashMap<String, (Instant, u64, DateTime<Utc>)> = HashMap::new();
     let mut reported: HashMap<String, Instant> = HashMap::new();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -239,7 +254,7 @@ async fn heartbeats(
                             if reported.remove(&hb.node).is_some() {
                                 tracing::info!(node = %hb.node, "agent heard again");
                             }
-                            last.insert(hb.node, (Instant::now(), hb.seq));
+                            last.insert(hb.node, (Instant::now(), hb.seq, hb.sent_at));
                         }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable heartbeat skipped"),
@@ -248,19 +263,31 @@ async fn heartbeats(
                 }
             },
             _ = check.tick() => {
-                let known: Vec<String> = nodes.borrow().keys().cloned().chain(last.keys().cloned()).collect();
-                for node in known {
+                // Every node the API knows (with its creation time) and every agent heard.
+                let mut known: BTreeMap<String, DateTime<Utc>> =
+                    last.keys().map(|n| (n.clone(), DateTime::UNIX_EPOCH)).collect();
+                known.extend(nodes.borrow().iter().map(|(n, s)| (n.clone(), s.created)));
+                for (node, created) in known {
                     if reported.contains_key(&node) {
                         continue;
                     }
-                    let (since, seq) = last.get(&node).copied().unwrap_or((started, 0));
+                    let heard = last.get(&node).copied();
+                    let (since, seq) = heard.map_or((started, 0), |(at, seq, _)| (at, seq));
                     let silent = since.elapsed();
                     if silent < cfg.agent_silent_after {
                         continue;
                     }
-                    let observed_at = OffsetDateTime::now_utc();
+                    // The id names the silence by what was last heard, so a replay dedupes.
+                    let id = match heard {
+                        Some((_, seq, sent_at)) => deterministic_id(
+                            sent_at,
+                            &[&cfg.cluster, &node, "AgentSilent", "after", &seq.to_string(), &sent_at.to_rfc3339()],
+                        ),
+                        None => deterministic_id(created, &[&cfg.cluster, &node, "AgentSilent", "never-heard"]),
+                    };
+                    let observed_at = Utc::now();
                     let event = FaultEvent {
-                        id: deterministic_id(observed_at, &[&cfg.cluster, &node, "AgentSilent", &seq.to_string()]),
+                        id,
                         cluster: cfg.cluster.clone(),
                         node: node.clone(),
                         class: FaultKind::AgentSilent.class(),

@@ -1,7 +1,8 @@
 //! Consumes the fault and remediation topics into the store. A record's offset is stored for
 //! commit only after its write succeeded (or, for an undecodable record, after it was kept in
 //! `rejected_messages`), so a crash replays records rather than losing them; inserts are
-//! idempotent by event id, so replays do not duplicate.
+//! idempotent by event id, so replays do not duplicate. Stored offsets are committed in the
+//! background and, at shutdown, synchronously, so a clean restart re-reads nothing.
 
 use std::{
     sync::{
@@ -11,10 +12,11 @@ use std::{
     time::Duration,
 };
 
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, REMEDIATION_TOPIC, RemediationEvent, kafka::decode_message};
+use firebreak_plumbing::{kafka::decode_message, retry};
+use firebreak_schema::{FAULT_TOPIC, FaultEvent, REMEDIATION_TOPIC, RemediationEvent};
 use rdkafka::{
     Message,
-    consumer::{Consumer as _, StreamConsumer},
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
     message::BorrowedMessage,
 };
 use tokio::sync::broadcast;
@@ -33,11 +35,11 @@ fn reject_label(e: &firebreak_schema::Error) -> &'static str {
         E::WrongType { .. } => "wrong_type",
         E::Json(_) => "json",
         E::Invalid(_) => "invalid",
-        E::Kafka(_) => "kafka",
-        // Not produced by decoding.
-        E::Database(_) | E::Migrate(_) => "other",
     }
 }
+
+/// How a failed write is retried: the offset must not move past an unwritten record, so forever.
+const WRITE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
 
 pub(crate) async fn run(
     consumer: StreamConsumer,
@@ -50,7 +52,7 @@ pub(crate) async fn run(
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         let msg = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             _ = check.tick() => {
                 let assigned = consumer.assignment().is_ok_and(|a| a.count() > 0);
                 if assigned != ready.swap(assigned, Ordering::Relaxed) {
@@ -68,24 +70,29 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        // Retry the write until it succeeds: the offset must not move past an unwritten record.
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match handle(&msg, &store, &live, &metrics).await {
-                Ok(()) => break,
-                Err(error) => {
+        let what = format!("storing {}/{}@{}", msg.topic(), msg.partition(), msg.offset());
+        let written = WRITE_RETRY
+            .until_ok(&what, &cancel, || async {
+                let r = handle(&msg, &store, &live, &metrics).await;
+                if r.is_err() {
                     metrics.store_errors.inc();
-                    tracing::error!(%error, topic = msg.topic(), offset = msg.offset(), "write failed; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
-                    }
                 }
-            }
+                r
+            })
+            .await;
+        if written.is_none() {
+            break;
         }
         if let Err(error) = consumer.store_offset_from_message(&msg) {
             tracing::warn!(%error, "could not store offset");
         }
+    }
+    // Everything stored so far is durable: commit it now rather than at the next interval.
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => tracing::info!("offsets committed at shutdown"),
+        // Nothing stored since the last commit.
+        Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(%error, "could not commit offsets at shutdown"),
     }
 }
 
@@ -135,5 +142,5 @@ async fn handle(
 
 /// Subscribes a consumer to the topics the event center stores.
 pub(crate) fn subscribe(consumer: &StreamConsumer) -> Result<()> {
-    consumer.subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC]).map_err(|e| crate::Error::Schema(e.into()))
+    consumer.subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC]).map_err(|e| crate::Error::Plumbing(e.into()))
 }

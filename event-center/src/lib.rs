@@ -15,7 +15,8 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
 };
 
-use firebreak_schema::{EventRecord, RemediationEvent, kafka::KafkaConfig};
+use firebreak_plumbing::kafka::KafkaConfig;
+use firebreak_schema::{EventRecord, RemediationEvent};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
@@ -39,9 +40,9 @@ pub enum Error {
     /// An API request is invalid.
     #[error("{0}")]
     BadRequest(String),
-    /// Kafka, decoding, or opening and migrating the database failed.
+    /// Kafka, or opening and migrating the database, failed.
     #[error(transparent)]
-    Schema(#[from] firebreak_schema::Error),
+    Plumbing(#[from] firebreak_plumbing::Error),
     /// The HTTP listener failed.
     #[error("http server: {0}")]
     Serve(std::io::Error),
@@ -102,7 +103,7 @@ pub struct Config {
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
     let store = Store::open(&cfg.database_url).await?;
-    let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Schema(e.into()))?;
+    let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Plumbing(e.into()))?;
     consumer::subscribe(&consumer)?;
     let (live, _) = broadcast::channel(1024);
     let metrics = Metrics::default();

@@ -3,9 +3,9 @@
 
 use std::str::FromStr;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use firebreak_schema::{EventRecord, FaultClass, FaultEvent, RemediationEvent};
 use sqlx::{AnyPool, Row};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{Error, Result};
 
@@ -28,27 +28,32 @@ pub struct Store {
     pool: AnyPool,
 }
 
-fn fmt(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+// Times are stored as RFC 3339 text (what the API shows) beside milliseconds since the epoch
+// (what queries sort and filter on): sqlx's `Any` driver, which keeps one code path for SQLite and
+// PostgreSQL, has no date-time type, so chrono formats and parses them here.
+fn fmt(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
-fn parse_time(s: &str) -> Result<OffsetDateTime> {
-    OffsetDateTime::parse(s, &Rfc3339).map_err(|e| Error::Corrupt(format!("time `{s}`: {e}")))
+fn parse_time(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Corrupt(format!("time `{s}`: {e}")))
 }
 
 impl Store {
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        Ok(Self { pool: firebreak_schema::db::open(url, sqlx::migrate!("./migrations"), 8).await? })
+        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await? })
     }
 
     /// Stores an event; `false` if an event with that id was already stored.
     pub async fn insert_fault(&self, e: &FaultEvent) -> Result<Option<EventRecord>> {
-        let received_at = OffsetDateTime::now_utc();
+        let received_at = Utc::now();
         let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
         let done = sqlx::query(
             "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, observed_at_ms, \
@@ -113,7 +118,7 @@ impl Store {
         .bind(key.map(|k| String::from_utf8_lossy(k).into_owned()))
         .bind(payload.map(|p| String::from_utf8_lossy(p).into_owned()))
         .bind(error)
-        .bind(fmt(OffsetDateTime::now_utc()))
+        .bind(fmt(Utc::now()))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Error, Result, patch,
+    AuditEntry, Cluster, Error, Fault, Result, now_plus, patch,
+    pdb::{matching_pdbs, pod_ready, update_pdbs},
     resources::{self, NAMESPACES, PODS, Resource},
     select::Selector,
-    sim::{AuditEntry, Cluster, Fault, age, matching_pdbs, now_plus, pod_ready, str_at, update_pdbs},
-    time_now_rfc3339,
+    str_at, time_now_rfc3339,
 };
 
 pub(crate) async fn serve(cluster: Arc<Cluster>, listener: tokio::net::TcpListener, cancel: CancellationToken) {
@@ -558,6 +558,23 @@ fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
         .map(|o| json!({"cells": cells(o), "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}}))
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()}, "columnDefinitions": columns, "rows": rows})
+}
+
+/// Formats an object's age the way kubectl does (`45s`, `3m12s`, `2h`, `4d`).
+fn age(obj: &Value) -> String {
+    let created = obj
+        .pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    let Some(created) = created else { return "<unknown>".into() };
+    let s = (chrono::Utc::now() - created.to_utc()).num_seconds().max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..600 => format!("{}m{}s", s / 60, s % 60),
+        600..10800 => format!("{}m", s / 60),
+        10800..172800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
 }
 
 fn json_reply(code: StatusCode, body: &Value) -> Response {

@@ -10,19 +10,33 @@
 //!
 //! Reboots are asked for through the API: annotate the node with
 //! `firebreak.io/reboot-requested=<anything>`; the node goes NotReady for
-//! [`Timings::reboot`], comes back with a new `status.nodeInfo.bootID`, an empty kernel log and
-//! no injected fault, and the annotation is removed.
+//! [`Timings::reboot`], comes back with a new `status.nodeInfo.bootID`, a fresh kernel log and
+//! no injected fault but those that survive a reboot ([`Fault::BadDimm`]), and the annotation
+//! is removed.
+//!
+//! Rooms: `api` (the REST face), `store` (objects, resourceVersions, watch history), `cluster`
+//! (one cluster's state and loop, fault injection, audit log), `kubelet` (node lifecycle and
+//! pod start), `controllers` (workloads and scheduling), `pdb` (disruption budgets), `host`
+//! (a node's host-root files), `faults`, `patch`, `select`, `resources`.
 
 mod api;
+mod cluster;
+mod controllers;
+mod faults;
+mod host;
+mod kubelet;
 mod patch;
+mod pdb;
 mod resources;
 mod select;
-mod sim;
 mod store;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-pub use sim::{AuditEntry, Cluster, Fault};
+use chrono::{DateTime, SecondsFormat, Utc};
+pub use cluster::{AuditEntry, Cluster};
+pub use faults::Fault;
+use serde_json::Value;
 
 /// Everything that can go wrong in the simulator; API errors map to Kubernetes `Status` replies.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +143,7 @@ impl Fleet {
             let addr = listener.local_addr().map_err(|source| Error::Io { path: dir.clone(), source })?;
             let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings, cancel.clone())?);
             tasks.push(tokio::spawn(api::serve(cluster.clone(), listener, cancel.clone())));
-            tasks.push(tokio::spawn(sim::run(cluster.clone(), cancel.clone())));
+            tasks.push(tokio::spawn(cluster::run(cluster.clone(), cancel.clone())));
             clusters.push(cluster);
         }
         Ok(Fleet { clusters, cancel, tasks })
@@ -155,15 +169,25 @@ impl Fleet {
 }
 
 pub(crate) fn time_now_rfc3339() -> String {
-    fmt_time(time::OffsetDateTime::now_utc())
+    fmt_time(Utc::now())
 }
 
-pub(crate) fn fmt_time(t: time::OffsetDateTime) -> String {
-    let t = t.replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+/// RFC 3339 with whole seconds, as the API server writes `metav1.Time`.
+pub(crate) fn fmt_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-pub(crate) fn fmt_micro_time(t: time::OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    t.format(&f).unwrap_or_default()
+/// RFC 3339 with microseconds, as the API server writes `metav1.MicroTime`.
+pub(crate) fn fmt_micro_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// `metav1.Time` of now plus `d`.
+pub(crate) fn now_plus(d: Duration) -> String {
+    fmt_time(Utc::now() + chrono::TimeDelta::from_std(d).unwrap_or_default())
+}
+
+/// The string at a JSON pointer, or "".
+pub(crate) fn str_at(v: &Value, ptr: &str) -> String {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_owned()
 }

@@ -74,8 +74,8 @@ impl Policy {
                 return Err(Error::Policy(format!("{op}: rate_per_minute and burst must be at least 1")));
             }
         }
-        if p.permit_ttl.is_zero() {
-            return Err(Error::Policy("permit_ttl must be positive".into()));
+        if p.permit_ttl.is_zero() || p.permit_ttl > Duration::from_secs(86_400) {
+            return Err(Error::Policy("permit_ttl must be between 1s and 24h".into()));
         }
         Ok(p)
     }

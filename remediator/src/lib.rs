@@ -1,9 +1,10 @@
 //! The remediator: durable, one-per-cluster workflows that take a faulty node out of service,
 //! repair it and put it back, asking the gate before the risky part.
 //!
-//! It owns the repair decision and its execution. Intake: each critical hardware or system fault
-//! of its cluster starts a workflow (one open workflow per node; later faults attach to it);
-//! every consumed fault is recorded with the decision taken. A workflow: ask the gate for a
+//! It owns the repair decision and its execution. Intake (`intake`, a policy separate from the
+//! store): each critical hardware or system fault of its cluster starts a workflow (one open
+//! workflow per node; later faults attach to it); every consumed fault is recorded with the
+//! decision taken. A workflow: ask the gate for a
 //! `cordon` permit (no answer = no permit: fail closed) → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → label pods `firebreak.io/to-be-migrated=true`
 //! and evict them through the Eviction API, retrying PodDisruptionBudget refusals, never
@@ -15,17 +16,20 @@
 //! transition is also published to the remediation topic with its reason.
 
 mod gate;
+mod intake;
 mod metrics;
+mod node_cache;
 mod node_ops;
 pub mod store;
 mod workflow;
 
 use std::{sync::Arc, time::Duration};
 
-use firebreak_schema::{
-    FAULT_TOPIC, FaultEvent,
+use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, decode_message},
+    retry,
 };
+use firebreak_schema::{FAULT_TOPIC, FaultEvent};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -34,8 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use gate::GateClient;
+pub use intake::Intake;
 pub use metrics::Metrics;
-pub use store::{Intake, State, Store, Workflow};
+pub use store::{State, Step, Store, Workflow};
 
 /// Everything that can go wrong in the remediator.
 #[derive(Debug, thiserror::Error)]
@@ -52,9 +57,9 @@ pub enum Error {
     /// An object kept changing under us.
     #[error("conflict: {0}")]
     Conflict(String),
-    /// Kafka, decoding, or opening and migrating the database failed.
+    /// Kafka, or opening and migrating the database, failed.
     #[error(transparent)]
-    Schema(#[from] firebreak_schema::Error),
+    Plumbing(#[from] firebreak_plumbing::Error),
     /// The remediator is shutting down.
     #[error("cancelled")]
     Cancelled,
@@ -112,10 +117,11 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         .kafka
         .consumer(&format!("firebreak-remediator-{}", cfg.cluster))
         .create()
-        .map_err(firebreak_schema::Error::from)?;
-    consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_schema::Error::from)?;
+        .map_err(firebreak_plumbing::Error::from)?;
+    consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let ctx = Arc::new(workflow::Ctx {
         gate: GateClient::new(&cfg.gate_url),
+        nodes: node_cache::NodeCache::start(client.clone(), cancel.clone()),
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),
         producer,
@@ -126,6 +132,9 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
     let span = tracing::info_span!("remediator", cluster = %ctx.cfg.cluster);
     intake_loop(ctx, store, consumer).instrument(span).await
 }
+
+/// How recording a consumed fault is retried: its offset must not move past an unrecorded fault.
+const INTAKE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
 
 async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamConsumer) -> Result<()> {
     let cancel = ctx.cancel.clone();
@@ -153,19 +162,16 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),
             Ok(event) if event.cluster != ctx.cfg.cluster => {}
             Ok(event) => {
-                let Some(decision) = intake(&ctx, &event).await else { break };
-                let label = match &decision {
-                    Intake::Started(_) => "started",
-                    Intake::Attached(_) => "attached",
-                    Intake::Ignored(_) => "ignored",
-                    Intake::Duplicate => "duplicate",
-                };
-                ctx.metrics.intake(&ctx.cfg.cluster, label);
+                let what = format!("recording fault {}", event.id);
+                let recorded =
+                    INTAKE_RETRY.until_ok(&what, &cancel, || ctx.store.intake(&event, ctx.cfg.stale_after)).await;
+                let Some(decision) = recorded else { break };
+                ctx.metrics.intake(&ctx.cfg.cluster, decision.label());
                 match decision {
-                    Intake::Started(wf) => {
+                    Intake::Started(wf, step) => {
                         ctx.metrics.transition(&ctx.cfg.cluster, wf.state.as_str());
                         tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
-                        ctx.publish(&wf);
+                        ctx.publish(&wf, step);
                         tasks.spawn(workflow::drive(ctx.clone(), wf));
                     }
                     Intake::Attached(id) => {
@@ -184,19 +190,4 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
     }
     tasks.shutdown().await;
     Ok(())
-}
-
-/// Records a fault, retrying database failures; `None` when cancelled.
-async fn intake(ctx: &workflow::Ctx, event: &FaultEvent) -> Option<Intake> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match ctx.store.intake(event, ctx.cfg.stale_after).await {
-            Ok(d) => return Some(d),
-            Err(error) => tracing::error!(%error, incident = %event.id, "recording fault failed; retrying"),
-        }
-        tokio::select! {
-            _ = ctx.cancel.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
-        }
-    }
 }

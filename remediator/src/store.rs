@@ -1,12 +1,17 @@
 //! Workflow state through `sqlx` (SQLite or PostgreSQL). Every transition is written here
-//! before the side effect it leads to.
+//! before the side effect it leads to. Which fault starts a workflow is not decided here: the
+//! store records each consumed fault with the decision of the intake policy (`intake`), in one
+//! transaction.
 
-use firebreak_schema::{FaultEvent, Severity};
+use chrono::{DateTime, SecondsFormat, Utc};
+use firebreak_schema::FaultEvent;
 use sqlx::{AnyPool, Row};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
-use crate::{Error, Result};
+use crate::{
+    Error, Result,
+    intake::{self, Intake, Verdict},
+};
 
 /// Where a workflow is. Each state names the next action; all actions are idempotent, so a
 /// restarted remediator resumes by doing the persisted state's action again.
@@ -91,23 +96,21 @@ pub struct Workflow {
     pub permit_id: Option<Uuid>,
     /// The node's boot id before the reboot was asked for.
     pub boot_id_before: Option<String>,
-    /// When the node came back from the reboot (ms since the epoch).
-    pub rebooted_at_ms: Option<i64>,
+    /// When the reboot was asked for (ms since the epoch): a critical fault observed after it,
+    /// boot time included, means the repair did not hold.
+    pub reboot_requested_at_ms: Option<i64>,
     /// Why it is in its state.
     pub reason: String,
 }
 
-/// What the intake decided about one consumed fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Intake {
-    /// Seen before: nothing to do.
-    Duplicate,
-    /// Recorded, no action, with why.
-    Ignored(String),
-    /// Recorded against the node's open workflow.
-    Attached(Uuid),
-    /// A new workflow was created.
-    Started(Workflow),
+/// One persisted transition: its place in the workflow's step log and when it was written. The
+/// published remediation event takes its id from these, so a re-publication dedupes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// 0 for the workflow's first state, then one more per transition.
+    pub seq: i64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
 }
 
 /// The remediator's database.
@@ -116,12 +119,12 @@ pub struct Store {
     pool: AnyPool,
 }
 
-fn now() -> String {
-    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+fn text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-pub(crate) fn ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
 }
 
 fn uuid_col(r: &sqlx::any::AnyRow, c: &str) -> Result<Option<Uuid>> {
@@ -132,11 +135,11 @@ fn uuid_col(r: &sqlx::any::AnyRow, c: &str) -> Result<Option<Uuid>> {
 impl Store {
     /// Connects (a SQLite file is created if missing) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        Ok(Self { pool: firebreak_schema::db::open(url, sqlx::migrate!("./migrations"), 4).await? })
+        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 4).await? })
     }
 
-    /// Records a consumed fault and decides what to do with it, atomically. A fault observed
-    /// more than `stale_after` ago is history (a replayed topic), not a reason to act.
+    /// Records a consumed fault and the intake policy's decision on it, atomically: a replayed
+    /// fault is a `Duplicate`; a started workflow is written with its first step.
     pub async fn intake(&self, e: &FaultEvent, stale_after: std::time::Duration) -> Result<Intake> {
         let mut tx = self.pool.begin().await?;
         let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
@@ -155,32 +158,24 @@ impl Store {
             Some(r) => uuid_col(&r, "id")?,
             None => None,
         };
-        let ours = e.evidence.get("caused_by_remediation").is_some_and(|v| v == "true");
-        let age = (OffsetDateTime::now_utc() - e.observed_at).whole_seconds();
-        let (decision, workflow) = if let Some(id) = open {
-            (Intake::Attached(id), Some(id))
-        } else if age > i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX) {
-            (Intake::Ignored(format!("observed {age}s ago, older than the {}s limit", stale_after.as_secs())), None)
-        } else if e.severity != Severity::Critical {
-            (Intake::Ignored(format!("severity {} (only critical faults are remediated)", e.severity)), None)
-        } else if ours {
-            (Intake::Ignored("caused by our own remediation".into()), None)
-        } else if e.class == firebreak_schema::FaultClass::Component {
-            (Intake::Ignored(format!("{} is a component fault; reboot does not repair it", e.kind)), None)
-        } else {
-            let wf = Workflow {
-                id: Uuid::now_v7(),
-                cluster: e.cluster.clone(),
-                node: e.node.clone(),
-                trigger_event_id: e.id,
-                fault_kind: e.kind.to_string(),
-                state: State::PermitWait,
-                permit_id: None,
-                boot_id_before: None,
-                rebooted_at_ms: None,
-                reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
-            };
-            sqlx::query(
+        let now = Utc::now();
+        let (decision, workflow) = match intake::decide(e, open, now, stale_after) {
+            Verdict::Attach(id) => (Intake::Attached(id), Some(id)),
+            Verdict::Ignore(why) => (Intake::Ignored(why), None),
+            Verdict::Start => {
+                let wf = Workflow {
+                    id: Uuid::now_v7(),
+                    cluster: e.cluster.clone(),
+                    node: e.node.clone(),
+                    trigger_event_id: e.id,
+                    fault_kind: e.kind.to_string(),
+                    state: State::PermitWait,
+                    permit_id: None,
+                    boot_id_before: None,
+                    reboot_requested_at_ms: None,
+                    reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
+                };
+                sqlx::query(
                 "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, created_at, updated_at) \
                  VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8)",
             )
@@ -191,23 +186,26 @@ impl Store {
             .bind(&wf.fault_kind)
             .bind(wf.state.as_str())
             .bind(&wf.reason)
-            .bind(now())
+            .bind(text(now))
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, 0, $2, $3, $4)")
+                sqlx::query(
+                    "INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, 0, $2, $3, $4)",
+                )
                 .bind(wf.id.to_string())
                 .bind(wf.state.as_str())
                 .bind(&wf.reason)
-                .bind(now())
+                .bind(text(now))
                 .execute(&mut *tx)
                 .await?;
-            let id = wf.id;
-            (Intake::Started(wf), Some(id))
+                let id = wf.id;
+                (Intake::Started(wf, Step { seq: 0, at: now }), Some(id))
+            }
         };
-        let text = match &decision {
+        let text_of_decision = match &decision {
             Intake::Ignored(why) => format!("ignored: {why}"),
             Intake::Attached(id) => format!("attached to open workflow {id}"),
-            Intake::Started(wf) => format!("started workflow {}", wf.id),
+            Intake::Started(wf, _) => format!("started workflow {}", wf.id),
             Intake::Duplicate => String::new(),
         };
         sqlx::query(
@@ -221,8 +219,8 @@ impl Store {
         .bind(e.severity.as_str())
         .bind(ms(e.observed_at))
         .bind(workflow.map(|w| w.to_string()))
-        .bind(text)
-        .bind(now())
+        .bind(text_of_decision)
+        .bind(text(now))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -230,20 +228,21 @@ impl Store {
     }
 
     /// Persists a transition and appends it to the workflow's step log.
-    pub async fn transition(&self, wf: &Workflow) -> Result<()> {
+    pub async fn transition(&self, wf: &Workflow) -> Result<Step> {
+        let at = Utc::now();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, rebooted_at_ms = $5, reason = $6, \
-             done = $7, updated_at = $8 WHERE id = $1",
+            "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, reboot_requested_at_ms = $5, \
+             reason = $6, done = $7, updated_at = $8 WHERE id = $1",
         )
         .bind(wf.id.to_string())
         .bind(wf.state.as_str())
         .bind(wf.permit_id.map(|p| p.to_string()))
         .bind(wf.boot_id_before.clone())
-        .bind(wf.rebooted_at_ms)
+        .bind(wf.reboot_requested_at_ms)
         .bind(&wf.reason)
         .bind(i32::from(wf.state.is_done()))
-        .bind(now())
+        .bind(text(at))
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
@@ -256,17 +255,17 @@ impl Store {
             .bind(seq)
             .bind(wf.state.as_str())
             .bind(&wf.reason)
-            .bind(now())
+            .bind(text(at))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Step { seq, at })
     }
 
     /// Open workflows of a cluster, to resume after a restart.
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
-            "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, boot_id_before, rebooted_at_ms, reason \
+            "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, boot_id_before, reboot_requested_at_ms, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -284,7 +283,7 @@ impl Store {
                     state: State::parse(&r.try_get::<String, _>("state")?)?,
                     permit_id: uuid_col(r, "permit_id")?,
                     boot_id_before: r.try_get("boot_id_before")?,
-                    rebooted_at_ms: r.try_get("rebooted_at_ms")?,
+                    reboot_requested_at_ms: r.try_get("reboot_requested_at_ms")?,
                     reason: r.try_get("reason")?,
                 })
             })
@@ -324,12 +323,13 @@ impl Store {
 mod tests {
     use std::collections::BTreeMap;
 
-    use firebreak_schema::{FaultKind, Source, deterministic_id};
+    use chrono::TimeDelta;
+    use firebreak_schema::{FaultKind, Severity, Source, deterministic_id};
 
     use super::*;
 
     fn fault(node: &str, kind: FaultKind, severity: Severity, secs: i64) -> FaultEvent {
-        let at = OffsetDateTime::now_utc() - time::Duration::minutes(5) + time::Duration::seconds(secs);
+        let at = Utc::now() - TimeDelta::minutes(5) + TimeDelta::seconds(secs);
         FaultEvent {
             id: deterministic_id(at, &["c1", node, kind.as_str()]),
             cluster: "c1".into(),
@@ -346,15 +346,6 @@ mod tests {
 
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
-    #[tokio::test]
-    async fn old_faults_are_history() {
-        let s = store().await;
-        let old = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, -3600);
-        assert!(
-            matches!(s.intake(&old, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("older than the 600s limit"))
-        );
-    }
-
     async fn store() -> Store {
         let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -365,18 +356,15 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf) = s.intake(&first, LIMIT).await.unwrap() else { panic!("a workflow starts") };
+        let Intake::Started(wf, _) = s.intake(&first, LIMIT).await.unwrap() else { panic!("a workflow starts") };
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
         assert_eq!(s.intake(&first, LIMIT).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
         let second = fault("n1", FaultKind::KernelHung, Severity::Critical, 5);
         assert_eq!(s.intake(&second, LIMIT).await.unwrap(), Intake::Attached(wf.id));
+        // The policy's other verdicts are recorded too (the rules are tested in `intake`).
         let warn = fault("n2", FaultKind::KernelHung, Severity::Warning, 0);
         assert!(matches!(s.intake(&warn, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning")));
-        let component = fault("n2", FaultKind::KubeletDown, Severity::Critical, 1);
-        assert!(matches!(s.intake(&component, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("component")));
-        let mut ours = fault("n3", FaultKind::NodeNotReady, Severity::Critical, 0);
-        ours.evidence.insert("caused_by_remediation".into(), "true".into());
-        assert!(matches!(s.intake(&ours, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("our own")));
+        assert_eq!(s.intake(&warn, LIMIT).await.unwrap(), Intake::Duplicate);
         // The attached fault counts as a recurrence after the time it was observed before.
         let since = ms(first.observed_at);
         assert_eq!(s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1), Some("KernelHung".into()));
@@ -386,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
-        let Intake::Started(mut wf) =
+        let Intake::Started(mut wf, _) =
             s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), LIMIT).await.unwrap()
         else {
             panic!("a workflow starts")
@@ -408,7 +396,7 @@ mod tests {
         // The node is free again: a new fault starts a new workflow.
         assert!(matches!(
             s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60), LIMIT).await.unwrap(),
-            Intake::Started(_)
+            Intake::Started(..)
         ));
     }
 }

@@ -2,8 +2,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, kafka::Producer};
-use time::OffsetDateTime;
+use chrono::Utc;
+use firebreak_plumbing::{kafka::Producer, retry};
+use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, deterministic_id};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -11,14 +12,23 @@ use tracing::Instrument;
 use crate::{
     Config, Error, Result, State, Store, Workflow,
     gate::GateClient,
+    node_cache::NodeCache,
     node_ops::{Eviction, NodeOps, boot_and_ready},
-    store::ms,
+    store::{Step, ms},
 };
+
+/// How a failed step is redone: 500 ms doubling to 30 s, jittered; reset after a success.
+const STEP_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(500), Duration::from_secs(30));
+/// How the reboot request (asked for once, after `awaiting_boot` is persisted) is retried.
+const REQUEST_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(200), Duration::from_secs(10));
+/// How a permit is given back; after that it expires at its TTL.
+const RELEASE_RETRY: retry::Policy = retry::Policy::times(4, Duration::from_secs(1), Duration::from_secs(4));
 
 pub(crate) struct Ctx {
     pub(crate) cfg: Config,
     pub(crate) store: Store,
     pub(crate) ops: NodeOps,
+    pub(crate) nodes: NodeCache,
     pub(crate) gate: GateClient,
     pub(crate) producer: Producer,
     pub(crate) metrics: crate::Metrics,
@@ -33,17 +43,19 @@ impl Ctx {
         }
     }
 
-    /// Publishes the workflow's current state; queued while Kafka is down.
-    pub(crate) fn publish(&self, wf: &Workflow) {
+    /// Publishes the workflow's current state, as persisted in `step`; queued while Kafka is
+    /// down. The id derives from the workflow and the step's place in it, so publishing the same
+    /// step again dedupes downstream.
+    pub(crate) fn publish(&self, wf: &Workflow, step: Step) {
         let step = RemediationEvent {
-            id: uuid::Uuid::now_v7(),
+            id: deterministic_id(step.at, &[&wf.id.to_string(), &step.seq.to_string()]),
             workflow_id: wf.id,
             cluster: wf.cluster.clone(),
             node: wf.node.clone(),
             trigger_event_id: wf.trigger_event_id,
             state: wf.state.as_str().into(),
             reason: wf.reason.clone(),
-            at: OffsetDateTime::now_utc(),
+            at: step.at,
         };
         if let Err(error) = self.producer.publish_nowait(REMEDIATION_TOPIC, &step) {
             tracing::warn!(%error, "remediation step not published");
@@ -54,13 +66,16 @@ impl Ctx {
     async fn advance(&self, wf: &mut Workflow, state: State, reason: String) -> Result<()> {
         let previous = (wf.state, std::mem::replace(&mut wf.reason, reason));
         wf.state = state;
-        if let Err(e) = self.store.transition(wf).await {
-            (wf.state, wf.reason) = previous;
-            return Err(e);
-        }
+        let step = match self.store.transition(wf).await {
+            Ok(step) => step,
+            Err(e) => {
+                (wf.state, wf.reason) = previous;
+                return Err(e);
+            }
+        };
         tracing::info!(state = state.as_str(), reason = %wf.reason, "workflow step");
         self.metrics.transition(&wf.cluster, state.as_str());
-        self.publish(wf);
+        self.publish(wf, step);
         let reason = format!("Firebreak{}", camel(state.as_str()));
         let message = format!("workflow {}: {}", wf.id, wf.reason);
         if let Err(error) = self.ops.record_event(&wf.node, &reason, &message, state == State::Escalated).await {
@@ -84,18 +99,18 @@ fn camel(s: &str) -> String {
 pub(crate) async fn drive(ctx: Arc<Ctx>, mut wf: Workflow) {
     let span = tracing::info_span!("workflow", cluster = %wf.cluster, node = %wf.node, workflow_id = %wf.id, incident = %wf.trigger_event_id);
     async move {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = STEP_RETRY.backoff();
         let mut runner = Runner::default();
         while !wf.state.is_done() {
             match runner.step(&ctx, &mut wf).await {
-                Ok(()) => backoff = Duration::from_millis(500),
+                Ok(()) => backoff.reset(),
                 Err(Error::Cancelled) => return,
                 Err(error) => {
-                    tracing::warn!(%error, state = wf.state.as_str(), "step failed; retrying");
-                    if ctx.sleep(backoff).await.is_err() {
+                    let what = format!("step {}", wf.state.as_str());
+                    let Some(delay) = backoff.next_after(&what, &error) else { return };
+                    if ctx.sleep(delay).await.is_err() {
                         return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
         }
@@ -225,51 +240,44 @@ impl Runner {
             firebreak_schema::REBOOT_ANNOTATION
         );
         // Persisted first: after a crash the request is not repeated (a lost request times out
-        // and escalates; a repeated one would reboot the node twice).
+        // and escalates; a repeated one would reboot the node twice). From this moment on, a
+        // critical fault on the node (boot time included) means the repair did not hold.
+        wf.reboot_requested_at_ms = Some(ms(Utc::now()));
         ctx.advance(wf, State::AwaitingBoot, reason).await?;
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match ctx.ops.request_reboot(&wf.node, &wf.id.to_string()).await {
-                Ok(()) => return Ok(()),
-                Err(error) => tracing::warn!(%error, "reboot request failed; retrying"),
-            }
-            ctx.sleep(backoff).await?;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
+        let workflow = wf.id.to_string();
+        REQUEST_RETRY
+            .until_ok("reboot request", &ctx.cancel, || ctx.ops.request_reboot(&wf.node, &workflow))
+            .await
+            .ok_or(Error::Cancelled)
     }
 
     async fn await_boot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let started = *self.started.get_or_insert_with(Instant::now);
         let before = wf.boot_id_before.clone().unwrap_or_default();
-        loop {
-            let node = ctx.ops.get(&wf.node).await?;
-            let (boot, ready) = boot_and_ready(&node);
-            if boot != before && ready {
-                wf.rebooted_at_ms = Some(ms(OffsetDateTime::now_utc()));
-                let reason = format!(
-                    "rebooted in {:.1}s: boot id {before} -> {boot}; node Ready",
-                    started.elapsed().as_secs_f64()
-                );
-                self.started = None;
-                return ctx.advance(wf, State::Verifying, reason).await;
-            }
-            if started.elapsed() > ctx.cfg.reboot_timeout {
-                let why = format!(
-                    "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
-                    ctx.cfg.reboot_timeout.as_secs()
-                );
-                return self.escalate(ctx, wf, why).await;
-            }
-            ctx.sleep(Duration::from_millis(500)).await?;
+        let left = ctx.cfg.reboot_timeout.saturating_sub(started.elapsed());
+        let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
+            n.map(boot_and_ready).is_some_and(|(boot, ready)| boot != before && ready)
+        };
+        let (node, done) = ctx.nodes.wait_for(&wf.node, left, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
+        let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+        if done {
+            let reason =
+                format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", started.elapsed().as_secs_f64());
+            self.started = None;
+            return ctx.advance(wf, State::Verifying, reason).await;
         }
+        let why = format!(
+            "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
+            ctx.cfg.reboot_timeout.as_secs()
+        );
+        self.escalate(ctx, wf, why).await
     }
 
     async fn verify(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let since = wf.rebooted_at_ms.unwrap_or(0);
+        let since = wf.reboot_requested_at_ms.unwrap_or(0);
         let started = Instant::now();
         while started.elapsed() < ctx.cfg.quiet_period {
-            let node = ctx.ops.get(&wf.node).await?;
-            let (boot, ready) = boot_and_ready(&node);
+            let (boot, ready) = ctx.nodes.get(&wf.node).as_deref().map(boot_and_ready).unwrap_or_default();
             if !ready {
                 return self
                     .escalate(
@@ -284,7 +292,11 @@ impl Runner {
             }
             if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, since).await? {
                 return self
-                    .escalate(ctx, wf, format!("fault recurred after reboot: {kind} ({event}) on boot {boot}"))
+                    .escalate(
+                        ctx,
+                        wf,
+                        format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}"),
+                    )
                     .await;
             }
             ctx.sleep(Duration::from_millis(500)).await?;
@@ -305,13 +317,12 @@ impl Runner {
 
 async fn release(ctx: &Ctx, permit: Option<uuid::Uuid>) {
     let Some(permit) = permit else { return };
-    for _ in 0..5 {
-        if ctx.gate.release(permit).await {
-            return;
-        }
-        if ctx.sleep(Duration::from_secs(1)).await.is_err() {
-            return;
-        }
+    let released = RELEASE_RETRY
+        .until_ok("permit release", &ctx.cancel, || async {
+            if ctx.gate.release(permit).await { Ok(()) } else { Err("the gate did not confirm") }
+        })
+        .await;
+    if released.is_none() {
+        tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
     }
-    tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
 }

@@ -1,8 +1,8 @@
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{Error, Result, wire::CloudEvent};
@@ -147,8 +147,7 @@ pub struct FaultEvent {
     /// Who observed it.
     pub source: Source,
     /// When it was observed.
-    #[serde(with = "time::serde::rfc3339")]
-    pub observed_at: OffsetDateTime,
+    pub observed_at: DateTime<Utc>,
     /// Human-readable description (the matched log line, the condition message, ...).
     pub message: String,
     /// Raw facts behind the observation (log sequence number, rule, condition reason, ...).
@@ -175,7 +174,7 @@ impl CloudEvent for FaultEvent {
     fn ce_source(&self) -> String {
         format!("/firebreak/{}/{}/{}", self.source, self.cluster, self.node)
     }
-    fn ce_time(&self) -> OffsetDateTime {
+    fn ce_time(&self) -> DateTime<Utc> {
         self.observed_at
     }
     fn key(&self) -> String {
@@ -198,19 +197,18 @@ pub struct Heartbeat {
     /// Monotonic per agent process.
     pub seq: u64,
     /// When it was sent.
-    #[serde(with = "time::serde::rfc3339")]
-    pub sent_at: OffsetDateTime,
+    pub sent_at: DateTime<Utc>,
 }
 
 impl CloudEvent for Heartbeat {
     const TYPE: &'static str = "io.firebreak.heartbeat.v1";
     fn ce_id(&self) -> String {
-        format!("{}/{}/{}/{}", self.cluster, self.node, self.sent_at.unix_timestamp(), self.seq)
+        format!("{}/{}/{}/{}", self.cluster, self.node, self.sent_at.timestamp(), self.seq)
     }
     fn ce_source(&self) -> String {
         format!("/firebreak/agent/{}/{}", self.cluster, self.node)
     }
-    fn ce_time(&self) -> OffsetDateTime {
+    fn ce_time(&self) -> DateTime<Utc> {
         self.sent_at
     }
     fn key(&self) -> String {
@@ -228,8 +226,7 @@ pub struct EventRecord {
     #[serde(flatten)]
     pub event: FaultEvent,
     /// When the event center stored it.
-    #[serde(with = "time::serde::rfc3339")]
-    pub received_at: OffsetDateTime,
+    pub received_at: DateTime<Utc>,
 }
 
 fn validate_names(cluster: &str, node: &str) -> Result<()> {
@@ -243,7 +240,7 @@ fn validate_names(cluster: &str, node: &str) -> Result<()> {
 
 /// A UUIDv7 whose timestamp is `at` and whose remaining bits are a hash of `parts`: the same
 /// observation always gets the same id, so re-publishing it is harmless.
-pub fn deterministic_id(at: OffsetDateTime, parts: &[&str]) -> Uuid {
+pub fn deterministic_id(at: DateTime<Utc>, parts: &[&str]) -> Uuid {
     let mut hasher = Sha256::new();
     for p in parts {
         hasher.update((p.len() as u64).to_le_bytes());
@@ -252,7 +249,7 @@ pub fn deterministic_id(at: OffsetDateTime, parts: &[&str]) -> Uuid {
     let digest = hasher.finalize();
     let mut bytes = [0u8; 10];
     bytes.copy_from_slice(&digest[..10]);
-    let millis = u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
     uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
 }
 
@@ -275,8 +272,7 @@ pub struct RemediationEvent {
     /// Why, with the measured values.
     pub reason: String,
     /// When the step happened.
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    pub at: DateTime<Utc>,
 }
 
 impl CloudEvent for RemediationEvent {
@@ -287,7 +283,7 @@ impl CloudEvent for RemediationEvent {
     fn ce_source(&self) -> String {
         format!("/firebreak/remediator/{}/{}", self.cluster, self.node)
     }
-    fn ce_time(&self) -> OffsetDateTime {
+    fn ce_time(&self) -> DateTime<Utc> {
         self.at
     }
     fn key(&self) -> String {

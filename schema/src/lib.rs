@@ -2,18 +2,13 @@
 //! wire format (JSON body plus CloudEvents binary-mode headers), the topic names, and the request
 //! and response types of the gate and event-center HTTP APIs.
 //!
-//! This crate depends on no other Firebreak crate. Its core depends on no transport: it turns
-//! events into [`WireMessage`]s (key, headers, payload) and back. Two features hold what every
-//! service must do the same way: `kafka` (module `kafka`: client configuration, publishing, decoding
-//! records with `rdkafka`) and `db` (module `db`: opening and migrating a database with `sqlx`).
-//! Decoding never panics; bad input is a typed [`Error`].
+//! This crate depends on no other Firebreak crate and on no transport: it turns events into
+//! [`WireMessage`]s (key, headers, payload) and back. How those travel (Kafka clients, retries,
+//! databases) lives in `firebreak-plumbing`. Times are `chrono::DateTime<Utc>`, RFC 3339 on the
+//! wire. Decoding never panics; bad input is a typed [`Error`].
 
-#[cfg(feature = "db")]
-pub mod db;
 mod event;
 mod gate;
-#[cfg(feature = "kafka")]
-pub mod kafka;
 mod wire;
 
 pub use event::{
@@ -62,18 +57,6 @@ pub enum Error {
     /// The payload is not the JSON of the expected event.
     #[error("invalid JSON payload: {0}")]
     Json(#[from] serde_json::Error),
-    /// The Kafka client failed.
-    #[cfg(feature = "kafka")]
-    #[error("kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-    /// The database could not be opened.
-    #[cfg(feature = "db")]
-    #[error("database: {0}")]
-    Database(sqlx::Error),
-    /// The database could not be migrated.
-    #[cfg(feature = "db")]
-    #[error("migration: {0}")]
-    Migrate(sqlx::migrate::MigrateError),
     /// The payload parsed but violates an invariant (empty cluster, mismatched id, ...).
     #[error("invalid event: {0}")]
     Invalid(String),

@@ -1,5 +1,5 @@
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Serialize, de::DeserializeOwned};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{Error, Result};
 
@@ -15,7 +15,7 @@ pub trait CloudEvent: Serialize + DeserializeOwned {
     /// Value of the `ce_source` header.
     fn ce_source(&self) -> String;
     /// Value of the `ce_time` header.
-    fn ce_time(&self) -> OffsetDateTime;
+    fn ce_time(&self) -> DateTime<Utc>;
     /// Kafka message key: `<cluster>/<node>`, so one node's events stay in one partition, in order.
     fn key(&self) -> String;
     /// Invariants checked after decoding.
@@ -36,7 +36,7 @@ pub struct WireMessage {
 /// Encodes an event: JSON body plus `ce_*` and `content-type` headers.
 pub fn encode<E: CloudEvent>(event: &E) -> Result<WireMessage> {
     let payload = serde_json::to_vec(event)?;
-    let time = event.ce_time().format(&Rfc3339).map_err(|e| Error::Invalid(format!("unformattable time: {e}")))?;
+    let time = event.ce_time().to_rfc3339_opts(SecondsFormat::AutoSi, true);
     Ok(WireMessage {
         key: event.key(),
         headers: vec![
@@ -92,7 +92,7 @@ mod tests {
     use crate::{FaultEvent, FaultKind, Heartbeat, Severity, Source, deterministic_id};
 
     fn fault() -> FaultEvent {
-        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         FaultEvent {
             id: deterministic_id(at, &["c1", "n1", "7"]),
             cluster: "c1".into(),
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn deterministic_ids_are_stable_v7_and_distinct() {
-        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let at = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
         let a = deterministic_id(at, &["c", "n", "1"]);
         assert_eq!(a, deterministic_id(at, &["c", "n", "1"]));
         assert_ne!(a, deterministic_id(at, &["c", "n", "2"]));

@@ -9,7 +9,12 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::{CloudEvent, Error, Result, encode, wire::decode};
+use firebreak_schema::{CloudEvent, decode, encode};
+
+use crate::{Error, Result, retry};
+
+/// How a record is re-published after a failure: 200 ms doubling to 10 s, with jitter.
+const PUBLISH_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(200), Duration::from_secs(10));
 
 /// Where the brokers are and how to tune the clients.
 #[derive(Debug, Clone, Default)]
@@ -74,25 +79,16 @@ impl Producer {
         self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 
-    /// Publishes an event, retrying failures with backoff (200 ms doubling to 10 s), until the
-    /// brokers have it; `false` if `cancel` fired first.
+    /// Publishes an event, retrying failures with the shared policy (200 ms doubling to 10 s,
+    /// jittered), until the brokers have it; `false` if `cancel` fired first.
     pub async fn publish_until_delivered<E: CloudEvent>(
         &self,
         topic: &str,
         event: &E,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> bool {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match self.publish(topic, event).await {
-                Ok(()) => return true,
-                Err(error) => tracing::warn!(%error, event_id = %event.ce_id(), topic, "publish failed; retrying"),
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(10)),
-            }
-        }
+        let what = format!("publishing {} to {topic}", event.ce_id());
+        PUBLISH_RETRY.until_ok(&what, cancel, || self.publish(topic, event)).await.is_some()
     }
 
     /// Queues an event without waiting for delivery (heartbeats); fails if the queue is full.
@@ -117,7 +113,7 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
 }
 
 /// Decodes a consumed record into an event.
-pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> Result<E> {
+pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> firebreak_schema::Result<E> {
     let headers: Vec<(&str, Option<&[u8]>)> =
         msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
     decode(headers, msg.payload())

@@ -1,0 +1,309 @@
+//! One simulated cluster: its object store, its nodes, the control API's fault injection and
+//! audit log, and the loop that drives its kubelets and controllers.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error, Result, Timings,
+    controllers::Workload,
+    faults::Fault,
+    fmt_micro_time,
+    kubelet::{NOT_READY_TAINT, NodeSim, cond},
+    pdb::update_pdbs,
+    resources::{LEASES, NAMESPACES, NODES, PDBS, PODS},
+    store::Store,
+    str_at,
+};
+
+/// One mutating request, as an API server audit log records it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    /// RFC 3339 time.
+    pub time: String,
+    /// `create`, `update`, `patch` or `delete`.
+    pub verb: String,
+    /// Resource plural.
+    pub resource: String,
+    /// Subresource, if any (`status`, `eviction`).
+    pub subresource: String,
+    /// Namespace, empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Object name.
+    pub name: String,
+    /// HTTP status code of the reply.
+    pub code: u16,
+    /// Client's User-Agent.
+    pub user_agent: String,
+}
+
+/// A cluster's mutable state, behind one mutex.
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) nodes: BTreeMap<String, NodeSim>,
+    pub(crate) audit: Vec<AuditEntry>,
+    /// Pods scheduled and not yet started, since when.
+    pub(crate) pending_ready: BTreeMap<(String, String), Instant>,
+}
+
+/// A simulated cluster.
+pub struct Cluster {
+    pub(crate) name: String,
+    dir: PathBuf,
+    addr: SocketAddr,
+    pub(crate) timings: Timings,
+    pub(crate) workloads: Vec<Workload>,
+    state: Mutex<State>,
+    /// Cancelled when the fleet stops; open watches end then.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Cluster {
+    pub(crate) fn new(
+        name: String,
+        dir: PathBuf,
+        addr: SocketAddr,
+        nodes: usize,
+        timings: Timings,
+        shutdown: CancellationToken,
+    ) -> Result<Self> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&name, addr)).map_err(io(&kubeconfig))?;
+        let web = nodes + nodes / 4;
+        let cluster = Cluster {
+            workloads: vec![
+                Workload { name: "web", namespace: "default", replicas: web },
+                Workload { name: "batch", namespace: "default", replicas: nodes / 2 },
+            ],
+            name,
+            dir,
+            addr,
+            timings,
+            shutdown,
+            state: Mutex::new(State {
+                store: Store::new(),
+                nodes: BTreeMap::new(),
+                audit: Vec::new(),
+                pending_ready: BTreeMap::new(),
+            }),
+        };
+        cluster.bootstrap(nodes)?;
+        Ok(cluster)
+    }
+
+    /// Cluster name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Path of the kubeconfig that reaches this cluster.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// The host-root directory of a node (what its agent reads).
+    pub fn host_root(&self, node: &str) -> PathBuf {
+        self.dir.join("nodes").join(node)
+    }
+
+    /// Node names, sorted.
+    pub fn node_names(&self) -> Vec<String> {
+        self.lock().nodes.keys().cloned().collect()
+    }
+
+    /// The audit log of mutating API requests so far.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.lock().audit.clone()
+    }
+
+    /// Injects a fault into a node.
+    pub fn inject(&self, node: &str, fault: Fault) -> Result<()> {
+        let mut st = self.lock();
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        if fault == Fault::NotReady {
+            sim.heartbeating = false;
+        }
+        if fault.survives_reboot() && !sim.persistent.contains(&fault) {
+            sim.persistent.push(fault);
+        }
+        sim.append_kmsg(&fault.kmsg_lines())?;
+        tracing::info!(cluster = %self.name, node, ?fault, "fault injected");
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bootstrap(&self, nodes: usize) -> Result<()> {
+        let mut st = self.lock();
+        for ns in ["default", "kube-system", "kube-node-lease"] {
+            st.store.create(&NAMESPACES, json!({"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
+        }
+        for i in 1..=nodes {
+            let name = format!("{}-node-{i:03}", self.name);
+            let host_root = self.host_root(&name);
+            let mut sim = NodeSim::new(host_root);
+            sim.boot()?;
+            let zone = ["a", "b", "c"][i % 3];
+            st.store.create(&NODES, json!({
+                "metadata": {"name": name, "labels": {
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": "",
+                    "topology.kubernetes.io/zone": format!("zone-{zone}")}, "annotations": {}},
+                "spec": {"podCIDR": format!("10.244.{i}.0/24"),
+                    "taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]},
+                "status": {
+                    "conditions": [
+                        cond("Ready", "False", "KubeletNotReady", "container runtime status check may not have completed yet"),
+                        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                        cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                    ],
+                    "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", i / 250, i % 250 + 1)},
+                                  {"type": "Hostname", "address": name}],
+                    "capacity": {"cpu": "32", "memory": "131072Mi", "pods": "110"},
+                    "allocatable": {"cpu": "31", "memory": "129024Mi", "pods": "110"},
+                    "nodeInfo": {"bootID": sim.boot_id, "kubeletVersion": "v1.33.0", "kubeProxyVersion": "v1.33.0",
+                        "containerRuntimeVersion": "containerd://1.7.0", "kernelVersion": "6.1.0-firebreak-sim",
+                        "osImage": "Debian GNU/Linux 12 (bookworm)", "operatingSystem": "linux", "architecture": "amd64",
+                        "machineID": uuid::Uuid::new_v4().simple().to_string(), "systemUUID": uuid::Uuid::new_v4().to_string()}
+                }
+            }))?;
+            st.store.create(
+                &LEASES,
+                json!({"metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": fmt_micro_time(Utc::now())}}),
+            )?;
+            st.nodes.insert(name, sim);
+        }
+        for w in &self.workloads {
+            let min_available = w.replicas.saturating_sub(1);
+            if w.name == "web" {
+                st.store.create(&PDBS, json!({"metadata": {"name": w.name, "namespace": w.namespace},
+                    "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": w.name}}},
+                    "status": {"currentHealthy": 0, "desiredHealthy": min_available, "disruptionsAllowed": 0, "expectedPods": w.replicas, "observedGeneration": 1}}))?;
+            }
+        }
+        // Initial placement: round robin, so that the first nodes carry two `web` replicas.
+        let names: Vec<String> = st.nodes.keys().cloned().collect();
+        if !names.is_empty() {
+            for w in &self.workloads {
+                for r in 0..w.replicas {
+                    let node = &names[r % names.len()];
+                    let pod = self.replica_pod(w, node, &format!("{r:05}"));
+                    st.store.create(&PODS, pod)?;
+                }
+            }
+            for node in &names {
+                let pod = self.daemon_pod(node);
+                st.store.create(&PODS, pod)?;
+            }
+        }
+        let now = Instant::now();
+        let keys: Vec<(String, String)> = st
+            .store
+            .list(&PODS, None)
+            .iter()
+            .map(|p| (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name")))
+            .collect();
+        for k in keys {
+            st.pending_ready.insert(k, now);
+        }
+        Ok(())
+    }
+
+    fn tick(&self) -> Result<()> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let names: Vec<String> = st.nodes.keys().cloned().collect();
+        for name in &names {
+            self.tick_node(st, name, now)?;
+        }
+        self.tick_kubelet_pods(st, now)?;
+        self.reconcile_workloads(st, now)?;
+        update_pdbs(&mut st.store)?;
+        Ok(())
+    }
+}
+
+/// Runs the cluster's kubelets and controllers until cancelled.
+pub(crate) async fn run(cluster: Arc<Cluster>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(error) = cluster.tick() {
+                    tracing::warn!(%error, cluster = %cluster.name, "simulation step failed");
+                }
+            }
+        }
+    }
+}
+
+fn kubeconfig_yaml(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: http://{addr}\n\
+         contexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: firebreak-sim\n\
+         current-context: {name}\nusers:\n- name: firebreak-sim\n  user: {{}}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_nodes_are_tainted_not_ready_until_their_kubelet_reports() {
+        let dir = std::env::temp_dir().join(format!("fb-sim-{}", uuid::Uuid::new_v4().simple()));
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let c = Cluster::new("t".into(), dir, addr, 2, Timings::default(), CancellationToken::new()).unwrap();
+        let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
+        assert_eq!(ready_status(&node), "False");
+        assert_eq!(node["spec"]["taints"][0]["key"], NOT_READY_TAINT);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { c.tick().unwrap() });
+        let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
+        assert_eq!(ready_status(&node), "True");
+        assert!(node["spec"].get("taints").is_none());
+        assert!(std::fs::read_to_string(c.host_root("t-node-001").join("dev/kmsg")).unwrap().starts_with("5,0,"));
+    }
+
+    #[test]
+    fn watches_resume_from_a_resource_version_or_are_gone() {
+        let mut s = Store::new();
+        let rv0 = s.rv();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "a"}})).unwrap();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "b"}})).unwrap();
+        let (past, _) = s.watch_from(&NAMESPACES, rv0 + 1).unwrap();
+        assert_eq!(past.iter().map(|c| str_at(&c.object, "/metadata/name")).collect::<Vec<_>>(), ["b"]);
+        for i in 0..20_001 {
+            s.create(&EVENTS, json!({"metadata": {"name": format!("e{i}"), "namespace": "default"}})).unwrap();
+        }
+        assert!(matches!(s.watch_from(&NAMESPACES, rv0), Err(Error::Gone(_))));
+    }
+}

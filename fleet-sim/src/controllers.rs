@@ -1,0 +1,104 @@
+//! The workload controllers of a simulated cluster — ReplicaSet-like `web` and `batch`, a
+//! DaemonSet-like `node-exporter` — and the scheduler that places their pods.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::{
+    Result,
+    cluster::{Cluster, State},
+    kubelet::ready_status,
+    resources::{NODES, PODS},
+    store::Store,
+    str_at,
+};
+
+/// A replicated workload.
+pub(crate) struct Workload {
+    pub(crate) name: &'static str,
+    pub(crate) namespace: &'static str,
+    pub(crate) replicas: usize,
+}
+
+impl Cluster {
+    pub(crate) fn replica_pod(&self, w: &Workload, node: &str, suffix: &str) -> Value {
+        let rs = format!("{}-7d4b9c", w.name);
+        json!({
+            "metadata": {"name": format!("{rs}-{suffix}"), "namespace": w.namespace,
+                "labels": {"app": w.name, "pod-template-hash": "7d4b9c"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
+                    "uid": format!("rs-{}", w.name), "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": self.timings.pod_grace.as_secs(),
+                "containers": [{"name": w.name, "image": format!("registry.example/{}:1.0", w.name)}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        })
+    }
+
+    pub(crate) fn daemon_pod(&self, node: &str) -> Value {
+        json!({
+            "metadata": {"name": format!("node-exporter-{node}"), "namespace": "kube-system",
+                "labels": {"app": "node-exporter"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "node-exporter",
+                    "uid": "ds-node-exporter", "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": self.timings.pod_grace.as_secs(),
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [{"name": "node-exporter", "image": "registry.example/node-exporter:1.0"}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+        })
+    }
+
+    /// ReplicaSet and DaemonSet controllers, with the scheduler: replace pods that are
+    /// terminating or gone, keep one daemon pod per node.
+    pub(crate) fn reconcile_workloads(&self, st: &mut State, now: Instant) -> Result<()> {
+        let key = |p: &Value| (str_at(p, "/metadata/namespace"), str_at(p, "/metadata/name"));
+        // One pass over live pods: replicas per app, pods per node, nodes with a daemon pod.
+        let mut live: HashMap<String, usize> = HashMap::new();
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        let mut daemon: HashSet<String> = HashSet::new();
+        for p in st.store.iter(&PODS, None).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()) {
+            let node = str_at(p, "/spec/nodeName");
+            if str_at(p, "/metadata/namespace") == "kube-system" {
+                daemon.insert(node.clone());
+            }
+            *per_node.entry(node).or_default() += 1;
+            *live.entry(str_at(p, "/metadata/labels/app")).or_default() += 1;
+        }
+        // ReplicaSet controllers: replace pods that are terminating or gone.
+        for w in &self.workloads {
+            for _ in live.get(w.name).copied().unwrap_or(0)..w.replicas {
+                let Some(node) = schedulable_node(&st.store, &per_node) else { break };
+                *per_node.entry(node.clone()).or_default() += 1;
+                let suffix = uuid::Uuid::new_v4().simple().to_string()[..5].to_owned();
+                let pod = st.store.create(&PODS, self.replica_pod(w, &node, &suffix))?;
+                st.pending_ready.insert(key(&pod), now);
+            }
+        }
+        // DaemonSet controller: one pod per node, cordoned or not.
+        let names: Vec<String> = st.nodes.keys().filter(|n| !daemon.contains(*n)).cloned().collect();
+        for node in names {
+            if st.store.get_ref(&PODS, "kube-system", &format!("node-exporter-{node}")).is_none() {
+                let pod = st.store.create(&PODS, self.daemon_pod(&node))?;
+                st.pending_ready.insert(key(&pod), now);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The schedulable node (Ready, not cordoned, no NoSchedule/NoExecute taint) with the fewest pods.
+fn schedulable_node(store: &Store, per_node: &HashMap<String, usize>) -> Option<String> {
+    store
+        .iter(&NODES, None)
+        .filter(|n| ready_status(n) == "True")
+        .filter(|n| n.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true))
+        .filter(|n| {
+            !n.pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .is_some_and(|t| t.iter().any(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute"))
+        })
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
+        .min_by_key(|name| per_node.get(*name).copied().unwrap_or(0))
+        .map(str::to_owned)
+}

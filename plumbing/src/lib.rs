@@ -1,0 +1,40 @@
+//! The plumbing every Firebreak service needs done the same way, kept out of `schema` so that
+//! `schema` stays the types and the wire format:
+//!
+//! - [`retry`]: the one retry policy (exponential backoff with jitter and a cap, from `backon`),
+//!   with the reason logged on every retry;
+//! - `kafka` (feature `kafka`): how producers and consumers are configured with `rdkafka`, how an
+//!   event is published until the brokers have it, and how a record is decoded;
+//! - `db` (feature `db`): how a service opens and migrates its database with `sqlx`.
+//!
+//! Services may depend on this crate as they depend on `schema`; it depends on no service. The
+//! agent uses only `retry` and `kafka`, so it stays without SQL.
+
+#[cfg(feature = "db")]
+pub mod db;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod retry;
+
+/// Everything that can go wrong in the shared plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An event could not be encoded or decoded.
+    #[error(transparent)]
+    Schema(#[from] firebreak_schema::Error),
+    /// The Kafka client failed.
+    #[cfg(feature = "kafka")]
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The database could not be opened.
+    #[cfg(feature = "db")]
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+    /// The database could not be migrated.
+    #[cfg(feature = "db")]
+    #[error("migration: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,83 @@
+//! The cluster's Nodes as a `kube` reflector store, kept current by one watch, with a signal on
+//! every change: workflows that wait for a node to change (a new boot id, Ready) wait on the
+//! signal instead of polling the API server.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A reader of the cluster's nodes; clones share one watch.
+#[derive(Clone)]
+pub(crate) struct NodeCache {
+    store: reflector::Store<Node>,
+    changed: watch::Receiver<u64>,
+}
+
+impl NodeCache {
+    /// Starts the watch; it runs until `cancel`.
+    pub(crate) fn start(client: Client, cancel: CancellationToken) -> Self {
+        let (store, writer) = reflector::store();
+        let (tx, changed) = watch::channel(0u64);
+        let stream =
+            reflector(writer, watcher(Api::<Node>::all(client), watcher::Config::default())).default_backoff().boxed();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = stream.next() => ev,
+                };
+                match ev {
+                    None => return,
+                    Some(Ok(_)) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                    Some(Err(error)) => tracing::warn!(%error, "node watch failed; retrying"),
+                }
+            }
+        });
+        Self { store, changed }
+    }
+
+    /// The node as last seen, if it exists.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Node>> {
+        self.store.get(&reflector::ObjectRef::new(name))
+    }
+
+    /// Waits until `done` holds for the node (`None` if it does not exist), at most `timeout`;
+    /// returns the node as last seen and whether `done` held.
+    pub(crate) async fn wait_for(
+        &self,
+        name: &str,
+        timeout: Duration,
+        cancel: &CancellationToken,
+        done: impl Fn(Option<&Node>) -> bool,
+    ) -> Option<(Option<Arc<Node>>, bool)> {
+        let mut changed = self.changed.clone();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        // The store fills after the first list; until then nothing is known.
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = &mut deadline => return Some((None, false)),
+            _ = self.store.wait_until_ready() => {}
+        }
+        loop {
+            changed.mark_unchanged();
+            let node = self.get(name);
+            if done(node.as_deref()) {
+                return Some((node, true));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = &mut deadline => return Some((node, false)),
+                r = changed.changed() => if r.is_err() { return Some((node, false)) },
+            }
+        }
+    }
+}
