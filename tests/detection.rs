@@ -5,21 +5,23 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
+use chrono::Utc;
 use firebreak_agent::{NodeAgent, rules};
 use firebreak_fleet_sim::Fault;
-use firebreak_schema::{
-    FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat,
-    kafka::{KafkaConfig, Producer, decode_message},
-};
+use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
+use firebreak_schema::{FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-/// Every fault on the topic, read from the start by a fresh group.
-fn fault_reader(cfg: &KafkaConfig) -> StreamConsumer {
+/// Every record of a topic, read from the start by a fresh group.
+fn reader(cfg: &KafkaConfig, topic: &str) -> StreamConsumer {
     let c: StreamConsumer = cfg.consumer(&format!("reader-{}", uuid::Uuid::now_v7())).create().unwrap();
-    c.subscribe(&[FAULT_TOPIC]).unwrap();
+    c.subscribe(&[topic]).unwrap();
     c
+}
+
+fn fault_reader(cfg: &KafkaConfig) -> StreamConsumer {
+    reader(cfg, FAULT_TOPIC)
 }
 
 async fn next_fault(c: &StreamConsumer, timeout: Duration, want: impl Fn(&FaultEvent) -> bool) -> FaultEvent {
@@ -58,8 +60,21 @@ async fn agent_loses_nothing_while_kafka_is_down() {
     let producer = Producer::new(&cfg).unwrap();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(agent(&cluster, &node, &producer).run(cancel.clone()));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The agent is up and publishing: its first heartbeat is on the topic.
+    let beats = reader(&cfg, HEARTBEAT_TOPIC);
+    let first_beat = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(hb) = decode_message::<Heartbeat>(&beats.recv().await.unwrap()) {
+                return hb;
+            }
+        }
+    })
+    .await
+    .expect("a heartbeat");
+    assert_eq!(first_beat.node, node);
+    drop(beats);
 
+    // The outage (the scenario, not a synchronisation): faults happen while the broker is down.
     mock.broker_down(1).unwrap();
     cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
@@ -113,7 +128,7 @@ async fn detector_reports_silent_agents() {
                     node: talker.clone(),
                     agent_version: "test".into(),
                     seq,
-                    sent_at: OffsetDateTime::now_utc(),
+                    sent_at: Utc::now(),
                 };
                 producer.publish(HEARTBEAT_TOPIC, &hb).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(500)).await;

@@ -79,7 +79,17 @@ async fn gate_down_means_no_cordon_until_it_is_back() {
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several refusals later (each a failed request to the dead gate), still nothing cordoned.
+    let metrics = format!("{}/metrics", stack.metrics_url);
+    wait_for("three fail-closed denials", Duration::from_secs(30), || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| {
+            l.starts_with("firebreak_remediator_permit_denials_total{") && l.contains("limit=\"gate_unavailable\"")
+        })?;
+        let n: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        (n >= 3.0).then_some(())
+    })
+    .await;
     assert!(log.first_out_of_service(&node).is_none(), "nothing cordoned while the gate is down");
     assert!(steps(&stack, &node).await.iter().all(|(s, _)| s == "permit_wait"));
 

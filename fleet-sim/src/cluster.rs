@@ -276,6 +276,7 @@ fn kubeconfig_yaml(name: &str, addr: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kubelet::ready_status;
 
     #[test]
     fn new_nodes_are_tainted_not_ready_until_their_kubelet_reports() {
@@ -291,19 +292,5 @@ mod tests {
         assert_eq!(ready_status(&node), "True");
         assert!(node["spec"].get("taints").is_none());
         assert!(std::fs::read_to_string(c.host_root("t-node-001").join("dev/kmsg")).unwrap().starts_with("5,0,"));
-    }
-
-    #[test]
-    fn watches_resume_from_a_resource_version_or_are_gone() {
-        let mut s = Store::new();
-        let rv0 = s.rv();
-        s.create(&NAMESPACES, json!({"metadata": {"name": "a"}})).unwrap();
-        s.create(&NAMESPACES, json!({"metadata": {"name": "b"}})).unwrap();
-        let (past, _) = s.watch_from(&NAMESPACES, rv0 + 1).unwrap();
-        assert_eq!(past.iter().map(|c| str_at(&c.object, "/metadata/name")).collect::<Vec<_>>(), ["b"]);
-        for i in 0..20_001 {
-            s.create(&EVENTS, json!({"metadata": {"name": format!("e{i}"), "namespace": "default"}})).unwrap();
-        }
-        assert!(matches!(s.watch_from(&NAMESPACES, rv0), Err(Error::Gone(_))));
     }
 }

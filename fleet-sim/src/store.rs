@@ -197,3 +197,26 @@ fn names(res: &Resource, obj: &Value) -> Result<(String, String)> {
     };
     Ok((ns.to_owned(), name.to_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        resources::{EVENTS, NAMESPACES},
+        str_at,
+    };
+
+    #[test]
+    fn watches_resume_from_a_resource_version_or_are_gone() {
+        let mut s = Store::new();
+        let rv0 = s.rv();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "a"}})).unwrap();
+        s.create(&NAMESPACES, json!({"metadata": {"name": "b"}})).unwrap();
+        let (past, _) = s.watch_from(&NAMESPACES, rv0 + 1).unwrap();
+        assert_eq!(past.iter().map(|c| str_at(&c.object, "/metadata/name")).collect::<Vec<_>>(), ["b"]);
+        for i in 0..20_001 {
+            s.create(&EVENTS, json!({"metadata": {"name": format!("e{i}"), "namespace": "default"}})).unwrap();
+        }
+        assert!(matches!(s.watch_from(&NAMESPACES, rv0), Err(Error::Gone(_))));
+    }
+}
