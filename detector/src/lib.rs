@@ -230,6 +230,23 @@ async fn watch_nodes(
     }
 }
 
+/// The id of an `AgentSilent`: the silence is named by the last heartbeat heard (its sequence
+/// number and send time), or by the node's creation time when none was, so the same conclusion
+/// drawn again gets the same id.
+fn silent_id(
+    cluster: &str,
+    node: &str,
+    last_heard: Option<(u64, DateTime<Utc>)>,
+    created: DateTime<Utc>,
+) -> uuid::Uuid {
+    match last_heard {
+        Some((seq, sent_at)) => {
+            deterministic_id(sent_at, &[cluster, node, "AgentSilent", "after", &seq.to_string(), &sent_at.to_rfc3339()])
+        }
+        None => deterministic_id(created, &[cluster, node, "AgentSilent", "never-heard"]),
+    }
+}
+
 async fn heartbeats(
     cfg: Config,
     consumer: StreamConsumer,
@@ -277,14 +294,7 @@ async fn heartbeats(
                     if silent < cfg.agent_silent_after {
                         continue;
                     }
-                    // The id names the silence by what was last heard, so a replay dedupes.
-                    let id = match heard {
-                        Some((_, seq, sent_at)) => deterministic_id(
-                            sent_at,
-                            &[&cfg.cluster, &node, "AgentSilent", "after", &seq.to_string(), &sent_at.to_rfc3339()],
-                        ),
-                        None => deterministic_id(created, &[&cfg.cluster, &node, "AgentSilent", "never-heard"]),
-                    };
+                    let id = silent_id(&cfg.cluster, &node, heard.map(|(_, seq, at)| (seq, at)), created);
                     let observed_at = Utc::now();
                     let event = FaultEvent {
                         id,
@@ -310,5 +320,24 @@ async fn heartbeats(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silence_is_named_by_what_was_last_heard() {
+        let created = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let heard = DateTime::from_timestamp(1_700_000_500, 0).unwrap();
+        let a = silent_id("c1", "n1", Some((41, heard)), created);
+        assert_eq!(a, silent_id("c1", "n1", Some((41, heard)), created), "stable");
+        assert_ne!(a, silent_id("c1", "n1", Some((42, heard)), created), "a later heartbeat, a new silence");
+        assert_ne!(a, silent_id("c1", "n2", Some((41, heard)), created));
+        let never = silent_id("c1", "n1", None, created);
+        assert_eq!(never, silent_id("c1", "n1", None, created));
+        assert_ne!(a, never);
+        assert_eq!(a.get_version_num(), 7);
     }
 }

@@ -47,16 +47,7 @@ impl Ctx {
     /// down. The id derives from the workflow and the step's place in it, so publishing the same
     /// step again dedupes downstream.
     pub(crate) fn publish(&self, wf: &Workflow, step: Step) {
-        let step = RemediationEvent {
-            id: deterministic_id(step.at, &[&wf.id.to_string(), &step.seq.to_string()]),
-            workflow_id: wf.id,
-            cluster: wf.cluster.clone(),
-            node: wf.node.clone(),
-            trigger_event_id: wf.trigger_event_id,
-            state: wf.state.as_str().into(),
-            reason: wf.reason.clone(),
-            at: step.at,
-        };
+        let step = step_event(wf, step);
         if let Err(error) = self.producer.publish_nowait(REMEDIATION_TOPIC, &step) {
             tracing::warn!(%error, "remediation step not published");
         }
@@ -82,6 +73,21 @@ impl Ctx {
             tracing::warn!(%error, "could not record a Kubernetes event");
         }
         Ok(())
+    }
+}
+
+/// The published form of a persisted step; its id derives from the workflow and the step's place
+/// in the step log.
+fn step_event(wf: &Workflow, step: Step) -> RemediationEvent {
+    RemediationEvent {
+        id: deterministic_id(step.at, &[&wf.id.to_string(), &step.seq.to_string()]),
+        workflow_id: wf.id,
+        cluster: wf.cluster.clone(),
+        node: wf.node.clone(),
+        trigger_event_id: wf.trigger_event_id,
+        state: wf.state.as_str().into(),
+        reason: wf.reason.clone(),
+        at: step.at,
     }
 }
 
@@ -324,5 +330,34 @@ async fn release(ctx: &Ctx, permit: Option<uuid::Uuid>) {
         .await;
     if released.is_none() {
         tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_published_again_has_the_same_id_and_the_next_step_another() {
+        let wf = Workflow {
+            id: uuid::Uuid::now_v7(),
+            cluster: "c1".into(),
+            node: "n1".into(),
+            trigger_event_id: uuid::Uuid::now_v7(),
+            fault_kind: "KernelHung".into(),
+            state: State::Draining,
+            permit_id: None,
+            boot_id_before: None,
+            reboot_requested_at_ms: None,
+            reason: "cordoned".into(),
+        };
+        let step = Step { seq: 2, at: Utc::now() };
+        let a = step_event(&wf, step);
+        assert_eq!(a, step_event(&wf, step), "a re-publication dedupes downstream");
+        assert_eq!(a.id.get_version_num(), 7);
+        assert_eq!((a.state.as_str(), a.at), ("draining", step.at));
+        assert_ne!(a.id, step_event(&wf, Step { seq: 3, ..step }).id);
+        let other = Workflow { id: uuid::Uuid::now_v7(), ..wf.clone() };
+        assert_ne!(a.id, step_event(&other, step).id);
     }
 }
