@@ -75,7 +75,7 @@ impl Intake {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use chrono::TimeDelta;
@@ -83,12 +83,13 @@ mod tests {
 
     use super::*;
 
-    fn fault(kind: FaultKind, severity: Severity, age_s: i64) -> FaultEvent {
+    /// A fault of cluster `c1` observed `age_s` seconds ago.
+    pub(crate) fn fault_on(node: &str, kind: FaultKind, severity: Severity, age_s: i64) -> FaultEvent {
         let at = Utc::now() - TimeDelta::seconds(age_s);
         FaultEvent {
-            id: deterministic_id(at, &["c1", "n1", kind.as_str()]),
+            id: deterministic_id(at, &["c1", node, kind.as_str()]),
             cluster: "c1".into(),
-            node: "n1".into(),
+            node: node.into(),
             class: kind.class(),
             kind,
             severity,
@@ -97,6 +98,10 @@ mod tests {
             message: "m".into(),
             evidence: BTreeMap::new(),
         }
+    }
+
+    fn fault(kind: FaultKind, severity: Severity, age_s: i64) -> FaultEvent {
+        fault_on("n1", kind, severity, age_s)
     }
 
     #[test]

@@ -321,27 +321,14 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use chrono::TimeDelta;
-    use firebreak_schema::{FaultKind, Severity, Source, deterministic_id};
+    use firebreak_schema::{FaultKind, Severity};
 
     use super::*;
+    use crate::intake::tests::fault_on;
 
+    /// A fault observed `secs` seconds after five minutes ago.
     fn fault(node: &str, kind: FaultKind, severity: Severity, secs: i64) -> FaultEvent {
-        let at = Utc::now() - TimeDelta::minutes(5) + TimeDelta::seconds(secs);
-        FaultEvent {
-            id: deterministic_id(at, &["c1", node, kind.as_str()]),
-            cluster: "c1".into(),
-            node: node.into(),
-            class: kind.class(),
-            kind,
-            severity,
-            source: Source::Agent,
-            observed_at: at,
-            message: "m".into(),
-            evidence: BTreeMap::new(),
-        }
+        fault_on(node, kind, severity, 300 - secs)
     }
 
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
