@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "demo")]
 use crate::demo;
-use crate::{Error, Result, bind, kube_client};
+use crate::{Result, bind, kube_client};
 
 /// Firebreak: node fault self-healing and risk-gated change for Kubernetes fleets.
 #[derive(Debug, Parser)]
@@ -179,7 +179,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         #[cfg(feature = "demo")]
         Command::FleetSim { data_dir, clusters, nodes_per_cluster } => {
             if clusters == 0 {
-                return Err(Error::Usage("--clusters must be at least 1".into()));
+                return Err(crate::Error::Usage("--clusters must be at least 1".into()));
             }
             let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
                 data_dir,
