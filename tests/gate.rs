@@ -5,18 +5,25 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{NodeLog, get_json, stack, steps, wait_for};
+use common::{NodeLog, get_json_as, stack, steps, wait_for};
 use firebreak_fleet_sim::Fault;
-use firebreak_rate_limiter::{Limits, Policy};
+use firebreak_rate_limiter::{Limits, OperationPolicy, Policy};
 use firebreak_schema::Operation;
 
+/// One cordon at a time per cluster; drains and reboots unlimited.
 fn one_cordon_at_a_time() -> Policy {
+    let per_cluster = |max_in_flight| OperationPolicy {
+        cluster: Some(Limits { max_in_flight, ..Limits::default() }),
+        ..OperationPolicy::default()
+    };
     Policy {
         permit_ttl: Duration::from_secs(300),
-        operations: BTreeMap::from([(
-            Operation::Cordon,
-            Limits { rate_per_minute: 600, burst: 10, max_concurrent_per_cluster: 1 },
-        )]),
+        operations: BTreeMap::from([
+            (Operation::Cordon, per_cluster(Some(1))),
+            (Operation::Drain, per_cluster(None)),
+            (Operation::Reboot, per_cluster(None)),
+        ]),
+        ..Policy::default()
     }
 }
 
@@ -45,18 +52,23 @@ async fn concurrency_budget_of_one_cordon_per_cluster_holds() {
     for node in &victims {
         assert!(log.first_out_of_service(node).is_some(), "{node} was taken out of service");
     }
-    // The denials say which limit and what was measured.
-    let decisions = get_json(&format!("{}/api/v1/decisions", stack.gate_url)).await.unwrap();
+    // The denials say which rule, where, and what was measured.
+    let decisions =
+        get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/decisions?limit=1000", stack.gate_url)).await.unwrap();
     let denied: Vec<&serde_json::Value> =
-        decisions.as_array().unwrap().iter().map(|d| &d["response"]).filter(|r| r["granted"] == false).collect();
+        decisions.as_array().unwrap().iter().filter(|d| d["granted"] == false).collect();
     assert!(!denied.is_empty());
-    for r in denied {
-        assert_eq!(r["limit"], "concurrency");
-        assert_eq!((r["measured"].as_f64(), r["threshold"].as_f64()), (Some(1.0), Some(1.0)));
+    for d in denied {
+        assert_eq!(d["rule"], "in_flight", "{d}");
+        assert_eq!(d["scope"], format!("cluster={}", cluster.name()));
+        assert_eq!((d["measured"].as_f64(), d["threshold"].as_f64()), (Some(1.0), Some(1.0)));
     }
     let mut explained = false;
     for n in &victims {
-        explained |= steps(&stack, n).await.iter().any(|(s, r)| s == "permit_wait" && r.contains("concurrency limit"));
+        explained |= steps(&stack, n)
+            .await
+            .iter()
+            .any(|(s, r)| s == "permit_wait" && r.contains("1 cordon permits in flight in cluster=c1 (limit 1)"));
     }
     assert!(explained, "a waiting workflow explains the concurrency limit it waits on");
     stack.shutdown().await;

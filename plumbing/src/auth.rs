@@ -75,7 +75,10 @@ impl Tokens {
         let mut names = std::collections::BTreeSet::new();
         for e in &f.tokens {
             if e.name.is_empty() || e.name.len() > 128 || e.name.chars().any(char::is_control) {
-                return Err(Error::Tokens(format!("token name `{}` is empty, too long or has control characters", e.name)));
+                return Err(Error::Tokens(format!(
+                    "token name `{}` is empty, too long or has control characters",
+                    e.name
+                )));
             }
             if !names.insert(e.name.clone()) {
                 return Err(Error::Tokens(format!("token name `{}` appears twice", e.name)));

@@ -193,11 +193,9 @@ pub(crate) fn decide(
             format!("{target} denied: outside the operation's windows ({})", windows.join("; ")),
         );
     }
-    if let Some(t) = world
-        .trips
-        .iter()
-        .find(|t| t.operation == op && in_scope(&t.scope, &req.cluster, &req.domains) && t.until.is_none_or(|u| now < u))
-    {
+    if let Some(t) = world.trips.iter().find(|t| {
+        t.operation == op && in_scope(&t.scope, &req.cluster, &req.domains) && t.until.is_none_or(|u| now < u)
+    }) {
         let until = t.until.map_or("until an operator resets it".to_owned(), |u| format!("until {}", u.to_rfc3339()));
         let retry = t.until.map_or(60, |u| (u - now).num_seconds().clamp(1, 3600) as u64);
         return deny(
@@ -206,7 +204,12 @@ pub(crate) fn decide(
             1.0,
             0.0,
             retry,
-            format!("{target} denied: breaker open in {} {until}; tripped {}: {}", t.scope, t.tripped_at.to_rfc3339(), t.reason),
+            format!(
+                "{target} denied: breaker open in {} {until}; tripped {}: {}",
+                t.scope,
+                t.tripped_at.to_rfc3339(),
+                t.reason
+            ),
         );
     }
 
@@ -316,7 +319,12 @@ fn fresh_snapshots<'a>(
         }
         Some(_) => {}
     }
-    Ok(world.snapshots.values().filter(fresh).filter(|s| scope.cluster.as_ref().is_none_or(|c| *c == s.cluster)).collect())
+    Ok(world
+        .snapshots
+        .values()
+        .filter(fresh)
+        .filter(|s| scope.cluster.as_ref().is_none_or(|c| *c == s.cluster))
+        .collect())
 }
 
 /// Checks one scope's limits; `Ok` carries the new rate state to record if the request is
@@ -495,9 +503,17 @@ mod tests {
             ready: nodes - unhealthy.len() as u32,
             unhealthy: unhealthy
                 .iter()
-                .map(|n| UnhealthyNode { name: (*n).into(), ready: false, out_of_service: false, domains: BTreeMap::new() })
+                .map(|n| UnhealthyNode {
+                    name: (*n).into(),
+                    ready: false,
+                    out_of_service: false,
+                    domains: BTreeMap::new(),
+                })
                 .collect(),
-            domains: BTreeMap::from([(ZONE.into(), BTreeMap::from([("a".into(), nodes / 2), ("b".into(), nodes - nodes / 2)]))]),
+            domains: BTreeMap::from([(
+                ZONE.into(),
+                BTreeMap::from([("a".into(), nodes / 2), ("b".into(), nodes - nodes / 2)]),
+            )]),
         }
     }
 
@@ -613,7 +629,8 @@ mod tests {
     fn halts_freezes_windows_and_domains() {
         let now = Utc::now();
         let mut p = policy(Limits::default());
-        p.operations.get_mut(&Operation::Cordon).unwrap().domain = Some(Limits { max_in_flight: Some(1), ..Limits::default() });
+        p.operations.get_mut(&Operation::Cordon).unwrap().domain =
+            Some(Limits { max_in_flight: Some(1), ..Limits::default() });
         let mut w = World::default();
         assert!(matches!(decide(&p, &mut w, &req("c1", "n1"), "t", now), Outcome::Granted(..)));
         let o = decide(&p, &mut w, &req("c1", "n11"), "t", now);
@@ -633,7 +650,11 @@ mod tests {
         assert_eq!(denied(&o).rule, "halt");
         assert!(denied(&o).reason.contains("halted by ops") && denied(&o).reason.contains("switch replacement"));
         let op = p.operations.get_mut(&Operation::Cordon).unwrap();
-        op.freezes.push(crate::policy::Freeze { from: now - TimeDelta::hours(1), to: now + TimeDelta::hours(1), reason: "holidays".into() });
+        op.freezes.push(crate::policy::Freeze {
+            from: now - TimeDelta::hours(1),
+            to: now + TimeDelta::hours(1),
+            reason: "holidays".into(),
+        });
         assert_eq!(denied(&decide(&p, &mut w, &req("c2", "n1"), "t", now)).rule, "freeze");
         let op = p.operations.get_mut(&Operation::Cordon).unwrap();
         op.freezes.clear();

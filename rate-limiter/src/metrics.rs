@@ -38,9 +38,17 @@ impl Metrics {
             trips: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("decisions", "Permit decisions by operation and outcome (granted or the rule that denied)", m.decisions.clone());
+        registry.register(
+            "decisions",
+            "Permit decisions by operation and outcome (granted or the rule that denied)",
+            m.decisions.clone(),
+        );
         registry.register("permits_active", "Permits in flight by operation", m.active.clone());
-        registry.register("permits_abandoned", "Permits that expired because their holder stopped renewing them", m.abandoned.clone());
+        registry.register(
+            "permits_abandoned",
+            "Permits that expired because their holder stopped renewing them",
+            m.abandoned.clone(),
+        );
         registry.register("breaker_trips", "Breaker trips by operation", m.trips.clone());
         Self { registry, ..m }
     }

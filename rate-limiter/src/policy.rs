@@ -414,10 +414,26 @@ reason = "holidays"
             ("[operations.explode.cluster]\nmax_in_flight = 1\n", "line 1", "explode"),
             ("typo = 1\n", "line 1", "typo"),
             ("[operations.cordon.cluster]\nmax_inflight = 1\n", "line 2", "max_inflight"),
-            ("[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"25:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n", "line 3", "25:00"),
-            ("[[operations.cordon.windows]]\ndays = [\"moon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n", "line 2", "moon"),
-            ("[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"Mars/Olympus\"\n", "line 5", "Mars"),
-            ("[[operations.cordon.freezes]]\nfrom = \"2027-01-04T00:00:00Z\"\nto = \"2026-12-20T00:00:00Z\"\nreason = \"x\"\n", "line 1", "before it starts"),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"25:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n",
+                "line 3",
+                "25:00",
+            ),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"moon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n",
+                "line 2",
+                "moon",
+            ),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"Mars/Olympus\"\n",
+                "line 5",
+                "Mars",
+            ),
+            (
+                "[[operations.cordon.freezes]]\nfrom = \"2027-01-04T00:00:00Z\"\nto = \"2026-12-20T00:00:00Z\"\nreason = \"x\"\n",
+                "line 1",
+                "before it starts",
+            ),
             ("[operations.cordon.breaker]\nmax_grants = 1\nwindow = \"soon\"\n", "line 3", "soon"),
         ];
         for (text, line, word) in cases {

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use firebreak_schema::{BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitState, Scope};
+use firebreak_schema::{
+    BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitState, Scope,
+};
 use sqlx::{AnyPool, Row, any::AnyRow};
 use uuid::Uuid;
 
@@ -128,7 +130,8 @@ fn halt_of(r: &AnyRow) -> Result<Halt> {
     Ok(Halt {
         id: r.try_get::<String, _>("id")?.parse().map_err(|e| corrupt("halt id", e))?,
         scope: scope_of(&r.try_get::<String, _>("scope")?)?,
-        operations: serde_json::from_str(&r.try_get::<String, _>("operations")?).map_err(|e| corrupt("operations", e))?,
+        operations: serde_json::from_str(&r.try_get::<String, _>("operations")?)
+            .map_err(|e| corrupt("operations", e))?,
         reason: r.try_get("reason")?,
         by: r.try_get("by_name")?,
         at: time(r.try_get("at_ms")?),
@@ -216,7 +219,14 @@ impl Store {
     }
 
     /// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).
-    pub(crate) async fn renew(&self, id: Uuid, caller: &str, any: bool, ttl: TimeDelta, now: DateTime<Utc>) -> Result<Change> {
+    pub(crate) async fn renew(
+        &self,
+        id: Uuid,
+        caller: &str,
+        any: bool,
+        ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Change> {
         let done = sqlx::query(
             "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
              AND ($4 = 1 OR holder = $5)",
@@ -316,7 +326,9 @@ impl Store {
 
     /// Halts in force, oldest first.
     pub(crate) async fn halts(&self) -> Result<Vec<Halt>> {
-        let rows = sqlx::query("SELECT * FROM gate_halts WHERE resumed_at_ms IS NULL ORDER BY at_ms").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM gate_halts WHERE resumed_at_ms IS NULL ORDER BY at_ms")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(halt_of).collect()
     }
 
@@ -332,15 +344,17 @@ impl Store {
             resumed_at: None,
             resumed_by: None,
         };
-        sqlx::query("INSERT INTO gate_halts (id, scope, operations, reason, by_name, at_ms) VALUES ($1,$2,$3,$4,$5,$6)")
-            .bind(h.id.to_string())
-            .bind(scope_text(&h.scope)?)
-            .bind(serde_json::to_string(&h.operations).map_err(|e| corrupt("operations", e))?)
-            .bind(&h.reason)
-            .bind(&h.by)
-            .bind(ms(now))
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO gate_halts (id, scope, operations, reason, by_name, at_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+        )
+        .bind(h.id.to_string())
+        .bind(scope_text(&h.scope)?)
+        .bind(serde_json::to_string(&h.operations).map_err(|e| corrupt("operations", e))?)
+        .bind(&h.reason)
+        .bind(&h.by)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
         Ok(h)
     }
 
@@ -357,7 +371,8 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT * FROM gate_halts WHERE id = $1").bind(id.to_string()).fetch_one(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT * FROM gate_halts WHERE id = $1").bind(id.to_string()).fetch_one(&self.pool).await?;
         halt_of(&row).map(Some)
     }
 
@@ -373,7 +388,13 @@ impl Store {
     }
 
     /// Closes the open breakers of an operation in a scope; how many were open.
-    pub(crate) async fn reset_breaker(&self, op: Operation, scope: &Scope, by: &str, now: DateTime<Utc>) -> Result<u64> {
+    pub(crate) async fn reset_breaker(
+        &self,
+        op: Operation,
+        scope: &Scope,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let done = sqlx::query(
             "UPDATE gate_breakers SET reset_at_ms = $3, reset_by = $4 WHERE operation = $1 AND scope = $2 \
              AND reset_at_ms IS NULL",
@@ -467,17 +488,24 @@ async fn load_world(tx: &mut Tx<'_>, policy: &Policy, now: DateTime<Utc>) -> Res
         .iter()
         .map(halt_of)
         .collect::<Result<Vec<_>>>()?;
-    let trips = sqlx::query("SELECT * FROM gate_breakers WHERE reset_at_ms IS NULL AND (until_ms IS NULL OR until_ms > $1)")
-        .bind(ms(now))
-        .fetch_all(&mut **tx)
-        .await?
-        .iter()
-        .map(trip_of)
-        .collect::<Result<Vec<_>>>()?;
+    let trips =
+        sqlx::query("SELECT * FROM gate_breakers WHERE reset_at_ms IS NULL AND (until_ms IS NULL OR until_ms > $1)")
+            .bind(ms(now))
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(trip_of)
+            .collect::<Result<Vec<_>>>()?;
     Ok(World { active, tats, grants, halts, trips, snapshots: Default::default() })
 }
 
-async fn write_outcome(tx: &mut Tx<'_>, req: &PermitRequest, holder: &str, o: &Outcome, now: DateTime<Utc>) -> Result<()> {
+async fn write_outcome(
+    tx: &mut Tx<'_>,
+    req: &PermitRequest,
+    holder: &str,
+    o: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<()> {
     if let Outcome::Granted(p, _) = o {
         sqlx::query(&format!(
             "INSERT INTO gate_permits ({PERMIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,'active',$8,$9,NULL)"

@@ -157,7 +157,8 @@ impl std::str::FromStr for Scope {
             return Ok(Scope::global());
         }
         let mut parts = s.splitn(2, ',');
-        let cluster = parts.next().and_then(|p| p.strip_prefix("cluster=")).filter(|c| !c.is_empty()).ok_or_else(bad)?;
+        let cluster =
+            parts.next().and_then(|p| p.strip_prefix("cluster=")).filter(|c| !c.is_empty()).ok_or_else(bad)?;
         match parts.next() {
             None => Ok(Scope::cluster(cluster)),
             Some(d) => {

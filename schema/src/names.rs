@@ -23,7 +23,10 @@ pub fn is_label_value(s: &str) -> bool {
 /// Text fit to record and show: at most `max` bytes, no control characters (no NUL, ESC, CR,
 /// LF) and no bidirectional overrides.
 pub fn is_plain_text(s: &str, max: usize) -> bool {
-    s.len() <= max && !s.chars().any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
+    s.len() <= max
+        && !s
+            .chars()
+            .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
 }
 
 #[cfg(test)]
