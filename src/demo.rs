@@ -74,6 +74,10 @@ pub struct StackOptions {
     pub gate_db: Option<String>,
     /// How often detectors publish cluster snapshots.
     pub snapshot_every: Duration,
+    /// How fast simulated time goes.
+    pub timings: Timings,
+    /// The token the remediators present; the stack's requester token when `None`.
+    pub remediator_token: Option<String>,
     /// Remediator quiet period after reboot.
     pub quiet_period: Duration,
     /// Remediator wait after a PodDisruptionBudget refusal.
@@ -97,6 +101,8 @@ impl StackOptions {
             remediator_db: None,
             gate_db: None,
             snapshot_every: Duration::from_secs(1),
+            timings: Timings::default(),
+            remediator_token: None,
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
@@ -158,6 +164,7 @@ pub struct Stack {
     gate_db: String,
     policy: Policy,
     gate: Option<(CancellationToken, JoinHandle<()>)>,
+    remediators: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     producer: Producer,
@@ -196,6 +203,7 @@ impl Stack {
             ],
         };
         let cancel = CancellationToken::new();
+        let remediators = cancel.child_token();
         let mut tasks = Vec::new();
         let tokens = DemoTokens::new();
         let gate_db =
@@ -205,7 +213,7 @@ impl Stack {
             data_dir: data_dir.clone(),
             clusters: opts.clusters,
             nodes_per_cluster: opts.nodes_per_cluster,
-            timings: Timings::default(),
+            timings: opts.timings,
         })
         .await?;
 
@@ -261,7 +269,7 @@ impl Stack {
                 cluster.name(),
                 kafka_config.clone(),
                 &format!("http://{gate_addr}"),
-                &tokens.requester,
+                opts.remediator_token.as_deref().unwrap_or(&tokens.requester),
                 &db,
             );
             rem.failure_domains = opts.policy.failure_domains.clone();
@@ -269,7 +277,7 @@ impl Stack {
             rem.eviction_retry = opts.eviction_retry;
             tasks.push(spawn_logged(
                 format!("remediator/{}", cluster.name()),
-                firebreak_remediator::run(rem, client, remediator_metrics.clone(), cancel.clone()),
+                firebreak_remediator::run(rem, client, remediator_metrics.clone(), remediators.clone()),
             ));
             for node in cluster.node_names() {
                 let agent = NodeAgent {
@@ -296,6 +304,7 @@ impl Stack {
             gate_db,
             policy: opts.policy,
             gate: None,
+            remediators,
             cancel,
             tasks,
             producer,
@@ -316,6 +325,12 @@ impl Stack {
         let task = spawn_logged("gate".into(), firebreak_rate_limiter::run(cfg, listener, stop.clone()));
         self.gate = Some((stop, task));
         Ok(())
+    }
+
+    /// Stops every remediator at once, mid-step, as a crash would (their state is in their
+    /// databases; their permits are left to expire).
+    pub fn kill_remediators(&self) {
+        self.remediators.cancel();
     }
 
     /// Stops the gate, as a crash would (its state is in its database).

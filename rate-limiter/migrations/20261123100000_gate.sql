@@ -58,8 +58,9 @@ CREATE TABLE IF NOT EXISTS gate_decisions (
     granted INTEGER NOT NULL,
     rule TEXT,
     scope TEXT,
-    measured DOUBLE PRECISION,
-    threshold DOUBLE PRECISION,
+    -- Numbers as text: sqlx's Any driver cannot bind a NULL float for PostgreSQL.
+    measured TEXT,
+    threshold TEXT,
     reason TEXT NOT NULL,
     permit_id TEXT
 );

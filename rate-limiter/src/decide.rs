@@ -45,6 +45,9 @@ pub(crate) struct World {
     pub(crate) halts: Vec<Halt>,
     /// Breakers open now.
     pub(crate) trips: Vec<BreakerTrip>,
+    /// When each breaker (operation, scope) last closed — reset by an operator or cooled down:
+    /// grants before that do not count again.
+    pub(crate) closed: HashMap<(Operation, String), DateTime<Utc>>,
     /// The latest snapshot per cluster.
     pub(crate) snapshots: Arc<HashMap<String, ClusterSnapshot>>,
 }
@@ -237,7 +240,8 @@ pub(crate) fn decide(
     if let Some(b) = &op_policy.breaker {
         for (scope, kind) in scopes.iter().filter(|(_, k)| *k == b.scope) {
             let _ = kind;
-            let since = now - TimeDelta::from_std(b.window).unwrap_or(TimeDelta::MAX);
+            let window_start = now - TimeDelta::from_std(b.window).unwrap_or(TimeDelta::MAX);
+            let since = world.closed.get(&(op, scope.to_string())).map_or(window_start, |c| (*c).max(window_start));
             let count = world
                 .grants
                 .iter()
@@ -614,10 +618,18 @@ mod tests {
         let o = decide(&p, &mut w, &req("c1", "n4"), "t", now + TimeDelta::hours(1));
         assert!(denied(&o).reason.contains("until an operator resets it"), "{}", denied(&o).reason);
         assert!(matches!(decide(&p, &mut w, &req("c2", "n4"), "t", now), Outcome::Granted(..)), "other clusters");
+        // An operator's reset closes it; the grants before it do not count again.
+        let grants = w.grants.clone();
+        w.trips.clear();
+        w.closed.insert((Operation::Cordon, "cluster=c1".into()), now);
+        let later = now + TimeDelta::seconds(1);
+        assert!(matches!(decide(&p, &mut w, &req("c1", "n6"), "t", later), Outcome::Granted(..)));
+        assert!(matches!(decide(&p, &mut w, &req("c1", "n7"), "t", later), Outcome::Granted(..)));
+        assert_eq!(denied(&decide(&p, &mut w, &req("c1", "n8"), "t", later)).rule, "breaker", "counting anew");
         // With a cooldown it closes by itself.
         p.operations.get_mut(&Operation::Cordon).unwrap().breaker =
             Some(Breaker { cooldown: Some(std::time::Duration::from_secs(300)), ..breaker });
-        let mut w = World { grants: w.grants.clone(), ..World::default() };
+        let mut w = World { grants, ..World::default() };
         let Outcome::Denied(_, Some(trip)) = decide(&p, &mut w, &req("c1", "n5"), "t", now) else { panic!() };
         assert_eq!(trip.until, Some(now + TimeDelta::seconds(300)));
         assert_eq!(denied(&decide(&p, &mut w, &req("c1", "n5"), "t", now + TimeDelta::seconds(299))).rule, "breaker");

@@ -93,6 +93,10 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Corrupt(format!("{what}: {e}"))
 }
 
+fn number(r: &AnyRow, column: &str) -> Result<Option<f64>> {
+    r.try_get::<Option<String>, _>(column)?.map(|s| s.parse().map_err(|e| corrupt(column, e))).transpose()
+}
+
 fn permit_of(r: &AnyRow) -> Result<Permit> {
     let state = match r.try_get::<String, _>("state")?.as_str() {
         "active" => PermitState::Active,
@@ -312,8 +316,8 @@ impl Store {
                     granted: r.try_get::<i32, _>("granted")? == 1,
                     rule: r.try_get("rule")?,
                     scope: r.try_get("scope")?,
-                    measured: r.try_get("measured")?,
-                    threshold: r.try_get("threshold")?,
+                    measured: number(r, "measured")?,
+                    threshold: number(r, "threshold")?,
                     reason: r.try_get("reason")?,
                     permit_id: r
                         .try_get::<Option<String>, _>("permit_id")?
@@ -496,7 +500,23 @@ async fn load_world(tx: &mut Tx<'_>, policy: &Policy, now: DateTime<Utc>) -> Res
             .iter()
             .map(trip_of)
             .collect::<Result<Vec<_>>>()?;
-    Ok(World { active, tats, grants, halts, trips, snapshots: Default::default() })
+    let mut closed = HashMap::new();
+    for r in sqlx::query(
+        "SELECT operation, scope, reset_at_ms, until_ms FROM gate_breakers WHERE reset_at_ms IS NOT NULL OR until_ms <= $1",
+    )
+    .bind(ms(now))
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let op: Operation = r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?;
+        let scope = scope_of(&r.try_get::<String, _>("scope")?)?.to_string();
+        let reset: Option<i64> = r.try_get("reset_at_ms")?;
+        let until: Option<i64> = r.try_get("until_ms")?;
+        let Some(at) = reset.or(until).map(time) else { continue };
+        let e = closed.entry((op, scope)).or_insert(at);
+        *e = (*e).max(at);
+    }
+    Ok(World { active, tats, grants, halts, trips, closed, snapshots: Default::default() })
 }
 
 async fn write_outcome(
@@ -551,8 +571,8 @@ async fn write_outcome(
     .bind(i32::from(r.granted))
     .bind(r.limit.clone())
     .bind(r.scope.clone())
-    .bind(r.measured)
-    .bind(r.threshold)
+    .bind(r.measured.map(|v| v.to_string()))
+    .bind(r.threshold.map(|v| v.to_string()))
     .bind(reason)
     .bind(r.permit_id.map(|p| p.to_string()))
     .execute(&mut **tx)
