@@ -163,7 +163,7 @@ pub(crate) fn decide(
             h.scope.clone(),
             1.0,
             0.0,
-            30,
+            10,
             format!("{target} denied: {} halted by {} since {}: {}", h.scope, h.by, h.at.to_rfc3339(), h.reason),
         );
     }
@@ -200,7 +200,8 @@ pub(crate) fn decide(
         t.operation == op && in_scope(&t.scope, &req.cluster, &req.domains) && t.until.is_none_or(|u| now < u)
     }) {
         let until = t.until.map_or("until an operator resets it".to_owned(), |u| format!("until {}", u.to_rfc3339()));
-        let retry = t.until.map_or(60, |u| (u - now).num_seconds().clamp(1, 3600) as u64);
+        // A latched breaker closes when an operator says so: ask again soon.
+        let retry = t.until.map_or(10, |u| (u - now).num_seconds().clamp(1, 3600) as u64);
         return deny(
             "breaker",
             t.scope.clone(),
@@ -273,7 +274,7 @@ pub(crate) fn decide(
                     measured: f64::from(count),
                     threshold: f64::from(b.max_grants),
                     reason: format!("{target} denied: breaker tripped: {reason}; {how}"),
-                    retry_after_s: 60,
+                    retry_after_s: until.map_or(10, |u| (u - now).num_seconds().clamp(1, 3600) as u64),
                 };
                 return Outcome::Denied(d, Some(trip));
             }
