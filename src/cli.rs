@@ -117,6 +117,9 @@ pub enum Command {
         /// Bearer token (role requester) presented to the gate.
         #[arg(long, env = "FIREBREAK_GATE_TOKEN", hide_env_values = true)]
         gate_token: String,
+        /// A certificate authority (PEM file) to trust for the gate's HTTPS.
+        #[arg(long)]
+        gate_ca: Option<PathBuf>,
         #[command(flatten)]
         domains: DomainArgs,
         /// `sqlite://FILE` or `postgres://...`.
@@ -142,6 +145,12 @@ pub enum Command {
     /// The whole loop on this machine, with no external service.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Benchmarks that print their figures beside a baseline measured in the same run.
+    #[cfg(feature = "demo")]
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
 }
 
 /// `firebreak gate …`.
@@ -167,6 +176,12 @@ pub enum GateMode {
         /// Extra librdkafka consumer property, `key=value` (repeatable).
         #[arg(long = "kafka-consumer-option", value_parser = parse_kv)]
         consumer_options: Vec<(String, String)>,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Validates a policy file and prints the effective policy (defaults filled in).
     CheckPolicy {
@@ -240,8 +255,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gate { command: GateMode::Operate(cmd) } => crate::gate_cli::run(cmd).await,
         Command::Gate {
-            command: GateMode::Serve { listen, policy, database_url, tokens, kafka_brokers, consumer_options },
+            command:
+                GateMode::Serve { listen, policy, database_url, tokens, kafka_brokers, consumer_options, tls_cert, tls_key },
         } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(firebreak_plumbing::serve::Tls::load(&cert, &key)?),
+                _ => None,
+            };
             let (policy, policy_path) = match policy {
                 Some(p) => (firebreak_rate_limiter::Policy::load(&p)?, Some(p)),
                 None => (firebreak_rate_limiter::Policy::default(), None),
@@ -258,7 +278,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             let kafka = kafka_brokers.map(|brokers| KafkaConfig { brokers, consumer_options });
             let listener = bind(&listen).await?;
-            let cfg = firebreak_rate_limiter::Config { database_url, policy, policy_path, tokens, kafka };
+            let cfg = firebreak_rate_limiter::Config { database_url, policy, policy_path, tokens, kafka, tls };
             Ok(firebreak_rate_limiter::run(cfg, listener, cancel).await?)
         }
         Command::Token { command: TokenCommand::New { name, role } } => {
@@ -275,7 +295,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", firebreak_plumbing::auth::hash(secret.trim_end_matches(['\r', '\n'])));
             Ok(())
         }
-        Command::Remediator { on, gate_url, gate_token, domains, database_url, quiet_period } => {
+        Command::Remediator { on, gate_url, gate_token, gate_ca, domains, database_url, quiet_period } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -289,6 +309,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             );
             cfg.quiet_period = quiet_period;
             cfg.failure_domains = domains.failure_domains;
+            cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
         #[cfg(feature = "demo")]
@@ -312,7 +333,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, cancel).await,
+        #[cfg(feature = "demo")]
+        Command::Bench { command } => crate::bench::run(command).await,
     }
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| crate::Error::Io { what: format!("read {}", path.display()), source })
 }
 
 /// Starts the metrics server when an address was given.

@@ -321,6 +321,7 @@ impl Stack {
             policy_path: None,
             tokens: Tokens::parse(&self.tokens.file())?,
             kafka: Some(self.kafka_config.clone()),
+            tls: None,
         };
         let task = spawn_logged("gate".into(), firebreak_rate_limiter::run(cfg, listener, stop.clone()));
         self.gate = Some((stop, task));

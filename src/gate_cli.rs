@@ -21,6 +21,9 @@ pub struct GateClientArgs {
     /// Bearer token (a viewer's for reading, an operator's to act).
     #[arg(long, env = "FIREBREAK_GATE_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// A certificate authority (PEM file) to trust for the gate's HTTPS.
+    #[arg(long)]
+    pub gate_ca: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -99,9 +102,16 @@ struct Client {
 }
 
 impl Client {
-    fn new(a: &GateClientArgs) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
-        Self { base: a.gate_url.trim_end_matches('/').to_owned(), token: a.token.clone(), http }
+    fn new(a: &GateClientArgs) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(path) = &a.gate_ca {
+            let pem =
+                std::fs::read(path).map_err(|source| Error::Io { what: format!("read {}", path.display()), source })?;
+            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Usage(format!("--gate-ca: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| Error::Usage(format!("gate client: {e}")))?;
+        Ok(Self { base: a.gate_url.trim_end_matches('/').to_owned(), token: a.token.clone(), http })
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<(T, String)> {
@@ -178,7 +188,7 @@ fn print_permits(permits: &[Permit]) {
 pub async fn run(cmd: GateCommand) -> Result<()> {
     match cmd {
         GateCommand::Status(a) => {
-            let (s, raw): (GateStatus, _) = Client::new(&a).get("/api/v1/status").await?;
+            let (s, raw): (GateStatus, _) = Client::new(&a)?.get("/api/v1/status").await?;
             if a.output == Output::Json {
                 println!("{raw}");
                 return Ok(());
@@ -227,12 +237,12 @@ pub async fn run(cmd: GateCommand) -> Result<()> {
             println!("Clusters:\n{t}");
         }
         GateCommand::Permits(a) => {
-            let (p, raw): (Vec<Permit>, _) = Client::new(&a).get("/api/v1/permits").await?;
+            let (p, raw): (Vec<Permit>, _) = Client::new(&a)?.get("/api/v1/permits").await?;
             if a.output == Output::Json { println!("{raw}") } else { print_permits(&p) }
         }
         GateCommand::Decisions { client, limit } => {
             let (d, raw): (Vec<Decision>, _) =
-                Client::new(&client).get(&format!("/api/v1/decisions?limit={limit}")).await?;
+                Client::new(&client)?.get(&format!("/api/v1/decisions?limit={limit}")).await?;
             if client.output == Output::Json {
                 println!("{raw}");
                 return Ok(());
@@ -259,7 +269,7 @@ pub async fn run(cmd: GateCommand) -> Result<()> {
         }
         GateCommand::Halt { client, scope, reason, operations } => {
             let req = HaltRequest { scope, operations, reason };
-            let (h, raw): (Halt, _) = Client::new(&client).post("/api/v1/halts", &req).await?;
+            let (h, raw): (Halt, _) = Client::new(&client)?.post("/api/v1/halts", &req).await?;
             if client.output == Output::Json {
                 println!("{raw}")
             } else {
@@ -267,7 +277,7 @@ pub async fn run(cmd: GateCommand) -> Result<()> {
             }
         }
         GateCommand::Resume { client, id } => {
-            let (h, raw): (Halt, _) = Client::new(&client).post(&format!("/api/v1/halts/{id}/resume"), &()).await?;
+            let (h, raw): (Halt, _) = Client::new(&client)?.post(&format!("/api/v1/halts/{id}/resume"), &()).await?;
             if client.output == Output::Json {
                 println!("{raw}")
             } else {
@@ -276,7 +286,7 @@ pub async fn run(cmd: GateCommand) -> Result<()> {
         }
         GateCommand::ResetBreaker { client, operation, scope } => {
             let body = serde_json::json!({"operation": operation, "scope": scope});
-            let (_, raw): (serde_json::Value, _) = Client::new(&client).post("/api/v1/breakers/reset", &body).await?;
+            let (_, raw): (serde_json::Value, _) = Client::new(&client)?.post("/api/v1/breakers/reset", &body).await?;
             if client.output == Output::Json {
                 println!("{raw}")
             } else {

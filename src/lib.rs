@@ -8,6 +8,8 @@
 //! Feature `demo` (on by default) adds `demo` and `fleet-sim`: the simulated clusters and
 //! librdkafka's in-process mock broker. The service image is built without it.
 
+#[cfg(feature = "demo")]
+pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;

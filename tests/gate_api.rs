@@ -44,8 +44,19 @@ struct Server {
 
 impl Server {
     async fn start(db: &str, policy: &Policy, secrets: &Secrets) -> Server {
+        Self::start_with(db, policy, secrets, None).await
+    }
+
+    async fn start_with(
+        db: &str,
+        policy: &Policy,
+        secrets: &Secrets,
+        tls: Option<firebreak_plumbing::serve::Tls>,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = if tls.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
+        let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
         let stop = CancellationToken::new();
         let cfg = firebreak_rate_limiter::Config {
             database_url: db.into(),
@@ -53,12 +64,13 @@ impl Server {
             policy_path: None,
             tokens: secrets.tokens(),
             kafka: None,
+            tls,
         };
         let s = stop.clone();
         let task = tokio::spawn(async move { firebreak_rate_limiter::run(cfg, listener, s).await.unwrap() });
         let health = format!("{url}/healthz");
         wait_for("the gate up", Duration::from_secs(10), || async {
-            reqwest::get(&health).await.ok().filter(|r| r.status().is_success())
+            probe.get(&health).send().await.ok().filter(|r| r.status().is_success())
         })
         .await;
         Server { url, stop, task }
@@ -175,16 +187,12 @@ async fn a_restarted_gate_knows_its_permits_and_abandoned_ones_expire() {
     })
     .await;
     assert!(granted.permit_id.is_some());
-    let metrics = http
-        .get(format!("{}/metrics", gate.url))
-        .bearer_auth(&secrets.viewer)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(metrics.contains("firebreak_gate_permits_abandoned_total{operation=\"cordon\"} 2"), "{metrics}");
+    let metrics_url = format!("{}/metrics", gate.url);
+    wait_for("both counted as abandoned", Duration::from_secs(10), || async {
+        let text = http.get(&metrics_url).bearer_auth(&secrets.viewer).send().await.ok()?.text().await.ok()?;
+        text.contains("firebreak_gate_permits_abandoned_total{operation=\"cordon\"} 2").then_some(())
+    })
+    .await;
     gate.stop().await;
 }
 
@@ -262,5 +270,43 @@ async fn tokens_and_roles_decide_who_may_do_what() {
     let r =
         http.post(format!("{url}/api/v1/permits")).bearer_auth(&secrets.requester).json(&huge).send().await.unwrap();
     assert_eq!(r.status(), 413);
+    gate.stop().await;
+}
+
+/// With a certificate the gate speaks HTTPS only; clients trust it through `--gate-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_serves_https_with_its_certificate() {
+    let dir = temp_dir("gate-tls");
+    let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("gate.crt"), dir.join("gate.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let tls = firebreak_plumbing::serve::Tls::load(&cert_path, &key_path).unwrap();
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", dir.join("gate.db").display());
+    let gate = Server::start_with(&db, &cordons(5, Duration::from_secs(60)), &secrets, Some(tls)).await;
+    assert!(gate.url.starts_with("https://"));
+
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r: PermitResponse = ask(&trusting, &gate.url, &secrets.requester, &request("n1")).await.json().await.unwrap();
+    assert!(r.granted, "{r:?}");
+    // Without the CA the certificate is not trusted; plain HTTP is not spoken.
+    assert!(reqwest::Client::new().get(format!("{}/healthz", gate.url)).send().await.is_err());
+    let plain = gate.url.replace("https://", "http://");
+    let plain_ok = reqwest::get(format!("{plain}/healthz")).await.is_ok_and(|r| r.status().is_success());
+    assert!(!plain_ok, "no plain HTTP on the HTTPS port");
+    // The operator CLI with --gate-ca.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["gate", "permits", "-o", "json", "--gate-url", &gate.url, "--gate-ca"])
+        .arg(&cert_path)
+        .env("FIREBREAK_GATE_TOKEN", &secrets.viewer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let permits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(permits.len(), 1);
     gate.stop().await;
 }

@@ -228,7 +228,7 @@ pub(crate) fn decide(
         };
         let Some(limits) = limits else { continue };
         match check_scope(policy, world, req, scope, limits, now, &target) {
-            Err(d) => return Outcome::Denied(d, None),
+            Err(d) => return Outcome::Denied(*d, None),
             Ok((tat, measured)) => {
                 new_tats.extend(tat.map(|t| ((op, scope.to_string()), t)));
                 if !measured.is_empty() {
@@ -332,6 +332,10 @@ fn fresh_snapshots<'a>(
         .collect())
 }
 
+/// A scope's limits passed: the rate state to record if the request is granted, and the measured
+/// values that allowed it.
+type Passed = (Option<DateTime<Utc>>, Vec<String>);
+
 /// Checks one scope's limits; `Ok` carries the new rate state to record if the request is
 /// granted, and the measured values that allowed it.
 fn check_scope(
@@ -342,16 +346,18 @@ fn check_scope(
     limits: &Limits,
     now: DateTime<Utc>,
     target: &str,
-) -> Result<(Option<DateTime<Utc>>, Vec<String>), Denial> {
+) -> Result<Passed, Box<Denial>> {
     let op = req.operation;
     let mut measured = Vec::new();
-    let denial = |rule, measured: f64, threshold: f64, retry: u64, why: String| Denial {
-        rule,
-        scope: scope.clone(),
-        measured,
-        threshold,
-        reason: format!("{target} denied: {why}"),
-        retry_after_s: retry,
+    let denial = |rule, measured: f64, threshold: f64, retry: u64, why: String| {
+        Box::new(Denial {
+            rule,
+            scope: scope.clone(),
+            measured,
+            threshold,
+            reason: format!("{target} denied: {why}"),
+            retry_after_s: retry,
+        })
     };
     let mine: Vec<&Permit> =
         world.active.iter().filter(|p| p.operation == op && in_scope(scope, &p.cluster, &p.domains)).collect();

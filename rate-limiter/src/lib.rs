@@ -27,7 +27,7 @@ mod store;
 
 use std::{path::PathBuf, sync::Arc};
 
-use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig};
+use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig, serve::Tls};
 pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
 pub use policy::{Breaker, BreakerScope, Freeze, Limits, OperationPolicy, Percent, Policy, Window};
@@ -93,6 +93,8 @@ pub struct Config {
     pub tokens: Tokens,
     /// Where to read cluster snapshots from; `None`: rules that need them deny.
     pub kafka: Option<KafkaConfig>,
+    /// Serve HTTPS with this certificate; plain HTTP without.
+    pub tls: Option<Tls>,
 }
 
 /// Serves the gate on `listener` until `cancel`.
@@ -101,10 +103,9 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     if let Some(kafka) = &cfg.kafka {
         tokio::spawn(snapshots::consume(kafka.clone(), gate.clone(), cancel.clone()));
     }
-    tracing::info!(addr = ?listener.local_addr().ok(), snapshots_from = ?cfg.kafka.as_ref().map(|k| k.brokers.clone()),
-        "gate running");
-    axum::serve(listener, router(gate, Arc::new(cfg.tokens)))
-        .with_graceful_shutdown(cancel.cancelled_owned())
+    tracing::info!(addr = ?listener.local_addr().ok(), tls = cfg.tls.is_some(),
+        snapshots_from = ?cfg.kafka.as_ref().map(|k| k.brokers.clone()), "gate running");
+    firebreak_plumbing::serve::serve(listener, router(gate, Arc::new(cfg.tokens)), cfg.tls, cancel)
         .await
         .map_err(Error::Serve)
 }

@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// The advisory lock every decision batch holds on PostgreSQL.
-const GATE_LOCK: i64 = 0x6669_7265_6272_6b;
+const GATE_LOCK: i64 = 0x0066_6972_6562_726b;
 
 /// The gate's database.
 #[derive(Clone)]
@@ -177,7 +177,8 @@ impl Store {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
         }
         let abandoned = expire(&mut tx, now).await?;
-        let mut world = load_world(&mut tx, policy, now).await?;
+        let asked: std::collections::BTreeSet<Operation> = jobs.iter().map(|(r, _)| r.operation).collect();
+        let mut world = load_world(&mut tx, policy, &asked, now).await?;
         world.snapshots = snapshots.clone();
         let mut outcomes = Vec::with_capacity(jobs.len());
         for (req, holder) in jobs {
@@ -231,45 +232,49 @@ impl Store {
         ttl: TimeDelta,
         now: DateTime<Utc>,
     ) -> Result<Change> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
-             AND ($4 = 1 OR holder = $5)",
-        )
+             AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
+        ))
         .bind(id.to_string())
         .bind(ms(now + ttl))
         .bind(ms(now))
         .bind(i32::from(any))
         .bind(caller)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        self.change(id, caller, done.rows_affected() == 1, now).await
+        match done {
+            Some(row) => Ok(Change::Done(permit_of(&row)?)),
+            None => self.why_not(id, caller, now).await,
+        }
     }
 
     /// Ends a permit as released, if `caller` holds it (or `any` is set).
     pub(crate) async fn release(&self, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<Change> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
-             WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3)",
-        )
+             WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
+        ))
         .bind(id.to_string())
         .bind(ms(now))
         .bind(caller)
         .bind(i32::from(any))
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await?;
-        self.change(id, caller, done.rows_affected() == 1, now).await
+        match done {
+            Some(row) => Ok(Change::Done(permit_of(&row)?)),
+            None => self.why_not(id, caller, now).await,
+        }
     }
 
-    async fn change(&self, id: Uuid, caller: &str, done: bool, now: DateTime<Utc>) -> Result<Change> {
+    /// Why a renewal or release changed nothing.
+    async fn why_not(&self, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<Change> {
         let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else { return Ok(Change::Unknown) };
         let mut p = permit_of(&row)?;
-        if done {
-            return Ok(Change::Done(p));
-        }
         if p.state == PermitState::Active && p.expires_at <= now {
             // Lapsed, not yet swept: it is over all the same.
             p.state = PermitState::Expired;
@@ -460,7 +465,14 @@ async fn expire(tx: &mut Tx<'_>, now: DateTime<Utc>) -> Result<Vec<Permit>> {
     rows.iter().map(permit_of).collect()
 }
 
-async fn load_world(tx: &mut Tx<'_>, policy: &Policy, now: DateTime<Utc>) -> Result<World> {
+/// The world the decisions on `asked` operations read: past grants only of operations whose
+/// rules count them (a rate or a breaker).
+async fn load_world(
+    tx: &mut Tx<'_>,
+    policy: &Policy,
+    asked: &std::collections::BTreeSet<Operation>,
+    now: DateTime<Utc>,
+) -> Result<World> {
     let active = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE state = 'active'"))
         .fetch_all(&mut **tx)
         .await?
@@ -472,12 +484,33 @@ async fn load_world(tx: &mut Tx<'_>, policy: &Policy, now: DateTime<Utc>) -> Res
         let op: Operation = r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?;
         tats.insert((op, r.try_get("scope")?), time(r.try_get("tat_ms")?));
     }
+    let counted: Vec<&str> = asked
+        .iter()
+        .filter(|op| {
+            policy.operations.get(op).is_some_and(|o| {
+                o.breaker.is_some()
+                    || [&o.global, &o.cluster, &o.domain]
+                        .iter()
+                        .any(|l| l.as_ref().is_some_and(|l| l.rate_per_minute.is_some()))
+            })
+        })
+        .map(|op| op.as_str())
+        .collect();
     let mut grants = Vec::new();
-    for r in sqlx::query("SELECT operation, cluster, domains, granted_at_ms FROM gate_permits WHERE granted_at_ms > $1")
+    let rows = if counted.is_empty() {
+        Vec::new()
+    } else {
+        // The operation names are ours (`Operation::as_str`), not input.
+        let list = counted.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(",");
+        sqlx::query(&format!(
+            "SELECT operation, cluster, domains, granted_at_ms FROM gate_permits WHERE granted_at_ms > $1 \
+             AND operation IN ({list})"
+        ))
         .bind(ms(now - lookback(policy)))
         .fetch_all(&mut **tx)
         .await?
-    {
+    };
+    for r in rows {
         grants.push(Grant {
             operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
             cluster: r.try_get("cluster")?,

@@ -27,10 +27,17 @@ pub struct GateClient {
 }
 
 impl GateClient {
-    /// A client for the gate at `base` (`https://gate:8181`) presenting `token`.
-    pub fn new(base: &str, token: &str) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http }
+    /// A client for the gate at `base` (`https://gate:8181`) presenting `token`; `ca` (PEM) is
+    /// a certificate authority to trust beside the system's, for a gate with its own.
+    pub fn new(base: &str, token: &str, ca: Option<&[u8]>) -> crate::Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(pem) = ca {
+            let cert =
+                reqwest::Certificate::from_pem(pem).map_err(|e| crate::Error::Config(format!("gate CA: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| crate::Error::Config(format!("gate client: {e}")))?;
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http })
     }
 
     /// Asks for a permit. Never errors: failures come back as denials saying why.

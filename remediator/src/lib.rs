@@ -66,6 +66,9 @@ pub enum Error {
     /// The remediator is shutting down.
     #[error("cancelled")]
     Cancelled,
+    /// A setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A permit a step needs is not held any more (the gate says it is over, or it lapsed).
     #[error("permit lost: {why}")]
     PermitLost {
@@ -90,6 +93,8 @@ pub struct Config {
     pub gate_url: String,
     /// Bearer token presented to the gate.
     pub gate_token: String,
+    /// A certificate authority (PEM) to trust for the gate's HTTPS, beside the system's.
+    pub gate_ca: Option<Vec<u8>>,
     /// Node labels that name failure domains, reported to the gate with each request.
     pub failure_domains: Vec<String>,
     /// `sqlite://...` or `postgres://...`.
@@ -115,6 +120,7 @@ impl Config {
             kafka,
             gate_url: gate_url.into(),
             gate_token: gate_token.into(),
+            gate_ca: None,
             failure_domains: vec!["topology.kubernetes.io/zone".into()],
             database_url: database_url.into(),
             quiet_period: Duration::from_secs(60),
@@ -136,7 +142,7 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
     consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
-    let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token);
+    let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),
         gate,
@@ -203,7 +209,7 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
                         ctx.metrics.transition(&ctx.cfg.cluster, wf.state.as_str());
                         tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
                         ctx.publish(&wf, step);
-                        tasks.spawn(workflow::drive(ctx.clone(), wf));
+                        tasks.spawn(workflow::drive(ctx.clone(), *wf));
                     }
                     Intake::Attached(id) => {
                         tracing::info!(workflow_id = %id, node = %event.node, incident = %event.id, "fault attached to open workflow")

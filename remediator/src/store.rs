@@ -202,7 +202,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 let id = wf.id;
-                (Intake::Started(wf, Step { seq: 0, at: now }), Some(id))
+                (Intake::Started(Box::new(wf), Step { seq: 0, at: now }), Some(id))
             }
         };
         let text_of_decision = match &decision {
@@ -378,7 +378,7 @@ mod tests {
         wf.reason = "reboot requested".into();
         s.transition(&wf).await.unwrap();
         let open = s.open_workflows("c1").await.unwrap();
-        assert_eq!(open, vec![wf.clone()], "a restarted remediator resumes exactly here");
+        assert_eq!(open, vec![(*wf).clone()], "a restarted remediator resumes exactly here");
         assert!(s.open_workflows("c2").await.unwrap().is_empty());
         wf.state = State::Healed;
         wf.reason = "healed".into();
