@@ -345,3 +345,47 @@ async fn a_remediator_with_a_wrong_token_does_nothing() {
     assert!(log.first_out_of_service(&node).is_none(), "nothing cordoned");
     stack.shutdown().await;
 }
+
+/// An operator takes a drain permit away mid-drain: the remediator's next renewal learns it is
+/// over, the workflow stops before its next eviction, says why, and goes on only with a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_permit_stops_the_step_until_a_new_one_is_granted() {
+    let stack = stack("lost-permit", |o| {
+        o.policy = policy_with(
+            OperationPolicy { cluster: Some(Limits::default()), ..OperationPolicy::default() },
+            Duration::from_secs(3),
+        );
+        o.timings.pod_start = Duration::from_secs(4);
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-001", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let permits = format!("{}/api/v1/permits", stack.gate_url);
+    let drain = wait_for("the drain permit held", Duration::from_secs(30), || async {
+        let list = get_json_as(&stack.tokens.viewer, &permits).await?;
+        list.as_array()?.iter().find(|p| p["operation"] == "drain" && p["node"] == node.as_str()).cloned()
+    })
+    .await;
+    let id = drain["id"].as_str().unwrap();
+    let released = reqwest::Client::new()
+        .delete(format!("{permits}/{id}"))
+        .bearer_auth(&stack.tokens.operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 200);
+    let (_, why) = wait_for("the loss recorded", Duration::from_secs(20), || async {
+        steps(&stack, &node).await.into_iter().find(|(_, r)| r.contains("stopped before the next side effect"))
+    })
+    .await;
+    assert!(why.contains(&format!("drain permit {id}")) && why.contains("410"), "{why}");
+    wait_for("the node healed with a new drain permit", Duration::from_secs(90), || healed(&stack, &node)).await;
+    let all = steps(&stack, &node).await;
+    let lost = all.iter().position(|(_, r)| r.contains("stopped before the next side effect")).unwrap();
+    assert!(
+        all[lost..].iter().any(|(s, r)| s == "draining" && r.starts_with("drain permit") && !r.contains(id)),
+        "a new drain permit after the loss: {all:?}"
+    );
+    stack.shutdown().await;
+}
