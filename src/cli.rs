@@ -40,6 +40,14 @@ impl KafkaArgs {
     }
 }
 
+/// Node labels that name failure domains (repeatable).
+#[derive(Debug, Clone, Args)]
+pub struct DomainArgs {
+    /// A node label that names a failure domain, as the gate's policy names it (repeatable).
+    #[arg(long = "failure-domain-label", default_value = "topology.kubernetes.io/zone")]
+    pub failure_domains: Vec<String>,
+}
+
 /// Flags of the per-cluster services (detector, remediator).
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
@@ -65,13 +73,18 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 pub enum Command {
     /// Per-node agent: kernel log faults and heartbeats to Kafka.
     Agent(firebreak_agent::AgentArgs),
-    /// Per-cluster detector: NotReady nodes and silent agents.
+    /// Per-cluster detector: NotReady nodes, silent agents, cluster snapshots for the gate.
     Detector {
         #[command(flatten)]
         on: ClusterArgs,
         /// Silence after which an agent is reported.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_silent_after: Duration,
+        /// How often a cluster snapshot is published on the health topic.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        snapshot_every: Duration,
+        #[command(flatten)]
+        domains: DomainArgs,
     },
     /// Central event center: store, API and web UI.
     EventCenter {
@@ -84,22 +97,31 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
-    /// Central gate: permits for risky operations.
+    /// Central gate: serve it, check a policy file, or operate it.
     Gate {
-        /// HTTP listen address.
-        #[arg(long, default_value = "127.0.0.1:8181")]
-        listen: String,
-        /// TOML policy file; the built-in policy applies without it.
-        #[arg(long)]
-        policy: Option<PathBuf>,
+        #[command(subcommand)]
+        command: GateMode,
+    },
+    /// Bearer tokens for the gate: make one, or hash a secret.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Per-cluster remediator: durable repair workflows.
     Remediator {
         #[command(flatten)]
         on: ClusterArgs,
         /// Base URL of the gate.
-        #[arg(long, default_value = "http://127.0.0.1:8181")]
+        #[arg(long, default_value = "http://127.0.0.1:8181", value_parser = crate::parse_http_url)]
         gate_url: String,
+        /// Bearer token (role requester) presented to the gate.
+        #[arg(long, env = "FIREBREAK_GATE_TOKEN", hide_env_values = true)]
+        gate_token: String,
+        /// A certificate authority (PEM file) to trust for the gate's HTTPS.
+        #[arg(long)]
+        gate_ca: Option<PathBuf>,
+        #[command(flatten)]
+        domains: DomainArgs,
         /// `sqlite://FILE` or `postgres://...`.
         #[arg(long, default_value = "sqlite://firebreak-remediator.db", env = "FIREBREAK_DATABASE_URL")]
         database_url: String,
@@ -123,6 +145,72 @@ pub enum Command {
     /// The whole loop on this machine, with no external service.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Benchmarks that print their figures beside a baseline measured in the same run.
+    #[cfg(feature = "demo")]
+    Bench {
+        #[command(subcommand)]
+        command: crate::bench::BenchCommand,
+    },
+}
+
+/// `firebreak gate …`.
+#[derive(Debug, Subcommand)]
+pub enum GateMode {
+    /// Serves the gate.
+    Serve {
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        listen: String,
+        /// TOML policy file; the built-in policy applies without it.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// `sqlite://FILE` (one replica) or `postgres://…` (several share it).
+        #[arg(long, default_value = "sqlite://firebreak-gate.db", env = "FIREBREAK_GATE_DATABASE_URL")]
+        database_url: String,
+        /// Tokens file (TOML, SHA-256 hashes); or the same TOML in FIREBREAK_GATE_TOKENS.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Kafka brokers to read cluster snapshots from (the health topic).
+        #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
+        kafka_brokers: Option<String>,
+        /// Extra librdkafka consumer property, `key=value` (repeatable).
+        #[arg(long = "kafka-consumer-option", value_parser = parse_kv)]
+        consumer_options: Vec<(String, String)>,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Validates a policy file and prints the effective policy (defaults filled in).
+    CheckPolicy {
+        /// The TOML policy file.
+        file: PathBuf,
+    },
+    #[command(flatten)]
+    Operate(crate::gate_cli::GateCommand),
+}
+
+/// `firebreak token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a random secret and prints it with its tokens-file entry (hash only).
+    New {
+        /// Who the token is for (recorded as the holder of what it does).
+        #[arg(long)]
+        name: String,
+        /// viewer, requester, operator or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: firebreak_schema::Role,
+    },
+    /// Reads a secret from standard input and prints its SHA-256, as a tokens file holds it.
+    Hash,
+}
+
+fn parse_role(s: &str) -> Result<firebreak_schema::Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("`{s}` is not a role (viewer, requester, operator, admin)"))
 }
 
 /// Runs a command until Ctrl-C.
@@ -136,7 +224,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { on, agent_silent_after } => {
+        Command::Detector { on, agent_silent_after, snapshot_every, domains } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
@@ -146,6 +234,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 cluster: on.cluster,
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
+                snapshot_every,
+                failure_domains: domains.failure_domains,
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
@@ -158,22 +248,68 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             Ok(firebreak_event_center::run(cfg, listener, cancel).await?)
         }
-        Command::Gate { listen, policy } => {
-            let policy = match policy {
-                Some(p) => firebreak_rate_limiter::Policy::load(&p)?,
-                None => firebreak_rate_limiter::Policy::default(),
-            };
-            let listener = bind(&listen).await?;
-            let gate = Arc::new(firebreak_rate_limiter::Gate::new(policy));
-            Ok(firebreak_rate_limiter::serve(listener, gate, cancel.cancelled_owned()).await?)
+        Command::Gate { command: GateMode::CheckPolicy { file } } => {
+            let policy = firebreak_rate_limiter::Policy::load(&file)?;
+            print!("{}", policy.to_toml());
+            Ok(())
         }
-        Command::Remediator { on, gate_url, database_url, quiet_period } => {
+        Command::Gate { command: GateMode::Operate(cmd) } => crate::gate_cli::run(cmd).await,
+        Command::Gate {
+            command:
+                GateMode::Serve { listen, policy, database_url, tokens, kafka_brokers, consumer_options, tls_cert, tls_key },
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(firebreak_plumbing::serve::Tls::load(&cert, &key)?),
+                _ => None,
+            };
+            let (policy, policy_path) = match policy {
+                Some(p) => (firebreak_rate_limiter::Policy::load(&p)?, Some(p)),
+                None => (firebreak_rate_limiter::Policy::default(), None),
+            };
+            let tokens = match (tokens, std::env::var("FIREBREAK_GATE_TOKENS")) {
+                (Some(path), _) => firebreak_plumbing::auth::Tokens::load(&path)?,
+                (None, Ok(text)) => firebreak_plumbing::auth::Tokens::parse(&text)?,
+                (None, Err(_)) => {
+                    return Err(crate::Error::Usage(
+                        "the gate needs tokens: --tokens FILE or FIREBREAK_GATE_TOKENS (make them with `firebreak token new`)"
+                            .into(),
+                    ));
+                }
+            };
+            let kafka = kafka_brokers.map(|brokers| KafkaConfig { brokers, consumer_options });
+            let listener = bind(&listen).await?;
+            let cfg = firebreak_rate_limiter::Config { database_url, policy, policy_path, tokens, kafka, tls };
+            Ok(firebreak_rate_limiter::run(cfg, listener, cancel).await?)
+        }
+        Command::Token { command: TokenCommand::New { name, role } } => {
+            let secret = firebreak_plumbing::auth::new_secret();
+            println!("# secret for `{name}` (give it to the client; it is not stored anywhere):\n# {secret}");
+            print!("{}", firebreak_plumbing::auth::entry(&name, role, &secret));
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Hash } => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .map_err(|source| crate::Error::Io { what: "read the secret from standard input".into(), source })?;
+            println!("{}", firebreak_plumbing::auth::hash(secret.trim_end_matches(['\r', '\n'])));
+            Ok(())
+        }
+        Command::Remediator { on, gate_url, gate_token, gate_ca, domains, database_url, quiet_period } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
             metrics_server(on.metrics_listen, registry, &cancel).await?;
-            let mut cfg = firebreak_remediator::Config::new(&on.cluster, on.kafka.config(), &gate_url, &database_url);
+            let mut cfg = firebreak_remediator::Config::new(
+                &on.cluster,
+                on.kafka.config(),
+                &gate_url,
+                &gate_token,
+                &database_url,
+            );
             cfg.quiet_period = quiet_period;
+            cfg.failure_domains = domains.failure_domains;
+            cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
         #[cfg(feature = "demo")]
@@ -197,7 +333,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, cancel).await,
+        #[cfg(feature = "demo")]
+        Command::Bench { command } => crate::bench::run(command).await,
     }
+}
+
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| crate::Error::Io { what: format!("read {}", path.display()), source })
 }
 
 /// Starts the metrics server when an address was given.

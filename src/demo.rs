@@ -7,9 +7,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use firebreak_agent::{NodeAgent, rules};
 use firebreak_fleet_sim::{Fault, Fleet, FleetConfig, Timings};
-use firebreak_plumbing::kafka::{KafkaConfig, Producer};
-use firebreak_rate_limiter::{Gate, Policy};
-use firebreak_schema::{FAULT_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC};
+use firebreak_plumbing::{
+    auth::{self, Tokens},
+    kafka::{KafkaConfig, Producer},
+};
+use firebreak_rate_limiter::Policy;
+use firebreak_schema::{FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -67,6 +70,14 @@ pub struct StackOptions {
     pub event_center_db: Option<String>,
     /// Remediator database (shared by all clusters); one SQLite file per cluster when `None`.
     pub remediator_db: Option<String>,
+    /// Gate database; SQLite under the data directory when `None`.
+    pub gate_db: Option<String>,
+    /// How often detectors publish cluster snapshots.
+    pub snapshot_every: Duration,
+    /// How fast simulated time goes.
+    pub timings: Timings,
+    /// The token the remediators present; the stack's requester token when `None`.
+    pub remediator_token: Option<String>,
     /// Remediator quiet period after reboot.
     pub quiet_period: Duration,
     /// Remediator wait after a PodDisruptionBudget refusal.
@@ -88,10 +99,48 @@ impl StackOptions {
             policy: Policy::default(),
             event_center_db: None,
             remediator_db: None,
+            gate_db: None,
+            snapshot_every: Duration::from_secs(1),
+            timings: Timings::default(),
+            remediator_token: None,
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
         }
+    }
+}
+
+/// The secrets of the tokens the demo makes, one per role (the gate keeps only their hashes).
+#[derive(Debug, Clone)]
+pub struct DemoTokens {
+    /// Role viewer.
+    pub viewer: String,
+    /// Role requester: the remediators'.
+    pub requester: String,
+    /// Role operator.
+    pub operator: String,
+    /// Role admin.
+    pub admin: String,
+}
+
+impl DemoTokens {
+    fn new() -> Self {
+        Self {
+            viewer: auth::new_secret(),
+            requester: auth::new_secret(),
+            operator: auth::new_secret(),
+            admin: auth::new_secret(),
+        }
+    }
+
+    fn file(&self) -> String {
+        [
+            auth::entry("viewer", Role::Viewer, &self.viewer),
+            auth::entry("remediator", Role::Requester, &self.requester),
+            auth::entry("operator", Role::Operator, &self.operator),
+            auth::entry("admin", Role::Admin, &self.admin),
+        ]
+        .join("\n")
     }
 }
 
@@ -109,9 +158,13 @@ pub struct Stack {
     pub gate_url: String,
     /// `http://...` of the detectors' and remediators' metrics.
     pub metrics_url: String,
+    /// The tokens' secrets.
+    pub tokens: DemoTokens,
     gate_addr: SocketAddr,
+    gate_db: String,
     policy: Policy,
     gate: Option<(CancellationToken, JoinHandle<()>)>,
+    remediators: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     producer: Producer,
@@ -139,7 +192,7 @@ impl Stack {
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
-        for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3)] {
+        for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3)] {
             kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
         let kafka_config = KafkaConfig {
@@ -150,13 +203,17 @@ impl Stack {
             ],
         };
         let cancel = CancellationToken::new();
+        let remediators = cancel.child_token();
         let mut tasks = Vec::new();
+        let tokens = DemoTokens::new();
+        let gate_db =
+            opts.gate_db.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gate.db").display()));
 
         let fleet = Fleet::start(FleetConfig {
             data_dir: data_dir.clone(),
             clusters: opts.clusters,
             nodes_per_cluster: opts.nodes_per_cluster,
-            timings: Timings::default(),
+            timings: opts.timings,
         })
         .await?;
 
@@ -198,6 +255,8 @@ impl Stack {
                 kafka: kafka_config.clone(),
                 agent_silent_after: opts.heartbeat * 5,
                 new_node_grace: Duration::from_secs(60),
+                snapshot_every: opts.snapshot_every,
+                failure_domains: opts.policy.failure_domains.clone(),
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),
@@ -210,13 +269,15 @@ impl Stack {
                 cluster.name(),
                 kafka_config.clone(),
                 &format!("http://{gate_addr}"),
+                opts.remediator_token.as_deref().unwrap_or(&tokens.requester),
                 &db,
             );
+            rem.failure_domains = opts.policy.failure_domains.clone();
             rem.quiet_period = opts.quiet_period;
             rem.eviction_retry = opts.eviction_retry;
             tasks.push(spawn_logged(
                 format!("remediator/{}", cluster.name()),
-                firebreak_remediator::run(rem, client, remediator_metrics.clone(), cancel.clone()),
+                firebreak_remediator::run(rem, client, remediator_metrics.clone(), remediators.clone()),
             ));
             for node in cluster.node_names() {
                 let agent = NodeAgent {
@@ -238,26 +299,42 @@ impl Stack {
             event_center_url: format!("http://{ec_addr}"),
             gate_url: format!("http://{gate_addr}"),
             metrics_url,
+            tokens,
             gate_addr,
+            gate_db,
             policy: opts.policy,
             gate: None,
+            remediators,
             cancel,
             tasks,
             producer,
         };
-        stack.serve_gate(gate_listener);
+        stack.serve_gate(gate_listener)?;
         Ok(stack)
     }
 
-    fn serve_gate(&mut self, listener: tokio::net::TcpListener) {
+    fn serve_gate(&mut self, listener: tokio::net::TcpListener) -> Result<()> {
         let stop = CancellationToken::new();
-        let gate = Arc::new(Gate::new(self.policy.clone()));
-        let task =
-            spawn_logged("gate".into(), firebreak_rate_limiter::serve(listener, gate, stop.clone().cancelled_owned()));
+        let cfg = firebreak_rate_limiter::Config {
+            database_url: self.gate_db.clone(),
+            policy: self.policy.clone(),
+            policy_path: None,
+            tokens: Tokens::parse(&self.tokens.file())?,
+            kafka: Some(self.kafka_config.clone()),
+            tls: None,
+        };
+        let task = spawn_logged("gate".into(), firebreak_rate_limiter::run(cfg, listener, stop.clone()));
         self.gate = Some((stop, task));
+        Ok(())
     }
 
-    /// Stops the gate (its permits are forgotten, as with a crashed gate).
+    /// Stops every remediator at once, mid-step, as a crash would (their state is in their
+    /// databases; their permits are left to expire).
+    pub fn kill_remediators(&self) {
+        self.remediators.cancel();
+    }
+
+    /// Stops the gate, as a crash would (its state is in its database).
     pub async fn stop_gate(&mut self) {
         if let Some((stop, task)) = self.gate.take() {
             stop.cancel();
@@ -269,7 +346,7 @@ impl Stack {
     pub async fn start_gate(&mut self) -> Result<()> {
         if self.gate.is_none() {
             let listener = bind(&self.gate_addr.to_string()).await?;
-            self.serve_gate(listener);
+            self.serve_gate(listener)?;
         }
         Ok(())
     }
@@ -300,7 +377,13 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     println!("Firebreak demo running. Ctrl-C stops it.");
     println!("  event center (web UI): {}/", stack.event_center_url);
     println!("  events API:            {}/api/v1/events", stack.event_center_url);
-    println!("  gate decisions:        {}/api/v1/decisions", stack.gate_url);
+    println!("  gate:                  {} (every route but /healthz needs a token)", stack.gate_url);
+    println!("    operator token:      {}", stack.tokens.operator);
+    println!("    viewer token:        {}", stack.tokens.viewer);
+    println!(
+        "    try:                 FIREBREAK_GATE_TOKEN={} cargo run -- gate status --gate-url {}",
+        stack.tokens.operator, stack.gate_url
+    );
     println!(
         "  metrics:               {0}/metrics (detectors, remediators), {1}/metrics, {2}/metrics",
         stack.metrics_url, stack.event_center_url, stack.gate_url

@@ -8,9 +8,12 @@
 //! Feature `demo` (on by default) adds `demo` and `fleet-sim`: the simulated clusters and
 //! librdkafka's in-process mock broker. The service image is built without it.
 
+#[cfg(feature = "demo")]
+pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod gate_cli;
 
 use std::path::Path;
 
@@ -36,9 +39,9 @@ pub enum Error {
     #[cfg(feature = "demo")]
     #[error(transparent)]
     FleetSim(#[from] firebreak_fleet_sim::Error),
-    /// Kafka failed.
+    /// Kafka, tokens or another piece of shared plumbing failed.
     #[error(transparent)]
-    Kafka(#[from] firebreak_plumbing::Error),
+    Plumbing(#[from] firebreak_plumbing::Error),
     /// A kubeconfig could not be read or used.
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig {
@@ -58,6 +61,23 @@ pub enum Error {
     /// A flag has an invalid value.
     #[error("invalid argument: {0}")]
     Usage(String),
+    /// The gate refused or failed an operator command.
+    #[error("gate: {0}")]
+    GateApi(String),
+}
+
+/// Checks an `http://` or `https://` URL with a host (for `--gate-url`).
+pub fn parse_http_url(s: &str) -> std::result::Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host });
+    if name.is_empty() || name.contains(['@', ' ']) {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
 }
 
 /// Result alias for this crate.

@@ -229,7 +229,7 @@ async fn recurring_fault_escalates_to_a_human() {
     assert!(common::out_of_service(&n), "left cordoned for a human");
     assert_eq!(n.spec.unwrap().unschedulable, Some(true));
     let permits = wait_for("the permit released", Duration::from_secs(10), || async {
-        get_json(&format!("{}/api/v1/permits", stack.gate_url))
+        common::get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/permits", stack.gate_url))
             .await
             .filter(|p| p.as_array().is_some_and(Vec::is_empty))
     })

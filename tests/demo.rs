@@ -49,3 +49,56 @@ fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
     assert!(interrupted.elapsed() < Duration::from_secs(20), "stopped promptly");
     assert_eq!(rest.last().map(String::as_str), Some("stopping…"));
 }
+
+fn firebreak(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_firebreak")).args(args).output().unwrap()
+}
+
+#[test]
+fn check_policy_prints_the_effective_policy_or_names_the_line() {
+    let dir = std::env::temp_dir().join(format!("firebreak-policy-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[operations.cordon.cluster]\nmax_in_flight = 2\n").unwrap();
+    let out = firebreak(&["gate", "check-policy", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("permit_ttl = \"10m\""), "defaults filled in:\n{text}");
+    assert!(text.contains("max_in_flight = 2"), "{text}");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "permit_ttl = \"5m\"\n\n[operations.cordon.cluster]\nmax_in_flight_percent = 250\n").unwrap();
+    let out = firebreak(&["gate", "check-policy", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 4") && err.contains("250"), "{err}");
+}
+
+#[test]
+fn the_gate_refuses_to_start_without_tokens() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["gate", "serve", "--listen", "127.0.0.1:0"])
+        .env_remove("FIREBREAK_GATE_TOKENS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the gate needs tokens"), "{out:?}");
+    let out = firebreak(&["remediator", "--help"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--gate-token"));
+    let out = firebreak(&["gate", "status", "--gate-url", "http://", "--token", "x"]);
+    assert!(!out.status.success(), "a URL without a host is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no host"), "{out:?}");
+}
+
+/// The benchmark in its smoke size: it runs and prints its table (the figures are not judged).
+#[test]
+fn bench_gate_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "gate", "--requests", "200", "--concurrency", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["GET /healthz (bare)", "POST /api/v1/permits", "p99 ratio permit / bare"] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+}

@@ -115,6 +115,8 @@ async fn detector_reports_silent_agents() {
         kafka: cfg.clone(),
         agent_silent_after: Duration::from_secs(12),
         new_node_grace: Duration::from_secs(60),
+        snapshot_every: Duration::from_secs(10),
+        failure_domains: vec!["topology.kubernetes.io/zone".into()],
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));

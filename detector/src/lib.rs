@@ -1,9 +1,12 @@
 //! The detector: the cluster-side half of fault detection, one per cluster.
 //!
-//! It owns two detections. Node readiness: it watches Nodes through the Kubernetes API and
-//! publishes `NodeNotReady` when a node's Ready condition leaves True. Silent agents: it consumes
+//! It owns two detections and one measurement. Node readiness: it watches Nodes through the
+//! Kubernetes API and publishes `NodeNotReady` when a node's Ready condition leaves True. Silent agents: it consumes
 //! agent heartbeats and publishes `AgentSilent` for a node whose agent has not been heard from
-//! for [`Config::agent_silent_after`]. A fault observed on a node Firebreak itself has taken out
+//! for [`Config::agent_silent_after`]. Cluster snapshots: every [`Config::snapshot_every`] it
+//! publishes a [`ClusterSnapshot`] on the health topic — nodes and ready nodes, per failure
+//! domain, and every node that is NotReady or out of service by Firebreak — which the gate's
+//! storm rules read. A fault observed on a node Firebreak itself has taken out
 //! of service (it carries the `firebreak.io/unhealthy` taint) is published as a warning with
 //! evidence `caused_by_remediation=true`, so our own reboots never trigger new remediation.
 //! Event ids derive from what was observed, so a restarted detector republishes the same ids and
@@ -21,8 +24,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
 use firebreak_schema::{
-    FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat, Severity, Source, UNHEALTHY_TAINT_KEY,
-    deterministic_id,
+    ClusterSnapshot, FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, Heartbeat, Severity, Source,
+    UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -112,6 +115,10 @@ pub struct Config {
     /// A node first seen NotReady is reported only if it was created longer ago than this
     /// (new nodes are NotReady until their kubelet reports).
     pub new_node_grace: Duration,
+    /// How often a cluster snapshot is published.
+    pub snapshot_every: Duration,
+    /// Node labels that name failure domains, counted in the snapshot.
+    pub failure_domains: Vec<String>,
 }
 
 /// Runs both detections until `cancel`.
@@ -130,16 +137,77 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
     );
+    let snapshots = tokio::spawn(
+        publish_snapshots(cfg.clone(), producer.clone(), nodes_rx.clone(), cancel.clone()).instrument(span.clone()),
+    );
     heartbeats(cfg, consumer, producer, nodes_rx, metrics, cancel).instrument(span).await;
     let _ = watching.await;
+    let _ = snapshots.await;
     Ok(())
 }
 
-/// What the detector knows of a node: its last Ready status and when it was created.
+/// What the detector knows of a node: its last Ready status, when it was created, whether
+/// Firebreak took it out of service, and its failure domains.
 #[derive(Debug, Clone)]
 struct Seen {
     ready: String,
     created: DateTime<Utc>,
+    out_of_service: bool,
+    domains: BTreeMap<String, String>,
+}
+
+/// The snapshot of the nodes seen.
+fn snapshot(cfg: &Config, nodes: &BTreeMap<String, Seen>, at: DateTime<Utc>) -> ClusterSnapshot {
+    let mut domains: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+    let mut unhealthy = Vec::new();
+    for (name, n) in nodes {
+        for (k, v) in &n.domains {
+            *domains.entry(k.clone()).or_default().entry(v.clone()).or_default() += 1;
+        }
+        let ready = n.ready == "True";
+        if !ready || n.out_of_service {
+            unhealthy.push(UnhealthyNode {
+                name: name.clone(),
+                ready,
+                out_of_service: n.out_of_service,
+                domains: n.domains.clone(),
+            });
+        }
+    }
+    ClusterSnapshot {
+        cluster: cfg.cluster.clone(),
+        at,
+        nodes: nodes.len() as u32,
+        ready: nodes.values().filter(|n| n.ready == "True").count() as u32,
+        unhealthy,
+        domains,
+    }
+}
+
+/// Publishes a snapshot every `snapshot_every`, once the node watch has seen the cluster.
+async fn publish_snapshots(
+    cfg: Config,
+    producer: Producer,
+    mut nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
+    cancel: CancellationToken,
+) {
+    // Nothing is known before the first node is seen.
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        r = nodes.wait_for(|n| !n.is_empty()) => if r.is_err() { return },
+    }
+    let mut tick = tokio::time::interval(cfg.snapshot_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = snapshot(&cfg, &nodes.borrow(), Utc::now());
+        if let Err(error) = producer.publish_nowait(HEALTH_TOPIC, &s) {
+            tracing::warn!(%error, "cluster snapshot not queued");
+        }
+    }
 }
 
 fn ready_condition(node: &Node) -> Option<(String, String, String, Option<DateTime<Utc>>)> {
@@ -191,9 +259,17 @@ async fn watch_nodes(
             .as_ref()
             .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
             .unwrap_or(DateTime::UNIX_EPOCH);
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let domains =
+            cfg.failure_domains.iter().filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone()))).collect();
+        let seen = Seen { ready: status.clone(), created, out_of_service: under_remediation(&node), domains };
         let mut previous = None;
-        nodes_tx.send_modify(|m| {
-            previous = m.insert(name.clone(), Seen { ready: status.clone(), created }).map(|s| s.ready)
+        nodes_tx.send_if_modified(|m| {
+            let changed = m.get(&name).is_none_or(|s| {
+                s.ready != seen.ready || s.out_of_service != seen.out_of_service || s.domains != seen.domains
+            });
+            previous = m.insert(name.clone(), seen).map(|s| s.ready);
+            changed
         });
         metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
         if status == "True" || previous.as_deref() == Some(status.as_str()) {

@@ -2,6 +2,11 @@
 //! (created if missing, one connection: SQLite has one writer) or `postgres://`, through sqlx's
 //! `Any` driver; then the service's embedded migrations. Services may share one database, each
 //! with its own migrations, so a migration another service applied is not an error.
+//!
+//! SQLite runs in WAL mode with `synchronous=NORMAL`: a commit survives a crash of the process
+//! (what the services' invariants need: offsets after the write, state before the side effect)
+//! without an fsync per transaction; a power loss may take the last commits back. Deployments
+//! that must survive that use PostgreSQL.
 
 use sqlx::{AnyPool, any::AnyPoolOptions, migrate::Migrator};
 
@@ -17,7 +22,18 @@ pub async fn open(url: &str, mut migrator: Migrator, max_connections: u32) -> Re
         url.to_owned()
     };
     let max = if sqlite { 1 } else { max_connections };
-    let pool = AnyPoolOptions::new().max_connections(max).connect(&url).await.map_err(Error::Database)?;
+    let mut options = AnyPoolOptions::new().max_connections(max);
+    if sqlite {
+        options = options.after_connect(|conn, _| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000")
+                    .await?;
+                Ok(())
+            })
+        });
+    }
+    let pool = options.connect(&url).await.map_err(Error::Database)?;
     migrator.set_ignore_missing(true);
     migrator.run(&pool).await.map_err(Error::Migrate)?;
     Ok(pool)

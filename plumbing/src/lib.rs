@@ -5,16 +5,22 @@
 //!   with the reason logged on every retry;
 //! - `kafka` (feature `kafka`): how producers and consumers are configured with `rdkafka`, how an
 //!   event is published until the brokers have it, and how a record is decoded;
-//! - `db` (feature `db`): how a service opens and migrates its database with `sqlx`.
+//! - `db` (feature `db`): how a service opens and migrates its database with `sqlx`;
+//! - `auth` (feature `http`): bearer tokens with roles for every HTTP API, as an axum middleware;
+//! - `serve` (feature `http`): serving an axum app over HTTP or HTTPS (rustls).
 //!
 //! Services may depend on this crate as they depend on `schema`; it depends on no service. The
 //! agent uses only `retry` and `kafka`, so it stays without SQL.
 
+#[cfg(feature = "http")]
+pub mod auth;
 #[cfg(feature = "db")]
 pub mod db;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod retry;
+#[cfg(feature = "http")]
+pub mod serve;
 
 /// Everything that can go wrong in the shared plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +40,12 @@ pub enum Error {
     #[cfg(feature = "db")]
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// A tokens file is invalid.
+    #[error("tokens: {0}")]
+    Tokens(String),
+    /// A TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Result alias for this crate.

@@ -1,88 +1,130 @@
-//! The decision logic: concurrency per operation and cluster, GCRA rate via `governor`, permit
-//! TTLs, and the decision log.
+//! The gate as a service: requests are validated, then queued to one decider task per replica
+//! that decides them in batches, each batch in one locked transaction (see `store`), so a
+//! burst of requests costs one transaction, not one each. A sweeper marks permits whose holders
+//! stopped renewing them as expired (abandoned) and trims the logs. Snapshots of the clusters
+//! arrive from the health topic.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
-    num::NonZeroU32,
-    sync::Mutex,
-    time::{Duration, Instant},
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use chrono::{DateTime, TimeDelta, Utc};
-use firebreak_schema::{Operation, PermitRequest, PermitResponse};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
-use serde::Serialize;
+use firebreak_plumbing::auth::Caller;
+use firebreak_schema::{
+    BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, Role, Scope,
+    names,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{Error, Policy, Result, metrics::Metrics};
+use crate::{
+    Error, Policy, Result,
+    decide::Outcome,
+    metrics::Metrics,
+    store::{Change, Decision, Store},
+};
 
-/// A permit in flight.
-#[derive(Debug, Clone, Serialize)]
-pub struct Permit {
-    /// Permit id.
-    pub id: Uuid,
+/// Most requests decided in one transaction.
+const BATCH: usize = 256;
+
+struct Job {
+    req: PermitRequest,
+    holder: String,
+    reply: oneshot::Sender<Result<PermitResponse>>,
+}
+
+/// Permits of an operation held in a scope, against its limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InFlight {
     /// Operation.
     pub operation: Operation,
+    /// Scope.
+    pub scope: String,
+    /// Permits held.
+    pub held: u32,
+    /// The absolute limit, if the policy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A cluster's latest snapshot, summarised.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotSummary {
     /// Cluster.
     pub cluster: String,
-    /// Node, if any.
-    pub node: Option<String>,
-    /// Who holds it.
-    pub requester: String,
-    /// When it was granted.
-    pub granted_at: DateTime<Utc>,
-    /// When it lapses.
-    pub expires_at: DateTime<Utc>,
-    #[serde(skip)]
-    deadline: Instant,
-}
-
-/// One decision, as kept in the decision log.
-#[derive(Debug, Clone, Serialize)]
-pub struct Decision {
-    /// When it was made.
+    /// When it was taken.
     pub at: DateTime<Utc>,
-    /// What was asked.
-    pub request: PermitRequest,
-    /// What was answered.
-    pub response: PermitResponse,
+    /// Its age in seconds.
+    pub age_s: i64,
+    /// Whether it is recent enough to be data.
+    pub fresh: bool,
+    /// Nodes.
+    pub nodes: u32,
+    /// Ready nodes.
+    pub ready: u32,
+    /// Unhealthy nodes.
+    pub unhealthy: u32,
 }
 
-struct Inner {
-    permits: BTreeMap<Uuid, Permit>,
-    granted: HashMap<(Operation, String), VecDeque<Instant>>,
-    log: VecDeque<Decision>,
+/// `GET /api/v1/status`: budgets in use, halts, breakers and the data the rules read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GateStatus {
+    /// How long a permit lives unless renewed, in seconds.
+    pub permit_ttl_s: u64,
+    /// The operations the policy allows.
+    pub operations: Vec<Operation>,
+    /// Permits held per operation and scope.
+    pub in_flight: Vec<InFlight>,
+    /// Halts in force.
+    pub halts: Vec<Halt>,
+    /// Open breakers.
+    pub breakers: Vec<BreakerTrip>,
+    /// The clusters' snapshots.
+    pub snapshots: Vec<SnapshotSummary>,
 }
 
-/// The gate's state, shared by its HTTP handlers.
+/// The gate's state and its workers.
 pub struct Gate {
-    policy: Policy,
-    rates: BTreeMap<Operation, DefaultKeyedRateLimiter<String>>,
-    inner: Mutex<Inner>,
+    policy: RwLock<Arc<Policy>>,
+    policy_path: Option<PathBuf>,
+    store: Store,
+    jobs: mpsc::Sender<Job>,
+    snapshots: RwLock<Arc<HashMap<String, ClusterSnapshot>>>,
     metrics: Metrics,
 }
 
-const LOG_LEN: usize = 1000;
-
 impl Gate {
-    /// A gate enforcing `policy`.
-    pub fn new(policy: Policy) -> Self {
-        let one = NonZeroU32::MIN;
-        let rates = policy
-            .operations
-            .iter()
-            .map(|(op, l)| {
-                let per_min = NonZeroU32::new(l.rate_per_minute).unwrap_or(one);
-                let burst = NonZeroU32::new(l.burst).unwrap_or(one);
-                (*op, RateLimiter::keyed(Quota::per_minute(per_min).allow_burst(burst)))
-            })
-            .collect();
-        Gate {
-            policy,
-            rates,
-            inner: Mutex::new(Inner { permits: BTreeMap::new(), granted: HashMap::new(), log: VecDeque::new() }),
+    /// Opens the database and starts the decider and the sweeper; they stop with `cancel`.
+    pub async fn open(
+        database_url: &str,
+        policy: Policy,
+        policy_path: Option<PathBuf>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>> {
+        let store = Store::open(database_url).await?;
+        let snapshots = store.snapshots().await?;
+        let (jobs, rx) = mpsc::channel(4096);
+        let gate = Arc::new(Gate {
+            policy: RwLock::new(Arc::new(policy)),
+            policy_path,
+            store,
+            jobs,
+            snapshots: RwLock::new(Arc::new(snapshots)),
             metrics: Metrics::new(),
-        }
+        });
+        tokio::spawn(gate.clone().decider(rx, cancel.clone()));
+        tokio::spawn(gate.clone().sweeper(cancel));
+        Ok(gate)
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The registry of the gate's metrics.
@@ -90,246 +132,301 @@ impl Gate {
         &self.metrics.registry
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// Reads the policy file again; the old policy stays if the new one is invalid.
+    pub fn reload_policy(&self) -> Result<Arc<Policy>> {
+        let path = self.policy_path.as_ref().ok_or_else(|| {
+            Error::BadRequest("the gate runs on its built-in policy; there is no file to reload".into())
+        })?;
+        let policy = Arc::new(Policy::load(path)?);
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy.clone();
+        tracing::info!(path = %path.display(), "policy reloaded");
+        Ok(policy)
     }
 
-    /// Decides on a request.
-    pub fn request(&self, req: &PermitRequest) -> Result<PermitResponse> {
-        if req.cluster.is_empty() || req.requester.is_empty() {
-            return Err(Error::BadRequest("cluster and requester are required".into()));
-        }
-        let now = Instant::now();
-        let mut inner = self.lock();
-        self.expire(&mut inner, now);
-        let op = req.operation;
-        let (resp, outcome) = self.decide(&mut inner, req, now);
-        tracing::info!(operation = %op, cluster = %req.cluster, node = req.node.as_deref().unwrap_or(""),
-            requester = %req.requester, granted = resp.granted, reason = %resp.reason, "permit decision");
-        self.metrics.decision(op, outcome);
-        if inner.log.len() == LOG_LEN {
-            inner.log.pop_front();
-        }
-        inner.log.push_back(Decision { at: Utc::now(), request: req.clone(), response: resp.clone() });
-        self.update_gauges(&inner);
-        Ok(resp)
+    /// Decides on a request made with `caller`'s token.
+    pub async fn request(&self, mut req: PermitRequest, caller: &Caller) -> Result<PermitResponse> {
+        let policy = self.policy();
+        // Only the labels the policy names are failure domains; others are not the gate's business.
+        req.domains.retain(|k, _| policy.failure_domains.contains(k));
+        validate(&policy, &req)?;
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { req, holder: caller.name.clone(), reply })
+            .await
+            .map_err(|_| Error::Unavailable("the gate is shutting down".into()))?;
+        answer.await.map_err(|_| Error::Unavailable("the gate is shutting down".into()))?
     }
 
-    fn decide(&self, inner: &mut Inner, req: &PermitRequest, now: Instant) -> (PermitResponse, &'static str) {
-        let op = req.operation;
-        let deny = |reason: String, limit: &str, measured: f64, threshold: f64, retry: u64| PermitResponse {
-            granted: false,
-            permit_id: None,
-            reason,
-            limit: Some(limit.into()),
-            measured: Some(measured),
-            threshold: Some(threshold),
-            retry_after_s: Some(retry.max(1)),
-            expires_at: None,
-        };
-        let (Some(limits), Some(rate)) = (self.policy.operations.get(&op), self.rates.get(&op)) else {
-            return (
-                deny(format!("operation {op} is not allowed by the policy"), "policy", 0.0, 0.0, 60),
-                "denied_policy",
-            );
-        };
-        if let Some(p) = inner.permits.values().find(|p| {
-            p.operation == op && p.cluster == req.cluster && p.node == req.node && p.requester == req.requester
-        }) {
-            return (grant(p, format!("permit {} already held by {}", p.id, p.requester)), "granted");
-        }
-        let in_flight = inner.permits.values().filter(|p| p.operation == op && p.cluster == req.cluster).count();
-        let cap = limits.max_concurrent_per_cluster as usize;
-        if in_flight >= cap {
-            let soonest = inner
-                .permits
-                .values()
-                .filter(|p| p.operation == op && p.cluster == req.cluster)
-                .map(|p| p.deadline.saturating_duration_since(now).as_secs())
-                .min()
-                .unwrap_or(5);
-            return (
-                deny(
-                    format!(
-                        "concurrency limit: {in_flight} {op} permits in flight in cluster {} (limit {cap})",
-                        req.cluster
-                    ),
-                    "concurrency",
-                    in_flight as f64,
-                    cap as f64,
-                    soonest.clamp(1, 5),
-                ),
-                "denied_concurrency",
-            );
-        }
-        let window = inner.granted.entry((op, req.cluster.clone())).or_default();
-        while window.front().is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60)) {
-            window.pop_front();
-        }
-        if let Err(not_until) = rate.check_key(&req.cluster) {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
-            return (
-                deny(
-                    format!(
-                        "rate limit: {} {op} permits granted in cluster {} in the last minute (limit {}/min, burst {}); next in {:.1}s",
-                        window.len(),
-                        req.cluster,
-                        limits.rate_per_minute,
-                        limits.burst,
-                        wait.as_secs_f64()
-                    ),
-                    "rate",
-                    window.len() as f64,
-                    f64::from(limits.rate_per_minute),
-                    wait.as_secs_f64().ceil() as u64,
-                ),
-                "denied_rate",
-            );
-        }
-        window.push_back(now);
-        let ttl = self.policy.permit_ttl;
-        let permit = Permit {
-            id: Uuid::now_v7(),
-            operation: op,
-            cluster: req.cluster.clone(),
-            node: req.node.clone(),
-            requester: req.requester.clone(),
-            granted_at: Utc::now(),
-            expires_at: Utc::now() + TimeDelta::from_std(ttl).unwrap_or_default(),
-            deadline: now + ttl,
-        };
-        let reason = format!(
-            "granted: {} of {cap} {op} permits in flight in cluster {} after this one; {} granted in the last minute (limit {}/min)",
-            in_flight + 1,
-            req.cluster,
-            window.len(),
-            limits.rate_per_minute
-        );
-        let resp = grant(&permit, reason);
-        inner.permits.insert(permit.id, permit);
-        (resp, "granted")
-    }
-
-    /// Releases a permit; `false` if it was not held (released before, expired, unknown).
-    pub fn release(&self, id: Uuid) -> bool {
-        let mut inner = self.lock();
-        let removed = inner.permits.remove(&id);
-        if let Some(p) = &removed {
-            tracing::info!(permit_id = %id, operation = %p.operation, cluster = %p.cluster, "permit released");
-        }
-        self.update_gauges(&inner);
-        removed.is_some()
-    }
-
-    /// Permits in flight.
-    pub fn permits(&self) -> Vec<Permit> {
-        let mut inner = self.lock();
-        self.expire(&mut inner, Instant::now());
-        inner.permits.values().cloned().collect()
-    }
-
-    /// The most recent decisions, newest last.
-    pub fn decisions(&self) -> Vec<Decision> {
-        self.lock().log.iter().cloned().collect()
-    }
-
-    fn expire(&self, inner: &mut Inner, now: Instant) {
-        inner.permits.retain(|id, p| {
-            let live = p.deadline > now;
-            if !live {
-                tracing::warn!(permit_id = %id, operation = %p.operation, cluster = %p.cluster, requester = %p.requester, "permit expired unreleased");
+    async fn decider(self: Arc<Self>, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                j = rx.recv() => match j { Some(j) => j, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
             }
-            live
-        });
-    }
-
-    fn update_gauges(&self, inner: &Inner) {
-        for op in Operation::ALL {
-            let n = inner.permits.values().filter(|p| p.operation == op).count();
-            self.metrics.active(op, n);
-        }
-    }
-}
-
-fn grant(p: &Permit, reason: String) -> PermitResponse {
-    PermitResponse {
-        granted: true,
-        permit_id: Some(p.id),
-        reason,
-        limit: None,
-        measured: None,
-        threshold: None,
-        retry_after_s: None,
-        expires_at: Some(p.expires_at),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Limits;
-
-    fn req(cluster: &str, node: &str, who: &str) -> PermitRequest {
-        PermitRequest {
-            operation: Operation::Cordon,
-            cluster: cluster.into(),
-            node: Some(node.into()),
-            requester: who.into(),
+            let policy = self.policy();
+            let snapshots = self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let jobs: Vec<(PermitRequest, String)> = batch.iter().map(|j| (j.req.clone(), j.holder.clone())).collect();
+            match self.store.decide_batch(&policy, &jobs, &snapshots, Utc::now()).await {
+                Ok((outcomes, abandoned)) => {
+                    self.abandoned(&abandoned);
+                    for (job, outcome) in batch.into_iter().zip(outcomes) {
+                        self.record(&job, &outcome);
+                        let _ = job.reply.send(Ok(outcome.response()));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, requests = batch.len(), "deciding a batch failed; every request in it is refused");
+                    for job in batch {
+                        let _ = job.reply.send(Err(Error::Unavailable(format!("the gate's store failed: {error}"))));
+                    }
+                }
+            }
         }
     }
 
-    fn gate(rate: u32, burst: u32, cap: u32, ttl: Duration) -> Gate {
-        Gate::new(Policy {
-            permit_ttl: ttl,
-            operations: BTreeMap::from([(
-                Operation::Cordon,
-                Limits { rate_per_minute: rate, burst, max_concurrent_per_cluster: cap },
-            )]),
+    fn record(&self, job: &Job, outcome: &Outcome) {
+        let req = &job.req;
+        let r = outcome.response();
+        tracing::info!(operation = %req.operation, cluster = %req.cluster, node = req.node.as_deref().unwrap_or(""),
+            requester = %req.requester, holder = %job.holder, granted = r.granted, rule = r.limit.as_deref().unwrap_or(""),
+            reason = %r.reason, "permit decision");
+        self.metrics.decision(req.operation, outcome.label());
+        match outcome {
+            Outcome::Granted(..) => self.metrics.permit_delta(req.operation, 1),
+            Outcome::Denied(_, Some(trip)) => {
+                tracing::warn!(operation = %trip.operation, scope = %trip.scope, reason = %trip.reason, "breaker tripped");
+                self.metrics.trip(trip.operation);
+            }
+            _ => {}
+        }
+    }
+
+    fn abandoned(&self, permits: &[Permit]) {
+        for p in permits {
+            tracing::warn!(permit_id = %p.id, operation = %p.operation, cluster = %p.cluster,
+                node = p.node.as_deref().unwrap_or(""), requester = %p.requester, holder = %p.holder,
+                "permit expired: its holder stopped renewing it (abandoned)");
+            self.metrics.abandoned(p.operation);
+        }
+    }
+
+    async fn sweeper(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Utc::now();
+            match self.store.sweep(&self.policy(), now).await {
+                Ok(abandoned) => self.abandoned(&abandoned),
+                Err(error) => tracing::warn!(%error, "sweep failed"),
+            }
+            match self.store.active_permits(now).await {
+                Ok(active) => self.metrics.set_active(&active),
+                Err(error) => tracing::warn!(%error, "counting permits failed"),
+            }
+        }
+    }
+
+    /// Extends a permit by the policy's TTL: its holder may, an operator may for anyone.
+    pub async fn renew(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
+        let ttl = TimeDelta::from_std(self.policy().permit_ttl).unwrap_or(TimeDelta::minutes(10));
+        let any = caller.role >= Role::Operator;
+        settle(id, caller, self.store.renew(id, &caller.name, any, ttl, Utc::now()).await?)
+    }
+
+    /// Gives a permit back: its holder may, an operator may for anyone.
+    pub async fn release(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
+        let any = caller.role >= Role::Operator;
+        let p = settle(id, caller, self.store.release(id, &caller.name, any, Utc::now()).await?)?;
+        tracing::info!(permit_id = %id, operation = %p.operation, cluster = %p.cluster, by = %caller.name, "permit released");
+        self.metrics.permit_delta(p.operation, -1);
+        Ok(p)
+    }
+
+    /// Active permits.
+    pub async fn permits(&self) -> Result<Vec<Permit>> {
+        self.store.active_permits(Utc::now()).await
+    }
+
+    /// The newest decisions, at most `limit` (1–1000).
+    pub async fn decisions(&self, limit: i64) -> Result<Vec<Decision>> {
+        if !(1..=1000).contains(&limit) {
+            return Err(Error::BadRequest(format!("limit {limit} is not between 1 and 1000")));
+        }
+        self.store.decisions(limit).await
+    }
+
+    /// Halts operations in a scope.
+    pub async fn halt(&self, req: &HaltRequest, caller: &Caller) -> Result<Halt> {
+        validate_scope(&req.scope)?;
+        if req.reason.trim().is_empty() || !names::is_plain_text(&req.reason, 1024) {
+            return Err(Error::BadRequest("a halt needs a reason: plain text, at most 1024 bytes".into()));
+        }
+        let h = self.store.halt(req, &caller.name, Utc::now()).await?;
+        tracing::warn!(halt_id = %h.id, scope = %h.scope, by = %h.by, reason = %h.reason, "halted");
+        Ok(h)
+    }
+
+    /// Lifts a halt.
+    pub async fn resume(&self, id: Uuid, caller: &Caller) -> Result<Halt> {
+        let h = self
+            .store
+            .resume(id, &caller.name, Utc::now())
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no halt {id} in force")))?;
+        tracing::warn!(halt_id = %h.id, scope = %h.scope, by = %caller.name, "resumed");
+        Ok(h)
+    }
+
+    /// Halts in force.
+    pub async fn halts(&self) -> Result<Vec<Halt>> {
+        self.store.halts().await
+    }
+
+    /// Closes an operation's open breakers in a scope.
+    pub async fn reset_breaker(&self, op: Operation, scope: &Scope, caller: &Caller) -> Result<u64> {
+        let n = self.store.reset_breaker(op, scope, &caller.name, Utc::now()).await?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("no open {op} breaker in {scope}")));
+        }
+        tracing::warn!(operation = %op, %scope, by = %caller.name, "breaker reset");
+        Ok(n)
+    }
+
+    /// Takes in a cluster snapshot from the health topic (newer ones win).
+    pub async fn observe(&self, snapshot: ClusterSnapshot) -> Result<()> {
+        {
+            let mut map = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
+            if map.get(&snapshot.cluster).is_some_and(|s| s.at >= snapshot.at) {
+                return Ok(());
+            }
+            Arc::make_mut(&mut map).insert(snapshot.cluster.clone(), snapshot.clone());
+        }
+        self.store.put_snapshot(&snapshot).await
+    }
+
+    /// Budgets in use, halts, breakers and snapshots.
+    pub async fn status(&self) -> Result<GateStatus> {
+        let now = Utc::now();
+        let policy = self.policy();
+        let permits = self.store.active_permits(now).await?;
+        let mut held: std::collections::BTreeMap<(Operation, String), u32> = Default::default();
+        for p in &permits {
+            *held.entry((p.operation, "global".into())).or_default() += 1;
+            *held.entry((p.operation, Scope::cluster(&p.cluster).to_string())).or_default() += 1;
+            for (k, v) in &p.domains {
+                *held.entry((p.operation, Scope::domain(&p.cluster, k, v).to_string())).or_default() += 1;
+            }
+        }
+        let in_flight = held
+            .into_iter()
+            .map(|((operation, scope), held)| {
+                let o = policy.operations.get(&operation);
+                let limits = match scope.as_str() {
+                    "global" => o.and_then(|o| o.global.as_ref()),
+                    s if s.contains(',') => o.and_then(|o| o.domain.as_ref()),
+                    _ => o.and_then(|o| o.cluster.as_ref()),
+                };
+                InFlight { operation, scope, held, limit: limits.and_then(|l| l.max_in_flight) }
+            })
+            .collect();
+        let max_age = TimeDelta::from_std(policy.snapshot_max_age).unwrap_or(TimeDelta::MAX);
+        let snaps = self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut snapshots: Vec<SnapshotSummary> = snaps
+            .values()
+            .map(|s| SnapshotSummary {
+                cluster: s.cluster.clone(),
+                at: s.at,
+                age_s: (now - s.at).num_seconds(),
+                fresh: now - s.at <= max_age,
+                nodes: s.nodes,
+                ready: s.ready,
+                unhealthy: s.unhealthy.len() as u32,
+            })
+            .collect();
+        snapshots.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        Ok(GateStatus {
+            permit_ttl_s: policy.permit_ttl.as_secs(),
+            operations: policy.operations.keys().copied().collect(),
+            in_flight,
+            halts: self.store.halts().await?,
+            breakers: self.store.open_breakers(now).await?,
+            snapshots,
         })
     }
+}
 
-    #[test]
-    fn concurrency_cap_per_cluster_names_the_limit_and_value() {
-        let g = gate(600, 100, 1, Duration::from_secs(60));
-        let a = g.request(&req("c1", "n1", "w1")).unwrap();
-        assert!(a.granted);
-        let b = g.request(&req("c1", "n2", "w2")).unwrap();
-        assert!(!b.granted);
-        assert_eq!(b.limit.as_deref(), Some("concurrency"));
-        assert_eq!((b.measured, b.threshold), (Some(1.0), Some(1.0)));
-        assert!(b.reason.contains("1 cordon permits in flight in cluster c1 (limit 1)"), "{}", b.reason);
-        assert!(b.retry_after_s.is_some());
-        assert!(g.request(&req("c2", "n9", "w3")).unwrap().granted, "other clusters have their own budget");
-        // Asking again for the same thing returns the same permit.
-        assert_eq!(g.request(&req("c1", "n1", "w1")).unwrap().permit_id, a.permit_id);
-        assert!(g.release(a.permit_id.unwrap()));
-        assert!(!g.release(a.permit_id.unwrap()));
-        assert!(g.request(&req("c1", "n2", "w2")).unwrap().granted);
+fn settle(id: Uuid, caller: &Caller, change: Change) -> Result<Permit> {
+    match change {
+        Change::Done(p) => Ok(p),
+        Change::Unknown => Err(Error::NotFound(format!("no permit {id}"))),
+        Change::NotYours(holder) => Err(Error::Forbidden(format!(
+            "permit {id} is held by `{holder}`; `{}` may act only on its own permits (operators on any)",
+            caller.name
+        ))),
+        Change::Ended(p) => Err(Error::Gone(format!(
+            "permit {id} is {} since {}",
+            p.state.as_str(),
+            p.ended_at.map_or_else(|| p.expires_at.to_rfc3339(), |t| t.to_rfc3339())
+        ))),
     }
+}
 
-    #[test]
-    fn rate_limit_denies_with_measured_rate() {
-        let g = gate(2, 2, 100, Duration::from_secs(60));
-        assert!(g.request(&req("c1", "n1", "a")).unwrap().granted);
-        assert!(g.request(&req("c1", "n2", "b")).unwrap().granted);
-        let d = g.request(&req("c1", "n3", "c")).unwrap();
-        assert!(!d.granted);
-        assert_eq!(d.limit.as_deref(), Some("rate"));
-        assert_eq!((d.measured, d.threshold), (Some(2.0), Some(2.0)));
-        assert!(d.retry_after_s.unwrap() >= 1);
-        assert_eq!(g.decisions().len(), 3);
+fn validate_scope(scope: &Scope) -> Result<()> {
+    if let Some(c) = &scope.cluster
+        && !names::is_dns1123_subdomain(c)
+    {
+        return Err(Error::BadRequest(format!("cluster `{}` is not a DNS-1123 name", c.escape_debug())));
     }
+    if let Some((k, v)) = &scope.domain
+        && (!names::is_plain_text(k, 317) || k.is_empty() || !names::is_label_value(v))
+    {
+        return Err(Error::BadRequest(format!(
+            "failure domain `{}={}` is not a label",
+            k.escape_debug(),
+            v.escape_debug()
+        )));
+    }
+    Ok(())
+}
 
-    #[test]
-    fn permits_expire_after_ttl_and_unlisted_operations_are_denied() {
-        let g = gate(600, 100, 1, Duration::from_millis(50));
-        assert!(g.request(&req("c1", "n1", "a")).unwrap().granted);
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(g.permits().is_empty());
-        assert!(g.request(&req("c1", "n2", "b")).unwrap().granted);
-        let r = g.request(&PermitRequest { operation: Operation::Delete, ..req("c1", "n1", "a") }).unwrap();
-        assert!(!r.granted);
-        assert_eq!(r.limit.as_deref(), Some("policy"));
-        assert!(g.request(&req("", "n1", "a")).is_err());
+/// Checks a request's fields as Kubernetes would check the names in it.
+fn validate(policy: &Policy, req: &PermitRequest) -> Result<()> {
+    if !names::is_dns1123_subdomain(&req.cluster) {
+        return Err(Error::BadRequest(format!(
+            "cluster `{}` is not a DNS-1123 name (lowercase letters, digits, '-', '.'; at most 253)",
+            req.cluster.chars().take(64).collect::<String>().escape_debug()
+        )));
     }
+    match (&req.node, req.operation) {
+        (Some(n), _) if !names::is_dns1123_subdomain(n) => {
+            return Err(Error::BadRequest(format!(
+                "node `{}` is not a DNS-1123 name (lowercase letters, digits, '-', '.'; at most 253)",
+                n.chars().take(64).collect::<String>().escape_debug()
+            )));
+        }
+        (None, op) if op != Operation::CanaryBatch => {
+            return Err(Error::BadRequest(format!("{op} needs a node")));
+        }
+        _ => {}
+    }
+    if req.requester.is_empty() || !names::is_plain_text(&req.requester, 256) {
+        return Err(Error::BadRequest("requester: 1 to 256 bytes of plain text".into()));
+    }
+    for (k, v) in &req.domains {
+        if !names::is_label_value(v) {
+            return Err(Error::BadRequest(format!("`{k}={}`: not a label value", v.escape_debug())));
+        }
+    }
+    let _ = policy;
+    Ok(())
 }

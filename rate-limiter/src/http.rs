@@ -1,57 +1,185 @@
-//! The gate's HTTP API (axum): permits, decisions, health and metrics.
+//! The gate's HTTP API (axum). Every route but `/healthz` needs a bearer token: viewers read,
+//! requesters ask for, renew and release their own permits, operators release any permit, halt,
+//! resume and reset breakers, admins reload the policy. Errors are JSON `{"error": …}`; 5xx
+//! details go to the log, not to the caller.
 
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
-    extract::{Path, State},
+    Extension, Json, Router,
+    extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::StatusCode,
+    middleware,
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
-use firebreak_schema::PermitRequest;
+use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
+use firebreak_schema::{HaltRequest, Operation, PermitRequest, Role, Scope};
 use prometheus_client::encoding::text::encode;
+use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::{Decision, Error, Gate, Permit, Result};
+use crate::{Error, Gate};
 
-/// The gate's HTTP API.
-pub fn router(gate: Arc<Gate>) -> Router {
-    Router::new()
-        .route("/api/v1/permits", post(request_permit).get(list_permits))
-        .route("/api/v1/permits/{id}", delete(release_permit))
-        .route("/api/v1/decisions", get(list_decisions))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .with_state(gate)
-}
+/// Largest request body the gate reads.
+const BODY_LIMIT: usize = 16 * 1024;
 
-/// Serves the gate on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    gate: Arc<Gate>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
-    axum::serve(listener, router(gate)).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
-}
-
-async fn request_permit(State(gate): State<Arc<Gate>>, Json(req): Json<PermitRequest>) -> Response {
-    match gate.request(&req) {
-        Ok(resp) => Json(resp).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": e.to_string()}))).into_response(),
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Error::BadRequest(_) | Error::Policy(_) => StatusCode::BAD_REQUEST,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Gone(_) => StatusCode::GONE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "request failed");
+            "internal error; see the gate's log".to_owned()
+        } else {
+            self.to_string()
+        };
+        (code, Json(serde_json::json!({"error": message}))).into_response()
     }
 }
 
-async fn release_permit(State(gate): State<Arc<Gate>>, Path(id): Path<Uuid>) -> StatusCode {
-    if gate.release(id) { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+/// A JSON body whose rejections are JSON errors too.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => {
+                let code = match e {
+                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err((code, Json(serde_json::json!({"error": e.body_text()}))).into_response())
+            }
+        }
+    }
 }
 
-async fn list_permits(State(gate): State<Arc<Gate>>) -> Json<Vec<Permit>> {
-    Json(gate.permits())
+fn guarded(router: Router<Arc<Gate>>, tokens: &Arc<Tokens>, role: Role) -> Router<Arc<Gate>> {
+    router.route_layer(middleware::from_fn_with_state(Guard { tokens: tokens.clone(), role }, require))
 }
 
-async fn list_decisions(State(gate): State<Arc<Gate>>) -> Json<Vec<Decision>> {
-    Json(gate.decisions())
+/// The gate's HTTP API.
+pub fn router(gate: Arc<Gate>, tokens: Arc<Tokens>) -> Router {
+    let viewer = Router::new()
+        .route("/api/v1/permits", get(list_permits))
+        .route("/api/v1/decisions", get(list_decisions))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/halts", get(list_halts))
+        .route("/metrics", get(metrics));
+    let requester = Router::new()
+        .route("/api/v1/permits", post(request_permit))
+        .route("/api/v1/permits/{id}/renew", post(renew_permit))
+        .route("/api/v1/permits/{id}", delete(release_permit));
+    let operator = Router::new()
+        .route("/api/v1/halts", post(halt))
+        .route("/api/v1/halts/{id}/resume", post(resume))
+        .route("/api/v1/breakers/reset", post(reset_breaker));
+    let admin = Router::new().route("/api/v1/policy/reload", post(reload));
+    Router::new()
+        .merge(guarded(viewer, &tokens, Role::Viewer))
+        .merge(guarded(requester, &tokens, Role::Requester))
+        .merge(guarded(operator, &tokens, Role::Operator))
+        .merge(guarded(admin, &tokens, Role::Admin))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(gate)
+}
+
+async fn request_permit(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<PermitRequest>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.request(req, &caller).await?).into_response())
+}
+
+async fn renew_permit(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.renew(id, &caller).await?).into_response())
+}
+
+async fn release_permit(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.release(id, &caller).await?).into_response())
+}
+
+async fn list_permits(State(gate): State<Arc<Gate>>) -> Result<Response, Error> {
+    Ok(Json(gate.permits().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+async fn list_decisions(
+    State(gate): State<Arc<Gate>>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(q) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
+    Ok(Json(gate.decisions(q.limit.unwrap_or(100)).await?).into_response())
+}
+
+async fn status(State(gate): State<Arc<Gate>>) -> Result<Response, Error> {
+    Ok(Json(gate.status().await?).into_response())
+}
+
+async fn list_halts(State(gate): State<Arc<Gate>>) -> Result<Response, Error> {
+    Ok(Json(gate.halts().await?).into_response())
+}
+
+async fn halt(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<HaltRequest>,
+) -> Result<Response, Error> {
+    Ok((StatusCode::CREATED, Json(gate.halt(&req, &caller).await?)).into_response())
+}
+
+async fn resume(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.resume(id, &caller).await?).into_response())
+}
+
+/// `POST /api/v1/breakers/reset` body.
+#[derive(Deserialize)]
+struct ResetBreaker {
+    operation: Operation,
+    scope: Scope,
+}
+
+async fn reset_breaker(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<ResetBreaker>,
+) -> Result<Response, Error> {
+    let n = gate.reset_breaker(req.operation, &req.scope, &caller).await?;
+    Ok(Json(serde_json::json!({"reset": n})).into_response())
+}
+
+async fn reload(State(gate): State<Arc<Gate>>, Extension(caller): Extension<Caller>) -> Result<Response, Error> {
+    let policy = gate.reload_policy()?;
+    tracing::info!(by = %caller.name, "policy reloaded on request");
+    Ok(Json(serde_json::json!({"operations": policy.operations.keys().collect::<Vec<_>>()})).into_response())
 }
 
 async fn metrics(State(gate): State<Arc<Gate>>) -> Response {

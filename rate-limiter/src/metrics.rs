@@ -1,7 +1,7 @@
 //! The gate's metrics, registered under `firebreak_gate`; every label has a bounded set of values
-//! (operation names, fixed outcome names).
+//! (operation names, rule names).
 
-use firebreak_schema::Operation;
+use firebreak_schema::{Operation, Permit};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -19,28 +19,61 @@ struct OperationLabel {
     operation: &'static str,
 }
 
-/// Decisions by outcome and permits in flight, with their registry.
+/// Decisions by outcome, permits in flight, abandoned permits and breaker trips.
 pub(crate) struct Metrics {
     decisions: Family<DecisionLabels, Counter>,
     active: Family<OperationLabel, Gauge>,
+    abandoned: Family<OperationLabel, Counter>,
+    trips: Family<OperationLabel, Counter>,
     pub(crate) registry: Registry,
 }
 
 impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("firebreak_gate");
-        let decisions = Family::default();
-        let active = Family::default();
-        registry.register("decisions", "Permit decisions by operation and outcome", decisions.clone());
-        registry.register("permits_active", "Permits in flight by operation", active.clone());
-        Self { decisions, active, registry }
+        let m = Self {
+            decisions: Family::default(),
+            active: Family::default(),
+            abandoned: Family::default(),
+            trips: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "decisions",
+            "Permit decisions by operation and outcome (granted or the rule that denied)",
+            m.decisions.clone(),
+        );
+        registry.register("permits_active", "Permits in flight by operation", m.active.clone());
+        registry.register(
+            "permits_abandoned",
+            "Permits that expired because their holder stopped renewing them",
+            m.abandoned.clone(),
+        );
+        registry.register("breaker_trips", "Breaker trips by operation", m.trips.clone());
+        Self { registry, ..m }
     }
 
     pub(crate) fn decision(&self, operation: Operation, outcome: &'static str) {
         self.decisions.get_or_create(&DecisionLabels { operation: operation.as_str(), outcome }).inc();
     }
 
-    pub(crate) fn active(&self, operation: Operation, n: usize) {
-        self.active.get_or_create(&OperationLabel { operation: operation.as_str() }).set(n as i64);
+    pub(crate) fn permit_delta(&self, operation: Operation, delta: i64) {
+        self.active.get_or_create(&OperationLabel { operation: operation.as_str() }).inc_by(delta);
+    }
+
+    /// Sets the gauges from the permits in flight (the sweeper's periodic truth).
+    pub(crate) fn set_active(&self, active: &[Permit]) {
+        for op in Operation::ALL {
+            let n = active.iter().filter(|p| p.operation == op).count() as i64;
+            self.active.get_or_create(&OperationLabel { operation: op.as_str() }).set(n);
+        }
+    }
+
+    pub(crate) fn abandoned(&self, operation: Operation) {
+        self.abandoned.get_or_create(&OperationLabel { operation: operation.as_str() }).inc();
+    }
+
+    pub(crate) fn trip(&self, operation: Operation) {
+        self.trips.get_or_create(&OperationLabel { operation: operation.as_str() }).inc();
     }
 }

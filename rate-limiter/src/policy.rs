@@ -1,56 +1,302 @@
-//! The gate's policy: per operation, a rate (GCRA) and a cap on concurrent permits per cluster.
+//! The gate's policy (TOML). Every rule is checked while the file is read, so a mistake is an
+//! error naming the key and the line: rates and bursts of at least 1, percentages in (0, 100],
+//! durations, times of day, time zones, freeze ranges that end after they start.
+//!
+//! Per operation, limits per scope — `global`, `cluster` (each cluster), `domain` (each failure
+//! domain of each cluster, for every label in `failure_domains`) — plus a breaker, time windows
+//! and freezes. An operation the policy does not name is denied.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{collections::BTreeMap, num::NonZeroU32, path::Path, time::Duration};
 
+use chrono::{DateTime, NaiveTime, Utc, Weekday};
 use firebreak_schema::Operation;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Limits for one operation, applied per cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A percentage in (0, 100].
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Percent(f64);
+
+impl Percent {
+    /// The value, 0–100.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for Percent {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v > 0.0 && v <= 100.0 { Ok(Percent(v)) } else { Err(format!("{v} is not a percentage in (0, 100]")) }
+    }
+}
+
+impl From<Percent> for f64 {
+    fn from(p: Percent) -> f64 {
+        p.0
+    }
+}
+
+/// Limits of one operation in one kind of scope. Every limit is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Sustained permits per minute (GCRA).
-    pub rate_per_minute: u32,
-    /// Permits that may be granted at once before the rate applies.
-    pub burst: u32,
-    /// Permits of this operation held at once in one cluster.
-    pub max_concurrent_per_cluster: u32,
+    /// Sustained grants per minute (GCRA); needs `burst`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_minute: Option<NonZeroU32>,
+    /// Grants that may come at once before the rate applies (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<NonZeroU32>,
+    /// Permits of this operation held at once in the scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    /// Permits held at once, as a percentage of the scope's nodes (rounded down, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_percent: Option<Percent>,
+    /// Deny when the scope's unhealthy nodes — NotReady, out of service by Firebreak, or holding
+    /// a permit — would exceed this percentage of its nodes with this grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unhealthy_percent: Option<Percent>,
+}
+
+impl Limits {
+    /// Whether any limit needs the scope's node counts (a cluster snapshot).
+    pub fn needs_snapshot(&self) -> bool {
+        self.max_in_flight_percent.is_some() || self.max_unhealthy_percent.is_some()
+    }
+}
+
+/// The scope a breaker counts grants in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakerScope {
+    /// All clusters together.
+    Global,
+    /// Each cluster.
+    Cluster,
+    /// Each failure domain of each cluster.
+    Domain,
+}
+
+/// More than `max_grants` grants in `window` trip the breaker: the operation is denied in that
+/// scope until an operator resets it, or until `cooldown` has passed if the policy gives one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Breaker {
+    /// Grants allowed within the window.
+    pub max_grants: u32,
+    /// The sliding window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Where grants are counted (default: each cluster).
+    #[serde(default = "cluster_scope")]
+    pub scope: BreakerScope,
+    /// Closes by itself this long after tripping; without it the breaker latches.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
+}
+
+fn cluster_scope() -> BreakerScope {
+    BreakerScope::Cluster
+}
+
+/// A day of the week in a policy file: `mon` … `sun`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Day(pub Weekday);
+
+impl TryFrom<String> for Day {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse::<Weekday>().map(Day).map_err(|_| format!("`{s}` is not a day (mon, tue, wed, thu, fri, sat, sun)"))
+    }
+}
+
+impl From<Day> for String {
+    fn from(d: Day) -> String {
+        d.0.to_string().to_lowercase()
+    }
+}
+
+/// A time of day `HH:MM`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TimeOfDay(pub NaiveTime);
+
+impl TryFrom<String> for TimeOfDay {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        NaiveTime::parse_from_str(&s, "%H:%M").map(TimeOfDay).map_err(|_| format!("`{s}` is not a time of day HH:MM"))
+    }
+}
+
+impl From<TimeOfDay> for String {
+    fn from(t: TimeOfDay) -> String {
+        t.0.format("%H:%M").to_string()
+    }
+}
+
+/// A weekly window in which the operation may run: on `days`, from `from` to `to` (local time
+/// in `time_zone`; `to` before `from` runs past midnight).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Days the window opens on.
+    pub days: Vec<Day>,
+    /// Opens at.
+    pub from: TimeOfDay,
+    /// Closes at.
+    pub to: TimeOfDay,
+    /// IANA time zone (`Europe/Berlin`, `UTC`).
+    pub time_zone: chrono_tz::Tz,
+}
+
+impl Window {
+    /// Whether `at` falls in the window.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        use chrono::Datelike;
+        let local = at.with_timezone(&self.time_zone);
+        let (day, t) = (local.weekday(), local.time());
+        let opens_on = |d: Weekday| self.days.iter().any(|x| x.0 == d);
+        if self.from <= self.to {
+            opens_on(day) && self.from.0 <= t && t < self.to.0
+        } else {
+            (opens_on(day) && t >= self.from.0) || (opens_on(day.pred()) && t < self.to.0)
+        }
+    }
+}
+
+/// A period in which the operation must not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawFreeze", deny_unknown_fields)]
+pub struct Freeze {
+    /// Starts at.
+    pub from: DateTime<Utc>,
+    /// Ends at.
+    pub to: DateTime<Utc>,
+    /// Why, shown in denials.
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreeze {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    reason: String,
+}
+
+impl TryFrom<RawFreeze> for Freeze {
+    type Error = String;
+    fn try_from(r: RawFreeze) -> Result<Self, String> {
+        if r.to <= r.from {
+            return Err(format!("freeze ends ({}) before it starts ({})", r.to, r.from));
+        }
+        Ok(Freeze { from: r.from, to: r.to, reason: r.reason })
+    }
+}
+
+/// Everything the policy says about one operation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationPolicy {
+    /// Limits across the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global: Option<Limits>,
+    /// Limits per cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Limits>,
+    /// Limits per failure domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Limits>,
+    /// The breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<Breaker>,
+    /// When the operation may run; none: any time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// When it must not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freezes: Vec<Freeze>,
 }
 
 /// The whole policy, as read from a TOML file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
-    /// How long a permit lives unless released first.
-    #[serde(with = "serde_with_humantime", default = "default_ttl")]
+    /// How long a permit lives unless renewed (1 s to 24 h).
+    #[serde(with = "humantime_serde", default = "default_ttl")]
     pub permit_ttl: Duration,
-    /// Limits by operation; an operation without an entry is denied.
-    pub operations: BTreeMap<Operation, Limits>,
+    /// A cluster snapshot older than this is no data: rules that need one deny.
+    #[serde(with = "humantime_serde", default = "default_snapshot_age")]
+    pub snapshot_max_age: Duration,
+    /// The node labels that name failure domains (`topology.kubernetes.io/zone`, a rack label).
+    #[serde(default = "default_domains")]
+    pub failure_domains: Vec<String>,
+    /// Decisions kept in the log.
+    #[serde(default = "default_log_entries")]
+    pub decision_log_entries: u32,
+    /// Per operation; an operation without an entry is denied.
+    #[serde(default)]
+    pub operations: BTreeMap<Operation, OperationPolicy>,
 }
 
 fn default_ttl() -> Duration {
     Duration::from_secs(600)
 }
 
+fn default_snapshot_age() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_domains() -> Vec<String> {
+    vec!["topology.kubernetes.io/zone".into()]
+}
+
+fn default_log_entries() -> u32 {
+    10_000
+}
+
 impl Default for Policy {
-    /// The built-in policy: cautious for destructive operations.
+    /// The built-in policy: cautious for destructive operations. Per cluster: at most 3 nodes
+    /// cordoned by Firebreak at once and never past 30 % of the cluster unhealthy; a breaker
+    /// that latches after 10 cordons in 10 minutes.
     fn default() -> Self {
-        let l = |rate_per_minute, burst, max_concurrent_per_cluster| Limits {
+        let rate = |r: u32, b: u32| (NonZeroU32::new(r), NonZeroU32::new(b));
+        let limits = |(rate_per_minute, burst): (Option<NonZeroU32>, Option<NonZeroU32>), max: u32| Limits {
             rate_per_minute,
             burst,
-            max_concurrent_per_cluster,
+            max_in_flight: Some(max),
+            ..Limits::default()
         };
+        let op = |cluster: Limits| OperationPolicy { cluster: Some(cluster), ..OperationPolicy::default() };
+        let mut cordon = limits(rate(30, 5), 3);
+        cordon.max_unhealthy_percent = Some(Percent(30.0));
         Policy {
             permit_ttl: default_ttl(),
+            snapshot_max_age: default_snapshot_age(),
+            failure_domains: default_domains(),
+            decision_log_entries: default_log_entries(),
             operations: BTreeMap::from([
-                (Operation::Cordon, l(30, 5, 3)),
-                (Operation::Drain, l(30, 5, 3)),
-                (Operation::Reboot, l(20, 3, 3)),
-                (Operation::Reinstall, l(5, 1, 1)),
-                (Operation::Delete, l(5, 1, 1)),
-                (Operation::CanaryBatch, l(10, 1, 1)),
+                (
+                    Operation::Cordon,
+                    OperationPolicy {
+                        breaker: Some(Breaker {
+                            max_grants: 10,
+                            window: Duration::from_secs(600),
+                            scope: BreakerScope::Cluster,
+                            cooldown: None,
+                        }),
+                        ..op(cordon)
+                    },
+                ),
+                (Operation::Drain, op(limits(rate(30, 5), 3))),
+                (Operation::Reboot, op(limits(rate(20, 3), 3))),
+                (Operation::Reinstall, op(limits(rate(5, 1), 1))),
+                (Operation::Delete, op(limits(rate(5, 1), 1))),
+                (Operation::CanaryBatch, op(limits(rate(10, 1), 1))),
             ]),
         }
     }
@@ -69,39 +315,134 @@ impl Policy {
     /// Parses and validates a TOML policy.
     pub fn parse(text: &str) -> Result<Self> {
         let p: Policy = toml::from_str(text).map_err(|e| Error::Policy(e.to_string()))?;
-        for (op, l) in &p.operations {
-            if l.rate_per_minute == 0 || l.burst == 0 {
-                return Err(Error::Policy(format!("{op}: rate_per_minute and burst must be at least 1")));
+        if p.permit_ttl < Duration::from_secs(1) || p.permit_ttl > Duration::from_secs(86_400) {
+            return Err(Error::Policy("permit_ttl: must be between 1s and 24h".into()));
+        }
+        if p.decision_log_entries == 0 {
+            return Err(Error::Policy("decision_log_entries: must be at least 1".into()));
+        }
+        for (op, o) in &p.operations {
+            for (scope, l) in [("global", &o.global), ("cluster", &o.cluster), ("domain", &o.domain)] {
+                if let Some(l) = l
+                    && l.burst.is_some()
+                    && l.rate_per_minute.is_none()
+                {
+                    return Err(Error::Policy(format!("operations.{op}.{scope}: burst without rate_per_minute")));
+                }
+            }
+            if o.domain.is_some() && p.failure_domains.is_empty() {
+                return Err(Error::Policy(format!("operations.{op}.domain: no failure_domains are named")));
+            }
+            if o.breaker.as_ref().is_some_and(|b| b.window.is_zero()) {
+                return Err(Error::Policy(format!("operations.{op}.breaker.window: must be positive")));
             }
         }
-        if p.permit_ttl.is_zero() || p.permit_ttl > Duration::from_secs(86_400) {
-            return Err(Error::Policy("permit_ttl must be between 1s and 24h".into()));
-        }
         Ok(p)
+    }
+
+    /// The effective policy as TOML (defaults filled in), for `firebreak gate check-policy`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the policy: {e}\n"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
     #[test]
-    fn parses_a_policy_file_and_rejects_bad_ones() {
+    fn parses_a_full_policy() {
         let p = Policy::parse(
-            "permit_ttl = \"2m\"\n[operations.cordon]\nrate_per_minute = 6\nburst = 2\nmax_concurrent_per_cluster = 1\n",
+            r#"
+permit_ttl = "2m"
+failure_domains = ["topology.kubernetes.io/zone", "example.com/rack"]
+
+[operations.cordon.cluster]
+rate_per_minute = 6
+burst = 2
+max_in_flight = 3
+max_in_flight_percent = 20
+max_unhealthy_percent = 30
+
+[operations.cordon.domain]
+max_in_flight = 1
+
+[operations.cordon.breaker]
+max_grants = 5
+window = "5m"
+cooldown = "30m"
+
+[[operations.cordon.windows]]
+days = ["mon", "tue"]
+from = "22:00"
+to = "06:00"
+time_zone = "Europe/Berlin"
+
+[[operations.cordon.freezes]]
+from = "2026-12-20T00:00:00Z"
+to = "2027-01-04T00:00:00Z"
+reason = "holidays"
+"#,
         )
         .unwrap();
         assert_eq!(p.permit_ttl, Duration::from_secs(120));
-        assert_eq!(p.operations[&Operation::Cordon].max_concurrent_per_cluster, 1);
+        let c = &p.operations[&Operation::Cordon];
+        assert_eq!(c.cluster.as_ref().unwrap().max_unhealthy_percent, Some(Percent(30.0)));
+        assert_eq!(c.breaker.as_ref().unwrap().cooldown, Some(Duration::from_secs(1800)));
         assert!(!p.operations.contains_key(&Operation::Reboot));
-        assert!(
-            Policy::parse("[operations.cordon]\nrate_per_minute = 0\nburst = 1\nmax_concurrent_per_cluster = 1")
-                .is_err()
-        );
-        assert!(
-            Policy::parse("[operations.explode]\nrate_per_minute = 1\nburst = 1\nmax_concurrent_per_cluster = 1")
-                .is_err()
-        );
-        assert!(Policy::parse("typo = 1\n[operations]").is_err());
+        // The window runs past midnight: Monday 23:00 and Tuesday 05:00 in Berlin are in it,
+        // Tuesday 12:00 and Wednesday 23:00 are not... but Wednesday 05:00 is (Tuesday's night).
+        let berlin = |d, h| chrono_tz::Europe::Berlin.with_ymd_and_hms(2026, 11, d, h, 0, 0).unwrap().to_utc();
+        let w = &c.windows[0];
+        assert!(w.contains(berlin(23, 23)));
+        assert!(w.contains(berlin(24, 5)));
+        assert!(!w.contains(berlin(24, 12)));
+        assert!(!w.contains(berlin(25, 23)));
+        assert!(w.contains(berlin(25, 5)));
+        // Rendering and reading again gives the same policy.
+        assert_eq!(Policy::parse(&p.to_toml()).unwrap(), p);
+        assert_eq!(Policy::parse(&Policy::default().to_toml()).unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let cases = [
+            ("[operations.cordon.cluster]\nrate_per_minute = 0\n", "line 2", "nonzero"),
+            ("[operations.cordon.cluster]\nmax_in_flight_percent = 150\n", "line 2", "percentage"),
+            ("[operations.explode.cluster]\nmax_in_flight = 1\n", "line 1", "explode"),
+            ("typo = 1\n", "line 1", "typo"),
+            ("[operations.cordon.cluster]\nmax_inflight = 1\n", "line 2", "max_inflight"),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"25:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n",
+                "line 3",
+                "25:00",
+            ),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"moon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"UTC\"\n",
+                "line 2",
+                "moon",
+            ),
+            (
+                "[[operations.cordon.windows]]\ndays = [\"mon\"]\nfrom = \"01:00\"\nto = \"06:00\"\ntime_zone = \"Mars/Olympus\"\n",
+                "line 5",
+                "Mars",
+            ),
+            (
+                "[[operations.cordon.freezes]]\nfrom = \"2027-01-04T00:00:00Z\"\nto = \"2026-12-20T00:00:00Z\"\nreason = \"x\"\n",
+                "line 1",
+                "before it starts",
+            ),
+            ("[operations.cordon.breaker]\nmax_grants = 1\nwindow = \"soon\"\n", "line 3", "soon"),
+        ];
+        for (text, line, word) in cases {
+            let e = Policy::parse(text).unwrap_err().to_string();
+            assert!(e.contains(line) && e.contains(word), "{text:?}: {e}");
+        }
+        let e = Policy::parse("[operations.cordon.cluster]\nburst = 2\n").unwrap_err().to_string();
+        assert!(e.contains("operations.cordon.cluster: burst without rate_per_minute"), "{e}");
+        let e = Policy::parse("permit_ttl = \"0s\"\n").unwrap_err().to_string();
+        assert!(e.contains("permit_ttl"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ pub enum Intake {
     /// Recorded against the node's open workflow.
     Attached(Uuid),
     /// A new workflow was created, with its first step.
-    Started(Workflow, Step),
+    Started(Box<Workflow>, Step),
 }
 
 /// The decision for a fault that was not seen before.

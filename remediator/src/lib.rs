@@ -7,12 +7,14 @@
 //! decision taken. A workflow: ask the gate for a
 //! `cordon` permit (no answer = no permit: fail closed) → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → label pods `firebreak.io/to-be-migrated=true`
-//! and evict them through the Eviction API, retrying PodDisruptionBudget refusals, never
-//! skipping them → ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
+//! and evict them through the Eviction API under a `drain` permit, retrying PodDisruptionBudget
+//! refusals, never skipping them → under a `reboot` permit, ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
 //! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
 //! escalates to a human and leaves the node cordoned. Each transition is also recorded as a
 //! Kubernetes Event on the node (best effort). State is written before each side effect
-//! and every action is idempotent, so a restarted remediator resumes where it stopped. Each
+//! and every action is idempotent, so a restarted remediator resumes where it stopped. Permits
+//! are renewed while their steps run (`permits`); a permit lost stops the workflow before its
+//! next risky side effect, and it asks again. Each
 //! transition is also published to the remediation topic with its reason.
 
 mod gate;
@@ -20,6 +22,7 @@ mod intake;
 mod metrics;
 mod node_cache;
 mod node_ops;
+mod permits;
 pub mod store;
 mod workflow;
 
@@ -63,6 +66,17 @@ pub enum Error {
     /// The remediator is shutting down.
     #[error("cancelled")]
     Cancelled,
+    /// A setting is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A permit a step needs is not held any more (the gate says it is over, or it lapsed).
+    #[error("permit lost: {why}")]
+    PermitLost {
+        /// The permit (nil when none was held).
+        permit: uuid::Uuid,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Result alias for this crate.
@@ -77,6 +91,12 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Base URL of the gate.
     pub gate_url: String,
+    /// Bearer token presented to the gate.
+    pub gate_token: String,
+    /// A certificate authority (PEM) to trust for the gate's HTTPS, beside the system's.
+    pub gate_ca: Option<Vec<u8>>,
+    /// Node labels that name failure domains, reported to the gate with each request.
+    pub failure_domains: Vec<String>,
     /// `sqlite://...` or `postgres://...`.
     pub database_url: String,
     /// How long a rebooted node must stay Ready with no new critical fault before uncordon.
@@ -94,11 +114,14 @@ pub struct Config {
 
 impl Config {
     /// Production defaults for a cluster.
-    pub fn new(cluster: &str, kafka: KafkaConfig, gate_url: &str, database_url: &str) -> Self {
+    pub fn new(cluster: &str, kafka: KafkaConfig, gate_url: &str, gate_token: &str, database_url: &str) -> Self {
         Self {
             cluster: cluster.into(),
             kafka,
             gate_url: gate_url.into(),
+            gate_token: gate_token.into(),
+            gate_ca: None,
+            failure_domains: vec!["topology.kubernetes.io/zone".into()],
             database_url: database_url.into(),
             quiet_period: Duration::from_secs(60),
             eviction_retry: Duration::from_secs(5),
@@ -119,8 +142,10 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
     consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
-        gate: GateClient::new(&cfg.gate_url),
+        held: permits::Held::start(gate.clone(), cancel.clone()),
+        gate,
         nodes: node_cache::NodeCache::start(client.clone(), cancel.clone()),
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),
@@ -141,6 +166,18 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
     let mut tasks = tokio::task::JoinSet::new();
     for wf in store.open_workflows(&ctx.cfg.cluster).await? {
         tracing::info!(workflow_id = %wf.id, node = %wf.node, state = wf.state.as_str(), "resuming workflow");
+        // Permits held before the restart are renewed at once, or lost.
+        if let Some(p) = wf.permit_id {
+            ctx.held.adopt(p, firebreak_schema::Operation::Cordon);
+        }
+        if let Some(p) = wf.step_permit_id {
+            let op = if wf.state == State::Draining {
+                firebreak_schema::Operation::Drain
+            } else {
+                firebreak_schema::Operation::Reboot
+            };
+            ctx.held.adopt(p, op);
+        }
         tasks.spawn(workflow::drive(ctx.clone(), wf));
     }
     tracing::info!("remediator running");
@@ -172,7 +209,7 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
                         ctx.metrics.transition(&ctx.cfg.cluster, wf.state.as_str());
                         tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
                         ctx.publish(&wf, step);
-                        tasks.spawn(workflow::drive(ctx.clone(), wf));
+                        tasks.spawn(workflow::drive(ctx.clone(), *wf));
                     }
                     Intake::Attached(id) => {
                         tracing::info!(workflow_id = %id, node = %event.node, incident = %event.id, "fault attached to open workflow")

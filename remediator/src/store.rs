@@ -92,8 +92,10 @@ pub struct Workflow {
     pub fault_kind: String,
     /// Current state.
     pub state: State,
-    /// The gate permit held, if any.
+    /// The `cordon` permit held, if any: from cordon until the node is back in service.
     pub permit_id: Option<Uuid>,
+    /// The permit of the step running (`drain`, `reboot`), if any.
+    pub step_permit_id: Option<Uuid>,
     /// The node's boot id before the reboot was asked for.
     pub boot_id_before: Option<String>,
     /// When the reboot was asked for (ms since the epoch): a critical fault observed after it,
@@ -171,6 +173,7 @@ impl Store {
                     fault_kind: e.kind.to_string(),
                     state: State::PermitWait,
                     permit_id: None,
+                    step_permit_id: None,
                     boot_id_before: None,
                     reboot_requested_at_ms: None,
                     reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
@@ -199,7 +202,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 let id = wf.id;
-                (Intake::Started(wf, Step { seq: 0, at: now }), Some(id))
+                (Intake::Started(Box::new(wf), Step { seq: 0, at: now }), Some(id))
             }
         };
         let text_of_decision = match &decision {
@@ -233,7 +236,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, reboot_requested_at_ms = $5, \
-             reason = $6, done = $7, updated_at = $8 WHERE id = $1",
+             reason = $6, done = $7, updated_at = $8, step_permit_id = $9 WHERE id = $1",
         )
         .bind(wf.id.to_string())
         .bind(wf.state.as_str())
@@ -243,6 +246,7 @@ impl Store {
         .bind(&wf.reason)
         .bind(i32::from(wf.state.is_done()))
         .bind(text(at))
+        .bind(wf.step_permit_id.map(|p| p.to_string()))
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
@@ -265,7 +269,8 @@ impl Store {
     /// Open workflows of a cluster, to resume after a restart.
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
-            "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, boot_id_before, reboot_requested_at_ms, reason \
+            "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, step_permit_id, boot_id_before, \
+             reboot_requested_at_ms, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -282,6 +287,7 @@ impl Store {
                     fault_kind: r.try_get("fault_kind")?,
                     state: State::parse(&r.try_get::<String, _>("state")?)?,
                     permit_id: uuid_col(r, "permit_id")?,
+                    step_permit_id: uuid_col(r, "step_permit_id")?,
                     boot_id_before: r.try_get("boot_id_before")?,
                     reboot_requested_at_ms: r.try_get("reboot_requested_at_ms")?,
                     reason: r.try_get("reason")?,
@@ -372,7 +378,7 @@ mod tests {
         wf.reason = "reboot requested".into();
         s.transition(&wf).await.unwrap();
         let open = s.open_workflows("c1").await.unwrap();
-        assert_eq!(open, vec![wf.clone()], "a restarted remediator resumes exactly here");
+        assert_eq!(open, vec![(*wf).clone()], "a restarted remediator resumes exactly here");
         assert!(s.open_workflows("c2").await.unwrap().is_empty());
         wf.state = State::Healed;
         wf.reason = "healed".into();

@@ -14,8 +14,10 @@ use crate::{
     gate::GateClient,
     node_cache::NodeCache,
     node_ops::{Eviction, NodeOps, boot_and_ready},
+    permits::Held,
     store::{Step, ms},
 };
+use firebreak_schema::Operation;
 
 /// How a failed step is redone: 500 ms doubling to 30 s, jittered; reset after a success.
 const STEP_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(500), Duration::from_secs(30));
@@ -29,6 +31,7 @@ pub(crate) struct Ctx {
     pub(crate) store: Store,
     pub(crate) ops: NodeOps,
     pub(crate) nodes: NodeCache,
+    pub(crate) held: Held,
     pub(crate) gate: GateClient,
     pub(crate) producer: Producer,
     pub(crate) metrics: crate::Metrics,
@@ -36,6 +39,23 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// `Err(PermitLost)` unless the permit is held and alive: checked before each risky side
+    /// effect.
+    fn holding(&self, permit: Option<uuid::Uuid>) -> Result<()> {
+        let Some(permit) = permit else {
+            return Err(Error::PermitLost { permit: uuid::Uuid::nil(), why: "no permit is held for this step".into() });
+        };
+        self.held.check(permit).map_err(|why| Error::PermitLost { permit, why })
+    }
+
+    /// The node's failure domains (the labels the remediator is told to report), for the gate's
+    /// per-domain budgets.
+    fn domains_of(&self, node: &str) -> std::collections::BTreeMap<String, String> {
+        let Some(n) = self.nodes.get(node) else { return Default::default() };
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        self.cfg.failure_domains.iter().filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone()))).collect()
+    }
+
     async fn sleep(&self, d: Duration) -> Result<()> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(Error::Cancelled),
@@ -136,47 +156,83 @@ struct Runner {
 
 impl Runner {
     async fn step(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        match self.act(ctx, wf).await {
+            Err(Error::PermitLost { permit, why }) => self.lost(ctx, wf, permit, why).await,
+            other => other,
+        }
+    }
+
+    async fn act(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         match wf.state {
-            State::PermitWait => self.permit(ctx, wf).await,
+            State::PermitWait => self.acquire(ctx, wf, Operation::Cordon).await,
             State::Cordoning => {
+                ctx.holding(wf.permit_id)?;
                 ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
                 let reason =
                     format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
                 ctx.advance(wf, State::Draining, reason).await
             }
+            State::Draining if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Drain).await,
             State::Draining => self.drain(ctx, wf).await,
+            State::Rebooting if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Reboot).await,
             State::Rebooting => self.reboot(ctx, wf).await,
             State::AwaitingBoot => self.await_boot(ctx, wf).await,
             State::Verifying => self.verify(ctx, wf).await,
             State::Uncordoning => {
                 ctx.ops.uncordon_and_untaint(&wf.node).await?;
-                let permit = wf.permit_id;
+                let permits = [wf.permit_id.take(), wf.step_permit_id.take()];
                 ctx.advance(wf, State::Healed, "uncordoned and untainted; node back in service".into()).await?;
-                release(ctx, permit).await;
+                release(ctx, permits).await;
                 Ok(())
             }
             State::Healed | State::Escalated => Ok(()),
         }
     }
 
-    async fn permit(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+    /// Asks for the permit of the step the workflow is in: `cordon` (then on to cordoning), or
+    /// the step's own (`drain`, `reboot`), held with the cordon permit while the step runs.
+    async fn acquire(&mut self, ctx: &Ctx, wf: &mut Workflow, op: Operation) -> Result<()> {
         let requester = format!("remediator/{}", wf.id);
-        let resp = ctx.gate.request(firebreak_schema::Operation::Cordon, &wf.cluster, &wf.node, &requester).await;
-        if resp.granted {
-            wf.permit_id = resp.permit_id;
-            let reason =
-                format!("cordon permit {}: {}", resp.permit_id.map(|p| p.to_string()).unwrap_or_default(), resp.reason);
-            return ctx.advance(wf, State::Cordoning, reason).await;
+        let domains = ctx.domains_of(&wf.node);
+        let resp = ctx.gate.request(op, &wf.cluster, &wf.node, domains, &requester).await;
+        if let (true, Some(id), Some(expires_at)) = (resp.granted, resp.permit_id, resp.expires_at) {
+            ctx.held.hold(id, op, expires_at);
+            self.last_denial = None;
+            let reason = format!("{op} permit {id}: {}", resp.reason);
+            return if op == Operation::Cordon {
+                wf.permit_id = Some(id);
+                ctx.advance(wf, State::Cordoning, reason).await
+            } else {
+                wf.step_permit_id = Some(id);
+                ctx.advance(wf, wf.state, reason).await
+            };
         }
         ctx.metrics.denial(&wf.cluster, resp.limit.as_deref());
-        let reason = format!("waiting for a cordon permit: {}", resp.reason);
+        let reason = format!("waiting for a {op} permit: {}", resp.reason);
         // Record and publish each distinct denial once, not every retry.
-        let kind = resp.limit.clone().unwrap_or_default();
+        let kind = format!("{op}/{}", resp.limit.clone().unwrap_or_default());
         if self.last_denial.as_deref() != Some(kind.as_str()) {
             self.last_denial = Some(kind);
-            ctx.advance(wf, State::PermitWait, reason).await?;
+            ctx.advance(wf, wf.state, reason).await?;
         }
         ctx.sleep(Duration::from_secs(resp.retry_after_s.unwrap_or(2).clamp(1, 30))).await
+    }
+
+    /// A permit was lost before a risky side effect: forget it and ask again (the cordon permit
+    /// from the start, which is idempotent up to the reboot; a step's permit for that step).
+    async fn lost(&mut self, ctx: &Ctx, wf: &mut Workflow, permit: uuid::Uuid, why: String) -> Result<()> {
+        ctx.held.forget(permit);
+        let state = wf.state;
+        let next = if wf.permit_id.is_none() || wf.permit_id == Some(permit) {
+            wf.permit_id = None;
+            State::PermitWait
+        } else {
+            wf.step_permit_id = None;
+            state
+        };
+        tracing::warn!(permit_id = %permit, why, state = state.as_str(), "permit lost; stopped before the next side effect");
+        ctx.advance(wf, next, format!("{why}; stopped before the next side effect of {}; asking again", state.as_str()))
+            .await
     }
 
     async fn drain(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -196,6 +252,8 @@ impl Runner {
             }
             let mut blocked = Vec::new();
             for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                ctx.holding(wf.permit_id)?;
+                ctx.holding(wf.step_permit_id)?;
                 ctx.ops.mark_for_migration(pod).await?;
                 let name = format!(
                     "{}/{}",
@@ -235,7 +293,10 @@ impl Runner {
             started.elapsed().as_secs_f64()
         );
         self.started = None;
-        ctx.advance(wf, State::Rebooting, reason).await
+        let drain_permit = wf.step_permit_id.take();
+        ctx.advance(wf, State::Rebooting, reason).await?;
+        release(ctx, [drain_permit, None]).await;
+        Ok(())
     }
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -248,6 +309,8 @@ impl Runner {
         // Persisted first: after a crash the request is not repeated (a lost request times out
         // and escalates; a repeated one would reboot the node twice). From this moment on, a
         // critical fault on the node (boot time included) means the repair did not hold.
+        ctx.holding(wf.permit_id)?;
+        ctx.holding(wf.step_permit_id)?;
         wf.reboot_requested_at_ms = Some(ms(Utc::now()));
         ctx.advance(wf, State::AwaitingBoot, reason).await?;
         let workflow = wf.id.to_string();
@@ -270,7 +333,10 @@ impl Runner {
             let reason =
                 format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", started.elapsed().as_secs_f64());
             self.started = None;
-            return ctx.advance(wf, State::Verifying, reason).await;
+            let reboot_permit = wf.step_permit_id.take();
+            ctx.advance(wf, State::Verifying, reason).await?;
+            release(ctx, [reboot_permit, None]).await;
+            return Ok(());
         }
         let why = format!(
             "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
@@ -314,22 +380,25 @@ impl Runner {
 
     async fn escalate(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String) -> Result<()> {
         tracing::warn!(why, "escalating to a human; node stays cordoned");
-        let permit = wf.permit_id;
+        let permits = [wf.permit_id.take(), wf.step_permit_id.take()];
         ctx.advance(wf, State::Escalated, format!("needs a human: {why}; node left cordoned and tainted")).await?;
-        release(ctx, permit).await;
+        release(ctx, permits).await;
         Ok(())
     }
 }
 
-async fn release(ctx: &Ctx, permit: Option<uuid::Uuid>) {
-    let Some(permit) = permit else { return };
-    let released = RELEASE_RETRY
-        .until_ok("permit release", &ctx.cancel, || async {
-            if ctx.gate.release(permit).await { Ok(()) } else { Err("the gate did not confirm") }
-        })
-        .await;
-    if released.is_none() {
-        tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
+/// Gives permits back (after the step that needed them is persisted as done).
+async fn release(ctx: &Ctx, permits: [Option<uuid::Uuid>; 2]) {
+    for permit in permits.into_iter().flatten() {
+        ctx.held.forget(permit);
+        let released = RELEASE_RETRY
+            .until_ok("permit release", &ctx.cancel, || async {
+                if ctx.gate.release(permit).await { Ok(()) } else { Err("the gate did not confirm") }
+            })
+            .await;
+        if released.is_none() {
+            tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
+        }
     }
 }
 
@@ -347,6 +416,7 @@ mod tests {
             fault_kind: "KernelHung".into(),
             state: State::Draining,
             permit_id: None,
+            step_permit_id: None,
             boot_id_before: None,
             reboot_requested_at_ms: None,
             reason: "cordoned".into(),

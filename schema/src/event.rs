@@ -229,7 +229,7 @@ pub struct EventRecord {
     pub received_at: DateTime<Utc>,
 }
 
-fn validate_names(cluster: &str, node: &str) -> Result<()> {
+pub(crate) fn validate_names(cluster: &str, node: &str) -> Result<()> {
     for (what, v) in [("cluster", cluster), ("node", node)] {
         if v.is_empty() || v.len() > 253 || v.contains('/') {
             return Err(Error::Invalid(format!("{what} name `{v}` is empty, too long or contains '/'")));

@@ -9,12 +9,17 @@
 
 mod event;
 mod gate;
+mod health;
+pub mod names;
 mod wire;
 
 pub use event::{
     EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
-pub use gate::{Operation, PermitRequest, PermitResponse};
+pub use gate::{
+    BreakerTrip, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, PermitState, Role, Scope,
+};
+pub use health::{ClusterSnapshot, UnhealthyNode};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 
 /// Topic carrying [`FaultEvent`]s from agents and detectors.
@@ -23,6 +28,8 @@ pub const FAULT_TOPIC: &str = "firebreak.faults.v1";
 pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
 /// Topic carrying the remediator's workflow steps ([`RemediationEvent`]s).
 pub const REMEDIATION_TOPIC: &str = "firebreak.remediations.v1";
+/// Topic carrying cluster health: [`ClusterSnapshot`]s from the detectors (key = cluster).
+pub const HEALTH_TOPIC: &str = "firebreak.health.v1";
 
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";

@@ -74,6 +74,15 @@ pub async fn get_json(url: &str) -> Option<Value> {
     r.json().await.ok()
 }
 
+/// GET a JSON document with a bearer token; `None` on any failure.
+pub async fn get_json_as(token: &str, url: &str) -> Option<Value> {
+    let r = reqwest::Client::new().get(url).bearer_auth(token).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
 /// A small stack (one cluster by default), started and ready to consume.
 pub async fn stack(name: &str, tune: impl FnOnce(&mut StackOptions)) -> Stack {
     let mut opts = StackOptions::new(temp_dir(name), 1, 4);

@@ -1,0 +1,50 @@
+//! Cluster snapshots from the health topic. Every gate replica reads every partition (a group of
+//! its own that commits nothing), from the newest record on: a snapshot is a state, not an
+//! event, and the latest kept one is in the store already.
+
+use std::{sync::Arc, time::Duration};
+
+use firebreak_plumbing::kafka::{KafkaConfig, decode_message};
+use firebreak_schema::{ClusterSnapshot, HEALTH_TOPIC};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio_util::sync::CancellationToken;
+
+use crate::Gate;
+
+pub(crate) async fn consume(kafka: KafkaConfig, gate: Arc<Gate>, cancel: CancellationToken) {
+    let mut cfg = kafka.consumer(&format!("firebreak-gate-{}", uuid::Uuid::now_v7()));
+    cfg.set("enable.auto.commit", "false").set("auto.offset.reset", "latest");
+    let consumer: StreamConsumer = match cfg.create().and_then(|c: StreamConsumer| {
+        c.subscribe(&[HEALTH_TOPIC])?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "cannot read cluster snapshots; rules that need them will deny");
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Err(error) => {
+                tracing::warn!(%error, "health topic receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(m) => match decode_message::<ClusterSnapshot>(&m) {
+                Ok(s) => {
+                    let cluster = s.cluster.clone();
+                    if let Err(error) = gate.observe(s).await {
+                        tracing::warn!(%error, %cluster, "cluster snapshot not kept");
+                    }
+                }
+                // Other health records (samples, correlations) are not snapshots.
+                Err(firebreak_schema::Error::WrongType { .. }) => {}
+                Err(error) => tracing::warn!(%error, "undecodable cluster snapshot skipped"),
+            },
+        }
+    }
+}

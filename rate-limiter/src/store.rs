@@ -1,0 +1,614 @@
+//! The gate's durable state through `sqlx`: SQLite (one replica) or PostgreSQL (several).
+//!
+//! Exactness: every batch of decisions runs in one transaction that first takes the gate's lock
+//! — `pg_advisory_xact_lock` on PostgreSQL, held until commit; on SQLite the single connection
+//! of the pool serialises transactions — then sweeps expired permits, loads the world, decides
+//! and writes. No two decisions anywhere see the same budget. Renewals and releases are single
+//! conditional updates (`WHERE state = 'active'`), which row locks serialise.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use firebreak_schema::{
+    BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitState, Scope,
+};
+use sqlx::{AnyPool, Row, any::AnyRow};
+use uuid::Uuid;
+
+use crate::{
+    Error, Result,
+    decide::{Grant, Outcome, World, decide},
+    policy::Policy,
+};
+
+/// The advisory lock every decision batch holds on PostgreSQL.
+const GATE_LOCK: i64 = 0x0066_6972_6562_726b;
+
+/// The gate's database.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pool: AnyPool,
+    postgres: bool,
+}
+
+/// A decision as kept in the log.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    /// When it was made.
+    pub at: DateTime<Utc>,
+    /// The operation asked for.
+    pub operation: Operation,
+    /// Cluster.
+    pub cluster: String,
+    /// Node, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Who asked.
+    pub requester: String,
+    /// The token that asked.
+    pub holder: String,
+    /// The answer.
+    pub granted: bool,
+    /// The rule that denied, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The value measured against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<f64>,
+    /// Its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Why.
+    pub reason: String,
+    /// The permit granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_id: Option<Uuid>,
+}
+
+/// What became of a renewal or a release.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Change {
+    /// Done; the permit as it is now.
+    Done(Permit),
+    /// No such permit.
+    Unknown,
+    /// Held by another token, and the caller may not act for it.
+    NotYours(String),
+    /// It already ended (released or expired).
+    Ended(Permit),
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{what}: {e}"))
+}
+
+fn number(r: &AnyRow, column: &str) -> Result<Option<f64>> {
+    r.try_get::<Option<String>, _>(column)?.map(|s| s.parse().map_err(|e| corrupt(column, e))).transpose()
+}
+
+fn permit_of(r: &AnyRow) -> Result<Permit> {
+    let state = match r.try_get::<String, _>("state")?.as_str() {
+        "active" => PermitState::Active,
+        "released" => PermitState::Released,
+        "expired" => PermitState::Expired,
+        other => return Err(corrupt("permit state", other)),
+    };
+    Ok(Permit {
+        id: r.try_get::<String, _>("id")?.parse().map_err(|e| corrupt("permit id", e))?,
+        operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
+        cluster: r.try_get("cluster")?,
+        node: r.try_get("node")?,
+        domains: serde_json::from_str(&r.try_get::<String, _>("domains")?).map_err(|e| corrupt("domains", e))?,
+        requester: r.try_get("requester")?,
+        holder: r.try_get("holder")?,
+        state,
+        granted_at: time(r.try_get("granted_at_ms")?),
+        expires_at: time(r.try_get("expires_at_ms")?),
+        ended_at: r.try_get::<Option<i64>, _>("ended_at_ms")?.map(time),
+    })
+}
+
+const PERMIT_COLUMNS: &str =
+    "id, operation, cluster, node, domains, requester, holder, state, granted_at_ms, expires_at_ms, ended_at_ms";
+
+fn scope_text(s: &Scope) -> Result<String> {
+    serde_json::to_string(s).map_err(|e| corrupt("scope", e))
+}
+
+fn scope_of(text: &str) -> Result<Scope> {
+    serde_json::from_str(text).map_err(|e| corrupt("scope", e))
+}
+
+fn halt_of(r: &AnyRow) -> Result<Halt> {
+    Ok(Halt {
+        id: r.try_get::<String, _>("id")?.parse().map_err(|e| corrupt("halt id", e))?,
+        scope: scope_of(&r.try_get::<String, _>("scope")?)?,
+        operations: serde_json::from_str(&r.try_get::<String, _>("operations")?)
+            .map_err(|e| corrupt("operations", e))?,
+        reason: r.try_get("reason")?,
+        by: r.try_get("by_name")?,
+        at: time(r.try_get("at_ms")?),
+        resumed_at: r.try_get::<Option<i64>, _>("resumed_at_ms")?.map(time),
+        resumed_by: r.try_get("resumed_by")?,
+    })
+}
+
+fn trip_of(r: &AnyRow) -> Result<BreakerTrip> {
+    Ok(BreakerTrip {
+        operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
+        scope: scope_of(&r.try_get::<String, _>("scope")?)?,
+        tripped_at: time(r.try_get("tripped_at_ms")?),
+        reason: r.try_get("reason")?,
+        until: r.try_get::<Option<i64>, _>("until_ms")?.map(time),
+        reset_at: r.try_get::<Option<i64>, _>("reset_at_ms")?.map(time),
+        reset_by: r.try_get("reset_by")?,
+    })
+}
+
+impl Store {
+    /// Connects and migrates.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        let pool = firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?;
+        Ok(Self { pool, postgres: url.starts_with("postgres") })
+    }
+
+    /// Decides a batch of requests in one locked transaction; also returns the permits found
+    /// expired (abandoned by their holders) on the way.
+    pub(crate) async fn decide_batch(
+        &self,
+        policy: &Policy,
+        jobs: &[(PermitRequest, String)],
+        snapshots: &std::sync::Arc<HashMap<String, ClusterSnapshot>>,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Outcome>, Vec<Permit>)> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
+        }
+        let abandoned = expire(&mut tx, now).await?;
+        let asked: std::collections::BTreeSet<Operation> = jobs.iter().map(|(r, _)| r.operation).collect();
+        let mut world = load_world(&mut tx, policy, &asked, now).await?;
+        world.snapshots = snapshots.clone();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for (req, holder) in jobs {
+            let o = decide(policy, &mut world, req, holder, now);
+            write_outcome(&mut tx, req, holder, &o, now).await?;
+            outcomes.push(o);
+        }
+        let mut tats: Vec<(&(Operation, String), &DateTime<Utc>)> = world.tats.iter().collect();
+        tats.sort_by_key(|(k, _)| *k);
+        for ((op, scope), tat) in tats {
+            sqlx::query(
+                "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
+            )
+            .bind(op.as_str())
+            .bind(scope)
+            .bind(ms(*tat))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((outcomes, abandoned))
+    }
+
+    /// Marks expired permits and trims the decision log to `keep` entries and ended permits to
+    /// those still inside any window a rule looks back over.
+    pub(crate) async fn sweep(&self, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Permit>> {
+        let mut tx = self.pool.begin().await?;
+        let abandoned = expire(&mut tx, now).await?;
+        sqlx::query(
+            "DELETE FROM gate_decisions WHERE at_ms < \
+             (SELECT at_ms FROM gate_decisions ORDER BY at_ms DESC LIMIT 1 OFFSET $1)",
+        )
+        .bind(i64::from(policy.decision_log_entries) - 1)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM gate_permits WHERE state <> 'active' AND granted_at_ms < $1")
+            .bind(ms(now - lookback(policy) - TimeDelta::days(1)))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(abandoned)
+    }
+
+    /// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).
+    pub(crate) async fn renew(
+        &self,
+        id: Uuid,
+        caller: &str,
+        any: bool,
+        ttl: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<Change> {
+        let done = sqlx::query(&format!(
+            "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
+             AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(ms(now + ttl))
+        .bind(ms(now))
+        .bind(i32::from(any))
+        .bind(caller)
+        .fetch_optional(&self.pool)
+        .await?;
+        match done {
+            Some(row) => Ok(Change::Done(permit_of(&row)?)),
+            None => self.why_not(id, caller, now).await,
+        }
+    }
+
+    /// Ends a permit as released, if `caller` holds it (or `any` is set).
+    pub(crate) async fn release(&self, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<Change> {
+        let done = sqlx::query(&format!(
+            "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
+             WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(ms(now))
+        .bind(caller)
+        .bind(i32::from(any))
+        .fetch_optional(&self.pool)
+        .await?;
+        match done {
+            Some(row) => Ok(Change::Done(permit_of(&row)?)),
+            None => self.why_not(id, caller, now).await,
+        }
+    }
+
+    /// Why a renewal or release changed nothing.
+    async fn why_not(&self, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<Change> {
+        let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(Change::Unknown) };
+        let mut p = permit_of(&row)?;
+        if p.state == PermitState::Active && p.expires_at <= now {
+            // Lapsed, not yet swept: it is over all the same.
+            p.state = PermitState::Expired;
+            return Ok(Change::Ended(p));
+        }
+        if p.state != PermitState::Active {
+            return Ok(Change::Ended(p));
+        }
+        if p.holder != caller {
+            return Ok(Change::NotYours(p.holder));
+        }
+        Ok(Change::Ended(p))
+    }
+
+    /// Active permits.
+    pub(crate) async fn active_permits(&self, now: DateTime<Utc>) -> Result<Vec<Permit>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE state = 'active' AND expires_at_ms > $1 ORDER BY granted_at_ms"
+        ))
+        .bind(ms(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(permit_of).collect()
+    }
+
+    /// The newest decisions first, at most `limit`.
+    pub(crate) async fn decisions(&self, limit: i64) -> Result<Vec<Decision>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, threshold, reason, \
+             permit_id FROM gate_decisions ORDER BY at_ms DESC, id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Decision {
+                    at: time(r.try_get("at_ms")?),
+                    operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
+                    cluster: r.try_get("cluster")?,
+                    node: r.try_get("node")?,
+                    requester: r.try_get("requester")?,
+                    holder: r.try_get("holder")?,
+                    granted: r.try_get::<i32, _>("granted")? == 1,
+                    rule: r.try_get("rule")?,
+                    scope: r.try_get("scope")?,
+                    measured: number(r, "measured")?,
+                    threshold: number(r, "threshold")?,
+                    reason: r.try_get("reason")?,
+                    permit_id: r
+                        .try_get::<Option<String>, _>("permit_id")?
+                        .map(|s| s.parse().map_err(|e| corrupt("permit id", e)))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Halts in force, oldest first.
+    pub(crate) async fn halts(&self) -> Result<Vec<Halt>> {
+        let rows = sqlx::query("SELECT * FROM gate_halts WHERE resumed_at_ms IS NULL ORDER BY at_ms")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(halt_of).collect()
+    }
+
+    /// Records a halt.
+    pub(crate) async fn halt(&self, req: &HaltRequest, by: &str, now: DateTime<Utc>) -> Result<Halt> {
+        let h = Halt {
+            id: Uuid::now_v7(),
+            scope: req.scope.clone(),
+            operations: req.operations.clone(),
+            reason: req.reason.clone(),
+            by: by.into(),
+            at: now,
+            resumed_at: None,
+            resumed_by: None,
+        };
+        sqlx::query(
+            "INSERT INTO gate_halts (id, scope, operations, reason, by_name, at_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+        )
+        .bind(h.id.to_string())
+        .bind(scope_text(&h.scope)?)
+        .bind(serde_json::to_string(&h.operations).map_err(|e| corrupt("operations", e))?)
+        .bind(&h.reason)
+        .bind(&h.by)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(h)
+    }
+
+    /// Lifts a halt; `None` if it is unknown or already lifted.
+    pub(crate) async fn resume(&self, id: Uuid, by: &str, now: DateTime<Utc>) -> Result<Option<Halt>> {
+        let done = sqlx::query(
+            "UPDATE gate_halts SET resumed_at_ms = $2, resumed_by = $3 WHERE id = $1 AND resumed_at_ms IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(ms(now))
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let row =
+            sqlx::query("SELECT * FROM gate_halts WHERE id = $1").bind(id.to_string()).fetch_one(&self.pool).await?;
+        halt_of(&row).map(Some)
+    }
+
+    /// Breakers open at `now`.
+    pub(crate) async fn open_breakers(&self, now: DateTime<Utc>) -> Result<Vec<BreakerTrip>> {
+        let rows = sqlx::query(
+            "SELECT * FROM gate_breakers WHERE reset_at_ms IS NULL AND (until_ms IS NULL OR until_ms > $1) ORDER BY tripped_at_ms",
+        )
+        .bind(ms(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(trip_of).collect()
+    }
+
+    /// Closes the open breakers of an operation in a scope; how many were open.
+    pub(crate) async fn reset_breaker(
+        &self,
+        op: Operation,
+        scope: &Scope,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE gate_breakers SET reset_at_ms = $3, reset_by = $4 WHERE operation = $1 AND scope = $2 \
+             AND reset_at_ms IS NULL",
+        )
+        .bind(op.as_str())
+        .bind(scope_text(scope)?)
+        .bind(ms(now))
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Keeps a snapshot if it is newer than the one kept.
+    pub(crate) async fn put_snapshot(&self, s: &ClusterSnapshot) -> Result<()> {
+        let body = serde_json::to_string(s).map_err(|e| corrupt("snapshot", e))?;
+        sqlx::query(
+            "INSERT INTO gate_snapshots (cluster, at_ms, body) VALUES ($1, $2, $3) ON CONFLICT (cluster) DO UPDATE \
+             SET at_ms = excluded.at_ms, body = excluded.body WHERE gate_snapshots.at_ms < excluded.at_ms",
+        )
+        .bind(&s.cluster)
+        .bind(ms(s.at))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The kept snapshots.
+    pub(crate) async fn snapshots(&self) -> Result<HashMap<String, ClusterSnapshot>> {
+        let rows = sqlx::query("SELECT body FROM gate_snapshots").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let s: ClusterSnapshot =
+                    serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("snapshot", e))?;
+                Ok((s.cluster.clone(), s))
+            })
+            .collect()
+    }
+}
+
+/// How far back any rule looks: a minute for rates, or the longest breaker window.
+fn lookback(policy: &Policy) -> TimeDelta {
+    let longest = policy.operations.values().filter_map(|o| o.breaker.as_ref()).map(|b| b.window).max();
+    longest.and_then(|w| TimeDelta::from_std(w).ok()).unwrap_or_default().max(TimeDelta::minutes(1))
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Marks lapsed permits expired; returns them.
+async fn expire(tx: &mut Tx<'_>, now: DateTime<Utc>) -> Result<Vec<Permit>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE gate_permits SET state = 'expired', ended_at_ms = $1, ended_by = 'expiry' \
+         WHERE state = 'active' AND expires_at_ms <= $1 RETURNING {PERMIT_COLUMNS}"
+    ))
+    .bind(ms(now))
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(permit_of).collect()
+}
+
+/// The world the decisions on `asked` operations read: past grants only of operations whose
+/// rules count them (a rate or a breaker).
+async fn load_world(
+    tx: &mut Tx<'_>,
+    policy: &Policy,
+    asked: &std::collections::BTreeSet<Operation>,
+    now: DateTime<Utc>,
+) -> Result<World> {
+    let active = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE state = 'active'"))
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(permit_of)
+        .collect::<Result<Vec<_>>>()?;
+    let mut tats = HashMap::new();
+    for r in sqlx::query("SELECT operation, scope, tat_ms FROM gate_rate").fetch_all(&mut **tx).await? {
+        let op: Operation = r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?;
+        tats.insert((op, r.try_get("scope")?), time(r.try_get("tat_ms")?));
+    }
+    let counted: Vec<&str> = asked
+        .iter()
+        .filter(|op| {
+            policy.operations.get(op).is_some_and(|o| {
+                o.breaker.is_some()
+                    || [&o.global, &o.cluster, &o.domain]
+                        .iter()
+                        .any(|l| l.as_ref().is_some_and(|l| l.rate_per_minute.is_some()))
+            })
+        })
+        .map(|op| op.as_str())
+        .collect();
+    let mut grants = Vec::new();
+    let rows = if counted.is_empty() {
+        Vec::new()
+    } else {
+        // The operation names are ours (`Operation::as_str`), not input.
+        let list = counted.iter().map(|o| format!("'{o}'")).collect::<Vec<_>>().join(",");
+        sqlx::query(&format!(
+            "SELECT operation, cluster, domains, granted_at_ms FROM gate_permits WHERE granted_at_ms > $1 \
+             AND operation IN ({list})"
+        ))
+        .bind(ms(now - lookback(policy)))
+        .fetch_all(&mut **tx)
+        .await?
+    };
+    for r in rows {
+        grants.push(Grant {
+            operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
+            cluster: r.try_get("cluster")?,
+            domains: serde_json::from_str::<BTreeMap<String, String>>(&r.try_get::<String, _>("domains")?)
+                .map_err(|e| corrupt("domains", e))?,
+            at: time(r.try_get("granted_at_ms")?),
+        });
+    }
+    let halts = sqlx::query("SELECT * FROM gate_halts WHERE resumed_at_ms IS NULL")
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(halt_of)
+        .collect::<Result<Vec<_>>>()?;
+    let trips =
+        sqlx::query("SELECT * FROM gate_breakers WHERE reset_at_ms IS NULL AND (until_ms IS NULL OR until_ms > $1)")
+            .bind(ms(now))
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(trip_of)
+            .collect::<Result<Vec<_>>>()?;
+    let mut closed = HashMap::new();
+    for r in sqlx::query(
+        "SELECT operation, scope, reset_at_ms, until_ms FROM gate_breakers WHERE reset_at_ms IS NOT NULL OR until_ms <= $1",
+    )
+    .bind(ms(now))
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let op: Operation = r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?;
+        let scope = scope_of(&r.try_get::<String, _>("scope")?)?.to_string();
+        let reset: Option<i64> = r.try_get("reset_at_ms")?;
+        let until: Option<i64> = r.try_get("until_ms")?;
+        let Some(at) = reset.or(until).map(time) else { continue };
+        let e = closed.entry((op, scope)).or_insert(at);
+        *e = (*e).max(at);
+    }
+    Ok(World { active, tats, grants, halts, trips, closed, snapshots: Default::default() })
+}
+
+async fn write_outcome(
+    tx: &mut Tx<'_>,
+    req: &PermitRequest,
+    holder: &str,
+    o: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if let Outcome::Granted(p, _) = o {
+        sqlx::query(&format!(
+            "INSERT INTO gate_permits ({PERMIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,'active',$8,$9,NULL)"
+        ))
+        .bind(p.id.to_string())
+        .bind(p.operation.as_str())
+        .bind(&p.cluster)
+        .bind(p.node.clone())
+        .bind(serde_json::to_string(&p.domains).map_err(|e| corrupt("domains", e))?)
+        .bind(&p.requester)
+        .bind(&p.holder)
+        .bind(ms(p.granted_at))
+        .bind(ms(p.expires_at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    if let Outcome::Denied(_, Some(trip)) = o {
+        sqlx::query(
+            "INSERT INTO gate_breakers (id, operation, scope, tripped_at_ms, reason, until_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(trip.operation.as_str())
+        .bind(scope_text(&trip.scope)?)
+        .bind(ms(trip.tripped_at))
+        .bind(&trip.reason)
+        .bind(trip.until.map(ms))
+        .execute(&mut **tx)
+        .await?;
+    }
+    let r = o.response();
+    let reason = r.reason.clone();
+    sqlx::query(
+        "INSERT INTO gate_decisions (id, at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, \
+         threshold, reason, permit_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(ms(now))
+    .bind(req.operation.as_str())
+    .bind(&req.cluster)
+    .bind(req.node.clone())
+    .bind(&req.requester)
+    .bind(holder)
+    .bind(i32::from(r.granted))
+    .bind(r.limit.clone())
+    .bind(r.scope.clone())
+    .bind(r.measured.map(|v| v.to_string()))
+    .bind(r.threshold.map(|v| v.to_string()))
+    .bind(reason)
+    .bind(r.permit_id.map(|p| p.to_string()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Name syntax as Kubernetes checks it, for every boundary that takes names from outside.
+
+/// A DNS-1123 subdomain (node names, most object names): at most 253 characters of lowercase
+/// letters, digits, `-` and `.`, starting and ending with a letter or digit.
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// A label value: empty, or at most 63 characters of letters, digits, `-`, `_` and `.`,
+/// starting and ending with a letter or digit.
+pub fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
+}
+
+/// Text fit to record and show: at most `max` bytes, no control characters (no NUL, ESC, CR,
+/// LF) and no bidirectional overrides.
+pub fn is_plain_text(s: &str, max: usize) -> bool {
+    s.len() <= max
+        && !s
+            .chars()
+            .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_as_kubernetes_checks_them() {
+        for ok in ["n1", "c1-node-001", "a.b-c", &"a".repeat(253)] {
+            assert!(is_dns1123_subdomain(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a/b", "a b", &"a".repeat(254), "a\0b"] {
+            assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+        }
+        for ok in ["", "zone-a", "Rack_7.b"] {
+            assert!(is_label_value(ok), "{ok}");
+        }
+        for bad in ["-bad value!", "_a", &"a".repeat(64)] {
+            assert!(!is_label_value(bad), "{bad}");
+        }
+        assert!(is_plain_text("remediator/0190-abc", 256));
+        for bad in ["a\u{1b}[31m", "a\r\nb", "a\u{202e}b", "a\0"] {
+            assert!(!is_plain_text(bad, 256), "{bad:?}");
+        }
+        assert!(!is_plain_text(&"a".repeat(257), 256));
+    }
+}

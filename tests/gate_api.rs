@@ -1,0 +1,312 @@
+//! The gate's HTTP API on its own, on real databases: exact budgets under 1,000 concurrent
+//! requests (one replica on SQLite, two replicas sharing PostgreSQL), permits that survive a
+//! restart and expire when abandoned, and who may do what.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{temp_dir, wait_for};
+use firebreak_plumbing::auth::{Tokens, entry, new_secret};
+use firebreak_rate_limiter::{Limits, OperationPolicy, Policy};
+use firebreak_schema::{Operation, PermitRequest, PermitResponse, Role};
+use tokio_util::sync::CancellationToken;
+
+struct Secrets {
+    viewer: String,
+    requester: String,
+    other: String,
+    operator: String,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        Self { viewer: new_secret(), requester: new_secret(), other: new_secret(), operator: new_secret() }
+    }
+
+    fn tokens(&self) -> Tokens {
+        let text = [
+            entry("viewer", Role::Viewer, &self.viewer),
+            entry("remediator-a", Role::Requester, &self.requester),
+            entry("remediator-b", Role::Requester, &self.other),
+            entry("ops", Role::Operator, &self.operator),
+        ]
+        .join("\n");
+        Tokens::parse(&text).unwrap()
+    }
+}
+
+struct Server {
+    url: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(db: &str, policy: &Policy, secrets: &Secrets) -> Server {
+        Self::start_with(db, policy, secrets, None).await
+    }
+
+    async fn start_with(
+        db: &str,
+        policy: &Policy,
+        secrets: &Secrets,
+        tls: Option<firebreak_plumbing::serve::Tls>,
+    ) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let url = if tls.is_some() { format!("https://localhost:{port}") } else { format!("http://127.0.0.1:{port}") };
+        let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+        let stop = CancellationToken::new();
+        let cfg = firebreak_rate_limiter::Config {
+            database_url: db.into(),
+            policy: policy.clone(),
+            policy_path: None,
+            tokens: secrets.tokens(),
+            kafka: None,
+            tls,
+        };
+        let s = stop.clone();
+        let task = tokio::spawn(async move { firebreak_rate_limiter::run(cfg, listener, s).await.unwrap() });
+        let health = format!("{url}/healthz");
+        wait_for("the gate up", Duration::from_secs(10), || async {
+            probe.get(&health).send().await.ok().filter(|r| r.status().is_success())
+        })
+        .await;
+        Server { url, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn cordons(max_in_flight: u32, ttl: Duration) -> Policy {
+    Policy {
+        permit_ttl: ttl,
+        operations: BTreeMap::from([(
+            Operation::Cordon,
+            OperationPolicy {
+                cluster: Some(Limits { max_in_flight: Some(max_in_flight), ..Limits::default() }),
+                ..OperationPolicy::default()
+            },
+        )]),
+        ..Policy::default()
+    }
+}
+
+fn request(node: &str) -> PermitRequest {
+    PermitRequest {
+        operation: Operation::Cordon,
+        cluster: "c1".into(),
+        node: Some(node.into()),
+        requester: format!("test/{node}"),
+        domains: BTreeMap::new(),
+    }
+}
+
+async fn ask(http: &reqwest::Client, url: &str, token: &str, req: &PermitRequest) -> reqwest::Response {
+    http.post(format!("{url}/api/v1/permits")).bearer_auth(token).json(req).send().await.unwrap()
+}
+
+/// 1,000 requests at once, spread over the given gates; how many were granted.
+async fn storm(urls: &[String], token: &str) -> usize {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let (http, url, token) = (http.clone(), urls[i % urls.len()].clone(), token.to_owned());
+            tokio::spawn(async move {
+                let r = ask(&http, &url, &token, &request(&format!("n{i:04}"))).await;
+                let code = r.status();
+                if code != 200 {
+                    panic!("HTTP {code}: {}", r.text().await.unwrap_or_default());
+                }
+                r.json::<PermitResponse>().await.unwrap().granted
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += usize::from(t.await.unwrap());
+    }
+    granted
+}
+
+async fn active(url: &str, token: &str) -> Vec<serde_json::Value> {
+    let r = reqwest::Client::new().get(format!("{url}/api/v1/permits")).bearer_auth(token).send().await.unwrap();
+    r.json::<Vec<serde_json::Value>>().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_of_ten_holds_exactly_under_a_thousand_requests_sqlite() {
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", temp_dir("gate-sqlite").join("gate.db").display());
+    let gate = Server::start(&db, &cordons(10, Duration::from_secs(600)), &secrets).await;
+    assert_eq!(storm(std::slice::from_ref(&gate.url), &secrets.requester).await, 10);
+    assert_eq!(active(&gate.url, &secrets.viewer).await.len(), 10);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn budget_of_ten_holds_exactly_across_two_replicas_on_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    let secrets = Secrets::new();
+    let policy = cordons(10, Duration::from_secs(600));
+    let a = Server::start(&db, &policy, &secrets).await;
+    let b = Server::start(&db, &policy, &secrets).await;
+    assert_eq!(storm(&[a.url.clone(), b.url.clone()], &secrets.requester).await, 10);
+    assert_eq!(active(&a.url, &secrets.viewer).await.len(), 10);
+    assert_eq!(active(&b.url, &secrets.viewer).await.len(), 10, "both replicas see the same permits");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gate_knows_its_permits_and_abandoned_ones_expire() {
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", temp_dir("gate-restart").join("gate.db").display());
+    let policy = cordons(2, Duration::from_secs(3));
+    let http = reqwest::Client::new();
+    let gate = Server::start(&db, &policy, &secrets).await;
+    for n in ["n1", "n2"] {
+        let r: PermitResponse = ask(&http, &gate.url, &secrets.requester, &request(n)).await.json().await.unwrap();
+        assert!(r.granted, "{r:?}");
+    }
+    gate.stop().await;
+
+    // Restarted: the budget is still used by the two permits.
+    let gate = Server::start(&db, &policy, &secrets).await;
+    let r: PermitResponse = ask(&http, &gate.url, &secrets.requester, &request("n3")).await.json().await.unwrap();
+    assert!(!r.granted);
+    assert_eq!((r.limit.as_deref(), r.measured, r.threshold), (Some("in_flight"), Some(2.0), Some(2.0)));
+    // Nobody renews them: they expire, are counted as abandoned, and the budget frees.
+    let granted = wait_for("the abandoned permits to expire", Duration::from_secs(15), || async {
+        let r: PermitResponse = ask(&http, &gate.url, &secrets.requester, &request("n3")).await.json().await.ok()?;
+        r.granted.then_some(r)
+    })
+    .await;
+    assert!(granted.permit_id.is_some());
+    let metrics_url = format!("{}/metrics", gate.url);
+    wait_for("both counted as abandoned", Duration::from_secs(10), || async {
+        let text = http.get(&metrics_url).bearer_auth(&secrets.viewer).send().await.ok()?.text().await.ok()?;
+        text.contains("firebreak_gate_permits_abandoned_total{operation=\"cordon\"} 2").then_some(())
+    })
+    .await;
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_roles_decide_who_may_do_what() {
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", temp_dir("gate-auth").join("gate.db").display());
+    let gate = Server::start(&db, &cordons(5, Duration::from_secs(4)), &secrets).await;
+    let http = reqwest::Client::new();
+    let url = &gate.url;
+
+    // No token, or a wrong one: 401, on every route but /healthz.
+    assert_eq!(http.post(format!("{url}/api/v1/permits")).json(&request("n1")).send().await.unwrap().status(), 401);
+    assert_eq!(ask(&http, url, "not-a-token", &request("n1")).await.status(), 401);
+    for path in ["/api/v1/permits", "/api/v1/decisions", "/api/v1/status", "/metrics"] {
+        assert_eq!(http.get(format!("{url}{path}")).send().await.unwrap().status(), 401, "{path}");
+    }
+    assert_eq!(http.get(format!("{url}/healthz")).send().await.unwrap().status(), 200);
+    // A viewer reads but may not ask.
+    assert_eq!(ask(&http, url, &secrets.viewer, &request("n1")).await.status(), 403);
+    let r: PermitResponse = ask(&http, url, &secrets.requester, &request("n1")).await.json().await.unwrap();
+    let id = r.permit_id.unwrap();
+    let release = |token: &str| http.delete(format!("{url}/api/v1/permits/{id}")).bearer_auth(token.to_owned()).send();
+    let renew =
+        |token: &str| http.post(format!("{url}/api/v1/permits/{id}/renew")).bearer_auth(token.to_owned()).send();
+    // A viewer releasing a permit: 403. Another requester: 403, naming the holder.
+    assert_eq!(release(&secrets.viewer).await.unwrap().status(), 403);
+    let other = release(&secrets.other).await.unwrap();
+    assert_eq!(other.status(), 403);
+    assert!(other.text().await.unwrap().contains("held by `remediator-a`"));
+    assert_eq!(renew(&secrets.other).await.unwrap().status(), 403);
+    // Its holder renews it: it lives on past its first TTL.
+    let before = r.expires_at.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let renewed: serde_json::Value = renew(&secrets.requester).await.unwrap().json().await.unwrap();
+    let after: chrono::DateTime<chrono::Utc> = serde_json::from_value(renewed["expires_at"].clone()).unwrap();
+    assert!(after > before, "{before} -> {after}");
+    // An operator may release anyone's; after that it is gone (410).
+    assert_eq!(release(&secrets.operator).await.unwrap().status(), 200);
+    assert_eq!(release(&secrets.requester).await.unwrap().status(), 410);
+    assert_eq!(renew(&secrets.requester).await.unwrap().status(), 410);
+    // Halts: operators only; a halt denies with its reason and survives a restart.
+    let halt = serde_json::json!({"scope": {"cluster": "c1"}, "reason": "rack 7 power work"});
+    let post_halt =
+        |token: &str| http.post(format!("{url}/api/v1/halts")).bearer_auth(token.to_owned()).json(&halt).send();
+    assert_eq!(post_halt(&secrets.requester).await.unwrap().status(), 403);
+    let h: serde_json::Value = post_halt(&secrets.operator).await.unwrap().json().await.unwrap();
+    gate.stop().await;
+    let gate = Server::start(&db, &cordons(5, Duration::from_secs(4)), &secrets).await;
+    let url = &gate.url;
+    let r: PermitResponse = ask(&http, url, &secrets.requester, &request("n2")).await.json().await.unwrap();
+    assert_eq!(r.limit.as_deref(), Some("halt"));
+    assert!(r.reason.contains("halted by ops") && r.reason.contains("rack 7 power work"), "{}", r.reason);
+    let resume = format!("{url}/api/v1/halts/{}/resume", h["id"].as_str().unwrap());
+    assert_eq!(http.post(&resume).bearer_auth(&secrets.requester).send().await.unwrap().status(), 403);
+    assert_eq!(http.post(&resume).bearer_auth(&secrets.operator).send().await.unwrap().status(), 200);
+    let r: PermitResponse = ask(&http, url, &secrets.requester, &request("n2")).await.json().await.unwrap();
+    assert!(r.granted, "{r:?}");
+    // Bad input is a clear 400, never stored.
+    for bad in [
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "a".repeat(300), "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "C 1", "node": "n1", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n1", "requester": "x\u{1b}[31m"}),
+        serde_json::json!({"operation": "explode", "cluster": "c1", "node": "n1", "requester": "x"}),
+    ] {
+        let r =
+            http.post(format!("{url}/api/v1/permits")).bearer_auth(&secrets.requester).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(!body["error"].as_str().unwrap_or_default().is_empty(), "{bad}: a clear error");
+    }
+    let huge =
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n1", "requester": "x".repeat(2_000_000)});
+    let r =
+        http.post(format!("{url}/api/v1/permits")).bearer_auth(&secrets.requester).json(&huge).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    gate.stop().await;
+}
+
+/// With a certificate the gate speaks HTTPS only; clients trust it through `--gate-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_serves_https_with_its_certificate() {
+    let dir = temp_dir("gate-tls");
+    let rcgen::CertifiedKey { cert, key_pair } = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert_path, key_path) = (dir.join("gate.crt"), dir.join("gate.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let tls = firebreak_plumbing::serve::Tls::load(&cert_path, &key_path).unwrap();
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", dir.join("gate.db").display());
+    let gate = Server::start_with(&db, &cordons(5, Duration::from_secs(60)), &secrets, Some(tls)).await;
+    assert!(gate.url.starts_with("https://"));
+
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r: PermitResponse = ask(&trusting, &gate.url, &secrets.requester, &request("n1")).await.json().await.unwrap();
+    assert!(r.granted, "{r:?}");
+    // Without the CA the certificate is not trusted; plain HTTP is not spoken.
+    assert!(reqwest::Client::new().get(format!("{}/healthz", gate.url)).send().await.is_err());
+    let plain = gate.url.replace("https://", "http://");
+    let plain_ok = reqwest::get(format!("{plain}/healthz")).await.is_ok_and(|r| r.status().is_success());
+    assert!(!plain_ok, "no plain HTTP on the HTTPS port");
+    // The operator CLI with --gate-ca.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["gate", "permits", "-o", "json", "--gate-url", &gate.url, "--gate-ca"])
+        .arg(&cert_path)
+        .env("FIREBREAK_GATE_TOKEN", &secrets.viewer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let permits: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(permits.len(), 1);
+    gate.stop().await;
+}
