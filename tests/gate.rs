@@ -262,12 +262,15 @@ async fn permits_are_renewed_while_a_step_runs_and_expire_when_their_holder_dies
     .await;
     let cluster = stack.fleet.clusters()[0].clone();
     let node = format!("{}-node-001", cluster.name());
+    common::wait_pods_ready(&cluster).await;
     cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     wait_for("the node healed", Duration::from_secs(90), || healed(&stack, &node)).await;
     let steps_seen = steps(&stack, &node).await;
     let drain_started = steps_seen.iter().position(|(s, r)| s == "draining" && r.starts_with("drain permit")).unwrap();
     let drained = steps_seen.iter().position(|(s, _)| s == "rebooting").unwrap();
     assert!(drained > drain_started);
+    let (_, summary) = &steps_seen[drained];
+    assert!(!summary.contains(" 0 evictions refused"), "the drain waited on the budget past the TTL: {summary}");
     assert!(!steps_seen.iter().any(|(_, r)| r.contains("lost")), "no permit was lost: {steps_seen:?}");
     let decisions =
         get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/decisions?limit=1000", stack.gate_url)).await.unwrap();
@@ -360,6 +363,9 @@ async fn a_lost_permit_stops_the_step_until_a_new_one_is_granted() {
     .await;
     let cluster = stack.fleet.clusters()[0].clone();
     let node = format!("{}-node-001", cluster.name());
+    // The budget binds only Ready pods: let the slow-starting workload come up first, so the
+    // drain waits on the budget long enough to lose its permit mid-way.
+    common::wait_pods_ready(&cluster).await;
     cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     let permits = format!("{}/api/v1/permits", stack.gate_url);
     let drain = wait_for("the drain permit held", Duration::from_secs(30), || async {

@@ -1,6 +1,6 @@
-//! The gate as a service: requests are validated, then queued to one decider task per replica
-//! that decides them in batches, each batch in one locked transaction (see `store`), so a
-//! burst of requests costs one transaction, not one each. A sweeper marks permits whose holders
+//! The gate as a service: requests, renewals and releases are validated, then queued to one
+//! decider task per replica that runs them in batches, each batch in one locked transaction (see
+//! `store`), so a burst costs one transaction, not one each. A sweeper marks permits whose holders
 //! stopped renewing them as expired (abandoned) and trims the logs. Snapshots of the clusters
 //! arrive from the health topic.
 
@@ -26,16 +26,15 @@ use crate::{
     Error, Policy, Result,
     decide::Outcome,
     metrics::Metrics,
-    store::{Change, Decision, Store},
+    store::{Change, Decision, Done, Op, Store},
 };
 
 /// Most requests decided in one transaction.
 const BATCH: usize = 256;
 
 struct Job {
-    req: PermitRequest,
-    holder: String,
-    reply: oneshot::Sender<Result<PermitResponse>>,
+    op: Op,
+    reply: oneshot::Sender<Result<Done>>,
 }
 
 /// Permits of an operation held in a scope, against its limit.
@@ -149,12 +148,23 @@ impl Gate {
         // Only the labels the policy names are failure domains; others are not the gate's business.
         req.domains.retain(|k, _| policy.failure_domains.contains(k));
         validate(&policy, &req)?;
+        match self.submit(Op::Decide(req, caller.name.clone())).await? {
+            Done::Decided(o) => Ok(o.response()),
+            Done::Changed(_) => Err(Error::Corrupt("a decision came back as a change".into())),
+        }
+    }
+
+    async fn submit(&self, op: Op) -> Result<Done> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { req, holder: caller.name.clone(), reply })
-            .await
-            .map_err(|_| Error::Unavailable("the gate is shutting down".into()))?;
+        self.jobs.send(Job { op, reply }).await.map_err(|_| Error::Unavailable("the gate is shutting down".into()))?;
         answer.await.map_err(|_| Error::Unavailable("the gate is shutting down".into()))?
+    }
+
+    async fn change(&self, op: Op) -> Result<Change> {
+        match self.submit(op).await? {
+            Done::Changed(c) => Ok(c),
+            Done::Decided(_) => Err(Error::Corrupt("a change came back as a decision".into())),
+        }
     }
 
     async fn decider(self: Arc<Self>, mut rx: mpsc::Receiver<Job>, cancel: CancellationToken) {
@@ -172,13 +182,21 @@ impl Gate {
             }
             let policy = self.policy();
             let snapshots = self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let jobs: Vec<(PermitRequest, String)> = batch.iter().map(|j| (j.req.clone(), j.holder.clone())).collect();
-            match self.store.decide_batch(&policy, &jobs, &snapshots, Utc::now()).await {
-                Ok((outcomes, abandoned)) => {
+            let ops: Vec<Op> = batch.iter().map(|j| j.op.clone()).collect();
+            match self.store.run_batch(&policy, &ops, &snapshots, Utc::now()).await {
+                Ok((done, abandoned)) => {
                     self.abandoned(&abandoned);
-                    for (job, outcome) in batch.into_iter().zip(outcomes) {
-                        self.record(&job, &outcome);
-                        let _ = job.reply.send(Ok(outcome.response()));
+                    for (job, done) in batch.into_iter().zip(done) {
+                        match (&job.op, &done) {
+                            (Op::Decide(req, holder), Done::Decided(o)) => self.record(req, holder, o),
+                            (Op::Release { .. }, Done::Changed(Change::Done(p))) => {
+                                tracing::info!(permit_id = %p.id, operation = %p.operation, cluster = %p.cluster,
+                                    node = p.node.as_deref().unwrap_or(""), "permit released");
+                                self.metrics.permit_delta(p.operation, -1);
+                            }
+                            _ => {}
+                        }
+                        let _ = job.reply.send(Ok(done));
                     }
                 }
                 Err(error) => {
@@ -191,11 +209,10 @@ impl Gate {
         }
     }
 
-    fn record(&self, job: &Job, outcome: &Outcome) {
-        let req = &job.req;
+    fn record(&self, req: &PermitRequest, holder: &str, outcome: &Outcome) {
         let r = outcome.response();
         tracing::info!(operation = %req.operation, cluster = %req.cluster, node = req.node.as_deref().unwrap_or(""),
-            requester = %req.requester, holder = %job.holder, granted = r.granted, rule = r.limit.as_deref().unwrap_or(""),
+            requester = %req.requester, holder = %holder, granted = r.granted, rule = r.limit.as_deref().unwrap_or(""),
             reason = %r.reason, "permit decision");
         self.metrics.decision(req.operation, outcome.label());
         match outcome {
@@ -240,16 +257,13 @@ impl Gate {
     pub async fn renew(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
         let ttl = TimeDelta::from_std(self.policy().permit_ttl).unwrap_or(TimeDelta::minutes(10));
         let any = caller.role >= Role::Operator;
-        settle(id, caller, self.store.renew(id, &caller.name, any, ttl, Utc::now()).await?)
+        settle(id, caller, self.change(Op::Renew { id, caller: caller.name.clone(), any, ttl }).await?)
     }
 
     /// Gives a permit back: its holder may, an operator may for anyone.
     pub async fn release(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
         let any = caller.role >= Role::Operator;
-        let p = settle(id, caller, self.store.release(id, &caller.name, any, Utc::now()).await?)?;
-        tracing::info!(permit_id = %id, operation = %p.operation, cluster = %p.cluster, by = %caller.name, "permit released");
-        self.metrics.permit_delta(p.operation, -1);
-        Ok(p)
+        settle(id, caller, self.change(Op::Release { id, caller: caller.name.clone(), any }).await?)
     }
 
     /// Active permits.

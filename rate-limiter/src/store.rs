@@ -163,46 +163,96 @@ impl Store {
         Ok(Self { pool, postgres: url.starts_with("postgres") })
     }
 
-    /// Decides a batch of requests in one locked transaction; also returns the permits found
-    /// expired (abandoned by their holders) on the way.
-    pub(crate) async fn decide_batch(
+    /// Runs a batch in one locked transaction: renewals and releases first (a released budget
+    /// is free for the requests of the same batch), then the decisions, in order. Also returns
+    /// the permits found expired (abandoned by their holders) on the way.
+    pub(crate) async fn run_batch(
         &self,
         policy: &Policy,
-        jobs: &[(PermitRequest, String)],
+        ops: &[Op],
         snapshots: &std::sync::Arc<HashMap<String, ClusterSnapshot>>,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<Outcome>, Vec<Permit>)> {
+    ) -> Result<(Vec<Done>, Vec<Permit>)> {
         let mut tx = self.pool.begin().await?;
         if self.postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
         }
         let abandoned = expire(&mut tx, now).await?;
-        let asked: std::collections::BTreeSet<Operation> = jobs.iter().map(|(r, _)| r.operation).collect();
-        let mut world = load_world(&mut tx, policy, &asked, now).await?;
-        world.snapshots = snapshots.clone();
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        for (req, holder) in jobs {
-            let o = decide(policy, &mut world, req, holder, now);
-            write_outcome(&mut tx, req, holder, &o, now).await?;
-            outcomes.push(o);
+        let mut done: Vec<Option<Done>> = vec![None; ops.len()];
+        for (i, op) in ops.iter().enumerate() {
+            let change = match op {
+                Op::Decide(..) => continue,
+                Op::Renew { id, caller, any, ttl } => renew(&mut tx, *id, caller, *any, *ttl, now).await?,
+                Op::Release { id, caller, any } => release(&mut tx, *id, caller, *any, now).await?,
+            };
+            done[i] = Some(Done::Changed(change));
         }
-        let mut tats: Vec<(&(Operation, String), &DateTime<Utc>)> = world.tats.iter().collect();
-        tats.sort_by_key(|(k, _)| *k);
-        for ((op, scope), tat) in tats {
-            sqlx::query(
-                "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
-            )
-            .bind(op.as_str())
-            .bind(scope)
-            .bind(ms(*tat))
-            .execute(&mut *tx)
-            .await?;
+        let asked: std::collections::BTreeSet<Operation> = ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Decide(r, _) => Some(r.operation),
+                _ => None,
+            })
+            .collect();
+        if !asked.is_empty() {
+            let mut world = load_world(&mut tx, policy, &asked, now).await?;
+            world.snapshots = snapshots.clone();
+            let loaded = world.tats.clone();
+            for (i, op) in ops.iter().enumerate() {
+                let Op::Decide(req, holder) = op else { continue };
+                let o = decide(policy, &mut world, req, holder, now);
+                write_outcome(&mut tx, req, holder, &o, now).await?;
+                done[i] = Some(Done::Decided(Box::new(o)));
+            }
+            // Only the rate states that moved.
+            let mut moved: Vec<(&(Operation, String), &DateTime<Utc>)> =
+                world.tats.iter().filter(|(k, v)| loaded.get(*k) != Some(*v)).collect();
+            moved.sort_by_key(|(k, _)| *k);
+            write_tats(&mut tx, &moved).await?;
         }
         tx.commit().await?;
-        Ok((outcomes, abandoned))
+        let done: Result<Vec<Done>> =
+            done.into_iter().map(|d| d.ok_or_else(|| Error::Corrupt("a batch entry was not run".into()))).collect();
+        Ok((done?, abandoned))
     }
+}
 
+/// One entry of a batch.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Decide a request made with the named token.
+    Decide(PermitRequest, String),
+    /// Extend a permit by `ttl`, if `caller` holds it (or `any` is set).
+    Renew { id: Uuid, caller: String, any: bool, ttl: TimeDelta },
+    /// End a permit as released, if `caller` holds it (or `any` is set).
+    Release { id: Uuid, caller: String, any: bool },
+}
+
+/// What a batch entry came to.
+#[derive(Debug, Clone)]
+pub(crate) enum Done {
+    /// A decision.
+    Decided(Box<Outcome>),
+    /// A renewal or release.
+    Changed(Change),
+}
+
+async fn write_tats(tx: &mut Tx<'_>, tats: &[(&(Operation, String), &DateTime<Utc>)]) -> Result<()> {
+    for ((op, scope), tat) in tats {
+        sqlx::query(
+            "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
+        )
+        .bind(op.as_str())
+        .bind(scope)
+        .bind(ms(**tat))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
     /// Marks expired permits and trims the decision log to `keep` entries and ended permits to
     /// those still inside any window a rule looks back over.
     pub(crate) async fn sweep(&self, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Permit>> {
@@ -221,72 +271,6 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(abandoned)
-    }
-
-    /// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).
-    pub(crate) async fn renew(
-        &self,
-        id: Uuid,
-        caller: &str,
-        any: bool,
-        ttl: TimeDelta,
-        now: DateTime<Utc>,
-    ) -> Result<Change> {
-        let done = sqlx::query(&format!(
-            "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
-             AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
-        ))
-        .bind(id.to_string())
-        .bind(ms(now + ttl))
-        .bind(ms(now))
-        .bind(i32::from(any))
-        .bind(caller)
-        .fetch_optional(&self.pool)
-        .await?;
-        match done {
-            Some(row) => Ok(Change::Done(permit_of(&row)?)),
-            None => self.why_not(id, caller, now).await,
-        }
-    }
-
-    /// Ends a permit as released, if `caller` holds it (or `any` is set).
-    pub(crate) async fn release(&self, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<Change> {
-        let done = sqlx::query(&format!(
-            "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
-             WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
-        ))
-        .bind(id.to_string())
-        .bind(ms(now))
-        .bind(caller)
-        .bind(i32::from(any))
-        .fetch_optional(&self.pool)
-        .await?;
-        match done {
-            Some(row) => Ok(Change::Done(permit_of(&row)?)),
-            None => self.why_not(id, caller, now).await,
-        }
-    }
-
-    /// Why a renewal or release changed nothing.
-    async fn why_not(&self, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<Change> {
-        let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else { return Ok(Change::Unknown) };
-        let mut p = permit_of(&row)?;
-        if p.state == PermitState::Active && p.expires_at <= now {
-            // Lapsed, not yet swept: it is over all the same.
-            p.state = PermitState::Expired;
-            return Ok(Change::Ended(p));
-        }
-        if p.state != PermitState::Active {
-            return Ok(Change::Ended(p));
-        }
-        if p.holder != caller {
-            return Ok(Change::NotYours(p.holder));
-        }
-        Ok(Change::Ended(p))
     }
 
     /// Active permits.
@@ -611,4 +595,70 @@ async fn write_outcome(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).
+async fn renew(
+    tx: &mut Tx<'_>,
+    id: Uuid,
+    caller: &str,
+    any: bool,
+    ttl: TimeDelta,
+    now: DateTime<Utc>,
+) -> Result<Change> {
+    let done = sqlx::query(&format!(
+        "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
+         AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
+    ))
+    .bind(id.to_string())
+    .bind(ms(now + ttl))
+    .bind(ms(now))
+    .bind(i32::from(any))
+    .bind(caller)
+    .fetch_optional(&mut **tx)
+    .await?;
+    match done {
+        Some(row) => Ok(Change::Done(permit_of(&row)?)),
+        None => why_not(tx, id, caller, now).await,
+    }
+}
+
+/// Ends a permit as released, if `caller` holds it (or `any` is set).
+async fn release(tx: &mut Tx<'_>, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<Change> {
+    let done = sqlx::query(&format!(
+        "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
+         WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
+    ))
+    .bind(id.to_string())
+    .bind(ms(now))
+    .bind(caller)
+    .bind(i32::from(any))
+    .fetch_optional(&mut **tx)
+    .await?;
+    match done {
+        Some(row) => Ok(Change::Done(permit_of(&row)?)),
+        None => why_not(tx, id, caller, now).await,
+    }
+}
+
+/// Why a renewal or release changed nothing.
+async fn why_not(tx: &mut Tx<'_>, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<Change> {
+    let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(row) = row else { return Ok(Change::Unknown) };
+    let mut p = permit_of(&row)?;
+    if p.state == PermitState::Active && p.expires_at <= now {
+        // Lapsed, not yet swept: it is over all the same.
+        p.state = PermitState::Expired;
+        return Ok(Change::Ended(p));
+    }
+    if p.state != PermitState::Active {
+        return Ok(Change::Ended(p));
+    }
+    if p.holder != caller {
+        return Ok(Change::NotYours(p.holder));
+    }
+    Ok(Change::Ended(p))
 }

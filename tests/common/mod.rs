@@ -189,3 +189,22 @@ pub async fn fleet(name: &str, nodes: usize) -> firebreak_fleet_sim::Fleet {
     .await
     .unwrap()
 }
+
+/// Waits until every pod of the cluster is Running and Ready (the budgets bind Ready pods only).
+pub async fn wait_pods_ready(cluster: &firebreak_fleet_sim::Cluster) {
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+    wait_for("every pod Ready", Duration::from_secs(30), || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        list.items
+            .iter()
+            .all(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .then_some(())
+    })
+    .await;
+}
