@@ -277,16 +277,9 @@ async fn permits_are_renewed_while_a_step_runs_and_expire_when_their_holder_dies
     let grants =
         decisions.as_array().unwrap().iter().filter(|d| d["granted"] == true && d["operation"] == "cordon").count();
     assert_eq!(grants, 1, "one cordon permit for the whole workflow, kept alive by renewals");
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", stack.gate_url))
-        .bearer_auth(&stack.tokens.viewer)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(!metrics.contains("firebreak_gate_permits_abandoned_total{operation=\"cordon\"} 1"), "{metrics}");
+    let metrics = common::gate_metrics(&stack).await;
+    assert!(metrics.contains("firebreak_gate_decisions_total"), "{metrics}");
+    assert!(!metrics.contains("firebreak_gate_permits_abandoned_total"), "nothing abandoned: {metrics}");
 
     // Now a remediator dies mid-drain: its permits lapse and the budget frees.
     let second = format!("{}-node-002", cluster.name());
@@ -298,17 +291,8 @@ async fn permits_are_renewed_while_a_step_runs_and_expire_when_their_holder_dies
     stack.kill_remediators();
     let permits = format!("{}/api/v1/permits", stack.gate_url);
     assert_eq!(get_json_as(&stack.tokens.viewer, &permits).await.unwrap().as_array().unwrap().len(), 2);
-    let metrics_url = format!("{}/metrics", stack.gate_url);
     wait_for("the dead remediator's permits counted as abandoned", Duration::from_secs(15), || async {
-        let text = reqwest::Client::new()
-            .get(&metrics_url)
-            .bearer_auth(&stack.tokens.viewer)
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = common::gate_metrics(&stack).await;
         ["cordon", "drain"]
             .iter()
             .all(|op| text.contains(&format!("firebreak_gate_permits_abandoned_total{{operation=\"{op}\"}} 1")))

@@ -239,8 +239,7 @@ pub(crate) fn decide(
     }
 
     if let Some(b) = &op_policy.breaker {
-        for (scope, kind) in scopes.iter().filter(|(_, k)| *k == b.scope) {
-            let _ = kind;
+        for (scope, _) in scopes.iter().filter(|(_, k)| *k == b.scope) {
             let window_start = now - TimeDelta::from_std(b.window).unwrap_or(TimeDelta::MAX);
             let since = world.closed.get(&(op, scope.to_string())).map_or(window_start, |c| (*c).max(window_start));
             let count = world

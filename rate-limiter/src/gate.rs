@@ -147,7 +147,7 @@ impl Gate {
         let policy = self.policy();
         // Only the labels the policy names are failure domains; others are not the gate's business.
         req.domains.retain(|k, _| policy.failure_domains.contains(k));
-        validate(&policy, &req)?;
+        validate(&req)?;
         match self.submit(Op::Decide(req, caller.name.clone())).await? {
             Done::Decided(o) => Ok(o.response()),
             Done::Changed(_) => Err(Error::Corrupt("a decision came back as a change".into())),
@@ -414,7 +414,7 @@ fn validate_scope(scope: &Scope) -> Result<()> {
 }
 
 /// Checks a request's fields as Kubernetes would check the names in it.
-fn validate(policy: &Policy, req: &PermitRequest) -> Result<()> {
+fn validate(req: &PermitRequest) -> Result<()> {
     if !names::is_dns1123_subdomain(&req.cluster) {
         return Err(Error::BadRequest(format!(
             "cluster `{}` is not a DNS-1123 name (lowercase letters, digits, '-', '.'; at most 253)",
@@ -441,6 +441,5 @@ fn validate(policy: &Policy, req: &PermitRequest) -> Result<()> {
             return Err(Error::BadRequest(format!("`{k}={}`: not a label value", v.escape_debug())));
         }
     }
-    let _ = policy;
     Ok(())
 }

@@ -96,6 +96,33 @@ impl Ctx {
     }
 }
 
+/// Which permits a transition gives back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// The step's own (`drain`, `reboot`): the step is done.
+    Step,
+    /// Every permit: the workflow is done.
+    All,
+}
+
+impl Ctx {
+    /// Persists a transition that gives permits back, then releases them. If the transition
+    /// cannot be persisted, the workflow still holds them (and a retry gives them back).
+    async fn advance_releasing(&self, wf: &mut Workflow, state: State, reason: String, which: Release) -> Result<()> {
+        let kept = (wf.permit_id, wf.step_permit_id);
+        if which == Release::All {
+            wf.permit_id = None;
+        }
+        wf.step_permit_id = None;
+        if let Err(e) = self.advance(wf, state, reason).await {
+            (wf.permit_id, wf.step_permit_id) = kept;
+            return Err(e);
+        }
+        release(self, [if which == Release::All { kept.0 } else { None }, kept.1]).await;
+        Ok(())
+    }
+}
+
 /// The published form of a persisted step; its id derives from the workflow and the step's place
 /// in the step log.
 fn step_event(wf: &Workflow, step: Step) -> RemediationEvent {
@@ -180,10 +207,8 @@ impl Runner {
             State::Verifying => self.verify(ctx, wf).await,
             State::Uncordoning => {
                 ctx.ops.uncordon_and_untaint(&wf.node).await?;
-                let permits = [wf.permit_id.take(), wf.step_permit_id.take()];
-                ctx.advance(wf, State::Healed, "uncordoned and untainted; node back in service".into()).await?;
-                release(ctx, permits).await;
-                Ok(())
+                let reason = "uncordoned and untainted; node back in service".into();
+                ctx.advance_releasing(wf, State::Healed, reason, Release::All).await
             }
             State::Healed | State::Escalated => Ok(()),
         }
@@ -293,10 +318,7 @@ impl Runner {
             started.elapsed().as_secs_f64()
         );
         self.started = None;
-        let drain_permit = wf.step_permit_id.take();
-        ctx.advance(wf, State::Rebooting, reason).await?;
-        release(ctx, [drain_permit, None]).await;
-        Ok(())
+        ctx.advance_releasing(wf, State::Rebooting, reason, Release::Step).await
     }
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -333,10 +355,7 @@ impl Runner {
             let reason =
                 format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", started.elapsed().as_secs_f64());
             self.started = None;
-            let reboot_permit = wf.step_permit_id.take();
-            ctx.advance(wf, State::Verifying, reason).await?;
-            release(ctx, [reboot_permit, None]).await;
-            return Ok(());
+            return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
         }
         let why = format!(
             "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
@@ -380,10 +399,8 @@ impl Runner {
 
     async fn escalate(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String) -> Result<()> {
         tracing::warn!(why, "escalating to a human; node stays cordoned");
-        let permits = [wf.permit_id.take(), wf.step_permit_id.take()];
-        ctx.advance(wf, State::Escalated, format!("needs a human: {why}; node left cordoned and tainted")).await?;
-        release(ctx, permits).await;
-        Ok(())
+        let reason = format!("needs a human: {why}; node left cordoned and tainted");
+        ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await
     }
 }
 

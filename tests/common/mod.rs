@@ -208,3 +208,13 @@ pub async fn wait_pods_ready(cluster: &firebreak_fleet_sim::Cluster) {
     })
     .await;
 }
+
+/// The gate's metrics (read with the stack's viewer token); empty on failure.
+pub async fn gate_metrics(stack: &Stack) -> String {
+    let url = format!("{}/metrics", stack.gate_url);
+    let sent = reqwest::Client::new().get(url).bearer_auth(&stack.tokens.viewer).send().await;
+    match sent {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
