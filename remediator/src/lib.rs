@@ -10,7 +10,8 @@
 //! and evict them through the Eviction API under a `drain` permit, retrying PodDisruptionBudget
 //! refusals, never skipping them → under a `reboot` permit, ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
 //! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
-//! escalates to a human and leaves the node cordoned. Each transition is also recorded as a
+//! escalates to a human and leaves the node cordoned; a node deleted meanwhile ends its workflow
+//! as `node_gone`. Each transition is also recorded as a
 //! Kubernetes Event on the node (best effort). State is written before each side effect
 //! and every action is idempotent, so a restarted remediator resumes where it stopped. Permits
 //! are renewed while their steps run (`permits`); a permit lost stops the workflow before its
@@ -69,6 +70,9 @@ pub enum Error {
     /// A setting is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The node no longer exists (the API server answers 404 for it).
+    #[error("node {0} no longer exists")]
+    NodeGone(String),
     /// A permit a step needs is not held any more (the gate says it is over, or it lapsed).
     #[error("permit lost: {why}")]
     PermitLost {
