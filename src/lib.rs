@@ -1,12 +1,15 @@
 //! The `firebreak` binary's wiring: one command per service (`agent`, `detector`,
-//! `event-center`, `gate`, `remediator`, `fleet-sim`) and `demo`, which runs the whole loop on
-//! one machine — librdkafka's mock cluster as the broker, SQLite, fleet-sim as the clusters.
+//! `event-center`, `gate serve`, `remediator`, `fleet-sim`), the gate's operator commands
+//! (`gate status|permits|decisions|halt|resume|reset-breaker|check-policy`, `token`), `demo`,
+//! which runs the whole loop on one machine — librdkafka's mock cluster as the broker, SQLite,
+//! fleet-sim as the clusters — and `bench`.
 //!
 //! It owns process concerns only: flags, telemetry, Kubernetes client construction, signal
-//! handling and the demo's orchestration. Every behaviour lives in the service crates.
+//! handling, the operator client, benchmarks and the demo's orchestration. Every behaviour of the
+//! system lives in the service crates.
 //!
-//! Feature `demo` (on by default) adds `demo` and `fleet-sim`: the simulated clusters and
-//! librdkafka's in-process mock broker. The service image is built without it.
+//! Feature `demo` (on by default) adds `demo`, `fleet-sim` and `bench`: the simulated clusters
+//! and librdkafka's in-process mock broker. The service image is built without it.
 
 #[cfg(feature = "demo")]
 pub mod bench;

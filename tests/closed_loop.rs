@@ -270,3 +270,54 @@ async fn fault_logged_during_boot_escalates_instead_of_healing() {
     assert!(common::out_of_service(&n), "left cordoned for a human");
     stack.shutdown().await;
 }
+
+/// A node deleted while its workflow waits ends the workflow as "node gone", with its permit
+/// given back — not a 404 retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_node_ends_its_workflow_as_node_gone() {
+    let stack = stack("node-gone", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-003", cluster.name());
+    let http = reqwest::Client::new();
+    // Hold the workflow before its cordon: an operator halts the cluster.
+    let halt: serde_json::Value = http
+        .post(format!("{}/api/v1/halts", stack.gate_url))
+        .bearer_auth(&stack.tokens.operator)
+        .json(&serde_json::json!({"scope": {"cluster": cluster.name()}, "reason": "test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    cluster.inject(&node, Fault::KernelHung).unwrap();
+    wait_for("the workflow held by the halt", Duration::from_secs(20), || async {
+        steps(&stack, &node)
+            .await
+            .iter()
+            .any(|(s, r)| s == "permit_wait" && r.contains("halted by operator"))
+            .then_some(())
+    })
+    .await;
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    Api::<Node>::all(client).delete(&node, &Default::default()).await.unwrap();
+    http.post(format!("{}/api/v1/halts/{}/resume", stack.gate_url, halt["id"].as_str().unwrap()))
+        .bearer_auth(&stack.tokens.operator)
+        .send()
+        .await
+        .unwrap();
+    let (_, why) = wait_for("the workflow ended as node gone", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "node_gone")
+    })
+    .await;
+    assert!(why.contains("no longer exists"), "{why}");
+    wait_for("its permit given back", Duration::from_secs(10), || async {
+        common::get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/permits", stack.gate_url))
+            .await?
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    stack.shutdown().await;
+}

@@ -117,9 +117,16 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     assert_eq!(events(&ec.url, "class=hardware").await.len(), 1);
     assert_eq!(events(&ec.url, "cluster=other").await.len(), 0);
     assert_eq!(events(&ec.url, "limit=1").await.len(), 1);
-    for bad in ["class=bogus", "limit=0", "limit=abc"] {
-        let r = reqwest::get(format!("{}/api/v1/events?{bad}", ec.url)).await.unwrap();
-        assert_eq!(r.status(), 400, "{bad}");
+    for (list, bad) in [
+        ("events", "class=bogus"),
+        ("events", "limit=0"),
+        ("events", "limit=abc"),
+        ("remediations", "limit=-5"),
+        ("remediations", "limit=5000"),
+        ("remediations", "limit=abc"),
+    ] {
+        let r = reqwest::get(format!("{}/api/v1/{list}?{bad}", ec.url)).await.unwrap();
+        assert_eq!(r.status(), 400, "{list}?{bad}: one rule for every list");
         let body: serde_json::Value = r.json().await.unwrap();
         assert!(!body["error"].as_str().unwrap().is_empty(), "{bad}: a clear error");
     }

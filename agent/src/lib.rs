@@ -115,13 +115,28 @@ impl NodeAgent {
     pub fn fault_of(&self, record: &kmsg::Record) -> Option<FaultEvent> {
         let rule = rules::first_match(&self.rules, &record.message)?;
         let (btime, boot_id) = boot_facts(&self.host_root);
-        let usec = i64::try_from(record.usec).unwrap_or(i64::MAX);
-        let observed_at = DateTime::from_timestamp(btime, 0)
-            .and_then(|b| b.checked_add_signed(TimeDelta::microseconds(usec)))
-            .unwrap_or_else(Utc::now);
+        let since_boot = TimeDelta::microseconds(i64::try_from(record.usec).unwrap_or(i64::MAX));
+        // The kernel stamps records with time since boot; the boot time turns that into a date.
+        // Without it the agent says so and uses its own clock: never a date in 1970.
+        let (observed_at, time_source) = match btime.and_then(|b| DateTime::from_timestamp(b, 0)) {
+            Some(boot) => match boot.checked_add_signed(since_boot) {
+                Some(t) => (t, "boot time + kernel timestamp".to_owned()),
+                None => (Utc::now(), "agent clock when read: kernel timestamp out of range".to_owned()),
+            },
+            None => (
+                Utc::now(),
+                format!("agent clock when read: no boot time in {}", self.host_root.join("proc/stat").display()),
+            ),
+        };
+        // The id must not change when the record is read again: with no boot time it takes the
+        // kernel timestamp alone for its time part.
+        let id_time = btime
+            .and_then(|b| DateTime::from_timestamp(b, 0))
+            .and_then(|b| b.checked_add_signed(since_boot))
+            .unwrap_or(DateTime::UNIX_EPOCH + since_boot);
         let seq = record.seq.to_string();
         Some(FaultEvent {
-            id: deterministic_id(observed_at, &[&self.cluster, &self.node, &boot_id, &seq]),
+            id: deterministic_id(id_time, &[&self.cluster, &self.node, &boot_id, &seq]),
             cluster: self.cluster.clone(),
             node: self.node.clone(),
             class: rule.kind.class(),
@@ -135,17 +150,19 @@ impl NodeAgent {
                 ("kmsg_seq".into(), seq),
                 ("kmsg_level".into(), record.level.to_string()),
                 ("boot_id".into(), boot_id),
+                ("time_source".into(), time_source),
             ]),
         })
     }
 }
 
-/// `btime` from `<root>/proc/stat` and the boot id from `<root>/proc/sys/kernel/random/boot_id`.
-fn boot_facts(root: &Path) -> (i64, String) {
+/// `btime` from `<root>/proc/stat` (`None` if it cannot be read) and the boot id from
+/// `<root>/proc/sys/kernel/random/boot_id`.
+fn boot_facts(root: &Path) -> (Option<i64>, String) {
     let btime = std::fs::read_to_string(root.join("proc/stat"))
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok()))
-        .unwrap_or(0);
+        .filter(|b: &i64| *b > 0);
     let boot_id = std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
@@ -194,4 +211,41 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let _ = task.await;
     producer.flush(Duration::from_secs(10))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(root: &Path) -> NodeAgent {
+        let cfg = KafkaConfig::new("127.0.0.1:1");
+        NodeAgent {
+            cluster: "c1".into(),
+            node: "n1".into(),
+            host_root: root.to_owned(),
+            rules: Arc::new(rules::defaults()),
+            producer: Producer::new(&cfg).unwrap(),
+            poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_fault_is_dated_from_the_boot_time_or_says_why_not_never_1970() {
+        let root = std::env::temp_dir().join(format!("fb-agent-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        let record = kmsg::Record { level: 3, seq: 7, usec: 5_000_000, message: "EDAC MC0: 1 UE read error".into() };
+        // No proc/stat: the agent's clock, and the event says so.
+        let a = agent(&root);
+        let e = a.fault_of(&record).unwrap();
+        assert!((Utc::now() - e.observed_at).num_seconds().abs() < 5, "{}", e.observed_at);
+        assert!(e.evidence["time_source"].contains("no boot time"), "{:?}", e.evidence);
+        assert_eq!(a.fault_of(&record).unwrap().id, e.id, "read again, the same id");
+        // With btime: boot time + the kernel's timestamp.
+        std::fs::write(root.join("proc/stat"), "cpu 0\nbtime 1800000000\n").unwrap();
+        let e = a.fault_of(&record).unwrap();
+        assert_eq!(e.observed_at, DateTime::from_timestamp(1_800_000_005, 0).unwrap());
+        assert_eq!(e.evidence["time_source"], "boot time + kernel timestamp");
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }

@@ -83,10 +83,8 @@ async fn remediations(
     q: Result<Query<RemediationFilter>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Error> {
     let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let rows = s
-        .store
-        .list_remediations(f.cluster.as_deref().unwrap_or(""), f.node.as_deref().unwrap_or(""), f.limit.unwrap_or(100))
-        .await?;
+    let rows =
+        s.store.list_remediations(f.cluster.as_deref().unwrap_or(""), f.node.as_deref().unwrap_or(""), f.limit).await?;
     Ok(Json(rows).into_response())
 }
 

@@ -130,10 +130,7 @@ impl Store {
             FaultClass::from_str(c)
                 .map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
         }
-        let limit = f.limit.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(Error::BadRequest(format!("limit {limit} is not between 1 and 1000")));
-        }
+        let limit = limit(f.limit)?;
         let rows = sqlx::query(
             "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at \
              FROM fault_events WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
@@ -148,15 +145,21 @@ impl Store {
         rows.iter().map(fault_of_row).collect()
     }
 
-    /// Remediation steps, newest first.
-    pub async fn list_remediations(&self, cluster: &str, node: &str, limit: i64) -> Result<Vec<RemediationEvent>> {
+    /// Remediation steps, newest first; `limit` as for [`Store::list_faults`].
+    pub async fn list_remediations(
+        &self,
+        cluster: &str,
+        node: &str,
+        limit: Option<i64>,
+    ) -> Result<Vec<RemediationEvent>> {
+        let limit = self::limit(limit)?;
         let rows = sqlx::query(
             "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events \
              WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) ORDER BY at_ms DESC, id DESC LIMIT $3",
         )
         .bind(cluster)
         .bind(node)
-        .bind(limit.clamp(1, 1000))
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -189,6 +192,15 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// The one rule for `?limit=` on every list: 1 to 1000, 100 when absent; anything else is a 400.
+fn limit(asked: Option<i64>) -> Result<i64> {
+    let limit = asked.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::BadRequest(format!("limit {limit} is not between 1 and 1000")));
+    }
+    Ok(limit)
 }
 
 fn fault_of_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {

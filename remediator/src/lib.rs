@@ -1,21 +1,25 @@
 //! The remediator: durable, one-per-cluster workflows that take a faulty node out of service,
-//! repair it and put it back, asking the gate before the risky part.
+//! repair it and put it back, each risky step under its own permit from the gate.
 //!
 //! It owns the repair decision and its execution. Intake (`intake`, a policy separate from the
 //! store): each critical hardware or system fault of its cluster starts a workflow (one open
 //! workflow per node; later faults attach to it); every consumed fault is recorded with the
-//! decision taken. A workflow: ask the gate for a
-//! `cordon` permit (no answer = no permit: fail closed) → cordon and taint
-//! `firebreak.io/unhealthy=<kind>:NoSchedule` → label pods `firebreak.io/to-be-migrated=true`
-//! and evict them through the Eviction API under a `drain` permit, retrying PodDisruptionBudget
-//! refusals, never skipping them → under a `reboot` permit, ask for a reboot (once) → wait for a new boot id and Ready → a quiet period with no
-//! new critical fault → uncordon, untaint, release the permit. A step that cannot complete
-//! escalates to a human and leaves the node cordoned. Each transition is also recorded as a
-//! Kubernetes Event on the node (best effort). State is written before each side effect
-//! and every action is idempotent, so a restarted remediator resumes where it stopped. Permits
-//! are renewed while their steps run (`permits`); a permit lost stops the workflow before its
-//! next risky side effect, and it asks again. Each
-//! transition is also published to the remediation topic with its reason.
+//! decision taken. A workflow: ask the gate for a `cordon` permit (no answer = no permit: fail
+//! closed), held until the node is back in service → cordon and taint
+//! `firebreak.io/unhealthy=<kind>:NoSchedule` → under a `drain` permit, label pods
+//! `firebreak.io/to-be-migrated=true` and evict them through the Eviction API, retrying
+//! PodDisruptionBudget refusals, never skipping them → under a `reboot` permit, ask for a reboot
+//! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
+//! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
+//! logged during boot counts) → uncordon, untaint, release. A step that cannot complete
+//! escalates to a human and leaves the node cordoned; a node deleted meanwhile ends its workflow
+//! as `node_gone`.
+//!
+//! State is written before each side effect and every action is idempotent, so a restarted
+//! remediator resumes where it stopped. Permits are renewed while their steps run (`permits`); a
+//! permit lost stops the workflow before its next risky side effect, and it asks again. Each
+//! transition is published to the remediation topic with its reason (an id derived from the
+//! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
 
 mod gate;
 mod intake;
@@ -69,6 +73,9 @@ pub enum Error {
     /// A setting is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The node no longer exists (the API server answers 404 for it).
+    #[error("node {0} no longer exists")]
+    NodeGone(String),
     /// A permit a step needs is not held any more (the gate says it is over, or it lapsed).
     #[error("permit lost: {why}")]
     PermitLost {

@@ -35,7 +35,7 @@ impl NodeOps {
 
     /// The node.
     pub async fn get(&self, node: &str) -> Result<Node> {
-        Ok(self.nodes.get(node).await?)
+        self.nodes.get(node).await.map_err(|e| gone(node, e))
     }
 
     /// Cordons the node and adds `firebreak.io/unhealthy=<kind>:NoSchedule`.
@@ -67,7 +67,7 @@ impl NodeOps {
         edit: impl Fn(&mut Vec<Taint>),
     ) -> Result<()> {
         for _ in 0..10 {
-            let n = self.nodes.get(node).await?;
+            let n = self.get(node).await?;
             let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
             edit(&mut taints);
             let patch = json!({
@@ -77,7 +77,7 @@ impl NodeOps {
             match self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(gone(node, e)),
             }
         }
         Err(Error::Conflict(format!("node {node} kept changing while updating its taints")))
@@ -175,8 +175,16 @@ impl NodeOps {
     /// Asks for a reboot by annotating the node with the workflow id.
     pub async fn request_reboot(&self, node: &str, workflow: &str) -> Result<()> {
         let patch = json!({"metadata": {"annotations": {REBOOT_ANNOTATION: workflow}}});
-        self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| gone(node, e))?;
         Ok(())
+    }
+}
+
+/// A 404 on the node itself means the node was deleted.
+fn gone(node: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) if s.code == 404 => Error::NodeGone(node.to_owned()),
+        other => other.into(),
     }
 }
 

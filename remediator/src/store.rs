@@ -36,6 +36,8 @@ pub enum State {
     Healed,
     /// Done: a human must take over; the node stays cordoned.
     Escalated,
+    /// Done: the node was deleted; nothing is left to repair.
+    NodeGone,
 }
 
 impl State {
@@ -51,6 +53,7 @@ impl State {
             State::Uncordoning => "uncordoning",
             State::Healed => "healed",
             State::Escalated => "escalated",
+            State::NodeGone => "node_gone",
         }
     }
 
@@ -65,6 +68,7 @@ impl State {
             State::Uncordoning,
             State::Healed,
             State::Escalated,
+            State::NodeGone,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -73,7 +77,7 @@ impl State {
 
     /// Whether the workflow has ended.
     pub fn is_done(self) -> bool {
-        matches!(self, State::Healed | State::Escalated)
+        matches!(self, State::Healed | State::Escalated | State::NodeGone)
     }
 }
 

@@ -185,6 +185,12 @@ impl Runner {
     async fn step(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         match self.act(ctx, wf).await {
             Err(Error::PermitLost { permit, why }) => self.lost(ctx, wf, permit, why).await,
+            Err(Error::NodeGone(node)) => {
+                tracing::warn!(%node, "node deleted; workflow ends");
+                let reason =
+                    format!("node {node} no longer exists (the API server answers 404): nothing left to repair");
+                ctx.advance_releasing(wf, State::NodeGone, reason, Release::All).await
+            }
             other => other,
         }
     }
@@ -210,13 +216,15 @@ impl Runner {
                 let reason = "uncordoned and untainted; node back in service".into();
                 ctx.advance_releasing(wf, State::Healed, reason, Release::All).await
             }
-            State::Healed | State::Escalated => Ok(()),
+            State::Healed | State::Escalated | State::NodeGone => Ok(()),
         }
     }
 
     /// Asks for the permit of the step the workflow is in: `cordon` (then on to cordoning), or
     /// the step's own (`drain`, `reboot`), held with the cordon permit while the step runs.
     async fn acquire(&mut self, ctx: &Ctx, wf: &mut Workflow, op: Operation) -> Result<()> {
+        // A node deleted while its workflow waits ends the workflow (`NodeGone`), not the wait.
+        ctx.ops.get(&wf.node).await?;
         let requester = format!("remediator/{}", wf.id);
         let domains = ctx.domains_of(&wf.node);
         let resp = ctx.gate.request(op, &wf.cluster, &wf.node, domains, &requester).await;
@@ -346,10 +354,17 @@ impl Runner {
         let started = *self.started.get_or_insert_with(Instant::now);
         let before = wf.boot_id_before.clone().unwrap_or_default();
         let left = ctx.cfg.reboot_timeout.saturating_sub(started.elapsed());
+        // Back with a new boot id and Ready — or gone.
         let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
-            n.map(boot_and_ready).is_some_and(|(boot, ready)| boot != before && ready)
+            n.is_none_or(|n| {
+                let (boot, ready) = boot_and_ready(n);
+                boot != before && ready
+            })
         };
         let (node, done) = ctx.nodes.wait_for(&wf.node, left, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
+        if done && node.is_none() {
+            return Err(Error::NodeGone(wf.node.clone()));
+        }
         let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
         if done {
             let reason =
@@ -368,7 +383,8 @@ impl Runner {
         let since = wf.reboot_requested_at_ms.unwrap_or(0);
         let started = Instant::now();
         while started.elapsed() < ctx.cfg.quiet_period {
-            let (boot, ready) = ctx.nodes.get(&wf.node).as_deref().map(boot_and_ready).unwrap_or_default();
+            let node = ctx.nodes.get(&wf.node).ok_or_else(|| Error::NodeGone(wf.node.clone()))?;
+            let (boot, ready) = boot_and_ready(&node);
             if !ready {
                 return self
                     .escalate(
