@@ -310,3 +310,28 @@ async fn the_gate_serves_https_with_its_certificate() {
     assert_eq!(permits.len(), 1);
     gate.stop().await;
 }
+
+/// A token over its request rate (when the policy sets one) gets 429 with Retry-After; other
+/// tokens are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_token_is_answered_429() {
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", temp_dir("gate-api-rate").join("gate.db").display());
+    let mut policy = cordons(100, Duration::from_secs(60));
+    policy.api_rate_per_token = Some(firebreak_rate_limiter::ApiRate {
+        per_second: std::num::NonZeroU32::new(1).unwrap(),
+        burst: std::num::NonZeroU32::new(3).unwrap(),
+    });
+    let gate = Server::start(&db, &policy, &secrets).await;
+    let http = reqwest::Client::new();
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(ask(&http, &gate.url, &secrets.requester, &request(n)).await.status(), 200, "within the burst");
+    }
+    let r = ask(&http, &gate.url, &secrets.requester, &request("n4")).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(r.text().await.unwrap().contains("token `remediator-a` is over its request rate"));
+    assert_eq!(ask(&http, &gate.url, &secrets.other, &request("n5")).await.status(), 200, "other tokens go on");
+    gate.stop().await;
+}

@@ -15,6 +15,7 @@ use axum::{
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
 use firebreak_schema::{HaltRequest, Operation, PermitRequest, Role, Scope};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use prometheus_client::encoding::text::encode;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -64,12 +65,47 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     }
 }
 
-fn guarded(router: Router<Arc<Gate>>, tokens: &Arc<Tokens>, role: Role) -> Router<Arc<Gate>> {
-    router.route_layer(middleware::from_fn_with_state(Guard { tokens: tokens.clone(), role }, require))
+/// Requests per token, when the policy limits them.
+type Limiter = Option<Arc<DefaultKeyedRateLimiter<String>>>;
+
+/// 429 with `Retry-After` for a token over its request rate.
+async fn limit_requests(
+    State(limiter): State<Limiter>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+    next: middleware::Next,
+) -> Response {
+    if let Some(limiter) = &limiter
+        && let Err(not_until) = limiter.check_key(&caller.name)
+    {
+        let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        let secs = wait.as_secs() + 1;
+        tracing::warn!(token = %caller.name, retry_after_s = secs, "token over its request rate");
+        let body = serde_json::json!({"error": format!(
+            "token `{}` is over its request rate; retry in {:.1}s", caller.name, wait.as_secs_f64()
+        )});
+        let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    next.run(req).await
+}
+
+fn guarded(router: Router<Arc<Gate>>, tokens: &Arc<Tokens>, role: Role, limiter: &Limiter) -> Router<Arc<Gate>> {
+    // Layers run outside in: the token is checked first, then its request rate.
+    router
+        .route_layer(middleware::from_fn_with_state(limiter.clone(), limit_requests))
+        .route_layer(middleware::from_fn_with_state(Guard { tokens: tokens.clone(), role }, require))
 }
 
 /// The gate's HTTP API.
 pub fn router(gate: Arc<Gate>, tokens: Arc<Tokens>) -> Router {
+    let limiter: Limiter = gate
+        .policy()
+        .api_rate_per_token
+        .map(|r| Arc::new(RateLimiter::keyed(Quota::per_second(r.per_second).allow_burst(r.burst))));
     let viewer = Router::new()
         .route("/api/v1/permits", get(list_permits))
         .route("/api/v1/decisions", get(list_decisions))
@@ -86,10 +122,10 @@ pub fn router(gate: Arc<Gate>, tokens: Arc<Tokens>) -> Router {
         .route("/api/v1/breakers/reset", post(reset_breaker));
     let admin = Router::new().route("/api/v1/policy/reload", post(reload));
     Router::new()
-        .merge(guarded(viewer, &tokens, Role::Viewer))
-        .merge(guarded(requester, &tokens, Role::Requester))
-        .merge(guarded(operator, &tokens, Role::Operator))
-        .merge(guarded(admin, &tokens, Role::Admin))
+        .merge(guarded(viewer, &tokens, Role::Viewer, &limiter))
+        .merge(guarded(requester, &tokens, Role::Requester, &limiter))
+        .merge(guarded(operator, &tokens, Role::Operator, &limiter))
+        .merge(guarded(admin, &tokens, Role::Admin, &limiter))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(gate)

@@ -30,7 +30,7 @@ use std::{path::PathBuf, sync::Arc};
 use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig, serve::Tls};
 pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
-pub use policy::{Breaker, BreakerScope, Freeze, Limits, OperationPolicy, Percent, Policy, Window};
+pub use policy::{ApiRate, Breaker, BreakerScope, Freeze, Limits, OperationPolicy, Percent, Policy, Window};
 pub use store::Decision;
 use tokio_util::sync::CancellationToken;
 

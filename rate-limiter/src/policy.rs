@@ -68,6 +68,16 @@ impl Limits {
     }
 }
 
+/// Requests per second and burst, per token.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiRate {
+    /// Sustained requests per second.
+    pub per_second: NonZeroU32,
+    /// Requests that may come at once.
+    pub burst: NonZeroU32,
+}
+
 /// The scope a breaker counts grants in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,6 +248,10 @@ pub struct Policy {
     /// Decisions kept in the log.
     #[serde(default = "default_log_entries")]
     pub decision_log_entries: u32,
+    /// Requests each token may make to the API (GCRA in this replica's memory, `governor`); a
+    /// runaway client is answered 429 instead of loading the gate. Off without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_rate_per_token: Option<ApiRate>,
     /// Per operation; an operation without an entry is denied.
     #[serde(default)]
     pub operations: BTreeMap<Operation, OperationPolicy>,
@@ -279,6 +293,7 @@ impl Default for Policy {
             snapshot_max_age: default_snapshot_age(),
             failure_domains: default_domains(),
             decision_log_entries: default_log_entries(),
+            api_rate_per_token: None,
             operations: BTreeMap::from([
                 (
                     Operation::Cordon,
@@ -358,6 +373,7 @@ mod tests {
             r#"
 permit_ttl = "2m"
 failure_domains = ["topology.kubernetes.io/zone", "example.com/rack"]
+api_rate_per_token = { per_second = 50, burst = 100 }
 
 [operations.cordon.cluster]
 rate_per_minute = 6
