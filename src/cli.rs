@@ -80,9 +80,15 @@ pub enum Command {
         /// Silence after which an agent is reported.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_silent_after: Duration,
-        /// How often a cluster snapshot is published on the health topic.
+        /// How often a health sample is published on the health topic.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        snapshot_every: Duration,
+        sample_every: Duration,
+        /// The sliding window of pod starts (and faults per class) in a health sample.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        pod_window: Duration,
+        /// A pod not Ready this long after its creation counts as a failed start (timed out).
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        pod_start_deadline: Duration,
         #[command(flatten)]
         domains: DomainArgs,
     },
@@ -224,7 +230,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { on, agent_silent_after, snapshot_every, domains } => {
+        Command::Detector { on, agent_silent_after, sample_every, pod_window, pod_start_deadline, domains } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
@@ -234,8 +240,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 cluster: on.cluster,
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
-                snapshot_every,
+                sample_every,
                 failure_domains: domains.failure_domains,
+                pod_window,
+                pod_start_deadline,
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }

@@ -72,8 +72,12 @@ pub struct StackOptions {
     pub remediator_db: Option<String>,
     /// Gate database; SQLite under the data directory when `None`.
     pub gate_db: Option<String>,
-    /// How often detectors publish cluster snapshots.
-    pub snapshot_every: Duration,
+    /// How often detectors publish health samples.
+    pub sample_every: Duration,
+    /// The detectors' pod-start window.
+    pub pod_window: Duration,
+    /// The detectors' pod-start deadline.
+    pub pod_start_deadline: Duration,
     /// How fast simulated time goes.
     pub timings: Timings,
     /// The token the remediators present; the stack's requester token when `None`.
@@ -100,7 +104,9 @@ impl StackOptions {
             event_center_db: None,
             remediator_db: None,
             gate_db: None,
-            snapshot_every: Duration::from_secs(1),
+            sample_every: Duration::from_secs(1),
+            pod_window: Duration::from_secs(60),
+            pod_start_deadline: Duration::from_secs(15),
             timings: Timings::default(),
             remediator_token: None,
             quiet_period: Duration::from_secs(5),
@@ -255,8 +261,10 @@ impl Stack {
                 kafka: kafka_config.clone(),
                 agent_silent_after: opts.heartbeat * 5,
                 new_node_grace: Duration::from_secs(60),
-                snapshot_every: opts.snapshot_every,
+                sample_every: opts.sample_every,
                 failure_domains: opts.policy.failure_domains.clone(),
+                pod_window: opts.pod_window,
+                pod_start_deadline: opts.pod_start_deadline,
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),
