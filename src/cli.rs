@@ -151,6 +151,9 @@ pub enum Command {
     /// The whole loop on this machine, with no external service.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Rolls a node label out in batches, each begun and judged by the gate; stops when the
+    /// gate halts the change. Exit code: 0 completed, 2 halted, 1 error.
+    Rollout(crate::rollout::RolloutArgs),
     /// Benchmarks that print their figures beside a baseline measured in the same run.
     #[cfg(feature = "demo")]
     Bench {
@@ -341,6 +344,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, cancel).await,
+        Command::Rollout(args) => {
+            let client = kube_client(&args.kubeconfig).await?;
+            let ended = crate::rollout::run(&args, client).await?;
+            if ended.code() != 0 {
+                std::process::exit(ended.code());
+            }
+            Ok(())
+        }
         #[cfg(feature = "demo")]
         Command::Bench { command } => crate::bench::run(command).await,
     }

@@ -100,7 +100,7 @@ impl StackOptions {
             listen: "127.0.0.1:0".into(),
             gate_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
-            policy: Policy::default(),
+            policy: demo_policy(),
             event_center_db: None,
             remediator_db: None,
             gate_db: None,
@@ -127,6 +127,8 @@ pub struct DemoTokens {
     pub operator: String,
     /// Role admin.
     pub admin: String,
+    /// Role requester: change systems' (`firebreak rollout`).
+    pub changes: String,
 }
 
 impl DemoTokens {
@@ -136,6 +138,7 @@ impl DemoTokens {
             requester: auth::new_secret(),
             operator: auth::new_secret(),
             admin: auth::new_secret(),
+            changes: auth::new_secret(),
         }
     }
 
@@ -145,6 +148,7 @@ impl DemoTokens {
             auth::entry("remediator", Role::Requester, &self.requester),
             auth::entry("operator", Role::Operator, &self.operator),
             auth::entry("admin", Role::Admin, &self.admin),
+            auth::entry("change-system", Role::Requester, &self.changes),
         ]
         .join("\n")
     }
@@ -375,6 +379,34 @@ impl Stack {
     }
 }
 
+/// The runtime version `firebreak demo` marks unhealthy in every cluster.
+pub const BAD_RUNTIME: &str = "v2-bad";
+
+/// The demo's gate policy: the built-in one, plus a health rule that halts changes (not
+/// remediation) when the pod start success rate falls below 90 % or more than 5 % below the
+/// baseline a batch took, two samples in a row.
+pub fn demo_policy() -> Policy {
+    let mut p = Policy::default();
+    p.evaluate_every = Duration::from_secs(2);
+    p.health_rules = vec![firebreak_rate_limiter::HealthRule {
+        name: "pod-starts".into(),
+        signal: Some(firebreak_schema::Signal::PodStartSuccessRate),
+        prometheus: None,
+        scope: firebreak_rate_limiter::RuleScope::Cluster,
+        min: Some(90.0),
+        max: None,
+        max_drop_percent: firebreak_rate_limiter::Percent::try_from(5.0).ok(),
+        max_rise: None,
+        min_pod_starts: 10,
+        consecutive: std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN),
+        for_: Duration::ZERO,
+        no_data: firebreak_rate_limiter::NoData::Inconclusive,
+        halts: vec![firebreak_schema::Operation::CanaryBatch],
+        resume_after: None,
+    }];
+    p
+}
+
 /// `firebreak demo`.
 pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters, args.nodes_per_cluster);
@@ -399,6 +431,20 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     println!("  kafka (mock cluster):  {}", stack.kafka_config.brokers);
     for c in stack.fleet.clusters() {
         println!("  cluster {}: kubectl --kubeconfig {} get nodes", c.name(), c.kubeconfig_path().display());
+        c.set_runtime_health(BAD_RUNTIME, false, firebreak_fleet_sim::RuntimeFailure::CrashLoop);
+    }
+    if let Some(c) = stack.fleet.clusters().first() {
+        println!(
+            "  runtime version {BAD_RUNTIME} is bad in every cluster: pods started on its nodes crash-loop. Roll it out:"
+        );
+        println!(
+            "    cargo run -- rollout --cluster {} --kubeconfig {} --gate-url {} --token {} \\\n      --set-label {}={BAD_RUNTIME} --batches 1,50%,100% --soak 20s --rollback-on-halt",
+            c.name(),
+            c.kubeconfig_path().display(),
+            stack.gate_url,
+            stack.tokens.changes,
+            firebreak_fleet_sim::RUNTIME_LABEL
+        );
     }
     let deadline = async {
         match args.run_for {

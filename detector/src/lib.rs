@@ -30,7 +30,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
 use firebreak_schema::{
-    HealthSample, FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, Heartbeat, Severity, Source,
+    FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity, Source,
     UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id,
 };
 use futures::StreamExt;
@@ -126,7 +126,9 @@ impl Metrics {
     fn sample(&self, s: &HealthSample) {
         let c = || s.cluster.clone();
         let p = &s.pod_starts;
-        for (outcome, n) in [("started", p.started), ("failed", p.failed), ("timed_out", p.timed_out), ("pending", p.pending)] {
+        for (outcome, n) in
+            [("started", p.started), ("failed", p.failed), ("timed_out", p.timed_out), ("pending", p.pending)]
+        {
             self.pod_starts.get_or_create(&OutcomeLabels { cluster: c(), outcome }).set(i64::from(n));
         }
         if let Some(v) = p.success_percent() {
@@ -207,8 +209,15 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
     );
     let pods = tokio::spawn(watch_pods(Api::all(client), counts.clone(), cancel.clone()).instrument(span.clone()));
     let samples = tokio::spawn(
-        publish_samples(cfg.clone(), producer.clone(), nodes_rx.clone(), counts.clone(), metrics.clone(), cancel.clone())
-            .instrument(span.clone()),
+        publish_samples(
+            cfg.clone(),
+            producer.clone(),
+            nodes_rx.clone(),
+            counts.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
     );
     heartbeats(cfg, consumer, producer, nodes_rx, counts, metrics, cancel).instrument(span).await;
     let _ = watching.await;
@@ -229,7 +238,9 @@ async fn watch_pods(api: Api<Pod>, counts: Shared, cancel: CancellationToken) {
         match ev {
             None => return,
             Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
-            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => lock(&counts).pods.apply(&p, Utc::now()),
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                lock(&counts).pods.apply(&p, Utc::now())
+            }
             Some(Ok(watcher::Event::Delete(p))) => lock(&counts).pods.delete(&p),
             Some(Ok(_)) => {}
         }

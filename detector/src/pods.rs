@@ -53,9 +53,9 @@ impl PodStartTracker {
         let Some(key) = key(pod) else { return };
         let status = pod.status.as_ref();
         let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-        let unschedulable = conditions.iter().any(|c| {
-            c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
-        });
+        let unschedulable = conditions
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"));
         if unschedulable && pod.metadata.deletion_timestamp.is_none() {
             self.unschedulable.insert(key.clone());
         } else {
@@ -65,7 +65,8 @@ impl PodStartTracker {
         if created < now - self.window {
             return;
         }
-        let s = self.starts.entry(key).or_insert(Start { created, node: None, ready_at: None, failed: None, gone: false });
+        let s =
+            self.starts.entry(key).or_insert(Start { created, node: None, ready_at: None, failed: None, gone: false });
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             s.node = Some(node);
         }

@@ -169,7 +169,10 @@ impl Cluster {
             let Some(n) = st.store.get_ref(&NODES, "", &node).filter(|n| ready_status(n) == "True") else {
                 continue;
             };
-            let failure = st.bad_runtimes.get(&str_at(n, &format!("/metadata/labels/{}", RUNTIME_LABEL.replace('/', "~1")))).copied();
+            let failure = st
+                .bad_runtimes
+                .get(&str_at(n, &format!("/metadata/labels/{}", RUNTIME_LABEL.replace('/', "~1"))))
+                .copied();
             let mut p = pod.clone();
             let started = time_now_rfc3339();
             if let Some(failure) = failure {
@@ -198,7 +201,8 @@ impl Cluster {
         let due: Vec<((String, String), u32)> =
             st.crashing.iter().filter(|(_, (at, _))| *at <= now).map(|(k, (_, n))| (k.clone(), *n)).collect();
         for (k, restarts) in due {
-            let Some(pod) = st.store.get_ref(&PODS, &k.0, &k.1).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            let Some(pod) =
+                st.store.get_ref(&PODS, &k.0, &k.1).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
             else {
                 st.crashing.remove(&k);
                 continue;

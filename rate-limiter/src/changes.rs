@@ -9,7 +9,7 @@
 use chrono::{TimeDelta, Utc};
 use firebreak_plumbing::auth::Caller;
 use firebreak_schema::{
-    BatchAnswer, BatchRecord, Change, ChangeRequest, ChangeState, HaltRequest, Operation, Phase, PermitRequest, Scope,
+    BatchAnswer, BatchRecord, Change, ChangeRequest, ChangeState, HaltRequest, Operation, PermitRequest, Phase, Scope,
 };
 use uuid::Uuid;
 
@@ -180,7 +180,8 @@ impl Gate {
         if !proceed {
             c.reason = Some(reason.clone());
         }
-        let failed: Vec<_> = v.signals.iter().filter(|m| m.phase == Phase::Failed || m.phase == Phase::Error).cloned().collect();
+        let failed: Vec<_> =
+            v.signals.iter().filter(|m| m.phase == Phase::Failed || m.phase == Phase::Error).cloned().collect();
         if let Some(b) = c.history.last_mut() {
             b.completed_at = Some(now);
             b.verdict = Some(v);

@@ -17,7 +17,7 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
-    BreakerTrip, HealthSample, Halt, Operation, Permit, PermitRequest, PermitResponse, PermitState, Scope,
+    BreakerTrip, Halt, HealthSample, Operation, Permit, PermitRequest, PermitResponse, PermitState, Scope,
 };
 use uuid::Uuid;
 

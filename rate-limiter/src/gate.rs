@@ -14,8 +14,7 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::auth::Caller;
 use firebreak_schema::{
-    BreakerTrip, HealthSample, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, Role, Scope,
-    names,
+    BreakerTrip, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitResponse, Role, Scope, names,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};

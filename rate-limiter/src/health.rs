@@ -140,7 +140,12 @@ pub(crate) fn measure(rule: &HealthRule, scope: &Scope, inputs: &Inputs, baselin
         && base > 0.0
         && v < base * (1.0 - drop.get() / 100.0)
     {
-        broken.push(format!("{:.1}% below its baseline {}, more than the {}% allowed", 100.0 * (base - v) / base, round(base), drop.get()));
+        broken.push(format!(
+            "{:.1}% below its baseline {}, more than the {}% allowed",
+            100.0 * (base - v) / base,
+            round(base),
+            drop.get()
+        ));
     }
     if let (Some(base), Some(rise)) = (baseline, rule.max_rise)
         && v > base + rise

@@ -14,7 +14,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
-use firebreak_schema::{ChangeRequest, HaltRequest, Operation, Phase, PermitRequest, Role, Scope, Verdict};
+use firebreak_schema::{ChangeRequest, HaltRequest, Operation, PermitRequest, Phase, Role, Scope, Verdict};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use prometheus_client::encoding::text::encode;
 use serde::Deserialize;
@@ -229,11 +229,8 @@ async fn judge(gate: &Gate, cluster: &str, change: Option<&str>) -> Result<Verdi
     let mut v = gate.verdict(cluster, &baseline, Some(Operation::CanaryBatch));
     let scope = Scope::cluster(cluster);
     if halted.is_none()
-        && let Some(h) = gate
-            .halts()
-            .await?
-            .into_iter()
-            .find(|h| h.stops(Operation::CanaryBatch) && h.scope.contains(&scope))
+        && let Some(h) =
+            gate.halts().await?.into_iter().find(|h| h.stops(Operation::CanaryBatch) && h.scope.contains(&scope))
     {
         halted = Some(format!("{} is halted since {} by {}: {}", h.scope, h.at.to_rfc3339(), h.by, h.reason));
     }
@@ -279,7 +276,11 @@ async fn flagger(State(st): State<FlaggerState>, headers: axum::http::HeaderMap,
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
     let Some(caller) = bearer.or_else(|| hook.metadata.get("token").cloned()).and_then(|t| st.tokens.check(&t)) else {
-        return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "a known token is needed (Authorization header or metadata.token)"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "a known token is needed (Authorization header or metadata.token)"})),
+        )
+            .into_response();
     };
     let Some(cluster) = hook.metadata.get("cluster") else {
         return Error::BadRequest("metadata.cluster names no cluster".into()).into_response();

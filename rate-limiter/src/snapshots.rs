@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use firebreak_plumbing::kafka::{KafkaConfig, decode_message};
-use firebreak_schema::{HealthSample, HEALTH_TOPIC};
+use firebreak_schema::{HEALTH_TOPIC, HealthSample};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
-    BreakerTrip, Change, HealthSample, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitState, Scope,
+    BreakerTrip, Change, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitState, Scope,
 };
 use sqlx::{AnyPool, Row, any::AnyRow};
 use uuid::Uuid;
@@ -357,13 +357,12 @@ impl Store {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
         }
         if let Some(source) = source {
-            let held = sqlx::query(
-                "SELECT id FROM gate_halts WHERE source = $1 AND scope = $2 AND resumed_at_ms IS NULL",
-            )
-            .bind(source)
-            .bind(scope_text(&h.scope)?)
-            .fetch_optional(&mut *tx)
-            .await?;
+            let held =
+                sqlx::query("SELECT id FROM gate_halts WHERE source = $1 AND scope = $2 AND resumed_at_ms IS NULL")
+                    .bind(source)
+                    .bind(scope_text(&h.scope)?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if held.is_some() {
                 return Ok(None);
             }
@@ -402,8 +401,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| {
-            let c: Change =
-                serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("change", e))?;
+            let c: Change = serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("change", e))?;
             Ok((c, r.try_get::<i64, _>("version")?))
         })
         .transpose()

@@ -14,7 +14,9 @@ mod health;
 pub mod names;
 mod wire;
 
-pub use change::{BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict};
+pub use change::{
+    BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict,
+};
 pub use event::{
     EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
