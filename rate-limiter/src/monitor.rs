@@ -91,7 +91,7 @@ impl Gate {
                                     scope: scope.clone(),
                                     operations: rule.halts.clone(),
                                     reason: format!(
-                                        "health rule {} {}: {} ({} measurements in a row, for {}s)",
+                                        "health rule {} {}: {} (failing {} time(s) in a row, for {}s)",
                                         rule.name,
                                         if m.phase == Phase::Failed { "failed" } else { "could not measure" },
                                         m.message,
