@@ -12,7 +12,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer},
 };
 use firebreak_rate_limiter::Policy;
-use firebreak_schema::{FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
+use firebreak_schema::{CHANGES_TOPIC, FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -202,7 +202,9 @@ impl Stack {
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
-        for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3)] {
+        for (topic, partitions) in
+            [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3), (CHANGES_TOPIC, 3)]
+        {
             kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
         let kafka_config = KafkaConfig {
@@ -386,25 +388,26 @@ pub const BAD_RUNTIME: &str = "v2-bad";
 /// remediation) when the pod start success rate falls below 90 % or more than 5 % below the
 /// baseline a batch took, two samples in a row.
 pub fn demo_policy() -> Policy {
-    let mut p = Policy::default();
-    p.evaluate_every = Duration::from_secs(2);
-    p.health_rules = vec![firebreak_rate_limiter::HealthRule {
-        name: "pod-starts".into(),
-        signal: Some(firebreak_schema::Signal::PodStartSuccessRate),
-        prometheus: None,
-        scope: firebreak_rate_limiter::RuleScope::Cluster,
-        min: Some(90.0),
-        max: None,
-        max_drop_percent: firebreak_rate_limiter::Percent::try_from(5.0).ok(),
-        max_rise: None,
-        min_pod_starts: 10,
-        consecutive: std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN),
-        for_: Duration::ZERO,
-        no_data: firebreak_rate_limiter::NoData::Inconclusive,
-        halts: vec![firebreak_schema::Operation::CanaryBatch],
-        resume_after: None,
-    }];
-    p
+    Policy {
+        evaluate_every: Duration::from_secs(2),
+        health_rules: vec![firebreak_rate_limiter::HealthRule {
+            name: "pod-starts".into(),
+            signal: Some(firebreak_schema::Signal::PodStartSuccessRate),
+            prometheus: None,
+            scope: firebreak_rate_limiter::RuleScope::Cluster,
+            min: Some(90.0),
+            max: None,
+            max_drop_percent: firebreak_rate_limiter::Percent::try_from(5.0).ok(),
+            max_rise: None,
+            min_pod_starts: 10,
+            consecutive: std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN),
+            for_: Duration::ZERO,
+            no_data: firebreak_rate_limiter::NoData::Inconclusive,
+            halts: vec![firebreak_schema::Operation::CanaryBatch],
+            resume_after: None,
+        }],
+        ..Policy::default()
+    }
 }
 
 /// `firebreak demo`.

@@ -81,7 +81,7 @@ impl Cluster {
                         chrono::DateTime::parse_from_rfc3339(&str_at(p, "/metadata/creationTimestamp"))
                             .is_ok_and(|t| wall - t.to_utc() >= life)
                     })
-                    .map(|p| p.clone()),
+                    .cloned(),
             );
         }
         for mut p in expired {
