@@ -655,3 +655,36 @@ reason = "holidays"
         assert!(e.contains("permit_ttl"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_policy_reads_and_health_rules_are_checked() {
+        let p = Policy::parse(include_str!("../../deploy/examples/gate-policy-health.toml")).unwrap();
+        assert_eq!(p.health_rules.len(), 3);
+        assert_eq!(p.health_rules[0].signal, Some(Signal::PodStartSuccessRate));
+        assert_eq!(p.health_rules[1].scope, RuleScope::Domain);
+        assert_eq!(p.health_rules[2].no_data, NoData::Fail);
+        assert_eq!(Policy::parse(&p.to_toml()).unwrap(), p);
+        for (text, word) in [
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"pod_start_success_rate\"\n", "needs a bound"),
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"pod_start_rate\"\nmin = 1.0\n", "unknown signal"),
+            ("[[health_rules]]\nname = \"a\"\nmin = 1.0\n", "needs a signal or a prometheus query"),
+            (
+                "[[health_rules]]\nname = \"a\"\nprometheus = { url = \"ftp://x\", query = \"up\" }\nmin = 1.0\n",
+                "not an http",
+            ),
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\nno_data = \"maybe\"\n", "maybe"),
+            (
+                "[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\n[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\n",
+                "used twice",
+            ),
+            ("[[webhooks]]\nurl = \"http://x\"\nsecret = \"inline\"\n", "secret"),
+        ] {
+            let e = Policy::parse(text).unwrap_err().to_string();
+            assert!(e.contains(word), "{text:?}: {e}");
+        }
+    }
+}
