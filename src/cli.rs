@@ -80,9 +80,15 @@ pub enum Command {
         /// Silence after which an agent is reported.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         agent_silent_after: Duration,
-        /// How often a cluster snapshot is published on the health topic.
+        /// How often a health sample is published on the health topic.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        snapshot_every: Duration,
+        sample_every: Duration,
+        /// The sliding window of pod starts (and faults per class) in a health sample.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        pod_window: Duration,
+        /// A pod not Ready this long after its creation counts as a failed start (timed out).
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        pod_start_deadline: Duration,
         #[command(flatten)]
         domains: DomainArgs,
     },
@@ -145,6 +151,9 @@ pub enum Command {
     /// The whole loop on this machine, with no external service.
     #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
+    /// Rolls a node label out in batches, each begun and judged by the gate; stops when the
+    /// gate halts the change. Exit code: 0 completed, 2 halted, 1 error.
+    Rollout(crate::rollout::RolloutArgs),
     /// Benchmarks that print their figures beside a baseline measured in the same run.
     #[cfg(feature = "demo")]
     Bench {
@@ -224,7 +233,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { on, agent_silent_after, snapshot_every, domains } => {
+        Command::Detector { on, agent_silent_after, sample_every, pod_window, pod_start_deadline, domains } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
@@ -234,8 +243,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 cluster: on.cluster,
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
-                snapshot_every,
+                sample_every,
                 failure_domains: domains.failure_domains,
+                pod_window,
+                pod_start_deadline,
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
@@ -333,6 +344,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, cancel).await,
+        Command::Rollout(args) => {
+            let client = kube_client(&args.kubeconfig).await?;
+            let ended = crate::rollout::run(&args, client).await?;
+            if ended.code() != 0 {
+                std::process::exit(ended.code());
+            }
+            Ok(())
+        }
         #[cfg(feature = "demo")]
         Command::Bench { command } => crate::bench::run(command).await,
     }

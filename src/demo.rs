@@ -12,7 +12,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer},
 };
 use firebreak_rate_limiter::Policy;
-use firebreak_schema::{FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
+use firebreak_schema::{CHANGES_TOPIC, FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -72,8 +72,12 @@ pub struct StackOptions {
     pub remediator_db: Option<String>,
     /// Gate database; SQLite under the data directory when `None`.
     pub gate_db: Option<String>,
-    /// How often detectors publish cluster snapshots.
-    pub snapshot_every: Duration,
+    /// How often detectors publish health samples.
+    pub sample_every: Duration,
+    /// The detectors' pod-start window.
+    pub pod_window: Duration,
+    /// The detectors' pod-start deadline.
+    pub pod_start_deadline: Duration,
     /// How fast simulated time goes.
     pub timings: Timings,
     /// The token the remediators present; the stack's requester token when `None`.
@@ -96,11 +100,13 @@ impl StackOptions {
             listen: "127.0.0.1:0".into(),
             gate_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
-            policy: Policy::default(),
+            policy: demo_policy(),
             event_center_db: None,
             remediator_db: None,
             gate_db: None,
-            snapshot_every: Duration::from_secs(1),
+            sample_every: Duration::from_secs(1),
+            pod_window: Duration::from_secs(60),
+            pod_start_deadline: Duration::from_secs(15),
             timings: Timings::default(),
             remediator_token: None,
             quiet_period: Duration::from_secs(5),
@@ -121,6 +127,8 @@ pub struct DemoTokens {
     pub operator: String,
     /// Role admin.
     pub admin: String,
+    /// Role requester: change systems' (`firebreak rollout`).
+    pub changes: String,
 }
 
 impl DemoTokens {
@@ -130,6 +138,7 @@ impl DemoTokens {
             requester: auth::new_secret(),
             operator: auth::new_secret(),
             admin: auth::new_secret(),
+            changes: auth::new_secret(),
         }
     }
 
@@ -139,6 +148,7 @@ impl DemoTokens {
             auth::entry("remediator", Role::Requester, &self.requester),
             auth::entry("operator", Role::Operator, &self.operator),
             auth::entry("admin", Role::Admin, &self.admin),
+            auth::entry("change-system", Role::Requester, &self.changes),
         ]
         .join("\n")
     }
@@ -192,7 +202,9 @@ impl Stack {
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
-        for (topic, partitions) in [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3)] {
+        for (topic, partitions) in
+            [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3), (CHANGES_TOPIC, 3)]
+        {
             kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
         let kafka_config = KafkaConfig {
@@ -255,8 +267,10 @@ impl Stack {
                 kafka: kafka_config.clone(),
                 agent_silent_after: opts.heartbeat * 5,
                 new_node_grace: Duration::from_secs(60),
-                snapshot_every: opts.snapshot_every,
+                sample_every: opts.sample_every,
                 failure_domains: opts.policy.failure_domains.clone(),
+                pod_window: opts.pod_window,
+                pod_start_deadline: opts.pod_start_deadline,
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),
@@ -367,6 +381,35 @@ impl Stack {
     }
 }
 
+/// The runtime version `firebreak demo` marks unhealthy in every cluster.
+pub const BAD_RUNTIME: &str = "v2-bad";
+
+/// The demo's gate policy: the built-in one, plus a health rule that halts changes (not
+/// remediation) when the pod start success rate falls below 90 % or more than 5 % below the
+/// baseline a batch took, two samples in a row.
+pub fn demo_policy() -> Policy {
+    Policy {
+        evaluate_every: Duration::from_secs(2),
+        health_rules: vec![firebreak_rate_limiter::HealthRule {
+            name: "pod-starts".into(),
+            signal: Some(firebreak_schema::Signal::PodStartSuccessRate),
+            prometheus: None,
+            scope: firebreak_rate_limiter::RuleScope::Cluster,
+            min: Some(90.0),
+            max: None,
+            max_drop_percent: firebreak_rate_limiter::Percent::try_from(5.0).ok(),
+            max_rise: None,
+            min_pod_starts: 10,
+            consecutive: std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN),
+            for_: Duration::ZERO,
+            no_data: firebreak_rate_limiter::NoData::Inconclusive,
+            halts: vec![firebreak_schema::Operation::CanaryBatch],
+            resume_after: None,
+        }],
+        ..Policy::default()
+    }
+}
+
 /// `firebreak demo`.
 pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters, args.nodes_per_cluster);
@@ -391,6 +434,20 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     println!("  kafka (mock cluster):  {}", stack.kafka_config.brokers);
     for c in stack.fleet.clusters() {
         println!("  cluster {}: kubectl --kubeconfig {} get nodes", c.name(), c.kubeconfig_path().display());
+        c.set_runtime_health(BAD_RUNTIME, false, firebreak_fleet_sim::RuntimeFailure::CrashLoop);
+    }
+    if let Some(c) = stack.fleet.clusters().first() {
+        println!(
+            "  runtime version {BAD_RUNTIME} is bad in every cluster: pods started on its nodes crash-loop. Roll it out:"
+        );
+        println!(
+            "    cargo run -- rollout --cluster {} --kubeconfig {} --gate-url {} --token {} \\\n      --set-label {}={BAD_RUNTIME} --batches 1,50%,100% --soak 20s --rollback-on-halt",
+            c.name(),
+            c.kubeconfig_path().display(),
+            stack.gate_url,
+            stack.tokens.changes,
+            firebreak_fleet_sim::RUNTIME_LABEL
+        );
     }
     let deadline = async {
         match args.run_for {

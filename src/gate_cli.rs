@@ -95,14 +95,14 @@ fn parse_operation(s: &str) -> Result<Operation, String> {
     s.parse().map_err(|e: firebreak_schema::Error| e.to_string())
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(a: &GateClientArgs) -> Result<Self> {
+    pub(crate) fn new(a: &GateClientArgs) -> Result<Self> {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         if let Some(path) = &a.gate_ca {
             let pem =
@@ -130,11 +130,15 @@ impl Client {
         Ok((value, text))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<(T, String)> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<(T, String)> {
         self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<(T, String)> {
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(T, String)> {
         self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 }

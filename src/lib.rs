@@ -1,6 +1,7 @@
 //! The `firebreak` binary's wiring: one command per service (`agent`, `detector`,
 //! `event-center`, `gate serve`, `remediator`, `fleet-sim`), the gate's operator commands
-//! (`gate status|permits|decisions|halt|resume|reset-breaker|check-policy`, `token`), `demo`,
+//! (`gate status|permits|decisions|halt|resume|reset-breaker|check-policy`, `token`), the
+//! reference change driver (`rollout`), `demo`,
 //! which runs the whole loop on one machine — librdkafka's mock cluster as the broker, SQLite,
 //! fleet-sim as the clusters — and `bench`.
 //!
@@ -16,7 +17,8 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
-mod gate_cli;
+pub mod gate_cli;
+pub mod rollout;
 
 use std::path::Path;
 

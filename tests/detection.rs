@@ -115,8 +115,10 @@ async fn detector_reports_silent_agents() {
         kafka: cfg.clone(),
         agent_silent_after: Duration::from_secs(12),
         new_node_grace: Duration::from_secs(60),
-        snapshot_every: Duration::from_secs(10),
+        sample_every: Duration::from_secs(10),
         failure_domains: vec!["topology.kubernetes.io/zone".into()],
+        pod_window: Duration::from_secs(300),
+        pod_start_deadline: Duration::from_secs(120),
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));

@@ -267,7 +267,12 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_page_lists_events_and_updates_live() {
-    let (_mock, kafka) = common::mock_kafka(&[(FAULT_TOPIC, 3), (REMEDIATION_TOPIC, 1)]);
+    let (_mock, kafka) = common::mock_kafka(&[
+        (FAULT_TOPIC, 3),
+        (REMEDIATION_TOPIC, 1),
+        (firebreak_schema::HEALTH_TOPIC, 1),
+        (firebreak_schema::CHANGES_TOPIC, 1),
+    ]);
     let db = format!("sqlite://{}", temp_dir("ui").join("events.db").display());
     let ec = start(&kafka, &db).await;
     let producer = Producer::new(&kafka).unwrap();
@@ -300,6 +305,49 @@ async fn web_page_lists_events_and_updates_live() {
     producer.publish(REMEDIATION_TOPIC, &step).await.unwrap();
     browser.wait_text("steps", "healed").await;
     assert!(browser.text("steps").await.contains("c1/node-live"));
+
+    // The gate's banner and the clusters' health: open, then halted with the reason and values.
+    browser.wait_text("banner", "Gate open").await;
+    let sample = firebreak_schema::HealthSample {
+        cluster: "c1".into(),
+        at: Utc::now(),
+        nodes: 10,
+        ready: 10,
+        pod_starts: firebreak_schema::PodStarts { started: 83, failed: 17, ..Default::default() },
+        ..Default::default()
+    };
+    producer.publish(firebreak_schema::HEALTH_TOPIC, &sample).await.unwrap();
+    browser.wait_text("health", "83.0 % of 100").await;
+    let m = firebreak_schema::Measurement {
+        rule: "pod-starts".into(),
+        signal: "pod_start_success_rate".into(),
+        scope: "cluster=c1".into(),
+        phase: firebreak_schema::Phase::Failed,
+        value: Some(83.0),
+        threshold: Some(90.0),
+        baseline: Some(100.0),
+        message: "pod_start_success_rate in cluster=c1 is 83, baseline 100 (min 90): below the minimum 90".into(),
+    };
+    let halt = firebreak_schema::Halt {
+        id: uuid::Uuid::now_v7(),
+        scope: firebreak_schema::Scope::cluster("c1"),
+        operations: vec![firebreak_schema::Operation::CanaryBatch],
+        reason: "health rule pod-starts failed".into(),
+        by: "firebreak-gate".into(),
+        at: Utc::now(),
+        resumed_at: None,
+        resumed_by: None,
+        source: Some("rule:pod-starts".into()),
+        signals: vec![m],
+    };
+    producer.publish(firebreak_schema::CHANGES_TOPIC, &halt).await.unwrap();
+    browser.wait_text("banner", "Gate HALTED").await;
+    let banner = browser.text("banner").await;
+    assert!(banner.contains("cluster=c1") && banner.contains("health rule pod-starts failed"), "{banner}");
+    assert!(banner.contains("pod-starts: 83 (baseline 100) vs 90"), "{banner}");
+    let lifted = firebreak_schema::Halt { resumed_at: Some(Utc::now()), resumed_by: Some("ops".into()), ..halt };
+    producer.publish(firebreak_schema::CHANGES_TOPIC, &lifted).await.unwrap();
+    browser.wait_text("banner", "Gate open").await;
     browser.close().await;
     ec.cancel.cancel();
     ec.task.await.unwrap();

@@ -335,3 +335,115 @@ async fn a_runaway_token_is_answered_429() {
     assert_eq!(ask(&http, &gate.url, &secrets.other, &request("n5")).await.status(), 200, "other tokens go on");
     gate.stop().await;
 }
+
+/// The change protocol's edges, the Argo and Flagger answers for proceed and hold, and the
+/// signed halt webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changes_verdicts_flagger_and_signed_halt_webhooks() {
+    // A receiver for the webhook, checking nothing: the test checks what it got.
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String, Vec<u8>)>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let tx = got_tx.clone();
+            async move {
+                let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let _ = tx.send((h("x-firebreak-signature"), h("x-firebreak-event"), body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(hook_listener, app).await.unwrap() });
+    // SAFETY of the test: only this test reads this variable.
+    unsafe { std::env::set_var("FIREBREAK_TEST_HOOK_SECRET", "s3cret") };
+    let mut policy = cordons(10, Duration::from_secs(60));
+    policy.operations.insert(Operation::CanaryBatch, OperationPolicy::default());
+    policy.webhooks =
+        vec![firebreak_rate_limiter::Webhook { url: hook_url, secret_env: "FIREBREAK_TEST_HOOK_SECRET".into() }];
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}/gate.db", temp_dir("gate-changes").display());
+    let server = Server::start(&db, &policy, &secrets).await;
+    let http = reqwest::Client::new();
+    let post = |token: &str, path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", server.url)).bearer_auth(token).json(&body).send()
+    };
+    let change = serde_json::json!({"id": "upgrade-1", "kind": "runtime", "owner": "team-a", "cluster": "c1",
+        "batches": [1, "100%"], "soak_s": 1});
+    // Registering needs a requester; registering again is idempotent, differently is a conflict.
+    assert_eq!(post(&secrets.viewer, "/api/v1/changes", change.clone()).await.unwrap().status(), 403);
+    assert_eq!(post(&secrets.requester, "/api/v1/changes", change.clone()).await.unwrap().status(), 201);
+    assert_eq!(post(&secrets.requester, "/api/v1/changes", change.clone()).await.unwrap().status(), 201);
+    let mut other = change.clone();
+    other["soak_s"] = 5.into();
+    assert_eq!(post(&secrets.requester, "/api/v1/changes", other).await.unwrap().status(), 409);
+    let mut bad = change.clone();
+    bad["batches"] = serde_json::json!(["150%"]);
+    bad["id"] = "upgrade-2".into();
+    assert_eq!(post(&secrets.requester, "/api/v1/changes", bad).await.unwrap().status(), 400);
+    // Batches go in turn; a batch is judged only after its soak.
+    let begin = |n: u32| format!("/api/v1/changes/upgrade-1/batches/{n}/begin");
+    let complete = |n: u32| format!("/api/v1/changes/upgrade-1/batches/{n}/complete");
+    assert_eq!(post(&secrets.requester, &begin(2), serde_json::json!({})).await.unwrap().status(), 409);
+    let a: serde_json::Value =
+        post(&secrets.requester, &begin(1), serde_json::json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(a["proceed"], true, "{a}");
+    let a: serde_json::Value =
+        post(&secrets.requester, &complete(1), serde_json::json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(a["proceed"], false);
+    assert!(a["reason"].as_str().unwrap().contains("soaking"), "{a}");
+    assert!(a["retry_after_s"].as_u64().unwrap() >= 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let a: serde_json::Value =
+        post(&secrets.requester, &complete(1), serde_json::json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(a["proceed"], true, "{a}");
+    assert_eq!(a["change"]["state"], "ready");
+    assert_eq!(a["change"]["history"][0]["verdict"]["verdict"], "Successful");
+
+    // Proceed: Argo's web provider reads Successful, Flagger gets 200.
+    let verdict = format!("{}/api/v1/verdict?cluster=c1&change=upgrade-1", server.url);
+    let v: serde_json::Value =
+        http.get(&verdict).bearer_auth(&secrets.viewer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["verdict"], "Successful", "{v}");
+    let flagger = format!("{}/api/v1/webhooks/flagger", server.url);
+    let hook = |kind: &str, token: &str| {
+        serde_json::json!({"name": "podinfo", "namespace": "test", "phase": "Progressing", "type": kind,
+            "checksum": "abc", "metadata": {"cluster": "c1", "token": token}})
+    };
+    let ask = |body: serde_json::Value| http.post(&flagger).json(&body).send();
+    assert_eq!(ask(hook("confirm-rollout", &secrets.viewer)).await.unwrap().status(), 200);
+    assert_eq!(ask(hook("rollback", &secrets.viewer)).await.unwrap().status(), 403, "nothing to roll back");
+    assert_eq!(ask(hook("confirm-rollout", "wrong")).await.unwrap().status(), 401);
+    // Hold: an operator halts canary batches in c1.
+    let h = serde_json::json!({"scope": {"cluster": "c1"}, "operations": ["canary_batch"], "reason": "bad canary"});
+    let halt: serde_json::Value = post(&secrets.operator, "/api/v1/halts", h).await.unwrap().json().await.unwrap();
+    let v: serde_json::Value =
+        http.get(&verdict).bearer_auth(&secrets.viewer).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["verdict"], "Failed");
+    assert!(v["reason"].as_str().unwrap().contains("bad canary"), "{v}");
+    let r = ask(hook("confirm-rollout", &secrets.viewer)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("bad canary"));
+    assert_eq!(ask(hook("rollback", &secrets.viewer)).await.unwrap().status(), 200, "roll back");
+    // ... and the next batch is denied with the halt's reason.
+    let a: serde_json::Value =
+        post(&secrets.requester, &begin(2), serde_json::json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(a["proceed"], false);
+    assert!(a["reason"].as_str().unwrap().contains("bad canary"), "{a}");
+
+    // The webhook got the halt, signed over the exact body.
+    let (sig, event, body) = tokio::time::timeout(Duration::from_secs(10), got.recv()).await.unwrap().unwrap();
+    assert_eq!(event, "halted");
+    assert_eq!(sig, firebreak_rate_limiter::signature(b"s3cret", &body));
+    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(sent["halt"]["id"], halt["id"]);
+
+    // Abort needs an operator.
+    let abort = "/api/v1/changes/upgrade-1/abort";
+    assert_eq!(post(&secrets.requester, abort, serde_json::json!({})).await.unwrap().status(), 403);
+    let c: serde_json::Value =
+        post(&secrets.operator, abort, serde_json::json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(c["state"], "aborted");
+    server.stop().await;
+}

@@ -1,12 +1,15 @@
 //! The detector: the cluster-side half of fault detection, one per cluster.
 //!
-//! It owns two detections and one measurement. Node readiness: it watches Nodes through the
+//! It owns two detections and one measurement (`pods` counts pod starts). Node readiness: it watches Nodes through the
 //! Kubernetes API and publishes `NodeNotReady` when a node's Ready condition leaves True. Silent agents: it consumes
 //! agent heartbeats and publishes `AgentSilent` for a node whose agent has not been heard from
-//! for [`Config::agent_silent_after`]. Cluster snapshots: every [`Config::snapshot_every`] it
-//! publishes a [`ClusterSnapshot`] on the health topic — nodes and ready nodes, per failure
-//! domain, and every node that is NotReady or out of service by Firebreak — which the gate's
-//! storm rules read. A fault observed on a node Firebreak itself has taken out
+//! for [`Config::agent_silent_after`]. Health: every [`Config::sample_every`] it
+//! publishes a [`HealthSample`] on the health topic — nodes and ready nodes, per failure
+//! domain, every node that is NotReady or out of service by Firebreak, the pod start success
+//! in the last [`Config::pod_window`] (a watch of every pod: Ready within
+//! [`Config::pod_start_deadline`], failed, timed out), pods pending unschedulable, faults per
+//! class from the fault topic — which the gate's storm and health rules read; the same values
+//! are metrics. A fault observed on a node Firebreak itself has taken out
 //! of service (it carries the `firebreak.io/unhealthy` taint) is published as a warning with
 //! evidence `caused_by_remediation=true`, so our own reboots never trigger new remediation.
 //! Event ids derive from what was observed, so a restarted detector republishes the same ids and
@@ -16,19 +19,22 @@
 //! restarts while an agent is silent has not heard that agent's last heartbeat, so it reports
 //! the silence once more, under the second kind of id.)
 
+mod pods;
+
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
 use firebreak_schema::{
-    ClusterSnapshot, FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, Heartbeat, Severity, Source,
+    FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity, Source,
     UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, watcher},
@@ -67,6 +73,17 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    cluster: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClusterLabels {
+    cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadyLabels {
     cluster: String,
     ready: &'static str,
@@ -78,6 +95,10 @@ struct ReadyLabels {
 pub struct Metrics {
     published: Family<KindLabels, Counter>,
     nodes: Family<ReadyLabels, Gauge>,
+    pod_starts: Family<OutcomeLabels, Gauge>,
+    pod_start_success: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    unschedulable: Family<ClusterLabels, Gauge>,
+    out_of_service: Family<ClusterLabels, Gauge>,
 }
 
 impl Metrics {
@@ -87,7 +108,35 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("firebreak_detector");
         r.register("faults_published", "Faults published by cluster and kind", m.published.clone());
         r.register("nodes", "Nodes by cluster and Ready status (true, false)", m.nodes.clone());
+        r.register(
+            "pod_starts",
+            "Pods created in the window by how their start went (started, failed, timed_out, pending)",
+            m.pod_starts.clone(),
+        );
+        r.register(
+            "pod_start_success_percent",
+            "Percent of the window's decided pod starts that reached Ready in time",
+            m.pod_start_success.clone(),
+        );
+        r.register("pods_unschedulable", "Pods pending because no node can take them", m.unschedulable.clone());
+        r.register("nodes_out_of_service", "Nodes taken out of service by Firebreak", m.out_of_service.clone());
         m
+    }
+
+    fn sample(&self, s: &HealthSample) {
+        let c = || s.cluster.clone();
+        let p = &s.pod_starts;
+        for (outcome, n) in
+            [("started", p.started), ("failed", p.failed), ("timed_out", p.timed_out), ("pending", p.pending)]
+        {
+            self.pod_starts.get_or_create(&OutcomeLabels { cluster: c(), outcome }).set(i64::from(n));
+        }
+        if let Some(v) = p.success_percent() {
+            self.pod_start_success.get_or_create(&ClusterLabels { cluster: c() }).set(v);
+        }
+        self.unschedulable.get_or_create(&ClusterLabels { cluster: c() }).set(i64::from(s.pods_unschedulable));
+        let oos = s.unhealthy.iter().filter(|n| n.out_of_service).count() as i64;
+        self.out_of_service.get_or_create(&ClusterLabels { cluster: c() }).set(oos);
     }
 
     fn published(&self, cluster: &str, kind: FaultKind) {
@@ -116,9 +165,26 @@ pub struct Config {
     /// (new nodes are NotReady until their kubelet reports).
     pub new_node_grace: Duration,
     /// How often a cluster snapshot is published.
-    pub snapshot_every: Duration,
+    pub sample_every: Duration,
     /// Node labels that name failure domains, counted in the snapshot.
     pub failure_domains: Vec<String>,
+    /// The sliding window of pod starts (and of faults per class) in a health sample.
+    pub pod_window: Duration,
+    /// A pod not Ready this long after its creation has timed out.
+    pub pod_start_deadline: Duration,
+}
+
+/// What the health sample counts besides nodes: pod starts and recent faults per class.
+struct Counts {
+    pods: pods::PodStartTracker,
+    /// Faults of this cluster: when observed, and their class.
+    faults: VecDeque<(DateTime<Utc>, String)>,
+}
+
+type Shared = Arc<Mutex<Counts>>;
+
+fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Counts> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs both detections until `cancel`.
@@ -129,21 +195,56 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         .consumer(&format!("firebreak-detector-{}", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
-    consumer.subscribe(&[HEARTBEAT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    consumer.subscribe(&[HEARTBEAT_TOPIC, FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, "detector running");
+    let counts: Shared = Arc::new(Mutex::new(Counts {
+        pods: pods::PodStartTracker::new(cfg.pod_window, cfg.pod_start_deadline),
+        faults: VecDeque::new(),
+    }));
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, Seen>::new());
     let watching = tokio::spawn(
-        watch_nodes(cfg.clone(), Api::all(client), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
+        watch_nodes(cfg.clone(), Api::all(client.clone()), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
     );
-    let snapshots = tokio::spawn(
-        publish_snapshots(cfg.clone(), producer.clone(), nodes_rx.clone(), cancel.clone()).instrument(span.clone()),
+    let pods = tokio::spawn(watch_pods(Api::all(client), counts.clone(), cancel.clone()).instrument(span.clone()));
+    let samples = tokio::spawn(
+        publish_samples(
+            cfg.clone(),
+            producer.clone(),
+            nodes_rx.clone(),
+            counts.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
     );
-    heartbeats(cfg, consumer, producer, nodes_rx, metrics, cancel).instrument(span).await;
+    heartbeats(cfg, consumer, producer, nodes_rx, counts, metrics, cancel).instrument(span).await;
     let _ = watching.await;
-    let _ = snapshots.await;
+    let _ = pods.await;
+    let _ = samples.await;
     Ok(())
+}
+
+/// Every pod of the cluster, through a `kube` watch, into the pod start accounting.
+async fn watch_pods(api: Api<Pod>, counts: Shared, cancel: CancellationToken) {
+    // Only what the accounting reads: the pods' status, not their specs' bulk.
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = stream.next() => ev,
+        };
+        match ev {
+            None => return,
+            Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
+            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+                lock(&counts).pods.apply(&p, Utc::now())
+            }
+            Some(Ok(watcher::Event::Delete(p))) => lock(&counts).pods.delete(&p),
+            Some(Ok(_)) => {}
+        }
+    }
 }
 
 /// What the detector knows of a node: its last Ready status, when it was created, whether
@@ -156,8 +257,20 @@ struct Seen {
     domains: BTreeMap<String, String>,
 }
 
-/// The snapshot of the nodes seen.
-fn snapshot(cfg: &Config, nodes: &BTreeMap<String, Seen>, at: DateTime<Utc>) -> ClusterSnapshot {
+/// The health sample: the nodes seen, pod starts and faults counted.
+fn sample(cfg: &Config, nodes: &BTreeMap<String, Seen>, counts: &mut Counts, at: DateTime<Utc>) -> HealthSample {
+    let domains_of = |node: &str| -> Vec<String> {
+        nodes.get(node).map(|n| n.domains.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default()
+    };
+    let (pod_starts, pod_starts_by_domain, pods_unschedulable) = counts.pods.measure(at, domains_of);
+    let since = at - chrono::TimeDelta::from_std(cfg.pod_window).unwrap_or_default();
+    while counts.faults.front().is_some_and(|(t, _)| *t < since) {
+        counts.faults.pop_front();
+    }
+    let mut faults_by_class: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, class) in &counts.faults {
+        *faults_by_class.entry(class.clone()).or_default() += 1;
+    }
     let mut domains: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
     let mut unhealthy = Vec::new();
     for (name, n) in nodes {
@@ -174,21 +287,29 @@ fn snapshot(cfg: &Config, nodes: &BTreeMap<String, Seen>, at: DateTime<Utc>) -> 
             });
         }
     }
-    ClusterSnapshot {
+    HealthSample {
         cluster: cfg.cluster.clone(),
         at,
         nodes: nodes.len() as u32,
         ready: nodes.values().filter(|n| n.ready == "True").count() as u32,
         unhealthy,
         domains,
+        window_s: cfg.pod_window.as_secs(),
+        start_deadline_s: cfg.pod_start_deadline.as_secs(),
+        pod_starts,
+        pod_starts_by_domain,
+        pods_unschedulable,
+        faults_by_class,
     }
 }
 
-/// Publishes a snapshot every `snapshot_every`, once the node watch has seen the cluster.
-async fn publish_snapshots(
+/// Publishes a health sample every `sample_every`, once the node watch has seen the cluster.
+async fn publish_samples(
     cfg: Config,
     producer: Producer,
     mut nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
+    counts: Shared,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     // Nothing is known before the first node is seen.
@@ -196,16 +317,18 @@ async fn publish_snapshots(
         _ = cancel.cancelled() => return,
         r = nodes.wait_for(|n| !n.is_empty()) => if r.is_err() { return },
     }
-    let mut tick = tokio::time::interval(cfg.snapshot_every);
+    let mut tick = tokio::time::interval(cfg.sample_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = snapshot(&cfg, &nodes.borrow(), Utc::now());
+        let s = sample(&cfg, &nodes.borrow(), &mut lock(&counts), Utc::now());
+        metrics.sample(&s);
+        tracing::debug!(nodes = s.nodes, ready = s.ready, pod_starts = ?s.pod_starts, "health sample");
         if let Err(error) = producer.publish_nowait(HEALTH_TOPIC, &s) {
-            tracing::warn!(%error, "cluster snapshot not queued");
+            tracing::warn!(%error, "health sample not queued");
         }
     }
 }
@@ -328,10 +451,12 @@ async fn heartbeats(
     consumer: StreamConsumer,
     producer: Producer,
     nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
+    counts: Shared,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
+    let window = chrono::TimeDelta::from_std(cfg.pod_window).unwrap_or_default();
     // Per node: when its agent was last heard here, and that heartbeat's sequence number and send time.
     let mut last: HashMap<String, (Instant, u64, DateTime<Utc>)> = HashMap::new();
     let mut reported: HashMap<String, Instant> = HashMap::new();
@@ -341,6 +466,19 @@ async fn heartbeats(
             _ = cancel.cancelled() => return,
             msg = consumer.recv() => match msg {
                 Err(error) => tracing::warn!(%error, "heartbeat receive failed"),
+                Ok(msg) if msg.topic() == FAULT_TOPIC => {
+                    // Faults per class, for the health sample; our own cluster's only.
+                    match decode_message::<FaultEvent>(&msg) {
+                        Ok(f) if f.cluster == cfg.cluster && f.observed_at >= Utc::now() - window => {
+                            let mut c = lock(&counts);
+                            let at = c.faults.partition_point(|(t, _)| *t <= f.observed_at);
+                            c.faults.insert(at, (f.observed_at, f.class.as_str().to_owned()));
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::debug!(%error, offset = msg.offset(), "undecodable fault not counted"),
+                    }
+                    let _ = consumer.store_offset_from_message(&msg);
+                }
                 Ok(msg) => {
                     match decode_message::<Heartbeat>(&msg) {
                         Ok(hb) if hb.cluster == cfg.cluster => {

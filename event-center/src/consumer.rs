@@ -13,7 +13,10 @@ use std::{
 };
 
 use firebreak_plumbing::{kafka::decode_message, retry};
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, REMEDIATION_TOPIC, RemediationEvent};
+use firebreak_schema::{
+    CHANGES_TOPIC, Change, FAULT_TOPIC, FaultEvent, HEALTH_TOPIC, Halt, HealthSample, REMEDIATION_TOPIC,
+    RemediationEvent,
+};
 use rdkafka::{
     Message,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
@@ -135,6 +138,28 @@ async fn handle(
             }
             Err(e) => reject(e).await?,
         },
+        t if t == HEALTH_TOPIC => match decode_message::<HealthSample>(msg) {
+            Ok(h) => {
+                store.put_health(&h).await?;
+                let _ = live.send(Live::Gate);
+            }
+            Err(e) => reject(e).await?,
+        },
+        // Two event types share the gate's topic: halts and changes.
+        t if t == CHANGES_TOPIC => match decode_message::<Halt>(msg) {
+            Ok(h) => {
+                store.put_halt(&h).await?;
+                let _ = live.send(Live::Gate);
+            }
+            Err(firebreak_schema::Error::WrongType { .. }) => match decode_message::<Change>(msg) {
+                Ok(c) => {
+                    store.put_change(&c).await?;
+                    let _ = live.send(Live::Gate);
+                }
+                Err(e) => reject(e).await?,
+            },
+            Err(e) => reject(e).await?,
+        },
         other => tracing::warn!(topic = other, "record from an unexpected topic ignored"),
     }
     Ok(())
@@ -142,5 +167,7 @@ async fn handle(
 
 /// Subscribes a consumer to the topics the event center stores.
 pub(crate) fn subscribe(consumer: &StreamConsumer) -> Result<()> {
-    consumer.subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC]).map_err(|e| crate::Error::Plumbing(e.into()))
+    consumer
+        .subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC, HEALTH_TOPIC, CHANGES_TOPIC])
+        .map_err(|e| crate::Error::Plumbing(e.into()))
 }

@@ -40,6 +40,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/", get(|| async { Html(include_str!("index.html")) }))
         .route("/api/v1/events", get(events))
         .route("/api/v1/remediations", get(remediations))
+        .route("/api/v1/gate", get(gate))
         .route("/api/v1/stream", get(stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -61,6 +62,12 @@ impl IntoResponse for Error {
         };
         (code, Json(serde_json::json!({"error": message}))).into_response()
     }
+}
+
+/// What the gate's topic and the health topic last said: health per cluster, halts in force,
+/// recent changes.
+async fn gate(State(s): State<AppState>) -> Result<Response, Error> {
+    Ok(Json(s.store.gate_view().await?).into_response())
 }
 
 async fn events(
@@ -100,6 +107,7 @@ async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
             match next {
                 Ok(Live::Fault(r)) => yield Ok(Event::default().event("fault").json_data(&*r).unwrap_or_default()),
                 Ok(Live::Remediation(r)) => yield Ok(Event::default().event("remediation").json_data(&*r).unwrap_or_default()),
+                Ok(Live::Gate) => yield Ok(Event::default().event("gate").data("changed")),
                 // A slow client missed some; tell it to reload.
                 Err(broadcast::error::RecvError::Lagged(n)) => yield Ok(Event::default().event("lagged").data(n.to_string())),
                 Err(broadcast::error::RecvError::Closed) => break,

@@ -26,7 +26,7 @@ use rdkafka::consumer::StreamConsumer;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use store::{EventFilter, Store};
+pub use store::{EventFilter, GateView, Store};
 
 /// Everything that can go wrong in the event center.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,8 @@ pub enum Live {
     Fault(Box<EventRecord>),
     /// A newly stored remediation step.
     Remediation(Box<RemediationEvent>),
+    /// The gate's state or a cluster's health changed (`GET /api/v1/gate` has it).
+    Gate,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

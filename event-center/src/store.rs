@@ -4,7 +4,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use firebreak_schema::{EventRecord, FaultClass, FaultEvent, RemediationEvent};
+use firebreak_schema::{Change, EventRecord, FaultClass, FaultEvent, Halt, HealthSample, RemediationEvent};
 use sqlx::{AnyPool, Row};
 
 use crate::{Error, Result};
@@ -20,6 +20,17 @@ pub struct EventFilter {
     pub class: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/gate`: what the gate's topic and the health topic last said.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GateView {
+    /// Each cluster's latest health sample.
+    pub clusters: Vec<HealthSample>,
+    /// Halts in force.
+    pub halts: Vec<Halt>,
+    /// The most recently updated changes.
+    pub changes: Vec<Change>,
 }
 
 /// The event center's database.
@@ -96,6 +107,74 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Keeps a cluster's health sample if it is newer than the one kept.
+    pub async fn put_health(&self, h: &HealthSample) -> Result<()> {
+        let body = serde_json::to_string(h).map_err(|e| Error::Corrupt(format!("health sample: {e}")))?;
+        sqlx::query(
+            "INSERT INTO cluster_health (cluster, at_ms, body) VALUES ($1, $2, $3) ON CONFLICT (cluster) DO UPDATE \
+             SET at_ms = excluded.at_ms, body = excluded.body WHERE cluster_health.at_ms < excluded.at_ms",
+        )
+        .bind(&h.cluster)
+        .bind(ms(h.at))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Keeps a halt as the gate last told it (raised, then perhaps lifted).
+    pub async fn put_halt(&self, h: &Halt) -> Result<()> {
+        let body = serde_json::to_string(h).map_err(|e| Error::Corrupt(format!("halt: {e}")))?;
+        let at = ms(h.resumed_at.unwrap_or(h.at));
+        sqlx::query(
+            "INSERT INTO gate_halts (id, active, at_ms, body) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE \
+             SET active = excluded.active, at_ms = excluded.at_ms, body = excluded.body WHERE gate_halts.at_ms <= excluded.at_ms",
+        )
+        .bind(h.id.to_string())
+        .bind(i32::from(h.resumed_at.is_none()))
+        .bind(at)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Keeps a change as the gate last told it.
+    pub async fn put_change(&self, c: &Change) -> Result<()> {
+        let body = serde_json::to_string(c).map_err(|e| Error::Corrupt(format!("change: {e}")))?;
+        sqlx::query(
+            "INSERT INTO gate_changes (id, updated_at_ms, body) VALUES ($1, $2, $3) ON CONFLICT (id) DO UPDATE \
+             SET updated_at_ms = excluded.updated_at_ms, body = excluded.body \
+             WHERE gate_changes.updated_at_ms <= excluded.updated_at_ms",
+        )
+        .bind(&c.spec.id)
+        .bind(ms(c.updated_at))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The gate's state as the event center knows it: every cluster's latest health sample,
+    /// the halts in force, and the 20 most recently updated changes.
+    pub async fn gate_view(&self) -> Result<GateView> {
+        fn bodies<T: serde::de::DeserializeOwned>(rows: &[sqlx::any::AnyRow]) -> Result<Vec<T>> {
+            rows.iter()
+                .map(|r| {
+                    serde_json::from_str(&r.try_get::<String, _>("body")?)
+                        .map_err(|e| Error::Corrupt(format!("stored gate state: {e}")))
+                })
+                .collect()
+        }
+        let health = sqlx::query("SELECT body FROM cluster_health ORDER BY cluster").fetch_all(&self.pool).await?;
+        let halts =
+            sqlx::query("SELECT body FROM gate_halts WHERE active = 1 ORDER BY at_ms").fetch_all(&self.pool).await?;
+        let changes = sqlx::query("SELECT body FROM gate_changes ORDER BY updated_at_ms DESC LIMIT 20")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(GateView { clusters: bodies(&health)?, halts: bodies(&halts)?, changes: bodies(&changes)? })
     }
 
     /// Keeps a record that could not be decoded.

@@ -27,6 +27,8 @@ pub(crate) async fn serve(cluster: Arc<Cluster>, listener: tokio::net::TcpListen
     let app = Router::new()
         .route("/fleet-sim/v1/audit", get(audit))
         .route("/fleet-sim/v1/nodes/{node}/faults", post(inject))
+        .route("/fleet-sim/v1/runtime-versions", get(runtime_versions))
+        .route("/fleet-sim/v1/runtime-versions/{version}", post(set_runtime))
         .fallback(kube_api)
         .with_state(cluster);
     let server = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned());
@@ -50,6 +52,33 @@ async fn inject(State(c): State<Arc<Cluster>>, Path(node): Path<String>, body: B
     match parsed.and_then(|b| c.inject(&node, b.fault)) {
         Ok(()) => json_reply(StatusCode::ACCEPTED, &json!({"injected": true})),
         Err(e) => error_reply(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeBody {
+    healthy: bool,
+    #[serde(default)]
+    failure: crate::RuntimeFailure,
+}
+
+/// The runtime versions marked unhealthy, and how pods fail on them.
+async fn runtime_versions(State(c): State<Arc<Cluster>>) -> Response {
+    json_reply(StatusCode::OK, &json!(c.bad_runtimes()))
+}
+
+/// Marks a runtime version healthy or not (`{"healthy": false, "failure": "crash_loop"}`).
+async fn set_runtime(State(c): State<Arc<Cluster>>, Path(version): Path<String>, body: Bytes) -> Response {
+    if !firebreak_schema::names::is_label_value(&version) || version.is_empty() {
+        return error_reply(&Error::Unprocessable(format!("runtime version `{version}` is not a label value")));
+    }
+    match serde_json::from_slice::<RuntimeBody>(&body) {
+        Ok(b) => {
+            c.set_runtime_health(&version, b.healthy, b.failure);
+            json_reply(StatusCode::OK, &json!({"version": version, "healthy": b.healthy, "failure": b.failure}))
+        }
+        Err(e) => error_reply(&Error::BadRequest(format!("invalid body: {e}"))),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
     controllers::Workload,
     faults::Fault,
     fmt_micro_time,
-    kubelet::{NOT_READY_TAINT, NodeSim, cond},
+    kubelet::{INITIAL_RUNTIME, NOT_READY_TAINT, NodeSim, RUNTIME_LABEL, RuntimeFailure, cond},
     pdb::update_pdbs,
     resources::{LEASES, NAMESPACES, NODES, PDBS, PODS},
     store::Store,
@@ -55,6 +55,10 @@ pub(crate) struct State {
     pub(crate) audit: Vec<AuditEntry>,
     /// Pods scheduled and not yet started, since when.
     pub(crate) pending_ready: BTreeMap<(String, String), Instant>,
+    /// Runtime versions marked unhealthy, and how pods fail on them.
+    pub(crate) bad_runtimes: BTreeMap<String, RuntimeFailure>,
+    /// Crash-looping pods: when their container restarts next, and how often it has.
+    pub(crate) crashing: BTreeMap<(String, String), (Instant, u32)>,
 }
 
 /// A simulated cluster.
@@ -86,10 +90,13 @@ impl Cluster {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&name, addr)).map_err(io(&kubeconfig))?;
         let web = nodes + nodes / 4;
+        // Steady churn: replicas that each live `pod_lifetime` make `churn_per_minute` starts.
+        let churn = (f64::from(timings.churn_per_minute) * timings.pod_lifetime.as_secs_f64() / 60.0).ceil() as usize;
         let cluster = Cluster {
             workloads: vec![
-                Workload { name: "web", namespace: "default", replicas: web },
-                Workload { name: "batch", namespace: "default", replicas: nodes / 2 },
+                Workload { name: "web", namespace: "default", replicas: web, lifetime: None },
+                Workload { name: "batch", namespace: "default", replicas: nodes / 2, lifetime: None },
+                Workload { name: "churn", namespace: "default", replicas: churn, lifetime: Some(timings.pod_lifetime) },
             ],
             name,
             dir,
@@ -101,6 +108,8 @@ impl Cluster {
                 nodes: BTreeMap::new(),
                 audit: Vec::new(),
                 pending_ready: BTreeMap::new(),
+                bad_runtimes: BTreeMap::new(),
+                crashing: BTreeMap::new(),
             }),
         };
         cluster.bootstrap(nodes)?;
@@ -137,6 +146,23 @@ impl Cluster {
         self.lock().audit.clone()
     }
 
+    /// Marks a runtime version healthy or not; pods that start from now on on nodes labelled
+    /// with it fail as `failure` says.
+    pub fn set_runtime_health(&self, version: &str, healthy: bool, failure: RuntimeFailure) {
+        let mut st = self.lock();
+        if healthy {
+            st.bad_runtimes.remove(version);
+        } else {
+            st.bad_runtimes.insert(version.to_owned(), failure);
+        }
+        tracing::info!(cluster = %self.name, version, healthy, ?failure, "runtime version health set");
+    }
+
+    /// Runtime versions marked unhealthy.
+    pub fn bad_runtimes(&self) -> BTreeMap<String, RuntimeFailure> {
+        self.lock().bad_runtimes.clone()
+    }
+
     /// Injects a fault into a node.
     pub fn inject(&self, node: &str, fault: Fault) -> Result<()> {
         let mut st = self.lock();
@@ -170,7 +196,7 @@ impl Cluster {
             st.store.create(&NODES, json!({
                 "metadata": {"name": name, "labels": {
                     "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": "",
+                    "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": "", RUNTIME_LABEL: INITIAL_RUNTIME,
                     "topology.kubernetes.io/zone": format!("zone-{zone}")}, "annotations": {}},
                 "spec": {"podCIDR": format!("10.244.{i}.0/24"),
                     "taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]},

@@ -20,6 +20,8 @@ pub(crate) struct Workload {
     pub(crate) name: &'static str,
     pub(crate) namespace: &'static str,
     pub(crate) replicas: usize,
+    /// Pods are deleted (and so replaced) this long after they were created.
+    pub(crate) lifetime: Option<std::time::Duration>,
 }
 
 impl Cluster {
@@ -64,6 +66,29 @@ impl Cluster {
             }
             *per_node.entry(node).or_default() += 1;
             *live.entry(str_at(p, "/metadata/labels/app")).or_default() += 1;
+        }
+        // Pods past their workload's lifetime are deleted, gracefully (the churn).
+        let wall = chrono::Utc::now();
+        let mut expired = Vec::new();
+        for w in self.workloads.iter().filter(|w| w.lifetime.is_some()) {
+            let life = chrono::TimeDelta::from_std(w.lifetime.unwrap_or_default()).unwrap_or_default();
+            expired.extend(
+                st.store
+                    .iter(&PODS, Some(w.namespace))
+                    .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                    .filter(|p| str_at(p, "/metadata/labels/app") == w.name)
+                    .filter(|p| {
+                        chrono::DateTime::parse_from_rfc3339(&str_at(p, "/metadata/creationTimestamp"))
+                            .is_ok_and(|t| wall - t.to_utc() >= life)
+                    })
+                    .cloned(),
+            );
+        }
+        for mut p in expired {
+            p["metadata"]["deletionTimestamp"] = json!(crate::now_plus(self.timings.pod_grace));
+            p["metadata"]["deletionGracePeriodSeconds"] = json!(self.timings.pod_grace.as_secs());
+            *live.entry(str_at(&p, "/metadata/labels/app")).or_default() -= 1;
+            st.store.replace(&PODS, p)?;
         }
         // ReplicaSet controllers: replace pods that are terminating or gone.
         for w in &self.workloads {

@@ -15,6 +15,23 @@ use crate::{
     str_at, time_now_rfc3339,
 };
 
+/// The node label that stands for the node's software version.
+pub const RUNTIME_LABEL: &str = "sim.firebreak.io/runtime";
+/// The version every simulated node starts with.
+pub const INITIAL_RUNTIME: &str = "v1";
+
+/// How pods fail on a node whose runtime version is unhealthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFailure {
+    /// The container exits at once and is restarted with back-off: `CrashLoopBackOff`, rising
+    /// `restartCount`, never Ready.
+    #[default]
+    CrashLoop,
+    /// The container runs but never passes its readiness probe.
+    NeverReady,
+}
+
 /// Annotation that asks the simulated node to reboot.
 const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
 pub(crate) const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
@@ -129,6 +146,7 @@ impl Cluster {
             .collect();
         for (ns, name) in due {
             st.store.remove(&PODS, &ns, &name)?;
+            st.crashing.remove(&(ns.clone(), name.clone()));
             st.pending_ready.remove(&(ns, name));
         }
         // Kubelets: start scheduled pods once their node is up.
@@ -148,11 +166,24 @@ impl Cluster {
                 continue;
             }
             let node = str_at(pod, "/spec/nodeName");
-            if st.store.get_ref(&NODES, "", &node).is_none_or(|n| ready_status(n) != "True") {
+            let Some(n) = st.store.get_ref(&NODES, "", &node).filter(|n| ready_status(n) == "True") else {
                 continue;
-            }
+            };
+            let failure = st
+                .bad_runtimes
+                .get(&str_at(n, &format!("/metadata/labels/{}", RUNTIME_LABEL.replace('/', "~1"))))
+                .copied();
             let mut p = pod.clone();
             let started = time_now_rfc3339();
+            if let Some(failure) = failure {
+                p["status"] = failing_status(&p, &started, failure, 0);
+                st.store.replace(&PODS, p)?;
+                st.pending_ready.remove(&k);
+                if failure == RuntimeFailure::CrashLoop {
+                    st.crashing.insert(k, (now + self.timings.crash_backoff, 0));
+                }
+                continue;
+            }
             p["status"] = json!({"phase": "Running", "startTime": started,
                 "podIP": format!("10.244.{}.{}", rand::random::<u8>(), rand::random::<u8>()),
                 "conditions": [{"type": "PodScheduled", "status": "True"},
@@ -166,8 +197,54 @@ impl Cluster {
             st.store.replace(&PODS, p)?;
             st.pending_ready.remove(&k);
         }
+        // Crash-looping containers restart with back-off.
+        let due: Vec<((String, String), u32)> =
+            st.crashing.iter().filter(|(_, (at, _))| *at <= now).map(|(k, (_, n))| (k.clone(), *n)).collect();
+        for (k, restarts) in due {
+            let Some(pod) =
+                st.store.get_ref(&PODS, &k.0, &k.1).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            else {
+                st.crashing.remove(&k);
+                continue;
+            };
+            let mut p = pod.clone();
+            let started = str_at(&p, "/status/startTime");
+            p["status"] = failing_status(&p, &started, RuntimeFailure::CrashLoop, restarts + 1);
+            st.store.replace(&PODS, p)?;
+            // Back-off doubles, as the kubelet's does (capped here at 8 periods).
+            let backoff = self.timings.crash_backoff * 2u32.pow((restarts + 1).min(3));
+            st.crashing.insert(k, (now + backoff, restarts + 1));
+        }
         Ok(())
     }
+}
+
+/// The status of a pod whose containers fail on a bad runtime: Running, not Ready.
+fn failing_status(pod: &Value, started: &str, failure: RuntimeFailure, restarts: u32) -> Value {
+    let name = pod.pointer("/spec/containers/0/name").cloned().unwrap_or(json!("main"));
+    let image = pod.pointer("/spec/containers/0/image").cloned().unwrap_or(json!(""));
+    let (state, reason) = match failure {
+        RuntimeFailure::CrashLoop => (
+            json!({"waiting": {"reason": "CrashLoopBackOff",
+                "message": format!("back-off restarting failed container {name} in pod {}", str_at(pod, "/metadata/name"))}}),
+            "ContainersNotReady",
+        ),
+        RuntimeFailure::NeverReady => (json!({"running": {"startedAt": started}}), "ContainersNotReady"),
+    };
+    let last = match failure {
+        RuntimeFailure::CrashLoop if restarts > 0 => {
+            json!({"terminated": {"exitCode": 139, "reason": "Error", "finishedAt": time_now_rfc3339()}})
+        }
+        _ => json!({}),
+    };
+    json!({"phase": "Running", "startTime": started,
+        "podIP": format!("10.244.{}.{}", rand::random::<u8>(), rand::random::<u8>()),
+        "conditions": [{"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": "False", "reason": reason},
+            {"type": "Ready", "status": "False", "reason": reason}],
+        "containerStatuses": [{"name": name, "ready": false, "started": failure == RuntimeFailure::NeverReady,
+            "restartCount": restarts, "image": image, "state": state, "lastState": last}]})
 }
 
 /// A core Event about a node, named like the kubelet names them.

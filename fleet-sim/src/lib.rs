@@ -8,6 +8,15 @@
 //! file and `/proc/stat`), ReplicaSet/DaemonSet-like controllers that recreate evicted pods, and
 //! a fault injector that writes real kernel log lines or stops a node's heartbeats.
 //!
+//! Node software is a label, `sim.firebreak.io/runtime=<version>` (every node starts on
+//! [`INITIAL_RUNTIME`]). A version marked unhealthy through the control API
+//! (`POST /fleet-sim/v1/runtime-versions/{v}` with `{"healthy": false}`, optionally
+//! `"failure": "crash_loop" | "never_ready"`) makes the pods that start on a node carrying it fail
+//! as they would on a real node: Running but never Ready, their container in `CrashLoopBackOff`
+//! with a rising `restartCount`, or running and never passing readiness. A steady `churn`
+//! workload creates pods all the time ([`Timings::churn_per_minute`]), so the pod start success
+//! rate moves when such nodes appear.
+//!
 //! Reboots are asked for through the API: annotate the node with
 //! `firebreak.io/reboot-requested=<anything>`; the node goes NotReady for
 //! [`Timings::reboot`], comes back with a new `status.nodeInfo.bootID`, a fresh kernel log and
@@ -36,6 +45,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use chrono::{DateTime, SecondsFormat, Utc};
 pub use cluster::{AuditEntry, Cluster};
 pub use faults::Fault;
+pub use kubelet::{INITIAL_RUNTIME, RUNTIME_LABEL, RuntimeFailure};
 use serde_json::Value;
 
 /// Everything that can go wrong in the simulator; API errors map to Kubernetes `Status` replies.
@@ -80,7 +90,7 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How fast simulated time goes.
+/// How fast simulated time goes, and how busy the workload is.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// Period of node status heartbeats and lease renewals.
@@ -93,6 +103,13 @@ pub struct Timings {
     pub pod_start: Duration,
     /// Default grace period of the simulated pods.
     pub pod_grace: Duration,
+    /// Pods of the `churn` workload created per minute (steady: each lives [`Timings::pod_lifetime`]
+    /// and is replaced), so that the pod start success rate is always measurable. 0: none.
+    pub churn_per_minute: u32,
+    /// How long a `churn` pod lives before it is deleted and replaced.
+    pub pod_lifetime: Duration,
+    /// How often a crash-looping container restarts.
+    pub crash_backoff: Duration,
 }
 
 impl Default for Timings {
@@ -103,6 +120,9 @@ impl Default for Timings {
             reboot: Duration::from_secs(3),
             pod_start: Duration::from_millis(1500),
             pod_grace: Duration::from_secs(1),
+            churn_per_minute: 120,
+            pod_lifetime: Duration::from_secs(30),
+            crash_backoff: Duration::from_secs(2),
         }
     }
 }

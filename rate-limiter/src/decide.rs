@@ -17,7 +17,7 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
-    BreakerTrip, ClusterSnapshot, Halt, Operation, Permit, PermitRequest, PermitResponse, PermitState, Scope,
+    BreakerTrip, Halt, HealthSample, Operation, Permit, PermitRequest, PermitResponse, PermitState, Scope,
 };
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ pub(crate) struct World {
     /// grants before that do not count again.
     pub(crate) closed: HashMap<(Operation, String), DateTime<Utc>>,
     /// The latest snapshot per cluster.
-    pub(crate) snapshots: Arc<HashMap<String, ClusterSnapshot>>,
+    pub(crate) snapshots: Arc<HashMap<String, HealthSample>>,
 }
 
 /// What to write for one decision.
@@ -308,9 +308,9 @@ fn fresh_snapshots<'a>(
     scope: &Scope,
     cluster: &str,
     now: DateTime<Utc>,
-) -> Result<Vec<&'a ClusterSnapshot>, String> {
+) -> Result<Vec<&'a HealthSample>, String> {
     let max_age = TimeDelta::from_std(policy.snapshot_max_age).unwrap_or(TimeDelta::MAX);
-    let fresh = |s: &&ClusterSnapshot| now - s.at <= max_age;
+    let fresh = |s: &&HealthSample| now - s.at <= max_age;
     match world.snapshots.get(cluster) {
         None => return Err(format!("no cluster snapshot of {cluster} has arrived from its detector")),
         Some(s) if !fresh(&s) => {
@@ -505,8 +505,8 @@ mod tests {
         }
     }
 
-    fn snapshot(cluster: &str, nodes: u32, unhealthy: &[&str], now: DateTime<Utc>) -> ClusterSnapshot {
-        ClusterSnapshot {
+    fn snapshot(cluster: &str, nodes: u32, unhealthy: &[&str], now: DateTime<Utc>) -> HealthSample {
+        HealthSample {
             cluster: cluster.into(),
             at: now,
             nodes,
@@ -524,6 +524,7 @@ mod tests {
                 ZONE.into(),
                 BTreeMap::from([("a".into(), nodes / 2), ("b".into(), nodes - nodes / 2)]),
             )]),
+            ..HealthSample::default()
         }
     }
 
@@ -663,6 +664,8 @@ mod tests {
             at: now,
             resumed_at: None,
             resumed_by: None,
+            source: None,
+            signals: vec![],
         });
         let o = decide(&p, &mut w, &req("c1", "n4"), "t", now);
         assert_eq!(denied(&o).rule, "halt");

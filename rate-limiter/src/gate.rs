@@ -14,8 +14,7 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::auth::Caller;
 use firebreak_schema::{
-    BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, Role, Scope,
-    names,
+    BreakerTrip, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitResponse, Role, Scope, names,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -25,8 +24,10 @@ use uuid::Uuid;
 use crate::{
     Error, Policy, Result,
     decide::Outcome,
+    health,
     metrics::Metrics,
-    store::{Change, Decision, Done, Op, Store},
+    notify::Notifier,
+    store::{Decision, Done, Op, PermitChange, Store},
 };
 
 /// Most requests decided in one transaction.
@@ -91,10 +92,15 @@ pub struct GateStatus {
 pub struct Gate {
     policy: RwLock<Arc<Policy>>,
     policy_path: Option<PathBuf>,
-    store: Store,
+    pub(crate) store: Store,
     jobs: mpsc::Sender<Job>,
-    snapshots: RwLock<Arc<HashMap<String, ClusterSnapshot>>>,
-    metrics: Metrics,
+    snapshots: RwLock<Arc<HashMap<String, HealthSample>>>,
+    pub(crate) metrics: Metrics,
+    pub(crate) notifier: Notifier,
+    /// PromQL rules' latest values: (rule, cluster) → value.
+    pub(crate) prom: RwLock<Arc<HashMap<(String, String), health::Value>>>,
+    /// Woken when a sample arrives, so health rules judge it at once.
+    pub(crate) sampled: tokio::sync::Notify,
 }
 
 impl Gate {
@@ -103,6 +109,7 @@ impl Gate {
         database_url: &str,
         policy: Policy,
         policy_path: Option<PathBuf>,
+        producer: Option<firebreak_plumbing::kafka::Producer>,
         cancel: CancellationToken,
     ) -> Result<Arc<Self>> {
         let store = Store::open(database_url).await?;
@@ -115,8 +122,12 @@ impl Gate {
             jobs,
             snapshots: RwLock::new(Arc::new(snapshots)),
             metrics: Metrics::new(),
+            notifier: Notifier::new(producer, cancel.clone()),
+            prom: RwLock::new(Arc::new(HashMap::new())),
+            sampled: tokio::sync::Notify::new(),
         });
         tokio::spawn(gate.clone().decider(rx, cancel.clone()));
+        tokio::spawn(gate.clone().monitor(cancel.clone()));
         tokio::spawn(gate.clone().sweeper(cancel));
         Ok(gate)
     }
@@ -160,7 +171,7 @@ impl Gate {
         answer.await.map_err(|_| Error::Unavailable("the gate is shutting down".into()))?
     }
 
-    async fn change(&self, op: Op) -> Result<Change> {
+    async fn permit_change(&self, op: Op) -> Result<PermitChange> {
         match self.submit(op).await? {
             Done::Changed(c) => Ok(c),
             Done::Decided(_) => Err(Error::Corrupt("a change came back as a decision".into())),
@@ -189,7 +200,7 @@ impl Gate {
                     for (job, done) in batch.into_iter().zip(done) {
                         match (&job.op, &done) {
                             (Op::Decide(req, holder), Done::Decided(o)) => self.record(req, holder, o),
-                            (Op::Release { .. }, Done::Changed(Change::Done(p))) => {
+                            (Op::Release { .. }, Done::Changed(PermitChange::Done(p))) => {
                                 tracing::info!(permit_id = %p.id, operation = %p.operation, cluster = %p.cluster,
                                     node = p.node.as_deref().unwrap_or(""), "permit released");
                                 self.metrics.permit_delta(p.operation, -1);
@@ -257,13 +268,13 @@ impl Gate {
     pub async fn renew(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
         let ttl = TimeDelta::from_std(self.policy().permit_ttl).unwrap_or(TimeDelta::minutes(10));
         let any = caller.role >= Role::Operator;
-        settle(id, caller, self.change(Op::Renew { id, caller: caller.name.clone(), any, ttl }).await?)
+        settle(id, caller, self.permit_change(Op::Renew { id, caller: caller.name.clone(), any, ttl }).await?)
     }
 
     /// Gives a permit back: its holder may, an operator may for anyone.
     pub async fn release(&self, id: Uuid, caller: &Caller) -> Result<Permit> {
         let any = caller.role >= Role::Operator;
-        settle(id, caller, self.change(Op::Release { id, caller: caller.name.clone(), any }).await?)
+        settle(id, caller, self.permit_change(Op::Release { id, caller: caller.name.clone(), any }).await?)
     }
 
     /// Active permits.
@@ -285,9 +296,47 @@ impl Gate {
         if req.reason.trim().is_empty() || !names::is_plain_text(&req.reason, 1024) {
             return Err(Error::BadRequest("a halt needs a reason: plain text, at most 1024 bytes".into()));
         }
-        let h = self.store.halt(req, &caller.name, Utc::now()).await?;
+        let h = self
+            .store
+            .halt(req, &caller.name, None, &[], Utc::now())
+            .await?
+            .ok_or_else(|| Error::Corrupt("an operator's halt was not recorded".into()))?;
         tracing::warn!(halt_id = %h.id, scope = %h.scope, by = %h.by, reason = %h.reason, "halted");
+        self.notifier.halt(&h, &self.policy().webhooks);
         Ok(h)
+    }
+
+    /// Records a halt raised by a rule or a change, unless one of the same source and scope is
+    /// in force; tells the topic and the webhooks.
+    pub(crate) async fn auto_halt(
+        &self,
+        req: &HaltRequest,
+        source: &str,
+        signals: &[firebreak_schema::Measurement],
+    ) -> Result<Option<Halt>> {
+        let h = self.store.halt(req, "firebreak-gate", Some(source), signals, Utc::now()).await?;
+        if let Some(h) = &h {
+            tracing::warn!(halt_id = %h.id, scope = %h.scope, source, reason = %h.reason, "halted by health");
+            self.metrics.auto_halt(source.split(':').next().unwrap_or("rule"));
+            self.notifier.halt(h, &self.policy().webhooks);
+        }
+        Ok(h)
+    }
+
+    /// Lifts the halts in force from `source` (in `scope`, if given); returns them.
+    pub(crate) async fn lift(&self, source: &str, scope: Option<&Scope>, by: &str) -> Result<Vec<Halt>> {
+        let mut lifted = Vec::new();
+        for h in self.store.halts_from(source).await? {
+            if scope.is_some_and(|s| *s != h.scope) {
+                continue;
+            }
+            if let Some(h) = self.store.resume(h.id, by, Utc::now()).await? {
+                tracing::warn!(halt_id = %h.id, scope = %h.scope, source, by, "halt lifted");
+                self.notifier.halt(&h, &self.policy().webhooks);
+                lifted.push(h);
+            }
+        }
+        Ok(lifted)
     }
 
     /// Lifts a halt.
@@ -298,6 +347,7 @@ impl Gate {
             .await?
             .ok_or_else(|| Error::NotFound(format!("no halt {id} in force")))?;
         tracing::warn!(halt_id = %h.id, scope = %h.scope, by = %caller.name, "resumed");
+        self.notifier.halt(&h, &self.policy().webhooks);
         Ok(h)
     }
 
@@ -317,7 +367,7 @@ impl Gate {
     }
 
     /// Takes in a cluster snapshot from the health topic (newer ones win).
-    pub async fn observe(&self, snapshot: ClusterSnapshot) -> Result<()> {
+    pub async fn observe(&self, snapshot: HealthSample) -> Result<()> {
         {
             let mut map = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
             if map.get(&snapshot.cluster).is_some_and(|s| s.at >= snapshot.at) {
@@ -325,7 +375,33 @@ impl Gate {
             }
             Arc::make_mut(&mut map).insert(snapshot.cluster.clone(), snapshot.clone());
         }
+        self.sampled.notify_one();
         self.store.put_snapshot(&snapshot).await
+    }
+
+    /// The latest sample per cluster.
+    pub(crate) fn samples(&self) -> Arc<HashMap<String, HealthSample>> {
+        self.snapshots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The verdict on a cluster's health now: every rule (those that halt `only`, if given),
+    /// against `baselines` where they have the same rule and scope.
+    pub fn verdict(
+        &self,
+        cluster: &str,
+        baselines: &[firebreak_schema::Measurement],
+        only: Option<Operation>,
+    ) -> firebreak_schema::Verdict {
+        let policy = self.policy();
+        let samples = self.samples();
+        let prom = self.prom.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let inputs = health::Inputs {
+            samples: &samples,
+            prom: &prom,
+            max_age: TimeDelta::from_std(policy.snapshot_max_age).unwrap_or(TimeDelta::MAX),
+            now: Utc::now(),
+        };
+        health::verdict(&policy, cluster, &inputs, baselines, only)
     }
 
     /// Budgets in use, halts, breakers and snapshots.
@@ -379,15 +455,15 @@ impl Gate {
     }
 }
 
-fn settle(id: Uuid, caller: &Caller, change: Change) -> Result<Permit> {
+fn settle(id: Uuid, caller: &Caller, change: PermitChange) -> Result<Permit> {
     match change {
-        Change::Done(p) => Ok(p),
-        Change::Unknown => Err(Error::NotFound(format!("no permit {id}"))),
-        Change::NotYours(holder) => Err(Error::Forbidden(format!(
+        PermitChange::Done(p) => Ok(p),
+        PermitChange::Unknown => Err(Error::NotFound(format!("no permit {id}"))),
+        PermitChange::NotYours(holder) => Err(Error::Forbidden(format!(
             "permit {id} is held by `{holder}`; `{}` may act only on its own permits (operators on any)",
             caller.name
         ))),
-        Change::Ended(p) => Err(Error::Gone(format!(
+        PermitChange::Ended(p) => Err(Error::Gone(format!(
             "permit {id} is {} since {}",
             p.state.as_str(),
             p.ended_at.map_or_else(|| p.expires_at.to_rfc3339(), |t| t.to_rfc3339())

@@ -14,7 +14,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
-use firebreak_schema::{HaltRequest, Operation, PermitRequest, Role, Scope};
+use firebreak_schema::{ChangeRequest, HaltRequest, Operation, PermitRequest, Phase, Role, Scope, Verdict};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock};
 use prometheus_client::encoding::text::encode;
 use serde::Deserialize;
@@ -31,6 +31,7 @@ impl IntoResponse for Error {
             Error::BadRequest(_) | Error::Policy(_) => StatusCode::BAD_REQUEST,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,24 +112,189 @@ pub fn router(gate: Arc<Gate>, tokens: Arc<Tokens>) -> Router {
         .route("/api/v1/decisions", get(list_decisions))
         .route("/api/v1/status", get(status))
         .route("/api/v1/halts", get(list_halts))
+        .route("/api/v1/changes", get(list_changes))
+        .route("/api/v1/changes/{id}", get(get_change))
+        .route("/api/v1/verdict", get(verdict))
         .route("/metrics", get(metrics));
     let requester = Router::new()
+        .route("/api/v1/changes", post(register_change))
+        .route("/api/v1/changes/{id}/batches/{n}/begin", post(begin_batch))
+        .route("/api/v1/changes/{id}/batches/{n}/complete", post(complete_batch))
         .route("/api/v1/permits", post(request_permit))
         .route("/api/v1/permits/{id}/renew", post(renew_permit))
         .route("/api/v1/permits/{id}", delete(release_permit));
     let operator = Router::new()
         .route("/api/v1/halts", post(halt))
         .route("/api/v1/halts/{id}/resume", post(resume))
-        .route("/api/v1/breakers/reset", post(reset_breaker));
+        .route("/api/v1/breakers/reset", post(reset_breaker))
+        .route("/api/v1/changes/{id}/resume", post(resume_change))
+        .route("/api/v1/changes/{id}/abort", post(abort_change));
     let admin = Router::new().route("/api/v1/policy/reload", post(reload));
     Router::new()
         .merge(guarded(viewer, &tokens, Role::Viewer, &limiter))
         .merge(guarded(requester, &tokens, Role::Requester, &limiter))
         .merge(guarded(operator, &tokens, Role::Operator, &limiter))
         .merge(guarded(admin, &tokens, Role::Admin, &limiter))
+        .route("/api/v1/webhooks/flagger", post(flagger).with_state(FlaggerState { gate: gate.clone(), tokens }))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(gate)
+}
+
+async fn register_change(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Body(req): Body<ChangeRequest>,
+) -> Result<Response, Error> {
+    Ok((StatusCode::CREATED, Json(gate.register_change(req, &caller).await?)).into_response())
+}
+
+async fn begin_batch(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, n)): Path<(String, u32)>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.begin_batch(&id, n, &caller).await?).into_response())
+}
+
+async fn complete_batch(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path((id, n)): Path<(String, u32)>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.complete_batch(&id, n, &caller).await?).into_response())
+}
+
+async fn resume_change(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.resume_change(&id, &caller).await?).into_response())
+}
+
+async fn abort_change(
+    State(gate): State<Arc<Gate>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    Ok(Json(gate.abort_change(&id, &caller).await?).into_response())
+}
+
+async fn get_change(State(gate): State<Arc<Gate>>, Path(id): Path<String>) -> Result<Response, Error> {
+    Ok(Json(gate.change(&id).await?).into_response())
+}
+
+async fn list_changes(
+    State(gate): State<Arc<Gate>>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(q) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
+    Ok(Json(gate.changes(q.limit.unwrap_or(100)).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct VerdictQuery {
+    cluster: String,
+    change: Option<String>,
+}
+
+/// The verdict on a cluster — or on a change's batch in progress, against its baseline — for
+/// Argo Rollouts' `web` metric provider: `successCondition: result.verdict == "Successful"`.
+/// A halt in force that stops `canary_batch` in the cluster, or a halted change, is `Failed`.
+async fn verdict(
+    State(gate): State<Arc<Gate>>,
+    q: Result<Query<VerdictQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Error> {
+    let Query(q) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
+    Ok(Json(judge(&gate, &q.cluster, q.change.as_deref()).await?).into_response())
+}
+
+async fn judge(gate: &Gate, cluster: &str, change: Option<&str>) -> Result<Verdict, Error> {
+    if !firebreak_schema::names::is_dns1123_subdomain(cluster) {
+        return Err(Error::BadRequest(format!("cluster `{}` is not a DNS-1123 name", cluster.escape_debug())));
+    }
+    let mut baseline = Vec::new();
+    let mut halted = None;
+    if let Some(id) = change {
+        let c = gate.change(id).await?;
+        if c.spec.cluster != cluster {
+            return Err(Error::BadRequest(format!("change {id} is in cluster {}, not {cluster}", c.spec.cluster)));
+        }
+        if c.state == firebreak_schema::ChangeState::Halted || c.state == firebreak_schema::ChangeState::Aborted {
+            halted = Some(format!("change {id} is {}: {}", c.state.as_str(), c.reason.unwrap_or_default()));
+        }
+        baseline = c.history.last().map(|b| b.baseline.clone()).unwrap_or_default();
+    }
+    let mut v = gate.verdict(cluster, &baseline, Some(Operation::CanaryBatch));
+    let scope = Scope::cluster(cluster);
+    if halted.is_none()
+        && let Some(h) =
+            gate.halts().await?.into_iter().find(|h| h.stops(Operation::CanaryBatch) && h.scope.contains(&scope))
+    {
+        halted = Some(format!("{} is halted since {} by {}: {}", h.scope, h.at.to_rfc3339(), h.by, h.reason));
+    }
+    if let Some(why) = halted {
+        v.verdict = Phase::Failed;
+        v.reason = format!("{why}; health now: {}", v.reason);
+    }
+    Ok(v)
+}
+
+#[derive(Clone)]
+struct FlaggerState {
+    gate: Arc<Gate>,
+    tokens: Arc<Tokens>,
+}
+
+/// Flagger's webhook payload.
+#[derive(Deserialize)]
+struct FlaggerHook {
+    name: String,
+    namespace: String,
+    #[serde(default)]
+    phase: String,
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Flagger's webhooks (`confirm-rollout`, `pre-rollout`, `confirm-promotion`, `rollout`, ...):
+/// 200 to proceed, 403 with the reason to hold. For a `rollback` hook the sense is Flagger's:
+/// 200 rolls the canary back (the verdict failed), 403 lets it go on. The cluster comes from
+/// `metadata.cluster` (and an optional `metadata.change`). Flagger sends no headers, so the
+/// viewer token may come as `metadata.token` when there is no `Authorization` header.
+async fn flagger(State(st): State<FlaggerState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let hook: FlaggerHook = match serde_json::from_slice(&body) {
+        Ok(h) => h,
+        Err(e) => return Error::BadRequest(format!("not a Flagger webhook payload: {e}")).into_response(),
+    };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let Some(caller) = bearer.or_else(|| hook.metadata.get("token").cloned()).and_then(|t| st.tokens.check(&t)) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "a known token is needed (Authorization header or metadata.token)"})),
+        )
+            .into_response();
+    };
+    let Some(cluster) = hook.metadata.get("cluster") else {
+        return Error::BadRequest("metadata.cluster names no cluster".into()).into_response();
+    };
+    let v = match judge(&st.gate, cluster, hook.metadata.get("change").map(String::as_str)).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    tracing::info!(canary = %format!("{}/{}", hook.namespace, hook.name), phase = %hook.phase, hook = %hook.kind,
+        %cluster, verdict = v.verdict.as_str(), token = %caller.name, "Flagger asked");
+    let healthy = v.verdict == Phase::Successful;
+    let proceed = if hook.kind == "rollback" { !healthy } else { healthy };
+    let code = if proceed { StatusCode::OK } else { StatusCode::FORBIDDEN };
+    (code, Json(serde_json::json!({"verdict": v.verdict, "reason": v.reason, "signals": v.signals}))).into_response()
 }
 
 async fn request_permit(

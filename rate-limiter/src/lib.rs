@@ -17,10 +17,14 @@
 //! Every HTTP route but `/healthz` needs a bearer token with a role (`http`, through
 //! `plumbing::auth`).
 
+mod changes;
 mod decide;
 mod gate;
+mod health;
 mod http;
 mod metrics;
+mod monitor;
+mod notify;
 mod policy;
 mod snapshots;
 mod store;
@@ -30,7 +34,11 @@ use std::{path::PathBuf, sync::Arc};
 use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig, serve::Tls};
 pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
-pub use policy::{ApiRate, Breaker, BreakerScope, Freeze, Limits, OperationPolicy, Percent, Policy, Window};
+pub use notify::signature;
+pub use policy::{
+    ApiRate, Breaker, BreakerScope, Freeze, HealthRule, Limits, NoData, OperationPolicy, Percent, Policy, PromQuery,
+    RuleScope, Webhook, Window,
+};
 pub use store::Decision;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +62,13 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     Forbidden(String),
-    /// No such permit or halt.
+    /// No such permit, halt or change.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the state (a change registered differently, a batch out of
+    /// turn, a concurrent update).
+    #[error("{0}")]
+    Conflict(String),
     /// The permit already ended.
     #[error("{0}")]
     Gone(String),
@@ -91,7 +103,8 @@ pub struct Config {
     pub policy_path: Option<PathBuf>,
     /// Accepted bearer tokens.
     pub tokens: Tokens,
-    /// Where to read cluster snapshots from; `None`: rules that need them deny.
+    /// Where to read health samples from and publish changes and halts to; `None`: rules that
+    /// need samples deny, and nothing is published.
     pub kafka: Option<KafkaConfig>,
     /// Serve HTTPS with this certificate; plain HTTP without.
     pub tls: Option<Tls>,
@@ -99,7 +112,8 @@ pub struct Config {
 
 /// Serves the gate on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
-    let gate = Gate::open(&cfg.database_url, cfg.policy, cfg.policy_path, cancel.clone()).await?;
+    let producer = cfg.kafka.as_ref().map(firebreak_plumbing::kafka::Producer::new).transpose()?;
+    let gate = Gate::open(&cfg.database_url, cfg.policy, cfg.policy_path, producer, cancel.clone()).await?;
     if let Some(kafka) = &cfg.kafka {
         tokio::spawn(snapshots::consume(kafka.clone(), gate.clone(), cancel.clone()));
     }

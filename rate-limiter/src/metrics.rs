@@ -19,8 +19,21 @@ struct OperationLabel {
     operation: &'static str,
 }
 
-/// Decisions by outcome, permits in flight, abandoned permits and breaker trips.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    verdict: &'static str,
+}
+
+/// Decisions by outcome, permits in flight, abandoned permits, breaker trips, halts raised by
+/// health (rule or change) and change verdicts.
 pub(crate) struct Metrics {
+    auto_halts: Family<SourceLabel, Counter>,
+    verdicts: Family<VerdictLabel, Counter>,
     decisions: Family<DecisionLabels, Counter>,
     active: Family<OperationLabel, Gauge>,
     abandoned: Family<OperationLabel, Counter>,
@@ -32,6 +45,8 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("firebreak_gate");
         let m = Self {
+            auto_halts: Family::default(),
+            verdicts: Family::default(),
             decisions: Family::default(),
             active: Family::default(),
             abandoned: Family::default(),
@@ -50,6 +65,12 @@ impl Metrics {
             m.abandoned.clone(),
         );
         registry.register("breaker_trips", "Breaker trips by operation", m.trips.clone());
+        registry.register(
+            "health_halts",
+            "Halts raised without an operator, by source (rule: a health rule; change: a failed batch)",
+            m.auto_halts.clone(),
+        );
+        registry.register("batch_verdicts", "Verdicts on completed change batches", m.verdicts.clone());
         Self { registry, ..m }
     }
 
@@ -71,6 +92,15 @@ impl Metrics {
 
     pub(crate) fn abandoned(&self, operation: Operation) {
         self.abandoned.get_or_create(&OperationLabel { operation: operation.as_str() }).inc();
+    }
+
+    pub(crate) fn auto_halt(&self, source: &str) {
+        let source = if source == "change" { "change" } else { "rule" };
+        self.auto_halts.get_or_create(&SourceLabel { source }).inc();
+    }
+
+    pub(crate) fn verdict(&self, phase: firebreak_schema::Phase) {
+        self.verdicts.get_or_create(&VerdictLabel { verdict: phase.as_str() }).inc();
     }
 
     pub(crate) fn trip(&self, operation: Operation) {

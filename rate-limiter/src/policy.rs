@@ -5,11 +5,17 @@
 //! Per operation, limits per scope — `global`, `cluster` (each cluster), `domain` (each failure
 //! domain of each cluster, for every label in `failure_domains`) — plus a breaker, time windows
 //! and freezes. An operation the policy does not name is denied.
+//!
+//! Health rules (`[[health_rules]]`) test a signal of the detectors' health samples, or an
+//! instant PromQL query, per cluster or per failure domain: bounds (`min`, `max`), a drop against
+//! the baseline a change batch took (`max_drop_percent`, `max_rise`), `consecutive` failures
+//! held `for` a duration before the rule halts, and what no data means. Webhooks
+//! (`[[webhooks]]`) are told of every halt, HMAC-signed.
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc, Weekday};
-use firebreak_schema::Operation;
+use firebreak_schema::{Operation, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -208,6 +214,112 @@ impl TryFrom<RawFreeze> for Freeze {
     }
 }
 
+/// What a health rule makes of no data (no recent sample, too few pod starts, an empty query
+/// result).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoData {
+    /// No data fails the rule.
+    Fail,
+    /// No data is inconclusive: a change waits, nothing halts.
+    #[default]
+    Inconclusive,
+    /// No data passes.
+    Ignore,
+}
+
+/// Where a health rule is measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleScope {
+    /// Each cluster.
+    #[default]
+    Cluster,
+    /// Each failure domain of each cluster (signals from samples only).
+    Domain,
+}
+
+/// An instant PromQL query; `{cluster}` in it is replaced by the cluster's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromQuery {
+    /// The Prometheus server (`http://prometheus:9090`).
+    pub url: String,
+    /// The query; its first result's value is measured.
+    pub query: String,
+}
+
+/// A health rule: a signal, its bounds, and what its failure halts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthRule {
+    /// Its name, in verdicts and halts.
+    pub name: String,
+    /// A signal of the health samples (`pod_start_success_rate`, `not_ready_percent`,
+    /// `out_of_service`, `pods_unschedulable`, `fault_rate:<class>`) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
+    /// ... or a PromQL query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PromQuery>,
+    /// Per cluster (default) or per failure domain.
+    #[serde(default)]
+    pub scope: RuleScope,
+    /// Fails below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Fails above this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// After a change batch: fails when the value fell more than this percentage of the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_drop_percent: Option<Percent>,
+    /// After a change batch: fails when the value rose more than this above the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rise: Option<f64>,
+    /// Pod starts a sample needs for `pod_start_success_rate` to be data (default 5).
+    #[serde(default = "default_min_pod_starts")]
+    pub min_pod_starts: u32,
+    /// Failing measurements in a row before the rule halts (default 1).
+    #[serde(default = "one")]
+    pub consecutive: NonZeroU32,
+    /// And for at least this long (default 0).
+    #[serde(rename = "for", default, with = "humantime_serde")]
+    pub for_: Duration,
+    /// What no data means (default inconclusive).
+    #[serde(default)]
+    pub no_data: NoData,
+    /// The operations its failure halts in its scope (default `canary_batch`: remediation goes on).
+    #[serde(default = "default_halts")]
+    pub halts: Vec<Operation>,
+    /// Lift its halt once it has passed this long; without it, only an operator resumes.
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<Duration>,
+}
+
+fn default_min_pod_starts() -> u32 {
+    5
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+fn default_halts() -> Vec<Operation> {
+    vec![Operation::CanaryBatch]
+}
+
+/// An HTTP endpoint told of every halt: a JSON body signed with HMAC-SHA256 in
+/// `X-Firebreak-Signature: sha256=<hex>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Where to POST.
+    pub url: String,
+    /// The environment variable that holds the signing secret (never the secret itself).
+    pub secret_env: String,
+}
+
 /// Everything the policy says about one operation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,9 +364,31 @@ pub struct Policy {
     /// runaway client is answered 429 instead of loading the gate. Off without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_rate_per_token: Option<ApiRate>,
+    /// How often health rules are evaluated (samples are judged as they arrive; PromQL rules
+    /// and no data on this tick).
+    #[serde(with = "humantime_serde", default = "default_evaluate_every")]
+    pub evaluate_every: Duration,
+    /// Whether a change batch that fails its verdict also halts its cluster for the operations
+    /// the failed rules name (default true); the change itself halts always.
+    #[serde(default = "yes")]
+    pub halt_cluster_on_failed_change: bool,
+    /// Health rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_rules: Vec<HealthRule>,
+    /// Told of every halt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
     /// Per operation; an operation without an entry is denied.
     #[serde(default)]
     pub operations: BTreeMap<Operation, OperationPolicy>,
+}
+
+fn default_evaluate_every() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_ttl() -> Duration {
@@ -294,6 +428,10 @@ impl Default for Policy {
             failure_domains: default_domains(),
             decision_log_entries: default_log_entries(),
             api_rate_per_token: None,
+            evaluate_every: default_evaluate_every(),
+            halt_cluster_on_failed_change: true,
+            health_rules: Vec::new(),
+            webhooks: Vec::new(),
             operations: BTreeMap::from([
                 (
                     Operation::Cordon,
@@ -352,12 +490,67 @@ impl Policy {
                 return Err(Error::Policy(format!("operations.{op}.breaker.window: must be positive")));
             }
         }
+        if p.evaluate_every < Duration::from_millis(100) {
+            return Err(Error::Policy("evaluate_every: at least 100ms".into()));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for r in &p.health_rules {
+            let at = format!("health_rules.{}", r.name);
+            if r.name.is_empty() || !firebreak_schema::names::is_dns1123_subdomain(&r.name) {
+                return Err(Error::Policy(format!("health_rules: name `{}` is not a DNS-1123 name", r.name)));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(Error::Policy(format!("{at}: the name is used twice")));
+            }
+            match (&r.signal, &r.prometheus) {
+                (Some(_), None) => {}
+                (None, Some(q)) => {
+                    check_url(&q.url).map_err(|e| Error::Policy(format!("{at}.prometheus.url: {e}")))?;
+                    if q.query.trim().is_empty() {
+                        return Err(Error::Policy(format!("{at}.prometheus.query: empty")));
+                    }
+                    if r.scope == RuleScope::Domain {
+                        return Err(Error::Policy(format!("{at}: a PromQL rule is per cluster")));
+                    }
+                }
+                _ => return Err(Error::Policy(format!("{at}: needs a signal or a prometheus query, not both"))),
+            }
+            if r.min.is_none() && r.max.is_none() && r.max_drop_percent.is_none() && r.max_rise.is_none() {
+                return Err(Error::Policy(format!("{at}: needs a bound (min, max, max_drop_percent or max_rise)")));
+            }
+            if r.scope == RuleScope::Domain && p.failure_domains.is_empty() {
+                return Err(Error::Policy(format!("{at}: scope domain, but no failure_domains are named")));
+            }
+            if r.halts.is_empty() {
+                return Err(Error::Policy(format!("{at}.halts: name at least one operation")));
+            }
+        }
+        for w in &p.webhooks {
+            check_url(&w.url).map_err(|e| Error::Policy(format!("webhooks: {e}")))?;
+            if w.secret_env.is_empty() {
+                return Err(Error::Policy(format!("webhooks.{}: secret_env names no variable", w.url)));
+            }
+        }
         Ok(p)
+    }
+
+    /// Health rules that halt `op`.
+    pub fn rules_halting(&self, op: Operation) -> impl Iterator<Item = &HealthRule> {
+        self.health_rules.iter().filter(move |r| r.halts.contains(&op))
     }
 
     /// The effective policy as TOML (defaults filled in), for `firebreak gate check-policy`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the policy: {e}\n"))
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
+        _ => Err(format!("`{url}` is not an http:// or https:// URL with a host")),
     }
 }
 
@@ -460,5 +653,38 @@ reason = "holidays"
         assert!(e.contains("operations.cordon.cluster: burst without rate_per_minute"), "{e}");
         let e = Policy::parse("permit_ttl = \"0s\"\n").unwrap_err().to_string();
         assert!(e.contains("permit_ttl"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_policy_reads_and_health_rules_are_checked() {
+        let p = Policy::parse(include_str!("../../deploy/examples/gate-policy-health.toml")).unwrap();
+        assert_eq!(p.health_rules.len(), 3);
+        assert_eq!(p.health_rules[0].signal, Some(Signal::PodStartSuccessRate));
+        assert_eq!(p.health_rules[1].scope, RuleScope::Domain);
+        assert_eq!(p.health_rules[2].no_data, NoData::Fail);
+        assert_eq!(Policy::parse(&p.to_toml()).unwrap(), p);
+        for (text, word) in [
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"pod_start_success_rate\"\n", "needs a bound"),
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"pod_start_rate\"\nmin = 1.0\n", "unknown signal"),
+            ("[[health_rules]]\nname = \"a\"\nmin = 1.0\n", "needs a signal or a prometheus query"),
+            (
+                "[[health_rules]]\nname = \"a\"\nprometheus = { url = \"ftp://x\", query = \"up\" }\nmin = 1.0\n",
+                "not an http",
+            ),
+            ("[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\nno_data = \"maybe\"\n", "maybe"),
+            (
+                "[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\n[[health_rules]]\nname = \"a\"\nsignal = \"out_of_service\"\nmax = 1.0\n",
+                "used twice",
+            ),
+            ("[[webhooks]]\nurl = \"http://x\"\nsecret = \"inline\"\n", "secret"),
+        ] {
+            let e = Policy::parse(text).unwrap_err().to_string();
+            assert!(e.contains(word), "{text:?}: {e}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use firebreak_plumbing::kafka::{KafkaConfig, decode_message};
-use firebreak_schema::{ClusterSnapshot, HEALTH_TOPIC};
+use firebreak_schema::{HEALTH_TOPIC, HealthSample};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ pub(crate) async fn consume(kafka: KafkaConfig, gate: Arc<Gate>, cancel: Cancell
                 tracing::warn!(%error, "health topic receive failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Ok(m) => match decode_message::<ClusterSnapshot>(&m) {
+            Ok(m) => match decode_message::<HealthSample>(&m) {
                 Ok(s) => {
                     let cluster = s.cluster.clone();
                     if let Err(error) = gate.observe(s).await {

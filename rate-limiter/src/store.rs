@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
-    BreakerTrip, ClusterSnapshot, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitState, Scope,
+    BreakerTrip, Change, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitState, Scope,
 };
 use sqlx::{AnyPool, Row, any::AnyRow};
 use uuid::Uuid;
@@ -70,7 +70,7 @@ pub struct Decision {
 
 /// What became of a renewal or a release.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Change {
+pub(crate) enum PermitChange {
     /// Done; the permit as it is now.
     Done(Permit),
     /// No such permit.
@@ -141,6 +141,11 @@ fn halt_of(r: &AnyRow) -> Result<Halt> {
         at: time(r.try_get("at_ms")?),
         resumed_at: r.try_get::<Option<i64>, _>("resumed_at_ms")?.map(time),
         resumed_by: r.try_get("resumed_by")?,
+        source: r.try_get("source")?,
+        signals: match r.try_get::<Option<String>, _>("signals")? {
+            Some(t) => serde_json::from_str(&t).map_err(|e| corrupt("halt signals", e))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -170,7 +175,7 @@ impl Store {
         &self,
         policy: &Policy,
         ops: &[Op],
-        snapshots: &std::sync::Arc<HashMap<String, ClusterSnapshot>>,
+        snapshots: &std::sync::Arc<HashMap<String, HealthSample>>,
         now: DateTime<Utc>,
     ) -> Result<(Vec<Done>, Vec<Permit>)> {
         let mut tx = self.pool.begin().await?;
@@ -234,7 +239,7 @@ pub(crate) enum Done {
     /// A decision.
     Decided(Box<Outcome>),
     /// A renewal or release.
-    Changed(Change),
+    Changed(PermitChange),
 }
 
 async fn write_tats(tx: &mut Tx<'_>, tats: &[(&(Operation, String), &DateTime<Utc>)]) -> Result<()> {
@@ -325,8 +330,16 @@ impl Store {
         rows.iter().map(halt_of).collect()
     }
 
-    /// Records a halt.
-    pub(crate) async fn halt(&self, req: &HaltRequest, by: &str, now: DateTime<Utc>) -> Result<Halt> {
+    /// Records a halt. One raised by a rule or a change (`source`) is recorded only if no halt
+    /// of the same source and scope is in force (`None` then), under the gate's lock.
+    pub(crate) async fn halt(
+        &self,
+        req: &HaltRequest,
+        by: &str,
+        source: Option<&str>,
+        signals: &[firebreak_schema::Measurement],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Halt>> {
         let h = Halt {
             id: Uuid::now_v7(),
             scope: req.scope.clone(),
@@ -336,9 +349,27 @@ impl Store {
             at: now,
             resumed_at: None,
             resumed_by: None,
+            source: source.map(str::to_owned),
+            signals: signals.to_vec(),
         };
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
+        }
+        if let Some(source) = source {
+            let held =
+                sqlx::query("SELECT id FROM gate_halts WHERE source = $1 AND scope = $2 AND resumed_at_ms IS NULL")
+                    .bind(source)
+                    .bind(scope_text(&h.scope)?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if held.is_some() {
+                return Ok(None);
+            }
+        }
         sqlx::query(
-            "INSERT INTO gate_halts (id, scope, operations, reason, by_name, at_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+            "INSERT INTO gate_halts (id, scope, operations, reason, by_name, at_ms, source, signals) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
         )
         .bind(h.id.to_string())
         .bind(scope_text(&h.scope)?)
@@ -346,9 +377,80 @@ impl Store {
         .bind(&h.reason)
         .bind(&h.by)
         .bind(ms(now))
-        .execute(&self.pool)
+        .bind(h.source.clone())
+        .bind(serde_json::to_string(&h.signals).map_err(|e| corrupt("signals", e))?)
+        .execute(&mut *tx)
         .await?;
-        Ok(h)
+        tx.commit().await?;
+        Ok(Some(h))
+    }
+
+    /// Halts in force raised by `source`.
+    pub(crate) async fn halts_from(&self, source: &str) -> Result<Vec<Halt>> {
+        let rows = sqlx::query("SELECT * FROM gate_halts WHERE source = $1 AND resumed_at_ms IS NULL ORDER BY at_ms")
+            .bind(source)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(halt_of).collect()
+    }
+
+    /// A change.
+    pub(crate) async fn change(&self, id: &str) -> Result<Option<(Change, i64)>> {
+        let row = sqlx::query("SELECT body, version FROM gate_changes WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let c: Change = serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("change", e))?;
+            Ok((c, r.try_get::<i64, _>("version")?))
+        })
+        .transpose()
+    }
+
+    /// The most recently changed changes, at most `limit`.
+    pub(crate) async fn changes(&self, limit: i64) -> Result<Vec<Change>> {
+        let rows = sqlx::query("SELECT body FROM gate_changes ORDER BY updated_at_ms DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("change", e)))
+            .collect()
+    }
+
+    /// Writes a change if it is still at `version` (`None`: it must be new); false if someone
+    /// else changed (or created) it first.
+    pub(crate) async fn put_change(&self, c: &Change, version: Option<i64>) -> Result<bool> {
+        let body = serde_json::to_string(c).map_err(|e| corrupt("change", e))?;
+        let done = match version {
+            None => {
+                sqlx::query(
+                    "INSERT INTO gate_changes (id, cluster, state, version, body, updated_at_ms) \
+                     VALUES ($1,$2,$3,1,$4,$5) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&c.spec.id)
+                .bind(&c.spec.cluster)
+                .bind(c.state.as_str())
+                .bind(body)
+                .bind(ms(c.updated_at))
+                .execute(&self.pool)
+                .await?
+            }
+            Some(v) => {
+                sqlx::query(
+                    "UPDATE gate_changes SET state = $2, version = version + 1, body = $3, updated_at_ms = $4 \
+                     WHERE id = $1 AND version = $5",
+                )
+                .bind(&c.spec.id)
+                .bind(c.state.as_str())
+                .bind(body)
+                .bind(ms(c.updated_at))
+                .bind(v)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
     }
 
     /// Lifts a halt; `None` if it is unknown or already lifted.
@@ -402,7 +504,7 @@ impl Store {
     }
 
     /// Keeps a snapshot if it is newer than the one kept.
-    pub(crate) async fn put_snapshot(&self, s: &ClusterSnapshot) -> Result<()> {
+    pub(crate) async fn put_snapshot(&self, s: &HealthSample) -> Result<()> {
         let body = serde_json::to_string(s).map_err(|e| corrupt("snapshot", e))?;
         sqlx::query(
             "INSERT INTO gate_snapshots (cluster, at_ms, body) VALUES ($1, $2, $3) ON CONFLICT (cluster) DO UPDATE \
@@ -417,11 +519,11 @@ impl Store {
     }
 
     /// The kept snapshots.
-    pub(crate) async fn snapshots(&self) -> Result<HashMap<String, ClusterSnapshot>> {
+    pub(crate) async fn snapshots(&self) -> Result<HashMap<String, HealthSample>> {
         let rows = sqlx::query("SELECT body FROM gate_snapshots").fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
-                let s: ClusterSnapshot =
+                let s: HealthSample =
                     serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(|e| corrupt("snapshot", e))?;
                 Ok((s.cluster.clone(), s))
             })
@@ -605,7 +707,7 @@ async fn renew(
     any: bool,
     ttl: TimeDelta,
     now: DateTime<Utc>,
-) -> Result<Change> {
+) -> Result<PermitChange> {
     let done = sqlx::query(&format!(
         "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
          AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
@@ -618,13 +720,13 @@ async fn renew(
     .fetch_optional(&mut **tx)
     .await?;
     match done {
-        Some(row) => Ok(Change::Done(permit_of(&row)?)),
+        Some(row) => Ok(PermitChange::Done(permit_of(&row)?)),
         None => why_not(tx, id, caller, now).await,
     }
 }
 
 /// Ends a permit as released, if `caller` holds it (or `any` is set).
-async fn release(tx: &mut Tx<'_>, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<Change> {
+async fn release(tx: &mut Tx<'_>, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<PermitChange> {
     let done = sqlx::query(&format!(
         "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
          WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
@@ -636,29 +738,29 @@ async fn release(tx: &mut Tx<'_>, id: Uuid, caller: &str, any: bool, now: DateTi
     .fetch_optional(&mut **tx)
     .await?;
     match done {
-        Some(row) => Ok(Change::Done(permit_of(&row)?)),
+        Some(row) => Ok(PermitChange::Done(permit_of(&row)?)),
         None => why_not(tx, id, caller, now).await,
     }
 }
 
 /// Why a renewal or release changed nothing.
-async fn why_not(tx: &mut Tx<'_>, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<Change> {
+async fn why_not(tx: &mut Tx<'_>, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<PermitChange> {
     let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
         .await?;
-    let Some(row) = row else { return Ok(Change::Unknown) };
+    let Some(row) = row else { return Ok(PermitChange::Unknown) };
     let mut p = permit_of(&row)?;
     if p.state == PermitState::Active && p.expires_at <= now {
         // Lapsed, not yet swept: it is over all the same.
         p.state = PermitState::Expired;
-        return Ok(Change::Ended(p));
+        return Ok(PermitChange::Ended(p));
     }
     if p.state != PermitState::Active {
-        return Ok(Change::Ended(p));
+        return Ok(PermitChange::Ended(p));
     }
     if p.holder != caller {
-        return Ok(Change::NotYours(p.holder));
+        return Ok(PermitChange::NotYours(p.holder));
     }
-    Ok(Change::Ended(p))
+    Ok(PermitChange::Ended(p))
 }

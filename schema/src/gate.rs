@@ -305,6 +305,12 @@ pub struct Halt {
     /// Who lifted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumed_by: Option<String>,
+    /// What raised it when no operator did: `rule:<health rule>` or `change:<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The signals measured when it was raised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<crate::Measurement>,
 }
 
 impl Halt {

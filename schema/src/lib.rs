@@ -7,19 +7,23 @@
 //! databases) lives in `firebreak-plumbing`. Times are `chrono::DateTime<Utc>`, RFC 3339 on the
 //! wire. Decoding never panics; bad input is a typed [`Error`].
 
+mod change;
 mod event;
 mod gate;
 mod health;
 pub mod names;
 mod wire;
 
+pub use change::{
+    BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict,
+};
 pub use event::{
     EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
 pub use gate::{
     BreakerTrip, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, PermitState, Role, Scope,
 };
-pub use health::{ClusterSnapshot, UnhealthyNode};
+pub use health::{HealthSample, PodStarts, Signal, UnhealthyNode};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 
 /// Topic carrying [`FaultEvent`]s from agents and detectors.
@@ -28,8 +32,11 @@ pub const FAULT_TOPIC: &str = "firebreak.faults.v1";
 pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
 /// Topic carrying the remediator's workflow steps ([`RemediationEvent`]s).
 pub const REMEDIATION_TOPIC: &str = "firebreak.remediations.v1";
-/// Topic carrying cluster health: [`ClusterSnapshot`]s from the detectors (key = cluster).
+/// Topic carrying cluster health: [`HealthSample`]s from the detectors (key = cluster).
 pub const HEALTH_TOPIC: &str = "firebreak.health.v1";
+/// Topic carrying the gate's changes ([`Change`], key = cluster) and halts ([`Halt`], key =
+/// cluster or `global`), each time their state changes.
+pub const CHANGES_TOPIC: &str = "firebreak.changes.v1";
 
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";

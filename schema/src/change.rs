@@ -1,0 +1,334 @@
+//! Changes the gate watches over (canary and batch rollouts), and the health verdicts that
+//! decide whether they go on. A verdict has the four phases of an Argo Rollouts AnalysisRun.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{Error, Halt, Result, deterministic_id, event::validate_names, names, wire::CloudEvent};
+
+/// How a health check came out, as an Argo Rollouts AnalysisRun says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Every rule holds.
+    Successful,
+    /// No rule failed, but one could not tell (no data where the rule says inconclusive).
+    Inconclusive,
+    /// A rule could not be measured (its source failed).
+    Error,
+    /// A rule failed.
+    Failed,
+}
+
+impl Phase {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Successful => "Successful",
+            Phase::Inconclusive => "Inconclusive",
+            Phase::Error => "Error",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// One rule measured in one scope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// The rule's name.
+    pub rule: String,
+    /// What was measured: a signal name, or `promql`.
+    pub signal: String,
+    /// Where (`cluster=c1`, `cluster=c1,topology.kubernetes.io/zone=zone-a`).
+    pub scope: String,
+    /// How it came out.
+    pub phase: Phase,
+    /// The value measured; `None`: no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The rule's bound (its `min` or `max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The value when the change's batch began, for rules that limit the drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// In words, with the numbers.
+    pub message: String,
+}
+
+/// The verdict on a cluster's health: the worst phase of its rules, with every measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// `Successful`, `Inconclusive`, `Error` or `Failed` (`result.verdict` in an Argo
+    /// AnalysisTemplate's `successCondition`).
+    pub verdict: Phase,
+    /// The cluster.
+    pub cluster: String,
+    /// When it was reached.
+    pub at: DateTime<Utc>,
+    /// Why, in one line.
+    pub reason: String,
+    /// Every rule's measurement.
+    pub signals: Vec<Measurement>,
+}
+
+/// The size of a batch: a number of nodes, or a percentage of the cluster's nodes (`"10%"`).
+/// Sizes are cumulative: `[1, "10%", "100%"]` changes 1 node, then up to 10 %, then the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum BatchSize {
+    /// This many nodes in total.
+    Nodes(u32),
+    /// This share of the nodes in total, in (0, 100].
+    Percent(f64),
+}
+
+impl BatchSize {
+    /// The nodes changed once this batch is done, out of `total` (a percentage rounds up, so a
+    /// batch is never empty).
+    pub fn cumulative(self, total: u32) -> u32 {
+        match self {
+            BatchSize::Nodes(n) => n.min(total),
+            BatchSize::Percent(p) => ((p * f64::from(total) / 100.0).ceil() as u32).min(total),
+        }
+    }
+}
+
+impl std::str::FromStr for BatchSize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Invalid(format!("batch size `{s}`: expected a node count (≥ 1) or a percentage (`10%`)"));
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad())?;
+                if p > 0.0 && p <= 100.0 { Ok(BatchSize::Percent(p)) } else { Err(bad()) }
+            }
+            None => match s.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(BatchSize::Nodes(n)),
+                _ => Err(bad()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchSize::Nodes(n) => write!(f, "{n}"),
+            BatchSize::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl TryFrom<serde_json::Value> for BatchSize {
+    type Error = Error;
+    fn try_from(v: serde_json::Value) -> Result<Self> {
+        match v {
+            serde_json::Value::String(s) => s.parse(),
+            serde_json::Value::Number(n) => n.to_string().parse(),
+            other => Err(Error::Invalid(format!("batch size {other}: expected a number or a string"))),
+        }
+    }
+}
+
+impl From<BatchSize> for serde_json::Value {
+    fn from(b: BatchSize) -> Self {
+        match b {
+            BatchSize::Nodes(n) => n.into(),
+            BatchSize::Percent(_) => b.to_string().into(),
+        }
+    }
+}
+
+/// `POST /api/v1/changes` body: a change to roll out in batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRequest {
+    /// The change's id (a DNS-1123 name, chosen by the change system: registering it again is
+    /// idempotent).
+    pub id: String,
+    /// What kind of change (`node-runtime-upgrade`, `kernel`, ...).
+    pub kind: String,
+    /// Who owns it (a team, a pipeline).
+    pub owner: String,
+    /// The cluster it changes.
+    pub cluster: String,
+    /// The batches, cumulative.
+    pub batches: Vec<BatchSize>,
+    /// Seconds to wait after a batch before its health is judged.
+    pub soak_s: u64,
+}
+
+impl ChangeRequest {
+    /// Checks names, sizes and the soak.
+    pub fn validate(&self) -> Result<()> {
+        if !names::is_dns1123_subdomain(&self.id) {
+            return Err(Error::Invalid(format!("change id `{}` is not a DNS-1123 name", self.id.escape_debug())));
+        }
+        validate_names(&self.cluster, "-")?;
+        for (what, v) in [("kind", &self.kind), ("owner", &self.owner)] {
+            if v.is_empty() || !names::is_plain_text(v, 256) {
+                return Err(Error::Invalid(format!("{what}: 1 to 256 bytes of plain text")));
+            }
+        }
+        if self.batches.is_empty() || self.batches.len() > 100 {
+            return Err(Error::Invalid("batches: 1 to 100 batches".into()));
+        }
+        if self.soak_s > 86_400 {
+            return Err(Error::Invalid("soak_s: at most a day".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Where a change is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeState {
+    /// Between batches (or before the first): the next batch may begin.
+    Ready,
+    /// A batch has begun: it is applied, then soaks, then is completed.
+    InBatch,
+    /// Stopped by a failed verdict; an operator may resume or abort it.
+    Halted,
+    /// Stopped by an operator for good.
+    Aborted,
+    /// Every batch done.
+    Completed,
+}
+
+impl ChangeState {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Ready => "ready",
+            ChangeState::InBatch => "in_batch",
+            ChangeState::Halted => "halted",
+            ChangeState::Aborted => "aborted",
+            ChangeState::Completed => "completed",
+        }
+    }
+}
+
+/// One batch of a change, as it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// 1-based.
+    pub n: u32,
+    /// When it began.
+    pub begun_at: DateTime<Utc>,
+    /// The `canary_batch` permit it holds while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_id: Option<Uuid>,
+    /// The signals when it began.
+    pub baseline: Vec<Measurement>,
+    /// When it was completed (judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The verdict after its soak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+/// A change as the gate keeps it: `GET /api/v1/changes/{id}`, and on `firebreak.changes.v1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// What was registered.
+    #[serde(flatten)]
+    pub spec: ChangeRequest,
+    /// Where it is.
+    pub state: ChangeState,
+    /// Every batch begun so far.
+    pub history: Vec<BatchRecord>,
+    /// Why it is halted or aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who registered it (token name).
+    pub registered_by: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Last change of state.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `POST /api/v1/changes/{id}/batches/{n}/begin|complete` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// Begin: the batch may be applied. Complete: the batch is good, the change goes on.
+    pub proceed: bool,
+    /// Why, with the measured values.
+    pub reason: String,
+    /// When to ask again (a denial that may clear: budgets, windows, a soak not over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+    /// The change as it is now.
+    pub change: Change,
+}
+
+impl CloudEvent for Change {
+    const TYPE: &'static str = "io.firebreak.change.v1";
+    fn ce_id(&self) -> String {
+        let step = format!("{}/{}", self.state.as_str(), self.history.len());
+        deterministic_id(self.updated_at, &[&self.spec.cluster, &self.spec.id, &step]).to_string()
+    }
+    fn ce_source(&self) -> String {
+        "/firebreak/gate".into()
+    }
+    fn ce_time(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+    fn key(&self) -> String {
+        self.spec.cluster.clone()
+    }
+    fn validate(&self) -> Result<()> {
+        self.spec.validate()
+    }
+}
+
+impl CloudEvent for Halt {
+    const TYPE: &'static str = "io.firebreak.halt.v1";
+    fn ce_id(&self) -> String {
+        let at = self.resumed_at.unwrap_or(self.at);
+        let what = if self.resumed_at.is_some() { "resumed" } else { "halted" };
+        deterministic_id(at, &[&self.id.to_string(), what]).to_string()
+    }
+    fn ce_source(&self) -> String {
+        "/firebreak/gate".into()
+    }
+    fn ce_time(&self) -> DateTime<Utc> {
+        self.resumed_at.unwrap_or(self.at)
+    }
+    fn key(&self) -> String {
+        self.scope.cluster.clone().unwrap_or_else(|| "global".into())
+    }
+    fn validate(&self) -> Result<()> {
+        if let Some(c) = &self.scope.cluster {
+            validate_names(c, "-")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_read_and_resolve() {
+        let b: Vec<BatchSize> = serde_json::from_str(r#"[1, "10%", "50%", "100%"]"#).unwrap();
+        let sizes: Vec<u32> = b.iter().map(|b| b.cumulative(25)).collect();
+        assert_eq!(sizes, [1, 3, 13, 25]);
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"[1,"10%","50%","100%"]"#);
+        for bad in [r#"[0]"#, r#"["150%"]"#, r#"["x"]"#, r#"[true]"#, r#"["-1"]"#] {
+            assert!(serde_json::from_str::<Vec<BatchSize>>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn phases_rank_failed_worst() {
+        let worst = [Phase::Successful, Phase::Failed, Phase::Inconclusive, Phase::Error].into_iter().max();
+        assert_eq!(worst, Some(Phase::Failed));
+        assert!(Phase::Error > Phase::Inconclusive);
+        assert_eq!(serde_json::to_string(&Phase::Successful).unwrap(), r#""Successful""#);
+    }
+}
