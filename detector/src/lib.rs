@@ -228,7 +228,6 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
 
 /// Every pod of the cluster, through a `kube` watch, into the pod start accounting.
 async fn watch_pods(api: Api<Pod>, counts: Shared, cancel: CancellationToken) {
-    // Only what the accounting reads: the pods' status, not their specs' bulk.
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     loop {
         let ev = tokio::select! {
