@@ -71,18 +71,10 @@ pub enum Error {
     GateApi(String),
 }
 
-/// Checks an `http://` or `https://` URL with a host (for `--gate-url`).
+/// Checks an `http://` or `https://` URL with a host (for `--gate-url`), as
+/// [`firebreak_schema::names::http_url`] does.
 pub fn parse_http_url(s: &str) -> std::result::Result<String, String> {
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let name = host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host });
-    if name.is_empty() || name.contains(['@', ' ']) {
-        return Err(format!("`{s}` has no host"));
-    }
-    Ok(s.trim_end_matches('/').to_owned())
+    firebreak_schema::names::http_url(s)
 }
 
 /// Result alias for this crate.

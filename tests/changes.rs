@@ -70,6 +70,11 @@ async fn a_bad_runtime_is_halted_after_its_first_batch_and_rolled_back() {
     })
     .await;
     let cluster = stack.fleet.clusters()[0].clone();
+    // The control API refuses what it cannot take.
+    let runtime = |v: &str| format!("{}/fleet-sim/v1/runtime-versions/{v}", cluster.url());
+    let http = reqwest::Client::new();
+    assert_eq!(http.post(runtime("v2")).body("{\"healthy\": \"no\"}").send().await.unwrap().status(), 400);
+    assert_eq!(http.post(runtime("bad%20value!")).body("{\"healthy\": false}").send().await.unwrap().status(), 422);
     cluster.set_runtime_health("v2-bad", false, RuntimeFailure::CrashLoop);
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let viewer = stack.tokens.viewer.clone();

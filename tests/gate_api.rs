@@ -415,6 +415,24 @@ async fn changes_verdicts_flagger_and_signed_halt_webhooks() {
     assert_eq!(ask(hook("confirm-rollout", &secrets.viewer)).await.unwrap().status(), 200);
     assert_eq!(ask(hook("rollback", &secrets.viewer)).await.unwrap().status(), 403, "nothing to roll back");
     assert_eq!(ask(hook("confirm-rollout", "wrong")).await.unwrap().status(), 401);
+    // Hostile or broken input: clear 4xx errors, nothing decided.
+    let r = http.post(&flagger).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let no_cluster = serde_json::json!({"name": "p", "namespace": "t", "metadata": {"token": secrets.viewer}});
+    assert_eq!(ask(no_cluster).await.unwrap().status(), 400);
+    let mut evil = hook("confirm-rollout", &secrets.viewer);
+    evil["metadata"]["cluster"] = "c1\u{1b}[31m\n".into();
+    assert_eq!(ask(evil).await.unwrap().status(), 400);
+    for q in ["cluster=C_1", "cluster=c1&change=nope", ""] {
+        let r =
+            http.get(format!("{}/api/v1/verdict?{q}", server.url)).bearer_auth(&secrets.viewer).send().await.unwrap();
+        assert!(r.status() == 400 || r.status() == 404, "{q}: {}", r.status());
+    }
+    let mut evil = change.clone();
+    evil["id"] = "../../etc".into();
+    assert_eq!(post(&secrets.requester, "/api/v1/changes", evil).await.unwrap().status(), 400);
+    let r = post(&secrets.requester, "/api/v1/changes/nope/batches/1/begin", serde_json::json!({})).await.unwrap();
+    assert_eq!(r.status(), 404);
     // Hold: an operator halts canary batches in c1.
     let h = serde_json::json!({"scope": {"cluster": "c1"}, "operations": ["canary_batch"], "reason": "bad canary"});
     let halt: serde_json::Value = post(&secrets.operator, "/api/v1/halts", h).await.unwrap().json().await.unwrap();

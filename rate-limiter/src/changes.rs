@@ -23,13 +23,6 @@ impl Gate {
     /// Registers a change; registering the same one again returns it.
     pub async fn register_change(&self, req: ChangeRequest, caller: &Caller) -> Result<Change> {
         req.validate().map_err(|e| Error::BadRequest(e.to_string()))?;
-        if let Some((c, _)) = self.store.change(&req.id).await? {
-            return if c.spec == req {
-                Ok(c)
-            } else {
-                Err(Error::Conflict(format!("change {} is already registered with other settings", req.id)))
-            };
-        }
         let now = Utc::now();
         let c = Change {
             spec: req,
@@ -40,9 +33,14 @@ impl Gate {
             created_at: now,
             updated_at: now,
         };
+        // The insert does nothing when the id is taken (before, or concurrently): a repeat.
         if !self.store.put_change(&c, None).await? {
-            // Registered concurrently: answer as for a repeat.
-            return Box::pin(self.register_change(c.spec, caller)).await;
+            let (existing, _) = self.load(&c.spec.id).await?;
+            return if existing.spec == c.spec {
+                Ok(existing)
+            } else {
+                Err(Error::Conflict(format!("change {} is already registered with other settings", c.spec.id)))
+            };
         }
         tracing::info!(change = %c.spec.id, cluster = %c.spec.cluster, kind = %c.spec.kind, by = %caller.name,
             batches = c.spec.batches.len(), "change registered");

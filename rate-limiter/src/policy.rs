@@ -505,7 +505,8 @@ impl Policy {
             match (&r.signal, &r.prometheus) {
                 (Some(_), None) => {}
                 (None, Some(q)) => {
-                    check_url(&q.url).map_err(|e| Error::Policy(format!("{at}.prometheus.url: {e}")))?;
+                    firebreak_schema::names::http_url(&q.url)
+                        .map_err(|e| Error::Policy(format!("{at}.prometheus.url: {e}")))?;
                     if q.query.trim().is_empty() {
                         return Err(Error::Policy(format!("{at}.prometheus.query: empty")));
                     }
@@ -526,7 +527,7 @@ impl Policy {
             }
         }
         for w in &p.webhooks {
-            check_url(&w.url).map_err(|e| Error::Policy(format!("webhooks: {e}")))?;
+            firebreak_schema::names::http_url(&w.url).map_err(|e| Error::Policy(format!("webhooks: {e}")))?;
             if w.secret_env.is_empty() {
                 return Err(Error::Policy(format!("webhooks.{}: secret_env names no variable", w.url)));
             }
@@ -542,15 +543,6 @@ impl Policy {
     /// The effective policy as TOML (defaults filled in), for `firebreak gate check-policy`.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the policy: {e}\n"))
-    }
-}
-
-/// An `http://` or `https://` URL with a host.
-fn check_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-    match rest {
-        Some(r) if !r.is_empty() && !r.starts_with('/') => Ok(()),
-        _ => Err(format!("`{url}` is not an http:// or https:// URL with a host")),
     }
 }
 

@@ -29,6 +29,20 @@ pub fn is_plain_text(s: &str, max: usize) -> bool {
             .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
 }
 
+/// Checks an `http://` or `https://` URL with a host; returns it without a trailing `/`.
+pub fn http_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{s}` is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| if port.parse::<u16>().is_ok() { h } else { host });
+    if name.is_empty() || name.contains(['@', ' ']) {
+        return Err(format!("`{s}` has no host"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
