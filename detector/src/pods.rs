@@ -136,13 +136,20 @@ impl PodStartTracker {
                 _ => p.pending += 1,
             };
             count(&mut all);
-            let domains = match (&s.domains, &s.node) {
-                (Some(d), _) => d.clone(),
-                (None, Some(node)) => domains_of(node),
-                (None, None) => Vec::new(),
+            let now_of_node;
+            let domains: &[String] = match (&s.domains, &s.node) {
+                (Some(d), _) => d,
+                (None, Some(node)) => {
+                    now_of_node = domains_of(node);
+                    &now_of_node
+                }
+                (None, None) => &[],
             };
             for d in domains {
-                count(by_domain.entry(d).or_default());
+                match by_domain.get_mut(d) {
+                    Some(p) => count(p),
+                    None => count(by_domain.entry(d.clone()).or_default()),
+                }
             }
         }
         (all, by_domain, self.unschedulable.len() as u32)
