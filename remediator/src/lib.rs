@@ -12,8 +12,11 @@
 //! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
 //! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
 //! logged during boot counts) → uncordon, untaint, release. A step that cannot complete
-//! escalates to a human and leaves the node cordoned; a node deleted meanwhile ends its workflow
-//! as `node_gone`.
+//! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
+//! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
+//! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
+//! the cordon or the reboot ends the workflow as `cleared`; a node someone else uncordons
+//! mid-workflow ends it as `cancelled`; a cordon that was there before stays after.
 //!
 //! State is written before each side effect and every action is idempotent, so a restarted
 //! remediator resumes where it stopped. Permits are renewed while their steps run (`permits`); a
