@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{get_json, get_json_as, stack, steps, wait_for};
+use common::{get_json, halt, no_permits, resume, stack, steps, wait_for};
 use firebreak::demo::Stack;
 use firebreak_fleet_sim::Fault;
 use k8s_openapi::api::core::v1::Node;
@@ -16,41 +16,6 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
-
-async fn halt(stack: &Stack, cluster: &str, operations: &[&str]) -> String {
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/api/v1/halts", stack.gate_url))
-        .bearer_auth(&stack.tokens.operator)
-        .json(&json!({"scope": {"cluster": cluster}, "operations": operations, "reason": "test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    r["id"].as_str().unwrap().to_owned()
-}
-
-async fn resume(stack: &Stack, id: &str) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/halts/{id}/resume", stack.gate_url))
-        .bearer_auth(&stack.tokens.operator)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{r:?}");
-}
-
-async fn no_permits(stack: &Stack) {
-    wait_for("every permit given back", Duration::from_secs(15), || async {
-        get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/permits", stack.gate_url))
-            .await?
-            .as_array()?
-            .is_empty()
-            .then_some(())
-    })
-    .await;
-}
 
 async fn set_unschedulable(nodes: &Api<Node>, node: &str, on: bool) {
     let patch = json!({"spec": {"unschedulable": if on { json!(true) } else { Value::Null }}});
