@@ -5,6 +5,14 @@
 //! of the same server (`/healthz`), on SQLite and — when it is reachable — PostgreSQL. The
 //! figure that matters is the p99 ratio: what the gate's exact, durable decision costs over
 //! the HTTP server itself.
+//!
+//! `health`: the health path of the gate at fleet scale. Simulated clusters (fleet-sim behind
+//! its Kubernetes API) with steady pod churn, a detector per cluster, the gate with a health
+//! rule, the Kafka mock between them; then, in each cluster in turn, a batch of nodes is
+//! relabelled to a runtime version whose pods crash-loop. Measured: from the first failed pod
+//! start of the batch (seen by this benchmark's own watch of the cluster's pods) to the gate's
+//! halt decision (the halt's own time), in seconds and in health intervals; and what a health
+//! sample costs — the detectors' build time (their own counters), its size on the topic.
 
 use std::{
     collections::BTreeMap,
@@ -25,6 +33,39 @@ use crate::{Error, Result};
 pub enum BenchCommand {
     /// Permit requests per second, p50 and p99, against a bare route of the same server.
     Gate(GateBench),
+    /// Time from a bad batch's first failed pod start to the halt, and a health sample's cost.
+    Health(HealthBench),
+}
+
+/// `firebreak bench health` flags.
+#[derive(Debug, Clone, Args)]
+pub struct HealthBench {
+    /// Simulated clusters; each takes one bad batch in turn.
+    #[arg(long, default_value_t = 3)]
+    pub clusters: usize,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// The health interval: detectors sample, and the gate judges, this often.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// The bad batch: nodes per cluster (`50`) or a share of them (`5%`).
+    #[arg(long, default_value = "5%")]
+    pub batch: firebreak_schema::BatchSize,
+    /// Pods created per minute in each cluster (a steady churn).
+    #[arg(long, default_value_t = 600)]
+    pub churn_per_minute: u32,
+    /// How long a churn pod lives, on average. The first batch waits one and a half of these
+    /// after the start, until the churn is steady.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub pod_lifetime: Duration,
+    /// Decided pod starts the batch's domain needs before its rate is judged: the evidence
+    /// asked for before a halt.
+    #[arg(long, default_value_t = 5)]
+    pub min_pod_starts: u32,
+    /// How long to wait for a halt before calling the round failed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
 }
 
 /// `firebreak bench gate` flags.
@@ -194,7 +235,13 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
 
 /// Runs a benchmark and prints its table.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Gate(args) = cmd;
+    match cmd {
+        BenchCommand::Gate(args) => gate(args).await,
+        BenchCommand::Health(args) => health(args).await,
+    }
+}
+
+async fn gate(args: GateBench) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
     let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("gate.db").display()))];
@@ -231,4 +278,346 @@ async fn postgres_database(base: &str) -> std::result::Result<String, String> {
         sqlx::PgConnection::connect(&format!("{base}/postgres")).await.map_err(|e| format!("{base}: {e}"))?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.map_err(|e| e.to_string())?;
     Ok(format!("{base}/{name}"))
+}
+
+/// The rule `bench health` holds each batch to.
+const HEALTH_RULE: &str = "batch-pod-starts";
+/// The runtime version whose pods crash-loop.
+const BAD: &str = "bench-bad";
+
+/// The gate policy of `bench health`: the pod start success rate at least 90 % in every runtime
+/// domain (the label a node software rollout changes), over at least `min_pod_starts` decided
+/// starts, two samples in a row; it halts canary batches.
+fn health_policy(interval: Duration, min_pod_starts: u32) -> firebreak_rate_limiter::Policy {
+    let mut failure_domains = Policy::default().failure_domains;
+    failure_domains.push(firebreak_fleet_sim::RUNTIME_LABEL.into());
+    Policy {
+        evaluate_every: interval,
+        failure_domains,
+        health_rules: vec![firebreak_rate_limiter::HealthRule {
+            name: HEALTH_RULE.into(),
+            signal: Some(firebreak_schema::Signal::PodStartSuccessRate),
+            prometheus: None,
+            scope: firebreak_rate_limiter::RuleScope::Domain,
+            min: Some(90.0),
+            max: None,
+            max_drop_percent: None,
+            max_rise: None,
+            min_pod_starts,
+            consecutive: std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN),
+            for_: Duration::ZERO,
+            no_data: firebreak_rate_limiter::NoData::Inconclusive,
+            halts: vec![Operation::CanaryBatch],
+            resume_after: None,
+        }],
+        ..Policy::default()
+    }
+}
+
+/// One bad batch, measured.
+struct Round {
+    cluster: String,
+    batch: usize,
+    /// From the relabelling to the first failed pod start seen.
+    first_failure: Duration,
+    /// From the first failed pod start to the halt's time.
+    to_halt: chrono::TimeDelta,
+    /// From the first failed pod start to the first sample that broke the rule.
+    to_breach: Option<chrono::TimeDelta>,
+    /// The halt's measurement.
+    says: String,
+}
+
+/// Whether a pod shows a failed start (its container waiting in `CrashLoopBackOff`).
+fn crash_looping(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status.iter().flat_map(|s| s.container_statuses.iter().flatten()).any(|c| {
+        c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff")
+    })
+}
+
+/// The first time a pod on one of `nodes` shows a failed start; `ready` fires once the watch
+/// has listed the cluster.
+async fn first_failure(
+    client: kube::Client,
+    nodes: std::collections::HashSet<String>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Option<Instant> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+    let mut stream = watcher(pods, watcher::Config::default()).default_backoff().boxed();
+    let mut ready = Some(ready);
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::InitDone) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            Ok(watcher::Event::Apply(p)) if ready.is_none() => {
+                let on_batch = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| nodes.contains(n));
+                if on_batch && crash_looping(&p) {
+                    return Some(Instant::now());
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "benchmark pod watch failed; retrying"),
+        }
+    }
+    None
+}
+
+/// What the health topic carried, per cluster: samples and bytes, and each sample's time with
+/// the pod starts it counted in the bad runtime's domain.
+#[derive(Default)]
+struct Topic {
+    sizes: BTreeMap<String, (u64, u64)>,
+    bad_domain: BTreeMap<String, Vec<(chrono::DateTime<chrono::Utc>, firebreak_schema::PodStarts)>>,
+}
+
+type SharedTopic = Arc<std::sync::Mutex<Topic>>;
+
+/// Relabels a batch of `cluster`'s nodes to the bad runtime; the halt the gate raises.
+async fn bad_batch(
+    stack: &crate::demo::Stack,
+    cluster: &firebreak_fleet_sim::Cluster,
+    args: &HealthBench,
+    http: &reqwest::Client,
+    topic: &SharedTopic,
+) -> Result<Round> {
+    use k8s_openapi::api::core::v1::Node;
+    let client = crate::kube_client(&cluster.kubeconfig_path()).await?;
+    cluster.set_runtime_health(BAD, false, firebreak_fleet_sim::RuntimeFailure::CrashLoop);
+    let names = cluster.node_names();
+    let size = args.batch.cumulative(u32::try_from(names.len()).unwrap_or(u32::MAX)).max(1) as usize;
+    // Spread over the cluster, as a rollout's batch would be.
+    let step = (names.len() / size).max(1);
+    let batch: Vec<String> = names.iter().step_by(step).take(size).cloned().collect();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let watch = tokio::spawn(first_failure(client.clone(), batch.iter().cloned().collect(), ready_tx));
+    ready_rx.await.map_err(|_| Error::Usage(format!("{}: the pod watch ended before it listed", cluster.name())))?;
+    let changed = Instant::now();
+    let nodes: kube::Api<Node> = kube::Api::all(client);
+    let label = serde_json::json!({"metadata": {"labels": {firebreak_fleet_sim::RUNTIME_LABEL: BAD}}});
+    for n in &batch {
+        nodes.patch(n, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&label)).await?;
+    }
+    let deadline = Instant::now() + args.max_wait;
+    let source = format!("rule:{HEALTH_RULE}");
+    let halt = loop {
+        let halts: Vec<firebreak_schema::Halt> = http
+            .get(format!("{}/api/v1/halts", stack.gate_url))
+            .bearer_auth(&stack.tokens.viewer)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| Error::Usage(format!("gate halts: {e}")))?
+            .json()
+            .await
+            .map_err(|e| Error::Usage(format!("gate halts: {e}")))?;
+        let ours = halts.into_iter().find(|h| {
+            h.source.as_deref() == Some(source.as_str()) && h.scope.cluster.as_deref() == Some(cluster.name())
+        });
+        if let Some(h) = ours {
+            break h;
+        }
+        if Instant::now() > deadline {
+            watch.abort();
+            return Err(Error::Usage(format!("{}: no halt within {:?}", cluster.name(), args.max_wait)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The failure was seen before the halt was read; the watch has it by now.
+    let failed = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .ok()
+        .and_then(|r| r.ok().flatten())
+        .ok_or_else(|| Error::Usage(format!("{}: halted, but no failed pod start was seen", cluster.name())))?;
+    // The halt's time is the gate's wall clock; the failure's is this process's monotonic one.
+    let failed_at =
+        chrono::Utc::now() - chrono::TimeDelta::from_std(failed.elapsed()).map_err(|e| Error::Usage(e.to_string()))?;
+    // The first sample since the failure in which the batch's domain broke the rule.
+    let breached = topic.lock().unwrap_or_else(|e| e.into_inner()).bad_domain.get(cluster.name()).and_then(|v| {
+        v.iter()
+            .find(|(at, p)| {
+                *at >= failed_at && p.decided() >= args.min_pod_starts && p.success_percent().is_some_and(|r| r < 90.0)
+            })
+            .map(|(at, _)| *at)
+    });
+    Ok(Round {
+        cluster: cluster.name().into(),
+        batch: batch.len(),
+        first_failure: failed.duration_since(changed),
+        to_halt: halt.at - failed_at,
+        to_breach: breached.map(|b| b - failed_at),
+        says: halt.signals.first().map(|m| m.message.clone()).unwrap_or(halt.reason),
+    })
+}
+
+/// `name{cluster="c"} value` lines of an OpenMetrics text, summed per cluster.
+fn per_cluster(metrics: &str, name: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix("{cluster=\"")) else { continue };
+        let Some((cluster, value)) = rest.split_once("\"} ") else { continue };
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *out.entry(cluster.to_owned()).or_default() += v;
+        }
+    }
+    out
+}
+
+async fn health(args: HealthBench) -> Result<()> {
+    use rdkafka::consumer::Consumer;
+    if args.min_pod_starts == 0 {
+        return Err(Error::Usage("--min-pod-starts must be at least 1".into()));
+    }
+    if args.interval.is_zero() {
+        return Err(Error::Usage("--interval must be more than 0".into()));
+    }
+    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let mut opts = crate::demo::StackOptions::new(dir.clone(), args.clusters, args.nodes);
+    opts.healing = false;
+    opts.policy = health_policy(args.interval, args.min_pod_starts);
+    opts.sample_every = args.interval;
+    // The detector's production window and deadline.
+    opts.pod_window = Duration::from_secs(300);
+    opts.pod_start_deadline = Duration::from_secs(120);
+    opts.timings.churn_per_minute = args.churn_per_minute;
+    opts.timings.pod_lifetime = args.pod_lifetime;
+    let started = Instant::now();
+    let stack = crate::demo::Stack::start(opts).await?;
+    // Every health sample on the topic: count and bytes per cluster.
+    let consumer: rdkafka::consumer::StreamConsumer = stack
+        .kafka_config
+        .consumer(&format!("bench-health-{}", uuid::Uuid::now_v7().simple()))
+        .create()
+        .map_err(firebreak_plumbing::Error::from)?;
+    consumer.subscribe(&[firebreak_schema::HEALTH_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    let topic: SharedTopic = Arc::default();
+    let counting = {
+        let topic = topic.clone();
+        let domain = format!("{}={BAD}", firebreak_fleet_sim::RUNTIME_LABEL);
+        tokio::spawn(async move {
+            while let Ok(m) = consumer.recv().await {
+                let sample = firebreak_plumbing::kafka::decode_message::<firebreak_schema::HealthSample>(&m);
+                let mut t = topic.lock().unwrap_or_else(|e| e.into_inner());
+                let Ok(sample) = sample else { continue };
+                let e = t.sizes.entry(sample.cluster.clone()).or_default();
+                e.0 += 1;
+                e.1 += m.payload_len() as u64;
+                let starts = sample.pod_starts_by_domain.get(&domain).cloned().unwrap_or_default();
+                t.bad_domain.entry(sample.cluster).or_default().push((sample.at, starts));
+            }
+        })
+    };
+    let result = health_rounds(&stack, &args, started, &topic).await;
+    let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url)).await;
+    counting.abort();
+    // The consumer goes before the broker does.
+    let _ = counting.await;
+    stack.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (rounds, pods) = result?;
+    let metrics = metrics
+        .map_err(|e| Error::Usage(format!("detector metrics: {e}")))?
+        .text()
+        .await
+        .map_err(|e| Error::Usage(format!("detector metrics: {e}")))?;
+    let interval = args.interval.as_secs_f64();
+    println!(
+        "firebreak bench health: {} clusters × {} nodes, {} pod starts/min per cluster, health interval {}s; rule \
+         {HEALTH_RULE}: pod_start_success_rate ≥ 90 in each runtime domain over ≥ {} starts, 2 samples in a row; \
+         this machine ({} CPUs)",
+        args.clusters,
+        args.nodes,
+        args.churn_per_minute,
+        interval,
+        args.min_pod_starts,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "(failure: the first pod of the batch seen in CrashLoopBackOff; breach: the first health sample in which the \
+         batch's domain broke the rule, i.e. had the evidence; halt: the gate's halt record)"
+    );
+    println!(
+        "{:<8} {:>6} {:>16} {:>18} {:>17} {:>17}  halt's measurement",
+        "cluster", "batch", "change→failure", "failure→breach", "breach→halt", "failure→halt"
+    );
+    let secs = |d: chrono::TimeDelta| d.as_seconds_f64();
+    let both = |d: f64| format!("{d:.1}s {:.2}i", d / interval);
+    for r in &rounds {
+        let breach = r.to_breach.map(secs);
+        println!(
+            "{:<8} {:>6} {:>16} {:>18} {:>17} {:>17}  {}",
+            r.cluster,
+            r.batch,
+            format!("{:.1}s", r.first_failure.as_secs_f64()),
+            breach.map_or("-".into(), both),
+            breach.map_or("-".into(), |b| both(secs(r.to_halt) - b)),
+            both(secs(r.to_halt)),
+            r.says
+        );
+    }
+    let worst = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).fold(0.0, f64::max) / interval;
+    println!(
+        "worst, in health intervals (i): failure → halt {:.2} (goal ≤ 2), of which breach → halt (the gate's own \
+         part) {:.2}",
+        worst(&|r| Some(secs(r.to_halt))),
+        worst(&|r| r.to_breach.map(|b| secs(r.to_halt) - secs(b)))
+    );
+    let count = per_cluster(&metrics, "firebreak_detector_health_samples_total");
+    let seconds = per_cluster(&metrics, "firebreak_detector_health_sample_seconds_total");
+    let sizes = topic.lock().unwrap_or_else(|e| e.into_inner()).sizes.clone();
+    println!("{:<8} {:>8} {:>10} {:>18} {:>16}", "cluster", "pods", "samples", "build mean (ms)", "bytes on topic");
+    for (cluster, n) in &count {
+        let mean_ms = seconds.get(cluster).copied().unwrap_or_default() * 1000.0 / n.max(1.0);
+        let (k, bytes) = sizes.get(cluster).copied().unwrap_or_default();
+        println!(
+            "{cluster:<8} {:>8} {n:>10} {mean_ms:>18.3} {:>16}",
+            pods.get(cluster).copied().unwrap_or_default(),
+            bytes.checked_div(k).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Waits until every cluster's health is measured and holds, then runs a bad batch in each.
+async fn health_rounds(
+    stack: &crate::demo::Stack,
+    args: &HealthBench,
+    started: Instant,
+    topic: &SharedTopic,
+) -> Result<(Vec<Round>, BTreeMap<String, usize>)> {
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| Error::Usage(e.to_string()))?;
+    let deadline = Instant::now() + args.max_wait;
+    for cluster in stack.fleet.clusters() {
+        loop {
+            let verdict: Option<firebreak_schema::Verdict> = async {
+                let url = format!("{}/api/v1/verdict?cluster={}", stack.gate_url, cluster.name());
+                http.get(url).bearer_auth(&stack.tokens.viewer).send().await.ok()?.json().await.ok()
+            }
+            .await;
+            if verdict.is_some_and(|v| v.verdict == firebreak_schema::Phase::Successful) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Usage(format!("{}: its health never held", cluster.name())));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tracing::info!(after_s = started.elapsed().as_secs(), "every cluster healthy and measured");
+    // Pods made at bootstrap end over [0.5, 1.5] lifetimes; from then on the churn is steady.
+    tokio::time::sleep_until((started + args.pod_lifetime.mul_f64(1.5)).into()).await;
+    let mut rounds = Vec::new();
+    let mut pods = BTreeMap::new();
+    for cluster in stack.fleet.clusters() {
+        rounds.push(bad_batch(stack, cluster, args, &http, topic).await?);
+        let client = crate::kube_client(&cluster.kubeconfig_path()).await?;
+        let all: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
+        pods.insert(cluster.name().to_owned(), all.list(&Default::default()).await?.items.len());
+    }
+    Ok((rounds, pods))
 }

@@ -88,6 +88,10 @@ pub struct StackOptions {
     pub eviction_retry: Duration,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
+    /// Run the healing loop: an agent per node and a remediator per cluster. Off, the stack is
+    /// the clusters, detectors, gate and event center, for measuring the health path alone
+    /// (the detectors then report no silent agents).
+    pub healing: bool,
 }
 
 impl StackOptions {
@@ -112,6 +116,7 @@ impl StackOptions {
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
+            healing: true,
         }
     }
 }
@@ -265,7 +270,8 @@ impl Stack {
             let detector = firebreak_detector::Config {
                 cluster: cluster.name().into(),
                 kafka: kafka_config.clone(),
-                agent_silent_after: opts.heartbeat * 5,
+                // Without agents, silence is expected: not a fault.
+                agent_silent_after: if opts.healing { opts.heartbeat * 5 } else { Duration::MAX },
                 new_node_grace: Duration::from_secs(60),
                 sample_every: opts.sample_every,
                 failure_domains: opts.policy.failure_domains.clone(),
@@ -276,6 +282,9 @@ impl Stack {
                 format!("detector/{}", cluster.name()),
                 firebreak_detector::run(detector, client.clone(), detector_metrics.clone(), cancel.clone()),
             ));
+            if !opts.healing {
+                continue;
+            }
             let db = opts.remediator_db.clone().unwrap_or_else(|| {
                 format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name())).display())
             });

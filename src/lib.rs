@@ -47,6 +47,9 @@ pub enum Error {
     /// Kafka, tokens or another piece of shared plumbing failed.
     #[error(transparent)]
     Plumbing(#[from] firebreak_plumbing::Error),
+    /// A Kubernetes API request failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
     /// A kubeconfig could not be read or used.
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig {

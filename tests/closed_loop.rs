@@ -280,18 +280,8 @@ async fn a_deleted_node_ends_its_workflow_as_node_gone() {
     let stack = stack("node-gone", |_| {}).await;
     let cluster = stack.fleet.clusters()[0].clone();
     let node = format!("{}-node-003", cluster.name());
-    let http = reqwest::Client::new();
     // Hold the workflow before its cordon: an operator halts the cluster.
-    let halt: serde_json::Value = http
-        .post(format!("{}/api/v1/halts", stack.gate_url))
-        .bearer_auth(&stack.tokens.operator)
-        .json(&serde_json::json!({"scope": {"cluster": cluster.name()}, "reason": "test"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let halt = common::halt(&stack, cluster.name(), &[]).await;
     cluster.inject(&node, Fault::KernelHung).unwrap();
     wait_for("the workflow held by the halt", Duration::from_secs(20), || async {
         steps(&stack, &node)
@@ -303,23 +293,12 @@ async fn a_deleted_node_ends_its_workflow_as_node_gone() {
     .await;
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     Api::<Node>::all(client).delete(&node, &Default::default()).await.unwrap();
-    http.post(format!("{}/api/v1/halts/{}/resume", stack.gate_url, halt["id"].as_str().unwrap()))
-        .bearer_auth(&stack.tokens.operator)
-        .send()
-        .await
-        .unwrap();
+    common::resume(&stack, &halt).await;
     let (_, why) = wait_for("the workflow ended as node gone", Duration::from_secs(30), || async {
         steps(&stack, &node).await.into_iter().find(|(s, _)| s == "node_gone")
     })
     .await;
     assert!(why.contains("no longer exists"), "{why}");
-    wait_for("its permit given back", Duration::from_secs(10), || async {
-        common::get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/permits", stack.gate_url))
-            .await?
-            .as_array()?
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    common::no_permits(&stack).await;
     stack.shutdown().await;
 }

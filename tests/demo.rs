@@ -102,3 +102,25 @@ fn bench_gate_runs_in_smoke_mode() {
         assert!(text.contains(want), "{want} in\n{text}");
     }
 }
+
+/// The health benchmark in its smoke size: a bad batch in one small cluster is halted by the
+/// rule, and the table says when (the figures themselves are not judged).
+#[test]
+fn bench_health_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "health", "--clusters", "1", "--nodes", "30", "--interval", "1s", "--batch", "20%"])
+        .args(["--pod-lifetime", "4s", "--max-wait", "90s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["failure→halt", "runtime=bench-bad is 0 (min 90)", "build mean (ms)", "goal ≤ 2"] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "health", "--min-pod-starts", "0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--min-pod-starts must be at least 1"), "{bad:?}");
+}

@@ -99,6 +99,8 @@ pub struct Metrics {
     pod_start_success: Family<ClusterLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     unschedulable: Family<ClusterLabels, Gauge>,
     out_of_service: Family<ClusterLabels, Gauge>,
+    samples: Family<ClusterLabels, Counter>,
+    sample_seconds: Family<ClusterLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Metrics {
@@ -120,11 +122,19 @@ impl Metrics {
         );
         r.register("pods_unschedulable", "Pods pending because no node can take them", m.unschedulable.clone());
         r.register("nodes_out_of_service", "Nodes taken out of service by Firebreak", m.out_of_service.clone());
+        r.register("health_samples", "Health samples built and queued for the health topic", m.samples.clone());
+        r.register(
+            "health_sample_seconds",
+            "Time spent building health samples (divide by health_samples_total for the mean)",
+            m.sample_seconds.clone(),
+        );
         m
     }
 
-    fn sample(&self, s: &HealthSample) {
+    fn sample(&self, s: &HealthSample, took: Duration) {
         let c = || s.cluster.clone();
+        self.samples.get_or_create(&ClusterLabels { cluster: c() }).inc();
+        self.sample_seconds.get_or_create(&ClusterLabels { cluster: c() }).inc_by(took.as_secs_f64());
         let p = &s.pod_starts;
         for (outcome, n) in
             [("started", p.started), ("failed", p.failed), ("timed_out", p.timed_out), ("pending", p.pending)]
@@ -207,7 +217,9 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         watch_nodes(cfg.clone(), Api::all(client.clone()), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
     );
-    let pods = tokio::spawn(watch_pods(Api::all(client), counts.clone(), cancel.clone()).instrument(span.clone()));
+    let pods = tokio::spawn(
+        watch_pods(Api::all(client), nodes_rx.clone(), counts.clone(), cancel.clone()).instrument(span.clone()),
+    );
     let samples = tokio::spawn(
         publish_samples(
             cfg.clone(),
@@ -226,8 +238,14 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
     Ok(())
 }
 
-/// Every pod of the cluster, through a `kube` watch, into the pod start accounting.
-async fn watch_pods(api: Api<Pod>, counts: Shared, cancel: CancellationToken) {
+/// Every pod of the cluster, through a `kube` watch, into the pod start accounting (with the
+/// failure domains of its node as the node watch last saw them).
+async fn watch_pods(
+    api: Api<Pod>,
+    nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
+    counts: Shared,
+    cancel: CancellationToken,
+) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
     loop {
         let ev = tokio::select! {
@@ -238,7 +256,11 @@ async fn watch_pods(api: Api<Pod>, counts: Shared, cancel: CancellationToken) {
             None => return,
             Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
             Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
-                lock(&counts).pods.apply(&p, Utc::now())
+                // Read before the counts are locked: `publish_samples` takes them in that order.
+                let domains = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| {
+                    nodes.borrow().get(n).map(|seen| seen.domains.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                });
+                lock(&counts).pods.apply(&p, Utc::now(), domains)
             }
             Some(Ok(watcher::Event::Delete(p))) => lock(&counts).pods.delete(&p),
             Some(Ok(_)) => {}
@@ -323,8 +345,9 @@ async fn publish_samples(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let began = Instant::now();
         let s = sample(&cfg, &nodes.borrow(), &mut lock(&counts), Utc::now());
-        metrics.sample(&s);
+        metrics.sample(&s, began.elapsed());
         tracing::debug!(nodes = s.nodes, ready = s.ready, pod_starts = ?s.pod_starts, "health sample");
         if let Err(error) = producer.publish_nowait(HEALTH_TOPIC, &s) {
             tracing::warn!(%error, "health sample not queued");

@@ -1,6 +1,11 @@
 //! Pod start accounting: of the pods created in a sliding window, which reached Running and
 //! Ready within the deadline, which failed to start (and why), which timed out; and which pods
 //! are pending unschedulable now. Fed by a `kube` watch of every pod of the cluster.
+//!
+//! A pod start counts in the failure domains its node had when the start was decided (Ready or
+//! failed), not the node's labels at measuring time: when a change relabels a batch of nodes (a
+//! new runtime version), the pods that started before the change stay evidence about the old
+//! version, and the batch's domain holds only the starts that happened under the new one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -23,6 +28,8 @@ const FAILED_WAITING: [&str; 7] = [
 struct Start {
     created: DateTime<Utc>,
     node: Option<String>,
+    /// The node's failure domains (`label=value`) when the start was decided.
+    domains: Option<Vec<String>>,
     ready_at: Option<DateTime<Utc>>,
     failed: Option<String>,
     /// Deleted before it was decided: counts for nothing.
@@ -48,8 +55,9 @@ impl PodStartTracker {
         }
     }
 
-    /// A pod as the watch delivered it (created or changed), at `now`.
-    pub(crate) fn apply(&mut self, pod: &Pod, now: DateTime<Utc>) {
+    /// A pod as the watch delivered it (created or changed), at `now`; `domains` are its node's
+    /// failure domains now, if the node is known.
+    pub(crate) fn apply(&mut self, pod: &Pod, now: DateTime<Utc>, domains: Option<Vec<String>>) {
         let Some(key) = key(pod) else { return };
         let status = pod.status.as_ref();
         let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
@@ -65,10 +73,20 @@ impl PodStartTracker {
         if created < now - self.window {
             return;
         }
-        let s =
-            self.starts.entry(key).or_insert(Start { created, node: None, ready_at: None, failed: None, gone: false });
-        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+        let s = self.starts.entry(key).or_insert(Start {
+            created,
+            node: None,
+            domains: None,
+            ready_at: None,
+            failed: None,
+            gone: false,
+        });
+        if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()) {
             s.node = Some(node);
+            // Until the start is decided, the node's domains now; then they stay.
+            if s.ready_at.is_none() && s.failed.is_none() && domains.is_some() {
+                s.domains = domains;
+            }
         }
         if s.ready_at.is_none()
             && let Some(c) = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")
@@ -93,7 +111,7 @@ impl PodStartTracker {
     }
 
     /// Forgets pods created before the window; counts the rest, in the cluster and per failure
-    /// domain (`label=value`, from `domains_of` the pod's node).
+    /// domain (`label=value`: those the pod started in, else `domains_of` its node now).
     pub(crate) fn measure(
         &mut self,
         now: DateTime<Utc>,
@@ -118,8 +136,20 @@ impl PodStartTracker {
                 _ => p.pending += 1,
             };
             count(&mut all);
-            for d in s.node.as_deref().map(&domains_of).unwrap_or_default() {
-                count(by_domain.entry(d).or_default());
+            let now_of_node;
+            let domains: &[String] = match (&s.domains, &s.node) {
+                (Some(d), _) => d,
+                (None, Some(node)) => {
+                    now_of_node = domains_of(node);
+                    &now_of_node
+                }
+                (None, None) => &[],
+            };
+            for d in domains {
+                match by_domain.get_mut(d) {
+                    Some(p) => count(p),
+                    None => count(by_domain.entry(d.clone()).or_default()),
+                }
             }
         }
         (all, by_domain, self.unschedulable.len() as u32)
@@ -174,24 +204,24 @@ mod tests {
         let mut t = PodStartTracker::new(std::time::Duration::from_secs(300), std::time::Duration::from_secs(120));
         let now = t0 + TimeDelta::seconds(200);
         // Ready 10 s after creation: started.
-        t.apply(&pod("a", t0, "n1", ready_at(t0 + TimeDelta::seconds(10))), now);
+        t.apply(&pod("a", t0, "n1", ready_at(t0 + TimeDelta::seconds(10))), now, None);
         // Ready after 150 s: too late, and it did not fail: timed out.
-        t.apply(&pod("b", t0, "n1", ready_at(t0 + TimeDelta::seconds(150))), now);
+        t.apply(&pod("b", t0, "n1", ready_at(t0 + TimeDelta::seconds(150))), now, None);
         // Crash-looping.
         let crash = serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "c", "ready": false,
             "restartCount": 3, "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]});
-        t.apply(&pod("c", t0 + TimeDelta::seconds(100), "n2", crash), now);
+        t.apply(&pod("c", t0 + TimeDelta::seconds(100), "n2", crash), now, None);
         // Created 50 s ago, not Ready yet: pending. Another, deleted before deciding: nothing.
-        t.apply(&pod("d", now - TimeDelta::seconds(50), "n2", serde_json::json!({"phase": "Pending"})), now);
+        t.apply(&pod("d", now - TimeDelta::seconds(50), "n2", serde_json::json!({"phase": "Pending"})), now, None);
         let e = pod("e", now - TimeDelta::seconds(50), "n2", serde_json::json!({"phase": "Pending"}));
-        t.apply(&e, now);
+        t.apply(&e, now, None);
         t.delete(&e);
         // Older than the window: not counted at all.
-        t.apply(&pod("f", t0 - TimeDelta::seconds(400), "n1", ready_at(t0)), now);
+        t.apply(&pod("f", t0 - TimeDelta::seconds(400), "n1", ready_at(t0)), now, None);
         // Unschedulable.
         let unsched = serde_json::json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
             "status": "False", "reason": "Unschedulable"}]});
-        t.apply(&pod("g", now, "", unsched), now);
+        t.apply(&pod("g", now, "", unsched), now, None);
         let (all, by_domain, unschedulable) =
             t.measure(now, |n| if n == "n1" { vec!["zone=a".into()] } else { vec!["zone=b".into()] });
         assert_eq!((all.started, all.failed, all.timed_out, all.pending), (1, 1, 1, 2), "{all:?}");
@@ -203,5 +233,28 @@ mod tests {
         // Later, the old ones leave the window.
         let (all, _, _) = t.measure(now + TimeDelta::seconds(400), |_| vec![]);
         assert_eq!(all.decided() + all.pending, 0);
+    }
+
+    #[test]
+    fn a_start_counts_in_the_domains_its_node_had_when_it_was_decided() {
+        let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut t = PodStartTracker::new(std::time::Duration::from_secs(300), std::time::Duration::from_secs(120));
+        let v1 = || Some(vec!["runtime=v1".to_owned()]);
+        // Started under v1; the node is relabelled v2 afterwards.
+        t.apply(&pod("old", now - TimeDelta::seconds(60), "n1", ready_at(now - TimeDelta::seconds(55))), now, v1());
+        // Scheduled under v1, started under v2 and crash-looping; a later update does not move it.
+        let pending = pod("new", now - TimeDelta::seconds(5), "n1", serde_json::json!({"phase": "Pending"}));
+        t.apply(&pending, now, v1());
+        let crash = serde_json::json!({"phase": "Running", "containerStatuses": [{"name": "c", "ready": false,
+            "restartCount": 1, "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]});
+        let new = pod("new", now - TimeDelta::seconds(5), "n1", crash);
+        t.apply(&new, now, Some(vec!["runtime=v2".into()]));
+        t.apply(&new, now, Some(vec!["runtime=v3".into()]));
+        // Seen before its node was known: counted where the node is now.
+        t.apply(&pod("unknown-node", now - TimeDelta::seconds(5), "n2", ready_at(now)), now, None);
+        let (_, by_domain, _) = t.measure(now, |_| vec!["runtime=v2".into()]);
+        assert_eq!((by_domain["runtime=v1"].started, by_domain["runtime=v1"].failed), (1, 0));
+        assert_eq!((by_domain["runtime=v2"].started, by_domain["runtime=v2"].failed), (1, 1));
+        assert!(!by_domain.contains_key("runtime=v3"));
     }
 }

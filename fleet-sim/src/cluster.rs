@@ -178,6 +178,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Ends a `NotReady` fault without a reboot, as when a network partition heals: the kubelet
+    /// posts status again and the node turns Ready.
+    pub fn recover(&self, node: &str) -> Result<()> {
+        let mut st = self.lock();
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        sim.heartbeating = true;
+        tracing::info!(cluster = %self.name, node, "kubelet posting status again");
+        Ok(())
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

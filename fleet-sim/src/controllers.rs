@@ -79,7 +79,7 @@ impl Cluster {
                     .filter(|p| str_at(p, "/metadata/labels/app") == w.name)
                     .filter(|p| {
                         chrono::DateTime::parse_from_rfc3339(&str_at(p, "/metadata/creationTimestamp"))
-                            .is_ok_and(|t| wall - t.to_utc() >= life)
+                            .is_ok_and(|t| wall - t.to_utc() >= spread(life, &str_at(p, "/metadata/name")))
                     })
                     .cloned(),
             );
@@ -95,7 +95,10 @@ impl Cluster {
             for _ in live.get(w.name).copied().unwrap_or(0)..w.replicas {
                 let Some(node) = schedulable_node(&st.store, &per_node) else { break };
                 *per_node.entry(node.clone()).or_default() += 1;
-                let suffix = uuid::Uuid::new_v4().simple().to_string()[..5].to_owned();
+                // Like generateName: a random suffix, drawn again if a live pod has it.
+                let suffix = std::iter::repeat_with(|| uuid::Uuid::new_v4().simple().to_string()[..5].to_owned())
+                    .find(|s| st.store.get_ref(&PODS, w.namespace, &format!("{}-7d4b9c-{s}", w.name)).is_none())
+                    .unwrap_or_default();
                 let pod = st.store.create(&PODS, self.replica_pod(w, &node, &suffix))?;
                 st.pending_ready.insert(key(&pod), now);
             }
@@ -110,6 +113,16 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// A pod's own lifetime: between half and one and a half times its workload's, by its name, so
+/// that pods created together (at bootstrap) do not all end together and churn stays steady.
+fn spread(life: chrono::TimeDelta, name: &str) -> chrono::TimeDelta {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    let per_mille = i32::try_from(h.finish() % 1000).unwrap_or(500);
+    life * (500 + per_mille) / 1000
 }
 
 /// The schedulable node (Ready, not cordoned, no NoSchedule/NoExecute taint) with the fewest pods.

@@ -106,7 +106,8 @@ pub struct Timings {
     /// Pods of the `churn` workload created per minute (steady: each lives [`Timings::pod_lifetime`]
     /// and is replaced), so that the pod start success rate is always measurable. 0: none.
     pub churn_per_minute: u32,
-    /// How long a `churn` pod lives before it is deleted and replaced.
+    /// How long a `churn` pod lives, on average, before it is deleted and replaced (each pod
+    /// between half and one and a half times this, so that starts are spread evenly).
     pub pod_lifetime: Duration,
     /// How often a crash-looping container restarts.
     pub crash_backoff: Duration,

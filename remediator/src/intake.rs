@@ -35,13 +35,15 @@ pub(crate) enum Verdict {
 }
 
 /// Decides on a new fault. Rules, in order: a node with an open workflow gets the fault
-/// attached (never a second workflow); a fault observed longer ago than `stale_after` is
+/// attached (never a second workflow); a node escalated to a human (`escalated`, until an
+/// operator clears it) is left alone; a fault observed longer ago than `stale_after` is
 /// history (a replayed topic), not a reason to act; only critical faults are remediated; a
 /// fault our own remediation caused starts nothing; component faults are not repaired by a
 /// reboot, the one repair there is today.
 pub(crate) fn decide(
     e: &FaultEvent,
     open_workflow: Option<Uuid>,
+    escalated: Option<Uuid>,
     now: DateTime<Utc>,
     stale_after: Duration,
 ) -> Verdict {
@@ -49,6 +51,12 @@ pub(crate) fn decide(
     let age = (now - e.observed_at).num_seconds();
     if let Some(id) = open_workflow {
         Verdict::Attach(id)
+    } else if let Some(wf) = escalated {
+        Verdict::Ignore(format!(
+            "the node needs a human since workflow {wf} escalated; nothing starts on it until an operator clears \
+             that (removes the node's {} annotation)",
+            firebreak_schema::ESCALATED_ANNOTATION
+        ))
     } else if age > i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX) {
         Verdict::Ignore(format!("observed {age}s ago, older than the {}s limit", stale_after.as_secs()))
     } else if e.severity != Severity::Critical {
@@ -109,20 +117,26 @@ pub(crate) mod tests {
         let limit = Duration::from_secs(600);
         let now = Utc::now();
         let crit = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 1);
-        assert_eq!(decide(&crit, None, now, limit), Verdict::Start);
+        assert_eq!(decide(&crit, None, None, now, limit), Verdict::Start);
         let open = Uuid::now_v7();
-        assert_eq!(decide(&crit, Some(open), now, limit), Verdict::Attach(open), "one workflow per node");
+        assert_eq!(decide(&crit, Some(open), None, now, limit), Verdict::Attach(open), "one workflow per node");
         let old = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 3600);
         assert!(
-            matches!(decide(&old, None, now, limit), Verdict::Ignore(w) if w.contains("older than the 600s limit"))
+            matches!(decide(&old, None, None, now, limit), Verdict::Ignore(w) if w.contains("older than the 600s limit"))
         );
-        assert_eq!(decide(&old, Some(open), now, limit), Verdict::Attach(open), "history still attaches");
+        assert_eq!(decide(&old, Some(open), None, now, limit), Verdict::Attach(open), "history still attaches");
         let warn = fault(FaultKind::KernelHung, Severity::Warning, 1);
-        assert!(matches!(decide(&warn, None, now, limit), Verdict::Ignore(w) if w.contains("severity warning")));
+        assert!(matches!(decide(&warn, None, None, now, limit), Verdict::Ignore(w) if w.contains("severity warning")));
         let mut ours = fault(FaultKind::NodeNotReady, Severity::Critical, 1);
         ours.evidence.insert("caused_by_remediation".into(), "true".into());
-        assert!(matches!(decide(&ours, None, now, limit), Verdict::Ignore(w) if w.contains("our own")));
+        assert!(matches!(decide(&ours, None, None, now, limit), Verdict::Ignore(w) if w.contains("our own")));
+        let escalated = Uuid::now_v7();
+        assert!(
+            matches!(decide(&crit, None, Some(escalated), now, limit), Verdict::Ignore(w) if w.contains("needs a human")),
+            "an escalated node is left alone"
+        );
+        assert_eq!(decide(&crit, Some(open), Some(escalated), now, limit), Verdict::Attach(open));
         let component = fault(FaultKind::KubeletDown, Severity::Critical, 1);
-        assert!(matches!(decide(&component, None, now, limit), Verdict::Ignore(w) if w.contains("component")));
+        assert!(matches!(decide(&component, None, None, now, limit), Verdict::Ignore(w) if w.contains("component")));
     }
 }

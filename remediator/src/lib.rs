@@ -12,8 +12,11 @@
 //! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
 //! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
 //! logged during boot counts) → uncordon, untaint, release. A step that cannot complete
-//! escalates to a human and leaves the node cordoned; a node deleted meanwhile ends its workflow
-//! as `node_gone`.
+//! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
+//! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
+//! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
+//! the cordon or the reboot ends the workflow as `cleared`; a node someone else uncordons
+//! mid-workflow ends it as `cancelled`; a cordon that was there before stays after.
 //!
 //! State is written before each side effect and every action is idempotent, so a restarted
 //! remediator resumes where it stopped. Permits are renewed while their steps run (`permits`); a
@@ -168,6 +171,28 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
 /// How recording a consumed fault is retried: its offset must not move past an unrecorded fault.
 const INTAKE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
 
+/// The node's escalated workflow no operator has cleared, if any. The store knows which
+/// escalations stand; an operator clears one by removing the node's escalation annotation, which
+/// is read here (only for a node the store says is escalated). A node that cannot be read stays
+/// escalated: no new work on it.
+async fn escalation(ctx: &workflow::Ctx, node: &str) -> Result<Option<uuid::Uuid>> {
+    let Some(wf) = ctx.store.escalated(&ctx.cfg.cluster, node).await? else { return Ok(None) };
+    match ctx.ops.get(node).await {
+        Ok(n)
+            if !n
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(firebreak_schema::ESCALATED_ANNOTATION)) =>
+        {
+            tracing::info!(workflow_id = %wf, node, "escalation cleared by an operator");
+            ctx.store.clear_escalation(wf, "the node's escalation annotation was removed").await?;
+            Ok(None)
+        }
+        _ => Ok(Some(wf)),
+    }
+}
+
 async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamConsumer) -> Result<()> {
     let cancel = ctx.cancel.clone();
     let mut tasks = tokio::task::JoinSet::new();
@@ -207,8 +232,12 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
             Ok(event) if event.cluster != ctx.cfg.cluster => {}
             Ok(event) => {
                 let what = format!("recording fault {}", event.id);
-                let recorded =
-                    INTAKE_RETRY.until_ok(&what, &cancel, || ctx.store.intake(&event, ctx.cfg.stale_after)).await;
+                let recorded = INTAKE_RETRY
+                    .until_ok(&what, &cancel, || async {
+                        let escalated = escalation(&ctx, &event.node).await?;
+                        ctx.store.intake(&event, ctx.cfg.stale_after, escalated).await
+                    })
+                    .await;
                 let Some(decision) = recorded else { break };
                 ctx.metrics.intake(&ctx.cfg.cluster, decision.label());
                 match decision {

@@ -1,7 +1,7 @@
 //! What the remediator does to a node, through the Kubernetes API. Every operation is
 //! idempotent: doing it again after a crash changes nothing more.
 
-use firebreak_schema::{REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY};
+use firebreak_schema::{ESCALATED_ANNOTATION, REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY};
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Taint};
 use kube::{
     Api, Client,
@@ -58,6 +58,19 @@ impl NodeOps {
         self.update_taints(node, Some(false), |taints| taints.retain(|t| t.key != UNHEALTHY_TAINT_KEY)).await
     }
 
+    /// Removes Firebreak's taint and leaves `spec.unschedulable` as it is (someone else's cordon,
+    /// or someone else's uncordon, stands).
+    pub async fn untaint(&self, node: &str) -> Result<()> {
+        self.update_taints(node, None, |taints| taints.retain(|t| t.key != UNHEALTHY_TAINT_KEY)).await
+    }
+
+    /// Marks the node as escalated to a human by `workflow` (idempotent).
+    pub async fn mark_escalated(&self, node: &str, workflow: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: workflow}}});
+        self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| gone(node, e))?;
+        Ok(())
+    }
+
     /// Read-modify-write of the taint list with the resourceVersion as precondition, retried on
     /// conflict, so concurrent taint changes by others are never overwritten.
     async fn update_taints(
@@ -70,10 +83,13 @@ impl NodeOps {
             let n = self.get(node).await?;
             let mut taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
             edit(&mut taints);
-            let patch = json!({
+            let mut patch = json!({
                 "metadata": {"resourceVersion": n.metadata.resource_version},
-                "spec": {"unschedulable": unschedulable, "taints": taints},
+                "spec": {"taints": taints},
             });
+            if let Some(u) = unschedulable {
+                patch["spec"]["unschedulable"] = json!(u);
+            }
             match self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => return Ok(()),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,

@@ -38,6 +38,12 @@ pub enum State {
     Escalated,
     /// Done: the node was deleted; nothing is left to repair.
     NodeGone,
+    /// Done: the fault no longer held before a destructive step; nothing more was done (a
+    /// cordon Firebreak made is undone).
+    Cleared,
+    /// Done: someone else uncordoned the node mid-workflow; Firebreak stepped back (its taint
+    /// removed, their uncordon standing).
+    Cancelled,
 }
 
 impl State {
@@ -54,6 +60,8 @@ impl State {
             State::Healed => "healed",
             State::Escalated => "escalated",
             State::NodeGone => "node_gone",
+            State::Cleared => "cleared",
+            State::Cancelled => "cancelled",
         }
     }
 
@@ -69,6 +77,8 @@ impl State {
             State::Healed,
             State::Escalated,
             State::NodeGone,
+            State::Cleared,
+            State::Cancelled,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -77,7 +87,7 @@ impl State {
 
     /// Whether the workflow has ended.
     pub fn is_done(self) -> bool {
-        matches!(self, State::Healed | State::Escalated | State::NodeGone)
+        matches!(self, State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled)
     }
 }
 
@@ -105,6 +115,9 @@ pub struct Workflow {
     /// When the reboot was asked for (ms since the epoch): a critical fault observed after it,
     /// boot time included, means the repair did not hold.
     pub reboot_requested_at_ms: Option<i64>,
+    /// Whether the node was already cordoned (by someone else) when the workflow got its cordon
+    /// permit: then it stays cordoned at the end. Unknown until then.
+    pub was_cordoned: Option<bool>,
     /// Why it is in its state.
     pub reason: String,
 }
@@ -146,7 +159,13 @@ impl Store {
 
     /// Records a consumed fault and the intake policy's decision on it, atomically: a replayed
     /// fault is a `Duplicate`; a started workflow is written with its first step.
-    pub async fn intake(&self, e: &FaultEvent, stale_after: std::time::Duration) -> Result<Intake> {
+    /// `escalated` is the node's escalated workflow an operator has not cleared, if any.
+    pub async fn intake(
+        &self,
+        e: &FaultEvent,
+        stale_after: std::time::Duration,
+        escalated: Option<Uuid>,
+    ) -> Result<Intake> {
         let mut tx = self.pool.begin().await?;
         let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
             .bind(e.id.to_string())
@@ -165,7 +184,7 @@ impl Store {
             None => None,
         };
         let now = Utc::now();
-        let (decision, workflow) = match intake::decide(e, open, now, stale_after) {
+        let (decision, workflow) = match intake::decide(e, open, escalated, now, stale_after) {
             Verdict::Attach(id) => (Intake::Attached(id), Some(id)),
             Verdict::Ignore(why) => (Intake::Ignored(why), None),
             Verdict::Start => {
@@ -180,6 +199,7 @@ impl Store {
                     step_permit_id: None,
                     boot_id_before: None,
                     reboot_requested_at_ms: None,
+                    was_cordoned: None,
                     reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
                 };
                 sqlx::query(
@@ -240,7 +260,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, reboot_requested_at_ms = $5, \
-             reason = $6, done = $7, updated_at = $8, step_permit_id = $9 WHERE id = $1",
+             reason = $6, done = $7, updated_at = $8, step_permit_id = $9, was_cordoned = $10 WHERE id = $1",
         )
         .bind(wf.id.to_string())
         .bind(wf.state.as_str())
@@ -251,6 +271,7 @@ impl Store {
         .bind(i32::from(wf.state.is_done()))
         .bind(text(at))
         .bind(wf.step_permit_id.map(|p| p.to_string()))
+        .bind(wf.was_cordoned.map(i32::from))
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
@@ -274,7 +295,7 @@ impl Store {
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
             "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, step_permit_id, boot_id_before, \
-             reboot_requested_at_ms, reason \
+             reboot_requested_at_ms, was_cordoned, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -294,10 +315,57 @@ impl Store {
                     step_permit_id: uuid_col(r, "step_permit_id")?,
                     boot_id_before: r.try_get("boot_id_before")?,
                     reboot_requested_at_ms: r.try_get("reboot_requested_at_ms")?,
+                    was_cordoned: r.try_get::<Option<i32>, _>("was_cordoned")?.map(|v| v != 0),
                     reason: r.try_get("reason")?,
                 })
             })
             .collect()
+    }
+
+    /// The node's escalated workflow that no operator has cleared yet, if any.
+    pub async fn escalated(&self, cluster: &str, node: &str) -> Result<Option<Uuid>> {
+        let row = sqlx::query(
+            "SELECT id FROM workflows WHERE cluster = $1 AND node = $2 AND state = 'escalated' \
+             AND escalation_cleared_at IS NULL ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(cluster)
+        .bind(node)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => uuid_col(&r, "id"),
+            None => Ok(None),
+        }
+    }
+
+    /// Records that an operator cleared an escalation (with how it was seen), once.
+    pub async fn clear_escalation(&self, workflow: Uuid, how: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE workflows SET escalation_cleared_at = $2 WHERE id = $1 AND escalation_cleared_at IS NULL",
+        )
+        .bind(workflow.to_string())
+        .bind(text(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
+                .bind(workflow.to_string())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            sqlx::query(
+                "INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, 'escalated', $3, $4)",
+            )
+            .bind(workflow.to_string())
+            .bind(seq)
+            .bind(format!("escalation cleared: {how}"))
+            .bind(text(Utc::now()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The newest critical fault on a node observed after `after_ms`, if any.
@@ -353,15 +421,17 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf, _) = s.intake(&first, LIMIT).await.unwrap() else { panic!("a workflow starts") };
+        let Intake::Started(wf, _) = s.intake(&first, LIMIT, None).await.unwrap() else { panic!("a workflow starts") };
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
-        assert_eq!(s.intake(&first, LIMIT).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
+        assert_eq!(s.intake(&first, LIMIT, None).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
         let second = fault("n1", FaultKind::KernelHung, Severity::Critical, 5);
-        assert_eq!(s.intake(&second, LIMIT).await.unwrap(), Intake::Attached(wf.id));
+        assert_eq!(s.intake(&second, LIMIT, None).await.unwrap(), Intake::Attached(wf.id));
         // The policy's other verdicts are recorded too (the rules are tested in `intake`).
         let warn = fault("n2", FaultKind::KernelHung, Severity::Warning, 0);
-        assert!(matches!(s.intake(&warn, LIMIT).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning")));
-        assert_eq!(s.intake(&warn, LIMIT).await.unwrap(), Intake::Duplicate);
+        assert!(
+            matches!(s.intake(&warn, LIMIT, None).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning"))
+        );
+        assert_eq!(s.intake(&warn, LIMIT, None).await.unwrap(), Intake::Duplicate);
         // The attached fault counts as a recurrence after the time it was observed before.
         let since = ms(first.observed_at);
         assert_eq!(s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1), Some("KernelHung".into()));
@@ -372,7 +442,7 @@ mod tests {
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
         let Intake::Started(mut wf, _) =
-            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), LIMIT).await.unwrap()
+            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), LIMIT, None).await.unwrap()
         else {
             panic!("a workflow starts")
         };
@@ -392,7 +462,7 @@ mod tests {
         assert_eq!(steps, ["permit_wait", "awaiting_boot", "healed"]);
         // The node is free again: a new fault starts a new workflow.
         assert!(matches!(
-            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60), LIMIT).await.unwrap(),
+            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60), LIMIT, None).await.unwrap(),
             Intake::Started(..)
         ));
     }

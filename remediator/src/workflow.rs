@@ -196,6 +196,14 @@ impl Runner {
     }
 
     async fn act(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        // Between our cordon and our uncordon, a node someone else uncordoned is theirs again.
+        // Read from the API, not the cache, which may not have seen our own cordon yet.
+        if matches!(wf.state, State::Draining | State::Rebooting | State::AwaitingBoot | State::Verifying) {
+            let node = ctx.ops.get(&wf.node).await?;
+            if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
+                return self.cancel(ctx, wf).await;
+            }
+        }
         match wf.state {
             State::PermitWait => self.acquire(ctx, wf, Operation::Cordon).await,
             State::Cordoning => {
@@ -212,11 +220,16 @@ impl Runner {
             State::AwaitingBoot => self.await_boot(ctx, wf).await,
             State::Verifying => self.verify(ctx, wf).await,
             State::Uncordoning => {
-                ctx.ops.uncordon_and_untaint(&wf.node).await?;
-                let reason = "uncordoned and untainted; node back in service".into();
-                ctx.advance_releasing(wf, State::Healed, reason, Release::All).await
+                let reason = if wf.was_cordoned == Some(true) {
+                    ctx.ops.untaint(&wf.node).await?;
+                    "untainted; left cordoned, as it was before Firebreak took it (someone else's cordon stands)"
+                } else {
+                    ctx.ops.uncordon_and_untaint(&wf.node).await?;
+                    "uncordoned and untainted; node back in service"
+                };
+                ctx.advance_releasing(wf, State::Healed, reason.into(), Release::All).await
             }
-            State::Healed | State::Escalated | State::NodeGone => Ok(()),
+            State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled => Ok(()),
         }
     }
 
@@ -224,7 +237,21 @@ impl Runner {
     /// the step's own (`drain`, `reboot`), held with the cordon permit while the step runs.
     async fn acquire(&mut self, ctx: &Ctx, wf: &mut Workflow, op: Operation) -> Result<()> {
         // A node deleted while its workflow waits ends the workflow (`NodeGone`), not the wait.
-        ctx.ops.get(&wf.node).await?;
+        let node = ctx.ops.get(&wf.node).await?;
+        if op == Operation::Cordon {
+            if let Some(why) = cleared(wf, &node) {
+                return self.cleared(ctx, wf, why, "cordon").await;
+            }
+            // Known once, before our own cordon: whether someone else's cordon is there (a
+            // cordon beside our taint is ours, left by an escalation an operator cleared).
+            if wf.was_cordoned.is_none() {
+                let spec = node.spec.as_ref();
+                let ours = spec
+                    .and_then(|s| s.taints.as_ref())
+                    .is_some_and(|t| t.iter().any(|t| t.key == firebreak_schema::UNHEALTHY_TAINT_KEY));
+                wf.was_cordoned = Some(spec.and_then(|s| s.unschedulable) == Some(true) && !ours);
+            }
+        }
         let requester = format!("remediator/{}", wf.id);
         let domains = ctx.domains_of(&wf.node);
         let resp = ctx.gate.request(op, &wf.cluster, &wf.node, domains, &requester).await;
@@ -331,6 +358,12 @@ impl Runner {
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let node = ctx.ops.get(&wf.node).await?;
+        if let Some(why) = cleared(wf, &node) {
+            // Drained already: no reboot; verified from now, then back in service.
+            wf.reboot_requested_at_ms = Some(ms(Utc::now()));
+            let reason = format!("cleared before action: {why}; reboot skipped, the node is verified and put back");
+            return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
+        }
         let (boot, ready) = boot_and_ready(&node);
         let reason = format!(
             "reboot requested (annotation {}); boot id {boot}, Ready={ready}",
@@ -413,10 +446,52 @@ impl Runner {
         ctx.advance(wf, State::Uncordoning, reason).await
     }
 
+    /// The fault no longer holds before `action`: undo our isolation, give everything back, end.
+    async fn cleared(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String, action: &str) -> Result<()> {
+        tracing::info!(why, action, "fault cleared before action; workflow ends");
+        undo_isolation(ctx, wf).await?;
+        let reason = format!("cleared before action ({action}): {why}; nothing more done");
+        ctx.advance_releasing(wf, State::Cleared, reason, Release::All).await
+    }
+
+    /// Someone else uncordoned the node mid-workflow: step back, leaving their uncordon.
+    async fn cancel(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let during = wf.state.as_str();
+        tracing::warn!(during, "node uncordoned by someone else; workflow cancelled");
+        ctx.ops.untaint(&wf.node).await?;
+        let reason = format!(
+            "cancelled: the node was uncordoned by someone else during {during}; Firebreak removed its taint and \
+             left the node schedulable"
+        );
+        ctx.advance_releasing(wf, State::Cancelled, reason, Release::All).await
+    }
+
     async fn escalate(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String) -> Result<()> {
         tracing::warn!(why, "escalating to a human; node stays cordoned");
+        // Marked before the state is persisted: an escalation on record always has its mark,
+        // which only an operator removes (see `escalation` at intake).
+        ctx.ops.mark_escalated(&wf.node, &wf.id.to_string()).await?;
         let reason = format!("needs a human: {why}; node left cordoned and tainted");
         ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await
+    }
+}
+
+/// Why the fault that started the workflow no longer holds, if it does not: a `NodeNotReady`
+/// whose node is Ready again. Faults read from the kernel log (memory, filesystem, hung tasks)
+/// have no state to clear on their own: they hold until a repair.
+fn cleared(wf: &Workflow, node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    let (_, ready) = boot_and_ready(node);
+    (wf.fault_kind == firebreak_schema::FaultKind::NodeNotReady.as_str() && ready)
+        .then(|| "NodeNotReady no longer holds: the node is Ready again".to_owned())
+}
+
+/// Undoes the workflow's isolation of the node: its taint, and its cordon unless the node was
+/// cordoned before the workflow took it.
+async fn undo_isolation(ctx: &Ctx, wf: &Workflow) -> Result<()> {
+    match wf.was_cordoned {
+        None => Ok(()),
+        Some(true) => ctx.ops.untaint(&wf.node).await,
+        Some(false) => ctx.ops.uncordon_and_untaint(&wf.node).await,
     }
 }
 
@@ -452,6 +527,7 @@ mod tests {
             step_permit_id: None,
             boot_id_before: None,
             reboot_requested_at_ms: None,
+            was_cordoned: Some(false),
             reason: "cordoned".into(),
         };
         let step = Step { seq: 2, at: Utc::now() };

@@ -44,6 +44,9 @@ pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";
 pub const TO_BE_MIGRATED_LABEL: &str = "firebreak.io/to-be-migrated";
 /// Node annotation through which a reboot is requested (value: the requesting workflow id).
 pub const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
+/// Node annotation of a node whose workflow escalated to a human (value: the workflow id). No
+/// fault starts new work on the node while it is there; an operator removes it to clear.
+pub const ESCALATED_ANNOTATION: &str = "firebreak.io/escalated";
 
 /// Everything that can go wrong turning bytes into events.
 #[derive(Debug, thiserror::Error)]

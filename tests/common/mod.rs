@@ -218,3 +218,41 @@ pub async fn gate_metrics(stack: &Stack) -> String {
         Err(_) => String::new(),
     }
 }
+
+/// An operator halts `operations` (all when empty) in `cluster`; the halt's id.
+pub async fn halt(stack: &Stack, cluster: &str, operations: &[&str]) -> String {
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/halts", stack.gate_url))
+        .bearer_auth(&stack.tokens.operator)
+        .json(&serde_json::json!({"scope": {"cluster": cluster}, "operations": operations, "reason": "test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["id"].as_str().unwrap().to_owned()
+}
+
+/// An operator lifts a halt.
+pub async fn resume(stack: &Stack, id: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/halts/{id}/resume", stack.gate_url))
+        .bearer_auth(&stack.tokens.operator)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+}
+
+/// Waits until the gate holds no permit.
+pub async fn no_permits(stack: &Stack) {
+    wait_for("every permit given back", Duration::from_secs(15), || async {
+        get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/permits", stack.gate_url))
+            .await?
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}

@@ -1,0 +1,160 @@
+//! The remediator leaves humans' decisions standing: a fault that cleared while its workflow
+//! waited is not acted on; a node cordoned before Firebreak took it stays cordoned after the
+//! repair; a node a human uncordons mid-workflow cancels the workflow; an escalated node gets
+//! no new work until an operator clears it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{get_json, halt, no_permits, resume, stack, steps, wait_for};
+use firebreak::demo::Stack;
+use firebreak_fleet_sim::Fault;
+use k8s_openapi::api::core::v1::Node;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+async fn set_unschedulable(nodes: &Api<Node>, node: &str, on: bool) {
+    let patch = json!({"spec": {"unschedulable": if on { json!(true) } else { Value::Null }}});
+    nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+}
+
+fn tainted(n: &Node) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == firebreak_schema::UNHEALTHY_TAINT_KEY))
+}
+
+/// Ids of the workflows the remediator ran on a node.
+async fn workflows(stack: &Stack, node: &str) -> std::collections::BTreeSet<String> {
+    let url = format!("{}/api/v1/remediations?node={node}&limit=1000", stack.event_center_url);
+    let all = get_json(&url).await.unwrap_or(Value::Null);
+    all.as_array().into_iter().flatten().filter_map(|s| s["workflow_id"].as_str().map(str::to_owned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_human_uncordon_cancels_and_an_admin_cordon_stays() {
+    let stack = stack("humans", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+
+    // Held after its cordon (drains are halted), a workflow's node is uncordoned by a human.
+    let node = format!("{}-node-004", cluster.name());
+    let drains = halt(&stack, cluster.name(), &["drain"]).await;
+    cluster.inject(&node, Fault::KernelHung).unwrap();
+    wait_for("the workflow waiting for its drain permit", Duration::from_secs(30), || async {
+        steps(&stack, &node)
+            .await
+            .iter()
+            .any(|(s, r)| s == "draining" && r.contains("waiting for a drain"))
+            .then_some(())
+    })
+    .await;
+    assert!(tainted(&nodes.get(&node).await.unwrap()));
+    set_unschedulable(&nodes, &node, false).await;
+    let (_, why) = wait_for("the workflow cancelled", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "cancelled")
+    })
+    .await;
+    assert!(why.contains("uncordoned by someone else during draining"), "{why}");
+    let n = nodes.get(&node).await.unwrap();
+    assert_ne!(n.spec.as_ref().unwrap().unschedulable, Some(true), "their uncordon stands");
+    assert!(!tainted(&n), "our taint is gone");
+    no_permits(&stack).await;
+    resume(&stack, &drains).await;
+
+    // A node an admin cordoned before the fault is repaired and stays cordoned.
+    let node = format!("{}-node-002", cluster.name());
+    set_unschedulable(&nodes, &node, true).await;
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the node healed", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().rfind(|(s, _)| s == "healed")
+    })
+    .await;
+    assert!(why.contains("left cordoned"), "{why}");
+    let n = nodes.get(&node).await.unwrap();
+    assert_eq!(n.spec.as_ref().unwrap().unschedulable, Some(true), "the admin's cordon stands");
+    assert!(!tainted(&n));
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fault_that_cleared_while_its_workflow_waited_is_not_acted_on() {
+    let stack = stack("cleared", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-003", cluster.name());
+    let cordons = halt(&stack, cluster.name(), &["cordon"]).await;
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    wait_for("the workflow held before its cordon", Duration::from_secs(30), || async {
+        steps(&stack, &node)
+            .await
+            .iter()
+            .any(|(s, r)| s == "permit_wait" && r.contains("halted by operator"))
+            .then_some(())
+    })
+    .await;
+    // The partition heals before the gate lets the cordon through.
+    cluster.recover(&node).unwrap();
+    let (_, why) = wait_for("the workflow ended as cleared", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "cleared")
+    })
+    .await;
+    assert!(why.contains("cleared before action (cordon): NodeNotReady no longer holds"), "{why}");
+    resume(&stack, &cordons).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n = nodes.get(&node).await.unwrap();
+    assert_ne!(n.spec.as_ref().unwrap().unschedulable, Some(true), "never cordoned");
+    assert!(!tainted(&n));
+    let states: Vec<String> = steps(&stack, &node).await.into_iter().map(|(s, _)| s).collect();
+    assert!(!states.iter().any(|s| s == "cordoning" || s == "draining"), "{states:?}");
+    no_permits(&stack).await;
+    stack.shutdown().await;
+}
+
+/// A node escalated to a human is left alone by later faults, until an operator removes its
+/// escalation annotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
+    let stack = stack("escalated", |o| o.quiet_period = Duration::from_secs(10)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::BadDimm).unwrap();
+    wait_for("escalation", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    let first = workflows(&stack, &node).await;
+    assert_eq!(first.len(), 1);
+    let n = nodes.get(&node).await.unwrap();
+    let mark = n.metadata.annotations.unwrap_or_default().get(firebreak_schema::ESCALATED_ANNOTATION).cloned();
+    assert_eq!(mark.as_ref(), first.iter().next(), "the node names the escalated workflow");
+
+    // Later faults start nothing: no drain, no reboot again.
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
+    let url = format!("{}/api/v1/events?node={node}", stack.event_center_url);
+    wait_for("the later fault recorded", Duration::from_secs(20), || async {
+        get_json(&url).await?.as_array()?.iter().any(|e| e["kind"] == "ReadonlyFilesystem").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(workflows(&stack, &node).await, first, "no new workflow on an escalated node");
+
+    // An operator clears it (and uncordons); the next fault is remediated again.
+    let clear = json!({"metadata": {"annotations": {firebreak_schema::ESCALATED_ANNOTATION: null}}});
+    nodes.patch(&node, &PatchParams::default(), &Patch::Merge(&clear)).await.unwrap();
+    cluster.inject(&node, Fault::KernelHung).unwrap();
+    wait_for("a new workflow after the clearance", Duration::from_secs(30), || async {
+        (workflows(&stack, &node).await.len() == 2).then_some(())
+    })
+    .await;
+    stack.shutdown().await;
+}
