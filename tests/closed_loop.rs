@@ -37,6 +37,8 @@ async fn closed_loop(name: &str, db: Option<String>) {
         .into_iter()
         .filter(|p| p.metadata.namespace.as_deref() == Some("default"))
         .map(|p| p.metadata.name.unwrap())
+        // `churn` pods end on their own schedule, which races the drain.
+        .filter(|p| !p.starts_with("churn-"))
         .collect();
     assert!(
         to_migrate.iter().filter(|p| p.starts_with("web-")).count() >= 2,
