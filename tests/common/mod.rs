@@ -178,19 +178,20 @@ pub fn mock_kafka(
     (mock, cfg)
 }
 
-/// A one-cluster fleet-sim.
+/// A one-cluster fleet-sim without pod churn: its pod lists hold still between two reads.
 pub async fn fleet(name: &str, nodes: usize) -> firebreak_fleet_sim::Fleet {
     firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
         data_dir: temp_dir(name),
         clusters: 1,
         nodes_per_cluster: nodes,
-        timings: Default::default(),
+        timings: firebreak_fleet_sim::Timings { churn_per_minute: 0, ..Default::default() },
     })
     .await
     .unwrap()
 }
 
-/// Waits until every pod of the cluster is Running and Ready (the budgets bind Ready pods only).
+/// Waits until every long-lived pod of the cluster is Running and Ready (the budgets bind Ready
+/// pods only; `churn` pods come and go all the time, so some are always starting).
 pub async fn wait_pods_ready(cluster: &firebreak_fleet_sim::Cluster) {
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client);
@@ -198,6 +199,7 @@ pub async fn wait_pods_ready(cluster: &firebreak_fleet_sim::Cluster) {
         let list = pods.list(&Default::default()).await.ok()?;
         list.items
             .iter()
+            .filter(|p| !p.metadata.name.as_deref().unwrap_or_default().starts_with("churn-"))
             .all(|p| {
                 p.status
                     .as_ref()
