@@ -88,6 +88,8 @@ pub struct StackOptions {
     pub eviction_retry: Duration,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
+    /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
+    pub readiness: firebreak_remediator::ReadinessGates,
     /// Run the healing loop: an agent per node and a remediator per cluster. Off, the stack is
     /// the clusters, detectors, gate and event center, for measuring the health path alone
     /// (the detectors then report no silent agents).
@@ -116,6 +118,7 @@ impl StackOptions {
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             heartbeat: Duration::from_secs(2),
+            readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
         }
     }
@@ -298,6 +301,7 @@ impl Stack {
             rem.failure_domains = opts.policy.failure_domains.clone();
             rem.quiet_period = opts.quiet_period;
             rem.eviction_retry = opts.eviction_retry;
+            rem.readiness = opts.readiness.clone();
             tasks.push(spawn_logged(
                 format!("remediator/{}", cluster.name()),
                 firebreak_remediator::run(rem, client, remediator_metrics.clone(), remediators.clone()),

@@ -415,34 +415,50 @@ impl Runner {
     async fn verify(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let since = wf.reboot_requested_at_ms.unwrap_or(0);
         let started = Instant::now();
-        while started.elapsed() < ctx.cfg.quiet_period {
+        let quiet = ctx.cfg.quiet_period;
+        let mut waiting_on: Option<Vec<String>> = None;
+        loop {
             let node = ctx.nodes.get(&wf.node).ok_or_else(|| Error::NodeGone(wf.node.clone()))?;
             let (boot, ready) = boot_and_ready(&node);
+            let elapsed = started.elapsed();
             if !ready {
-                return self
-                    .escalate(
-                        ctx,
-                        wf,
-                        format!(
-                            "node went NotReady {:.1}s into the quiet period after reboot",
-                            started.elapsed().as_secs_f64()
-                        ),
-                    )
-                    .await;
+                let why = format!("node went NotReady {:.1}s into verification after reboot", elapsed.as_secs_f64());
+                return self.escalate(ctx, wf, why).await;
             }
             if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, since).await? {
-                return self
-                    .escalate(
-                        ctx,
-                        wf,
-                        format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}"),
-                    )
-                    .await;
+                let why = format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}");
+                return self.escalate(ctx, wf, why).await;
+            }
+            if elapsed >= quiet {
+                let unmet = ctx.ops.readiness_unmet(&node, &ctx.cfg.readiness).await?;
+                if unmet.is_empty() {
+                    break;
+                }
+                if elapsed >= quiet + ctx.cfg.readiness.timeout {
+                    let why = format!(
+                        "readiness gates did not hold within {}s of the quiet period: {}",
+                        ctx.cfg.readiness.timeout.as_secs(),
+                        unmet.join("; ")
+                    );
+                    return self.escalate(ctx, wf, why).await;
+                }
+                // Recorded each time what is awaited changes, not every poll.
+                if waiting_on.as_ref() != Some(&unmet) {
+                    let reason = format!("quiet period passed; waiting for readiness gates: {}", unmet.join("; "));
+                    ctx.advance(wf, State::Verifying, reason).await?;
+                    waiting_on = Some(unmet);
+                }
             }
             ctx.sleep(Duration::from_millis(500)).await?;
         }
-        let reason =
-            format!("quiet period passed: Ready and no new critical fault for {}s", ctx.cfg.quiet_period.as_secs());
+        let gates = &ctx.cfg.readiness;
+        let held = if gates.conditions.is_empty() && gates.configmaps.is_empty() {
+            String::new()
+        } else {
+            let named: Vec<&str> = gates.conditions.iter().chain(&gates.configmaps).map(String::as_str).collect();
+            format!("; readiness gates hold ({})", named.join(", "))
+        };
+        let reason = format!("quiet period passed: Ready and no new critical fault for {}s{held}", quiet.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
     }
 
