@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{get_json, halt, no_permits, resume, stack, steps, wait_for};
 use firebreak::demo::Stack;
-use firebreak_fleet_sim::Fault;
+use firebreak_fleet_sim::{Fault, RuntimeFailure};
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api,
@@ -207,5 +207,37 @@ async fn readiness_gates_hold_back_the_uncordon() {
         (n.spec?.unschedulable != Some(true)).then_some(())
     })
     .await;
+    stack.shutdown().await;
+}
+
+/// A drain's deadline is persisted: a remediator that keeps crashing mid-drain still escalates
+/// when the drain has run past its limit, counted from its start, not from the last restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_deadline_survives_remediator_restarts() {
+    let mut stack = stack("deadline", |o| o.drain_timeout = Duration::from_secs(8)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    // The node carries two `web` replicas under one budget. Once the first is evicted, its
+    // replacement never becomes Ready (new pods on the runtime every node runs never do), so
+    // the budget refuses the second for good and the drain cannot end.
+    let node = format!("{}-node-001", cluster.name());
+    common::wait_pods_ready(&cluster).await;
+    cluster.set_runtime_health(firebreak_fleet_sim::INITIAL_RUNTIME, false, RuntimeFailure::NeverReady);
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the drain blocked by the budget", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.iter().any(|(s, r)| s == "draining" && r.starts_with("drain permit")).then_some(())
+    })
+    .await;
+    let began = tokio::time::Instant::now();
+    // Crash-looping: each remediator lives 3 s, less than the drain's 8 s limit.
+    let (_, why) = loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if let Some(done) = steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated") {
+            break done;
+        }
+        assert!(began.elapsed() < Duration::from_secs(40), "no escalation: {:?}", steps(&stack, &node).await);
+        stack.restart_remediators().await;
+    };
+    assert!(why.contains("drain did not finish within 8s"), "{why}");
+    assert!(began.elapsed() < Duration::from_secs(25), "escalated {:?} after the drain began", began.elapsed());
     stack.shutdown().await;
 }

@@ -20,7 +20,8 @@
 //! mid-workflow ends it as `cancelled`; a cordon that was there before stays after.
 //!
 //! State is written before each side effect and every action is idempotent, so a restarted
-//! remediator resumes where it stopped. Permits are renewed while their steps run (`permits`); a
+//! remediator resumes where it stopped; step deadlines count from persisted times, so it also
+//! escalates on time. Permits are renewed while their steps run (`permits`); a
 //! permit lost stops the workflow before its next risky side effect, and it asks again. Each
 //! transition is published to the remediation topic with its reason (an id derived from the
 //! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
