@@ -134,6 +134,16 @@ pub enum Command {
         /// Quiet period after a reboot before uncordon.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         quiet_period: Duration,
+        /// A node condition that must be True before uncordon (repeatable).
+        #[arg(long = "readiness-condition", value_name = "TYPE")]
+        readiness_conditions: Vec<String>,
+        /// A readiness gate whose ConfigMap (labelled `firebreak.io/readiness-gate=GATE`,
+        /// `firebreak.io/node=NODE`) must say `data.ready: "true"` before uncordon (repeatable).
+        #[arg(long = "readiness-configmap", value_name = "GATE")]
+        readiness_configmaps: Vec<String>,
+        /// How long after the quiet period to wait for the readiness gates before escalating.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        readiness_timeout: Duration,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     #[cfg(feature = "demo")]
@@ -306,7 +316,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", firebreak_plumbing::auth::hash(secret.trim_end_matches(['\r', '\n'])));
             Ok(())
         }
-        Command::Remediator { on, gate_url, gate_token, gate_ca, domains, database_url, quiet_period } => {
+        Command::Remediator {
+            on,
+            gate_url,
+            gate_token,
+            gate_ca,
+            domains,
+            database_url,
+            quiet_period,
+            readiness_conditions,
+            readiness_configmaps,
+            readiness_timeout,
+        } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -319,6 +340,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 &database_url,
             );
             cfg.quiet_period = quiet_period;
+            cfg.readiness = firebreak_remediator::ReadinessGates {
+                conditions: readiness_conditions,
+                configmaps: readiness_configmaps,
+                timeout: readiness_timeout,
+            };
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)

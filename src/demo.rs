@@ -86,8 +86,12 @@ pub struct StackOptions {
     pub quiet_period: Duration,
     /// Remediator wait after a PodDisruptionBudget refusal.
     pub eviction_retry: Duration,
+    /// How long a remediator's drain may take before it escalates.
+    pub drain_timeout: Duration,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
+    /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
+    pub readiness: firebreak_remediator::ReadinessGates,
     /// Run the healing loop: an agent per node and a remediator per cluster. Off, the stack is
     /// the clusters, detectors, gate and event center, for measuring the health path alone
     /// (the detectors then report no silent agents).
@@ -115,7 +119,9 @@ impl StackOptions {
             remediator_token: None,
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(600),
             heartbeat: Duration::from_secs(2),
+            readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
         }
     }
@@ -179,6 +185,10 @@ pub struct Stack {
     gate_db: String,
     policy: Policy,
     gate: Option<(CancellationToken, JoinHandle<()>)>,
+    /// Each cluster's remediator: how it is run, its task, and what stops them all.
+    remediator_runs: Vec<(firebreak_remediator::Config, kube::Client)>,
+    remediator_metrics: firebreak_remediator::Metrics,
+    remediator_tasks: Vec<JoinHandle<()>>,
     remediators: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -220,8 +230,8 @@ impl Stack {
             ],
         };
         let cancel = CancellationToken::new();
-        let remediators = cancel.child_token();
         let mut tasks = Vec::new();
+        let mut remediator_runs = Vec::new();
         let tokens = DemoTokens::new();
         let gate_db =
             opts.gate_db.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gate.db").display()));
@@ -298,10 +308,9 @@ impl Stack {
             rem.failure_domains = opts.policy.failure_domains.clone();
             rem.quiet_period = opts.quiet_period;
             rem.eviction_retry = opts.eviction_retry;
-            tasks.push(spawn_logged(
-                format!("remediator/{}", cluster.name()),
-                firebreak_remediator::run(rem, client, remediator_metrics.clone(), remediators.clone()),
-            ));
+            rem.readiness = opts.readiness.clone();
+            rem.drain_timeout = opts.drain_timeout;
+            remediator_runs.push((rem, client));
             for node in cluster.node_names() {
                 let agent = NodeAgent {
                     cluster: cluster.name().into(),
@@ -327,12 +336,16 @@ impl Stack {
             gate_db,
             policy: opts.policy,
             gate: None,
-            remediators,
+            remediators: cancel.child_token(),
+            remediator_runs,
+            remediator_metrics,
+            remediator_tasks: Vec::new(),
             cancel,
             tasks,
             producer,
         };
         stack.serve_gate(gate_listener)?;
+        stack.spawn_remediators();
         Ok(stack)
     }
 
@@ -351,10 +364,35 @@ impl Stack {
         Ok(())
     }
 
+    fn spawn_remediators(&mut self) {
+        for (cfg, client) in &self.remediator_runs {
+            self.remediator_tasks.push(spawn_logged(
+                format!("remediator/{}", cfg.cluster),
+                firebreak_remediator::run(
+                    cfg.clone(),
+                    client.clone(),
+                    self.remediator_metrics.clone(),
+                    self.remediators.clone(),
+                ),
+            ));
+        }
+    }
+
     /// Stops every remediator at once, mid-step, as a crash would (their state is in their
     /// databases; their permits are left to expire).
     pub fn kill_remediators(&self) {
         self.remediators.cancel();
+    }
+
+    /// Kills every remediator (as [`Stack::kill_remediators`]), waits for them to stop, and
+    /// starts them again on the same databases, as a crash-looping deployment would.
+    pub async fn restart_remediators(&mut self) {
+        self.remediators.cancel();
+        for t in self.remediator_tasks.drain(..) {
+            let _ = t.await;
+        }
+        self.remediators = self.cancel.child_token();
+        self.spawn_remediators();
     }
 
     /// Stops the gate, as a crash would (its state is in its database).
@@ -378,7 +416,7 @@ impl Stack {
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         self.stop_gate().await;
-        for t in self.tasks.drain(..) {
+        for t in self.tasks.drain(..).chain(self.remediator_tasks.drain(..)) {
             let _ = t.await;
         }
         let _ = self.producer.flush(Duration::from_secs(2));

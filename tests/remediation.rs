@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{get_json, halt, no_permits, resume, stack, steps, wait_for};
 use firebreak::demo::Stack;
-use firebreak_fleet_sim::Fault;
+use firebreak_fleet_sim::{Fault, RuntimeFailure};
 use k8s_openapi::api::core::v1::Node;
 use kube::{
     Api,
@@ -156,5 +156,88 @@ async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
         (workflows(&stack, &node).await.len() == 2).then_some(())
     })
     .await;
+    stack.shutdown().await;
+}
+
+/// A repaired node goes back into service only when another team's readiness gate says so: a
+/// ConfigMap labelled for the gate and the node, with `data.ready: "true"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_gates_hold_back_the_uncordon() {
+    let stack = stack("readiness", |o| {
+        o.readiness = firebreak_remediator::ReadinessGates {
+            conditions: vec!["Ready".into()],
+            configmaps: vec!["storage-agent".into()],
+            timeout: Duration::from_secs(120),
+        };
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, "default");
+    let node = format!("{}-node-003", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let waiting = |needle: &'static str| {
+        let (stack, node) = (&stack, &node);
+        async move {
+            wait_for(needle, Duration::from_secs(60), || async {
+                steps(stack, node).await.into_iter().any(|(s, r)| s == "verifying" && r.contains(needle)).then_some(())
+            })
+            .await
+        }
+    };
+    waiting("waiting for readiness gates: gate storage-agent: no ConfigMap for the node yet").await;
+    let name = format!("storage-agent-{node}");
+    let map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"firebreak.io/readiness-gate": "storage-agent", "firebreak.io/node": node}},
+        "data": {"ready": "false"}});
+    maps.create(&Default::default(), &serde_json::from_value(map).unwrap()).await.unwrap();
+    waiting("ConfigMap default/storage-agent-c1-node-003 says ready=false").await;
+    assert_eq!(nodes.get(&node).await.unwrap().spec.unwrap().unschedulable, Some(true), "held out of service");
+    assert!(!steps(&stack, &node).await.iter().any(|(s, _)| s == "uncordoning"));
+    let ready = json!({"data": {"ready": "true"}});
+    maps.patch(&name, &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    let (_, why) = wait_for("the node healed", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "uncordoning")
+    })
+    .await;
+    assert!(why.contains("readiness gates hold (Ready, storage-agent)"), "{why}");
+    wait_for("back in service", Duration::from_secs(30), || async {
+        let n = nodes.get(&node).await.ok()?;
+        (n.spec?.unschedulable != Some(true)).then_some(())
+    })
+    .await;
+    stack.shutdown().await;
+}
+
+/// A drain's deadline is persisted: a remediator that keeps crashing mid-drain still escalates
+/// when the drain has run past its limit, counted from its start, not from the last restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_deadline_survives_remediator_restarts() {
+    let mut stack = stack("deadline", |o| o.drain_timeout = Duration::from_secs(8)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    // The node carries two `web` replicas under one budget. Once the first is evicted, its
+    // replacement never becomes Ready (new pods on the runtime every node runs never do), so
+    // the budget refuses the second for good and the drain cannot end.
+    let node = format!("{}-node-001", cluster.name());
+    common::wait_pods_ready(&cluster).await;
+    cluster.set_runtime_health(firebreak_fleet_sim::INITIAL_RUNTIME, false, RuntimeFailure::NeverReady);
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the drain blocked by the budget", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.iter().any(|(s, r)| s == "draining" && r.starts_with("drain permit")).then_some(())
+    })
+    .await;
+    let began = tokio::time::Instant::now();
+    // Crash-looping: each remediator lives 3 s, less than the drain's 8 s limit.
+    let (_, why) = loop {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if let Some(done) = steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated") {
+            break done;
+        }
+        assert!(began.elapsed() < Duration::from_secs(40), "no escalation: {:?}", steps(&stack, &node).await);
+        stack.restart_remediators().await;
+    };
+    assert!(why.contains("drain did not finish within 8s"), "{why}");
+    assert!(began.elapsed() < Duration::from_secs(25), "escalated {:?} after the drain began", began.elapsed());
     stack.shutdown().await;
 }

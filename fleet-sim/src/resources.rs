@@ -99,8 +99,19 @@ pub const PDBS: Resource = Resource {
     subresources: &["status"],
 };
 
+/// ConfigMaps (other teams' components write readiness gates in them).
+pub const CONFIGMAPS: Resource = Resource {
+    plural: "configmaps",
+    kind: "ConfigMap",
+    group: "",
+    version: "v1",
+    namespaced: true,
+    short_names: &["cm"],
+    subresources: &[],
+};
+
 /// Everything served.
-pub const ALL: [&Resource; 6] = [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &PDBS];
+pub const ALL: [&Resource; 7] = [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &PDBS, &CONFIGMAPS];
 
 /// Finds a resource by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

@@ -11,7 +11,8 @@
 //! PodDisruptionBudget refusals, never skipping them → under a `reboot` permit, ask for a reboot
 //! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
 //! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
-//! logged during boot counts) → uncordon, untaint, release. A step that cannot complete
+//! logged during boot counts), then the readiness gates (node conditions, other teams'
+//! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. A step that cannot complete
 //! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
 //! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
 //! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
@@ -19,7 +20,8 @@
 //! mid-workflow ends it as `cancelled`; a cordon that was there before stays after.
 //!
 //! State is written before each side effect and every action is idempotent, so a restarted
-//! remediator resumes where it stopped. Permits are renewed while their steps run (`permits`); a
+//! remediator resumes where it stopped; step deadlines count from persisted times, so it also
+//! escalates on time. Permits are renewed while their steps run (`permits`); a
 //! permit lost stops the workflow before its next risky side effect, and it asks again. Each
 //! transition is published to the remediation topic with its reason (an id derived from the
 //! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
@@ -120,6 +122,30 @@ pub struct Config {
     /// Faults observed longer ago than this are recorded but not acted on (a new consumer
     /// group reads the topic from its start).
     pub stale_after: Duration,
+    /// What must hold, beyond Ready, no recurrence and the quiet period, before a repaired node
+    /// goes back into service.
+    pub readiness: ReadinessGates,
+}
+
+/// Readiness gates (Ant's "Full ReadinessGates + Condition ConfigMap"): every node condition
+/// named in `conditions` must be `True`, and for every gate named in `configmaps` a ConfigMap
+/// labelled `firebreak.io/readiness-gate=<gate>` and `firebreak.io/node=<node>` (any namespace),
+/// as the team owning that component writes it, must say `data.ready: "true"`. A node whose
+/// gates do not all hold within `timeout` after its quiet period is escalated.
+#[derive(Debug, Clone)]
+pub struct ReadinessGates {
+    /// Node condition types that must be `True`.
+    pub conditions: Vec<String>,
+    /// Gate names, each a ConfigMap per node.
+    pub configmaps: Vec<String>,
+    /// How long to wait for them after the quiet period.
+    pub timeout: Duration,
+}
+
+impl Default for ReadinessGates {
+    fn default() -> Self {
+        Self { conditions: Vec::new(), configmaps: Vec::new(), timeout: Duration::from_secs(600) }
+    }
 }
 
 impl Config {
@@ -138,6 +164,7 @@ impl Config {
             drain_timeout: Duration::from_secs(600),
             reboot_timeout: Duration::from_secs(900),
             stale_after: Duration::from_secs(600),
+            readiness: ReadinessGates::default(),
         }
     }
 }

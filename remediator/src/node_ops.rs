@@ -1,8 +1,11 @@
 //! What the remediator does to a node, through the Kubernetes API. Every operation is
 //! idempotent: doing it again after a crash changes nothing more.
 
-use firebreak_schema::{ESCALATED_ANNOTATION, REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY};
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Taint};
+use firebreak_schema::{
+    ESCALATED_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL,
+    UNHEALTHY_TAINT_KEY,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Taint};
 use kube::{
     Api, Client,
     api::{ListParams, Patch, PatchParams, PostParams},
@@ -15,6 +18,7 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct NodeOps {
     nodes: Api<Node>,
+    configmaps: Api<ConfigMap>,
     client: Client,
 }
 
@@ -30,7 +34,7 @@ pub enum Eviction {
 impl NodeOps {
     /// Operations through `client`.
     pub fn new(client: Client) -> Self {
-        Self { nodes: Api::all(client.clone()), client }
+        Self { nodes: Api::all(client.clone()), configmaps: Api::all(client.clone()), client }
     }
 
     /// The node.
@@ -189,11 +193,56 @@ impl NodeOps {
     }
 
     /// Asks for a reboot by annotating the node with the workflow id.
+    /// The readiness gates that do not hold for the node, each with why: node conditions not
+    /// `True`, gate ConfigMaps missing or not saying `data.ready: "true"`.
+    pub async fn readiness_unmet(&self, node: &Node, gates: &crate::ReadinessGates) -> Result<Vec<String>> {
+        let mut unmet = unmet_conditions(node, &gates.conditions);
+        if gates.configmaps.is_empty() {
+            return Ok(unmet);
+        }
+        let name = node.metadata.name.as_deref().unwrap_or_default();
+        let lp = ListParams::default().labels(&format!("{READINESS_NODE_LABEL}={name}"));
+        let maps = self.configmaps.list(&lp).await?.items;
+        for gate in &gates.configmaps {
+            let of_gate = |m: &&ConfigMap| {
+                m.metadata.labels.as_ref().and_then(|l| l.get(READINESS_GATE_LABEL)).is_some_and(|g| g == gate)
+            };
+            match maps.iter().find(of_gate) {
+                None => unmet.push(format!("gate {gate}: no ConfigMap for the node yet")),
+                Some(m) => {
+                    let ready = m.data.as_ref().and_then(|d| d.get("ready")).map(String::as_str);
+                    if ready != Some("true") {
+                        let at = format!(
+                            "{}/{}",
+                            m.metadata.namespace.as_deref().unwrap_or_default(),
+                            m.metadata.name.as_deref().unwrap_or_default()
+                        );
+                        unmet.push(format!("gate {gate}: ConfigMap {at} says ready={}", ready.unwrap_or("(unset)")));
+                    }
+                }
+            }
+        }
+        Ok(unmet)
+    }
+
     pub async fn request_reboot(&self, node: &str, workflow: &str) -> Result<()> {
         let patch = json!({"metadata": {"annotations": {REBOOT_ANNOTATION: workflow}}});
         self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| gone(node, e))?;
         Ok(())
     }
+}
+
+/// The named node conditions that are not `True`, each with its status.
+fn unmet_conditions(node: &Node, wanted: &[String]) -> Vec<String> {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    wanted
+        .iter()
+        .filter_map(|want| match conditions.iter().find(|c| &c.type_ == want) {
+            Some(c) if c.status == "True" => None,
+            Some(c) => Some(format!("condition {want} is {}", c.status)),
+            None => Some(format!("condition {want} is not reported")),
+        })
+        .collect()
 }
 
 /// A 404 on the node itself means the node was deleted.
@@ -216,4 +265,22 @@ pub fn boot_and_ready(node: &Node) -> (String, bool) {
 
 fn pod_names(pod: &Pod) -> (String, String) {
     (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_conditions_must_be_reported_and_true() {
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}, "status": {"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "GPUHealthy", "status": "False"}]}}))
+        .unwrap();
+        let want = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        assert!(unmet_conditions(&node, &want(&["Ready"])).is_empty());
+        assert_eq!(
+            unmet_conditions(&node, &want(&["Ready", "GPUHealthy", "NetworkReady"])),
+            ["condition GPUHealthy is False", "condition NetworkReady is not reported"]
+        );
+    }
 }

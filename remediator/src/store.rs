@@ -118,6 +118,10 @@ pub struct Workflow {
     /// Whether the node was already cordoned (by someone else) when the workflow got its cordon
     /// permit: then it stays cordoned at the end. Unknown until then.
     pub was_cordoned: Option<bool>,
+    /// When the running timed step began (ms since the epoch): the drain, from its first
+    /// permit; the verification, from the node's return. Deadlines count from it, across
+    /// restarts.
+    pub step_started_at_ms: Option<i64>,
     /// Why it is in its state.
     pub reason: String,
 }
@@ -200,6 +204,7 @@ impl Store {
                     boot_id_before: None,
                     reboot_requested_at_ms: None,
                     was_cordoned: None,
+                    step_started_at_ms: None,
                     reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
                 };
                 sqlx::query(
@@ -260,7 +265,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, reboot_requested_at_ms = $5, \
-             reason = $6, done = $7, updated_at = $8, step_permit_id = $9, was_cordoned = $10 WHERE id = $1",
+             reason = $6, done = $7, updated_at = $8, step_permit_id = $9, was_cordoned = $10, \
+             step_started_at_ms = $11 WHERE id = $1",
         )
         .bind(wf.id.to_string())
         .bind(wf.state.as_str())
@@ -272,6 +278,7 @@ impl Store {
         .bind(text(at))
         .bind(wf.step_permit_id.map(|p| p.to_string()))
         .bind(wf.was_cordoned.map(i32::from))
+        .bind(wf.step_started_at_ms)
         .execute(&mut *tx)
         .await?;
         let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
@@ -295,7 +302,7 @@ impl Store {
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
             "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, step_permit_id, boot_id_before, \
-             reboot_requested_at_ms, was_cordoned, reason \
+             reboot_requested_at_ms, was_cordoned, step_started_at_ms, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -316,6 +323,7 @@ impl Store {
                     boot_id_before: r.try_get("boot_id_before")?,
                     reboot_requested_at_ms: r.try_get("reboot_requested_at_ms")?,
                     was_cordoned: r.try_get::<Option<i32>, _>("was_cordoned")?.map(|v| v != 0),
+                    step_started_at_ms: r.try_get("step_started_at_ms")?,
                     reason: r.try_get("reason")?,
                 })
             })
@@ -449,6 +457,8 @@ mod tests {
         wf.state = State::AwaitingBoot;
         wf.permit_id = Some(Uuid::now_v7());
         wf.boot_id_before = Some("boot-1".into());
+        wf.step_started_at_ms = Some(1_800_000_000_000);
+        wf.was_cordoned = Some(true);
         wf.reason = "reboot requested".into();
         s.transition(&wf).await.unwrap();
         let open = s.open_workflows("c1").await.unwrap();

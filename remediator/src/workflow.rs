@@ -5,7 +5,6 @@ use std::{sync::Arc, time::Duration};
 use chrono::Utc;
 use firebreak_plumbing::{kafka::Producer, retry};
 use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, deterministic_id};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -178,7 +177,6 @@ struct Runner {
     last_denial: Option<String>,
     evicted: usize,
     refused: usize,
-    started: Option<Instant>,
 }
 
 impl Runner {
@@ -264,6 +262,11 @@ impl Runner {
                 ctx.advance(wf, State::Cordoning, reason).await
             } else {
                 wf.step_permit_id = Some(id);
+                // The drain's deadline counts from its first permit, across restarts and
+                // permits lost and asked for again.
+                if op == Operation::Drain && wf.step_started_at_ms.is_none() {
+                    wf.step_started_at_ms = Some(ms(Utc::now()));
+                }
                 ctx.advance(wf, wf.state, reason).await
             };
         }
@@ -296,7 +299,8 @@ impl Runner {
     }
 
     async fn drain(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let started = *self.started.get_or_insert_with(Instant::now);
+        // (A workflow from before starts were persisted counts from now.)
+        let started = wf.step_started_at_ms.or_else(|| Some(ms(Utc::now())));
         loop {
             let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
             if pods.is_empty() {
@@ -334,7 +338,7 @@ impl Runner {
                     }
                 }
             }
-            if started.elapsed() > ctx.cfg.drain_timeout {
+            if since(started) > ctx.cfg.drain_timeout {
                 let names: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
                 return self.escalate(ctx, wf, format!(
                     "drain did not finish within {}s: {} pods remain ({}); {} evictions refused by PodDisruptionBudgets",
@@ -350,9 +354,8 @@ impl Runner {
             "drained: {} pods evicted, {} evictions refused by PodDisruptionBudgets and retried, in {:.1}s",
             self.evicted,
             self.refused,
-            started.elapsed().as_secs_f64()
+            since(started).as_secs_f64()
         );
-        self.started = None;
         ctx.advance_releasing(wf, State::Rebooting, reason, Release::Step).await
     }
 
@@ -361,6 +364,7 @@ impl Runner {
         if let Some(why) = cleared(wf, &node) {
             // Drained already: no reboot; verified from now, then back in service.
             wf.reboot_requested_at_ms = Some(ms(Utc::now()));
+            wf.step_started_at_ms = wf.reboot_requested_at_ms;
             let reason = format!("cleared before action: {why}; reboot skipped, the node is verified and put back");
             return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
         }
@@ -384,9 +388,10 @@ impl Runner {
     }
 
     async fn await_boot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let started = *self.started.get_or_insert_with(Instant::now);
+        // The reboot's deadline counts from its request, persisted before it was made.
+        let started = wf.reboot_requested_at_ms;
         let before = wf.boot_id_before.clone().unwrap_or_default();
-        let left = ctx.cfg.reboot_timeout.saturating_sub(started.elapsed());
+        let left = ctx.cfg.reboot_timeout.saturating_sub(since(started));
         // Back with a new boot id and Ready — or gone.
         let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
             n.is_none_or(|n| {
@@ -401,8 +406,8 @@ impl Runner {
         let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
         if done {
             let reason =
-                format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", started.elapsed().as_secs_f64());
-            self.started = None;
+                format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
+            wf.step_started_at_ms = Some(ms(Utc::now()));
             return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
         }
         let why = format!(
@@ -413,36 +418,53 @@ impl Runner {
     }
 
     async fn verify(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let since = wf.reboot_requested_at_ms.unwrap_or(0);
-        let started = Instant::now();
-        while started.elapsed() < ctx.cfg.quiet_period {
+        let faults_after = wf.reboot_requested_at_ms.unwrap_or(0);
+        // The quiet period and the readiness timeout count from the node's return, across restarts.
+        let started = wf.step_started_at_ms.or_else(|| Some(ms(Utc::now())));
+        let quiet = ctx.cfg.quiet_period;
+        let mut waiting_on: Option<Vec<String>> = None;
+        loop {
             let node = ctx.nodes.get(&wf.node).ok_or_else(|| Error::NodeGone(wf.node.clone()))?;
             let (boot, ready) = boot_and_ready(&node);
+            let elapsed = since(started);
             if !ready {
-                return self
-                    .escalate(
-                        ctx,
-                        wf,
-                        format!(
-                            "node went NotReady {:.1}s into the quiet period after reboot",
-                            started.elapsed().as_secs_f64()
-                        ),
-                    )
-                    .await;
+                let why = format!("node went NotReady {:.1}s into verification after reboot", elapsed.as_secs_f64());
+                return self.escalate(ctx, wf, why).await;
             }
-            if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, since).await? {
-                return self
-                    .escalate(
-                        ctx,
-                        wf,
-                        format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}"),
-                    )
-                    .await;
+            if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, faults_after).await? {
+                let why = format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}");
+                return self.escalate(ctx, wf, why).await;
+            }
+            if elapsed >= quiet {
+                let unmet = ctx.ops.readiness_unmet(&node, &ctx.cfg.readiness).await?;
+                if unmet.is_empty() {
+                    break;
+                }
+                if elapsed >= quiet + ctx.cfg.readiness.timeout {
+                    let why = format!(
+                        "readiness gates did not hold within {}s of the quiet period: {}",
+                        ctx.cfg.readiness.timeout.as_secs(),
+                        unmet.join("; ")
+                    );
+                    return self.escalate(ctx, wf, why).await;
+                }
+                // Recorded each time what is awaited changes, not every poll.
+                if waiting_on.as_ref() != Some(&unmet) {
+                    let reason = format!("quiet period passed; waiting for readiness gates: {}", unmet.join("; "));
+                    ctx.advance(wf, State::Verifying, reason).await?;
+                    waiting_on = Some(unmet);
+                }
             }
             ctx.sleep(Duration::from_millis(500)).await?;
         }
-        let reason =
-            format!("quiet period passed: Ready and no new critical fault for {}s", ctx.cfg.quiet_period.as_secs());
+        let gates = &ctx.cfg.readiness;
+        let held = if gates.conditions.is_empty() && gates.configmaps.is_empty() {
+            String::new()
+        } else {
+            let named: Vec<&str> = gates.conditions.iter().chain(&gates.configmaps).map(String::as_str).collect();
+            format!("; readiness gates hold ({})", named.join(", "))
+        };
+        let reason = format!("quiet period passed: Ready and no new critical fault for {}s{held}", quiet.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
     }
 
@@ -474,6 +496,11 @@ impl Runner {
         let reason = format!("needs a human: {why}; node left cordoned and tainted");
         ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await
     }
+}
+
+/// How long ago `at_ms` (ms since the epoch) was; zero when it is unknown or in the future.
+fn since(at_ms: Option<i64>) -> Duration {
+    at_ms.map_or(Duration::ZERO, |at| Duration::from_millis(u64::try_from(ms(Utc::now()) - at).unwrap_or(0)))
 }
 
 /// Why the fault that started the workflow no longer holds, if it does not: a `NodeNotReady`
@@ -528,6 +555,7 @@ mod tests {
             boot_id_before: None,
             reboot_requested_at_ms: None,
             was_cordoned: Some(false),
+            step_started_at_ms: None,
             reason: "cordoned".into(),
         };
         let step = Step { seq: 2, at: Utc::now() };

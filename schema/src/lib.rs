@@ -47,6 +47,10 @@ pub const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
 /// Node annotation of a node whose workflow escalated to a human (value: the workflow id). No
 /// fault starts new work on the node while it is there; an operator removes it to clear.
 pub const ESCALATED_ANNOTATION: &str = "firebreak.io/escalated";
+/// Label of a ConfigMap that is a readiness gate: its value names the gate.
+pub const READINESS_GATE_LABEL: &str = "firebreak.io/readiness-gate";
+/// Label of a readiness-gate ConfigMap: the node it speaks for.
+pub const READINESS_NODE_LABEL: &str = "firebreak.io/node";
 
 /// Everything that can go wrong turning bytes into events.
 #[derive(Debug, thiserror::Error)]
