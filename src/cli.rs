@@ -144,6 +144,9 @@ pub enum Command {
         /// How long after the quiet period to wait for the readiness gates before escalating.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         readiness_timeout: Duration,
+        /// Shadow mode: decide and record what each workflow would do, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     #[cfg(feature = "demo")]
@@ -327,6 +330,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             readiness_conditions,
             readiness_configmaps,
             readiness_timeout,
+            dry_run,
         } => {
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
@@ -345,6 +349,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 configmaps: readiness_configmaps,
                 timeout: readiness_timeout,
             };
+            cfg.dry_run = dry_run;
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)

@@ -88,6 +88,8 @@ pub struct StackOptions {
     pub eviction_retry: Duration,
     /// How long a remediator's drain may take before it escalates.
     pub drain_timeout: Duration,
+    /// Remediators in dry-run (shadow) mode.
+    pub dry_run: bool,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
     /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
@@ -120,6 +122,7 @@ impl StackOptions {
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(600),
+            dry_run: false,
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
@@ -310,6 +313,7 @@ impl Stack {
             rem.eviction_retry = opts.eviction_retry;
             rem.readiness = opts.readiness.clone();
             rem.drain_timeout = opts.drain_timeout;
+            rem.dry_run = opts.dry_run;
             remediator_runs.push((rem, client));
             for node in cluster.node_names() {
                 let agent = NodeAgent {

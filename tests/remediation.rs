@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{get_json, halt, no_permits, resume, stack, steps, wait_for};
+use common::{get_json, get_json_as, halt, no_permits, resume, stack, steps, wait_for};
 use firebreak::demo::Stack;
 use firebreak_fleet_sim::{Fault, RuntimeFailure};
 use k8s_openapi::api::core::v1::Node;
@@ -239,5 +239,27 @@ async fn a_drain_deadline_survives_remediator_restarts() {
     };
     assert!(why.contains("drain did not finish within 8s"), "{why}");
     assert!(began.elapsed() < Duration::from_secs(25), "escalated {:?} after the drain began", began.elapsed());
+    stack.shutdown().await;
+}
+
+/// Dry-run (shadow) mode: the fault is decided and the workflow records what it would do, and
+/// nothing is asked of the gate or done to the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_records_what_it_would_do_and_does_nothing() {
+    let stack = stack("dry-run", |o| o.dry_run = true).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the shadowed workflow", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "shadowed")
+    })
+    .await;
+    assert!(why.contains("dry run: would ask the gate for cordon, then cordon and taint, drain"), "{why}");
+    assert!(why.contains("default/web-"), "the pods it would evict are named: {why}");
+    let decisions = get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/decisions", stack.gate_url)).await;
+    assert_eq!(decisions, Some(json!([])), "nothing asked of the gate");
+    let touched: Vec<_> =
+        cluster.audit().into_iter().filter(|a| a.resource == "nodes" || a.resource == "pods").collect();
+    assert!(touched.is_empty(), "nothing done to nodes or pods: {touched:?}");
     stack.shutdown().await;
 }

@@ -17,7 +17,8 @@
 //! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
 //! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
 //! the cordon or the reboot ends the workflow as `cleared`; a node someone else uncordons
-//! mid-workflow ends it as `cancelled`; a cordon that was there before stays after.
+//! mid-workflow ends it as `cancelled`; a cordon that was there before stays after. In dry-run
+//! mode ([`Config::dry_run`]) each workflow records what it would do and ends as `shadowed`.
 //!
 //! State is written before each side effect and every action is idempotent, so a restarted
 //! remediator resumes where it stopped; step deadlines count from persisted times, so it also
@@ -125,6 +126,9 @@ pub struct Config {
     /// What must hold, beyond Ready, no recurrence and the quiet period, before a repaired node
     /// goes back into service.
     pub readiness: ReadinessGates,
+    /// Dry-run (shadow) mode: every fault is taken in and decided as usual, and each workflow
+    /// records what it would do — and ends; nothing is asked of the gate or done to the cluster.
+    pub dry_run: bool,
 }
 
 /// Readiness gates (Ant's "Full ReadinessGates + Condition ConfigMap"): every node condition
@@ -165,6 +169,7 @@ impl Config {
             reboot_timeout: Duration::from_secs(900),
             stale_after: Duration::from_secs(600),
             readiness: ReadinessGates::default(),
+            dry_run: false,
         }
     }
 }

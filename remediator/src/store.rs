@@ -44,6 +44,8 @@ pub enum State {
     /// Done: someone else uncordoned the node mid-workflow; Firebreak stepped back (its taint
     /// removed, their uncordon standing).
     Cancelled,
+    /// Done, in dry-run (shadow) mode: what would have been done is recorded; nothing was.
+    Shadowed,
 }
 
 impl State {
@@ -62,6 +64,7 @@ impl State {
             State::NodeGone => "node_gone",
             State::Cleared => "cleared",
             State::Cancelled => "cancelled",
+            State::Shadowed => "shadowed",
         }
     }
 
@@ -79,6 +82,7 @@ impl State {
             State::NodeGone,
             State::Cleared,
             State::Cancelled,
+            State::Shadowed,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -87,7 +91,10 @@ impl State {
 
     /// Whether the workflow has ended.
     pub fn is_done(self) -> bool {
-        matches!(self, State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled)
+        matches!(
+            self,
+            State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled | State::Shadowed
+        )
     }
 }
 

@@ -203,6 +203,7 @@ impl Runner {
             }
         }
         match wf.state {
+            State::PermitWait if ctx.cfg.dry_run => self.shadow(ctx, wf).await,
             State::PermitWait => self.acquire(ctx, wf, Operation::Cordon).await,
             State::Cordoning => {
                 ctx.holding(wf.permit_id)?;
@@ -227,7 +228,12 @@ impl Runner {
                 };
                 ctx.advance_releasing(wf, State::Healed, reason.into(), Release::All).await
             }
-            State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled => Ok(()),
+            State::Healed
+            | State::Escalated
+            | State::NodeGone
+            | State::Cleared
+            | State::Cancelled
+            | State::Shadowed => Ok(()),
         }
     }
 
@@ -466,6 +472,36 @@ impl Runner {
         };
         let reason = format!("quiet period passed: Ready and no new critical fault for {}s{held}", quiet.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
+    }
+
+    /// Dry run: records what the workflow would do on the node as it is now, and ends.
+    async fn shadow(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let node = ctx.ops.get(&wf.node).await?;
+        let reason = match cleared(wf, &node) {
+            Some(why) => format!("dry run: nothing would be done: {why}"),
+            None => {
+                let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
+                let names: Vec<String> = pods
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            p.metadata.namespace.as_deref().unwrap_or_default(),
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+                format!(
+                    "dry run: would ask the gate for cordon, then cordon{} and taint, drain {} pods ({}) under a \
+                     drain permit, reboot under a reboot permit, verify and uncordon; nothing was done",
+                    if cordoned { " (already cordoned by someone else: kept at the end)" } else { "" },
+                    names.len(),
+                    names.join(", ")
+                )
+            }
+        };
+        ctx.advance(wf, State::Shadowed, reason).await
     }
 
     /// The fault no longer holds before `action`: undo our isolation, give everything back, end.
