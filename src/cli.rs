@@ -147,6 +147,12 @@ pub enum Command {
         /// Shadow mode: decide and record what each workflow would do, and do nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also POST every escalation here, signed with `--escalation-webhook-secret`.
+        #[arg(long, value_parser = crate::parse_http_url)]
+        escalation_webhook: Option<String>,
+        /// The escalation webhook's HMAC-SHA256 secret.
+        #[arg(long, env = "FIREBREAK_ESCALATION_WEBHOOK_SECRET", hide_env_values = true)]
+        escalation_webhook_secret: Option<String>,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     #[cfg(feature = "demo")]
@@ -331,7 +337,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             readiness_configmaps,
             readiness_timeout,
             dry_run,
+            escalation_webhook,
+            escalation_webhook_secret,
         } => {
+            let escalation_webhook = match (escalation_webhook, escalation_webhook_secret) {
+                (None, _) => None,
+                (Some(url), Some(secret)) if !secret.is_empty() => {
+                    Some(firebreak_remediator::EscalationWebhook { url, secret })
+                }
+                (Some(_), _) => {
+                    return Err(crate::Error::Usage(
+                        "--escalation-webhook needs --escalation-webhook-secret (or FIREBREAK_ESCALATION_WEBHOOK_SECRET)"
+                            .into(),
+                    ));
+                }
+            };
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -350,6 +370,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 timeout: readiness_timeout,
             };
             cfg.dry_run = dry_run;
+            cfg.escalation_webhook = escalation_webhook;
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)

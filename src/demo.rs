@@ -90,6 +90,8 @@ pub struct StackOptions {
     pub drain_timeout: Duration,
     /// Remediators in dry-run (shadow) mode.
     pub dry_run: bool,
+    /// Where remediators POST escalations.
+    pub escalation_webhook: Option<firebreak_remediator::EscalationWebhook>,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
     /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
@@ -123,6 +125,7 @@ impl StackOptions {
             eviction_retry: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(600),
             dry_run: false,
+            escalation_webhook: None,
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
@@ -314,6 +317,7 @@ impl Stack {
             rem.readiness = opts.readiness.clone();
             rem.drain_timeout = opts.drain_timeout;
             rem.dry_run = opts.dry_run;
+            rem.escalation_webhook = opts.escalation_webhook.clone();
             remediator_runs.push((rem, client));
             for node in cluster.node_names() {
                 let agent = NodeAgent {

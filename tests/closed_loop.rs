@@ -247,7 +247,7 @@ async fn recurring_fault_escalates_to_a_human() {
 async fn fault_logged_during_boot_escalates_instead_of_healing() {
     // The boot-time fault must reach the remediator within the quiet period after the node is
     // Ready; give it room on a loaded machine (production's quiet period is 60 s).
-    let stack = stack("bad-dimm", |o| o.quiet_period = Duration::from_secs(10)).await;
+    let stack = stack("bad-dimm", |o| o.quiet_period = Duration::from_secs(20)).await;
     let cluster = stack.fleet.clusters()[0].clone();
     let node = format!("{}-node-002", cluster.name());
     cluster.inject(&node, Fault::BadDimm).unwrap();

@@ -340,22 +340,7 @@ async fn a_runaway_token_is_answered_429() {
 /// signed halt webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn changes_verdicts_flagger_and_signed_halt_webhooks() {
-    // A receiver for the webhook, checking nothing: the test checks what it got.
-    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String, Vec<u8>)>();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let tx = got_tx.clone();
-            async move {
-                let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                let _ = tx.send((h("x-firebreak-signature"), h("x-firebreak-event"), body.to_vec()));
-                "ok"
-            }
-        }),
-    );
-    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}/hook", hook_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(hook_listener, app).await.unwrap() });
+    let (hook_url, mut got) = common::webhook_receiver().await;
     // SAFETY of the test: only this test reads this variable.
     unsafe { std::env::set_var("FIREBREAK_TEST_HOOK_SECRET", "s3cret") };
     let mut policy = cordons(10, Duration::from_secs(60));

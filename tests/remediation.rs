@@ -122,21 +122,38 @@ async fn a_fault_that_cleared_while_its_workflow_waited_is_not_acted_on() {
 /// escalation annotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
-    let stack = stack("escalated", |o| o.quiet_period = Duration::from_secs(10)).await;
+    let (hook, mut got) = common::webhook_receiver().await;
+    let stack = stack("escalated", |o| {
+        // The fault a failing DIMM logs during boot must arrive within the quiet period, on a
+        // loaded machine too.
+        o.quiet_period = Duration::from_secs(20);
+        o.escalation_webhook =
+            Some(firebreak_remediator::EscalationWebhook { url: hook.clone(), secret: "s3cret".into() });
+    })
+    .await;
     let cluster = stack.fleet.clusters()[0].clone();
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let nodes: Api<Node> = Api::all(client);
     let node = format!("{}-node-002", cluster.name());
     cluster.inject(&node, Fault::BadDimm).unwrap();
-    wait_for("escalation", Duration::from_secs(60), || async {
-        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    let (end, why) = wait_for("the workflow's end", Duration::from_secs(90), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated" || s == "healed")
     })
     .await;
+    assert_eq!(end, "escalated", "{why}");
     let first = workflows(&stack, &node).await;
     assert_eq!(first.len(), 1);
     let n = nodes.get(&node).await.unwrap();
     let mark = n.metadata.annotations.unwrap_or_default().get(firebreak_schema::ESCALATED_ANNOTATION).cloned();
     assert_eq!(mark.as_ref(), first.iter().next(), "the node names the escalated workflow");
+    // The escalation was also POSTed, signed.
+    let (sig, event, body) = tokio::time::timeout(Duration::from_secs(10), got.recv()).await.unwrap().unwrap();
+    assert_eq!(event, "escalated");
+    assert_eq!(sig, firebreak_plumbing::webhook::signature(b"s3cret", &body));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["workflow_id"].as_str(), mark.as_deref());
+    assert_eq!(body["node"], node.as_str());
+    assert!(body["reason"].as_str().unwrap().contains("needs a human"), "{body}");
 
     // Later faults start nothing: no drain, no reboot again.
     cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();

@@ -62,6 +62,15 @@ impl Follower {
         }
     }
 
+    /// The log started over (the host booted again): the next poll opens it afresh (a log
+    /// replaced by a new file included) and reads it from its start.
+    pub fn restart(&mut self) {
+        self.file = None;
+        self.offset = 0;
+        self.partial.clear();
+        self.last_seq = None;
+    }
+
     /// Reads every complete record appended since the last call. A log that starts over (a
     /// reboot truncated it, or the sequence number went back) is read again from its start.
     pub fn poll(&mut self) -> Result<Vec<Record>> {
@@ -165,6 +174,14 @@ mod tests {
         assert!(f.poll().unwrap().is_empty());
         std::fs::write(&log, "6,0,1,-;new boot\n").unwrap();
         assert_eq!(f.poll().unwrap()[0].message, "new boot");
+        // A new boot's log no shorter than the old one, put in place as a new file: only the
+        // restart (told by the boot id) finds it.
+        let fresh = dir.join("dev/kmsg.new");
+        std::fs::write(&fresh, "6,0,9,-;third boot, a longer first line\n").unwrap();
+        std::fs::rename(&fresh, &log).unwrap();
+        assert!(f.poll().unwrap().is_empty(), "the old file, still open, has nothing new");
+        f.restart();
+        assert_eq!(f.poll().unwrap()[0].message, "third boot, a longer first line");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

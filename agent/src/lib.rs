@@ -80,6 +80,7 @@ impl NodeAgent {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        let mut boot: Option<String> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -94,6 +95,16 @@ impl NodeAgent {
                     }
                 }
                 _ = poll.tick() => {
+                    // A new boot id: the host booted again and its kernel log started over.
+                    // (An unreadable boot id tells nothing.)
+                    let (_, now_booted) = boot_facts(&self.host_root);
+                    if !now_booted.is_empty() {
+                        if boot.as_ref().is_some_and(|b| *b != now_booted) {
+                            tracing::info!(boot_id = %now_booted, "new boot; reading its kernel log from the start");
+                            follower.restart();
+                        }
+                        boot = Some(now_booted);
+                    }
                     let records = match follower.poll() {
                         Ok(r) => r,
                         Err(error) => {

@@ -7,7 +7,8 @@
 //!   event is published until the brokers have it, and how a record is decoded;
 //! - `db` (feature `db`): how a service opens and migrates its database with `sqlx`;
 //! - `auth` (feature `http`): bearer tokens with roles for every HTTP API, as an axum middleware;
-//! - `serve` (feature `http`): serving an axum app over HTTP or HTTPS (rustls).
+//! - `serve` (feature `http`): serving an axum app over HTTP or HTTPS (rustls);
+//! - `webhook` (feature `webhook`): signed webhook POSTs (HMAC-SHA256), retried in the background.
 //!
 //! Services may depend on this crate as they depend on `schema`; it depends on no service. The
 //! agent uses only `retry` and `kafka`, so it stays without SQL.
@@ -21,6 +22,8 @@ pub mod kafka;
 pub mod retry;
 #[cfg(feature = "http")]
 pub mod serve;
+#[cfg(feature = "webhook")]
+pub mod webhook;
 
 /// Everything that can go wrong in the shared plumbing.
 #[derive(Debug, thiserror::Error)]

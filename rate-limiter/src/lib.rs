@@ -31,10 +31,10 @@ mod store;
 
 use std::{path::PathBuf, sync::Arc};
 
+pub use firebreak_plumbing::webhook::signature;
 use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig, serve::Tls};
 pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
-pub use notify::signature;
 pub use policy::{
     ApiRate, Breaker, BreakerScope, Freeze, HealthRule, Limits, NoData, OperationPolicy, Percent, Policy, PromQuery,
     RuleScope, Webhook, Window,

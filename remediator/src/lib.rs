@@ -126,9 +126,22 @@ pub struct Config {
     /// What must hold, beyond Ready, no recurrence and the quiet period, before a repaired node
     /// goes back into service.
     pub readiness: ReadinessGates,
+    /// Where an escalation is also POSTed, signed (besides the remediation topic).
+    pub escalation_webhook: Option<EscalationWebhook>,
     /// Dry-run (shadow) mode: every fault is taken in and decided as usual, and each workflow
     /// records what it would do — and ends; nothing is asked of the gate or done to the cluster.
     pub dry_run: bool,
+}
+
+/// A webhook told of every escalation: `{"event": "escalated", "workflow_id", "cluster", "node",
+/// "fault_kind", "trigger_event_id", "reason"}`, signed `X-Firebreak-Signature: sha256=HMAC(secret,
+/// body)` (`firebreak_plumbing::webhook`). A receiver dedupes by `workflow_id`.
+#[derive(Debug, Clone)]
+pub struct EscalationWebhook {
+    /// `http(s)://…`.
+    pub url: String,
+    /// The shared secret.
+    pub secret: String,
 }
 
 /// Readiness gates (Ant's "Full ReadinessGates + Condition ConfigMap"): every node condition
@@ -170,6 +183,7 @@ impl Config {
             stale_after: Duration::from_secs(600),
             readiness: ReadinessGates::default(),
             dry_run: false,
+            escalation_webhook: None,
         }
     }
 }
@@ -188,6 +202,7 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),
         gate,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
         nodes: node_cache::NodeCache::start(client.clone(), cancel.clone()),
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),

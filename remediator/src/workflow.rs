@@ -32,6 +32,7 @@ pub(crate) struct Ctx {
     pub(crate) nodes: NodeCache,
     pub(crate) held: Held,
     pub(crate) gate: GateClient,
+    pub(crate) http: reqwest::Client,
     pub(crate) producer: Producer,
     pub(crate) metrics: crate::Metrics,
     pub(crate) cancel: CancellationToken,
@@ -530,7 +531,24 @@ impl Runner {
         // which only an operator removes (see `escalation` at intake).
         ctx.ops.mark_escalated(&wf.node, &wf.id.to_string()).await?;
         let reason = format!("needs a human: {why}; node left cordoned and tainted");
-        ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await
+        ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await?;
+        if let Some(hook) = &ctx.cfg.escalation_webhook {
+            let body = serde_json::json!({"event": "escalated", "workflow_id": wf.id, "cluster": wf.cluster,
+                "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
+                "reason": wf.reason});
+            let what = format!("escalation {} webhook", wf.id);
+            let body = serde_json::to_vec(&body).unwrap_or_default();
+            firebreak_plumbing::webhook::deliver(
+                &ctx.http,
+                &hook.url,
+                hook.secret.as_bytes(),
+                "escalated",
+                body,
+                what,
+                &ctx.cancel,
+            );
+        }
+        Ok(())
     }
 }
 

@@ -258,3 +258,27 @@ pub async fn no_permits(stack: &Stack) {
     })
     .await;
 }
+
+/// What a webhook receiver got: signature header, event header, body.
+pub type Delivery = (String, String, Vec<u8>);
+
+/// A webhook receiver on a free port, checking nothing (the test checks what it got): its URL
+/// and what it receives.
+pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
+    let (got_tx, got) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let tx = got_tx.clone();
+            async move {
+                let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let _ = tx.send((h("x-firebreak-signature"), h("x-firebreak-event"), body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
