@@ -84,6 +84,24 @@ fn the_gate_refuses_to_start_without_tokens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("the gate needs tokens"), "{out:?}");
     let out = firebreak(&["remediator", "--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--gate-token"));
+    let remediator = [
+        "remediator",
+        "--cluster",
+        "c1",
+        "--kubeconfig",
+        "/nonexistent",
+        "--kafka-brokers",
+        "127.0.0.1:1",
+        "--gate-token",
+        "t",
+    ];
+    let out = firebreak(&[&remediator[..], &["--escalation-webhook", "http://127.0.0.1:1/hook"]].concat());
+    assert!(!out.status.success(), "a webhook without its secret is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --escalation-webhook-secret"), "{out:?}");
+    let out = firebreak(
+        &[&remediator[..], &["--escalation-webhook", "ftp://x", "--escalation-webhook-secret", "s"]].concat(),
+    );
+    assert!(!out.status.success(), "only http(s) webhooks");
     let out = firebreak(&["gate", "status", "--gate-url", "http://", "--token", "x"]);
     assert!(!out.status.success(), "a URL without a host is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no host"), "{out:?}");

@@ -257,9 +257,11 @@ async fn watch_pods(
             Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
             Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
                 // Read before the counts are locked: `publish_samples` takes them in that order.
-                let domains = p.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| {
-                    nodes.borrow().get(n).map(|seen| seen.domains.iter().map(|(k, v)| format!("{k}={v}")).collect())
-                });
+                let domains = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .and_then(|n| nodes.borrow().get(n).map(Seen::domain_keys));
                 lock(&counts).pods.apply(&p, Utc::now(), domains)
             }
             Some(Ok(watcher::Event::Delete(p))) => lock(&counts).pods.delete(&p),
@@ -278,11 +280,16 @@ struct Seen {
     domains: BTreeMap<String, String>,
 }
 
+impl Seen {
+    /// Its failure domains as the health sample names them: `label=value`.
+    fn domain_keys(&self) -> Vec<String> {
+        self.domains.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}
+
 /// The health sample: the nodes seen, pod starts and faults counted.
 fn sample(cfg: &Config, nodes: &BTreeMap<String, Seen>, counts: &mut Counts, at: DateTime<Utc>) -> HealthSample {
-    let domains_of = |node: &str| -> Vec<String> {
-        nodes.get(node).map(|n| n.domains.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default()
-    };
+    let domains_of = |node: &str| -> Vec<String> { nodes.get(node).map(Seen::domain_keys).unwrap_or_default() };
     let (pod_starts, pod_starts_by_domain, pods_unschedulable) = counts.pods.measure(at, domains_of);
     let since = at - chrono::TimeDelta::from_std(cfg.pod_window).unwrap_or_default();
     while counts.faults.front().is_some_and(|(t, _)| *t < since) {

@@ -203,25 +203,7 @@ impl NodeOps {
         let name = node.metadata.name.as_deref().unwrap_or_default();
         let lp = ListParams::default().labels(&format!("{READINESS_NODE_LABEL}={name}"));
         let maps = self.configmaps.list(&lp).await?.items;
-        for gate in &gates.configmaps {
-            let of_gate = |m: &&ConfigMap| {
-                m.metadata.labels.as_ref().and_then(|l| l.get(READINESS_GATE_LABEL)).is_some_and(|g| g == gate)
-            };
-            match maps.iter().find(of_gate) {
-                None => unmet.push(format!("gate {gate}: no ConfigMap for the node yet")),
-                Some(m) => {
-                    let ready = m.data.as_ref().and_then(|d| d.get("ready")).map(String::as_str);
-                    if ready != Some("true") {
-                        let at = format!(
-                            "{}/{}",
-                            m.metadata.namespace.as_deref().unwrap_or_default(),
-                            m.metadata.name.as_deref().unwrap_or_default()
-                        );
-                        unmet.push(format!("gate {gate}: ConfigMap {at} says ready={}", ready.unwrap_or("(unset)")));
-                    }
-                }
-            }
-        }
+        unmet.extend(unmet_configmaps(&maps, &gates.configmaps));
         Ok(unmet)
     }
 
@@ -245,6 +227,32 @@ fn unmet_conditions(node: &Node, wanted: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The named gates whose ConfigMap (among `maps`, the node's) is missing or does not say
+/// `data.ready: "true"`, each with why.
+fn unmet_configmaps(maps: &[ConfigMap], gates: &[String]) -> Vec<String> {
+    let mut unmet = Vec::new();
+    for gate in gates {
+        let of_gate = |m: &&ConfigMap| {
+            m.metadata.labels.as_ref().and_then(|l| l.get(READINESS_GATE_LABEL)).is_some_and(|g| g == gate)
+        };
+        match maps.iter().find(of_gate) {
+            None => unmet.push(format!("gate {gate}: no ConfigMap for the node yet")),
+            Some(m) => {
+                let ready = m.data.as_ref().and_then(|d| d.get("ready")).map(String::as_str);
+                if ready != Some("true") {
+                    let at = format!(
+                        "{}/{}",
+                        m.metadata.namespace.as_deref().unwrap_or_default(),
+                        m.metadata.name.as_deref().unwrap_or_default()
+                    );
+                    unmet.push(format!("gate {gate}: ConfigMap {at} says ready={}", ready.unwrap_or("(unset)")));
+                }
+            }
+        }
+    }
+    unmet
+}
+
 /// A 404 on the node itself means the node was deleted.
 fn gone(node: &str, e: kube::Error) -> Error {
     match e {
@@ -263,13 +271,38 @@ pub fn boot_and_ready(node: &Node) -> (String, bool) {
     (boot, ready)
 }
 
-fn pod_names(pod: &Pod) -> (String, String) {
+pub(crate) fn pod_names(pod: &Pod) -> (String, String) {
     (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gate_configmap_must_exist_and_say_exactly_ready_true() {
+        let map = |name: &str, gate: Option<&str>, data: serde_json::Value| -> ConfigMap {
+            let labels = gate.map(|g| json!({READINESS_GATE_LABEL: g, READINESS_NODE_LABEL: "n1"}));
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ops", "labels": labels},
+                "data": data}))
+            .unwrap()
+        };
+        let maps = [
+            map("ok", Some("storage"), json!({"ready": "true"})),
+            map("shouty", Some("gpu"), json!({"ready": "True"})),
+            map("empty", Some("net"), json!(null)),
+            map("unlabelled", None, json!({"ready": "true"})),
+        ];
+        let gates: Vec<String> = ["storage", "gpu", "net", "dns"].iter().map(|g| (*g).to_owned()).collect();
+        assert_eq!(
+            unmet_configmaps(&maps, &gates),
+            [
+                "gate gpu: ConfigMap ops/shouty says ready=True",
+                "gate net: ConfigMap ops/empty says ready=(unset)",
+                "gate dns: no ConfigMap for the node yet",
+            ]
+        );
+    }
 
     #[test]
     fn readiness_conditions_must_be_reported_and_true() {

@@ -149,6 +149,30 @@ pub struct Store {
     pool: AnyPool,
 }
 
+/// Appends a line to a workflow's step log, next in its sequence; its place.
+async fn append_step(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    workflow: Uuid,
+    state: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<i64> {
+    let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
+        .bind(workflow.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+    sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(workflow.to_string())
+        .bind(seq)
+        .bind(state)
+        .bind(reason)
+        .bind(text(at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
 fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -288,19 +312,7 @@ impl Store {
         .bind(wf.step_started_at_ms)
         .execute(&mut *tx)
         .await?;
-        let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
-            .bind(wf.id.to_string())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-        sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(wf.id.to_string())
-            .bind(seq)
-            .bind(wf.state.as_str())
-            .bind(&wf.reason)
-            .bind(text(at))
-            .execute(&mut *tx)
-            .await?;
+        let seq = append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, at).await?;
         tx.commit().await?;
         Ok(Step { seq, at })
     }
@@ -364,19 +376,13 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 1 {
-            let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
-                .bind(workflow.to_string())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-            sqlx::query(
-                "INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, 'escalated', $3, $4)",
+            append_step(
+                &mut tx,
+                workflow,
+                State::Escalated.as_str(),
+                &format!("escalation cleared: {how}"),
+                Utc::now(),
             )
-            .bind(workflow.to_string())
-            .bind(seq)
-            .bind(format!("escalation cleared: {how}"))
-            .bind(text(Utc::now()))
-            .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;

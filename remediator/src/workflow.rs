@@ -12,7 +12,7 @@ use crate::{
     Config, Error, Result, State, Store, Workflow,
     gate::GateClient,
     node_cache::NodeCache,
-    node_ops::{Eviction, NodeOps, boot_and_ready},
+    node_ops::{Eviction, NodeOps, boot_and_ready, pod_names},
     permits::Held,
     store::{Step, ms},
 };
@@ -482,16 +482,7 @@ impl Runner {
             Some(why) => format!("dry run: nothing would be done: {why}"),
             None => {
                 let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
-                let names: Vec<String> = pods
-                    .iter()
-                    .map(|p| {
-                        format!(
-                            "{}/{}",
-                            p.metadata.namespace.as_deref().unwrap_or_default(),
-                            p.metadata.name.as_deref().unwrap_or_default()
-                        )
-                    })
-                    .collect();
+                let names: Vec<String> = pods.iter().map(pod_names).map(|(ns, name)| format!("{ns}/{name}")).collect();
                 let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
                 format!(
                     "dry run: would ask the gate for cordon, then cordon{} and taint, drain {} pods ({}) under a \
