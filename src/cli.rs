@@ -144,6 +144,10 @@ pub enum Command {
         /// How long after the quiet period to wait for the readiness gates before escalating.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         readiness_timeout: Duration,
+        /// The remediation policy (TOML: processes, ladders, the attempt budget); the built-in
+        /// one without it (`firebreak check-remediation-policy` prints it).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Shadow mode: decide and record what each workflow would do, and do nothing.
         #[arg(long)]
         dry_run: bool,
@@ -153,6 +157,12 @@ pub enum Command {
         /// The escalation webhook's HMAC-SHA256 secret.
         #[arg(long, env = "FIREBREAK_ESCALATION_WEBHOOK_SECRET", hide_env_values = true)]
         escalation_webhook_secret: Option<String>,
+    },
+    /// Checks a remediation policy file and prints it with its defaults filled in (the built-in
+    /// policy, with the reasons for its choices, without a file).
+    CheckRemediationPolicy {
+        /// The TOML policy file.
+        file: Option<PathBuf>,
     },
     /// Simulated clusters speaking the Kubernetes API, for trying things out with kubectl.
     #[cfg(feature = "demo")]
@@ -325,6 +335,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", firebreak_plumbing::auth::hash(secret.trim_end_matches(['\r', '\n'])));
             Ok(())
         }
+        Command::CheckRemediationPolicy { file: None } => {
+            print!("{}", firebreak_remediator::policy::DEFAULT_POLICY);
+            Ok(())
+        }
+        Command::CheckRemediationPolicy { file: Some(file) } => {
+            print!("{}", firebreak_remediator::Policy::load(&file)?.to_toml());
+            Ok(())
+        }
         Command::Remediator {
             on,
             gate_url,
@@ -336,10 +354,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             readiness_conditions,
             readiness_configmaps,
             readiness_timeout,
+            policy,
             dry_run,
             escalation_webhook,
             escalation_webhook_secret,
         } => {
+            let policy = match policy {
+                Some(p) => firebreak_remediator::Policy::load(&p)?,
+                None => firebreak_remediator::Policy::default(),
+            };
             let escalation_webhook = match (escalation_webhook, escalation_webhook_secret) {
                 (None, _) => None,
                 (Some(url), Some(secret)) if !secret.is_empty() => {
@@ -370,6 +393,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 timeout: readiness_timeout,
             };
             cfg.dry_run = dry_run;
+            cfg.policy = policy;
             cfg.escalation_webhook = escalation_webhook;
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;

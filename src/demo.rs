@@ -90,6 +90,8 @@ pub struct StackOptions {
     pub drain_timeout: Duration,
     /// Remediators in dry-run (shadow) mode.
     pub dry_run: bool,
+    /// The remediators' policy: processes, ladders, the attempt budget.
+    pub remediation: firebreak_remediator::Policy,
     /// Where remediators POST escalations.
     pub escalation_webhook: Option<firebreak_remediator::EscalationWebhook>,
     /// Agent heartbeat period.
@@ -125,6 +127,7 @@ impl StackOptions {
             eviction_retry: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(600),
             dry_run: false,
+            remediation: firebreak_remediator::Policy::default(),
             escalation_webhook: None,
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
@@ -317,6 +320,7 @@ impl Stack {
             rem.readiness = opts.readiness.clone();
             rem.drain_timeout = opts.drain_timeout;
             rem.dry_run = opts.dry_run;
+            rem.policy = opts.remediation.clone();
             rem.escalation_webhook = opts.escalation_webhook.clone();
             remediator_runs.push((rem, client));
             for node in cluster.node_names() {

@@ -215,17 +215,17 @@ async fn recurring_fault_escalates_to_a_human() {
     let stack = stack("escalate", |o| o.quiet_period = Duration::from_secs(8)).await;
     let cluster = stack.fleet.clusters()[0].clone();
     let node = format!("{}-node-004", cluster.name());
-    cluster.inject(&node, Fault::KernelHung).unwrap();
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
     wait_for("the quiet period after the reboot", Duration::from_secs(60), || async {
         steps(&stack, &node).await.iter().any(|(s, _)| s == "verifying").then_some(())
     })
     .await;
-    cluster.inject(&node, Fault::KernelHung).unwrap();
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     let (_, why) = wait_for("escalation", Duration::from_secs(20), || async {
         steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
     })
     .await;
-    assert!(why.contains("fault recurred after the reboot request: KernelHung"), "{why}");
+    assert!(why.contains("fault recurred after the reboot request: MemoryUncorrectable"), "{why}");
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let n = Api::<Node>::all(client).get(&node).await.unwrap();
     assert!(common::out_of_service(&n), "left cordoned for a human");
@@ -284,7 +284,7 @@ async fn a_deleted_node_ends_its_workflow_as_node_gone() {
     let node = format!("{}-node-003", cluster.name());
     // Hold the workflow before its cordon: an operator halts the cluster.
     let halt = common::halt(&stack, cluster.name(), &[]).await;
-    cluster.inject(&node, Fault::KernelHung).unwrap();
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
     wait_for("the workflow held by the halt", Duration::from_secs(20), || async {
         steps(&stack, &node)
             .await

@@ -158,7 +158,7 @@ async fn a_storm_on_half_the_cluster_is_held_to_twenty_percent() {
     let victims: Vec<String> = cluster.node_names().into_iter().step_by(2).collect();
     assert_eq!(victims.len(), 50);
     for node in &victims {
-        cluster.inject(node, Fault::KernelHung).unwrap();
+        cluster.inject(node, Fault::ReadonlyFilesystem).unwrap();
     }
     for node in &victims {
         wait_for(&format!("{node} healed"), Duration::from_secs(240), || healed(&stack, node)).await;

@@ -1,7 +1,7 @@
 //! The remediator leaves humans' decisions standing: a fault that cleared while its workflow
 //! waited is not acted on; a node cordoned before Firebreak took it stays cordoned after the
 //! repair; a node a human uncordons mid-workflow cancels the workflow; an escalated node gets
-//! no new work until an operator clears it.
+//! no new work until an operator clears it. The repair ladder climbs, and ends with a human.
 
 mod common;
 
@@ -46,7 +46,7 @@ async fn a_human_uncordon_cancels_and_an_admin_cordon_stays() {
     // Held after its cordon (drains are halted), a workflow's node is uncordoned by a human.
     let node = format!("{}-node-004", cluster.name());
     let drains = halt(&stack, cluster.name(), &["drain"]).await;
-    cluster.inject(&node, Fault::KernelHung).unwrap();
+    cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
     wait_for("the workflow waiting for its drain permit", Duration::from_secs(30), || async {
         steps(&stack, &node)
             .await
@@ -168,7 +168,7 @@ async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
     // An operator clears it (and uncordons); the next fault is remediated again.
     let clear = json!({"metadata": {"annotations": {firebreak_schema::ESCALATED_ANNOTATION: null}}});
     nodes.patch(&node, &PatchParams::default(), &Patch::Merge(&clear)).await.unwrap();
-    cluster.inject(&node, Fault::KernelHung).unwrap();
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     wait_for("a new workflow after the clearance", Duration::from_secs(30), || async {
         (workflows(&stack, &node).await.len() == 2).then_some(())
     })
@@ -278,5 +278,63 @@ async fn dry_run_records_what_it_would_do_and_does_nothing() {
     let touched: Vec<_> =
         cluster.audit().into_iter().filter(|a| a.resource == "nodes" || a.resource == "pods").collect();
     assert!(touched.is_empty(), "nothing done to nodes or pods: {touched:?}");
+    stack.shutdown().await;
+}
+
+/// The repair ladder: a memory error is repaired by a reboot; when it comes back after the
+/// repair held, the next rung is a human — the node is cordoned and escalated, not drained and
+/// rebooted again. One hung task is recorded and left alone; the third within 15 minutes starts
+/// a reboot (the default policy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ladder_climbs_to_a_human_and_hung_tasks_need_three() {
+    let stack = stack("ladder", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-001", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the first repair", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.iter().any(|(s, _)| s == "healed").then_some(())
+    })
+    .await;
+    let first = workflows(&stack, &node).await;
+    let (_, started) = steps(&stack, &node).await.into_iter().next().unwrap();
+    assert!(started.contains("repair: reboot (process `memory`, rung 1 of 2 (reboot → human))"), "{started}");
+
+    // The fault comes back: the second rung.
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the escalation", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    assert!(why.contains("needs a human") && why.contains("rung 2 of 2"), "{why}");
+    assert!(why.contains(first.iter().next().unwrap()), "the repair that did not hold is named: {why}");
+    let all = steps(&stack, &node).await;
+    let second: Vec<&str> = all.iter().skip_while(|(s, _)| s != "healed").skip(1).map(|(s, _)| s.as_str()).collect();
+    assert_eq!(second, ["permit_wait", "cordoning", "escalated"], "no drain, no reboot the second time");
+    let n = nodes.get(&node).await.unwrap();
+    assert!(tainted(&n) && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true), "left isolated");
+    assert!(n.metadata.annotations.unwrap_or_default().contains_key(firebreak_schema::ESCALATED_ANNOTATION));
+    no_permits(&stack).await;
+
+    // Hung tasks: two are recorded and start nothing; the third starts a reboot.
+    let hung = format!("{}-node-002", cluster.name());
+    let url = format!("{}/api/v1/events?node={hung}", stack.event_center_url);
+    for n in 1..=2 {
+        cluster.inject(&hung, Fault::KernelHung).unwrap();
+        wait_for("the hung task recorded", Duration::from_secs(20), || async {
+            let events = get_json(&url).await?;
+            (events.as_array()?.iter().filter(|e| e["kind"] == "KernelHung").count() == n).then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(workflows(&stack, &hung).await.is_empty(), "two hung tasks are not worth a reboot");
+    cluster.inject(&hung, Fault::KernelHung).unwrap();
+    let (_, started) = wait_for("a workflow on the third", Duration::from_secs(20), || async {
+        steps(&stack, &hung).await.into_iter().next()
+    })
+    .await;
+    assert!(started.starts_with("warning KernelHung fault") && started.contains("process `hung-tasks`"), "{started}");
     stack.shutdown().await;
 }

@@ -32,7 +32,7 @@ pub fn defaults() -> Vec<Rule> {
             FaultKind::ReadonlyFilesystem,
             Severity::Critical,
         ),
-        ("hung-task", r"task \S+ blocked for more than \d+ seconds", FaultKind::KernelHung, Severity::Critical),
+        ("hung-task", r"task \S+ blocked for more than \d+ seconds", FaultKind::KernelHung, Severity::Warning),
         ("kubelet-oom", r"Out of memory: Killed process \d+ \(kubelet\)", FaultKind::KubeletDown, Severity::Critical),
     ];
     specs

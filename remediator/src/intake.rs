@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use firebreak_schema::{FaultClass, FaultEvent, Severity};
+use firebreak_schema::FaultEvent;
 use uuid::Uuid;
 
-use crate::store::{Step, Workflow};
+use crate::{
+    policy::{Policy, Rung},
+    store::{Step, Workflow},
+};
 
 /// What the intake decided about one consumed fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,31 @@ pub enum Intake {
     Started(Box<Workflow>, Step),
 }
 
+/// What the store knows about a node when a new fault of it arrives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct History {
+    /// The node's open workflow.
+    pub(crate) open_workflow: Option<Uuid>,
+    /// The node's escalated workflow no operator has cleared.
+    pub(crate) escalated: Option<Uuid>,
+    /// Faults of the node the fault's process takes, within its `within`, this one included.
+    pub(crate) occurrences: u32,
+    /// The node's repairs (workflows that healed it) within the budget window since an operator
+    /// last cleared an escalation on it, oldest first: (workflow, process).
+    pub(crate) repairs: Vec<(Uuid, String)>,
+}
+
+/// What a started workflow is to do, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The policy's process that took the fault.
+    pub(crate) process: String,
+    /// The repair.
+    pub(crate) rung: Rung,
+    /// Why this rung: the ladder's place, the repairs before, the budget.
+    pub(crate) why: String,
+}
+
 /// The decision for a fault that was not seen before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -31,45 +59,101 @@ pub(crate) enum Verdict {
     /// Record only, with why.
     Ignore(String),
     /// Start a workflow.
-    Start,
+    Start(Plan),
 }
 
 /// Decides on a new fault. Rules, in order: a node with an open workflow gets the fault
-/// attached (never a second workflow); a node escalated to a human (`escalated`, until an
-/// operator clears it) is left alone; a fault observed longer ago than `stale_after` is
-/// history (a replayed topic), not a reason to act; only critical faults are remediated; a
-/// fault our own remediation caused starts nothing; component faults are not repaired by a
-/// reboot, the one repair there is today.
+/// attached (never a second workflow); a node escalated to a human (until an operator clears
+/// it) is left alone; a fault observed longer ago than `stale_after` is history (a replayed
+/// topic), not a reason to act; a fault our own remediation caused starts nothing; a fault no
+/// process of the policy takes is left alone, as is one the process needs more of. Then the
+/// ladder: the rung after the node's earlier repairs by the same process, or a human once the
+/// ladder or the node's attempt budget is spent.
 pub(crate) fn decide(
     e: &FaultEvent,
-    open_workflow: Option<Uuid>,
-    escalated: Option<Uuid>,
+    policy: &Policy,
+    history: &History,
     now: DateTime<Utc>,
     stale_after: Duration,
 ) -> Verdict {
     let ours = e.evidence.get("caused_by_remediation").is_some_and(|v| v == "true");
     let age = (now - e.observed_at).num_seconds();
-    if let Some(id) = open_workflow {
-        Verdict::Attach(id)
-    } else if let Some(wf) = escalated {
-        Verdict::Ignore(format!(
+    if let Some(id) = history.open_workflow {
+        return Verdict::Attach(id);
+    }
+    if let Some(wf) = history.escalated {
+        return Verdict::Ignore(format!(
             "the node needs a human since workflow {wf} escalated; nothing starts on it until an operator clears \
              that (removes the node's {} annotation)",
             firebreak_schema::ESCALATED_ANNOTATION
-        ))
-    } else if age > i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX) {
-        Verdict::Ignore(format!("observed {age}s ago, older than the {}s limit", stale_after.as_secs()))
-    } else if e.severity != Severity::Critical {
-        Verdict::Ignore(format!("severity {} (only critical faults are remediated)", e.severity))
-    } else if ours {
-        Verdict::Ignore("caused by our own remediation".into())
-    } else if e.class == FaultClass::Component {
-        Verdict::Ignore(format!("{} is a component fault; reboot does not repair it", e.kind))
-    } else {
-        Verdict::Start
+        ));
     }
+    if age > i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX) {
+        return Verdict::Ignore(format!("observed {age}s ago, older than the {}s limit", stale_after.as_secs()));
+    }
+    if ours {
+        return Verdict::Ignore("caused by our own remediation".into());
+    }
+    let Some(process) = policy.process_for(e.kind, e.severity) else {
+        return Verdict::Ignore(format!(
+            "no process of the remediation policy takes {} at severity {}",
+            e.kind, e.severity
+        ));
+    };
+    if history.occurrences < process.occurrences {
+        return Verdict::Ignore(format!(
+            "{} of the {} faults within {} that process `{}` needs before it acts",
+            history.occurrences,
+            process.occurrences,
+            humantime::format_duration(process.within),
+            process.name
+        ));
+    }
+    let budget = &policy.budget;
+    let window = humantime::format_duration(budget.window);
+    let ids = |r: &[&(Uuid, String)]| r.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ");
+    let all: Vec<&(Uuid, String)> = history.repairs.iter().collect();
+    let same: Vec<&(Uuid, String)> = all.iter().copied().filter(|(_, p)| *p == process.name).collect();
+    let ladder: Vec<&str> = process.ladder.iter().map(|r| r.as_str()).collect();
+    let ladder = ladder.join(" → ");
+    let (rung, why) = if all.len() >= budget.attempts as usize {
+        (
+            Rung::Human,
+            format!(
+                "attempt budget spent: {} repairs of this node within {window} (at most {}: {})",
+                all.len(),
+                budget.attempts,
+                ids(&all)
+            ),
+        )
+    } else if let Some(rung) = process.ladder.get(same.len()) {
+        let came_back = if same.is_empty() {
+            String::new()
+        } else {
+            format!("; the fault came back within {window} after {} repair(s) by it ({})", same.len(), ids(&same))
+        };
+        (
+            *rung,
+            format!(
+                "process `{}`, rung {} of {} ({ladder}){came_back}",
+                process.name,
+                same.len() + 1,
+                process.ladder.len()
+            ),
+        )
+    } else {
+        (
+            Rung::Human,
+            format!(
+                "process `{}`: ladder ({ladder}) climbed to its end; the fault came back after {} repairs ({})",
+                process.name,
+                same.len(),
+                ids(&same)
+            ),
+        )
+    };
+    Verdict::Start(Plan { process: process.name.clone(), rung, why })
 }
-
 impl Intake {
     /// A bounded metric label.
     pub(crate) fn label(&self) -> &'static str {
@@ -87,7 +171,7 @@ pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use chrono::TimeDelta;
-    use firebreak_schema::{FaultKind, Source, deterministic_id};
+    use firebreak_schema::{FaultKind, Severity, Source, deterministic_id};
 
     use super::*;
 
@@ -112,31 +196,103 @@ pub(crate) mod tests {
         fault_on("n1", kind, severity, age_s)
     }
 
+    fn history() -> History {
+        History { occurrences: 1, ..History::default() }
+    }
+
     #[test]
     fn rules_in_order() {
         let limit = Duration::from_secs(600);
         let now = Utc::now();
+        let policy = Policy::default();
+        let decide = |e: &FaultEvent, h: &History| decide(e, &policy, h, now, limit);
         let crit = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 1);
-        assert_eq!(decide(&crit, None, None, now, limit), Verdict::Start);
-        let open = Uuid::now_v7();
-        assert_eq!(decide(&crit, Some(open), None, now, limit), Verdict::Attach(open), "one workflow per node");
-        let old = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 3600);
         assert!(
-            matches!(decide(&old, None, None, now, limit), Verdict::Ignore(w) if w.contains("older than the 600s limit"))
+            matches!(decide(&crit, &history()), Verdict::Start(p) if p.rung == Rung::Reboot && p.process == "memory")
         );
-        assert_eq!(decide(&old, Some(open), None, now, limit), Verdict::Attach(open), "history still attaches");
-        let warn = fault(FaultKind::KernelHung, Severity::Warning, 1);
-        assert!(matches!(decide(&warn, None, None, now, limit), Verdict::Ignore(w) if w.contains("severity warning")));
+        let open = Uuid::now_v7();
+        let with_open = History { open_workflow: Some(open), ..history() };
+        assert_eq!(decide(&crit, &with_open), Verdict::Attach(open), "one workflow per node");
+        let old = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 3600);
+        assert!(matches!(decide(&old, &history()), Verdict::Ignore(w) if w.contains("older than the 600s limit")));
+        assert_eq!(decide(&old, &with_open), Verdict::Attach(open), "history still attaches");
+        let warn = fault(FaultKind::MemoryUncorrectable, Severity::Warning, 1);
+        assert!(matches!(decide(&warn, &history()), Verdict::Ignore(w) if w.contains("no process")));
         let mut ours = fault(FaultKind::NodeNotReady, Severity::Critical, 1);
         ours.evidence.insert("caused_by_remediation".into(), "true".into());
-        assert!(matches!(decide(&ours, None, None, now, limit), Verdict::Ignore(w) if w.contains("our own")));
-        let escalated = Uuid::now_v7();
+        assert!(matches!(decide(&ours, &history()), Verdict::Ignore(w) if w.contains("our own")));
+        let escalated = History { escalated: Some(Uuid::now_v7()), ..history() };
         assert!(
-            matches!(decide(&crit, None, Some(escalated), now, limit), Verdict::Ignore(w) if w.contains("needs a human")),
+            matches!(decide(&crit, &escalated), Verdict::Ignore(w) if w.contains("needs a human")),
             "an escalated node is left alone"
         );
-        assert_eq!(decide(&crit, Some(open), Some(escalated), now, limit), Verdict::Attach(open));
+        assert_eq!(decide(&crit, &History { open_workflow: Some(open), ..escalated }), Verdict::Attach(open));
         let component = fault(FaultKind::KubeletDown, Severity::Critical, 1);
-        assert!(matches!(decide(&component, None, None, now, limit), Verdict::Ignore(w) if w.contains("component")));
+        assert!(matches!(decide(&component, &history()), Verdict::Ignore(w) if w.contains("no process")));
+    }
+
+    #[test]
+    fn a_single_hung_task_is_recorded_three_start_a_reboot() {
+        let now = Utc::now();
+        let policy = Policy::default();
+        let hung = fault(FaultKind::KernelHung, Severity::Warning, 1);
+        for n in 1..3 {
+            let h = History { occurrences: n, ..History::default() };
+            let v = decide(&hung, &policy, &h, now, Duration::from_secs(600));
+            assert!(
+                matches!(&v, Verdict::Ignore(w) if w.contains(&format!("{n} of the 3 faults within 15m")) && w.contains("hung-tasks")),
+                "{v:?}"
+            );
+        }
+        let h = History { occurrences: 3, ..History::default() };
+        assert!(
+            matches!(decide(&hung, &policy, &h, now, Duration::from_secs(600)), Verdict::Start(p) if p.rung == Rung::Reboot)
+        );
+    }
+
+    #[test]
+    fn a_fault_that_comes_back_climbs_the_ladder_and_the_budget_caps_every_ladder() {
+        let now = Utc::now();
+        let policy = Policy::default();
+        let decide = |e: &FaultEvent, h: &History| match decide(e, &policy, h, now, Duration::from_secs(600)) {
+            Verdict::Start(p) => p,
+            other => panic!("{other:?}"),
+        };
+        let mem = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 1);
+        let first = decide(&mem, &history());
+        assert_eq!((first.rung, first.why.as_str()), (Rung::Reboot, "process `memory`, rung 1 of 2 (reboot → human)"));
+        let healed = Uuid::now_v7();
+        let again = decide(&mem, &History { repairs: vec![(healed, "memory".into())], ..history() });
+        assert_eq!(again.rung, Rung::Human, "the memory ladder climbs to a human");
+        assert!(again.why.contains("rung 2 of 2") && again.why.contains(&healed.to_string()), "{}", again.why);
+        // A repair by another process does not climb this one's ladder, but counts in the budget.
+        let fs = fault(FaultKind::ReadonlyFilesystem, Severity::Critical, 1);
+        let other = History { repairs: vec![(healed, "memory".into())], ..history() };
+        assert_eq!(decide(&fs, &other).rung, Rung::Reboot);
+        let spent = History {
+            repairs: vec![
+                (Uuid::now_v7(), "memory".into()),
+                (Uuid::now_v7(), "not-ready".into()),
+                (healed, "hung-tasks".into()),
+            ],
+            ..history()
+        };
+        let capped = decide(&fs, &spent);
+        assert_eq!(capped.rung, Rung::Human);
+        assert!(
+            capped.why.starts_with("attempt budget spent: 3 repairs of this node within 1day (at most 3"),
+            "{}",
+            capped.why
+        );
+        // A ladder without a human rung still ends with one.
+        let reboots = Policy::parse(
+            "[budget]\nattempts = 9\nwindow = \"1h\"\n[[process]]\nname = \"m\"\nclasses = [\"hardware\"]\nladder = [\"reboot\"]\n",
+        )
+        .unwrap();
+        let h = History { repairs: vec![(healed, "m".into())], ..history() };
+        match super::decide(&mem, &reboots, &h, now, Duration::from_secs(600)) {
+            Verdict::Start(p) => assert!(p.rung == Rung::Human && p.why.contains("climbed to its end"), "{}", p.why),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -2,8 +2,10 @@
 //! repair it and put it back, each risky step under its own permit from the gate.
 //!
 //! It owns the repair decision and its execution. Intake (`intake`, a policy separate from the
-//! store): each critical hardware or system fault of its cluster starts a workflow (one open
-//! workflow per node; later faults attach to it); every consumed fault is recorded with the
+//! store): a fault a process of the remediation policy ([`Policy`]) takes, often enough, starts
+//! a workflow on the rung of that process's ladder the node's earlier repairs lead to, or with a
+//! human once the ladder or the node's attempt budget is spent (one open workflow per node;
+//! later faults attach to it); every consumed fault is recorded with the
 //! decision taken. A workflow: ask the gate for a `cordon` permit (no answer = no permit: fail
 //! closed), held until the node is back in service → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → under a `drain` permit, label pods
@@ -12,7 +14,8 @@
 //! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
 //! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
 //! logged during boot counts), then the readiness gates (node conditions, other teams'
-//! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. A step that cannot complete
+//! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. On the `human` rung the
+//! workflow escalates right after its cordon. A step that cannot complete
 //! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
 //! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
 //! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
@@ -33,6 +36,7 @@ mod metrics;
 mod node_cache;
 mod node_ops;
 mod permits;
+pub mod policy;
 pub mod store;
 mod workflow;
 
@@ -53,6 +57,7 @@ use tracing::Instrument;
 pub use gate::GateClient;
 pub use intake::Intake;
 pub use metrics::Metrics;
+pub use policy::{Policy, Rung};
 pub use store::{State, Step, Store, Workflow};
 
 /// Everything that can go wrong in the remediator.
@@ -79,6 +84,9 @@ pub enum Error {
     /// A setting is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// The remediation policy is invalid: what and where.
+    #[error("remediation policy: {0}")]
+    Policy(String),
     /// The node no longer exists (the API server answers 404 for it).
     #[error("node {0} no longer exists")]
     NodeGone(String),
@@ -128,6 +136,8 @@ pub struct Config {
     pub readiness: ReadinessGates,
     /// Where an escalation is also POSTed, signed (besides the remediation topic).
     pub escalation_webhook: Option<EscalationWebhook>,
+    /// Which faults are repaired and how: processes, ladders, the attempt budget.
+    pub policy: Policy,
     /// Dry-run (shadow) mode: every fault is taken in and decided as usual, and each workflow
     /// records what it would do — and ends; nothing is asked of the gate or done to the cluster.
     pub dry_run: bool,
@@ -182,6 +192,7 @@ impl Config {
             reboot_timeout: Duration::from_secs(900),
             stale_after: Duration::from_secs(600),
             readiness: ReadinessGates::default(),
+            policy: Policy::default(),
             dry_run: false,
             escalation_webhook: None,
         }
@@ -282,7 +293,7 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
                 let recorded = INTAKE_RETRY
                     .until_ok(&what, &cancel, || async {
                         let escalated = escalation(&ctx, &event.node).await?;
-                        ctx.store.intake(&event, ctx.cfg.stale_after, escalated).await
+                        ctx.store.intake(&event, &ctx.cfg.policy, ctx.cfg.stale_after, escalated).await
                     })
                     .await;
                 let Some(decision) = recorded else { break };

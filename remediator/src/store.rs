@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::{
     Error, Result,
-    intake::{self, Intake, Verdict},
+    intake::{self, History, Intake, Verdict},
+    policy::{Policy, Rung},
 };
 
 /// Where a workflow is. Each state names the next action; all actions are idempotent, so a
@@ -129,6 +130,12 @@ pub struct Workflow {
     /// permit; the verification, from the node's return. Deadlines count from it, across
     /// restarts.
     pub step_started_at_ms: Option<i64>,
+    /// The policy's process that started it (empty for workflows from before the policy).
+    pub process: String,
+    /// The repair it makes: its rung of the process's ladder.
+    pub rung: Rung,
+    /// Why that rung: its place on the ladder, the repairs before, the budget.
+    pub rung_why: String,
     /// Why it is in its state.
     pub reason: String,
 }
@@ -186,6 +193,85 @@ fn uuid_col(r: &sqlx::any::AnyRow, c: &str) -> Result<Option<Uuid>> {
     v.map(|s| s.parse().map_err(|e| Error::Corrupt(format!("{c}: {e}")))).transpose()
 }
 
+/// What the intake needs to know about the fault's node, read in the intake's transaction.
+async fn history(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    e: &FaultEvent,
+    policy: &Policy,
+    escalated: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<History> {
+    let open = sqlx::query("SELECT id FROM workflows WHERE cluster = $1 AND node = $2 AND done = 0")
+        .bind(&e.cluster)
+        .bind(&e.node)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let open_workflow = match open {
+        Some(r) => uuid_col(&r, "id")?,
+        None => None,
+    };
+    let Some(process) = policy.process_for(e.kind, e.severity) else {
+        return Ok(History { open_workflow, escalated, ..History::default() });
+    };
+    // This fault, and the earlier ones of the node the process takes within its window, since
+    // the node's last workflow ended (a repair starts the count over).
+    let last_end: Option<String> =
+        sqlx::query("SELECT MAX(updated_at) AS at FROM workflows WHERE cluster = $1 AND node = $2 AND done = 1")
+            .bind(&e.cluster)
+            .bind(&e.node)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("at")?;
+    let last_end =
+        last_end.and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map_or(i64::MIN, |t| t.timestamp_millis());
+    let since = (ms(e.observed_at) - i64::try_from(process.within.as_millis()).unwrap_or(i64::MAX)).max(last_end);
+    let rows =
+        sqlx::query("SELECT kind, severity FROM seen_faults WHERE cluster = $1 AND node = $2 AND observed_at_ms >= $3")
+            .bind(&e.cluster)
+            .bind(&e.node)
+            .bind(since)
+            .fetch_all(&mut **tx)
+            .await?;
+    let earlier = rows
+        .iter()
+        .filter(|r| {
+            let kind = r.try_get::<String, _>("kind").ok().and_then(|k| k.parse().ok());
+            let severity = r.try_get::<String, _>("severity").ok().and_then(|s| s.parse().ok());
+            matches!((kind, severity), (Some(k), Some(s)) if process.takes(k, s))
+        })
+        .count();
+    let occurrences = u32::try_from(earlier + 1).unwrap_or(u32::MAX);
+    // Repairs within the budget window, since an operator last cleared an escalation (which
+    // starts the ladder over).
+    let cleared: Option<String> =
+        sqlx::query("SELECT MAX(escalation_cleared_at) AS at FROM workflows WHERE cluster = $1 AND node = $2")
+            .bind(&e.cluster)
+            .bind(&e.node)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("at")?;
+    let window = chrono::TimeDelta::from_std(policy.budget.window).unwrap_or(chrono::TimeDelta::MAX);
+    let from =
+        text(now.checked_sub_signed(window).unwrap_or(DateTime::<Utc>::MIN_UTC)).max(cleared.unwrap_or_default());
+    let rows = sqlx::query(
+        "SELECT id, process FROM workflows WHERE cluster = $1 AND node = $2 AND state = 'healed' AND created_at >= $3 \
+         ORDER BY created_at",
+    )
+    .bind(&e.cluster)
+    .bind(&e.node)
+    .bind(from)
+    .fetch_all(&mut **tx)
+    .await?;
+    let repairs = rows
+        .iter()
+        .map(|r| {
+            let id = uuid_col(r, "id")?.ok_or_else(|| Error::Corrupt("workflow without id".into()))?;
+            Ok((id, r.try_get::<Option<String>, _>("process")?.unwrap_or_default()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(History { open_workflow, escalated, occurrences, repairs })
+}
+
 impl Store {
     /// Connects (a SQLite file is created if missing) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
@@ -198,6 +284,7 @@ impl Store {
     pub async fn intake(
         &self,
         e: &FaultEvent,
+        policy: &Policy,
         stale_after: std::time::Duration,
         escalated: Option<Uuid>,
     ) -> Result<Intake> {
@@ -209,20 +296,12 @@ impl Store {
         if seen.is_some() {
             return Ok(Intake::Duplicate);
         }
-        let open = sqlx::query("SELECT id FROM workflows WHERE cluster = $1 AND node = $2 AND done = 0")
-            .bind(&e.cluster)
-            .bind(&e.node)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let open = match open {
-            Some(r) => uuid_col(&r, "id")?,
-            None => None,
-        };
         let now = Utc::now();
-        let (decision, workflow) = match intake::decide(e, open, escalated, now, stale_after) {
+        let history = history(&mut tx, e, policy, escalated, now).await?;
+        let (decision, workflow) = match intake::decide(e, policy, &history, now, stale_after) {
             Verdict::Attach(id) => (Intake::Attached(id), Some(id)),
             Verdict::Ignore(why) => (Intake::Ignored(why), None),
-            Verdict::Start => {
+            Verdict::Start(plan) => {
                 let wf = Workflow {
                     id: Uuid::now_v7(),
                     cluster: e.cluster.clone(),
@@ -236,33 +315,39 @@ impl Store {
                     reboot_requested_at_ms: None,
                     was_cordoned: None,
                     step_started_at_ms: None,
-                    reason: format!("critical {} fault {}: {}", e.kind, e.id, e.message),
+                    reason: format!(
+                        "{} {} fault {}: {}; repair: {} ({})",
+                        e.severity,
+                        e.kind,
+                        e.id,
+                        e.message,
+                        plan.rung.as_str(),
+                        plan.why
+                    ),
+                    process: plan.process,
+                    rung: plan.rung,
+                    rung_why: plan.why,
                 };
                 sqlx::query(
-                "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, created_at, updated_at) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8)",
-            )
-            .bind(wf.id.to_string())
-            .bind(&wf.cluster)
-            .bind(&wf.node)
-            .bind(wf.trigger_event_id.to_string())
-            .bind(&wf.fault_kind)
-            .bind(wf.state.as_str())
-            .bind(&wf.reason)
-            .bind(text(now))
-            .execute(&mut *tx)
-            .await?;
-                sqlx::query(
-                    "INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, 0, $2, $3, $4)",
+                    "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, \
+                     created_at, updated_at, process, rung, rung_why) VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8,$9,$10,$11)",
                 )
                 .bind(wf.id.to_string())
+                .bind(&wf.cluster)
+                .bind(&wf.node)
+                .bind(wf.trigger_event_id.to_string())
+                .bind(&wf.fault_kind)
                 .bind(wf.state.as_str())
                 .bind(&wf.reason)
                 .bind(text(now))
+                .bind(&wf.process)
+                .bind(wf.rung.as_str())
+                .bind(&wf.rung_why)
                 .execute(&mut *tx)
                 .await?;
+                let seq = append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, now).await?;
                 let id = wf.id;
-                (Intake::Started(Box::new(wf), Step { seq: 0, at: now }), Some(id))
+                (Intake::Started(Box::new(wf), Step { seq, at: now }), Some(id))
             }
         };
         let text_of_decision = match &decision {
@@ -321,7 +406,7 @@ impl Store {
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
             "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, step_permit_id, boot_id_before, \
-             reboot_requested_at_ms, was_cordoned, step_started_at_ms, reason \
+             reboot_requested_at_ms, was_cordoned, step_started_at_ms, process, rung, rung_why, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -343,6 +428,9 @@ impl Store {
                     reboot_requested_at_ms: r.try_get("reboot_requested_at_ms")?,
                     was_cordoned: r.try_get::<Option<i32>, _>("was_cordoned")?.map(|v| v != 0),
                     step_started_at_ms: r.try_get("step_started_at_ms")?,
+                    process: r.try_get::<Option<String>, _>("process")?.unwrap_or_default(),
+                    rung: r.try_get::<Option<String>, _>("rung")?.as_deref().map_or(Ok(Rung::Reboot), Rung::parse)?,
+                    rung_why: r.try_get::<Option<String>, _>("rung_why")?.unwrap_or_default(),
                     reason: r.try_get("reason")?,
                 })
             })
@@ -431,6 +519,12 @@ mod tests {
     }
 
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+    static P: std::sync::LazyLock<Policy> = std::sync::LazyLock::new(Policy::default);
+
+    /// Ends a workflow in `state`.
+    async fn end(s: &Store, wf: &Workflow, state: State) {
+        s.transition(&Workflow { state, ..wf.clone() }).await.unwrap();
+    }
 
     async fn store() -> Store {
         let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
@@ -442,28 +536,35 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf, _) = s.intake(&first, LIMIT, None).await.unwrap() else { panic!("a workflow starts") };
+        let Intake::Started(wf, _) = s.intake(&first, &P, LIMIT, None).await.unwrap() else {
+            panic!("a workflow starts")
+        };
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
-        assert_eq!(s.intake(&first, LIMIT, None).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
-        let second = fault("n1", FaultKind::KernelHung, Severity::Critical, 5);
-        assert_eq!(s.intake(&second, LIMIT, None).await.unwrap(), Intake::Attached(wf.id));
+        assert_eq!(s.intake(&first, &P, LIMIT, None).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
+        let second = fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 5);
+        assert_eq!(s.intake(&second, &P, LIMIT, None).await.unwrap(), Intake::Attached(wf.id));
         // The policy's other verdicts are recorded too (the rules are tested in `intake`).
-        let warn = fault("n2", FaultKind::KernelHung, Severity::Warning, 0);
+        let warn = fault("n2", FaultKind::MemoryUncorrectable, Severity::Warning, 0);
         assert!(
-            matches!(s.intake(&warn, LIMIT, None).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning"))
+            matches!(s.intake(&warn, &P, LIMIT, None).await.unwrap(), Intake::Ignored(w) if w.contains("severity warning"))
         );
-        assert_eq!(s.intake(&warn, LIMIT, None).await.unwrap(), Intake::Duplicate);
+        assert_eq!(s.intake(&warn, &P, LIMIT, None).await.unwrap(), Intake::Duplicate);
         // The attached fault counts as a recurrence after the time it was observed before.
         let since = ms(first.observed_at);
-        assert_eq!(s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1), Some("KernelHung".into()));
+        assert_eq!(
+            s.critical_fault_since("c1", "n1", since).await.unwrap().map(|f| f.1),
+            Some("ReadonlyFilesystem".into())
+        );
         assert_eq!(s.critical_fault_since("c1", "n1", ms(second.observed_at)).await.unwrap(), None);
     }
 
     #[tokio::test]
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
-        let Intake::Started(mut wf, _) =
-            s.intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), LIMIT, None).await.unwrap()
+        let Intake::Started(mut wf, _) = s
+            .intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), &P, LIMIT, None)
+            .await
+            .unwrap()
         else {
             panic!("a workflow starts")
         };
@@ -485,8 +586,62 @@ mod tests {
         assert_eq!(steps, ["permit_wait", "awaiting_boot", "healed"]);
         // The node is free again: a new fault starts a new workflow.
         assert!(matches!(
-            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Critical, 60), LIMIT, None).await.unwrap(),
+            s.intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 60), &P, LIMIT, None)
+                .await
+                .unwrap(),
             Intake::Started(..)
         ));
+    }
+
+    #[tokio::test]
+    async fn the_store_counts_occurrences_and_repairs_for_the_ladder() {
+        let s = store().await;
+        // Hung tasks: the third within 15 minutes starts a reboot; the first two are recorded.
+        for i in 0..2 {
+            let hung = fault("n1", FaultKind::KernelHung, Severity::Warning, i);
+            let d = s.intake(&hung, &P, LIMIT, None).await.unwrap();
+            assert!(matches!(&d, Intake::Ignored(w) if w.contains(&format!("{} of the 3", i + 1))), "{d:?}");
+        }
+        let Intake::Started(wf, _) =
+            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 2), &P, LIMIT, None).await.unwrap()
+        else {
+            panic!("the third hung task starts a workflow")
+        };
+        assert_eq!((wf.process.as_str(), wf.rung), ("hung-tasks", Rung::Reboot));
+        assert_eq!(s.open_workflows("c1").await.unwrap()[0].rung_why, wf.rung_why, "the plan is persisted");
+        end(&s, &wf, State::Healed).await;
+        // After the repair the count starts over: one more hung task is one.
+        let d = s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 3), &P, LIMIT, None).await.unwrap();
+        assert!(matches!(&d, Intake::Ignored(w) if w.contains("1 of the 3")), "{d:?}");
+        // Memory: the first UE reboots; back after a repair that held, a human.
+        let Intake::Started(mem, _) = s
+            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 4), &P, LIMIT, None)
+            .await
+            .unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        assert_eq!(mem.rung, Rung::Reboot, "a repair by another process does not climb this ladder");
+        end(&s, &mem, State::Healed).await;
+        let Intake::Started(again, _) = s
+            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 5), &P, LIMIT, None)
+            .await
+            .unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        assert_eq!(again.rung, Rung::Human);
+        assert!(again.rung_why.contains(&mem.id.to_string()), "{}", again.rung_why);
+        end(&s, &again, State::Escalated).await;
+        // An operator's clearing starts the ladder over.
+        s.clear_escalation(again.id, "test").await.unwrap();
+        let Intake::Started(fresh, _) = s
+            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 6), &P, LIMIT, None)
+            .await
+            .unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        assert_eq!(fresh.rung, Rung::Reboot, "{}", fresh.rung_why);
     }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Config, Error, Result, State, Store, Workflow,
+    Config, Error, Result, Rung, State, Store, Workflow,
     gate::GateClient,
     node_cache::NodeCache,
     node_ops::{Eviction, NodeOps, boot_and_ready, pod_names},
@@ -211,7 +211,16 @@ impl Runner {
                 ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
                 let reason =
                     format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
-                ctx.advance(wf, State::Draining, reason).await
+                match wf.rung {
+                    Rung::Reboot => ctx.advance(wf, State::Draining, reason).await,
+                    Rung::Human => {
+                        let why = format!(
+                            "{reason}; the remediation policy gives this fault to a human ({})",
+                            ladder_why(wf)
+                        );
+                        self.escalate(ctx, wf, why).await
+                    }
+                }
             }
             State::Draining if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Drain).await,
             State::Draining => self.drain(ctx, wf).await,
@@ -484,13 +493,20 @@ impl Runner {
                 let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
                 let names: Vec<String> = pods.iter().map(pod_names).map(|(ns, name)| format!("{ns}/{name}")).collect();
                 let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-                format!(
-                    "dry run: would ask the gate for cordon, then cordon{} and taint, drain {} pods ({}) under a \
-                     drain permit, reboot under a reboot permit, verify and uncordon; nothing was done",
-                    if cordoned { " (already cordoned by someone else: kept at the end)" } else { "" },
-                    names.len(),
-                    names.join(", ")
-                )
+                let kept = if cordoned { " (already cordoned by someone else: kept at the end)" } else { "" };
+                match wf.rung {
+                    Rung::Reboot => format!(
+                        "dry run: would ask the gate for cordon, then cordon{kept} and taint, drain {} pods ({}) under \
+                         a drain permit, reboot under a reboot permit, verify and uncordon; nothing was done",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                    Rung::Human => format!(
+                        "dry run: would ask the gate for cordon, then cordon{kept} and taint, and escalate to a human \
+                         ({}); nothing was done",
+                        ladder_why(wf)
+                    ),
+                }
             }
         };
         ctx.advance(wf, State::Shadowed, reason).await
@@ -541,6 +557,11 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Why the policy gave the workflow its rung.
+fn ladder_why(wf: &Workflow) -> &str {
+    if wf.rung_why.is_empty() { "the workflow predates the remediation policy" } else { &wf.rung_why }
 }
 
 /// How long ago `at_ms` (ms since the epoch) was; zero when it is unknown or in the future.
@@ -601,6 +622,9 @@ mod tests {
             reboot_requested_at_ms: None,
             was_cordoned: Some(false),
             step_started_at_ms: None,
+            process: "memory".into(),
+            rung: Rung::Reboot,
+            rung_why: "process `memory`, rung 1 of 2 (reboot → human)".into(),
             reason: "cordoned".into(),
         };
         let step = Step { seq: 2, at: Utc::now() };

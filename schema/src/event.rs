@@ -85,7 +85,8 @@ impl std::str::FromStr for FaultKind {
     }
 }
 
-/// How urgent a fault is. Only `critical` faults trigger automatic remediation.
+/// How urgent a fault is. The remediation policy says which severities it acts on (by default
+/// critical faults, and repeated hung-task warnings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
