@@ -5,14 +5,17 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use firebreak_agent::{NodeAgent, rules};
+use firebreak_agent::{NodeAgent, actuator, rules};
 use firebreak_fleet_sim::{Fault, Fleet, FleetConfig, Timings};
 use firebreak_plumbing::{
     auth::{self, Tokens},
     kafka::{KafkaConfig, Producer},
 };
 use firebreak_rate_limiter::Policy;
-use firebreak_schema::{CHANGES_TOPIC, FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, REMEDIATION_TOPIC, Role};
+use firebreak_schema::{
+    CHANGES_TOPIC, FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction,
+    REMEDIATION_TOPIC, Role,
+};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -226,9 +229,15 @@ impl Stack {
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
-        for (topic, partitions) in
-            [(FAULT_TOPIC, 6), (HEARTBEAT_TOPIC, 6), (REMEDIATION_TOPIC, 3), (HEALTH_TOPIC, 3), (CHANGES_TOPIC, 3)]
-        {
+        for (topic, partitions) in [
+            (FAULT_TOPIC, 6),
+            (HEARTBEAT_TOPIC, 6),
+            (REMEDIATION_TOPIC, 3),
+            (HEALTH_TOPIC, 3),
+            (CHANGES_TOPIC, 3),
+            (NODE_COMMAND_TOPIC, 8),
+            (NODE_REPORT_TOPIC, 3),
+        ] {
             kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
         let kafka_config = KafkaConfig {
@@ -323,18 +332,56 @@ impl Stack {
             rem.policy = opts.remediation.clone();
             rem.escalation_webhook = opts.escalation_webhook.clone();
             remediator_runs.push((rem, client));
+            // Each node's actuator acts on its simulated machine where a real one runs systemctl;
+            // one listener reads the cluster's commands for all of them.
+            let sim = cluster.clone();
+            let effect = actuator::Effect::Call(Arc::new(move |node: &str, action: &NodeAction| match action {
+                NodeAction::Reboot => sim.reboot(node).map(|()| "rebooting".to_owned()).map_err(|e| e.to_string()),
+                NodeAction::Restart { component } => {
+                    sim.restart(node, component).map(|()| format!("{component} restarted")).map_err(|e| e.to_string())
+                }
+            }));
+            let act = actuator::ActuatorConfig {
+                effect,
+                restartable: vec!["kubelet".into(), "containerd".into()],
+                timeout: Duration::from_secs(60),
+            };
+            let mut actuators = Vec::new();
             for node in cluster.node_names() {
+                let host_root = cluster.host_root(&node);
+                let actuator = Arc::new(actuator::NodeActuator::new(
+                    cluster.name(),
+                    &node,
+                    &host_root,
+                    &host_root.join("var/lib/firebreak-agent"),
+                    act.clone(),
+                    producer.clone(),
+                ));
+                actuators.push(actuator.clone());
                 let agent = NodeAgent {
                     cluster: cluster.name().into(),
-                    host_root: cluster.host_root(&node),
+                    host_root,
                     node,
                     rules: rules.clone(),
                     producer: producer.clone(),
                     poll_interval: Duration::from_millis(250),
                     heartbeat_interval: opts.heartbeat,
+                    actuator: Some(actuator),
                 };
                 tasks.push(tokio::spawn(agent.run(cancel.clone())));
             }
+            let listener = actuator::Listener::new(actuators);
+            let (kafka, producer, cancel, group) = (
+                kafka_config.clone(),
+                producer.clone(),
+                cancel.clone(),
+                format!("firebreak-agents-{}", cluster.name()),
+            );
+            tasks.push(tokio::spawn(async move {
+                if let Err(error) = listener.run(&kafka, &group, &producer, cancel).await {
+                    tracing::error!(%error, "a command listener stopped");
+                }
+            }));
         }
         let mut stack = Stack {
             fleet,

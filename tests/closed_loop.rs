@@ -129,6 +129,12 @@ async fn closed_loop(name: &str, db: Option<String>) {
     let drained = steps(&stack, &node).await.into_iter().find(|(s, _)| s == "rebooting").unwrap().1;
     assert!(drained.contains("evictions refused by PodDisruptionBudgets"), "{drained}");
     assert!(!drained.contains(" 0 evictions refused"), "{drained}");
+    // The reboot went through the node's own actuator, which confirmed it and reported the new
+    // boot before the node went back into service.
+    let reasons: Vec<String> = steps(&stack, &node).await.into_iter().map(|(_, r)| r).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("reboot asked of the node's actuator (command ")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("the node's agent accepted the reboot on boot ")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("the node's agent reported the new boot")), "{reasons:?}");
 
     // The NotReady our own reboot caused is reported, marked as ours, and starts nothing.
     let events = get_json(&url).await.unwrap();

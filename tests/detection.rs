@@ -48,6 +48,7 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
         producer: producer.clone(),
         poll_interval: Duration::from_millis(100),
         heartbeat_interval: Duration::from_secs(1),
+        actuator: None,
     }
 }
 

@@ -10,6 +10,7 @@
 //!
 //! It deliberately depends on no Kubernetes, SQL or HTTP-server crate: it runs on every node.
 
+pub mod actuator;
 pub mod kmsg;
 pub mod rules;
 
@@ -64,6 +65,9 @@ pub struct NodeAgent {
     pub poll_interval: Duration,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,
+    /// The node's actuator, told when the node runs a new boot (so a pending reboot is
+    /// reported done). Its commands come through a [`actuator::Listener`].
+    pub actuator: Option<Arc<actuator::NodeActuator>>,
 }
 
 impl NodeAgent {
@@ -98,10 +102,16 @@ impl NodeAgent {
                     // A new boot id: the host booted again and its kernel log started over.
                     // (An unreadable boot id tells nothing.)
                     let (_, now_booted) = boot_facts(&self.host_root);
-                    if !now_booted.is_empty() {
-                        if boot.as_ref().is_some_and(|b| *b != now_booted) {
+                    if !now_booted.is_empty() && boot.as_ref() != Some(&now_booted) {
+                        if boot.is_some() {
                             tracing::info!(boot_id = %now_booted, "new boot; reading its kernel log from the start");
                             follower.restart();
+                        }
+                        // Started, or a new boot: a reboot asked for before is done.
+                        if let Some(actuator) = &self.actuator
+                            && let Err(error) = actuator.confirm_reboot(&cancel).await
+                        {
+                            tracing::warn!(%error, "could not confirm a pending reboot");
                         }
                         boot = Some(now_booted);
                     }
@@ -201,12 +211,57 @@ pub struct AgentArgs {
     /// Kernel log poll period.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
+    /// Carry out no commands: the node's reboots and restarts are someone else's job.
+    #[arg(long)]
+    pub no_actuator: bool,
+    /// The program (and arguments, split on spaces) that reboots this node. In a container,
+    /// reach the host, e.g. `nsenter --target 1 --mount --uts --ipc --net -- systemctl reboot`.
+    #[arg(long, default_value = "systemctl reboot")]
+    pub reboot_command: String,
+    /// The program that restarts a component; `{component}` is replaced by its name.
+    #[arg(long, default_value = "systemctl restart {component}")]
+    pub restart_command: String,
+    /// Components a restart may name (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "kubelet,containerd")]
+    pub restartable: Vec<String>,
+    /// Longest a reboot or restart command may run.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub command_timeout: Duration,
+    /// Where the actuator keeps the reboot it is waiting for and the commands it handled.
+    #[arg(long, default_value = "/var/lib/firebreak-agent")]
+    pub state_dir: PathBuf,
 }
 
 /// Runs one agent until Ctrl-C, then flushes what is queued.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let producer = Producer::new(&KafkaConfig::new(args.kafka_brokers))?;
+    let kafka = KafkaConfig::new(args.kafka_brokers);
+    let producer = Producer::new(&kafka)?;
     let cancel = CancellationToken::new();
+    let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let actuator = (!args.no_actuator).then(|| {
+        let cfg = actuator::ActuatorConfig {
+            effect: actuator::Effect::Exec { reboot: argv(&args.reboot_command), restart: argv(&args.restart_command) },
+            restartable: args.restartable.clone(),
+            timeout: args.command_timeout,
+        };
+        Arc::new(actuator::NodeActuator::new(
+            &args.cluster,
+            &args.node,
+            &args.host_root,
+            &args.state_dir,
+            cfg,
+            producer.clone(),
+        ))
+    });
+    let listener = actuator.clone().map(|a| {
+        let group = format!("firebreak-agent-{}-{}", args.cluster, args.node);
+        let (kafka, producer, cancel) = (kafka.clone(), producer.clone(), cancel.clone());
+        tokio::spawn(async move {
+            if let Err(error) = actuator::Listener::new([a]).run(&kafka, &group, &producer, cancel).await {
+                tracing::error!(%error, "the command listener stopped: this node's commands are not carried out");
+            }
+        })
+    });
     let agent = NodeAgent {
         cluster: args.cluster,
         node: args.node,
@@ -215,11 +270,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         producer: producer.clone(),
         poll_interval: args.poll_interval,
         heartbeat_interval: args.heartbeat_interval,
+        actuator,
     };
     let task = tokio::spawn(agent.run(cancel.clone()));
     let _ = tokio::signal::ctrl_c().await;
     cancel.cancel();
     let _ = task.await;
+    if let Some(listener) = listener {
+        let _ = listener.await;
+    }
     producer.flush(Duration::from_secs(10))?;
     Ok(())
 }
@@ -238,6 +297,7 @@ mod tests {
             producer: Producer::new(&cfg).unwrap(),
             poll_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
+            actuator: None,
         }
     }
 

@@ -167,7 +167,7 @@ impl Cluster {
     pub fn inject(&self, node: &str, fault: Fault) -> Result<()> {
         let mut st = self.lock();
         let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
-        if fault == Fault::NotReady {
+        if matches!(fault, Fault::NotReady | Fault::KubeletOom) {
             sim.heartbeating = false;
         }
         if fault.survives_reboot() && !sim.persistent.contains(&fault) {
@@ -185,6 +185,32 @@ impl Cluster {
         let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
         sim.heartbeating = true;
         tracing::info!(cluster = %self.name, node, "kubelet posting status again");
+        Ok(())
+    }
+
+    /// Reboots a node, as its actuator's `systemctl reboot` would: it goes NotReady, boots with a
+    /// new boot id, boot time and kernel log (faults a reboot does not clear are logged again),
+    /// and turns Ready when the boot is over.
+    pub fn reboot(&self, node: &str) -> Result<()> {
+        let mut st = self.lock();
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        sim.reboot_asked = true;
+        tracing::info!(cluster = %self.name, node, "reboot asked");
+        Ok(())
+    }
+
+    /// Restarts a node component, as its actuator's `systemctl restart` would: a restarted
+    /// kubelet posts status again; the container runtime restarts harmlessly; anything else is
+    /// no unit of this node.
+    pub fn restart(&self, node: &str, component: &str) -> Result<()> {
+        let mut st = self.lock();
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        match component {
+            "kubelet" => sim.heartbeating = true,
+            "containerd" => {}
+            other => return Err(Error::NotFound("unit".into(), format!("{other}.service"))),
+        }
+        tracing::info!(cluster = %self.name, node, component, "component restarted");
         Ok(())
     }
 

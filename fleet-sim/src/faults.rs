@@ -13,6 +13,9 @@ pub enum Fault {
     KernelHung,
     /// The kubelet stops posting status and renewing its lease.
     NotReady,
+    /// The kernel's OOM killer kills the kubelet, which stays down (the node turns NotReady)
+    /// until it is restarted or the node reboots.
+    KubeletOom,
     /// A failing DIMM: an EDAC uncorrectable memory error now and again during every boot,
     /// which a reboot does not clear (the node needs a human).
     BadDimm,
@@ -20,12 +23,18 @@ pub enum Fault {
 
 impl Fault {
     /// Every injectable fault.
-    pub const ALL: [Fault; 5] =
-        [Fault::MemoryUncorrectable, Fault::ReadonlyFilesystem, Fault::KernelHung, Fault::NotReady, Fault::BadDimm];
+    pub const ALL: [Fault; 6] = [
+        Fault::MemoryUncorrectable,
+        Fault::ReadonlyFilesystem,
+        Fault::KernelHung,
+        Fault::NotReady,
+        Fault::KubeletOom,
+        Fault::BadDimm,
+    ];
 
     /// The faults a reboot clears.
-    pub const CLEARED_BY_REBOOT: [Fault; 4] =
-        [Fault::MemoryUncorrectable, Fault::ReadonlyFilesystem, Fault::KernelHung, Fault::NotReady];
+    pub const CLEARED_BY_REBOOT: [Fault; 5] =
+        [Fault::MemoryUncorrectable, Fault::ReadonlyFilesystem, Fault::KernelHung, Fault::NotReady, Fault::KubeletOom];
 
     /// Whether the fault is logged again at every boot.
     pub fn survives_reboot(self) -> bool {
@@ -46,6 +55,10 @@ impl Fault {
             Fault::KernelHung => vec![
                 (3, "INFO: task kworker/u16:2:4127 blocked for more than 120 seconds.".into()),
                 (3, "      Not tainted 6.1.0-firebreak-sim #1".into()),
+            ],
+            Fault::KubeletOom => vec![
+                (4, "kubelet invoked oom-killer: gfp_mask=0x140cca(GFP_HIGHUSER_MOVABLE|__GFP_COMP), order=0, oom_score_adj=-999".into()),
+                (3, "Out of memory: Killed process 1187 (kubelet) total-vm:2145324kB, anon-rss:1843212kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:4012kB oom_score_adj:-999".into()),
             ],
             Fault::NotReady => Vec::new(),
         }

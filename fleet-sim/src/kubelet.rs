@@ -1,6 +1,6 @@
 //! The kubelets and the node lifecycle controller of a simulated cluster: node status and
-//! leases, NotReady after silence, reboots (asked for by annotation), graceful termination and
-//! the start of scheduled pods.
+//! leases, NotReady after silence, reboots (asked for through [`Cluster::reboot`], as a node's
+//! actuator does), graceful termination and the start of scheduled pods.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -32,8 +32,6 @@ pub enum RuntimeFailure {
     NeverReady,
 }
 
-/// Annotation that asks the simulated node to reboot.
-const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
 pub(crate) const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
 
@@ -48,6 +46,8 @@ pub(crate) struct NodeSim {
     pub(crate) heartbeating: bool,
     last_heartbeat: Instant,
     reboot_done_at: Option<Instant>,
+    /// A reboot was asked for and has not started.
+    pub(crate) reboot_asked: bool,
     /// Faults a reboot does not clear: logged again at every boot.
     pub(crate) persistent: Vec<Fault>,
 }
@@ -63,6 +63,7 @@ impl NodeSim {
             heartbeating: true,
             last_heartbeat: Instant::now(),
             reboot_done_at: None,
+            reboot_asked: false,
             persistent: Vec::new(),
         }
     }
@@ -72,16 +73,13 @@ impl Cluster {
     pub(crate) fn tick_node(&self, st: &mut State, name: &str, now: Instant) -> Result<()> {
         let Some(node) = st.store.get_ref(&NODES, "", name) else { return Ok(()) };
         let Some(sim) = st.nodes.get_mut(name) else { return Ok(()) };
-        let reboot_asked = node.pointer("/metadata/annotations").and_then(|a| a.get(REBOOT_ANNOTATION)).is_some();
         let ready = ready_status(node).to_owned();
-        if reboot_asked && sim.reboot_done_at.is_none() {
+        if sim.reboot_asked && sim.reboot_done_at.is_none() {
             tracing::info!(cluster = %self.name, node = name, "rebooting");
+            sim.reboot_asked = false;
             sim.reboot_done_at = Some(now + self.timings.reboot);
             sim.boot()?;
             let mut n = node.clone();
-            if let Some(a) = n.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-                a.remove(REBOOT_ANNOTATION);
-            }
             set_condition(&mut n, "Ready", "False", "KubeletNotReady", "node is rebooting");
             set_taint(&mut n, NOT_READY_TAINT, true);
             set_taint(&mut n, UNREACHABLE_TAINT, false);

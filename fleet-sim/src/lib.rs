@@ -17,11 +17,12 @@
 //! workload creates pods all the time ([`Timings::churn_per_minute`]), so the pod start success
 //! rate moves when such nodes appear.
 //!
-//! Reboots are asked for through the API: annotate the node with
-//! `firebreak.io/reboot-requested=<anything>`; the node goes NotReady for
-//! [`Timings::reboot`], comes back with a new `status.nodeInfo.bootID`, a fresh kernel log and
-//! no injected fault but those that survive a reboot ([`Fault::BadDimm`]), and the annotation
-//! is removed.
+//! A node is rebooted, and its components restarted, as on a real node — by the node's own
+//! actuator (Firebreak's agent), which calls [`Cluster::reboot`] and [`Cluster::restart`]
+//! where a real one runs `systemctl`. A rebooted node goes NotReady for [`Timings::reboot`]
+//! and comes back with a new `status.nodeInfo.bootID`, a fresh kernel log and no injected fault
+//! but those that survive a reboot ([`Fault::BadDimm`]); a restarted kubelet posts status again
+//! (after [`Fault::KubeletOom`]).
 //!
 //! Rooms: `api` (the REST face), `store` (objects, resourceVersions, watch history), `cluster`
 //! (one cluster's state and loop, fault injection, audit log), `kubelet` (node lifecycle and

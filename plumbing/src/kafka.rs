@@ -79,6 +79,32 @@ impl Producer {
         self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 
+    /// Publishes an event to one partition of a topic (the command channel's, where the reader
+    /// reads only its own partition) and waits until the brokers have it.
+    pub async fn publish_to<E: CloudEvent>(&self, topic: &str, partition: i32, event: &E) -> Result<()> {
+        let msg = encode(event)?;
+        let headers = to_headers(&msg.headers);
+        let record = FutureRecord::to(topic).partition(partition).key(&msg.key).payload(&msg.payload).headers(headers);
+        self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
+    }
+
+    /// How many partitions a topic has, from the brokers' metadata.
+    pub async fn partitions(&self, topic: &str) -> Result<i32> {
+        use rdkafka::producer::Producer as _;
+        let inner = self.inner.clone();
+        let name = topic.to_owned();
+        let meta =
+            tokio::task::spawn_blocking(move || inner.client().fetch_metadata(Some(&name), Duration::from_secs(10)))
+                .await
+                .map_err(|e| Error::Topic(format!("metadata of {topic}: {e}")))??;
+        let found = meta.topics().iter().find(|t| t.name() == topic).map(|t| (t.partitions().len(), t.error()));
+        match found {
+            Some((n, None)) if n > 0 => i32::try_from(n).map_err(|_| Error::Topic(format!("{topic}: {n} partitions"))),
+            Some((_, Some(e))) => Err(Error::Topic(format!("{topic}: {e:?}"))),
+            _ => Err(Error::Topic(format!("{topic} does not exist"))),
+        }
+    }
+
     /// Publishes an event, retrying failures with the shared policy (200 ms doubling to 10 s,
     /// jittered), until the brokers have it; `false` if `cancel` fired first.
     pub async fn publish_until_delivered<E: CloudEvent>(

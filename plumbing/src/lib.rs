@@ -43,6 +43,9 @@ pub enum Error {
     #[cfg(feature = "db")]
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// A topic is missing or unusable.
+    #[error("topic: {0}")]
+    Topic(String),
     /// A tokens file is invalid.
     #[error("tokens: {0}")]
     Tokens(String),

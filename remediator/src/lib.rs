@@ -30,6 +30,7 @@
 //! transition is published to the remediation topic with its reason (an id derived from the
 //! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
 
+mod commands;
 mod gate;
 mod intake;
 mod metrics;
@@ -46,7 +47,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, decode_message},
     retry,
 };
-use firebreak_schema::{FAULT_TOPIC, FaultEvent};
+use firebreak_schema::{FAULT_TOPIC, FaultEvent, NODE_REPORT_TOPIC};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -209,6 +210,12 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
     consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    let reports: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("firebreak-remediator-{}-reports", cfg.cluster))
+        .create()
+        .map_err(firebreak_plumbing::Error::from)?;
+    reports.subscribe(&[NODE_REPORT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),
@@ -217,17 +224,22 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         nodes: node_cache::NodeCache::start(client.clone(), cancel.clone()),
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),
+        commands: commands::Commands::new(producer.clone()),
         producer,
         metrics,
         cancel: cancel.clone(),
         cfg,
     });
     let span = tracing::info_span!("remediator", cluster = %ctx.cfg.cluster);
-    intake_loop(ctx, store, consumer).instrument(span).await
+    let reporting = tokio::spawn(commands::reports_loop(ctx.clone(), reports).instrument(span.clone()));
+    let result = intake_loop(ctx, store, consumer).instrument(span).await;
+    let _ = reporting.await;
+    result
 }
 
 /// How recording a consumed fault is retried: its offset must not move past an unrecorded fault.
-const INTAKE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
+pub(crate) const INTAKE_RETRY: retry::Policy =
+    retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
 
 /// The node's escalated workflow no operator has cleared, if any. The store knows which
 /// escalations stand; an operator clears one by removing the node's escalation annotation, which

@@ -2,8 +2,7 @@
 //! idempotent: doing it again after a crash changes nothing more.
 
 use firebreak_schema::{
-    ESCALATED_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, REBOOT_ANNOTATION, TO_BE_MIGRATED_LABEL,
-    UNHEALTHY_TAINT_KEY,
+    ESCALATED_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Taint};
 use kube::{
@@ -192,7 +191,6 @@ impl NodeOps {
         Ok(())
     }
 
-    /// Asks for a reboot by annotating the node with the workflow id.
     /// The readiness gates that do not hold for the node, each with why: node conditions not
     /// `True`, gate ConfigMaps missing or not saying `data.ready: "true"`.
     pub async fn readiness_unmet(&self, node: &Node, gates: &crate::ReadinessGates) -> Result<Vec<String>> {
@@ -205,12 +203,6 @@ impl NodeOps {
         let maps = self.configmaps.list(&lp).await?.items;
         unmet.extend(unmet_configmaps(&maps, &gates.configmaps));
         Ok(unmet)
-    }
-
-    pub async fn request_reboot(&self, node: &str, workflow: &str) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": {REBOOT_ANNOTATION: workflow}}});
-        self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| gone(node, e))?;
-        Ok(())
     }
 }
 

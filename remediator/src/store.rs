@@ -150,6 +150,17 @@ pub struct Step {
     pub at: DateTime<Utc>,
 }
 
+/// A node actuator's report on a command, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `accepted`, `done`, `failed` or `refused`.
+    pub outcome: String,
+    /// The node's boot id when it reported.
+    pub boot_id: String,
+    /// What happened.
+    pub detail: String,
+}
+
 /// The remediator's database.
 #[derive(Clone)]
 pub struct Store {
@@ -494,6 +505,45 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| Ok((r.try_get("event_id")?, r.try_get("kind")?))).transpose()
+    }
+
+    /// Records a node actuator's report on a command, once.
+    pub async fn record_report(&self, r: &firebreak_schema::CommandReport) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO command_reports (command_id, workflow_id, cluster, node, action, outcome, boot_id, detail, at) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT DO NOTHING",
+        )
+        .bind(r.command_id.to_string())
+        .bind(r.workflow_id.to_string())
+        .bind(&r.cluster)
+        .bind(&r.node)
+        .bind(r.action.to_string())
+        .bind(r.outcome.as_str())
+        .bind(&r.boot_id)
+        .bind(&r.detail)
+        .bind(text(r.at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The reports on a command, oldest first.
+    pub async fn reports(&self, command: Uuid) -> Result<Vec<Report>> {
+        let rows = sqlx::query(
+            "SELECT outcome, boot_id, detail FROM command_reports WHERE command_id = $1 ORDER BY at, outcome",
+        )
+        .bind(command.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Report {
+                    outcome: r.try_get("outcome")?,
+                    boot_id: r.try_get("boot_id")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
     }
 
     /// The step log of a workflow: (state, reason), oldest first.

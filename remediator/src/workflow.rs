@@ -34,6 +34,7 @@ pub(crate) struct Ctx {
     pub(crate) gate: GateClient,
     pub(crate) http: reqwest::Client,
     pub(crate) producer: Producer,
+    pub(crate) commands: crate::commands::Commands,
     pub(crate) metrics: crate::Metrics,
     pub(crate) cancel: CancellationToken,
 }
@@ -176,6 +177,10 @@ pub(crate) async fn drive(ctx: Arc<Ctx>, mut wf: Workflow) {
 #[derive(Default)]
 struct Runner {
     last_denial: Option<String>,
+    /// The node command of the current step was sent by this process.
+    sent: bool,
+    /// The node's agent's acceptance of the command was recorded.
+    accepted: bool,
     evicted: usize,
     refused: usize,
 }
@@ -363,9 +368,6 @@ impl Runner {
             }
             ctx.sleep(if blocked.is_empty() { Duration::from_millis(500) } else { ctx.cfg.eviction_retry }).await?;
         }
-        let node = ctx.ops.get(&wf.node).await?;
-        let (boot_id, _) = boot_and_ready(&node);
-        wf.boot_id_before = Some(boot_id);
         let reason = format!(
             "drained: {} pods evicted, {} evictions refused by PodDisruptionBudgets and retried, in {:.1}s",
             self.evicted,
@@ -381,33 +383,51 @@ impl Runner {
             // Drained already: no reboot; verified from now, then back in service.
             wf.reboot_requested_at_ms = Some(ms(Utc::now()));
             wf.step_started_at_ms = wf.reboot_requested_at_ms;
+            // No reboot was asked for: nothing for the node's agent to report.
+            wf.boot_id_before = None;
             let reason = format!("cleared before action: {why}; reboot skipped, the node is verified and put back");
             return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
         }
         let (boot, ready) = boot_and_ready(&node);
-        let reason = format!(
-            "reboot requested (annotation {}); boot id {boot}, Ready={ready}",
-            firebreak_schema::REBOOT_ANNOTATION
-        );
-        // Persisted first: after a crash the request is not repeated (a lost request times out
-        // and escalates; a repeated one would reboot the node twice). From this moment on, a
-        // critical fault on the node (boot time included) means the repair did not hold.
+        // Persisted first, with the time that makes the command's id: a restarted remediator
+        // sends the same command, which the node carries out at most once (on the boot it was
+        // asked for). From this moment on, a critical fault on the node (boot time included)
+        // means the repair did not hold.
         ctx.holding(wf.permit_id)?;
         ctx.holding(wf.step_permit_id)?;
+        wf.boot_id_before = Some(boot.clone());
         wf.reboot_requested_at_ms = Some(ms(Utc::now()));
+        let cmd = self.reboot_command(ctx, wf);
+        let reason = format!("reboot asked of the node's actuator (command {}); boot id {boot}, Ready={ready}", cmd.id);
         ctx.advance(wf, State::AwaitingBoot, reason).await?;
-        let workflow = wf.id.to_string();
+        self.send(ctx, &cmd).await
+    }
+
+    /// The reboot command of the workflow: the same on every call, valid until the reboot's
+    /// deadline.
+    fn reboot_command(&self, ctx: &Ctx, wf: &Workflow) -> firebreak_schema::NodeCommand {
+        let at = wf.reboot_requested_at_ms.unwrap_or_else(|| ms(Utc::now()));
+        crate::commands::command(wf, firebreak_schema::NodeAction::Reboot, at, ctx.cfg.reboot_timeout)
+    }
+
+    async fn send(&mut self, ctx: &Ctx, cmd: &firebreak_schema::NodeCommand) -> Result<()> {
         REQUEST_RETRY
-            .until_ok("reboot request", &ctx.cancel, || ctx.ops.request_reboot(&wf.node, &workflow))
+            .until_ok("sending a node command", &ctx.cancel, || ctx.commands.send(cmd))
             .await
-            .ok_or(Error::Cancelled)
+            .ok_or(Error::Cancelled)?;
+        self.sent = true;
+        Ok(())
     }
 
     async fn await_boot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let cmd = self.reboot_command(ctx, wf);
+        // After a restart the command is sent again: the node carries it out at most once.
+        if !self.sent {
+            self.send(ctx, &cmd).await?;
+        }
         // The reboot's deadline counts from its request, persisted before it was made.
         let started = wf.reboot_requested_at_ms;
         let before = wf.boot_id_before.clone().unwrap_or_default();
-        let left = ctx.cfg.reboot_timeout.saturating_sub(since(started));
         // Back with a new boot id and Ready — or gone.
         let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
             n.is_none_or(|n| {
@@ -415,22 +435,42 @@ impl Runner {
                 boot != before && ready
             })
         };
-        let (node, done) = ctx.nodes.wait_for(&wf.node, left, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
-        if done && node.is_none() {
-            return Err(Error::NodeGone(wf.node.clone()));
+        loop {
+            for report in ctx.store.reports(cmd.id).await? {
+                match report.outcome.as_str() {
+                    "failed" | "refused" => {
+                        let why = format!("the node's actuator {} the reboot: {}", report.outcome, report.detail);
+                        return self.escalate(ctx, wf, why).await;
+                    }
+                    "accepted" if !self.accepted => {
+                        self.accepted = true;
+                        let reason = format!("the node's agent accepted the reboot on boot {}", report.boot_id);
+                        ctx.advance(wf, State::AwaitingBoot, reason).await?;
+                    }
+                    _ => {}
+                }
+            }
+            let left = ctx.cfg.reboot_timeout.saturating_sub(since(started));
+            let wait = left.min(Duration::from_secs(1));
+            let (node, done) = ctx.nodes.wait_for(&wf.node, wait, &ctx.cancel, &back).await.ok_or(Error::Cancelled)?;
+            if done && node.is_none() {
+                return Err(Error::NodeGone(wf.node.clone()));
+            }
+            let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+            if done {
+                let reason =
+                    format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
+                wf.step_started_at_ms = Some(ms(Utc::now()));
+                return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
+            }
+            if left.is_zero() {
+                let why = format!(
+                    "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
+                    ctx.cfg.reboot_timeout.as_secs()
+                );
+                return self.escalate(ctx, wf, why).await;
+            }
         }
-        let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
-        if done {
-            let reason =
-                format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
-            wf.step_started_at_ms = Some(ms(Utc::now()));
-            return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
-        }
-        let why = format!(
-            "node did not come back within {}s of the reboot request (boot id {boot}, Ready={ready})",
-            ctx.cfg.reboot_timeout.as_secs()
-        );
-        self.escalate(ctx, wf, why).await
     }
 
     async fn verify(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -452,7 +492,10 @@ impl Runner {
                 return self.escalate(ctx, wf, why).await;
             }
             if elapsed >= quiet {
-                let unmet = ctx.ops.readiness_unmet(&node, &ctx.cfg.readiness).await?;
+                let mut unmet = ctx.ops.readiness_unmet(&node, &ctx.cfg.readiness).await?;
+                if let Some(why) = self.agent_silent(ctx, wf, &boot).await? {
+                    unmet.push(why);
+                }
                 if unmet.is_empty() {
                     break;
                 }
@@ -480,8 +523,22 @@ impl Runner {
             let named: Vec<&str> = gates.conditions.iter().chain(&gates.configmaps).map(String::as_str).collect();
             format!("; readiness gates hold ({})", named.join(", "))
         };
-        let reason = format!("quiet period passed: Ready and no new critical fault for {}s{held}", quiet.as_secs());
+        let agent = if wf.boot_id_before.is_some() { "; the node's agent reported the new boot" } else { "" };
+        let reason =
+            format!("quiet period passed: Ready and no new critical fault for {}s{agent}{held}", quiet.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
+    }
+
+    /// Why the node's agent does not count as reporting again after the reboot, if it does not:
+    /// its actuator must have reported the reboot done on the node's current boot.
+    async fn agent_silent(&self, ctx: &Ctx, wf: &Workflow, boot: &str) -> Result<Option<String>> {
+        if wf.boot_id_before.is_none() {
+            return Ok(None);
+        }
+        let cmd = self.reboot_command(ctx, wf);
+        let reports = ctx.store.reports(cmd.id).await?;
+        let done = reports.iter().any(|r| r.outcome == "done" && r.boot_id == boot);
+        Ok((!done).then(|| format!("the node's agent has not reported boot {boot} since the reboot")))
     }
 
     /// Dry run: records what the workflow would do on the node as it is now, and ends.

@@ -8,6 +8,7 @@
 //! wire. Decoding never panics; bad input is a typed [`Error`].
 
 mod change;
+mod command;
 mod event;
 mod gate;
 mod health;
@@ -17,6 +18,7 @@ mod wire;
 pub use change::{
     BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict,
 };
+pub use command::{CommandOutcome, CommandReport, NodeAction, NodeCommand, command_partition};
 pub use event::{
     EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
@@ -38,12 +40,16 @@ pub const HEALTH_TOPIC: &str = "firebreak.health.v1";
 /// cluster or `global`), each time their state changes.
 pub const CHANGES_TOPIC: &str = "firebreak.changes.v1";
 
+/// Topic carrying [`NodeCommand`]s from the remediators to the nodes' actuators (the agents),
+/// each in the partition [`command_partition`] gives its node.
+pub const NODE_COMMAND_TOPIC: &str = "firebreak.node-commands.v1";
+/// Topic carrying the actuators' [`CommandReport`]s (key = `<cluster>/<node>`).
+pub const NODE_REPORT_TOPIC: &str = "firebreak.node-reports.v1";
+
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";
 /// Label put on every pod of a node under remediation.
 pub const TO_BE_MIGRATED_LABEL: &str = "firebreak.io/to-be-migrated";
-/// Node annotation through which a reboot is requested (value: the requesting workflow id).
-pub const REBOOT_ANNOTATION: &str = "firebreak.io/reboot-requested";
 /// Node annotation of a node whose workflow escalated to a human (value: the workflow id). No
 /// fault starts new work on the node while it is there; an operator removes it to clear.
 pub const ESCALATED_ANNOTATION: &str = "firebreak.io/escalated";
