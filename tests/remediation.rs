@@ -338,3 +338,84 @@ async fn the_ladder_climbs_to_a_human_and_hung_tasks_need_three() {
     assert!(started.starts_with("warning KernelHung fault") && started.contains("process `hung-tasks`"), "{started}");
     stack.shutdown().await;
 }
+
+/// A kubelet the OOM killer took is restarted by the node's actuator — no drain, the pods keep
+/// running, the machine is not rebooted — and the node goes back into service. When it dies
+/// again, the ladder's next rung reboots the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_kubelet_is_restarted_without_a_drain_then_the_node_rebooted() {
+    let stack = stack("restart", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = format!("{}-node-003", cluster.name());
+    let boot = |n: Node| n.status.unwrap().node_info.unwrap().boot_id;
+    let boot_before = boot(nodes.get(&node).await.unwrap());
+    let pods_before = common::pods_on(&client, &node).await;
+    assert!(!pods_before.is_empty());
+
+    cluster.inject(&node, Fault::KubeletOom).unwrap();
+    let (_, why) = wait_for("the restart's end", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "healed" || s == "escalated")
+    })
+    .await;
+    let all = steps(&stack, &node).await;
+    let states: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(states.contains(&"healed"), "{why}: {states:?}");
+    assert!(!states.contains(&"draining") && !states.contains(&"awaiting_boot"), "no drain, no reboot: {states:?}");
+    for want in ["restarting", "awaiting_restart", "verifying", "uncordoning"] {
+        assert!(states.contains(&want), "{want} missing: {states:?}");
+    }
+    let reasons: Vec<&str> = all.iter().map(|(_, r)| r.as_str()).collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("repair: restart:kubelet (process `kubelet`, rung 1 of 3")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.starts_with("restart kubelet done in ") && r.contains("kubelet restarted")),
+        "{reasons:?}"
+    );
+    assert_eq!(boot(nodes.get(&node).await.unwrap()), boot_before, "the machine was not rebooted");
+    assert_eq!(common::pods_on(&client, &node).await, pods_before, "its pods kept running");
+    assert!(!cluster.audit().iter().any(|a| a.subresource == "eviction"), "nothing was evicted");
+
+    // Again: the next rung reboots the node.
+    cluster.inject(&node, Fault::KubeletOom).unwrap();
+    wait_for("the reboot's end", Duration::from_secs(90), || async {
+        let s = steps(&stack, &node).await;
+        (s.iter().filter(|(s, _)| s == "healed").count() == 2).then_some(())
+    })
+    .await;
+    let second: Vec<String> =
+        steps(&stack, &node).await.into_iter().skip_while(|(s, _)| s != "healed").skip(1).map(|(s, _)| s).collect();
+    assert!(second.contains(&"draining".to_owned()) && second.contains(&"awaiting_boot".to_owned()), "{second:?}");
+    assert_ne!(boot(nodes.get(&node).await.unwrap()), boot_before, "rebooted the second time");
+    stack.shutdown().await;
+}
+
+/// A command the node's actuator refuses (a component it may not restart) escalates at once,
+/// with the actuator's reason, instead of waiting out the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_command_escalates_with_the_actuators_reason() {
+    let stack = stack("refused", |o| {
+        o.remediation = firebreak_remediator::Policy::parse(
+            "[budget]\nattempts = 3\nwindow = \"1h\"\n\
+             [[process]]\nname = \"kubelet\"\nkinds = [\"KubeletDown\"]\nladder = [\"restart:sshd\", \"human\"]\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::KubeletOom).unwrap();
+    let (_, why) = wait_for("the escalation", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated" || s == "healed")
+    })
+    .await;
+    assert!(
+        why.contains("the node's actuator refused the restart sshd: sshd may not be restarted on this node"),
+        "{why}"
+    );
+    no_permits(&stack).await;
+    stack.shutdown().await;
+}

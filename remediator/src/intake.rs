@@ -114,7 +114,7 @@ pub(crate) fn decide(
     let ids = |r: &[&(Uuid, String)]| r.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join(", ");
     let all: Vec<&(Uuid, String)> = history.repairs.iter().collect();
     let same: Vec<&(Uuid, String)> = all.iter().copied().filter(|(_, p)| *p == process.name).collect();
-    let ladder: Vec<&str> = process.ladder.iter().map(|r| r.as_str()).collect();
+    let ladder: Vec<String> = process.ladder.iter().map(Rung::name).collect();
     let ladder = ladder.join(" → ");
     let (rung, why) = if all.len() >= budget.attempts as usize {
         (
@@ -133,7 +133,7 @@ pub(crate) fn decide(
             format!("; the fault came back within {window} after {} repair(s) by it ({})", same.len(), ids(&same))
         };
         (
-            *rung,
+            rung.clone(),
             format!(
                 "process `{}`, rung {} of {} ({ladder}){came_back}",
                 process.name,
@@ -260,7 +260,10 @@ pub(crate) mod tests {
         };
         let mem = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 1);
         let first = decide(&mem, &history());
-        assert_eq!((first.rung, first.why.as_str()), (Rung::Reboot, "process `memory`, rung 1 of 2 (reboot → human)"));
+        assert_eq!(
+            (first.rung.clone(), first.why.as_str()),
+            (Rung::Reboot, "process `memory`, rung 1 of 2 (reboot → human)")
+        );
         let healed = Uuid::now_v7();
         let again = decide(&mem, &History { repairs: vec![(healed, "memory".into())], ..history() });
         assert_eq!(again.rung, Rung::Human, "the memory ladder climbs to a human");

@@ -10,11 +10,14 @@
 //! closed), held until the node is back in service → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → under a `drain` permit, label pods
 //! `firebreak.io/to-be-migrated=true` and evict them through the Eviction API, retrying
-//! PodDisruptionBudget refusals, never skipping them → under a `reboot` permit, ask for a reboot
-//! (once) → wait for a new boot id and Ready (on a reflector store of the cluster's nodes, not by
-//! polling) → a quiet period with no critical fault since the reboot was asked for (so a fault
-//! logged during boot counts), then the readiness gates (node conditions, other teams'
-//! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. On the `human` rung the
+//! PodDisruptionBudget refusals, never skipping them → under a `reboot` permit, ask the node's
+//! actuator (its agent, through the command topic: `commands`) for a reboot → wait for a new
+//! boot id and Ready (on a reflector store of the cluster's nodes, not by polling), the
+//! actuator's report of the new boot, or its refusal or failure, which escalates → a quiet
+//! period with no critical fault since the reboot was asked for (so a fault logged during boot
+//! counts), then the readiness gates (node conditions, other teams'
+//! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. On a `restart` rung the
+//! actuator restarts a component instead of the drain and the reboot; on the `human` rung the
 //! workflow escalates right after its cordon. A step that cannot complete
 //! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
 //! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
@@ -129,6 +132,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Longest time a reboot may take before escalation.
     pub reboot_timeout: Duration,
+    /// Longest time a component restart may take (the actuator's report and the node Ready)
+    /// before escalation.
+    pub restart_timeout: Duration,
     /// Faults observed longer ago than this are recorded but not acted on (a new consumer
     /// group reads the topic from its start).
     pub stale_after: Duration,
@@ -191,6 +197,7 @@ impl Config {
             eviction_retry: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(600),
             reboot_timeout: Duration::from_secs(900),
+            restart_timeout: Duration::from_secs(300),
             stale_after: Duration::from_secs(600),
             readiness: ReadinessGates::default(),
             policy: Policy::default(),

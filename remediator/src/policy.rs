@@ -12,10 +12,13 @@ use crate::{Error, Result};
 /// The default policy, documented.
 pub const DEFAULT_POLICY: &str = include_str!("../policy.toml");
 
-/// One repair on a ladder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// One repair on a ladder; in the policy file `restart:<component>`, `reboot` or `human`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Rung {
+    /// Restart one node component (a systemd unit such as `kubelet`) through the node's
+    /// actuator; no drain.
+    Restart(String),
     /// Drain under a `drain` permit, reboot under a `reboot` permit, verify, uncordon.
     Reboot,
     /// Cordon, then escalate: a human takes over.
@@ -24,19 +27,38 @@ pub enum Rung {
 
 impl Rung {
     /// The name stored and shown.
-    pub fn as_str(self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Rung::Reboot => "reboot",
-            Rung::Human => "human",
+            Rung::Restart(c) => format!("restart:{c}"),
+            Rung::Reboot => "reboot".into(),
+            Rung::Human => "human".into(),
         }
     }
 
-    pub(crate) fn parse(s: &str) -> Result<Self> {
+    /// Reads a rung's name.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
         match s {
             "reboot" => Ok(Rung::Reboot),
             "human" => Ok(Rung::Human),
-            other => Err(Error::Corrupt(format!("unknown rung `{other}`"))),
+            _ => match s.strip_prefix("restart:") {
+                Some(c) if firebreak_schema::names::is_dns1123_subdomain(c) => Ok(Rung::Restart(c.into())),
+                Some(c) => Err(format!("rung `{s}`: component `{c}` is not a DNS-1123 name")),
+                None => Err(format!("unknown rung `{s}`: expected `restart:<component>`, `reboot` or `human`")),
+            },
         }
+    }
+}
+
+impl TryFrom<String> for Rung {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        Rung::parse(&s)
+    }
+}
+
+impl From<Rung> for String {
+    fn from(r: Rung) -> String {
+        r.name()
     }
 }
 
@@ -186,7 +208,8 @@ mod tests {
         let memory = p.process_for(FaultKind::MemoryUncorrectable, Severity::Critical).unwrap();
         assert_eq!(memory.ladder, [Rung::Reboot, Rung::Human]);
         assert!(p.process_for(FaultKind::MemoryUncorrectable, Severity::Warning).is_none());
-        assert!(p.process_for(FaultKind::KubeletDown, Severity::Critical).is_none(), "a reboot is too blunt");
+        let kubelet = p.process_for(FaultKind::KubeletDown, Severity::Critical).unwrap();
+        assert_eq!(kubelet.ladder, [Rung::Restart("kubelet".into()), Rung::Reboot, Rung::Human], "restart first");
         assert!(p.process_for(FaultKind::AgentSilent, Severity::Critical).is_none());
         assert_eq!(Policy::parse(&p.to_toml()).unwrap(), p, "the rendered policy reads back the same");
     }
@@ -200,6 +223,10 @@ mod tests {
             ("[budget]\nattempts = 3\n", "window"),
             (&format!("{ok}[[process]]\nname = \"a\"\nkinds = [\"Meltdown\"]\nladder = [\"reboot\"]\n"), "line 6"),
             (&format!("{ok}[[process]]\nname = \"a\"\nkinds = [\"KernelHung\"]\nladder = [\"pray\"]\n"), "line 7"),
+            (
+                &format!("{ok}[[process]]\nname = \"a\"\nkinds = [\"KernelHung\"]\nladder = [\"restart:rm -rf\"]\n"),
+                "not a DNS-1123 name",
+            ),
             (&format!("{ok}[[process]]\nname = \"a\"\nkinds = [\"KernelHung\"]\nladder = []\n"), "at least one rung"),
             (&format!("{ok}[[process]]\nname = \"a\"\nladder = [\"reboot\"]\n"), "no kinds and no classes"),
             (

@@ -26,6 +26,10 @@ pub enum State {
     Draining,
     /// Drained; ask for a reboot next.
     Rebooting,
+    /// Cordoned; ask the node's actuator to restart a component next (the `restart` rung).
+    Restarting,
+    /// Restart asked for; waiting for the actuator's report and the node Ready.
+    AwaitingRestart,
     /// Reboot asked for (persisted before asking, so it is asked at most once); waiting for a
     /// new boot id and Ready.
     AwaitingBoot,
@@ -57,6 +61,8 @@ impl State {
             State::Cordoning => "cordoning",
             State::Draining => "draining",
             State::Rebooting => "rebooting",
+            State::Restarting => "restarting",
+            State::AwaitingRestart => "awaiting_restart",
             State::AwaitingBoot => "awaiting_boot",
             State::Verifying => "verifying",
             State::Uncordoning => "uncordoning",
@@ -75,6 +81,8 @@ impl State {
             State::Cordoning,
             State::Draining,
             State::Rebooting,
+            State::Restarting,
+            State::AwaitingRestart,
             State::AwaitingBoot,
             State::Verifying,
             State::Uncordoning,
@@ -120,8 +128,8 @@ pub struct Workflow {
     pub step_permit_id: Option<Uuid>,
     /// The node's boot id before the reboot was asked for.
     pub boot_id_before: Option<String>,
-    /// When the reboot was asked for (ms since the epoch): a critical fault observed after it,
-    /// boot time included, means the repair did not hold.
+    /// When the repair (reboot or restart) was asked for (ms since the epoch): a critical fault
+    /// observed after it, boot time included, means the repair did not hold.
     pub reboot_requested_at_ms: Option<i64>,
     /// Whether the node was already cordoned (by someone else) when the workflow got its cordon
     /// permit: then it stays cordoned at the end. Unknown until then.
@@ -332,7 +340,7 @@ impl Store {
                         e.kind,
                         e.id,
                         e.message,
-                        plan.rung.as_str(),
+                        plan.rung.name(),
                         plan.why
                     ),
                     process: plan.process,
@@ -352,7 +360,7 @@ impl Store {
                 .bind(&wf.reason)
                 .bind(text(now))
                 .bind(&wf.process)
-                .bind(wf.rung.as_str())
+                .bind(wf.rung.name())
                 .bind(&wf.rung_why)
                 .execute(&mut *tx)
                 .await?;
@@ -440,7 +448,11 @@ impl Store {
                     was_cordoned: r.try_get::<Option<i32>, _>("was_cordoned")?.map(|v| v != 0),
                     step_started_at_ms: r.try_get("step_started_at_ms")?,
                     process: r.try_get::<Option<String>, _>("process")?.unwrap_or_default(),
-                    rung: r.try_get::<Option<String>, _>("rung")?.as_deref().map_or(Ok(Rung::Reboot), Rung::parse)?,
+                    rung: r
+                        .try_get::<Option<String>, _>("rung")?
+                        .as_deref()
+                        .map_or(Ok(Rung::Reboot), Rung::parse)
+                        .map_err(Error::Corrupt)?,
                     rung_why: r.try_get::<Option<String>, _>("rung_why")?.unwrap_or_default(),
                     reason: r.try_get("reason")?,
                 })
@@ -657,7 +669,7 @@ mod tests {
         else {
             panic!("the third hung task starts a workflow")
         };
-        assert_eq!((wf.process.as_str(), wf.rung), ("hung-tasks", Rung::Reboot));
+        assert_eq!((wf.process.as_str(), wf.rung.clone()), ("hung-tasks", Rung::Reboot));
         assert_eq!(s.open_workflows("c1").await.unwrap()[0].rung_why, wf.rung_why, "the plan is persisted");
         end(&s, &wf, State::Healed).await;
         // After the repair the count starts over: one more hung task is one.

@@ -202,7 +202,15 @@ impl Runner {
     async fn act(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         // Between our cordon and our uncordon, a node someone else uncordoned is theirs again.
         // Read from the API, not the cache, which may not have seen our own cordon yet.
-        if matches!(wf.state, State::Draining | State::Rebooting | State::AwaitingBoot | State::Verifying) {
+        if matches!(
+            wf.state,
+            State::Draining
+                | State::Rebooting
+                | State::AwaitingBoot
+                | State::Restarting
+                | State::AwaitingRestart
+                | State::Verifying
+        ) {
             let node = ctx.ops.get(&wf.node).await?;
             if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
                 return self.cancel(ctx, wf).await;
@@ -216,8 +224,13 @@ impl Runner {
                 ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
                 let reason =
                     format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
-                match wf.rung {
+                match wf.rung.clone() {
                     Rung::Reboot => ctx.advance(wf, State::Draining, reason).await,
+                    Rung::Restart(c) => {
+                        let reason =
+                            format!("{reason}; {c} is restarted next, without a drain (its pods keep running)");
+                        ctx.advance(wf, State::Restarting, reason).await
+                    }
                     Rung::Human => {
                         let why = format!(
                             "{reason}; the remediation policy gives this fault to a human ({})",
@@ -232,6 +245,8 @@ impl Runner {
             State::Rebooting if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Reboot).await,
             State::Rebooting => self.reboot(ctx, wf).await,
             State::AwaitingBoot => self.await_boot(ctx, wf).await,
+            State::Restarting => self.restart(ctx, wf).await,
+            State::AwaitingRestart => self.await_restart(ctx, wf).await,
             State::Verifying => self.verify(ctx, wf).await,
             State::Uncordoning => {
                 let reason = if wf.was_cordoned == Some(true) {
@@ -397,17 +412,94 @@ impl Runner {
         ctx.holding(wf.step_permit_id)?;
         wf.boot_id_before = Some(boot.clone());
         wf.reboot_requested_at_ms = Some(ms(Utc::now()));
-        let cmd = self.reboot_command(ctx, wf);
+        let cmd = self.repair_command(ctx, wf);
         let reason = format!("reboot asked of the node's actuator (command {}); boot id {boot}, Ready={ready}", cmd.id);
         ctx.advance(wf, State::AwaitingBoot, reason).await?;
         self.send(ctx, &cmd).await
     }
 
-    /// The reboot command of the workflow: the same on every call, valid until the reboot's
-    /// deadline.
-    fn reboot_command(&self, ctx: &Ctx, wf: &Workflow) -> firebreak_schema::NodeCommand {
+    /// The node command of the workflow's repair (its reboot or restart): the same on every
+    /// call, valid until the repair's deadline.
+    fn repair_command(&self, ctx: &Ctx, wf: &Workflow) -> firebreak_schema::NodeCommand {
         let at = wf.reboot_requested_at_ms.unwrap_or_else(|| ms(Utc::now()));
-        crate::commands::command(wf, firebreak_schema::NodeAction::Reboot, at, ctx.cfg.reboot_timeout)
+        let (action, ttl) = match &wf.rung {
+            Rung::Restart(component) => {
+                (firebreak_schema::NodeAction::Restart { component: component.clone() }, ctx.cfg.restart_timeout)
+            }
+            Rung::Reboot | Rung::Human => (firebreak_schema::NodeAction::Reboot, ctx.cfg.reboot_timeout),
+        };
+        crate::commands::command(wf, action, at, ttl)
+    }
+
+    /// Asks the node's actuator to restart the rung's component (once persisted, like a reboot).
+    async fn restart(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let node = ctx.ops.get(&wf.node).await?;
+        let (boot, ready) = boot_and_ready(&node);
+        ctx.holding(wf.permit_id)?;
+        wf.boot_id_before = Some(boot.clone());
+        wf.reboot_requested_at_ms = Some(ms(Utc::now()));
+        let cmd = self.repair_command(ctx, wf);
+        let reason =
+            format!("{} asked of the node's actuator (command {}); boot id {boot}, Ready={ready}", cmd.action, cmd.id);
+        ctx.advance(wf, State::AwaitingRestart, reason).await?;
+        self.send(ctx, &cmd).await
+    }
+
+    /// Waits for the actuator to report the restart done and the node Ready.
+    async fn await_restart(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let cmd = self.repair_command(ctx, wf);
+        if !self.sent {
+            self.send(ctx, &cmd).await?;
+        }
+        let started = wf.reboot_requested_at_ms;
+        let ready = |n: Option<&k8s_openapi::api::core::v1::Node>| n.is_none_or(|n| boot_and_ready(n).1);
+        loop {
+            let mut done = None;
+            for report in ctx.store.reports(cmd.id).await? {
+                match report.outcome.as_str() {
+                    "failed" | "refused" => {
+                        let why =
+                            format!("the node's actuator {} the {}: {}", report.outcome, cmd.action, report.detail);
+                        return self.escalate(ctx, wf, why).await;
+                    }
+                    "accepted" if !self.accepted => {
+                        self.accepted = true;
+                        let reason = format!("the node's agent accepted the {} on boot {}", cmd.action, report.boot_id);
+                        ctx.advance(wf, State::AwaitingRestart, reason).await?;
+                    }
+                    "done" => done = Some(report.detail),
+                    _ => {}
+                }
+            }
+            let left = ctx.cfg.restart_timeout.saturating_sub(since(started));
+            let (node, up) = ctx
+                .nodes
+                .wait_for(&wf.node, left.min(Duration::from_secs(1)), &ctx.cancel, ready)
+                .await
+                .ok_or(Error::Cancelled)?;
+            if up && node.is_none() {
+                return Err(Error::NodeGone(wf.node.clone()));
+            }
+            if let (Some(detail), true) = (&done, up) {
+                let reason =
+                    format!("{} done in {:.1}s ({detail}); node Ready", cmd.action, since(started).as_secs_f64());
+                wf.step_started_at_ms = Some(ms(Utc::now()));
+                return ctx.advance(wf, State::Verifying, reason).await;
+            }
+            if left.is_zero() {
+                let why = format!(
+                    "the {} did not complete within {}s: {}",
+                    cmd.action,
+                    ctx.cfg.restart_timeout.as_secs(),
+                    if done.is_some() {
+                        "done, but the node is not Ready"
+                    } else {
+                        "no report of it done from the node's agent"
+                    }
+                );
+                return self.escalate(ctx, wf, why).await;
+            }
+        }
     }
 
     async fn send(&mut self, ctx: &Ctx, cmd: &firebreak_schema::NodeCommand) -> Result<()> {
@@ -420,7 +512,7 @@ impl Runner {
     }
 
     async fn await_boot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let cmd = self.reboot_command(ctx, wf);
+        let cmd = self.repair_command(ctx, wf);
         // After a restart the command is sent again: the node carries it out at most once.
         if !self.sent {
             self.send(ctx, &cmd).await?;
@@ -484,11 +576,16 @@ impl Runner {
             let (boot, ready) = boot_and_ready(&node);
             let elapsed = since(started);
             if !ready {
-                let why = format!("node went NotReady {:.1}s into verification after reboot", elapsed.as_secs_f64());
+                let why = format!(
+                    "node went NotReady {:.1}s into verification after the {}",
+                    elapsed.as_secs_f64(),
+                    wf.rung.name()
+                );
                 return self.escalate(ctx, wf, why).await;
             }
             if let Some((event, kind)) = ctx.store.critical_fault_since(&wf.cluster, &wf.node, faults_after).await? {
-                let why = format!("fault recurred after the reboot request: {kind} ({event}) on boot {boot}");
+                let why =
+                    format!("fault recurred after the {} request: {kind} ({event}) on boot {boot}", wf.rung.name());
                 return self.escalate(ctx, wf, why).await;
             }
             if elapsed >= quiet {
@@ -523,7 +620,11 @@ impl Runner {
             let named: Vec<&str> = gates.conditions.iter().chain(&gates.configmaps).map(String::as_str).collect();
             format!("; readiness gates hold ({})", named.join(", "))
         };
-        let agent = if wf.boot_id_before.is_some() { "; the node's agent reported the new boot" } else { "" };
+        let agent = if wf.rung == Rung::Reboot && wf.boot_id_before.is_some() {
+            "; the node's agent reported the new boot"
+        } else {
+            ""
+        };
         let reason =
             format!("quiet period passed: Ready and no new critical fault for {}s{agent}{held}", quiet.as_secs());
         ctx.advance(wf, State::Uncordoning, reason).await
@@ -532,10 +633,10 @@ impl Runner {
     /// Why the node's agent does not count as reporting again after the reboot, if it does not:
     /// its actuator must have reported the reboot done on the node's current boot.
     async fn agent_silent(&self, ctx: &Ctx, wf: &Workflow, boot: &str) -> Result<Option<String>> {
-        if wf.boot_id_before.is_none() {
+        if wf.rung != Rung::Reboot || wf.boot_id_before.is_none() {
             return Ok(None);
         }
-        let cmd = self.reboot_command(ctx, wf);
+        let cmd = self.repair_command(ctx, wf);
         let reports = ctx.store.reports(cmd.id).await?;
         let done = reports.iter().any(|r| r.outcome == "done" && r.boot_id == boot);
         Ok((!done).then(|| format!("the node's agent has not reported boot {boot} since the reboot")))
@@ -551,7 +652,11 @@ impl Runner {
                 let names: Vec<String> = pods.iter().map(pod_names).map(|(ns, name)| format!("{ns}/{name}")).collect();
                 let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
                 let kept = if cordoned { " (already cordoned by someone else: kept at the end)" } else { "" };
-                match wf.rung {
+                match &wf.rung {
+                    Rung::Restart(c) => format!(
+                        "dry run: would ask the gate for cordon, then cordon{kept} and taint, ask the node's actuator \
+                         to restart {c} (no drain), verify and uncordon; nothing was done"
+                    ),
                     Rung::Reboot => format!(
                         "dry run: would ask the gate for cordon, then cordon{kept} and taint, drain {} pods ({}) under \
                          a drain permit, reboot under a reboot permit, verify and uncordon; nothing was done",

@@ -282,3 +282,17 @@ pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
 }
+
+/// The long-lived pods bound to a node (`churn` pods, which come and go, left out), by uid.
+pub async fn pods_on(client: &kube::Client, node: &str) -> std::collections::BTreeSet<String> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    pods.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| !p.metadata.name.as_deref().unwrap_or_default().starts_with("churn-"))
+        .filter_map(|p| p.metadata.uid)
+        .collect()
+}
