@@ -144,6 +144,14 @@ pub enum Command {
         /// How long after the quiet period to wait for the readiness gates before escalating.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         readiness_timeout: Duration,
+        /// How long pod owners have to move pods labelled `firebreak.io/to-be-migrated` before
+        /// they are evicted.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        migration_grace: Duration,
+        /// Evict pods no controller would recreate, as `kubectl drain --force` does (without it a
+        /// node with such pods is escalated, not drained).
+        #[arg(long)]
+        evict_unmanaged_pods: bool,
         /// The remediation policy (TOML: processes, ladders, the attempt budget); the built-in
         /// one without it (`firebreak check-remediation-policy` prints it).
         #[arg(long)]
@@ -354,6 +362,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             readiness_conditions,
             readiness_configmaps,
             readiness_timeout,
+            migration_grace,
+            evict_unmanaged_pods,
             policy,
             dry_run,
             escalation_webhook,
@@ -394,6 +404,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             cfg.dry_run = dry_run;
             cfg.policy = policy;
+            cfg.migration_grace = migration_grace;
+            cfg.evict_unmanaged = evict_unmanaged_pods;
             cfg.escalation_webhook = escalation_webhook;
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;

@@ -91,6 +91,10 @@ pub struct StackOptions {
     pub eviction_retry: Duration,
     /// How long a remediator's drain may take before it escalates.
     pub drain_timeout: Duration,
+    /// How long pod owners have to move labelled pods before the remediator evicts them.
+    pub migration_grace: Duration,
+    /// Remediators evict pods without a controller (`kubectl drain --force`).
+    pub evict_unmanaged: bool,
     /// Remediators in dry-run (shadow) mode.
     pub dry_run: bool,
     /// The remediators' policy: processes, ladders, the attempt budget.
@@ -129,6 +133,8 @@ impl StackOptions {
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(600),
+            migration_grace: Duration::from_secs(1),
+            evict_unmanaged: false,
             dry_run: false,
             remediation: firebreak_remediator::Policy::default(),
             escalation_webhook: None,
@@ -330,6 +336,8 @@ impl Stack {
             rem.drain_timeout = opts.drain_timeout;
             rem.dry_run = opts.dry_run;
             rem.policy = opts.remediation.clone();
+            rem.migration_grace = opts.migration_grace;
+            rem.evict_unmanaged = opts.evict_unmanaged;
             rem.escalation_webhook = opts.escalation_webhook.clone();
             remediator_runs.push((rem, client));
             // Each node's actuator acts on its simulated machine where a real one runs systemctl;

@@ -135,6 +135,14 @@ async fn closed_loop(name: &str, db: Option<String>) {
     assert!(reasons.iter().any(|r| r.starts_with("reboot asked of the node's actuator (command ")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.starts_with("the node's agent accepted the reboot on boot ")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("the node's agent reported the new boot")), "{reasons:?}");
+    // Evidence before the drain: conditions, the kernel's own line, the pods.
+    let evidence = reasons.iter().find(|r| r.starts_with("evidence before the reboot: ")).expect("evidence recorded");
+    assert!(
+        evidence.contains("conditions Ready=True")
+            && evidence.contains("MemoryUncorrectable (critical): EDAC MC0: 1 UE"),
+        "{evidence}"
+    );
+    assert!(to_migrate.iter().all(|p| evidence.contains(p.as_str())), "the pods on it: {evidence}");
 
     // The NotReady our own reboot caused is reported, marked as ours, and starts nothing.
     let events = get_json(&url).await.unwrap();

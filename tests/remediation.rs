@@ -311,7 +311,10 @@ async fn the_ladder_climbs_to_a_human_and_hung_tasks_need_three() {
     assert!(why.contains(first.iter().next().unwrap()), "the repair that did not hold is named: {why}");
     let all = steps(&stack, &node).await;
     let second: Vec<&str> = all.iter().skip_while(|(s, _)| s != "healed").skip(1).map(|(s, _)| s.as_str()).collect();
-    assert_eq!(second, ["permit_wait", "cordoning", "escalated"], "no drain, no reboot the second time");
+    assert_eq!(second, ["permit_wait", "cordoning", "cordoning", "escalated"], "no drain, no reboot the second time");
+    let evidence = &all.iter().rev().find(|(s, _)| s == "cordoning").unwrap().1;
+    assert!(evidence.starts_with("evidence before the human: conditions Ready=True"), "{evidence}");
+    assert!(evidence.contains("MemoryUncorrectable (critical): EDAC MC0: 1 UE"), "the kernel log line: {evidence}");
     let n = nodes.get(&node).await.unwrap();
     assert!(tainted(&n) && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true), "left isolated");
     assert!(n.metadata.annotations.unwrap_or_default().contains_key(firebreak_schema::ESCALATED_ANNOTATION));
@@ -417,5 +420,71 @@ async fn a_refused_command_escalates_with_the_actuators_reason() {
         "{why}"
     );
     no_permits(&stack).await;
+    stack.shutdown().await;
+}
+
+/// Migration: every pod is labelled before any is evicted; a pod annotated
+/// `firebreak.io/migration=manual` is left for its owner to move, and the drain waits for it; a
+/// pod no controller would recreate is not evicted (as `kubectl drain` without `--force`): the
+/// node goes to a human instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_pods_wait_for_their_owner_and_bare_pods_are_not_evicted() {
+    let stack = stack("migration", |o| o.migration_grace = Duration::from_secs(2)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    common::wait_pods_ready(&cluster).await;
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "default");
+    let node = format!("{}-node-001", cluster.name());
+    let on_node = pods.list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"))).await.unwrap();
+    let owned = on_node
+        .items
+        .iter()
+        .find(|p| p.metadata.owner_references.iter().flatten().any(|o| o.kind == "ReplicaSet"))
+        .and_then(|p| p.metadata.name.clone())
+        .expect("a ReplicaSet pod on the node");
+    let manual = json!({"metadata": {"annotations": {firebreak_schema::MIGRATION_ANNOTATION: "manual"}}});
+    pods.patch(&owned, &PatchParams::default(), &Patch::Merge(&manual)).await.unwrap();
+
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (_, labelled) = wait_for("the pods labelled", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(_, r)| r.starts_with("labelled "))
+    })
+    .await;
+    assert!(labelled.contains(&format!("1 left to their owners (default/{owned})")), "{labelled}");
+    // The drain waits for the owner; the pod is labelled and never evicted.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let p = pods.get(&owned).await.unwrap();
+    assert_eq!(
+        p.metadata.labels.unwrap_or_default().get(firebreak_schema::TO_BE_MIGRATED_LABEL).map(String::as_str),
+        Some("true")
+    );
+    assert!(!steps(&stack, &node).await.iter().any(|(s, _)| s == "rebooting"), "the drain waits for the owner");
+    // Its owner moves it.
+    pods.delete(&owned, &Default::default()).await.unwrap();
+    let (_, drained) = wait_for("the drain's end", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "rebooting")
+    })
+    .await;
+    assert!(drained.contains("moved by their owners") && drained.contains("pods evicted (default/"), "{drained}");
+    assert!(
+        !cluster.audit().iter().any(|a| a.subresource == "eviction" && a.name == owned),
+        "the manual pod was never evicted"
+    );
+
+    // A bare pod: not evicted; the node goes to a human.
+    let bare_node = format!("{}-node-002", cluster.name());
+    let bare: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "hand-made", "namespace": "default"},
+        "spec": {"nodeName": bare_node, "containers": [{"name": "c", "image": "busybox"}]},
+    }))
+    .unwrap();
+    pods.create(&Default::default(), &bare).await.unwrap();
+    cluster.inject(&bare_node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the escalation", Duration::from_secs(30), || async {
+        steps(&stack, &bare_node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    assert!(why.contains("drain refused: 1 pods have no controller") && why.contains("default/hand-made"), "{why}");
+    assert!(pods.get("hand-made").await.is_ok(), "the bare pod is still there");
     stack.shutdown().await;
 }

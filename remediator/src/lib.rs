@@ -130,6 +130,12 @@ pub struct Config {
     pub eviction_retry: Duration,
     /// Longest time a drain may take before escalation.
     pub drain_timeout: Duration,
+    /// How long the owners of pods labelled `firebreak.io/to-be-migrated` have to move them
+    /// before they are evicted.
+    pub migration_grace: Duration,
+    /// Evict pods no controller would recreate, as `kubectl drain --force` does; without it a
+    /// node with such pods is escalated instead of drained.
+    pub evict_unmanaged: bool,
     /// Longest time a reboot may take before escalation.
     pub reboot_timeout: Duration,
     /// Longest time a component restart may take (the actuator's report and the node Ready)
@@ -196,6 +202,8 @@ impl Config {
             quiet_period: Duration::from_secs(60),
             eviction_retry: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(600),
+            migration_grace: Duration::from_secs(30),
+            evict_unmanaged: false,
             reboot_timeout: Duration::from_secs(900),
             restart_timeout: Duration::from_secs(300),
             stale_after: Duration::from_secs(600),

@@ -2,7 +2,8 @@
 //! idempotent: doing it again after a crash changes nothing more.
 
 use firebreak_schema::{
-    ESCALATED_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, TO_BE_MIGRATED_LABEL, UNHEALTHY_TAINT_KEY,
+    ESCALATED_ANNOTATION, MIGRATION_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, TO_BE_MIGRATED_LABEL,
+    UNHEALTHY_TAINT_KEY,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Taint};
 use kube::{
@@ -128,8 +129,11 @@ impl NodeOps {
             .collect())
     }
 
-    /// Labels a pod `firebreak.io/to-be-migrated=true`.
+    /// Labels a pod `firebreak.io/to-be-migrated=true` (unless it carries the label already).
     pub async fn mark_for_migration(&self, pod: &Pod) -> Result<()> {
+        if pod.metadata.labels.as_ref().and_then(|l| l.get(TO_BE_MIGRATED_LABEL)).is_some_and(|v| v == "true") {
+            return Ok(());
+        }
         let (ns, name) = pod_names(pod);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         let patch = json!({"metadata": {"labels": {TO_BE_MIGRATED_LABEL: "true"}}});
@@ -263,6 +267,47 @@ pub fn boot_and_ready(node: &Node) -> (String, bool) {
     (boot, ready)
 }
 
+/// How the pods to migrate leave the node.
+#[derive(Debug, Default)]
+pub(crate) struct Migration<'a> {
+    /// Evicted (after the grace period): pods with a controller, and pods without one when the
+    /// policy says so.
+    pub(crate) evict: Vec<&'a Pod>,
+    /// Annotated `firebreak.io/migration=manual`: labelled, then left for their owner to move.
+    pub(crate) manual: Vec<&'a Pod>,
+    /// Without a controller, which the policy does not allow evicting (`kubectl drain` without
+    /// `--force` refuses them too: nothing would recreate them).
+    pub(crate) unmanaged: Vec<&'a Pod>,
+}
+
+/// Sorts the pods to migrate by how they may leave. `evict_unmanaged` is `kubectl drain
+/// --force`: pods no controller recreates are evicted too.
+pub(crate) fn migration(pods: &[Pod], evict_unmanaged: bool) -> Migration<'_> {
+    let mut m = Migration::default();
+    for p in pods {
+        let manual =
+            p.metadata.annotations.as_ref().and_then(|a| a.get(MIGRATION_ANNOTATION)).is_some_and(|v| v == "manual");
+        let controlled =
+            p.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|o| o.controller == Some(true)));
+        if manual {
+            m.manual.push(p);
+        } else if controlled || evict_unmanaged {
+            m.evict.push(p);
+        } else {
+            m.unmanaged.push(p);
+        }
+    }
+    m
+}
+
+/// `namespace/name` of each pod, at most 20 and how many more.
+pub(crate) fn listed<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> String {
+    let names: Vec<String> = pods.into_iter().map(pod_names).map(|(ns, n)| format!("{ns}/{n}")).collect();
+    let more = names.len().saturating_sub(20);
+    let shown = names.into_iter().take(20).collect::<Vec<_>>().join(", ");
+    if more > 0 { format!("{shown} and {more} more") } else { shown }
+}
+
 pub(crate) fn pod_names(pod: &Pod) -> (String, String) {
     (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default())
 }
@@ -307,5 +352,43 @@ mod tests {
             unmet_conditions(&node, &want(&["Ready", "GPUHealthy", "NetworkReady"])),
             ["condition GPUHealthy is False", "condition NetworkReady is not reported"]
         );
+    }
+
+    #[test]
+    fn pods_leave_by_eviction_by_their_owner_or_not_without_force() {
+        let pod = |name: &str, controller: Option<bool>, manual: bool| {
+            let mut p = Pod::default();
+            p.metadata.name = Some(name.into());
+            p.metadata.namespace = Some("default".into());
+            if let Some(c) = controller {
+                p.metadata.owner_references =
+                    Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        kind: "ReplicaSet".into(),
+                        name: "rs".into(),
+                        controller: Some(c),
+                        ..Default::default()
+                    }]);
+            }
+            if manual {
+                p.metadata.annotations = Some([(MIGRATION_ANNOTATION.to_owned(), "manual".to_owned())].into());
+            }
+            p
+        };
+        let pods = vec![
+            pod("web", Some(true), false),
+            pod("db", Some(true), true),
+            pod("bare", None, false),
+            pod("referenced-only", Some(false), false),
+        ];
+        let names = |v: &[&Pod]| v.iter().map(|p| p.metadata.name.clone().unwrap()).collect::<Vec<_>>();
+        let m = migration(&pods, false);
+        assert_eq!(names(&m.evict), ["web"]);
+        assert_eq!(names(&m.manual), ["db"], "the owner moves it");
+        assert_eq!(names(&m.unmanaged), ["bare", "referenced-only"], "no controller would recreate them");
+        let forced = migration(&pods, true);
+        assert_eq!(names(&forced.evict), ["web", "bare", "referenced-only"], "as kubectl drain --force");
+        assert_eq!(names(&forced.manual), ["db"], "manual stays manual");
+        let many: Vec<Pod> = (0..25).map(|i| pod(&format!("p{i}"), Some(true), false)).collect();
+        assert!(listed(&many).ends_with("default/p19 and 5 more"), "{}", listed(&many));
     }
 }

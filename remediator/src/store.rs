@@ -376,8 +376,8 @@ impl Store {
             Intake::Duplicate => String::new(),
         };
         sqlx::query(
-            "INSERT INTO seen_faults (event_id, cluster, node, kind, severity, observed_at_ms, workflow_id, decision, at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+            "INSERT INTO seen_faults (event_id, cluster, node, kind, severity, observed_at_ms, workflow_id, decision, at, \
+             message) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
         )
         .bind(e.id.to_string())
         .bind(&e.cluster)
@@ -388,6 +388,7 @@ impl Store {
         .bind(workflow.map(|w| w.to_string()))
         .bind(text_of_decision)
         .bind(text(now))
+        .bind(e.message.chars().take(1000).collect::<String>())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -517,6 +518,34 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| Ok((r.try_get("event_id")?, r.try_get("kind")?))).transpose()
+    }
+
+    /// The node's most recent faults observed since `after_ms`, newest first, at most `limit`:
+    /// (observed at, kind, severity, message).
+    pub async fn recent_faults(
+        &self,
+        cluster: &str,
+        node: &str,
+        after_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(DateTime<Utc>, String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT observed_at_ms, kind, severity, message FROM seen_faults WHERE cluster = $1 AND node = $2 \
+             AND observed_at_ms > $3 ORDER BY observed_at_ms DESC LIMIT $4",
+        )
+        .bind(cluster)
+        .bind(node)
+        .bind(after_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let at = DateTime::from_timestamp_millis(r.try_get("observed_at_ms")?).unwrap_or_default();
+                let message: Option<String> = r.try_get("message")?;
+                Ok((at, r.try_get("kind")?, r.try_get("severity")?, message.unwrap_or_default()))
+            })
+            .collect()
     }
 
     /// Records a node actuator's report on a command, once.

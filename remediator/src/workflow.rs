@@ -12,7 +12,7 @@ use crate::{
     Config, Error, Result, Rung, State, Store, Workflow,
     gate::GateClient,
     node_cache::NodeCache,
-    node_ops::{Eviction, NodeOps, boot_and_ready, pod_names},
+    node_ops::{Eviction, NodeOps, boot_and_ready, listed, migration, pod_names},
     permits::Held,
     store::{Step, ms},
 };
@@ -177,11 +177,15 @@ pub(crate) async fn drive(ctx: Arc<Ctx>, mut wf: Workflow) {
 #[derive(Default)]
 struct Runner {
     last_denial: Option<String>,
+    /// Pods seen on the node during the drain, and those this process evicted.
+    seen: std::collections::BTreeSet<(String, String)>,
+    evicted: Vec<String>,
+    /// The labelling and the grace period were recorded.
+    announced: bool,
     /// The node command of the current step was sent by this process.
     sent: bool,
     /// The node's agent's acceptance of the command was recorded.
     accepted: bool,
-    evicted: usize,
     refused: usize,
 }
 
@@ -224,6 +228,9 @@ impl Runner {
                 ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
                 let reason =
                     format!("cordoned; tainted {}={}:NoSchedule", firebreak_schema::UNHEALTHY_TAINT_KEY, wf.fault_kind);
+                // What the node looked like before anything destructive, for the record.
+                let evidence = evidence(ctx, wf).await?;
+                ctx.advance(wf, State::Cordoning, evidence).await?;
                 match wf.rung.clone() {
                     Rung::Reboot => ctx.advance(wf, State::Draining, reason).await,
                     Rung::Restart(c) => {
@@ -337,6 +344,7 @@ impl Runner {
     async fn drain(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         // (A workflow from before starts were persisted counts from now.)
         let started = wf.step_started_at_ms.or_else(|| Some(ms(Utc::now())));
+        let grace = ctx.cfg.migration_grace;
         loop {
             let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
             if pods.is_empty() {
@@ -350,42 +358,84 @@ impl Runner {
                 tracing::info!(terminating = pods.len(), "node not Ready; not waiting for its pods to terminate");
                 break;
             }
-            let mut blocked = Vec::new();
+            let plan = migration(&pods, ctx.cfg.evict_unmanaged);
+            if !plan.unmanaged.is_empty() {
+                return self
+                    .escalate(ctx, wf, format!(
+                        "drain refused: {} pods have no controller to recreate them elsewhere ({}); evicting them loses \
+                         them, which the policy does not allow (--evict-unmanaged-pods, as kubectl drain --force)",
+                        plan.unmanaged.len(),
+                        listed(plan.unmanaged.iter().copied())
+                    ))
+                    .await;
+            }
+            // Every pod is labelled first; their owners have the grace period to move them.
             for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
                 ctx.holding(wf.permit_id)?;
                 ctx.holding(wf.step_permit_id)?;
                 ctx.ops.mark_for_migration(pod).await?;
-                let name = format!(
-                    "{}/{}",
-                    pod.metadata.namespace.as_deref().unwrap_or(""),
-                    pod.metadata.name.as_deref().unwrap_or("")
+                self.seen.insert(pod_names(pod));
+            }
+            if !self.announced {
+                self.announced = true;
+                let manual = if plan.manual.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} left to their owners ({})", plan.manual.len(), listed(plan.manual.iter().copied()))
+                };
+                let reason = format!(
+                    "labelled {} pods {}=true; evictions start {}s after the drain began{manual}",
+                    pods.len(),
+                    firebreak_schema::TO_BE_MIGRATED_LABEL,
+                    grace.as_secs()
                 );
-                match ctx.ops.evict(pod).await? {
-                    Eviction::Done => {
-                        ctx.metrics.eviction(&wf.cluster, true);
-                        self.evicted += 1;
-                        tracing::info!(pod = %name, "pod evicted");
-                    }
-                    Eviction::Blocked(why) => {
-                        ctx.metrics.eviction(&wf.cluster, false);
-                        self.refused += 1;
-                        tracing::info!(pod = %name, why, "eviction refused by a PodDisruptionBudget; will retry");
-                        blocked.push(name);
+                ctx.advance(wf, State::Draining, reason).await?;
+            }
+            let mut blocked = Vec::new();
+            if since(started) >= grace {
+                for pod in plan.evict.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                    ctx.holding(wf.permit_id)?;
+                    ctx.holding(wf.step_permit_id)?;
+                    let (ns, name) = pod_names(pod);
+                    match ctx.ops.evict(pod).await? {
+                        Eviction::Done => {
+                            ctx.metrics.eviction(&wf.cluster, true);
+                            self.evicted.push(format!("{ns}/{name}"));
+                            tracing::info!(pod = %name, namespace = %ns, "pod evicted");
+                        }
+                        Eviction::Blocked(why) => {
+                            ctx.metrics.eviction(&wf.cluster, false);
+                            self.refused += 1;
+                            tracing::info!(pod = %name, namespace = %ns, why, "eviction refused by a PodDisruptionBudget; will retry");
+                            blocked.push(name);
+                        }
                     }
                 }
             }
             if since(started) > ctx.cfg.drain_timeout {
                 let names: Vec<String> = pods.iter().filter_map(|p| p.metadata.name.clone()).collect();
+                let manual = if plan.manual.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} waited for their owners ({})", plan.manual.len(), listed(plan.manual.iter().copied()))
+                };
                 return self.escalate(ctx, wf, format!(
-                    "drain did not finish within {}s: {} pods remain ({}); {} evictions refused by PodDisruptionBudgets",
+                    "drain did not finish within {}s: {} pods remain ({}); {} evictions refused by PodDisruptionBudgets{manual}",
                     ctx.cfg.drain_timeout.as_secs(), names.len(), names.join(", "), self.refused
                 )).await;
             }
             ctx.sleep(if blocked.is_empty() { Duration::from_millis(500) } else { ctx.cfg.eviction_retry }).await?;
         }
+        let evicted = self.evicted.len();
+        let moved = self.seen.len().saturating_sub(evicted);
         let reason = format!(
-            "drained: {} pods evicted, {} evictions refused by PodDisruptionBudgets and retried, in {:.1}s",
-            self.evicted,
+            "drained: {evicted} pods evicted ({}), {moved} moved by their owners, {} evictions refused by \
+             PodDisruptionBudgets and retried, in {:.1}s",
+            if self.evicted.len() > 20 {
+                format!("{} and {} more", self.evicted[..20].join(", "), evicted - 20)
+            } else {
+                self.evicted.join(", ")
+            },
             self.refused,
             since(started).as_secs_f64()
         );
@@ -719,6 +769,43 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The evidence recorded before the first destructive step: the node's conditions, its recent
+/// faults (kernel log lines among them) and the pods on it.
+async fn evidence(ctx: &Ctx, wf: &Workflow) -> Result<String> {
+    let node = ctx.ops.get(&wf.node).await?;
+    let conditions: Vec<String> = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| match (c.status.as_str(), c.reason.as_deref()) {
+            ("True", _) | (_, None) => format!("{}={}", c.type_, c.status),
+            (status, Some(why)) => format!("{}={status} ({why})", c.type_),
+        })
+        .collect();
+    let since = ms(Utc::now()) - 30 * 60 * 1000;
+    let faults: Vec<String> = ctx
+        .store
+        .recent_faults(&wf.cluster, &wf.node, since, 10)
+        .await?
+        .into_iter()
+        .map(|(at, kind, severity, message)| {
+            let message: String = message.chars().take(200).collect();
+            format!("{} {kind} ({severity}): {message}", at.format("%H:%M:%S%.3f"))
+        })
+        .collect();
+    let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
+    Ok(format!(
+        "evidence before the {}: conditions {}; faults in the last 30 min, newest first: {}; {} pods on the node: {}",
+        wf.rung.name(),
+        conditions.join(", "),
+        if faults.is_empty() { "none".to_owned() } else { faults.join(" | ") },
+        pods.len(),
+        listed(&pods)
+    ))
 }
 
 /// Why the policy gave the workflow its rung.

@@ -50,6 +50,9 @@ pub const NODE_REPORT_TOPIC: &str = "firebreak.node-reports.v1";
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";
 /// Label put on every pod of a node under remediation.
 pub const TO_BE_MIGRATED_LABEL: &str = "firebreak.io/to-be-migrated";
+/// Pod annotation: `manual` means its owner moves it; Firebreak labels it and waits, and never
+/// evicts it.
+pub const MIGRATION_ANNOTATION: &str = "firebreak.io/migration";
 /// Node annotation of a node whose workflow escalated to a human (value: the workflow id). No
 /// fault starts new work on the node while it is there; an operator removes it to clear.
 pub const ESCALATED_ANNOTATION: &str = "firebreak.io/escalated";
