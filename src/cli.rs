@@ -68,6 +68,82 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
+/// `firebreak remediator` flags.
+#[derive(Debug, clap::Args)]
+pub struct RemediatorArgs {
+    #[command(flatten)]
+    pub on: ClusterArgs,
+    /// Base URL of the gate.
+    #[arg(long, default_value = "http://127.0.0.1:8181", value_parser = crate::parse_http_url)]
+    pub gate_url: String,
+    /// Bearer token (role requester) presented to the gate.
+    #[arg(long, env = "FIREBREAK_GATE_TOKEN", hide_env_values = true)]
+    pub gate_token: String,
+    /// A certificate authority (PEM file) to trust for the gate's HTTPS.
+    #[arg(long)]
+    pub gate_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub domains: DomainArgs,
+    /// `sqlite://FILE` or `postgres://...`.
+    #[arg(long, default_value = "sqlite://firebreak-remediator.db", env = "FIREBREAK_DATABASE_URL")]
+    pub database_url: String,
+    /// Quiet period after a reboot before uncordon.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub quiet_period: Duration,
+    /// A node condition that must be True before uncordon (repeatable).
+    #[arg(long = "readiness-condition", value_name = "TYPE")]
+    pub readiness_conditions: Vec<String>,
+    /// A readiness gate whose ConfigMap (labelled `firebreak.io/readiness-gate=GATE`,
+    /// `firebreak.io/node=NODE`) must say `data.ready: "true"` before uncordon (repeatable).
+    #[arg(long = "readiness-configmap", value_name = "GATE")]
+    pub readiness_configmaps: Vec<String>,
+    /// How long after the quiet period to wait for the readiness gates before escalating.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub readiness_timeout: Duration,
+    /// Act alone: no leader election (only with a single replica per cluster).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Namespace of the cluster's Lease `firebreak-remediator-<cluster>`.
+    #[arg(long, default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: `$POD_NAME`, or host and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
+    /// How long the Lease lasts without renewal: how soon a replica takes over from a dead
+    /// leader.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// Longest a drain may take before the node goes to a human.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Longest a reboot may take (from its request to the node Ready on a new boot).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub reboot_timeout: Duration,
+    /// Longest a component restart may take (to the actuator's report and the node Ready).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub restart_timeout: Duration,
+    /// How long pod owners have to move pods labelled `firebreak.io/to-be-migrated` before
+    /// they are evicted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub migration_grace: Duration,
+    /// Evict pods no controller would recreate, as `kubectl drain --force` does (without it a
+    /// node with such pods is escalated, not drained).
+    #[arg(long)]
+    pub evict_unmanaged_pods: bool,
+    /// The remediation policy (TOML: processes, ladders, the attempt budget); the built-in
+    /// one without it (`firebreak check-remediation-policy` prints it).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Shadow mode: decide and record what each workflow would do, and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also POST every escalation here, signed with `--escalation-webhook-secret`.
+    #[arg(long, value_parser = crate::parse_http_url)]
+    pub escalation_webhook: Option<String>,
+    /// The escalation webhook's HMAC-SHA256 secret.
+    #[arg(long, env = "FIREBREAK_ESCALATION_WEBHOOK_SECRET", hide_env_values = true)]
+    pub escalation_webhook_secret: Option<String>,
+}
 /// The services.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -114,58 +190,7 @@ pub enum Command {
         command: TokenCommand,
     },
     /// Per-cluster remediator: durable repair workflows.
-    Remediator {
-        #[command(flatten)]
-        on: ClusterArgs,
-        /// Base URL of the gate.
-        #[arg(long, default_value = "http://127.0.0.1:8181", value_parser = crate::parse_http_url)]
-        gate_url: String,
-        /// Bearer token (role requester) presented to the gate.
-        #[arg(long, env = "FIREBREAK_GATE_TOKEN", hide_env_values = true)]
-        gate_token: String,
-        /// A certificate authority (PEM file) to trust for the gate's HTTPS.
-        #[arg(long)]
-        gate_ca: Option<PathBuf>,
-        #[command(flatten)]
-        domains: DomainArgs,
-        /// `sqlite://FILE` or `postgres://...`.
-        #[arg(long, default_value = "sqlite://firebreak-remediator.db", env = "FIREBREAK_DATABASE_URL")]
-        database_url: String,
-        /// Quiet period after a reboot before uncordon.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        quiet_period: Duration,
-        /// A node condition that must be True before uncordon (repeatable).
-        #[arg(long = "readiness-condition", value_name = "TYPE")]
-        readiness_conditions: Vec<String>,
-        /// A readiness gate whose ConfigMap (labelled `firebreak.io/readiness-gate=GATE`,
-        /// `firebreak.io/node=NODE`) must say `data.ready: "true"` before uncordon (repeatable).
-        #[arg(long = "readiness-configmap", value_name = "GATE")]
-        readiness_configmaps: Vec<String>,
-        /// How long after the quiet period to wait for the readiness gates before escalating.
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-        readiness_timeout: Duration,
-        /// How long pod owners have to move pods labelled `firebreak.io/to-be-migrated` before
-        /// they are evicted.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        migration_grace: Duration,
-        /// Evict pods no controller would recreate, as `kubectl drain --force` does (without it a
-        /// node with such pods is escalated, not drained).
-        #[arg(long)]
-        evict_unmanaged_pods: bool,
-        /// The remediation policy (TOML: processes, ladders, the attempt budget); the built-in
-        /// one without it (`firebreak check-remediation-policy` prints it).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// Shadow mode: decide and record what each workflow would do, and do nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Also POST every escalation here, signed with `--escalation-webhook-secret`.
-        #[arg(long, value_parser = crate::parse_http_url)]
-        escalation_webhook: Option<String>,
-        /// The escalation webhook's HMAC-SHA256 secret.
-        #[arg(long, env = "FIREBREAK_ESCALATION_WEBHOOK_SECRET", hide_env_values = true)]
-        escalation_webhook_secret: Option<String>,
-    },
+    Remediator(Box<RemediatorArgs>),
     /// Checks a remediation policy file and prints it with its defaults filled in (the built-in
     /// policy, with the reasons for its choices, without a file).
     CheckRemediationPolicy {
@@ -351,24 +376,32 @@ pub async fn run(cli: Cli) -> Result<()> {
             print!("{}", firebreak_remediator::Policy::load(&file)?.to_toml());
             Ok(())
         }
-        Command::Remediator {
-            on,
-            gate_url,
-            gate_token,
-            gate_ca,
-            domains,
-            database_url,
-            quiet_period,
-            readiness_conditions,
-            readiness_configmaps,
-            readiness_timeout,
-            migration_grace,
-            evict_unmanaged_pods,
-            policy,
-            dry_run,
-            escalation_webhook,
-            escalation_webhook_secret,
-        } => {
+        Command::Remediator(args) => {
+            let RemediatorArgs {
+                on,
+                gate_url,
+                gate_token,
+                gate_ca,
+                domains,
+                database_url,
+                quiet_period,
+                readiness_conditions,
+                readiness_configmaps,
+                readiness_timeout,
+                no_leader_election,
+                lease_namespace,
+                lease_identity,
+                lease_duration,
+                drain_timeout,
+                reboot_timeout,
+                restart_timeout,
+                migration_grace,
+                evict_unmanaged_pods,
+                policy,
+                dry_run,
+                escalation_webhook,
+                escalation_webhook_secret,
+            } = *args;
             let policy = match policy {
                 Some(p) => firebreak_remediator::Policy::load(&p)?,
                 None => firebreak_remediator::Policy::default(),
@@ -405,6 +438,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.dry_run = dry_run;
             cfg.policy = policy;
             cfg.migration_grace = migration_grace;
+            cfg.lease = (!no_leader_election).then(|| firebreak_remediator::LeaseConfig {
+                namespace: lease_namespace,
+                identity: lease_identity.unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                    format!("{}-{}", host.trim(), std::process::id())
+                }),
+                duration: lease_duration,
+            });
+            cfg.drain_timeout = drain_timeout;
+            cfg.reboot_timeout = reboot_timeout;
+            cfg.restart_timeout = restart_timeout;
             cfg.evict_unmanaged = evict_unmanaged_pods;
             cfg.escalation_webhook = escalation_webhook;
             cfg.failure_domains = domains.failure_domains;

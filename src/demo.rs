@@ -105,6 +105,8 @@ pub struct StackOptions {
     pub heartbeat: Duration,
     /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
     pub readiness: firebreak_remediator::ReadinessGates,
+    /// Run a remediator per cluster in this process (off: the tests start their own replicas).
+    pub remediators: bool,
     /// Run the healing loop: an agent per node and a remediator per cluster. Off, the stack is
     /// the clusters, detectors, gate and event center, for measuring the health path alone
     /// (the detectors then report no silent agents).
@@ -141,6 +143,7 @@ impl StackOptions {
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
+            remediators: true,
         }
     }
 }
@@ -337,6 +340,12 @@ impl Stack {
             rem.dry_run = opts.dry_run;
             rem.policy = opts.remediation.clone();
             rem.migration_grace = opts.migration_grace;
+            // One replica per cluster here, under the same Lease as production's.
+            rem.lease = Some(firebreak_remediator::LeaseConfig {
+                namespace: "kube-system".into(),
+                identity: format!("demo-remediator-{}", cluster.name()),
+                duration: Duration::from_secs(6),
+            });
             rem.evict_unmanaged = opts.evict_unmanaged;
             rem.escalation_webhook = opts.escalation_webhook.clone();
             remediator_runs.push((rem, client));
@@ -412,7 +421,9 @@ impl Stack {
             producer,
         };
         stack.serve_gate(gate_listener)?;
-        stack.spawn_remediators();
+        if opts.remediators {
+            stack.spawn_remediators();
+        }
         Ok(stack)
     }
 

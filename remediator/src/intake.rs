@@ -227,7 +227,7 @@ pub(crate) mod tests {
             "an escalated node is left alone"
         );
         assert_eq!(decide(&crit, &History { open_workflow: Some(open), ..escalated }), Verdict::Attach(open));
-        let component = fault(FaultKind::KubeletDown, Severity::Critical, 1);
+        let component = fault(FaultKind::AgentSilent, Severity::Critical, 1);
         assert!(matches!(decide(&component, &history()), Verdict::Ignore(w) if w.contains("no process")));
     }
 

@@ -36,6 +36,7 @@
 mod commands;
 mod gate;
 mod intake;
+mod leader;
 mod metrics;
 mod node_cache;
 mod node_ops;
@@ -50,7 +51,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, decode_message},
     retry,
 };
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, NODE_REPORT_TOPIC};
+use firebreak_schema::{FAULT_TOPIC, FaultEvent};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -60,6 +61,7 @@ use tracing::Instrument;
 
 pub use gate::GateClient;
 pub use intake::Intake;
+pub use leader::LeaseConfig;
 pub use metrics::Metrics;
 pub use policy::{Policy, Rung};
 pub use store::{State, Step, Store, Workflow};
@@ -151,6 +153,8 @@ pub struct Config {
     pub escalation_webhook: Option<EscalationWebhook>,
     /// Which faults are repaired and how: processes, ladders, the attempt budget.
     pub policy: Policy,
+    /// Leader election among replicas (a Lease in the cluster); `None`: this replica acts alone.
+    pub lease: Option<LeaseConfig>,
     /// Dry-run (shadow) mode: every fault is taken in and decided as usual, and each workflow
     /// records what it would do — and ends; nothing is asked of the gate or done to the cluster.
     pub dry_run: bool,
@@ -209,14 +213,44 @@ impl Config {
             stale_after: Duration::from_secs(600),
             readiness: ReadinessGates::default(),
             policy: Policy::default(),
+            lease: None,
             dry_run: false,
             escalation_webhook: None,
         }
     }
 }
 
-/// Runs intake and workflows until `cancel`.
+/// Runs the cluster's remediation until `cancel`: with leader election, only while this replica
+/// holds the cluster's Lease (and at once again when it wins it back).
 pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
+    let Some(lease) = cfg.lease.clone() else { return lead(cfg, client, metrics, cancel).await };
+    let elector = leader::Elector::new(client.clone(), &cfg.cluster, lease);
+    loop {
+        if !elector.acquire(&cancel).await {
+            return Ok(());
+        }
+        let term = cancel.child_token();
+        let work = lead(cfg.clone(), client.clone(), metrics.clone(), term.clone());
+        tokio::pin!(work);
+        let result = tokio::select! {
+            r = &mut work => r,
+            () = elector.hold(&term) => {
+                // Lost (or shutting down): stop acting before anyone else may take the Lease.
+                term.cancel();
+                work.await
+            }
+        };
+        term.cancel();
+        if cancel.is_cancelled() || result.is_err() {
+            elector.release().await;
+            return result;
+        }
+        tracing::warn!(cluster = %cfg.cluster, "leadership lost; standing by");
+    }
+}
+
+/// Runs intake and workflows until `cancel`.
+async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
     let store = Store::open(&cfg.database_url).await?;
     let producer = Producer::new(&cfg.kafka)?;
     let consumer: StreamConsumer = cfg
@@ -225,12 +259,13 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
     consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    // Assigned, not subscribed: a replica that takes over from a killed leader reads the reports
+    // at once, without waiting for the dead member to time out of a consumer group.
     let reports: StreamConsumer = cfg
         .kafka
         .consumer(&format!("firebreak-remediator-{}-reports", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
-    reports.subscribe(&[NODE_REPORT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),

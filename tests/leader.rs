@@ -1,0 +1,94 @@
+//! Two remediator replicas of one cluster, as separate `firebreak remediator` processes sharing
+//! a database: only the holder of the cluster's Lease acts; when it is killed with SIGKILL in
+//! the middle of a drain, the other takes the Lease once it lapses, resumes the workflow where
+//! the dead one left it, and no side effect happens twice.
+
+mod common;
+
+use std::{process::Stdio, time::Duration};
+
+use common::{stack, steps, temp_dir, wait_for};
+use firebreak_fleet_sim::Fault;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Node};
+use kube::Api;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_leads_and_a_killed_leader_is_taken_over_mid_drain() {
+    let stack = stack("leader", |o| o.remediators = false).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease_name = format!("firebreak-remediator-{}", cluster.name());
+    let holder = || async { leases.get_opt(&lease_name).await.ok().flatten().and_then(|l| l.spec?.holder_identity) };
+    let dir = temp_dir("leader-replicas");
+    let db = format!("sqlite://{}", dir.join("remediator.db").display());
+    let kubeconfig = cluster.kubeconfig_path();
+    let replica = |id: &str| {
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .args(["remediator", "--cluster", cluster.name(), "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--kafka-brokers", &stack.kafka_config.brokers, "--gate-url", &stack.gate_url])
+            .args(["--gate-token", &stack.tokens.requester, "--database-url", &db, "--lease-identity", id])
+            .args(["--lease-duration", "4s", "--migration-grace", "5s", "--quiet-period", "3s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut a = replica("replica-a");
+    wait_for("replica-a leading", Duration::from_secs(30), || async {
+        (holder().await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let mut b = replica("replica-b");
+
+    let node = format!("{}-node-001", cluster.name());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let boot = |n: Node| n.status.unwrap().node_info.unwrap().boot_id;
+    let boot_before = boot(nodes.get(&node).await.unwrap());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    // Mid-drain: the pods are labelled and their owners' grace period runs.
+    wait_for("the drain under way", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.iter().any(|(_, r)| r.starts_with("labelled ")).then_some(())
+    })
+    .await;
+    assert_eq!(holder().await.as_deref(), Some("replica-a"), "the standby never took over while the leader lived");
+    a.kill().await.unwrap();
+
+    wait_for("replica-b leading", Duration::from_secs(30), || async {
+        (holder().await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    let (_, why) = wait_for("the workflow's end", Duration::from_secs(90), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "healed" || s == "escalated")
+    })
+    .await;
+    let all = steps(&stack, &node).await;
+    let states: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(states.contains(&"healed"), "{why}: {states:?}");
+    // Nothing twice: one workflow, one reboot, each pod evicted once.
+    let url = format!("{}/api/v1/remediations?node={node}&limit=1000", stack.event_center_url);
+    let published = common::get_json(&url).await.unwrap();
+    let workflows: std::collections::BTreeSet<&str> =
+        published.as_array().unwrap().iter().filter_map(|s| s["workflow_id"].as_str()).collect();
+    assert_eq!(workflows.len(), 1, "one workflow");
+    let asked = all.iter().filter(|(_, r)| r.starts_with("reboot asked of the node's actuator")).count();
+    assert_eq!(asked, 1, "the reboot asked once: {states:?}");
+    let accepted = all.iter().filter(|(_, r)| r.starts_with("the node's agent accepted the reboot")).count();
+    assert_eq!(accepted, 1, "one reboot: {states:?}");
+    assert_ne!(boot(nodes.get(&node).await.unwrap()), boot_before);
+    let audit = cluster.audit();
+    let mut evicted: Vec<&str> =
+        audit.iter().filter(|e| e.subresource == "eviction" && e.code == 201).map(|e| e.name.as_str()).collect();
+    let n = evicted.len();
+    evicted.sort_unstable();
+    evicted.dedup();
+    assert_eq!(evicted.len(), n, "no pod evicted twice");
+    let lease = leases.get(&lease_name).await.unwrap().spec.unwrap();
+    assert!(lease.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
+    b.kill().await.unwrap();
+    stack.shutdown().await;
+}
