@@ -191,6 +191,11 @@ pub enum Command {
     },
     /// Per-cluster remediator: durable repair workflows.
     Remediator(Box<RemediatorArgs>),
+    /// Nodes escalated to a human: list them, clear them.
+    Escalations {
+        #[command(subcommand)]
+        command: crate::escalations::EscalationCommand,
+    },
     /// Checks a remediation policy file and prints it with its defaults filled in (the built-in
     /// policy, with the reasons for its choices, without a file).
     CheckRemediationPolicy {
@@ -368,6 +373,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             println!("{}", firebreak_plumbing::auth::hash(secret.trim_end_matches(['\r', '\n'])));
             Ok(())
         }
+        Command::Escalations { command } => crate::escalations::run(command).await,
         Command::CheckRemediationPolicy { file: None } => {
             print!("{}", firebreak_remediator::policy::DEFAULT_POLICY);
             Ok(())

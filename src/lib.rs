@@ -17,6 +17,7 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod escalations;
 pub mod gate_cli;
 pub mod rollout;
 

@@ -165,9 +165,24 @@ async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(workflows(&stack, &node).await, first, "no new workflow on an escalated node");
 
-    // An operator clears it (and uncordons); the next fault is remediated again.
-    let clear = json!({"metadata": {"annotations": {firebreak_schema::ESCALATED_ANNOTATION: null}}});
-    nodes.patch(&node, &PatchParams::default(), &Patch::Merge(&clear)).await.unwrap();
+    // An operator lists the escalations and clears this one; the next fault is remediated again.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .arg("escalations")
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig_path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["list"]);
+    let line = listed.lines().find(|l| l.starts_with(&node)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.contains(first.iter().next().unwrap()) && line.contains("true"), "{listed}");
+    let cleared = cli(&["clear", "--node", &node]);
+    assert!(cleared.contains("still cordoned"), "{cleared}");
+    assert!(!cli(&["list"]).contains(&node));
     cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     wait_for("a new workflow after the clearance", Duration::from_secs(30), || async {
         (workflows(&stack, &node).await.len() == 2).then_some(())
