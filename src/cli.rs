@@ -143,6 +143,23 @@ pub struct RemediatorArgs {
     /// The escalation webhook's HMAC-SHA256 secret.
     #[arg(long, env = "FIREBREAK_ESCALATION_WEBHOOK_SECRET", hide_env_values = true)]
     pub escalation_webhook_secret: Option<String>,
+    /// Where a reinstall is asked for (the policy's `reinstall` rung), signed with
+    /// `--reinstall-webhook-secret`: PXE or cloud re-imaging behind it.
+    #[arg(long, value_parser = crate::parse_http_url)]
+    pub reinstall_webhook: Option<String>,
+    /// The reinstall webhook's HMAC-SHA256 secret.
+    #[arg(long, env = "FIREBREAK_REINSTALL_WEBHOOK_SECRET", hide_env_values = true)]
+    pub reinstall_webhook_secret: Option<String>,
+    /// Longest a reinstall may take, from its request to the node Ready on a new boot.
+    #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
+    pub reinstall_timeout: Duration,
+    /// Where a hardware ticket is opened (the policy's `ticket` rung), signed with
+    /// `--ticket-webhook-secret`.
+    #[arg(long, value_parser = crate::parse_http_url)]
+    pub ticket_webhook: Option<String>,
+    /// The ticket webhook's HMAC-SHA256 secret.
+    #[arg(long, env = "FIREBREAK_TICKET_WEBHOOK_SECRET", hide_env_values = true)]
+    pub ticket_webhook_secret: Option<String>,
 }
 /// The services.
 #[derive(Debug, Subcommand)]
@@ -407,23 +424,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                 dry_run,
                 escalation_webhook,
                 escalation_webhook_secret,
+                reinstall_webhook,
+                reinstall_webhook_secret,
+                reinstall_timeout,
+                ticket_webhook,
+                ticket_webhook_secret,
             } = *args;
             let policy = match policy {
                 Some(p) => firebreak_remediator::Policy::load(&p)?,
                 None => firebreak_remediator::Policy::default(),
             };
-            let escalation_webhook = match (escalation_webhook, escalation_webhook_secret) {
-                (None, _) => None,
+            let webhook = |flag: &str, url: Option<String>, secret: Option<String>| match (url, secret) {
+                (None, _) => Ok(None),
                 (Some(url), Some(secret)) if !secret.is_empty() => {
-                    Some(firebreak_remediator::EscalationWebhook { url, secret })
+                    Ok(Some(firebreak_remediator::Webhook { url, secret }))
                 }
-                (Some(_), _) => {
-                    return Err(crate::Error::Usage(
-                        "--escalation-webhook needs --escalation-webhook-secret (or FIREBREAK_ESCALATION_WEBHOOK_SECRET)"
-                            .into(),
-                    ));
-                }
+                (Some(_), _) => Err(crate::Error::Usage(format!(
+                    "--{flag} needs --{flag}-secret (or FIREBREAK_{}_SECRET)",
+                    flag.replace('-', "_").to_uppercase()
+                ))),
             };
+            let escalation_webhook = webhook("escalation-webhook", escalation_webhook, escalation_webhook_secret)?;
+            let reinstall_webhook = webhook("reinstall-webhook", reinstall_webhook, reinstall_webhook_secret)?;
+            let ticket_webhook = webhook("ticket-webhook", ticket_webhook, ticket_webhook_secret)?;
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -457,6 +480,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.restart_timeout = restart_timeout;
             cfg.evict_unmanaged = evict_unmanaged_pods;
             cfg.escalation_webhook = escalation_webhook;
+            cfg.reinstall_webhook = reinstall_webhook;
+            cfg.ticket_webhook = ticket_webhook;
+            cfg.reinstall_timeout = reinstall_timeout;
             cfg.failure_domains = domains.failure_domains;
             cfg.gate_ca = gate_ca.map(|p| read_file(&p)).transpose()?;
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)

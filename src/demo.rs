@@ -100,7 +100,11 @@ pub struct StackOptions {
     /// The remediators' policy: processes, ladders, the attempt budget.
     pub remediation: firebreak_remediator::Policy,
     /// Where remediators POST escalations.
-    pub escalation_webhook: Option<firebreak_remediator::EscalationWebhook>,
+    pub escalation_webhook: Option<firebreak_remediator::Webhook>,
+    /// Where remediators ask for reinstalls.
+    pub reinstall_webhook: Option<firebreak_remediator::Webhook>,
+    /// Where remediators open hardware tickets.
+    pub ticket_webhook: Option<firebreak_remediator::Webhook>,
     /// Agent heartbeat period.
     pub heartbeat: Duration,
     /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
@@ -140,6 +144,8 @@ impl StackOptions {
             dry_run: false,
             remediation: firebreak_remediator::Policy::default(),
             escalation_webhook: None,
+            reinstall_webhook: None,
+            ticket_webhook: None,
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
@@ -348,6 +354,8 @@ impl Stack {
             });
             rem.evict_unmanaged = opts.evict_unmanaged;
             rem.escalation_webhook = opts.escalation_webhook.clone();
+            rem.reinstall_webhook = opts.reinstall_webhook.clone();
+            rem.ticket_webhook = opts.ticket_webhook.clone();
             remediator_runs.push((rem, client));
             // Each node's actuator acts on its simulated machine where a real one runs systemctl;
             // one listener reads the cluster's commands for all of them.

@@ -127,8 +127,7 @@ async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
         // The fault a failing DIMM logs during boot must arrive within the quiet period, on a
         // loaded machine too.
         o.quiet_period = Duration::from_secs(20);
-        o.escalation_webhook =
-            Some(firebreak_remediator::EscalationWebhook { url: hook.clone(), secret: "s3cret".into() });
+        o.escalation_webhook = Some(firebreak_remediator::Webhook { url: hook.clone(), secret: "s3cret".into() });
     })
     .await;
     let cluster = stack.fleet.clusters()[0].clone();
@@ -501,5 +500,76 @@ async fn manual_pods_wait_for_their_owner_and_bare_pods_are_not_evicted() {
     .await;
     assert!(why.contains("drain refused: 1 pods have no controller") && why.contains("default/hand-made"), "{why}");
     assert!(pods.get("hand-made").await.is_ok(), "the bare pod is still there");
+    stack.shutdown().await;
+}
+
+/// The far rungs: a reinstall asked of a signed webhook (here fleet-sim re-images the node: same
+/// name, new boot, its disk state wiped), then — when the fault comes back — a drain and a
+/// hardware ticket, the node left isolated for the technician.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reinstall_through_its_webhook_then_a_hardware_ticket() {
+    let (hook, mut got) = common::webhook_receiver().await;
+    let stack = stack("reinstall", |o| {
+        o.remediation = firebreak_remediator::Policy::parse(
+            "[budget]\nattempts = 3\nwindow = \"1h\"\n\
+             [[process]]\nname = \"memory\"\nkinds = [\"MemoryUncorrectable\"]\nladder = [\"reinstall\", \"ticket\"]\n",
+        )
+        .unwrap();
+        let webhook = firebreak_remediator::Webhook { url: hook.clone(), secret: "s3cret".into() };
+        o.reinstall_webhook = Some(webhook.clone());
+        o.ticket_webhook = Some(webhook);
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-002", cluster.name());
+    let marker = cluster.host_root(&node).join("var/lib/firebreak-agent/left-by-the-old-install");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, "x").unwrap();
+    let boot = |n: Node| n.status.unwrap().node_info.unwrap().boot_id;
+    let boot_before = boot(nodes.get(&node).await.unwrap());
+
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    // The re-imaging system behind the webhook: checks the signature, re-images the node.
+    let (sig, event, body) = tokio::time::timeout(Duration::from_secs(60), got.recv()).await.unwrap().unwrap();
+    assert_eq!(event, "reinstall");
+    assert_eq!(sig, firebreak_plumbing::webhook::signature(b"s3cret", &body));
+    let asked: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((asked["node"].as_str(), asked["boot_id"].as_str()), (Some(node.as_str()), Some(boot_before.as_str())));
+    let (_, asked_step) = wait_for("the reinstall on record", Duration::from_secs(20), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "awaiting_reinstall")
+    })
+    .await;
+    assert!(asked_step.starts_with("reinstall asked of http://"), "{asked_step}");
+    let states: Vec<String> = steps(&stack, &node).await.into_iter().map(|(s, _)| s).collect();
+    assert!(states.contains(&"draining".to_owned()) && states.contains(&"reinstalling".to_owned()), "{states:?}");
+    cluster.reinstall(&node).unwrap();
+    let (_, why) = wait_for("the reinstalled node back in service", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "healed" || s == "escalated")
+    })
+    .await;
+    assert!(why.contains("back in service"), "{why}");
+    assert!(steps(&stack, &node).await.iter().any(|(_, r)| r.starts_with("reinstalled in ")));
+    assert_ne!(boot(nodes.get(&node).await.unwrap()), boot_before);
+    assert!(!marker.exists(), "the disk state was wiped");
+
+    // Back again: drained, then a hardware ticket; the node stays isolated.
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (sig, event, body) = tokio::time::timeout(Duration::from_secs(60), got.recv()).await.unwrap().unwrap();
+    assert_eq!(event, "hardware_ticket");
+    assert_eq!(sig, firebreak_plumbing::webhook::signature(b"s3cret", &body));
+    let (_, why) = wait_for("the escalation", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().rfind(|(s, _)| s == "escalated")
+    })
+    .await;
+    assert!(why.contains("hardware ticket opened"), "{why}");
+    let n = nodes.get(&node).await.unwrap();
+    assert!(tainted(&n) && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true), "left isolated");
+    assert!(
+        common::pods_on(&firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap(), &node).await.len() <= 1,
+        "drained (the DaemonSet pod stays)"
+    );
+    no_permits(&stack).await;
     stack.shutdown().await;
 }

@@ -199,6 +199,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// Re-images a node, as a PXE or cloud re-imaging system would when Firebreak's reinstall
+    /// webhook asks: the node keeps its name, its disk state is wiped (everything under its
+    /// host root's `var/`, where the agent keeps its state), and it boots afresh — NotReady
+    /// meanwhile, a new boot id, a fresh kernel log. Faults of the hardware survive it.
+    pub fn reinstall(&self, node: &str) -> Result<()> {
+        let mut st = self.lock();
+        let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        let var = sim.host_root.join("var");
+        match std::fs::remove_dir_all(&var) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Io { path: var, source }),
+        }
+        sim.reboot_asked = true;
+        tracing::info!(cluster = %self.name, node, "reinstall asked");
+        Ok(())
+    }
+
     /// Restarts a node component, as its actuator's `systemctl restart` would: a restarted
     /// kubelet posts status again; the container runtime restarts harmlessly; anything else is
     /// no unit of this node.

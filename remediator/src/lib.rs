@@ -150,7 +150,13 @@ pub struct Config {
     /// goes back into service.
     pub readiness: ReadinessGates,
     /// Where an escalation is also POSTed, signed (besides the remediation topic).
-    pub escalation_webhook: Option<EscalationWebhook>,
+    pub escalation_webhook: Option<Webhook>,
+    /// Where a reinstall is asked for (PXE or cloud re-imaging behind it): the `reinstall` rung.
+    pub reinstall_webhook: Option<Webhook>,
+    /// Where a hardware ticket is opened: the `ticket` rung.
+    pub ticket_webhook: Option<Webhook>,
+    /// Longest a reinstall may take, from its request to the node Ready on a new boot.
+    pub reinstall_timeout: Duration,
     /// Which faults are repaired and how: processes, ladders, the attempt budget.
     pub policy: Policy,
     /// Leader election among replicas (a Lease in the cluster); `None`: this replica acts alone.
@@ -160,11 +166,14 @@ pub struct Config {
     pub dry_run: bool,
 }
 
-/// A webhook told of every escalation: `{"event": "escalated", "workflow_id", "cluster", "node",
-/// "fault_kind", "trigger_event_id", "reason"}`, signed `X-Firebreak-Signature: sha256=HMAC(secret,
-/// body)` (`firebreak_plumbing::webhook`). A receiver dedupes by `workflow_id`.
+/// A webhook the remediator POSTs to, signed `X-Firebreak-Signature: sha256=HMAC(secret, body)`
+/// (`firebreak_plumbing::webhook`), with the event in `X-Firebreak-Event`. Escalations:
+/// `{"event": "escalated", "workflow_id", "cluster", "node", "fault_kind", "trigger_event_id",
+/// "reason"}`; reinstalls: `{"event": "reinstall", "workflow_id", "cluster", "node", "boot_id",
+/// "requested_at"}`; hardware tickets: `{"event": "hardware_ticket", "workflow_id", "cluster",
+/// "node", "fault_kind", "trigger_event_id", "evidence"}`. A receiver dedupes by `workflow_id`.
 #[derive(Debug, Clone)]
-pub struct EscalationWebhook {
+pub struct Webhook {
     /// `http(s)://…`.
     pub url: String,
     /// The shared secret.
@@ -216,6 +225,9 @@ impl Config {
             lease: None,
             dry_run: false,
             escalation_webhook: None,
+            reinstall_webhook: None,
+            ticket_webhook: None,
+            reinstall_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -323,10 +335,10 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
             ctx.held.adopt(p, firebreak_schema::Operation::Cordon);
         }
         if let Some(p) = wf.step_permit_id {
-            let op = if wf.state == State::Draining {
-                firebreak_schema::Operation::Drain
-            } else {
-                firebreak_schema::Operation::Reboot
+            let op = match wf.state {
+                State::Draining => firebreak_schema::Operation::Drain,
+                State::Reinstalling | State::AwaitingReinstall => firebreak_schema::Operation::Reinstall,
+                _ => firebreak_schema::Operation::Reboot,
             };
             ctx.held.adopt(p, op);
         }

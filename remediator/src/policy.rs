@@ -21,6 +21,12 @@ pub enum Rung {
     Restart(String),
     /// Drain under a `drain` permit, reboot under a `reboot` permit, verify, uncordon.
     Reboot,
+    /// Drain, then under a `reinstall` permit ask the reinstall webhook to re-image the node;
+    /// wait for it back on a new boot, verify, uncordon.
+    Reinstall,
+    /// Drain, then open a hardware ticket (a signed webhook) and leave the node isolated until
+    /// an operator closes it (clears the escalation).
+    Ticket,
     /// Cordon, then escalate: a human takes over.
     Human,
 }
@@ -31,6 +37,8 @@ impl Rung {
         match self {
             Rung::Restart(c) => format!("restart:{c}"),
             Rung::Reboot => "reboot".into(),
+            Rung::Reinstall => "reinstall".into(),
+            Rung::Ticket => "ticket".into(),
             Rung::Human => "human".into(),
         }
     }
@@ -39,11 +47,15 @@ impl Rung {
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
         match s {
             "reboot" => Ok(Rung::Reboot),
+            "reinstall" => Ok(Rung::Reinstall),
+            "ticket" => Ok(Rung::Ticket),
             "human" => Ok(Rung::Human),
             _ => match s.strip_prefix("restart:") {
                 Some(c) if firebreak_schema::names::is_dns1123_subdomain(c) => Ok(Rung::Restart(c.into())),
                 Some(c) => Err(format!("rung `{s}`: component `{c}` is not a DNS-1123 name")),
-                None => Err(format!("unknown rung `{s}`: expected `restart:<component>`, `reboot` or `human`")),
+                None => Err(format!(
+                    "unknown rung `{s}`: expected `restart:<component>`, `reboot`, `reinstall`, `ticket` or `human`"
+                )),
             },
         }
     }
@@ -175,8 +187,8 @@ impl Policy {
             if pr.ladder.is_empty() {
                 return Err(Error::Policy(format!("{at}.ladder: name at least one rung")));
             }
-            if pr.ladder.iter().rev().skip(1).any(|r| *r == Rung::Human) {
-                return Err(Error::Policy(format!("{at}.ladder: `human` can only be the last rung")));
+            if pr.ladder.iter().rev().skip(1).any(|r| matches!(r, Rung::Human | Rung::Ticket)) {
+                return Err(Error::Policy(format!("{at}.ladder: `human` and `ticket` can only be the last rung")));
             }
         }
         Ok(p)
@@ -231,6 +243,12 @@ mod tests {
             (&format!("{ok}[[process]]\nname = \"a\"\nladder = [\"reboot\"]\n"), "no kinds and no classes"),
             (
                 &format!("{ok}[[process]]\nname = \"a\"\nclasses = [\"system\"]\nladder = [\"human\", \"reboot\"]\n"),
+                "only be the last",
+            ),
+            (
+                &format!(
+                    "{ok}[[process]]\nname = \"a\"\nclasses = [\"system\"]\nladder = [\"ticket\", \"reinstall\"]\n"
+                ),
                 "only be the last",
             ),
             (

@@ -30,6 +30,10 @@ pub enum State {
     Restarting,
     /// Restart asked for; waiting for the actuator's report and the node Ready.
     AwaitingRestart,
+    /// Drained; ask for a reinstall next (the `reinstall` rung).
+    Reinstalling,
+    /// Reinstall asked for (persisted before asking); waiting for the node back on a new boot.
+    AwaitingReinstall,
     /// Reboot asked for (persisted before asking, so it is asked at most once); waiting for a
     /// new boot id and Ready.
     AwaitingBoot,
@@ -63,6 +67,8 @@ impl State {
             State::Rebooting => "rebooting",
             State::Restarting => "restarting",
             State::AwaitingRestart => "awaiting_restart",
+            State::Reinstalling => "reinstalling",
+            State::AwaitingReinstall => "awaiting_reinstall",
             State::AwaitingBoot => "awaiting_boot",
             State::Verifying => "verifying",
             State::Uncordoning => "uncordoning",
@@ -83,6 +89,8 @@ impl State {
             State::Rebooting,
             State::Restarting,
             State::AwaitingRestart,
+            State::Reinstalling,
+            State::AwaitingReinstall,
             State::AwaitingBoot,
             State::Verifying,
             State::Uncordoning,

@@ -213,6 +213,8 @@ impl Runner {
                 | State::AwaitingBoot
                 | State::Restarting
                 | State::AwaitingRestart
+                | State::Reinstalling
+                | State::AwaitingReinstall
                 | State::Verifying
         ) {
             let node = ctx.ops.get(&wf.node).await?;
@@ -232,7 +234,7 @@ impl Runner {
                 let evidence = evidence(ctx, wf).await?;
                 ctx.advance(wf, State::Cordoning, evidence).await?;
                 match wf.rung.clone() {
-                    Rung::Reboot => ctx.advance(wf, State::Draining, reason).await,
+                    Rung::Reboot | Rung::Reinstall | Rung::Ticket => ctx.advance(wf, State::Draining, reason).await,
                     Rung::Restart(c) => {
                         let reason =
                             format!("{reason}; {c} is restarted next, without a drain (its pods keep running)");
@@ -252,6 +254,9 @@ impl Runner {
             State::Rebooting if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Reboot).await,
             State::Rebooting => self.reboot(ctx, wf).await,
             State::AwaitingBoot => self.await_boot(ctx, wf).await,
+            State::Reinstalling if wf.step_permit_id.is_none() => self.acquire(ctx, wf, Operation::Reinstall).await,
+            State::Reinstalling => self.reinstall(ctx, wf).await,
+            State::AwaitingReinstall => self.await_reinstall(ctx, wf).await,
             State::Restarting => self.restart(ctx, wf).await,
             State::AwaitingRestart => self.await_restart(ctx, wf).await,
             State::Verifying => self.verify(ctx, wf).await,
@@ -439,7 +444,102 @@ impl Runner {
             self.refused,
             since(started).as_secs_f64()
         );
-        ctx.advance_releasing(wf, State::Rebooting, reason, Release::Step).await
+        match wf.rung {
+            Rung::Reinstall => ctx.advance_releasing(wf, State::Reinstalling, reason, Release::Step).await,
+            Rung::Ticket => {
+                ctx.advance_releasing(wf, State::Draining, reason, Release::Step).await?;
+                self.ticket(ctx, wf).await
+            }
+            _ => ctx.advance_releasing(wf, State::Rebooting, reason, Release::Step).await,
+        }
+    }
+
+    /// Opens a hardware ticket (the `ticket` rung, after the drain) and leaves the node
+    /// isolated for the technician: the workflow escalates, and the ticket's closure is an
+    /// operator clearing the escalation.
+    async fn ticket(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let Some(hook) = &ctx.cfg.ticket_webhook else {
+            let why = "the policy asks for a hardware ticket, but no ticket webhook is configured (--ticket-webhook)";
+            return self.escalate(ctx, wf, why.into()).await;
+        };
+        let body = serde_json::json!({"event": "hardware_ticket", "workflow_id": wf.id, "cluster": wf.cluster,
+            "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
+            "evidence": wf.rung_why});
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        firebreak_plumbing::webhook::deliver(
+            &ctx.http,
+            &hook.url,
+            hook.secret.as_bytes(),
+            "hardware_ticket",
+            body,
+            format!("hardware ticket for {}", wf.node),
+            &ctx.cancel,
+        );
+        let why = format!(
+            "hardware ticket opened ({}); the node stays drained and cordoned until the ticket is closed and the \
+             escalation cleared",
+            hook.url
+        );
+        self.escalate(ctx, wf, why).await
+    }
+
+    /// Asks the reinstall webhook to re-image the node, once: persisted as `awaiting_reinstall`
+    /// (with the time) before it is asked.
+    async fn reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let Some(hook) = ctx.cfg.reinstall_webhook.clone() else {
+            let why = "the policy asks for a reinstall, but no reinstall webhook is configured (--reinstall-webhook)";
+            return self.escalate(ctx, wf, why.into()).await;
+        };
+        let node = ctx.ops.get(&wf.node).await?;
+        let (boot, ready) = boot_and_ready(&node);
+        ctx.holding(wf.permit_id)?;
+        ctx.holding(wf.step_permit_id)?;
+        wf.boot_id_before = Some(boot.clone());
+        let at = Utc::now();
+        wf.reboot_requested_at_ms = Some(ms(at));
+        let reason = format!("reinstall asked of {} (boot id {boot}, Ready={ready})", hook.url);
+        ctx.advance(wf, State::AwaitingReinstall, reason).await?;
+        let body = serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
+            "node": wf.node, "boot_id": boot, "requested_at": at});
+        firebreak_plumbing::webhook::deliver(
+            &ctx.http,
+            &hook.url,
+            hook.secret.as_bytes(),
+            "reinstall",
+            serde_json::to_vec(&body).unwrap_or_default(),
+            format!("reinstall of {}", wf.node),
+            &ctx.cancel,
+        );
+        Ok(())
+    }
+
+    /// Waits for the reinstalled node: back with a new boot id and Ready.
+    async fn await_reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        let started = wf.reboot_requested_at_ms;
+        let before = wf.boot_id_before.clone().unwrap_or_default();
+        let left = ctx.cfg.reinstall_timeout.saturating_sub(since(started));
+        let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
+            n.is_none_or(|n| {
+                let (boot, ready) = boot_and_ready(n);
+                boot != before && ready
+            })
+        };
+        let (node, done) = ctx.nodes.wait_for(&wf.node, left, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
+        if done && node.is_none() {
+            return Err(Error::NodeGone(wf.node.clone()));
+        }
+        let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+        if done {
+            let reason =
+                format!("reinstalled in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
+            wf.step_started_at_ms = Some(ms(Utc::now()));
+            return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
+        }
+        let why = format!(
+            "node did not come back within {}s of the reinstall request (boot id {boot}, Ready={ready})",
+            ctx.cfg.reinstall_timeout.as_secs()
+        );
+        self.escalate(ctx, wf, why).await
     }
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -476,7 +576,7 @@ impl Runner {
             Rung::Restart(component) => {
                 (firebreak_schema::NodeAction::Restart { component: component.clone() }, ctx.cfg.restart_timeout)
             }
-            Rung::Reboot | Rung::Human => (firebreak_schema::NodeAction::Reboot, ctx.cfg.reboot_timeout),
+            _ => (firebreak_schema::NodeAction::Reboot, ctx.cfg.reboot_timeout),
         };
         crate::commands::command(wf, action, at, ttl)
     }
@@ -712,6 +812,17 @@ impl Runner {
                          a drain permit, reboot under a reboot permit, verify and uncordon; nothing was done",
                         names.len(),
                         names.join(", ")
+                    ),
+                    Rung::Reinstall | Rung::Ticket => format!(
+                        "dry run: would ask the gate for cordon, then cordon{kept} and taint, drain {} pods ({}) under \
+                         a drain permit, then {}; nothing was done",
+                        names.len(),
+                        names.join(", "),
+                        if wf.rung == Rung::Reinstall {
+                            "ask for a reinstall under a reinstall permit, verify and uncordon"
+                        } else {
+                            "open a hardware ticket and leave the node isolated"
+                        }
                     ),
                     Rung::Human => format!(
                         "dry run: would ask the gate for cordon, then cordon{kept} and taint, and escalate to a human \
