@@ -189,3 +189,53 @@ async fn fleet_sim_evicts_and_deletes_like_the_api_server() {
     assert_eq!(moved, 0);
     fleet.shutdown().await;
 }
+
+/// `kubectl drain` against fleet-sim as against a real cluster: the workloads' owners are served
+/// (`apps/v1` Deployments, ReplicaSets, DaemonSets, linked by ownerReferences), DaemonSet pods
+/// are ignored, the rest leave through the Eviction API (never a delete), and kubectl waits until
+/// they are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_works_against_fleet_sim() {
+    let fleet = common::fleet("kubectl-drain", 3).await;
+    let cluster = fleet.clusters()[0].clone();
+    common::wait_pods_ready(&cluster).await;
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let k = Kubectl { kubeconfig: cluster.kubeconfig_path(), cache: temp_dir("kube-cache-drain") };
+    let node = "c1-node-001";
+
+    let got = rows(&k.run(&["get", "deployments,replicasets", "-n", "default"]));
+    let named = |n: &str| got.iter().any(|r| r.first().map(String::as_str) == Some(n));
+    assert!(named("deployment.apps/web") && named("replicaset.apps/web-7d4b9c"), "{got:?}");
+    assert!(k.run(&["get", "ds", "-n", "kube-system"]).contains("node-exporter"));
+    let rs = k.run(&[
+        "get",
+        "rs",
+        "web-7d4b9c",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(rs, "Deployment/web");
+
+    let before = common::pods_on(&client, node).await;
+    assert!(before.len() >= 2, "{before:?}");
+    let out = k.run(&["drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=90s"]);
+    assert!(out.contains(&format!("node/{node} drained")), "{out}");
+    let nodes: Api<Node> = Api::all(client.clone());
+    assert_eq!(nodes.get(node).await.unwrap().spec.unwrap().unschedulable, Some(true));
+    let left: Vec<Pod> = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| !p.metadata.name.as_deref().unwrap_or_default().starts_with("churn-"))
+        .collect();
+    let names: Vec<&str> = left.iter().filter_map(|p| p.metadata.name.as_deref()).collect();
+    assert_eq!(names, [format!("node-exporter-{node}").as_str()], "only the DaemonSet pod stays");
+    let audit = cluster.audit();
+    assert!(audit.iter().any(|a| a.subresource == "eviction" && a.code == 201), "evicted through the Eviction API");
+    assert!(!audit.iter().any(|a| a.verb == "delete" && a.resource == "pods"), "never deleted");
+    fleet.shutdown().await;
+}

@@ -22,7 +22,7 @@ use crate::{
     fmt_micro_time,
     kubelet::{INITIAL_RUNTIME, NOT_READY_TAINT, NodeSim, RUNTIME_LABEL, RuntimeFailure, cond},
     pdb::update_pdbs,
-    resources::{LEASES, NAMESPACES, NODES, PDBS, PODS},
+    resources::{DAEMONSETS, DEPLOYMENTS, LEASES, NAMESPACES, NODES, PDBS, PODS, REPLICASETS},
     store::Store,
     str_at,
 };
@@ -278,6 +278,40 @@ impl Cluster {
             )?;
             st.nodes.insert(name, sim);
         }
+        // The workloads' owners, as `kubectl drain` and `kubectl get` look them up: a Deployment
+        // owning a ReplicaSet per workload (the controller of its pods), a DaemonSet for the
+        // per-node pods.
+        for w in &self.workloads {
+            let rs = format!("{}-7d4b9c", w.name);
+            let selector = json!({"matchLabels": {"app": w.name}});
+            let template = json!({"metadata": {"labels": {"app": w.name}},
+                "spec": {"containers": [{"name": w.name, "image": format!("registry.example/{}:1.0", w.name)}]}});
+            let status = json!({"replicas": w.replicas, "readyReplicas": w.replicas, "availableReplicas": w.replicas,
+                "updatedReplicas": w.replicas, "observedGeneration": 1});
+            st.store.create(&DEPLOYMENTS, json!({
+                "metadata": {"name": w.name, "namespace": w.namespace, "uid": format!("deploy-{}", w.name), "generation": 1},
+                "spec": {"replicas": w.replicas, "selector": selector, "template": template},
+                "status": status}))?;
+            st.store.create(
+                &REPLICASETS,
+                json!({
+                "metadata": {"name": rs, "namespace": w.namespace, "uid": format!("rs-{}", w.name), "generation": 1,
+                    "labels": {"app": w.name, "pod-template-hash": "7d4b9c"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": w.name,
+                        "uid": format!("deploy-{}", w.name), "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"replicas": w.replicas, "selector": selector, "template": template},
+                "status": {"replicas": w.replicas, "readyReplicas": w.replicas, "availableReplicas": w.replicas,
+                    "fullyLabeledReplicas": w.replicas, "observedGeneration": 1}}),
+            )?;
+        }
+        st.store.create(&DAEMONSETS, json!({
+            "metadata": {"name": "node-exporter", "namespace": "kube-system", "uid": "ds-node-exporter", "generation": 1},
+            "spec": {"selector": {"matchLabels": {"app": "node-exporter"}},
+                "template": {"metadata": {"labels": {"app": "node-exporter"}},
+                    "spec": {"tolerations": [{"operator": "Exists"}],
+                        "containers": [{"name": "node-exporter", "image": "registry.example/node-exporter:1.0"}]}}},
+            "status": {"currentNumberScheduled": nodes, "desiredNumberScheduled": nodes, "numberReady": nodes,
+                "numberAvailable": nodes, "updatedNumberScheduled": nodes, "numberMisscheduled": 0, "observedGeneration": 1}}))?;
         for w in &self.workloads {
             let min_available = w.replicas.saturating_sub(1);
             if w.name == "web" {

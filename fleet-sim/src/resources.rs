@@ -110,8 +110,40 @@ pub const CONFIGMAPS: Resource = Resource {
     subresources: &[],
 };
 
+/// Deployments: the owners of the workloads' ReplicaSets.
+pub const DEPLOYMENTS: Resource = Resource {
+    plural: "deployments",
+    kind: "Deployment",
+    group: "apps",
+    version: "v1",
+    namespaced: true,
+    short_names: &["deploy"],
+    subresources: &["status"],
+};
+/// ReplicaSets: the controllers of the workloads' pods.
+pub const REPLICASETS: Resource = Resource {
+    plural: "replicasets",
+    kind: "ReplicaSet",
+    group: "apps",
+    version: "v1",
+    namespaced: true,
+    short_names: &["rs"],
+    subresources: &["status"],
+};
+/// DaemonSets: the controller of the per-node pods.
+pub const DAEMONSETS: Resource = Resource {
+    plural: "daemonsets",
+    kind: "DaemonSet",
+    group: "apps",
+    version: "v1",
+    namespaced: true,
+    short_names: &["ds"],
+    subresources: &["status"],
+};
+
 /// Everything served.
-pub const ALL: [&Resource; 7] = [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &PDBS, &CONFIGMAPS];
+pub const ALL: [&Resource; 10] =
+    [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &PDBS, &CONFIGMAPS, &DEPLOYMENTS, &REPLICASETS, &DAEMONSETS];
 
 /// Finds a resource by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
