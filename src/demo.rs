@@ -13,8 +13,8 @@ use firebreak_plumbing::{
 };
 use firebreak_rate_limiter::Policy;
 use firebreak_schema::{
-    CHANGES_TOPIC, FAULT_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction,
-    REMEDIATION_TOPIC, Role,
+    CHANGES_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, REMEDIATION_TOPIC,
+    Role,
 };
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
@@ -245,7 +245,6 @@ impl Stack {
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
         for (topic, partitions) in [
-            (FAULT_TOPIC, 6),
             (HEARTBEAT_TOPIC, 6),
             (REMEDIATION_TOPIC, 3),
             (HEALTH_TOPIC, 3),
@@ -276,6 +275,11 @@ impl Stack {
             timings: opts.timings,
         })
         .await?;
+        // Each cluster's faults on their own topic.
+        for cluster in fleet.clusters() {
+            let topic = firebreak_schema::fault_topic(cluster.name());
+            kafka.create_topic(&topic, 3, 1).map_err(firebreak_plumbing::Error::from)?;
+        }
 
         let gate_listener = bind(&opts.gate_listen).await?;
         let gate_addr =

@@ -9,9 +9,12 @@ use chrono::Utc;
 use firebreak_agent::{NodeAgent, rules};
 use firebreak_fleet_sim::Fault;
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat};
+use firebreak_schema::{FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
+
+/// Cluster c1's fault topic (`firebreak_schema::fault_topic("c1")`).
+const FAULTS: &str = "firebreak.faults.v1.c1";
 
 /// Every record of a topic, read from the start by a fresh group.
 fn reader(cfg: &KafkaConfig, topic: &str) -> StreamConsumer {
@@ -21,7 +24,7 @@ fn reader(cfg: &KafkaConfig, topic: &str) -> StreamConsumer {
 }
 
 fn fault_reader(cfg: &KafkaConfig) -> StreamConsumer {
-    reader(cfg, FAULT_TOPIC)
+    reader(cfg, FAULTS)
 }
 
 async fn next_fault(c: &StreamConsumer, timeout: Duration, want: impl Fn(&FaultEvent) -> bool) -> FaultEvent {
@@ -54,7 +57,7 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_loses_nothing_while_kafka_is_down() {
-    let (mock, cfg) = common::mock_kafka(&[(FAULT_TOPIC, 3), (HEARTBEAT_TOPIC, 3)]);
+    let (mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
     let fleet = common::fleet("agent", 1).await;
     let cluster = fleet.clusters()[0].clone();
     let node = cluster.node_names()[0].clone();
@@ -105,7 +108,7 @@ async fn agent_loses_nothing_while_kafka_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detector_reports_silent_agents() {
-    let (_mock, cfg) = common::mock_kafka(&[(FAULT_TOPIC, 3), (HEARTBEAT_TOPIC, 3)]);
+    let (_mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
     let fleet = common::fleet("silent", 2).await;
     let cluster = fleet.clusters()[0].clone();
     let (talker, mute) = (cluster.node_names()[0].clone(), cluster.node_names()[1].clone());

@@ -8,13 +8,16 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::{DateTime, Utc};
 use common::{get_json, temp_dir, wait_for};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer};
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, FaultKind, REMEDIATION_TOPIC, Severity, Source, deterministic_id};
+use firebreak_schema::{FaultEvent, FaultKind, REMEDIATION_TOPIC, Severity, Source, deterministic_id};
 use rdkafka::{
     ClientConfig,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
 };
 use tokio_util::sync::CancellationToken;
+
+/// Cluster c1's fault topic (`firebreak_schema::fault_topic("c1")`).
+const FAULTS: &str = "firebreak.faults.v1.c1";
 
 fn fault(node: &str, kind: FaultKind, secs: i64) -> FaultEvent {
     let at = DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
@@ -59,14 +62,14 @@ async fn events(url: &str, query: &str) -> Vec<serde_json::Value> {
 }
 
 async fn malformed_records_are_kept_and_skipped(db: String) {
-    let (_mock, kafka) = common::mock_kafka(&[(FAULT_TOPIC, 3), (REMEDIATION_TOPIC, 1)]);
+    let (_mock, kafka) = common::mock_kafka(&[(FAULTS, 3), (REMEDIATION_TOPIC, 1)]);
     let ec = start(&kafka, &db).await;
 
     let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let send = |payload: &'static [u8], headers: OwnedHeaders| {
         let raw = raw.clone();
         async move {
-            let rec = FutureRecord::to(FAULT_TOPIC).key("c1/n1").payload(payload).headers(headers);
+            let rec = FutureRecord::to(FAULTS).key("c1/n1").payload(payload).headers(headers);
             raw.send(rec, Duration::from_secs(5)).await.unwrap();
         }
     };
@@ -78,10 +81,10 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     send(b"{not json", ce(OwnedHeaders::new())).await;
     let producer = Producer::new(&kafka).unwrap();
     let first = fault("n1", FaultKind::MemoryUncorrectable, 0);
-    producer.publish(FAULT_TOPIC, &first).await.unwrap();
-    producer.publish(FAULT_TOPIC, &first).await.unwrap();
+    producer.publish(FAULTS, &first).await.unwrap();
+    producer.publish(FAULTS, &first).await.unwrap();
     let second = fault("n2", FaultKind::KernelHung, 10);
-    producer.publish(FAULT_TOPIC, &second).await.unwrap();
+    producer.publish(FAULTS, &second).await.unwrap();
 
     wait_for("both valid events stored", Duration::from_secs(15), || async {
         (events(&ec.url, "").await.len() == 2).then_some(())
@@ -139,7 +142,7 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
 
     // Restart: nothing is consumed again; what arrived meanwhile is stored.
     let third = fault("n3", FaultKind::ReadonlyFilesystem, 20);
-    producer.publish(FAULT_TOPIC, &third).await.unwrap();
+    producer.publish(FAULTS, &third).await.unwrap();
     let ec = start(&kafka, &db).await;
     wait_for("the event published while down", Duration::from_secs(15), || async {
         (events(&ec.url, "node=n3").await.len() == 1).then_some(())
@@ -164,17 +167,17 @@ fn committed_lag(kafka: &KafkaConfig, group: &str) -> i64 {
     };
     let c: BaseConsumer = kafka.consumer(group).create().unwrap();
     let timeout = Duration::from_secs(10);
-    let meta = c.fetch_metadata(Some(FAULT_TOPIC), timeout).unwrap();
+    let meta = c.fetch_metadata(Some(FAULTS), timeout).unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in meta.topics()[0].partitions() {
-        tpl.add_partition(FAULT_TOPIC, p.id());
+        tpl.add_partition(FAULTS, p.id());
     }
     let committed = c.committed_offsets(tpl, timeout).unwrap();
     committed
         .elements()
         .iter()
         .map(|e| {
-            let (_, high) = c.fetch_watermarks(FAULT_TOPIC, e.partition(), timeout).unwrap();
+            let (_, high) = c.fetch_watermarks(FAULTS, e.partition(), timeout).unwrap();
             let done = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => 0,
@@ -268,7 +271,7 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_page_lists_events_and_updates_live() {
     let (_mock, kafka) = common::mock_kafka(&[
-        (FAULT_TOPIC, 3),
+        (FAULTS, 3),
         (REMEDIATION_TOPIC, 1),
         (firebreak_schema::HEALTH_TOPIC, 1),
         (firebreak_schema::CHANGES_TOPIC, 1),
@@ -277,7 +280,7 @@ async fn web_page_lists_events_and_updates_live() {
     let ec = start(&kafka, &db).await;
     let producer = Producer::new(&kafka).unwrap();
     let before = fault("node-before", FaultKind::MemoryUncorrectable, 0);
-    producer.publish(FAULT_TOPIC, &before).await.unwrap();
+    producer.publish(FAULTS, &before).await.unwrap();
     wait_for("stored", Duration::from_secs(15), || async { (!events(&ec.url, "").await.is_empty()).then_some(()) })
         .await;
 
@@ -289,7 +292,7 @@ async fn web_page_lists_events_and_updates_live() {
     // Arrives while the page is open: shown without a reload, markup shown as text.
     let mut live = fault("node-live", FaultKind::KernelHung, 30);
     live.message = "<img src=x onerror=alert(1)> hung".into();
-    producer.publish(FAULT_TOPIC, &live).await.unwrap();
+    producer.publish(FAULTS, &live).await.unwrap();
     browser.wait_text("faults", "node-live").await;
     assert!(browser.text("faults").await.contains("<img src=x onerror=alert(1)> hung"));
     let step = firebreak_schema::RemediationEvent {

@@ -23,7 +23,7 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer};
-use firebreak_schema::{FAULT_TOPIC, FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id};
+use firebreak_schema::{FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id, fault_topic};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -84,6 +84,7 @@ impl NodeAgent {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
+        let faults = fault_topic(&self.cluster);
         let mut boot: Option<String> = None;
         loop {
             tokio::select! {
@@ -125,7 +126,7 @@ impl NodeAgent {
                     for record in records {
                         let Some(event) = self.fault_of(&record) else { continue };
                         tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
-                        self.producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await;
+                        self.producer.publish_until_delivered(&faults, &event, &cancel).await;
                     }
                 }
             }

@@ -30,8 +30,8 @@ use std::{
 use chrono::{DateTime, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
 use firebreak_schema::{
-    FAULT_TOPIC, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity, Source,
-    UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id,
+    FAULT_TOPIC_PREFIX, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity,
+    Source, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -205,7 +205,8 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         .consumer(&format!("firebreak-detector-{}", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
-    consumer.subscribe(&[HEARTBEAT_TOPIC, FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    let faults = fault_topic(&cfg.cluster);
+    consumer.subscribe(&[HEARTBEAT_TOPIC, &faults]).map_err(firebreak_plumbing::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, "detector running");
     let counts: Shared = Arc::new(Mutex::new(Counts {
@@ -452,7 +453,7 @@ async fn watch_nodes(
             evidence,
         };
         tracing::info!(node = %name, event_id = %event.id, ready = %status, caused_by_remediation = ours, "node not ready");
-        if producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await {
+        if producer.publish_until_delivered(&fault_topic(&cfg.cluster), &event, &cancel).await {
             metrics.published(&cfg.cluster, event.kind);
         }
     }
@@ -495,7 +496,7 @@ async fn heartbeats(
             _ = cancel.cancelled() => return,
             msg = consumer.recv() => match msg {
                 Err(error) => tracing::warn!(%error, "heartbeat receive failed"),
-                Ok(msg) if msg.topic() == FAULT_TOPIC => {
+                Ok(msg) if msg.topic().starts_with(FAULT_TOPIC_PREFIX) => {
                     // Faults per class, for the health sample; our own cluster's only.
                     match decode_message::<FaultEvent>(&msg) {
                         Ok(f) if f.cluster == cfg.cluster && f.observed_at >= Utc::now() - window => {
@@ -557,7 +558,7 @@ async fn heartbeats(
                     };
                     tracing::info!(node = %node, event_id = %event.id, silent_s = silent.as_secs(), "agent silent");
                     reported.insert(node, Instant::now());
-                    if producer.publish_until_delivered(FAULT_TOPIC, &event, &cancel).await {
+                    if producer.publish_until_delivered(&fault_topic(&cfg.cluster), &event, &cancel).await {
                         metrics.published(&cfg.cluster, event.kind);
                     }
                 }

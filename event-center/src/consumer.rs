@@ -14,8 +14,8 @@ use std::{
 
 use firebreak_plumbing::{kafka::decode_message, retry};
 use firebreak_schema::{
-    CHANGES_TOPIC, Change, FAULT_TOPIC, FaultEvent, HEALTH_TOPIC, Halt, HealthSample, REMEDIATION_TOPIC,
-    RemediationEvent,
+    CHANGES_TOPIC, Change, FAULT_TOPIC_PATTERN, FAULT_TOPIC_PREFIX, FaultEvent, HEALTH_TOPIC, Halt, HealthSample,
+    REMEDIATION_TOPIC, RemediationEvent,
 };
 use rdkafka::{
     Message,
@@ -114,7 +114,7 @@ async fn handle(
             .await
     };
     match msg.topic() {
-        t if t == FAULT_TOPIC => match decode_message::<FaultEvent>(msg) {
+        t if t.starts_with(FAULT_TOPIC_PREFIX) => match decode_message::<FaultEvent>(msg) {
             Ok(event) => match store.insert_fault(&event).await? {
                 Some(record) => {
                     metrics.stored.inc();
@@ -168,6 +168,6 @@ async fn handle(
 /// Subscribes a consumer to the topics the event center stores.
 pub(crate) fn subscribe(consumer: &StreamConsumer) -> Result<()> {
     consumer
-        .subscribe(&[FAULT_TOPIC, REMEDIATION_TOPIC, HEALTH_TOPIC, CHANGES_TOPIC])
+        .subscribe(&[FAULT_TOPIC_PATTERN, REMEDIATION_TOPIC, HEALTH_TOPIC, CHANGES_TOPIC])
         .map_err(|e| crate::Error::Plumbing(e.into()))
 }

@@ -105,6 +105,8 @@ pub struct Config {
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
     let store = Store::open(&cfg.database_url).await?;
+    // Every cluster has its own fault topic; a new cluster's is found within 10 s (see
+    // `KafkaConfig::consumer`).
     let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Plumbing(e.into()))?;
     consumer::subscribe(&consumer)?;
     let (live, _) = broadcast::channel(1024);

@@ -33,7 +33,8 @@ impl KafkaConfig {
 
     /// A consumer configuration for a group: offsets are stored by the application only after
     /// the record's effect is durable (`enable.auto.offset.store=false`) and committed in the
-    /// background; a new group starts from the earliest record.
+    /// background; a new group starts from the earliest record; a topic created after the
+    /// subscription (a new cluster's fault topic) is found within 10 s, not librdkafka's 5 min.
     pub fn consumer(&self, group: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
@@ -42,7 +43,8 @@ impl KafkaConfig {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("topic.metadata.refresh.interval.ms", "10000");
         for (k, v) in &self.consumer_options {
             c.set(k, v);
         }

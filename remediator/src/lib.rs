@@ -51,7 +51,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, decode_message},
     retry,
 };
-use firebreak_schema::{FAULT_TOPIC, FaultEvent};
+use firebreak_schema::{FaultEvent, fault_topic};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -270,7 +270,8 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         .consumer(&format!("firebreak-remediator-{}", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
-    consumer.subscribe(&[FAULT_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    // Its own cluster's fault topic only.
+    consumer.subscribe(&[&fault_topic(&cfg.cluster)]).map_err(firebreak_plumbing::Error::from)?;
     // Assigned, not subscribed: a replica that takes over from a killed leader reads the reports
     // at once, without waiting for the dead member to time out of a consumer group.
     let reports: StreamConsumer = cfg

@@ -28,8 +28,17 @@ pub use gate::{
 pub use health::{HealthSample, PodStarts, Signal, UnhealthyNode};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 
-/// Topic carrying [`FaultEvent`]s from agents and detectors.
-pub const FAULT_TOPIC: &str = "firebreak.faults.v1";
+/// Prefix of the fault topics: each cluster's [`FaultEvent`]s, from its agents and its detector,
+/// travel on their own topic, [`fault_topic`], so that a cluster's remediator reads only them
+/// (and Kafka ACLs can be granted per cluster).
+pub const FAULT_TOPIC_PREFIX: &str = "firebreak.faults.v1.";
+/// Every cluster's fault topic, as a regex subscription (librdkafka's `^` prefix).
+pub const FAULT_TOPIC_PATTERN: &str = r"^firebreak\.faults\.v1\..+";
+
+/// The topic of one cluster's faults: `firebreak.faults.v1.<cluster>`.
+pub fn fault_topic(cluster: &str) -> String {
+    format!("{FAULT_TOPIC_PREFIX}{cluster}")
+}
 /// Topic carrying agent [`Heartbeat`]s.
 pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
 /// Topic carrying the remediator's workflow steps ([`RemediationEvent`]s).
@@ -94,3 +103,12 @@ pub enum Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cluster_has_a_fault_topic_the_pattern_matches() {
+        assert_eq!(super::fault_topic("c1"), "firebreak.faults.v1.c1");
+        assert!(super::fault_topic("eu-west.prod").starts_with(super::FAULT_TOPIC_PREFIX));
+    }
+}
