@@ -24,7 +24,7 @@ use std::{
 
 use chrono::Utc;
 use firebreak_plumbing::{
-    kafka::{KafkaConfig, Producer, decode_message},
+    kafka::{KafkaConfig, Producer, decode_message, next_message},
     retry,
 };
 use firebreak_schema::{
@@ -336,15 +336,7 @@ impl Listener {
         loop {
             let msg = tokio::select! {
                 _ = cancel.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(error) => {
-                    tracing::warn!(%error, "kafka receive failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
+                m = next_message(&consumer) => m,
             };
             let key = msg.key().map(String::from_utf8_lossy).unwrap_or_default();
             if let Some(actuator) = self.actuators.get(key.as_ref()) {

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use firebreak_plumbing::{kafka::decode_message, retry};
+use firebreak_plumbing::{
+    kafka::{decode_message, next_message},
+    retry,
+};
 use firebreak_schema::{
     CHANGES_TOPIC, Change, FAULT_TOPIC_PATTERN, FAULT_TOPIC_PREFIX, FaultEvent, HEALTH_TOPIC, Halt, HealthSample,
     REMEDIATION_TOPIC, RemediationEvent,
@@ -63,15 +66,7 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "kafka receive failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+            m = next_message(&consumer) => m,
         };
         let what = format!("storing {}/{}@{}", msg.topic(), msg.partition(), msg.offset());
         let written = WRITE_RETRY

@@ -140,6 +140,21 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
     })
 }
 
+/// The next record of a consumer. A receive error (brokers down, a rebalance) is logged and
+/// receiving goes on after 200 ms: a consumer never gives up on its topics. Cancel-safe, for
+/// `select!` beside a cancellation.
+pub async fn next_message(consumer: &rdkafka::consumer::StreamConsumer) -> BorrowedMessage<'_> {
+    loop {
+        match consumer.recv().await {
+            Ok(m) => return m,
+            Err(error) => {
+                tracing::warn!(%error, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 /// Decodes a consumed record into an event.
 pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> firebreak_schema::Result<E> {
     let headers: Vec<(&str, Option<&[u8]>)> =

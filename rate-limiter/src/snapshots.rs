@@ -2,9 +2,9 @@
 //! its own that commits nothing), from the newest record on: a snapshot is a state, not an
 //! event, and the latest kept one is in the store already.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use firebreak_plumbing::kafka::{KafkaConfig, decode_message};
+use firebreak_plumbing::kafka::{KafkaConfig, decode_message, next_message};
 use firebreak_schema::{HEALTH_TOPIC, HealthSample};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
@@ -27,24 +27,18 @@ pub(crate) async fn consume(kafka: KafkaConfig, gate: Arc<Gate>, cancel: Cancell
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
-            m = consumer.recv() => m,
+            m = next_message(&consumer) => m,
         };
-        match msg {
-            Err(error) => {
-                tracing::warn!(%error, "health topic receive failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Ok(m) => match decode_message::<HealthSample>(&m) {
-                Ok(s) => {
-                    let cluster = s.cluster.clone();
-                    if let Err(error) = gate.observe(s).await {
-                        tracing::warn!(%error, %cluster, "cluster snapshot not kept");
-                    }
+        match decode_message::<HealthSample>(&msg) {
+            Ok(s) => {
+                let cluster = s.cluster.clone();
+                if let Err(error) = gate.observe(s).await {
+                    tracing::warn!(%error, %cluster, "cluster snapshot not kept");
                 }
-                // Other health records (samples, correlations) are not snapshots.
-                Err(firebreak_schema::Error::WrongType { .. }) => {}
-                Err(error) => tracing::warn!(%error, "undecodable cluster snapshot skipped"),
-            },
+            }
+            // Other health records (samples, correlations) are not snapshots.
+            Err(firebreak_schema::Error::WrongType { .. }) => {}
+            Err(error) => tracing::warn!(%error, "undecodable cluster snapshot skipped"),
         }
     }
 }

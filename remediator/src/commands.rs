@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use firebreak_plumbing::kafka::{Producer, decode_message};
+use firebreak_plumbing::kafka::{Producer, decode_message, next_message};
 use firebreak_schema::{
     CloudEvent, CommandReport, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, NodeCommand, command_partition,
     deterministic_id,
@@ -78,15 +78,7 @@ pub(crate) async fn reports_loop(ctx: Arc<Ctx>, consumer: StreamConsumer) {
     loop {
         let msg = tokio::select! {
             _ = ctx.cancel.cancelled() => return,
-            m = consumer.recv() => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "kafka receive failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+            m = next_message(&consumer) => m,
         };
         match decode_message::<CommandReport>(&msg) {
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable command report skipped"),

@@ -48,7 +48,7 @@ mod workflow;
 use std::{sync::Arc, time::Duration};
 
 use firebreak_plumbing::{
-    kafka::{KafkaConfig, Producer, decode_message},
+    kafka::{KafkaConfig, Producer, decode_message, next_message},
     retry,
 };
 use firebreak_schema::{FaultEvent, fault_topic};
@@ -349,16 +349,8 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => break,
-            m = consumer.recv() => m,
+            m = next_message(&consumer) => m,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(error) => {
-                tracing::warn!(%error, "kafka receive failed");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
         };
         match decode_message::<FaultEvent>(&msg) {
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),

@@ -515,25 +515,10 @@ impl Runner {
 
     /// Waits for the reinstalled node: back with a new boot id and Ready.
     async fn await_reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let started = wf.reboot_requested_at_ms;
-        let before = wf.boot_id_before.clone().unwrap_or_default();
-        let left = ctx.cfg.reinstall_timeout.saturating_sub(since(started));
-        let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
-            n.is_none_or(|n| {
-                let (boot, ready) = boot_and_ready(n);
-                boot != before && ready
-            })
-        };
-        let (node, done) = ctx.nodes.wait_for(&wf.node, left, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
-        if done && node.is_none() {
-            return Err(Error::NodeGone(wf.node.clone()));
-        }
-        let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+        let left = ctx.cfg.reinstall_timeout.saturating_sub(since(wf.reboot_requested_at_ms));
+        let (done, boot, ready) = new_boot(ctx, wf, left).await?;
         if done {
-            let reason =
-                format!("reinstalled in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
-            wf.step_started_at_ms = Some(ms(Utc::now()));
-            return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
+            return back_on_new_boot(ctx, wf, "reinstalled", &boot).await;
         }
         let why = format!(
             "node did not come back within {}s of the reinstall request (boot id {boot}, Ready={ready})",
@@ -669,14 +654,6 @@ impl Runner {
         }
         // The reboot's deadline counts from its request, persisted before it was made.
         let started = wf.reboot_requested_at_ms;
-        let before = wf.boot_id_before.clone().unwrap_or_default();
-        // Back with a new boot id and Ready — or gone.
-        let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
-            n.is_none_or(|n| {
-                let (boot, ready) = boot_and_ready(n);
-                boot != before && ready
-            })
-        };
         loop {
             for report in ctx.store.reports(cmd.id).await? {
                 match report.outcome.as_str() {
@@ -693,17 +670,9 @@ impl Runner {
                 }
             }
             let left = ctx.cfg.reboot_timeout.saturating_sub(since(started));
-            let wait = left.min(Duration::from_secs(1));
-            let (node, done) = ctx.nodes.wait_for(&wf.node, wait, &ctx.cancel, &back).await.ok_or(Error::Cancelled)?;
-            if done && node.is_none() {
-                return Err(Error::NodeGone(wf.node.clone()));
-            }
-            let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+            let (done, boot, ready) = new_boot(ctx, wf, left.min(Duration::from_secs(1))).await?;
             if done {
-                let reason =
-                    format!("rebooted in {:.1}s: boot id {before} -> {boot}; node Ready", since(started).as_secs_f64());
-                wf.step_started_at_ms = Some(ms(Utc::now()));
-                return ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await;
+                return back_on_new_boot(ctx, wf, "rebooted", &boot).await;
             }
             if left.is_zero() {
                 let why = format!(
@@ -917,6 +886,34 @@ async fn evidence(ctx: &Ctx, wf: &Workflow) -> Result<String> {
         pods.len(),
         listed(&pods)
     ))
+}
+
+/// Waits up to `wait` for the node back on a boot other than the one before its repair, and
+/// Ready: whether it is, and its boot id and readiness now (`NodeGone` if it was deleted).
+async fn new_boot(ctx: &Ctx, wf: &Workflow, wait: Duration) -> Result<(bool, String, bool)> {
+    let before = wf.boot_id_before.clone().unwrap_or_default();
+    let back = |n: Option<&k8s_openapi::api::core::v1::Node>| {
+        n.is_none_or(|n| {
+            let (boot, ready) = boot_and_ready(n);
+            boot != before && ready
+        })
+    };
+    let (node, done) = ctx.nodes.wait_for(&wf.node, wait, &ctx.cancel, back).await.ok_or(Error::Cancelled)?;
+    if done && node.is_none() {
+        return Err(Error::NodeGone(wf.node.clone()));
+    }
+    let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+    Ok((done, boot, ready))
+}
+
+/// The node is back on a new boot after its reboot or reinstall (`what`): verification starts,
+/// and the step's permit is given back.
+async fn back_on_new_boot(ctx: &Ctx, wf: &mut Workflow, what: &str, boot: &str) -> Result<()> {
+    let before = wf.boot_id_before.clone().unwrap_or_default();
+    let took = since(wf.reboot_requested_at_ms).as_secs_f64();
+    let reason = format!("{what} in {took:.1}s: boot id {before} -> {boot}; node Ready");
+    wf.step_started_at_ms = Some(ms(Utc::now()));
+    ctx.advance_releasing(wf, State::Verifying, reason, Release::Step).await
 }
 
 /// Why the policy gave the workflow its rung.
