@@ -23,16 +23,13 @@ use std::{
 };
 
 use chrono::Utc;
-use firebreak_plumbing::{
-    kafka::{KafkaConfig, Producer, decode_message, next_message},
-    retry,
-};
+use firebreak_plumbing::kafka::{KafkaConfig, Producer, assign, decode_message, next_message};
 use firebreak_schema::{
     CloudEvent, CommandOutcome, CommandReport, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, NodeCommand,
     command_partition,
 };
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    Message,
     consumer::{Consumer, StreamConsumer},
 };
 use serde::{Deserialize, Serialize};
@@ -277,9 +274,6 @@ impl NodeActuator {
     }
 }
 
-/// How reading the command topic's metadata is retried (the topic may not exist yet).
-const METADATA_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(500), Duration::from_secs(30));
-
 /// Reads the command topic for a set of nodes and hands each command to its node's actuator.
 pub struct Listener {
     actuators: HashMap<String, Arc<NodeActuator>>,
@@ -311,27 +305,18 @@ impl Listener {
         producer: &Producer,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let Some(partitions) = METADATA_RETRY
-            .until_ok("reading the command topic's partitions", &cancel, || producer.partitions(NODE_COMMAND_TOPIC))
-            .await
-        else {
+        let Some(partitions) = producer.partitions_when_known(NODE_COMMAND_TOPIC, &cancel).await else {
             return Ok(());
         };
-        let mut assignment = TopicPartitionList::new();
         let mut mine: Vec<i32> = self.actuators.keys().map(|k| command_partition(k, partitions)).collect();
         mine.sort_unstable();
         mine.dedup();
-        for p in &mine {
-            assignment
-                .add_partition_offset(NODE_COMMAND_TOPIC, *p, Offset::Stored)
-                .map_err(firebreak_plumbing::Error::from)?;
-        }
         let consumer: StreamConsumer = kafka
             .consumer(group)
             .set("auto.offset.reset", "latest")
             .create()
             .map_err(firebreak_plumbing::Error::from)?;
-        consumer.assign(&assignment).map_err(firebreak_plumbing::Error::from)?;
+        assign(&consumer, NODE_COMMAND_TOPIC, &mine)?;
         tracing::info!(partitions = ?mine, of = partitions, "reading node commands");
         loop {
             let msg = tokio::select! {

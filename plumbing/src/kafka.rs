@@ -15,6 +15,8 @@ use crate::{Error, Result, retry};
 
 /// How a record is re-published after a failure: 200 ms doubling to 10 s, with jitter.
 const PUBLISH_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(200), Duration::from_secs(10));
+/// How a topic's metadata is asked for again while the topic does not exist yet.
+const METADATA_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(500), Duration::from_secs(30));
 
 /// Where the brokers are and how to tune the clients.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +109,17 @@ impl Producer {
         }
     }
 
+    /// How many partitions a topic has, asked until the brokers know the topic (it may be created
+    /// after the service starts); `None` if `cancel` fired first.
+    pub async fn partitions_when_known(
+        &self,
+        topic: &str,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Option<i32> {
+        let what = format!("reading the partitions of {topic}");
+        METADATA_RETRY.until_ok(&what, cancel, || self.partitions(topic)).await
+    }
+
     /// Publishes an event, retrying failures with the shared policy (200 ms doubling to 10 s,
     /// jittered), until the brokers have it; `false` if `cancel` fired first.
     pub async fn publish_until_delivered<E: CloudEvent>(
@@ -138,6 +151,18 @@ fn to_headers(headers: &[(String, String)]) -> OwnedHeaders {
     headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |h, (k, v)| {
         h.insert(Header { key: k, value: Some(v.as_bytes()) })
     })
+}
+
+/// Assigns a consumer these partitions of a topic, from the offsets its group stored: a reader
+/// of chosen partitions, with no consumer group membership to rebalance or time out.
+pub fn assign(consumer: &rdkafka::consumer::StreamConsumer, topic: &str, partitions: &[i32]) -> Result<()> {
+    use rdkafka::consumer::Consumer as _;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        list.add_partition_offset(topic, *p, rdkafka::Offset::Stored)?;
+    }
+    consumer.assign(&list)?;
+    Ok(())
 }
 
 /// The next record of a consumer. A receive error (brokers down, a rebalance) is logged and

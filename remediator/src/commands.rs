@@ -5,13 +5,13 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use firebreak_plumbing::kafka::{Producer, decode_message, next_message};
+use firebreak_plumbing::kafka::{Producer, assign, decode_message, next_message};
 use firebreak_schema::{
     CloudEvent, CommandReport, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, NodeCommand, command_partition,
     deterministic_id,
 };
 use rdkafka::{
-    Message, Offset, TopicPartitionList,
+    Message,
     consumer::{Consumer, StreamConsumer},
 };
 use tokio::sync::OnceCell;
@@ -59,19 +59,9 @@ pub(crate) fn command(wf: &Workflow, action: NodeAction, requested_at_ms: i64, t
 /// Consumes the actuators' reports on the cluster's commands into the store (then stores the
 /// offset), until cancelled. The consumer is assigned every partition of the report topic.
 pub(crate) async fn reports_loop(ctx: Arc<Ctx>, consumer: StreamConsumer) {
-    let metadata = firebreak_plumbing::retry::Policy::forever(Duration::from_millis(500), Duration::from_secs(30));
-    let partitions = metadata
-        .until_ok("reading the report topic's partitions", &ctx.cancel, || ctx.producer.partitions(NODE_REPORT_TOPIC))
-        .await;
-    let Some(partitions) = partitions else { return };
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions {
-        if let Err(error) = assignment.add_partition_offset(NODE_REPORT_TOPIC, p, Offset::Stored) {
-            tracing::error!(%error, "cannot assign the report topic; command reports are not read");
-            return;
-        }
-    }
-    if let Err(error) = consumer.assign(&assignment) {
+    let Some(partitions) = ctx.producer.partitions_when_known(NODE_REPORT_TOPIC, &ctx.cancel).await else { return };
+    let all: Vec<i32> = (0..partitions).collect();
+    if let Err(error) = assign(&consumer, NODE_REPORT_TOPIC, &all) {
         tracing::error!(%error, "cannot assign the report topic; command reports are not read");
         return;
     }

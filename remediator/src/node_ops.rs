@@ -302,7 +302,11 @@ pub(crate) fn migration(pods: &[Pod], evict_unmanaged: bool) -> Migration<'_> {
 
 /// `namespace/name` of each pod, at most 20 and how many more.
 pub(crate) fn listed<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> String {
-    let names: Vec<String> = pods.into_iter().map(pod_names).map(|(ns, n)| format!("{ns}/{n}")).collect();
+    shortlist(pods.into_iter().map(pod_names).map(|(ns, n)| format!("{ns}/{n}")).collect())
+}
+
+/// Names, at most 20 and how many more: a record's list stays readable on a large node.
+pub(crate) fn shortlist(names: Vec<String>) -> String {
     let more = names.len().saturating_sub(20);
     let shown = names.into_iter().take(20).collect::<Vec<_>>().join(", ");
     if more > 0 { format!("{shown} and {more} more") } else { shown }

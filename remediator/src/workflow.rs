@@ -12,7 +12,7 @@ use crate::{
     Config, Error, Result, Rung, State, Store, Workflow,
     gate::GateClient,
     node_cache::NodeCache,
-    node_ops::{Eviction, NodeOps, boot_and_ready, listed, migration, pod_names},
+    node_ops::{Eviction, NodeOps, boot_and_ready, listed, migration, pod_names, shortlist},
     permits::Held,
     store::{Step, ms},
 };
@@ -94,6 +94,22 @@ impl Ctx {
             tracing::warn!(%error, "could not record a Kubernetes event");
         }
         Ok(())
+    }
+}
+
+impl Ctx {
+    /// POSTs `body` to a webhook, signed, retried in the background (`plumbing::webhook`).
+    fn post(&self, hook: &crate::Webhook, event: &'static str, body: serde_json::Value, what: String) {
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        firebreak_plumbing::webhook::deliver(
+            &self.http,
+            &hook.url,
+            hook.secret.as_bytes(),
+            event,
+            body,
+            what,
+            &self.cancel,
+        );
     }
 }
 
@@ -436,11 +452,7 @@ impl Runner {
         let reason = format!(
             "drained: {evicted} pods evicted ({}), {moved} moved by their owners, {} evictions refused by \
              PodDisruptionBudgets and retried, in {:.1}s",
-            if self.evicted.len() > 20 {
-                format!("{} and {} more", self.evicted[..20].join(", "), evicted - 20)
-            } else {
-                self.evicted.join(", ")
-            },
+            shortlist(self.evicted.clone()),
             self.refused,
             since(started).as_secs_f64()
         );
@@ -465,16 +477,7 @@ impl Runner {
         let body = serde_json::json!({"event": "hardware_ticket", "workflow_id": wf.id, "cluster": wf.cluster,
             "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
             "evidence": wf.rung_why});
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        firebreak_plumbing::webhook::deliver(
-            &ctx.http,
-            &hook.url,
-            hook.secret.as_bytes(),
-            "hardware_ticket",
-            body,
-            format!("hardware ticket for {}", wf.node),
-            &ctx.cancel,
-        );
+        ctx.post(hook, "hardware_ticket", body, format!("hardware ticket for {}", wf.node));
         let why = format!(
             "hardware ticket opened ({}); the node stays drained and cordoned until the ticket is closed and the \
              escalation cleared",
@@ -486,7 +489,7 @@ impl Runner {
     /// Asks the reinstall webhook to re-image the node, once: persisted as `awaiting_reinstall`
     /// (with the time) before it is asked.
     async fn reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let Some(hook) = ctx.cfg.reinstall_webhook.clone() else {
+        let Some(hook) = &ctx.cfg.reinstall_webhook else {
             let why = "the policy asks for a reinstall, but no reinstall webhook is configured (--reinstall-webhook)";
             return self.escalate(ctx, wf, why.into()).await;
         };
@@ -501,15 +504,7 @@ impl Runner {
         ctx.advance(wf, State::AwaitingReinstall, reason).await?;
         let body = serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
             "node": wf.node, "boot_id": boot, "requested_at": at});
-        firebreak_plumbing::webhook::deliver(
-            &ctx.http,
-            &hook.url,
-            hook.secret.as_bytes(),
-            "reinstall",
-            serde_json::to_vec(&body).unwrap_or_default(),
-            format!("reinstall of {}", wf.node),
-            &ctx.cancel,
-        );
+        ctx.post(hook, "reinstall", body, format!("reinstall of {}", wf.node));
         Ok(())
     }
 
@@ -589,23 +584,10 @@ impl Runner {
         let started = wf.reboot_requested_at_ms;
         let ready = |n: Option<&k8s_openapi::api::core::v1::Node>| n.is_none_or(|n| boot_and_ready(n).1);
         loop {
-            let mut done = None;
-            for report in ctx.store.reports(cmd.id).await? {
-                match report.outcome.as_str() {
-                    "failed" | "refused" => {
-                        let why =
-                            format!("the node's actuator {} the {}: {}", report.outcome, cmd.action, report.detail);
-                        return self.escalate(ctx, wf, why).await;
-                    }
-                    "accepted" if !self.accepted => {
-                        self.accepted = true;
-                        let reason = format!("the node's agent accepted the {} on boot {}", cmd.action, report.boot_id);
-                        ctx.advance(wf, State::AwaitingRestart, reason).await?;
-                    }
-                    "done" => done = Some(report.detail),
-                    _ => {}
-                }
-            }
+            let done = match self.heard(ctx, wf, &cmd).await? {
+                Ok(done) => done,
+                Err(why) => return self.escalate(ctx, wf, why).await,
+            };
             let left = ctx.cfg.restart_timeout.saturating_sub(since(started));
             let (node, up) = ctx
                 .nodes
@@ -637,6 +619,36 @@ impl Runner {
         }
     }
 
+    /// What the node's actuator reported on the workflow's command so far: `Err` with why if it
+    /// failed or refused it, else the detail of its `done`, if it is. Its acceptance is recorded,
+    /// once, in the workflow's current state.
+    async fn heard(
+        &mut self,
+        ctx: &Ctx,
+        wf: &mut Workflow,
+        cmd: &firebreak_schema::NodeCommand,
+    ) -> Result<std::result::Result<Option<String>, String>> {
+        let mut done = None;
+        for report in ctx.store.reports(cmd.id).await? {
+            match report.outcome.as_str() {
+                "failed" | "refused" => {
+                    return Ok(Err(format!(
+                        "the node's actuator {} the {}: {}",
+                        report.outcome, cmd.action, report.detail
+                    )));
+                }
+                "accepted" if !self.accepted => {
+                    self.accepted = true;
+                    let reason = format!("the node's agent accepted the {} on boot {}", cmd.action, report.boot_id);
+                    ctx.advance(wf, wf.state, reason).await?;
+                }
+                "done" => done = Some(report.detail),
+                _ => {}
+            }
+        }
+        Ok(Ok(done))
+    }
+
     async fn send(&mut self, ctx: &Ctx, cmd: &firebreak_schema::NodeCommand) -> Result<()> {
         REQUEST_RETRY
             .until_ok("sending a node command", &ctx.cancel, || ctx.commands.send(cmd))
@@ -655,19 +667,8 @@ impl Runner {
         // The reboot's deadline counts from its request, persisted before it was made.
         let started = wf.reboot_requested_at_ms;
         loop {
-            for report in ctx.store.reports(cmd.id).await? {
-                match report.outcome.as_str() {
-                    "failed" | "refused" => {
-                        let why = format!("the node's actuator {} the reboot: {}", report.outcome, report.detail);
-                        return self.escalate(ctx, wf, why).await;
-                    }
-                    "accepted" if !self.accepted => {
-                        self.accepted = true;
-                        let reason = format!("the node's agent accepted the reboot on boot {}", report.boot_id);
-                        ctx.advance(wf, State::AwaitingBoot, reason).await?;
-                    }
-                    _ => {}
-                }
+            if let Err(why) = self.heard(ctx, wf, &cmd).await? {
+                return self.escalate(ctx, wf, why).await;
             }
             let left = ctx.cfg.reboot_timeout.saturating_sub(since(started));
             let (done, boot, ready) = new_boot(ctx, wf, left.min(Duration::from_secs(1))).await?;
@@ -835,17 +836,7 @@ impl Runner {
             let body = serde_json::json!({"event": "escalated", "workflow_id": wf.id, "cluster": wf.cluster,
                 "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
                 "reason": wf.reason});
-            let what = format!("escalation {} webhook", wf.id);
-            let body = serde_json::to_vec(&body).unwrap_or_default();
-            firebreak_plumbing::webhook::deliver(
-                &ctx.http,
-                &hook.url,
-                hook.secret.as_bytes(),
-                "escalated",
-                body,
-                what,
-                &ctx.cancel,
-            );
+            ctx.post(hook, "escalated", body, format!("escalation {} webhook", wf.id));
         }
         Ok(())
     }
