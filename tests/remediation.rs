@@ -559,6 +559,10 @@ async fn a_reinstall_through_its_webhook_then_a_hardware_ticket() {
     let (sig, event, body) = tokio::time::timeout(Duration::from_secs(60), got.recv()).await.unwrap().unwrap();
     assert_eq!(event, "hardware_ticket");
     assert_eq!(sig, firebreak_plumbing::webhook::signature(b"s3cret", &body));
+    let ticket: Value = serde_json::from_slice(&body).unwrap();
+    assert!(ticket["why"].as_str().unwrap().contains("rung 2 of 2"), "{ticket}");
+    let evidence = ticket["evidence"].as_str().unwrap();
+    assert!(evidence.contains("MemoryUncorrectable (critical): EDAC MC0: 1 UE"), "the kernel's line: {evidence}");
     let (_, why) = wait_for("the escalation", Duration::from_secs(30), || async {
         steps(&stack, &node).await.into_iter().rfind(|(s, _)| s == "escalated")
     })

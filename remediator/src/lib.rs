@@ -171,7 +171,9 @@ pub struct Config {
 /// `{"event": "escalated", "workflow_id", "cluster", "node", "fault_kind", "trigger_event_id",
 /// "reason"}`; reinstalls: `{"event": "reinstall", "workflow_id", "cluster", "node", "boot_id",
 /// "requested_at"}`; hardware tickets: `{"event": "hardware_ticket", "workflow_id", "cluster",
-/// "node", "fault_kind", "trigger_event_id", "evidence"}`. A receiver dedupes by `workflow_id`.
+/// "node", "fault_kind", "trigger_event_id", "why", "evidence"}` (`why`: the ladder's reason for a
+/// ticket; `evidence`: the node's conditions, recent faults and remaining pods). A receiver
+/// dedupes by `workflow_id`.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     /// `http(s)://…`.

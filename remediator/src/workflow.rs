@@ -474,9 +474,11 @@ impl Runner {
             let why = "the policy asks for a hardware ticket, but no ticket webhook is configured (--ticket-webhook)";
             return self.escalate(ctx, wf, why.into()).await;
         };
+        // The technician gets the node as it is now (drained) and why it came to a ticket.
+        let evidence = evidence(ctx, wf).await?;
         let body = serde_json::json!({"event": "hardware_ticket", "workflow_id": wf.id, "cluster": wf.cluster,
             "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
-            "evidence": wf.rung_why});
+            "why": wf.rung_why, "evidence": evidence});
         ctx.post(hook, "hardware_ticket", body, format!("hardware ticket for {}", wf.node));
         let why = format!(
             "hardware ticket opened ({}); the node stays drained and cordoned until the ticket is closed and the \
