@@ -102,6 +102,24 @@ fn the_gate_refuses_to_start_without_tokens() {
         &[&remediator[..], &["--escalation-webhook", "ftp://x", "--escalation-webhook-secret", "s"]].concat(),
     );
     assert!(!out.status.success(), "only http(s) webhooks");
+    for flag in ["reinstall-webhook", "ticket-webhook"] {
+        let out = firebreak(&[&remediator[..], &[format!("--{flag}").as_str(), "http://127.0.0.1:1/hook"]].concat());
+        assert!(!out.status.success(), "--{flag} without its secret is refused");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("needs --{flag}-secret")), "{out:?}");
+    }
+    let out = firebreak(&[&remediator[..], &["--lease-duration", "soon"]].concat());
+    assert!(!out.status.success(), "a duration that is none is refused");
+    // A broken remediation policy stops the remediator before it acts, naming the file and line.
+    let dir = std::env::temp_dir().join(format!("fb-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("bad.toml");
+    std::fs::write(&policy, "[budget]\nattempts = 3\nwindow = \"1h\"\n[[process]]\nname = \"m\"\nkinds = [\"KernelHung\"]\nladder = [\"pray\"]\n").unwrap();
+    let out = firebreak(&[&remediator[..], &["--policy", policy.to_str().unwrap()]].concat());
+    assert!(!out.status.success(), "a broken policy is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("line 7") && err.contains("pray"), "{err}");
+    let out = firebreak(&[&remediator[..], &["--policy", dir.join("missing.toml").to_str().unwrap()]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"), "{out:?}");
     let out = firebreak(&["gate", "status", "--gate-url", "http://", "--token", "x"]);
     assert!(!out.status.success(), "a URL without a host is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no host"), "{out:?}");

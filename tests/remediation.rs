@@ -182,6 +182,13 @@ async fn an_escalated_node_gets_no_new_work_until_an_operator_clears_it() {
     let cleared = cli(&["clear", "--node", &node]);
     assert!(cleared.contains("still cordoned"), "{cleared}");
     assert!(!cli(&["list"]).contains(&node));
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["escalations", "clear", "--node", &node, "--kubeconfig"])
+        .arg(cluster.kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "clearing twice is an error, not a silent success");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not escalated"), "{again:?}");
     cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
     wait_for("a new workflow after the clearance", Duration::from_secs(30), || async {
         (workflows(&stack, &node).await.len() == 2).then_some(())
@@ -575,5 +582,69 @@ async fn a_reinstall_through_its_webhook_then_a_hardware_ticket() {
         "drained (the DaemonSet pod stays)"
     );
     no_permits(&stack).await;
+    stack.shutdown().await;
+}
+
+/// Hostile records on the command channel: garbage for a node, and a well-formed reboot for
+/// another node slipped under this node's key, are skipped (the forged one reboots nothing);
+/// garbage and forged reports are ignored. The channel still works afterwards: the node's next
+/// fault is repaired through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_commands_and_reports_are_skipped_and_the_channel_still_works() {
+    use rdkafka::{
+        ClientConfig,
+        producer::{FutureProducer, FutureRecord},
+    };
+    let stack = stack("hostile-commands", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let boot = |n: Node| n.status.unwrap().node_info.unwrap().boot_id;
+    let (node, other) = (format!("{}-node-003", cluster.name()), format!("{}-node-004", cluster.name()));
+    let other_boot = boot(nodes.get(&other).await.unwrap());
+    let node_boot = boot(nodes.get(&node).await.unwrap());
+    let raw: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &stack.kafka_config.brokers).create().unwrap();
+    let key = format!("{}/{node}", cluster.name());
+    let partition = firebreak_schema::command_partition(&key, 8);
+    let send = |topic: &'static str, partition: Option<i32>, payload: Vec<u8>, headers: Vec<(String, String)>| {
+        let (raw, key) = (raw.clone(), key.clone());
+        async move {
+            let headers = headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) })
+            });
+            let mut rec = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
+            raw.send(rec, Duration::from_secs(5)).await.unwrap();
+        }
+    };
+    send(firebreak_schema::NODE_COMMAND_TOPIC, Some(partition), b"\xff not a command".to_vec(), vec![]).await;
+    let now = chrono::Utc::now();
+    let forged = firebreak_schema::NodeCommand {
+        id: uuid::Uuid::now_v7(),
+        cluster: cluster.name().into(),
+        node: other.clone(),
+        workflow_id: uuid::Uuid::now_v7(),
+        action: firebreak_schema::NodeAction::Reboot,
+        // The boot of the node whose key it travels under: were the body not checked against the
+        // key, that node's actuator would reboot it.
+        boot_id: node_boot.clone(),
+        requested_at: now,
+        not_after: now + chrono::TimeDelta::minutes(5),
+    };
+    let wire = firebreak_schema::encode(&forged).unwrap();
+    send(firebreak_schema::NODE_COMMAND_TOPIC, Some(partition), wire.payload, wire.headers).await;
+    send(firebreak_schema::NODE_REPORT_TOPIC, None, b"{\"outcome\": 7}".to_vec(), vec![]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(boot(nodes.get(&node).await.unwrap()), node_boot, "the forged command rebooted nothing");
+
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the node repaired through the channel", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.iter().any(|(s, _)| s == "healed").then_some(())
+    })
+    .await;
+    assert_eq!(boot(nodes.get(&other).await.unwrap()), other_boot, "nor the node it named");
     stack.shutdown().await;
 }

@@ -458,4 +458,25 @@ mod tests {
         assert!(!n.root.join("state/pending-reboot.json").exists());
         std::fs::remove_dir_all(&n.root).unwrap();
     }
+
+    #[tokio::test]
+    async fn corrupt_state_files_are_survived_not_obeyed() {
+        let n = node(&["kubelet"], None);
+        let state = n.root.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        // A pending reboot that is not one: dropped, nothing reported as done.
+        std::fs::write(state.join("pending-reboot.json"), b"\xff{not json").unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        n.actuator.confirm_reboot(&cancel).await.unwrap();
+        assert!(!state.join("pending-reboot.json").exists());
+        // A garbled list of handled commands reads as none: the next command is still carried out
+        // once, and remembered again.
+        std::fs::write(state.join("handled.json"), b"[\"oops\"").unwrap();
+        let restart = command(NodeAction::Restart { component: "kubelet".into() }, "boot-1", 60);
+        handle(&n, &restart).await;
+        handle(&n, &restart).await;
+        assert_eq!(*n.acted.lock().unwrap(), ["restart kubelet"]);
+        std::fs::remove_dir_all(&n.root).unwrap();
+    }
 }
