@@ -150,7 +150,18 @@ pub struct RemediatorArgs {
     /// The reinstall webhook's HMAC-SHA256 secret.
     #[arg(long, env = "FIREBREAK_REINSTALL_WEBHOOK_SECRET", hide_env_values = true)]
     pub reinstall_webhook_secret: Option<String>,
-    /// Longest a reinstall may take, from its request to the node Ready on a new boot.
+    /// Cluster API's management cluster (where the Machines are): a node annotated
+    /// `cluster.x-k8s.io/machine` is reinstalled by deleting its Machine, which its MachineSet
+    /// replaces with a new node. The first choice of the `reinstall` rung.
+    #[arg(long)]
+    pub cluster_api_kubeconfig: Option<PathBuf>,
+    /// A batch/v1 Job template (YAML; `{{node}}`, `{{cluster}}`, `{{workflow_id}}`,
+    /// `{{boot_id}}` are replaced) that re-images a node in place: the second choice of the
+    /// `reinstall` rung, before `--reinstall-webhook`.
+    #[arg(long)]
+    pub reinstall_job_template: Option<PathBuf>,
+    /// Longest a reinstall may take, from its request to the node Ready on a new boot (or,
+    /// through Cluster API, to the old node gone).
     #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
     pub reinstall_timeout: Duration,
     /// Where a hardware ticket is opened (the policy's `ticket` rung), signed with
@@ -426,6 +437,8 @@ pub async fn run(cli: Cli) -> Result<()> {
                 escalation_webhook_secret,
                 reinstall_webhook,
                 reinstall_webhook_secret,
+                cluster_api_kubeconfig,
+                reinstall_job_template,
                 reinstall_timeout,
                 ticket_webhook,
                 ticket_webhook_secret,
@@ -447,6 +460,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             let escalation_webhook = webhook("escalation-webhook", escalation_webhook, escalation_webhook_secret)?;
             let reinstall_webhook = webhook("reinstall-webhook", reinstall_webhook, reinstall_webhook_secret)?;
             let ticket_webhook = webhook("ticket-webhook", ticket_webhook, ticket_webhook_secret)?;
+            let reinstall_job = reinstall_job_template
+                .map(|p| {
+                    let text = String::from_utf8(read_file(&p)?)
+                        .map_err(|_| crate::Error::Usage(format!("{} is not UTF-8 text", p.display())))?;
+                    firebreak_remediator::reinstall::JobTemplate::parse(&text)
+                        .map_err(|e| crate::Error::Usage(format!("--reinstall-job-template {}: {e}", p.display())))
+                })
+                .transpose()?;
+            let cluster_api = match cluster_api_kubeconfig {
+                Some(p) => Some(firebreak_remediator::reinstall::ClusterApi(kube_client(&p).await?)),
+                None => None,
+            };
             let client = kube_client(&on.kubeconfig).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -481,6 +506,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.evict_unmanaged = evict_unmanaged_pods;
             cfg.escalation_webhook = escalation_webhook;
             cfg.reinstall_webhook = reinstall_webhook;
+            cfg.reinstall_job = reinstall_job;
+            cfg.cluster_api = cluster_api;
             cfg.ticket_webhook = ticket_webhook;
             cfg.reinstall_timeout = reinstall_timeout;
             cfg.failure_domains = domains.failure_domains;
@@ -497,6 +524,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 clusters,
                 nodes_per_cluster,
                 timings: Default::default(),
+                apps: Default::default(),
             })
             .await?;
             for c in fleet.clusters() {

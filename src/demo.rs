@@ -83,6 +83,8 @@ pub struct StackOptions {
     pub pod_start_deadline: Duration,
     /// How fast simulated time goes.
     pub timings: Timings,
+    /// The apps each simulated cluster runs.
+    pub apps: firebreak_fleet_sim::Apps,
     /// The token the remediators present; the stack's requester token when `None`.
     pub remediator_token: Option<String>,
     /// Remediator quiet period after reboot.
@@ -103,6 +105,11 @@ pub struct StackOptions {
     pub escalation_webhook: Option<firebreak_remediator::Webhook>,
     /// Where remediators ask for reinstalls.
     pub reinstall_webhook: Option<firebreak_remediator::Webhook>,
+    /// The Job template remediators re-image nodes with.
+    pub reinstall_job: Option<firebreak_remediator::reinstall::JobTemplate>,
+    /// Every cluster's nodes are Cluster API machines (the cluster is its own management
+    /// cluster): remediators reinstall them by deleting their Machines.
+    pub cluster_api: bool,
     /// Where remediators open hardware tickets.
     pub ticket_webhook: Option<firebreak_remediator::Webhook>,
     /// Agent heartbeat period.
@@ -135,6 +142,7 @@ impl StackOptions {
             pod_window: Duration::from_secs(60),
             pod_start_deadline: Duration::from_secs(15),
             timings: Timings::default(),
+            apps: Default::default(),
             remediator_token: None,
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
@@ -145,6 +153,8 @@ impl StackOptions {
             remediation: firebreak_remediator::Policy::default(),
             escalation_webhook: None,
             reinstall_webhook: None,
+            reinstall_job: None,
+            cluster_api: false,
             ticket_webhook: None,
             heartbeat: Duration::from_secs(2),
             readiness: firebreak_remediator::ReadinessGates::default(),
@@ -273,6 +283,7 @@ impl Stack {
             clusters: opts.clusters,
             nodes_per_cluster: opts.nodes_per_cluster,
             timings: opts.timings,
+            apps: opts.apps,
         })
         .await?;
         // Each cluster's faults on their own topic.
@@ -359,6 +370,11 @@ impl Stack {
             rem.evict_unmanaged = opts.evict_unmanaged;
             rem.escalation_webhook = opts.escalation_webhook.clone();
             rem.reinstall_webhook = opts.reinstall_webhook.clone();
+            rem.reinstall_job = opts.reinstall_job.clone();
+            if opts.cluster_api {
+                cluster.adopt_machines("default")?;
+                rem.cluster_api = Some(firebreak_remediator::reinstall::ClusterApi(client.clone()));
+            }
             rem.ticket_webhook = opts.ticket_webhook.clone();
             remediator_runs.push((rem, client));
             // Each node's actuator acts on its simulated machine where a real one runs systemctl;

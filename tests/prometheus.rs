@@ -42,6 +42,37 @@ impl Drop for Prometheus {
 async fn promql_rules_read_a_real_prometheus() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let prom_url = format!("http://127.0.0.1:{port}");
+    // Prometheus runs before the gate first asks it: a rule measured while it is still starting
+    // is an Error, which halts as a failure does. Its scrape target comes from a file, written
+    // once the stack's metrics address is known.
+    let dir = temp_dir("prometheus-data");
+    let config = dir.join("prometheus.yml");
+    let targets = dir.join("targets.json");
+    std::fs::write(&targets, "[]").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: firebreak\n  file_sd_configs:\n  - files: ['{}']\n    refresh_interval: 1s\n",
+            targets.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join("prometheus.log")).map(Into::into).unwrap_or(std::process::Stdio::null()),
+        )
+        .spawn()
+        .expect("Debian's `prometheus` is installed (.ci/test installs it)");
+    let _prometheus = Prometheus(child);
+    let ready = format!("{prom_url}/-/ready");
+    wait_for("Prometheus to be ready", Duration::from_secs(60), || async {
+        reqwest::get(&ready).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
     let stack = stack("prometheus", |o| {
         o.sample_every = Duration::from_secs(1);
         o.policy.evaluate_every = Duration::from_millis(500);
@@ -73,27 +104,10 @@ async fn promql_rules_read_a_real_prometheus() {
         ];
     })
     .await;
-    let dir = temp_dir("prometheus-data");
-    let config = dir.join("prometheus.yml");
     let target = stack.metrics_url.trim_start_matches("http://").to_owned();
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: firebreak\n  static_configs:\n  - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(
-            std::fs::File::create(dir.join("prometheus.log")).map(Into::into).unwrap_or(std::process::Stdio::null()),
-        )
-        .spawn()
-        .expect("Debian's `prometheus` is installed (.ci/test installs it)");
-    let _prometheus = Prometheus(child);
+    let staged = dir.join("targets.json.new");
+    std::fs::write(&staged, format!(r#"[{{"targets": ["{target}"]}}]"#)).unwrap();
+    std::fs::rename(&staged, &targets).unwrap();
     let viewer = stack.tokens.viewer.clone();
     let url = format!("{}/api/v1/verdict?cluster=c1", stack.gate_url);
     let v = wait_for("Prometheus to have scraped the detector", Duration::from_secs(60), || async {

@@ -585,6 +585,100 @@ async fn a_reinstall_through_its_webhook_then_a_hardware_ticket() {
     stack.shutdown().await;
 }
 
+/// The other two reinstall actuators. A node that is a Cluster API machine is replaced: its
+/// Machine is deleted, the node goes, and its MachineSet brings a new node of a new name; the
+/// workflow ends `replaced`. A node that is not is re-imaged in place by a Job rendered from the
+/// operator's template (fleet-sim's Job controller re-images the node the Job names): same name,
+/// new boot, back in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reinstalls_through_cluster_api_and_through_a_job() {
+    use k8s_openapi::api::batch::v1::Job;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+    let template = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  namespace: default\n  annotations:\n    {}: \"{{{{node}}}}\"\n\
+         spec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      \
+         - name: reimage\n        image: registry.example/pxe-reimage:1\n        args: [\"--node\", \"{{{{node}}}}\", \
+         \"--boot\", \"{{{{boot_id}}}}\"]\n",
+        firebreak_fleet_sim::REIMAGE_NODE_ANNOTATION
+    );
+    let stack = stack("reinstall-actuators", |o| {
+        o.remediation = firebreak_remediator::Policy::parse(
+            "[budget]\nattempts = 3\nwindow = \"1h\"\n[[process]]\nname = \"memory\"\nkinds = [\"MemoryUncorrectable\"]\nladder = [\"reinstall\", \"human\"]\n",
+        )
+        .unwrap();
+        o.cluster_api = true;
+        o.reinstall_job = Some(firebreak_remediator::reinstall::JobTemplate::parse(&template).unwrap());
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let machines: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta1", "Machine")),
+    );
+    let boot = |n: Node| n.status.unwrap().node_info.unwrap().boot_id;
+
+    // A machine: replaced.
+    let machine_node = format!("{}-node-001", cluster.name());
+    let machine = firebreak_fleet_sim::MACHINE_ANNOTATION;
+    let annotations = nodes.get(&machine_node).await.unwrap().metadata.annotations.unwrap();
+    let machine_name = annotations[machine].clone();
+    cluster.inject(&machine_node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the machine's workflow to end", Duration::from_secs(60), || async {
+        steps(&stack, &machine_node)
+            .await
+            .into_iter()
+            .find(|(s, _)| ["replaced", "escalated", "healed"].contains(&s.as_str()))
+    })
+    .await;
+    assert!(why.starts_with(&format!("replaced: Cluster API Machine default/{machine_name} deleted")), "{why}");
+    let states: Vec<String> = steps(&stack, &machine_node).await.into_iter().map(|(s, _)| s).collect();
+    assert!(states.contains(&"draining".to_owned()) && states.contains(&"awaiting_reinstall".to_owned()), "{states:?}");
+    assert!(nodes.get_opt(&machine_node).await.unwrap().is_none(), "the old node is gone");
+    assert!(machines.get_opt(&machine_name).await.unwrap().is_none(), "its Machine is gone");
+    let fresh = format!("{}-node-005", cluster.name());
+    let new_node = wait_for("the MachineSet's new node Ready", Duration::from_secs(30), || async {
+        let n = nodes.get_opt(&fresh).await.ok()??;
+        n.status.as_ref()?.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True").then_some(n)
+    })
+    .await;
+    let new_machine = new_node.metadata.annotations.unwrap()[machine].clone();
+    assert!(machines.get_opt(&new_machine).await.unwrap().is_some(), "a new Machine {new_machine} behind it");
+
+    // Not a machine (its Cluster API annotations removed): re-imaged in place by a Job.
+    let job_node = format!("{}-node-002", cluster.name());
+    let strip =
+        json!({"metadata": {"annotations": {machine: null, firebreak_fleet_sim::MACHINE_NAMESPACE_ANNOTATION: null}}});
+    nodes.patch(&job_node, &PatchParams::default(), &Patch::Merge(&strip)).await.unwrap();
+    let boot_before = boot(nodes.get(&job_node).await.unwrap());
+    cluster.inject(&job_node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the Job's workflow to end", Duration::from_secs(60), || async {
+        steps(&stack, &job_node)
+            .await
+            .into_iter()
+            .find(|(s, _)| ["replaced", "escalated", "healed"].contains(&s.as_str()))
+    })
+    .await;
+    assert!(why.contains("back in service"), "{why}");
+    let steps_of = steps(&stack, &job_node).await;
+    let asked = &steps_of.iter().find(|(s, _)| s == "awaiting_reinstall").unwrap().1;
+    assert!(asked.starts_with("Job default/reinstall-") && asked.contains(&boot_before), "{asked}");
+    assert!(steps_of.iter().any(|(_, r)| r.starts_with("reinstalled in ")), "{steps_of:?}");
+    let jobs: Api<Job> = Api::namespaced(client, "default");
+    let made = jobs
+        .list(&ListParams::default().labels(&format!("{}={job_node}", firebreak_schema::NODE_LABEL)))
+        .await
+        .unwrap();
+    assert_eq!(made.items.len(), 1, "one Job for the one reinstall");
+    let args = made.items[0].spec.clone().unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+    assert_eq!(args, ["--node", job_node.as_str(), "--boot", boot_before.as_str()]);
+    assert_ne!(boot(nodes.get(&job_node).await.unwrap()), boot_before);
+    no_permits(&stack).await;
+    stack.shutdown().await;
+}
+
 /// Hostile records on the command channel: garbage for a node, and a well-formed reboot for
 /// another node slipped under this node's key, are skipped (the forged one reboots nothing);
 /// garbage and forged reports are ignored. The channel still works afterwards: the node's next

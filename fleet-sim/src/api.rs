@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     AuditEntry, Cluster, Error, Fault, Result, now_plus, patch,
     pdb::{matching_pdbs, pod_ready, update_pdbs},
-    resources::{self, NAMESPACES, PODS, Resource},
+    resources::{self, NAMESPACES, PDBS, PODS, Resource},
     select::Selector,
     str_at, time_now_rfc3339,
 };
@@ -240,8 +240,13 @@ fn list(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
     let (l, f) = selectors(req)?;
     let (items, rv) = {
         let st = c.lock();
-        let items: Vec<Value> =
-            st.store.list(t.res, t.ns).into_iter().filter(|o| l.matches_labels(o) && f.matches_fields(o)).collect();
+        let keep = |o: &&Value| {
+            t.ns.is_none_or(|ns| str_at(o, "/metadata/namespace") == ns) && l.matches_labels(o) && f.matches_fields(o)
+        };
+        let items: Vec<Value> = match f.required("spec.nodeName").filter(|_| t.res.plural == PODS.plural) {
+            Some(node) => st.store.pods_on(node).filter(keep).cloned().collect(),
+            None => st.store.iter(t.res, t.ns).filter(keep).cloned().collect(),
+        };
         (items, st.store.rv())
     };
     if wants_table(req) {
@@ -476,23 +481,31 @@ fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Stat
     let options = body.get("deleteOptions");
     let success = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+    // The budget this eviction spends, as the API server records it at once (not at the
+    // disruption controller's next pass), so that evictions in a burst cannot overspend it.
+    let mut spent = None;
     if !terminating && pod_ready(&pod) {
-        let pdbs = matching_pdbs(store, &pod);
+        let mut pdbs = matching_pdbs(store, &pod);
         if pdbs.len() > 1 {
             return Err(Error::Unprocessable(
                 "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
                     .into(),
             ));
         }
-        if let Some(pdb) = pdbs.first() {
+        if let Some(mut pdb) = pdbs.pop() {
             let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             if allowed <= 0 {
-                return Err(Error::TooManyRequests(str_at(pdb, "/metadata/name")));
+                return Err(Error::TooManyRequests(str_at(&pdb, "/metadata/name")));
             }
+            pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            spent = Some(pdb);
         }
     }
     if dry_run(req, Some(&body)) {
         return Ok((StatusCode::CREATED, success));
+    }
+    if let Some(pdb) = spent {
+        store.replace(&PDBS, pdb)?;
     }
     let grace = grace_period(req, options, &pod);
     terminate(store, pod, grace)?;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Error, Result, Timings,
+    Apps, Error, Result, Timings,
     controllers::Workload,
     faults::Fault,
     fmt_micro_time,
@@ -59,6 +59,10 @@ pub(crate) struct State {
     pub(crate) bad_runtimes: BTreeMap<String, RuntimeFailure>,
     /// Crash-looping pods: when their container restarts next, and how often it has.
     pub(crate) crashing: BTreeMap<(String, String), (Instant, u32)>,
+    /// The number the next new node takes.
+    pub(crate) next_node: usize,
+    /// Jobs running, since when.
+    pub(crate) jobs_started: BTreeMap<(String, String), Instant>,
 }
 
 /// A simulated cluster.
@@ -80,6 +84,7 @@ impl Cluster {
         addr: SocketAddr,
         nodes: usize,
         timings: Timings,
+        apps: Apps,
         shutdown: CancellationToken,
     ) -> Result<Self> {
         let io = |path: &Path| {
@@ -89,15 +94,30 @@ impl Cluster {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&name, addr)).map_err(io(&kubeconfig))?;
-        let web = nodes + nodes / 4;
+        let app = |name: String, replicas: usize, min_available: Option<usize>| Workload {
+            name,
+            namespace: "default",
+            replicas,
+            lifetime: None,
+            min_available,
+        };
+        let mut workloads = match apps {
+            Apps::Default => {
+                let web = nodes + nodes / 4;
+                vec![app("web".into(), web, Some(web.saturating_sub(1))), app("batch".into(), nodes / 2, None)]
+            }
+            Apps::Dense { per_node, max_unavailable_percent } => (1..=per_node)
+                .map(|i| {
+                    let down = (nodes * max_unavailable_percent.min(100) as usize).div_ceil(100).max(1);
+                    app(format!("app-{i:02}"), nodes, Some(nodes.saturating_sub(down)))
+                })
+                .collect(),
+        };
         // Steady churn: replicas that each live `pod_lifetime` make `churn_per_minute` starts.
         let churn = (f64::from(timings.churn_per_minute) * timings.pod_lifetime.as_secs_f64() / 60.0).ceil() as usize;
+        workloads.push(Workload { lifetime: Some(timings.pod_lifetime), ..app("churn".into(), churn, None) });
         let cluster = Cluster {
-            workloads: vec![
-                Workload { name: "web", namespace: "default", replicas: web, lifetime: None },
-                Workload { name: "batch", namespace: "default", replicas: nodes / 2, lifetime: None },
-                Workload { name: "churn", namespace: "default", replicas: churn, lifetime: Some(timings.pod_lifetime) },
-            ],
+            workloads,
             name,
             dir,
             addr,
@@ -110,6 +130,8 @@ impl Cluster {
                 pending_ready: BTreeMap::new(),
                 bad_runtimes: BTreeMap::new(),
                 crashing: BTreeMap::new(),
+                next_node: 1,
+                jobs_started: BTreeMap::new(),
             }),
         };
         cluster.bootstrap(nodes)?;
@@ -205,6 +227,10 @@ impl Cluster {
     /// meanwhile, a new boot id, a fresh kernel log. Faults of the hardware survive it.
     pub fn reinstall(&self, node: &str) -> Result<()> {
         let mut st = self.lock();
+        self.reimage(&mut st, node)
+    }
+
+    pub(crate) fn reimage(&self, st: &mut State, node: &str) -> Result<()> {
         let sim = st.nodes.get_mut(node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
         let var = sim.host_root.join("var");
         match std::fs::remove_dir_all(&var) {
@@ -236,47 +262,55 @@ impl Cluster {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Creates node number `i` (`<cluster>-node-<i>`): its Node, NotReady and tainted until its
+    /// kubelet first reports, its Lease and its host root, booted.
+    pub(crate) fn add_node(&self, st: &mut State, i: usize) -> Result<String> {
+        let name = format!("{}-node-{i:03}", self.name);
+        let host_root = self.host_root(&name);
+        let mut sim = NodeSim::new(host_root);
+        sim.boot()?;
+        let zone = ["a", "b", "c"][i % 3];
+        st.store.create(&NODES, json!({
+            "metadata": {"name": name, "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": "", RUNTIME_LABEL: INITIAL_RUNTIME,
+                "topology.kubernetes.io/zone": format!("zone-{zone}")}, "annotations": {}},
+            "spec": {"podCIDR": format!("10.244.{i}.0/24"),
+                "taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]},
+            "status": {
+                "conditions": [
+                    cond("Ready", "False", "KubeletNotReady", "container runtime status check may not have completed yet"),
+                    cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                    cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                    cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                ],
+                "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", i / 250, i % 250 + 1)},
+                              {"type": "Hostname", "address": name}],
+                "capacity": {"cpu": "32", "memory": "131072Mi", "pods": "110"},
+                "allocatable": {"cpu": "31", "memory": "129024Mi", "pods": "110"},
+                "nodeInfo": {"bootID": sim.boot_id, "kubeletVersion": "v1.33.0", "kubeProxyVersion": "v1.33.0",
+                    "containerRuntimeVersion": "containerd://1.7.0", "kernelVersion": "6.1.0-firebreak-sim",
+                    "osImage": "Debian GNU/Linux 12 (bookworm)", "operatingSystem": "linux", "architecture": "amd64",
+                    "machineID": uuid::Uuid::new_v4().simple().to_string(), "systemUUID": uuid::Uuid::new_v4().to_string()}
+            }
+        }))?;
+        st.store.create(
+            &LEASES,
+            json!({"metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": fmt_micro_time(Utc::now())}}),
+        )?;
+        st.nodes.insert(name.clone(), sim);
+        st.next_node = st.next_node.max(i + 1);
+        Ok(name)
+    }
+
     fn bootstrap(&self, nodes: usize) -> Result<()> {
         let mut st = self.lock();
         for ns in ["default", "kube-system", "kube-node-lease"] {
             st.store.create(&NAMESPACES, json!({"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}))?;
         }
         for i in 1..=nodes {
-            let name = format!("{}-node-{i:03}", self.name);
-            let host_root = self.host_root(&name);
-            let mut sim = NodeSim::new(host_root);
-            sim.boot()?;
-            let zone = ["a", "b", "c"][i % 3];
-            st.store.create(&NODES, json!({
-                "metadata": {"name": name, "labels": {
-                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/worker": "", RUNTIME_LABEL: INITIAL_RUNTIME,
-                    "topology.kubernetes.io/zone": format!("zone-{zone}")}, "annotations": {}},
-                "spec": {"podCIDR": format!("10.244.{i}.0/24"),
-                    "taints": [{"key": NOT_READY_TAINT, "effect": "NoSchedule"}]},
-                "status": {
-                    "conditions": [
-                        cond("Ready", "False", "KubeletNotReady", "container runtime status check may not have completed yet"),
-                        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-                        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-                        cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-                    ],
-                    "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", i / 250, i % 250 + 1)},
-                                  {"type": "Hostname", "address": name}],
-                    "capacity": {"cpu": "32", "memory": "131072Mi", "pods": "110"},
-                    "allocatable": {"cpu": "31", "memory": "129024Mi", "pods": "110"},
-                    "nodeInfo": {"bootID": sim.boot_id, "kubeletVersion": "v1.33.0", "kubeProxyVersion": "v1.33.0",
-                        "containerRuntimeVersion": "containerd://1.7.0", "kernelVersion": "6.1.0-firebreak-sim",
-                        "osImage": "Debian GNU/Linux 12 (bookworm)", "operatingSystem": "linux", "architecture": "amd64",
-                        "machineID": uuid::Uuid::new_v4().simple().to_string(), "systemUUID": uuid::Uuid::new_v4().to_string()}
-                }
-            }))?;
-            st.store.create(
-                &LEASES,
-                json!({"metadata": {"name": name, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": fmt_micro_time(Utc::now())}}),
-            )?;
-            st.nodes.insert(name, sim);
+            self.add_node(&mut st, i)?;
         }
         // The workloads' owners, as `kubectl drain` and `kubectl get` look them up: a Deployment
         // owning a ReplicaSet per workload (the controller of its pods), a DaemonSet for the
@@ -313,8 +347,7 @@ impl Cluster {
             "status": {"currentNumberScheduled": nodes, "desiredNumberScheduled": nodes, "numberReady": nodes,
                 "numberAvailable": nodes, "updatedNumberScheduled": nodes, "numberMisscheduled": 0, "observedGeneration": 1}}))?;
         for w in &self.workloads {
-            let min_available = w.replicas.saturating_sub(1);
-            if w.name == "web" {
+            if let Some(min_available) = w.min_available {
                 st.store.create(&PDBS, json!({"metadata": {"name": w.name, "namespace": w.namespace},
                     "spec": {"minAvailable": min_available, "selector": {"matchLabels": {"app": w.name}}},
                     "status": {"currentHealthy": 0, "desiredHealthy": min_available, "disruptionsAllowed": 0, "expectedPods": w.replicas, "observedGeneration": 1}}))?;
@@ -357,6 +390,8 @@ impl Cluster {
             self.tick_node(st, name, now)?;
         }
         self.tick_kubelet_pods(st, now)?;
+        self.tick_jobs(st, now)?;
+        self.tick_machines(st)?;
         self.reconcile_workloads(st, now)?;
         update_pdbs(&mut st.store)?;
         Ok(())
@@ -396,7 +431,8 @@ mod tests {
     fn new_nodes_are_tainted_not_ready_until_their_kubelet_reports() {
         let dir = std::env::temp_dir().join(format!("fb-sim-{}", uuid::Uuid::new_v4().simple()));
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let c = Cluster::new("t".into(), dir, addr, 2, Timings::default(), CancellationToken::new()).unwrap();
+        let c = Cluster::new("t".into(), dir, addr, 2, Timings::default(), Apps::Default, CancellationToken::new())
+            .unwrap();
         let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
         assert_eq!(ready_status(&node), "False");
         assert_eq!(node["spec"]["taints"][0]["key"], NOT_READY_TAINT);

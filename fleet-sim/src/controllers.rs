@@ -17,11 +17,13 @@ use crate::{
 
 /// A replicated workload.
 pub(crate) struct Workload {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     pub(crate) namespace: &'static str,
     pub(crate) replicas: usize,
     /// Pods are deleted (and so replaced) this long after they were created.
     pub(crate) lifetime: Option<std::time::Duration>,
+    /// The PodDisruptionBudget that guards it: the replicas that must stay available.
+    pub(crate) min_available: Option<usize>,
 }
 
 impl Cluster {
@@ -92,7 +94,7 @@ impl Cluster {
         }
         // ReplicaSet controllers: replace pods that are terminating or gone.
         for w in &self.workloads {
-            for _ in live.get(w.name).copied().unwrap_or(0)..w.replicas {
+            for _ in live.get(&w.name).copied().unwrap_or(0)..w.replicas {
                 let Some(node) = schedulable_node(&st.store, &per_node) else { break };
                 *per_node.entry(node.clone()).or_default() += 1;
                 // Like generateName: a random suffix, drawn again if a live pod has it.

@@ -37,6 +37,7 @@ mod host;
 mod kubelet;
 mod patch;
 mod pdb;
+mod reimage;
 mod resources;
 mod select;
 mod store;
@@ -47,6 +48,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub use cluster::{AuditEntry, Cluster};
 pub use faults::Fault;
 pub use kubelet::{INITIAL_RUNTIME, RUNTIME_LABEL, RuntimeFailure};
+pub use reimage::{FAIL_ANNOTATION, MACHINE_ANNOTATION, MACHINE_NAMESPACE_ANNOTATION, REIMAGE_NODE_ANNOTATION};
 use serde_json::Value;
 
 /// Everything that can go wrong in the simulator; API errors map to Kubernetes `Status` replies.
@@ -140,6 +142,28 @@ pub struct FleetConfig {
     pub nodes_per_cluster: usize,
     /// Simulated durations.
     pub timings: Timings,
+    /// The replicated apps every cluster runs.
+    pub apps: Apps,
+}
+
+/// The replicated apps of a simulated cluster, besides the `churn` workload and the
+/// `node-exporter` DaemonSet that every cluster has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Apps {
+    /// `web`, 1.25 replicas per node under a PodDisruptionBudget that allows one disruption at
+    /// a time, and `batch`, half a replica per node with no budget: few pods per node, one tight
+    /// budget, as the end-to-end tests want it.
+    #[default]
+    Default,
+    /// `per_node` Deployments `app-01`, `app-02`, ..., each with one replica per node and a
+    /// PodDisruptionBudget that lets `max_unavailable_percent` of its replicas be down at once
+    /// (at least one): a dense node, as a mass drain meets it.
+    Dense {
+        /// Apps, so pods per node.
+        per_node: usize,
+        /// The share of each app its budget lets be disrupted at once.
+        max_unavailable_percent: u32,
+    },
 }
 
 /// A running fleet of simulated clusters.
@@ -163,7 +187,8 @@ impl Fleet {
                 .await
                 .map_err(|source| Error::Io { path: dir.clone(), source })?;
             let addr = listener.local_addr().map_err(|source| Error::Io { path: dir.clone(), source })?;
-            let cluster = Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings, cancel.clone())?);
+            let cluster =
+                Arc::new(Cluster::new(name, dir, addr, cfg.nodes_per_cluster, cfg.timings, cfg.apps, cancel.clone())?);
             tasks.push(tokio::spawn(api::serve(cluster.clone(), listener, cancel.clone())));
             tasks.push(tokio::spawn(cluster::run(cluster.clone(), cancel.clone())));
             clusters.push(cluster);

@@ -141,9 +141,43 @@ pub const DAEMONSETS: Resource = Resource {
     subresources: &["status"],
 };
 
+/// Jobs: re-imaging tooling run per node (the remediator's reinstall Job).
+pub const JOBS: Resource = Resource {
+    plural: "jobs",
+    kind: "Job",
+    group: "batch",
+    version: "v1",
+    namespaced: true,
+    short_names: &[],
+    subresources: &["status"],
+};
+/// Cluster API Machines: the machines behind the nodes, when a cluster is built with Cluster
+/// API (a self-hosted management cluster: the Machines live beside their nodes).
+pub const MACHINES: Resource = Resource {
+    plural: "machines",
+    kind: "Machine",
+    group: "cluster.x-k8s.io",
+    version: "v1beta1",
+    namespaced: true,
+    short_names: &["ma"],
+    subresources: &["status"],
+};
+
 /// Everything served.
-pub const ALL: [&Resource; 10] =
-    [&NAMESPACES, &NODES, &PODS, &EVENTS, &LEASES, &PDBS, &CONFIGMAPS, &DEPLOYMENTS, &REPLICASETS, &DAEMONSETS];
+pub const ALL: [&Resource; 12] = [
+    &NAMESPACES,
+    &NODES,
+    &PODS,
+    &EVENTS,
+    &LEASES,
+    &PDBS,
+    &CONFIGMAPS,
+    &DEPLOYMENTS,
+    &REPLICASETS,
+    &DAEMONSETS,
+    &JOBS,
+    &MACHINES,
+];
 
 /// Finds a resource by group, version and plural.
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {

@@ -61,6 +61,14 @@ impl Selector {
         Ok(Self(terms))
     }
 
+    /// The value a term `key=value` requires, if the selector has one: what an index serves.
+    pub fn required(&self, key: &str) -> Option<&str> {
+        self.0.iter().find_map(|t| match t {
+            Term::Eq(k, v) if k == key => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether an object's labels match.
     pub fn matches_labels(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels");

@@ -2,7 +2,7 @@
 //! name, a cluster-wide resourceVersion, and a bounded watch history so that watches can resume
 //! from a resourceVersion (or get 410 Gone when it is too old), as with etcd behind a kube-apiserver.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -27,10 +27,16 @@ pub struct Change {
 
 type Key = (&'static str, String, String);
 
+/// The plural the node index covers.
+const PODS: &str = "pods";
+
 /// The store. Callers hold it behind a mutex; every method is short.
 pub struct Store {
     rv: u64,
     objects: BTreeMap<Key, Value>,
+    /// Pods by `spec.nodeName`, as the API server's watch cache indexes them: a node's pods
+    /// without a scan of every pod.
+    pods_by_node: HashMap<String, BTreeSet<(String, String)>>,
     history: VecDeque<Change>,
     tx: broadcast::Sender<Change>,
 }
@@ -45,7 +51,7 @@ impl Store {
     /// An empty store.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(HISTORY);
-        Self { rv: 1, objects: BTreeMap::new(), history: VecDeque::new(), tx }
+        Self { rv: 1, objects: BTreeMap::new(), pods_by_node: HashMap::new(), history: VecDeque::new(), tx }
     }
 
     /// The current resourceVersion.
@@ -71,6 +77,39 @@ impl Store {
             .take_while(move |((r, _, _), _)| *r == plural)
             .filter(move |((_, n, _), _)| ns.is_none_or(|ns| ns == n))
             .map(|(_, v)| v)
+    }
+
+    /// The pods bound to a node, borrowed.
+    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|(ns, name)| self.objects.get(&(PODS, ns.clone(), name.clone())))
+    }
+
+    fn index(&mut self, key: &Key, old: Option<&Value>, new: Option<&Value>) {
+        if key.0 != PODS {
+            return;
+        }
+        let node =
+            |v: Option<&Value>| v.and_then(|v| v.pointer("/spec/nodeName")).and_then(Value::as_str).map(str::to_owned);
+        let (was, is) = (node(old), node(new));
+        if was == is {
+            return;
+        }
+        let pair = (key.1.clone(), key.2.clone());
+        if let Some(was) = was
+            && let Some(set) = self.pods_by_node.get_mut(&was)
+        {
+            set.remove(&pair);
+            if set.is_empty() {
+                self.pods_by_node.remove(&was);
+            }
+        }
+        if let Some(is) = is {
+            self.pods_by_node.entry(is).or_default().insert(pair);
+        }
     }
 
     /// Copies of every object of a resource, in one namespace or all (`None`).
@@ -134,6 +173,7 @@ impl Store {
     pub fn remove(&mut self, res: &Resource, ns: &str, name: &str) -> Result<Value> {
         let key = (res.plural, ns.to_owned(), name.to_owned());
         let obj = self.objects.remove(&key).ok_or_else(|| Error::NotFound(res.singular(), name.to_owned()))?;
+        self.index(&key, Some(&obj), None);
         self.rv += 1;
         let mut obj = obj;
         set_rv(&mut obj, self.rv);
@@ -160,7 +200,8 @@ impl Store {
     fn commit(&mut self, key: Key, kind: &'static str, mut obj: Value) -> Value {
         self.rv += 1;
         set_rv(&mut obj, self.rv);
-        self.objects.insert(key.clone(), obj.clone());
+        let old = self.objects.insert(key.clone(), obj.clone());
+        self.index(&key, old.as_ref(), Some(&obj));
         self.record(Change { rv: self.rv, resource: key.0, kind, object: obj.clone() });
         obj
     }
@@ -205,6 +246,25 @@ mod tests {
         resources::{EVENTS, NAMESPACES},
         str_at,
     };
+
+    #[test]
+    fn the_node_index_follows_creates_moves_and_deletes() {
+        use crate::resources::PODS;
+        let mut s = Store::new();
+        let pod = |name: &str, node: &str| json!({"metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": node}});
+        s.create(&PODS, pod("a", "n1")).unwrap();
+        s.create(&PODS, pod("b", "n1")).unwrap();
+        s.create(&PODS, json!({"metadata": {"name": "pending", "namespace": "default"}, "spec": {}})).unwrap();
+        let on = |s: &Store, n: &str| s.pods_on(n).map(|p| str_at(p, "/metadata/name")).collect::<Vec<_>>();
+        assert_eq!(on(&s, "n1"), ["a", "b"]);
+        s.replace(&PODS, pod("b", "n2")).unwrap();
+        s.replace(&PODS, pod("pending", "n2")).unwrap();
+        assert_eq!(on(&s, "n1"), ["a"]);
+        assert_eq!(on(&s, "n2"), ["b", "pending"]);
+        s.remove(&PODS, "default", "a").unwrap();
+        assert!(on(&s, "n1").is_empty());
+        assert!(on(&s, "nowhere").is_empty());
+    }
 
     #[test]
     fn watches_resume_from_a_resource_version_or_are_gone() {

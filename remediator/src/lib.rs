@@ -42,6 +42,7 @@ mod node_cache;
 mod node_ops;
 mod permits;
 pub mod policy;
+pub mod reinstall;
 pub mod store;
 mod workflow;
 
@@ -151,11 +152,18 @@ pub struct Config {
     pub readiness: ReadinessGates,
     /// Where an escalation is also POSTed, signed (besides the remediation topic).
     pub escalation_webhook: Option<Webhook>,
-    /// Where a reinstall is asked for (PXE or cloud re-imaging behind it): the `reinstall` rung.
+    /// Where a reinstall is asked for (PXE or cloud re-imaging behind it), when neither Cluster
+    /// API nor a Job does it (third choice of the `reinstall` rung).
     pub reinstall_webhook: Option<Webhook>,
     /// Where a hardware ticket is opened: the `ticket` rung.
     pub ticket_webhook: Option<Webhook>,
-    /// Longest a reinstall may take, from its request to the node Ready on a new boot.
+    /// Cluster API's management cluster: a node that is a Machine is reinstalled by deleting
+    /// its Machine (first choice of the `reinstall` rung).
+    pub cluster_api: Option<reinstall::ClusterApi>,
+    /// A Job rendered per node from a template re-images it (second choice).
+    pub reinstall_job: Option<reinstall::JobTemplate>,
+    /// Longest a reinstall may take, from its request to the node Ready on a new boot (or,
+    /// through Cluster API, to the old node gone).
     pub reinstall_timeout: Duration,
     /// Which faults are repaired and how: processes, ladders, the attempt budget.
     pub policy: Policy,
@@ -228,6 +236,8 @@ impl Config {
             dry_run: false,
             escalation_webhook: None,
             reinstall_webhook: None,
+            cluster_api: None,
+            reinstall_job: None,
             ticket_webhook: None,
             reinstall_timeout: Duration::from_secs(3600),
         }

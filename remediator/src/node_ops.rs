@@ -2,7 +2,7 @@
 //! idempotent: doing it again after a crash changes nothing more.
 
 use firebreak_schema::{
-    ESCALATED_ANNOTATION, MIGRATION_ANNOTATION, READINESS_GATE_LABEL, READINESS_NODE_LABEL, TO_BE_MIGRATED_LABEL,
+    ESCALATED_ANNOTATION, MIGRATION_ANNOTATION, NODE_LABEL, READINESS_GATE_LABEL, TO_BE_MIGRATED_LABEL,
     UNHEALTHY_TAINT_KEY,
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Taint};
@@ -35,6 +35,11 @@ impl NodeOps {
     /// Operations through `client`.
     pub fn new(client: Client) -> Self {
         Self { nodes: Api::all(client.clone()), configmaps: Api::all(client.clone()), client }
+    }
+
+    /// The cluster's client.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The node.
@@ -203,7 +208,7 @@ impl NodeOps {
             return Ok(unmet);
         }
         let name = node.metadata.name.as_deref().unwrap_or_default();
-        let lp = ListParams::default().labels(&format!("{READINESS_NODE_LABEL}={name}"));
+        let lp = ListParams::default().labels(&format!("{NODE_LABEL}={name}"));
         let maps = self.configmaps.list(&lp).await?.items;
         unmet.extend(unmet_configmaps(&maps, &gates.configmaps));
         Ok(unmet)
@@ -323,7 +328,7 @@ mod tests {
     #[test]
     fn a_gate_configmap_must_exist_and_say_exactly_ready_true() {
         let map = |name: &str, gate: Option<&str>, data: serde_json::Value| -> ConfigMap {
-            let labels = gate.map(|g| json!({READINESS_GATE_LABEL: g, READINESS_NODE_LABEL: "n1"}));
+            let labels = gate.map(|g| json!({READINESS_GATE_LABEL: g, NODE_LABEL: "n1"}));
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": "ops", "labels": labels},
                 "data": data}))
             .unwrap()

@@ -55,6 +55,9 @@ pub enum State {
     Cancelled,
     /// Done, in dry-run (shadow) mode: what would have been done is recorded; nothing was.
     Shadowed,
+    /// Done: the node's Cluster API Machine was deleted for its reinstall and the node is gone;
+    /// its MachineSet brings a new node, of a new name, in its place.
+    Replaced,
 }
 
 impl State {
@@ -78,6 +81,7 @@ impl State {
             State::Cleared => "cleared",
             State::Cancelled => "cancelled",
             State::Shadowed => "shadowed",
+            State::Replaced => "replaced",
         }
     }
 
@@ -100,6 +104,7 @@ impl State {
             State::Cleared,
             State::Cancelled,
             State::Shadowed,
+            State::Replaced,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -110,7 +115,13 @@ impl State {
     pub fn is_done(self) -> bool {
         matches!(
             self,
-            State::Healed | State::Escalated | State::NodeGone | State::Cleared | State::Cancelled | State::Shadowed
+            State::Healed
+                | State::Escalated
+                | State::NodeGone
+                | State::Cleared
+                | State::Cancelled
+                | State::Shadowed
+                | State::Replaced
         )
     }
 }
@@ -152,6 +163,8 @@ pub struct Workflow {
     pub rung: Rung,
     /// Why that rung: its place on the ladder, the repairs before, the budget.
     pub rung_why: String,
+    /// How its reinstall was asked for, once it was (persisted before it was).
+    pub reinstall_via: Option<crate::reinstall::Via>,
     /// Why it is in its state.
     pub reason: String,
 }
@@ -354,6 +367,7 @@ impl Store {
                     process: plan.process,
                     rung: plan.rung,
                     rung_why: plan.why,
+                    reinstall_via: None,
                 };
                 sqlx::query(
                     "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, \
@@ -410,7 +424,7 @@ impl Store {
         sqlx::query(
             "UPDATE workflows SET state = $2, permit_id = $3, boot_id_before = $4, reboot_requested_at_ms = $5, \
              reason = $6, done = $7, updated_at = $8, step_permit_id = $9, was_cordoned = $10, \
-             step_started_at_ms = $11 WHERE id = $1",
+             step_started_at_ms = $11, reinstall_via = $12 WHERE id = $1",
         )
         .bind(wf.id.to_string())
         .bind(wf.state.as_str())
@@ -423,6 +437,7 @@ impl Store {
         .bind(wf.step_permit_id.map(|p| p.to_string()))
         .bind(wf.was_cordoned.map(i32::from))
         .bind(wf.step_started_at_ms)
+        .bind(wf.reinstall_via.as_ref().map(crate::reinstall::Via::to_db))
         .execute(&mut *tx)
         .await?;
         let seq = append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, at).await?;
@@ -434,7 +449,7 @@ impl Store {
     pub async fn open_workflows(&self, cluster: &str) -> Result<Vec<Workflow>> {
         let rows = sqlx::query(
             "SELECT id, cluster, node, trigger_event_id, fault_kind, state, permit_id, step_permit_id, boot_id_before, \
-             reboot_requested_at_ms, was_cordoned, step_started_at_ms, process, rung, rung_why, reason \
+             reboot_requested_at_ms, was_cordoned, step_started_at_ms, process, rung, rung_why, reinstall_via, reason \
              FROM workflows WHERE cluster = $1 AND done = 0",
         )
         .bind(cluster)
@@ -463,6 +478,11 @@ impl Store {
                         .map_or(Ok(Rung::Reboot), Rung::parse)
                         .map_err(Error::Corrupt)?,
                     rung_why: r.try_get::<Option<String>, _>("rung_why")?.unwrap_or_default(),
+                    reinstall_via: r
+                        .try_get::<Option<String>, _>("reinstall_via")?
+                        .as_deref()
+                        .map(crate::reinstall::Via::from_db)
+                        .transpose()?,
                     reason: r.try_get("reason")?,
                 })
             })

@@ -14,6 +14,7 @@ use crate::{
     node_cache::NodeCache,
     node_ops::{Eviction, NodeOps, boot_and_ready, listed, migration, pod_names, shortlist},
     permits::Held,
+    reinstall::{self, Via},
     store::{Step, ms},
 };
 use firebreak_schema::Operation;
@@ -209,6 +210,17 @@ impl Runner {
     async fn step(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         match self.act(ctx, wf).await {
             Err(Error::PermitLost { permit, why }) => self.lost(ctx, wf, permit, why).await,
+            Err(Error::NodeGone(node))
+                if wf.state == State::AwaitingReinstall
+                    && let Some(Via::Machine { namespace, name }) = wf.reinstall_via.clone() =>
+            {
+                let reason = format!(
+                    "replaced: Cluster API Machine {namespace}/{name} deleted and node {node} gone in {:.1}s; its \
+                     MachineSet brings a new node in its place",
+                    since(wf.reboot_requested_at_ms).as_secs_f64()
+                );
+                ctx.advance_releasing(wf, State::Replaced, reason, Release::All).await
+            }
             Err(Error::NodeGone(node)) => {
                 tracing::warn!(%node, "node deleted; workflow ends");
                 let reason =
@@ -291,7 +303,8 @@ impl Runner {
             | State::NodeGone
             | State::Cleared
             | State::Cancelled
-            | State::Shadowed => Ok(()),
+            | State::Shadowed
+            | State::Replaced => Ok(()),
         }
     }
 
@@ -491,37 +504,81 @@ impl Runner {
     /// Asks the reinstall webhook to re-image the node, once: persisted as `awaiting_reinstall`
     /// (with the time) before it is asked.
     async fn reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let Some(hook) = &ctx.cfg.reinstall_webhook else {
-            let why = "the policy asks for a reinstall, but no reinstall webhook is configured (--reinstall-webhook)";
+        let node = ctx.ops.get(&wf.node).await?;
+        let Some(via) = reinstall::choose(&ctx.cfg, wf, &node) else {
+            let why = "the policy asks for a reinstall, but no reinstall actuator is configured \
+                       (--cluster-api-kubeconfig for Cluster API machines, --reinstall-job-template, \
+                       --reinstall-webhook)";
             return self.escalate(ctx, wf, why.into()).await;
         };
-        let node = ctx.ops.get(&wf.node).await?;
         let (boot, ready) = boot_and_ready(&node);
         ctx.holding(wf.permit_id)?;
         ctx.holding(wf.step_permit_id)?;
+        // Persisted first: a restarted remediator waits on the same actuator, and asks it again
+        // only where asking twice is harmless.
         wf.boot_id_before = Some(boot.clone());
         let at = Utc::now();
         wf.reboot_requested_at_ms = Some(ms(at));
-        let reason = format!("reinstall asked of {} (boot id {boot}, Ready={ready})", hook.url);
+        wf.reinstall_via = Some(via.clone());
+        let reason = format!("{} (boot id {boot}, Ready={ready})", via.describe(ctx.cfg.reinstall_webhook.as_ref()));
         ctx.advance(wf, State::AwaitingReinstall, reason).await?;
-        let body = serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
-            "node": wf.node, "boot_id": boot, "requested_at": at});
-        ctx.post(hook, "reinstall", body, format!("reinstall of {}", wf.node));
-        Ok(())
+        self.ask_reinstall(ctx, wf).await
     }
 
-    /// Waits for the reinstalled node: back with a new boot id and Ready.
-    async fn await_reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        let left = ctx.cfg.reinstall_timeout.saturating_sub(since(wf.reboot_requested_at_ms));
-        let (done, boot, ready) = new_boot(ctx, wf, left).await?;
-        if done {
-            return back_on_new_boot(ctx, wf, "reinstalled", &boot).await;
+    /// Carries out the reinstall the workflow persisted: deletes the Machine, creates the Job,
+    /// or posts the webhook (each safe to do again).
+    async fn ask_reinstall(&mut self, ctx: &Ctx, wf: &Workflow) -> Result<()> {
+        self.sent = true;
+        let boot = wf.boot_id_before.clone().unwrap_or_default();
+        match (&wf.reinstall_via, &ctx.cfg.cluster_api, &ctx.cfg.reinstall_job, &ctx.cfg.reinstall_webhook) {
+            (Some(Via::Machine { namespace, name }), Some(capi), _, _) => {
+                reinstall::delete_machine(capi, namespace, name).await
+            }
+            (Some(Via::Job { .. }), _, Some(template), _) => {
+                reinstall::create_job(ctx.ops.client(), template, wf, &boot).await
+            }
+            (Some(Via::Webhook), _, _, Some(hook)) => {
+                let at = chrono::DateTime::from_timestamp_millis(wf.reboot_requested_at_ms.unwrap_or_default());
+                let body = serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
+                    "node": wf.node, "boot_id": boot, "requested_at": at});
+                ctx.post(hook, "reinstall", body, format!("reinstall of {}", wf.node));
+                Ok(())
+            }
+            // Asked before this process started, through an actuator it is not configured
+            // with: it can still see the node come back.
+            (via, ..) => {
+                tracing::warn!(?via, "reinstall asked through an actuator this remediator is not configured with");
+                Ok(())
+            }
         }
-        let why = format!(
-            "node did not come back within {}s of the reinstall request (boot id {boot}, Ready={ready})",
-            ctx.cfg.reinstall_timeout.as_secs()
-        );
-        self.escalate(ctx, wf, why).await
+    }
+
+    /// Waits for the reinstalled node: back with a new boot id and Ready — or, replaced through
+    /// Cluster API, gone.
+    async fn await_reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
+        if !self.sent {
+            self.ask_reinstall(ctx, wf).await?;
+        }
+        loop {
+            let left = ctx.cfg.reinstall_timeout.saturating_sub(since(wf.reboot_requested_at_ms));
+            // A node gone ends the workflow: `replaced` after a Machine's deletion (see `step`).
+            let (back, boot, ready) = new_boot(ctx, wf, left.min(Duration::from_secs(2))).await?;
+            if back {
+                return back_on_new_boot(ctx, wf, "reinstalled", &boot).await;
+            }
+            if let Some(Via::Job { namespace, name }) = &wf.reinstall_via
+                && let Some(why) = reinstall::job_failed(ctx.ops.client(), namespace, name).await?
+            {
+                return self.escalate(ctx, wf, why).await;
+            }
+            if left.is_zero() {
+                let why = format!(
+                    "node did not come back within {}s of the reinstall request (boot id {boot}, Ready={ready})",
+                    ctx.cfg.reinstall_timeout.as_secs()
+                );
+                return self.escalate(ctx, wf, why).await;
+            }
+        }
     }
 
     async fn reboot(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
@@ -975,6 +1032,7 @@ mod tests {
             process: "memory".into(),
             rung: Rung::Reboot,
             rung_why: "process `memory`, rung 1 of 2 (reboot → human)".into(),
+            reinstall_via: None,
             reason: "cordoned".into(),
         };
         let step = Step { seq: 2, at: Utc::now() };

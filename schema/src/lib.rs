@@ -67,8 +67,11 @@ pub const MIGRATION_ANNOTATION: &str = "firebreak.io/migration";
 pub const ESCALATED_ANNOTATION: &str = "firebreak.io/escalated";
 /// Label of a ConfigMap that is a readiness gate: its value names the gate.
 pub const READINESS_GATE_LABEL: &str = "firebreak.io/readiness-gate";
-/// Label of a readiness-gate ConfigMap: the node it speaks for.
-pub const READINESS_NODE_LABEL: &str = "firebreak.io/node";
+/// Label of an object about one node: the node a readiness-gate ConfigMap speaks for, the node
+/// a reinstall Job re-images.
+pub const NODE_LABEL: &str = "firebreak.io/node";
+/// Label of an object a workflow made (a reinstall Job): the workflow's id.
+pub const WORKFLOW_LABEL: &str = "firebreak.io/workflow";
 
 /// Everything that can go wrong turning bytes into events.
 #[derive(Debug, thiserror::Error)]

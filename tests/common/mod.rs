@@ -185,6 +185,7 @@ pub async fn fleet(name: &str, nodes: usize) -> firebreak_fleet_sim::Fleet {
         clusters: 1,
         nodes_per_cluster: nodes,
         timings: firebreak_fleet_sim::Timings { churn_per_minute: 0, ..Default::default() },
+        apps: Default::default(),
     })
     .await
     .unwrap()

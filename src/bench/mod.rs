@@ -6,6 +6,8 @@
 //! figure that matters is the p99 ratio: what the gate's exact, durable decision costs over
 //! the HTTP server itself.
 //!
+//! `drain`: a mass drain under PodDisruptionBudgets (see [`drain`]).
+//!
 //! `health`: the health path of the gate at fleet scale. Simulated clusters (fleet-sim behind
 //! its Kubernetes API) with steady pod churn, a detector per cluster, the gate with a health
 //! rule, the Kafka mock between them; then, in each cluster in turn, a batch of nodes is
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
+mod drain;
+
 /// `firebreak bench` targets.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -35,6 +39,8 @@ pub enum BenchCommand {
     Gate(GateBench),
     /// Time from a bad batch's first failed pod start to the halt, and a health sample's cost.
     Health(HealthBench),
+    /// A mass drain: many nodes with many pods under PodDisruptionBudgets, evicted and moved.
+    Drain(drain::DrainBench),
 }
 
 /// `firebreak bench health` flags.
@@ -238,6 +244,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Gate(args) => gate(args).await,
         BenchCommand::Health(args) => health(args).await,
+        BenchCommand::Drain(args) => drain::drain(args).await,
     }
 }
 

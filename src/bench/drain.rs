@@ -1,0 +1,289 @@
+//! `firebreak bench drain`: a mass drain. One simulated cluster whose nodes each run one pod of
+//! every app (Deployments `app-01`..., each under a PodDisruptionBudget); a memory fault on
+//! most of its nodes at once, whose ladder starts with a reboot; the remediator drains them
+//! all through the Eviction API under a gate policy that limits nothing. Measured by this
+//! benchmark's own watch of the cluster's pods: from the faults to each node empty of app pods,
+//! and to every app whole and Ready again elsewhere. The baseline is the bound the budgets set:
+//! each app can lose only its budget's share at a time, and each wave waits for its
+//! replacements to start.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use firebreak_rate_limiter::{OperationPolicy, Policy};
+use firebreak_schema::Operation;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::{Figures, ms};
+use crate::{Error, Result};
+
+/// `firebreak bench drain` flags.
+#[derive(Debug, Clone, Args)]
+pub struct DrainBench {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Nodes that fail at once and are drained (spread over the cluster).
+    #[arg(long, default_value_t = 750)]
+    pub drain: usize,
+    /// Apps, so pods per node: each app has one replica per node.
+    #[arg(long, default_value_t = 15)]
+    pub pods_per_node: usize,
+    /// The share of each app its PodDisruptionBudget lets be disrupted at once.
+    #[arg(long, default_value_t = 10)]
+    pub max_unavailable_percent: u32,
+    /// The owners' grace period between labelling pods and evicting them.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub migration_grace: Duration,
+    /// The wait after a PodDisruptionBudget refuses an eviction (the remediator's default).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub eviction_retry: Duration,
+    /// How long to wait for the drain before calling it failed.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_wait: Duration,
+}
+
+/// What the benchmark's watch knows of one pod.
+struct Seen {
+    node: String,
+    app: bool,
+    ready: bool,
+    terminating: bool,
+}
+
+type Pods = Arc<Mutex<HashMap<String, Seen>>>;
+
+fn seen(p: &Pod) -> Seen {
+    let app = p.metadata.labels.as_ref().and_then(|l| l.get("app")).is_some_and(|a| a.starts_with("app-"));
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    Seen {
+        node: p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        app,
+        ready,
+        terminating: p.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+fn key(p: &Pod) -> String {
+    format!(
+        "{}/{}",
+        p.metadata.namespace.as_deref().unwrap_or_default(),
+        p.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Keeps `pods` current from a watch of the cluster's pods; `listed` fires once it has listed.
+async fn watch(client: kube::Client, pods: Pods, listed: tokio::sync::oneshot::Sender<()>) {
+    let api: kube::Api<Pod> = kube::Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut listed = Some(listed);
+    let mut relist = HashMap::new();
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => relist.clear(),
+            Ok(watcher::Event::InitApply(p)) => {
+                relist.insert(key(&p), seen(&p));
+            }
+            Ok(watcher::Event::InitDone) => {
+                *pods.lock().unwrap_or_else(|e| e.into_inner()) = std::mem::take(&mut relist);
+                if let Some(l) = listed.take() {
+                    let _ = l.send(());
+                }
+            }
+            Ok(watcher::Event::Apply(p)) => {
+                pods.lock().unwrap_or_else(|e| e.into_inner()).insert(key(&p), seen(&p));
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                pods.lock().unwrap_or_else(|e| e.into_inner()).remove(&key(&p));
+            }
+            Err(error) => tracing::warn!(%error, "benchmark pod watch failed; retrying"),
+        }
+    }
+}
+
+/// App pods per node (live ones), and app pods Ready and not terminating.
+fn count(pods: &Pods) -> (HashMap<String, usize>, usize) {
+    let pods = pods.lock().unwrap_or_else(|e| e.into_inner());
+    let mut per_node: HashMap<String, usize> = HashMap::new();
+    let mut ready = 0;
+    for p in pods.values().filter(|p| p.app) {
+        *per_node.entry(p.node.clone()).or_default() += 1;
+        ready += usize::from(p.ready && !p.terminating);
+    }
+    (per_node, ready)
+}
+
+/// The gate policy of a mass drain: every node operation allowed, nothing limited.
+fn generous() -> Policy {
+    let operations: BTreeMap<Operation, OperationPolicy> =
+        [Operation::Cordon, Operation::Drain, Operation::Reboot, Operation::Reinstall]
+            .into_iter()
+            .map(|op| (op, OperationPolicy::default()))
+            .collect();
+    Policy { operations, ..Policy::default() }
+}
+
+/// `firebreak bench drain`.
+pub async fn drain(args: DrainBench) -> Result<()> {
+    if args.drain == 0 || args.drain > args.nodes {
+        return Err(Error::Usage("--drain must be between 1 and --nodes".into()));
+    }
+    if args.pods_per_node == 0 || args.pods_per_node > 99 {
+        return Err(Error::Usage("--pods-per-node must be between 1 and 99".into()));
+    }
+    if args.drain == args.nodes {
+        return Err(Error::Usage("--drain must leave nodes for the pods to move to".into()));
+    }
+    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let mut opts = crate::demo::StackOptions::new(dir.clone(), 1, args.nodes);
+    opts.apps = firebreak_fleet_sim::Apps::Dense {
+        per_node: args.pods_per_node,
+        max_unavailable_percent: args.max_unavailable_percent,
+    };
+    opts.timings.churn_per_minute = 0;
+    opts.policy = generous();
+    opts.migration_grace = args.migration_grace;
+    opts.eviction_retry = args.eviction_retry;
+    opts.drain_timeout = args.max_wait;
+    let started = Instant::now();
+    let stack = crate::demo::Stack::start(opts).await?;
+    let result = measure(&stack, &args, started).await;
+    stack.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant) -> Result<()> {
+    let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Usage("the stack has no cluster".into()))?;
+    let client = crate::kube_client(&cluster.kubeconfig_path()).await?;
+    let pods: Pods = Arc::default();
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let watching = tokio::spawn(watch(client, pods.clone(), listed_tx));
+    let out = async {
+        listed.await.map_err(|_| Error::Usage("the pod watch ended before it listed".into()))?;
+        let apps = args.nodes * args.pods_per_node;
+        let deadline = Instant::now() + args.max_wait;
+        let wait = |what: &'static str| {
+            let pods = pods.clone();
+            async move {
+                loop {
+                    let (per_node, ready) = count(&pods);
+                    if ready == apps && per_node.values().sum::<usize>() == apps {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        return Err(Error::Usage(format!("{what}: {ready} of {apps} app pods Ready")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        wait("the cluster's start").await?;
+        let setup = started.elapsed();
+        let names = cluster.node_names();
+        let step = (names.len() / args.drain).max(1);
+        let targets: Vec<String> = names.iter().step_by(step).take(args.drain).cloned().collect();
+        let faulted = Instant::now();
+        for n in &targets {
+            cluster.inject(n, firebreak_fleet_sim::Fault::MemoryUncorrectable)?;
+        }
+        let injected = faulted.elapsed();
+        // Each target's first moment without app pods.
+        let mut emptied: HashMap<&str, Duration> = HashMap::new();
+        while emptied.len() < targets.len() {
+            let (per_node, _) = count(&pods);
+            let at = faulted.elapsed();
+            for n in &targets {
+                if per_node.get(n).copied().unwrap_or(0) == 0 {
+                    emptied.entry(n.as_str()).or_insert(at);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Usage(format!(
+                    "drain: {} of {} nodes emptied within {:?}",
+                    emptied.len(),
+                    targets.len(),
+                    args.max_wait
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let all_drained = faulted.elapsed();
+        wait("rescheduling").await?;
+        let rescheduled = faulted.elapsed();
+        Ok((setup, injected, emptied.into_values().collect::<Vec<_>>(), all_drained, rescheduled))
+    }
+    .await;
+    watching.abort();
+    let (setup, injected, per_node, all_drained, rescheduled) = out?;
+    let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url))
+        .await
+        .map_err(|e| Error::Usage(format!("remediator metrics: {e}")))?
+        .text()
+        .await
+        .map_err(|e| Error::Usage(format!("remediator metrics: {e}")))?;
+    let evictions = |outcome: &str| -> f64 {
+        let label = format!("outcome=\"{outcome}\"");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("firebreak_remediator_evictions_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let per_node = Figures::of(per_node, all_drained);
+    // The bound the budgets set: each app moves `drain` replicas, at most its budget's share at
+    // a time, and a wave's replacements must start before the next wave may go.
+    let down = (args.nodes * args.max_unavailable_percent.min(100) as usize).div_ceil(100).max(1);
+    let waves = args.drain.div_ceil(down);
+    let start = firebreak_fleet_sim::Timings::default().pod_start;
+    println!(
+        "firebreak bench drain: 1 cluster × {} nodes, {} apps with one replica per node (so {} pods per node), each \
+         under a PodDisruptionBudget allowing {}% ({down} pods) down; {} nodes fail at once (MemoryUncorrectable, \
+         ladder: reboot); gate limits nothing; migration grace {}s, eviction retry {}s; this machine ({} CPUs); \
+         the stack started in {:.1}s, the faults were written in {}",
+        args.nodes,
+        args.pods_per_node,
+        args.pods_per_node,
+        args.max_unavailable_percent,
+        args.drain,
+        args.migration_grace.as_secs_f64(),
+        args.eviction_retry.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        setup.as_secs_f64(),
+        ms(injected)
+    );
+    println!("{:<40} {:>12}", "faults → node empty of app pods, p50", format!("{:.1}s", per_node.p50.as_secs_f64()));
+    println!("{:<40} {:>12}", "faults → node empty of app pods, p99", format!("{:.1}s", per_node.p99.as_secs_f64()));
+    println!(
+        "{:<40} {:>12}",
+        format!("faults → all {} nodes drained", args.drain),
+        format!("{:.1}s", all_drained.as_secs_f64())
+    );
+    println!(
+        "{:<40} {:>12}   (goal ≤ 120s)",
+        format!("faults → all {} app pods Ready elsewhere", args.drain * args.pods_per_node),
+        format!("{:.1}s", rescheduled.as_secs_f64())
+    );
+    println!(
+        "{:<40} {:>12}   ({waves} waves of {down} per app × {:.1}s pod start, the budgets' floor)",
+        "baseline: the budgets' bound",
+        format!("{:.1}s", waves as f64 * start.as_secs_f64()),
+        start.as_secs_f64()
+    );
+    println!(
+        "{:<40} {:>12}",
+        "evictions accepted / refused by budgets",
+        format!("{} / {}", evictions("accepted"), evictions("refused"))
+    );
+    Ok(())
+}
