@@ -160,3 +160,31 @@ fn bench_health_runs_in_smoke_mode() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--min-pod-starts must be at least 1"), "{bad:?}");
 }
+
+/// The drain benchmark in its smoke size: a few nodes drained under their budgets, and the table
+/// says how long it took (the figures themselves are not judged); nonsense sizes are refused.
+#[test]
+fn bench_drain_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "drain", "--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s"])
+        .args(["--max-wait", "2m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["faults → all 6 nodes drained", "faults → all 18 app pods Ready elsewhere", "the budgets' floor"] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    // Each app pod on a drained node was evicted (more, if replacements landed on a node not yet
+    // cordoned when the faults arrived).
+    let line = text.lines().find(|l| l.starts_with("evictions accepted")).unwrap_or_default();
+    let accepted: u64 =
+        line.split_whitespace().skip_while(|w| *w != "budgets").nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(accepted >= 18, "{line}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "drain", "--nodes", "5", "--drain", "5"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("leave nodes for the pods"), "{bad:?}");
+}

@@ -589,7 +589,7 @@ async fn a_reinstall_through_its_webhook_then_a_hardware_ticket() {
 /// Machine is deleted, the node goes, and its MachineSet brings a new node of a new name; the
 /// workflow ends `replaced`. A node that is not is re-imaged in place by a Job rendered from the
 /// operator's template (fleet-sim's Job controller re-images the node the Job names): same name,
-/// new boot, back in service.
+/// new boot, back in service. A Job that fails escalates with its reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reinstalls_through_cluster_api_and_through_a_job() {
     use k8s_openapi::api::batch::v1::Job;
@@ -675,6 +675,22 @@ async fn reinstalls_through_cluster_api_and_through_a_job() {
     let args = made.items[0].spec.clone().unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     assert_eq!(args, ["--node", job_node.as_str(), "--boot", boot_before.as_str()]);
     assert_ne!(boot(nodes.get(&job_node).await.unwrap()), boot_before);
+
+    // A Job that fails (the node's PXE boot times out): escalated with the Job's reason.
+    let broken = format!("{}-node-003", cluster.name());
+    nodes.patch(&broken, &PatchParams::default(), &Patch::Merge(&strip)).await.unwrap();
+    cluster.fail_reimaging(&broken, "PXE boot timed out after 600s");
+    cluster.inject(&broken, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the failed Job's escalation", Duration::from_secs(60), || async {
+        steps(&stack, &broken)
+            .await
+            .into_iter()
+            .find(|(s, _)| ["replaced", "escalated", "healed"].contains(&s.as_str()))
+    })
+    .await;
+    assert!(why.contains("failed: BackoffLimitExceeded: PXE boot timed out after 600s"), "{why}");
+    let n = nodes.get(&broken).await.unwrap();
+    assert!(tainted(&n) && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true), "left isolated");
     no_permits(&stack).await;
     stack.shutdown().await;
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     AuditEntry, Cluster, Error, Fault, Result, now_plus, patch,
-    pdb::{matching_pdbs, pod_ready, update_pdbs},
+    pdb::{matching_pdbs, pod_ready},
     resources::{self, NAMESPACES, PDBS, PODS, Resource},
     select::Selector,
     str_at, time_now_rfc3339,
@@ -179,9 +179,6 @@ async fn route(c: &Arc<Cluster>, group: &str, version: &str, rest: &[&str], req:
             "patch" => patch_one(&mut st.store, &t, req),
             _ => delete(&mut st.store, &t, req),
         };
-        if r.is_ok() && t.res.plural == "pods" {
-            let _ = update_pdbs(&mut st.store);
-        }
         let code = match &r {
             Ok((code, _)) => code.as_u16(),
             Err(e) => status_code(e).as_u16(),

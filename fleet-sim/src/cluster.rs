@@ -63,6 +63,8 @@ pub(crate) struct State {
     pub(crate) next_node: usize,
     /// Jobs running, since when.
     pub(crate) jobs_started: BTreeMap<(String, String), Instant>,
+    /// Nodes whose re-imaging fails, and how.
+    pub(crate) reimage_failures: BTreeMap<String, String>,
 }
 
 /// A simulated cluster.
@@ -132,6 +134,7 @@ impl Cluster {
                 crashing: BTreeMap::new(),
                 next_node: 1,
                 jobs_started: BTreeMap::new(),
+                reimage_failures: BTreeMap::new(),
             }),
         };
         cluster.bootstrap(nodes)?;

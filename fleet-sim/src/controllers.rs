@@ -1,7 +1,7 @@
 //! The workload controllers of a simulated cluster — ReplicaSet-like `web` and `batch`, a
 //! DaemonSet-like `node-exporter` — and the scheduler that places their pods.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -92,11 +92,14 @@ impl Cluster {
             *live.entry(str_at(&p, "/metadata/labels/app")).or_default() -= 1;
             st.store.replace(&PODS, p)?;
         }
-        // ReplicaSet controllers: replace pods that are terminating or gone.
+        // ReplicaSet controllers: replace pods that are terminating or gone, each on the
+        // schedulable node with the fewest pods.
+        let mut free: BTreeSet<(usize, String)> =
+            schedulable_nodes(&st.store).map(|n| (per_node.get(&n).copied().unwrap_or(0), n)).collect();
         for w in &self.workloads {
             for _ in live.get(&w.name).copied().unwrap_or(0)..w.replicas {
-                let Some(node) = schedulable_node(&st.store, &per_node) else { break };
-                *per_node.entry(node.clone()).or_default() += 1;
+                let Some((count, node)) = free.pop_first() else { break };
+                free.insert((count + 1, node.clone()));
                 // Like generateName: a random suffix, drawn again if a live pod has it.
                 let suffix = std::iter::repeat_with(|| uuid::Uuid::new_v4().simple().to_string()[..5].to_owned())
                     .find(|s| st.store.get_ref(&PODS, w.namespace, &format!("{}-7d4b9c-{s}", w.name)).is_none())
@@ -127,8 +130,8 @@ fn spread(life: chrono::TimeDelta, name: &str) -> chrono::TimeDelta {
     life * (500 + per_mille) / 1000
 }
 
-/// The schedulable node (Ready, not cordoned, no NoSchedule/NoExecute taint) with the fewest pods.
-fn schedulable_node(store: &Store, per_node: &HashMap<String, usize>) -> Option<String> {
+/// The schedulable nodes: Ready, not cordoned, no NoSchedule or NoExecute taint.
+fn schedulable_nodes(store: &Store) -> impl Iterator<Item = String> + '_ {
     store
         .iter(&NODES, None)
         .filter(|n| ready_status(n) == "True")
@@ -138,7 +141,5 @@ fn schedulable_node(store: &Store, per_node: &HashMap<String, usize>) -> Option<
                 .and_then(Value::as_array)
                 .is_some_and(|t| t.iter().any(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute"))
         })
-        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str))
-        .min_by_key(|name| per_node.get(*name).copied().unwrap_or(0))
-        .map(str::to_owned)
+        .map(|n| str_at(n, "/metadata/name"))
 }

@@ -48,7 +48,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub use cluster::{AuditEntry, Cluster};
 pub use faults::Fault;
 pub use kubelet::{INITIAL_RUNTIME, RUNTIME_LABEL, RuntimeFailure};
-pub use reimage::{FAIL_ANNOTATION, MACHINE_ANNOTATION, MACHINE_NAMESPACE_ANNOTATION, REIMAGE_NODE_ANNOTATION};
+pub use reimage::{MACHINE_ANNOTATION, MACHINE_NAMESPACE_ANNOTATION, REIMAGE_NODE_ANNOTATION};
 use serde_json::Value;
 
 /// Everything that can go wrong in the simulator; API errors map to Kubernetes `Status` replies.

@@ -31,16 +31,33 @@ pub(crate) fn matching_pdbs(store: &Store, pod: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// Recomputes every budget's status from the pods it selects.
+/// Recomputes every budget's status from the pods it selects: the disruption controller, which
+/// runs on the simulation's tick (as the real one runs beside, not inside, the API server; an
+/// eviction spends its budget at once). One pass over each namespace's pods.
 pub(crate) fn update_pdbs(store: &mut Store) -> Result<()> {
-    for pdb in store.list(&PDBS, None) {
-        let ns = str_at(&pdb, "/metadata/namespace");
-        let sel = Selector::from_match_labels(pdb.pointer("/spec/selector/matchLabels"));
-        let (mut healthy, mut expected) = (0i64, 0i64);
-        for p in store.iter(&PODS, Some(&ns)).filter(|p| sel.matches_labels(p)) {
-            healthy += i64::from(pod_ready(p));
-            expected += i64::from(p.pointer("/metadata/deletionTimestamp").is_none());
+    let pdbs = store.list(&PDBS, None);
+    let mut by_ns: std::collections::BTreeMap<String, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, pdb) in pdbs.iter().enumerate() {
+        by_ns.entry(str_at(pdb, "/metadata/namespace")).or_default().push(i);
+    }
+    let selectors: Vec<Selector> =
+        pdbs.iter().map(|p| Selector::from_match_labels(p.pointer("/spec/selector/matchLabels"))).collect();
+    // (healthy, expected) per budget.
+    let mut counts = vec![(0i64, 0i64); pdbs.len()];
+    for (ns, idx) in &by_ns {
+        for p in store.iter(&PODS, Some(ns)) {
+            let labels = p.pointer("/metadata/labels");
+            let mut ready = None;
+            for &i in idx {
+                if selectors[i].matches_label_map(labels) {
+                    let ready = *ready.get_or_insert_with(|| pod_ready(p));
+                    counts[i].0 += i64::from(ready);
+                    counts[i].1 += i64::from(p.pointer("/metadata/deletionTimestamp").is_none());
+                }
+            }
         }
+    }
+    for (pdb, (healthy, expected)) in pdbs.into_iter().zip(counts) {
         let desired = match pdb.pointer("/spec/minAvailable").and_then(Value::as_i64) {
             Some(m) => m,
             None => expected - pdb.pointer("/spec/maxUnavailable").and_then(Value::as_i64).unwrap_or(0),

@@ -18,8 +18,6 @@ use crate::{
 /// Job annotation naming the node the Job re-images (the test's template renders it from the
 /// remediator's `{{node}}`).
 pub const REIMAGE_NODE_ANNOTATION: &str = "sim.firebreak.io/reimage-node";
-/// Job annotation that makes the Job fail, with this message, instead.
-pub const FAIL_ANNOTATION: &str = "sim.firebreak.io/fail";
 /// The Cluster API annotations a Node of a Machine carries.
 pub const MACHINE_ANNOTATION: &str = "cluster.x-k8s.io/machine";
 /// The namespace of the node's Machine.
@@ -46,6 +44,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes every re-imaging Job of `node` fail with `why` (a PXE boot that times out, an image
+    /// that will not write).
+    pub fn fail_reimaging(&self, node: &str, why: &str) {
+        self.lock().reimage_failures.insert(node.to_owned(), why.to_owned());
+    }
+
     fn make_machine(&self, st: &mut State, namespace: &str, node: &str) -> Result<()> {
         let machine = format!("{}-workers-{}", self.name, node.rsplit('-').next().unwrap_or(node));
         st.store.create(&MACHINES, json!({
@@ -69,7 +73,7 @@ impl Cluster {
     }
 
     /// The Job controller: a Job runs for the pod start time, then re-images the node it names
-    /// and completes — or fails, if it is told to.
+    /// and completes — or fails, if that node's re-imaging is broken.
     pub(crate) fn tick_jobs(&self, st: &mut State, now: Instant) -> Result<()> {
         let running: Vec<Value> = st
             .store
@@ -94,15 +98,16 @@ impl Cluster {
                 continue;
             }
             st.jobs_started.remove(&key);
-            let annotation = |k: &str| {
-                job.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            };
-            let outcome = match (annotation(FAIL_ANNOTATION), annotation(REIMAGE_NODE_ANNOTATION)) {
-                (Some(why), _) => Err(why),
-                (None, Some(node)) => self.reimage(st, &node).map_err(|e| format!("re-imaging {node}: {e}")),
-                (None, None) => Ok(()),
+            let target = job
+                .pointer(&format!("/metadata/annotations/{}", REIMAGE_NODE_ANNOTATION.replace('/', "~1")))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let outcome = match target {
+                Some(node) => match st.reimage_failures.get(&node) {
+                    Some(why) => Err(why.clone()),
+                    None => self.reimage(st, &node).map_err(|e| format!("re-imaging {node}: {e}")),
+                },
+                None => Ok(()),
             };
             let now_s = fmt_time(Utc::now());
             job["status"] = match outcome {

@@ -71,9 +71,12 @@ impl Selector {
 
     /// Whether an object's labels match.
     pub fn matches_labels(&self, obj: &Value) -> bool {
-        let labels = obj.pointer("/metadata/labels");
-        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        self.eval(get)
+        self.matches_label_map(obj.pointer("/metadata/labels"))
+    }
+
+    /// Whether a label map (an object's `metadata.labels`) matches.
+    pub fn matches_label_map(&self, labels: Option<&Value>) -> bool {
+        self.eval(|k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
     }
 
     /// Whether an object's fields match (a field path is looked up in the JSON; missing is "").
