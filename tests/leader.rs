@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use common::{stack, steps, temp_dir, wait_for};
 use firebreak_fleet_sim::Fault;
@@ -36,22 +36,8 @@ async fn takeover(name: &str, kill_at: &str) {
     let holder = || async { leases.get_opt(&lease_name).await.ok().flatten().and_then(|l| l.spec?.holder_identity) };
     let dir = temp_dir(&format!("{name}-replicas"));
     let db = format!("sqlite://{}", dir.join("remediator.db").display());
-    let kubeconfig = cluster.kubeconfig_path();
-    let replica = |id: &str| {
-        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
-            .args(["remediator", "--cluster", cluster.name(), "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--kafka-brokers", &stack.kafka_config.brokers, "--gate-url", &stack.gate_url])
-            .args(["--gate-token", &stack.tokens.requester, "--database-url", &db, "--lease-identity", id])
-            .args(["--lease-duration", "4s", "--migration-grace", "5s", "--quiet-period", "3s"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let args = ["--lease-duration", "4s", "--migration-grace", "5s", "--quiet-period", "3s"];
+    let replica = |id: &str| common::remediator_process(&stack, &dir, &db, id, &args);
     let mut a = replica("replica-a");
     wait_for("replica-a leading", Duration::from_secs(30), || async {
         (holder().await.as_deref() == Some("replica-a")).then_some(())

@@ -24,9 +24,17 @@
 //! but those that survive a reboot ([`Fault::BadDimm`]); a restarted kubelet posts status again
 //! (after [`Fault::KubeletOom`]).
 //!
+//! A node is reinstalled as the tools a remediator asks would do it: a `batch/v1` Job annotated
+//! [`REIMAGE_NODE_ANNOTATION`] re-images that node when it completes (same name, new boot, its
+//! disk state wiped; [`Cluster::fail_reimaging`] makes it fail instead), and once
+//! [`Cluster::adopt_machines`] has made the nodes Cluster API Machines, deleting a Machine
+//! replaces its node with a new one of a new name. [`Apps::Dense`] gives every node one replica
+//! of each of many apps under disruption budgets, for a mass drain.
+//!
 //! Rooms: `api` (the REST face), `store` (objects, resourceVersions, watch history), `cluster`
 //! (one cluster's state and loop, fault injection, audit log), `kubelet` (node lifecycle and
-//! pod start), `controllers` (workloads and scheduling), `pdb` (disruption budgets), `host`
+//! pod start), `controllers` (workloads and scheduling), `pdb` (disruption budgets), `reimage`
+//! (reinstall Jobs, Cluster API Machines), `host`
 //! (a node's host-root files), `faults`, `patch`, `select`, `resources`.
 
 mod api;

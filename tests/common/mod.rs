@@ -297,3 +297,29 @@ pub async fn pods_on(client: &kube::Client, node: &str) -> std::collections::BTr
         .filter_map(|p| p.metadata.uid)
         .collect()
 }
+
+/// A `firebreak remediator` process for the stack's first cluster, as production runs it: its
+/// own database (`db`), the stack's broker and gate, `args` after the common ones; its log in
+/// `dir/<id>.log`. Killed (SIGKILL) when dropped.
+pub fn remediator_process(
+    stack: &Stack,
+    dir: &std::path::Path,
+    db: &str,
+    id: &str,
+    args: &[&str],
+) -> tokio::process::Child {
+    let cluster = &stack.fleet.clusters()[0];
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["remediator", "--cluster", cluster.name(), "--kubeconfig"])
+        .arg(cluster.kubeconfig_path())
+        .args(["--kafka-brokers", &stack.kafka_config.brokers, "--gate-url", &stack.gate_url])
+        .args(["--gate-token", &stack.tokens.requester, "--database-url", db, "--lease-identity", id])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
