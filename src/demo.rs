@@ -385,6 +385,7 @@ impl Stack {
                 NodeAction::Restart { component } => {
                     sim.restart(node, component).map(|()| format!("{component} restarted")).map_err(|e| e.to_string())
                 }
+                NodeAction::Report => Ok("nothing to do".into()),
             }));
             let act = actuator::ActuatorConfig {
                 effect,

@@ -81,6 +81,7 @@ impl Effect {
             (Effect::Exec { restart, .. }, NodeAction::Restart { component }) => {
                 restart.iter().map(|a| a.replace("{component}", component)).collect()
             }
+            (Effect::Exec { .. }, NodeAction::Report) => return Ok("nothing to do".into()),
         };
         let Some((program, args)) = argv.split_first() else { return Err("no command is configured".into()) };
         let run = tokio::process::Command::new(program).args(args).kill_on_drop(true).output();
@@ -237,6 +238,10 @@ impl NodeActuator {
                 return self.remember(cmd.id);
             }
             NodeAction::Restart { .. } => {}
+            NodeAction::Report => {
+                self.report(cmd, CommandOutcome::Done, format!("the agent runs on boot {boot}"), cancel).await;
+                return self.remember(cmd.id);
+            }
         }
         self.report(cmd, CommandOutcome::Accepted, format!("{} on boot {boot}", cmd.action), cancel).await;
         let result = self.cfg.effect.apply(&self.node, &cmd.action, self.cfg.timeout).await;
@@ -247,7 +252,9 @@ impl NodeActuator {
             }
             // Done once the node runs a new boot (`confirm_reboot`).
             (NodeAction::Reboot, Ok(what)) => tracing::info!(what, "reboot under way"),
-            (NodeAction::Restart { .. }, Ok(what)) => self.report(cmd, CommandOutcome::Done, what, cancel).await,
+            (NodeAction::Restart { .. } | NodeAction::Report, Ok(what)) => {
+                self.report(cmd, CommandOutcome::Done, what, cancel).await
+            }
         }
         self.remember(cmd.id)
     }
@@ -434,6 +441,9 @@ mod tests {
         handle(&n, &command(NodeAction::Restart { component: "sshd".into() }, "boot-1", 60)).await;
         assert!(n.acted.lock().unwrap().is_empty(), "nothing done");
         handle(&n, &command(NodeAction::Restart { component: "kubelet".into() }, "boot-1", 60)).await;
+        assert_eq!(*n.acted.lock().unwrap(), ["restart kubelet"]);
+        // A report command is answered, never acted on.
+        handle(&n, &command(NodeAction::Report, "boot-1", 60)).await;
         assert_eq!(*n.acted.lock().unwrap(), ["restart kubelet"]);
         std::fs::remove_dir_all(&n.root).unwrap();
 

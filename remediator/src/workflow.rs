@@ -203,6 +203,8 @@ struct Runner {
     sent: bool,
     /// The node's agent's acceptance of the command was recorded.
     accepted: bool,
+    /// The `report` command of a verification was sent by this process.
+    probed: bool,
     refused: usize,
 }
 
@@ -709,10 +711,7 @@ impl Runner {
     }
 
     async fn send(&mut self, ctx: &Ctx, cmd: &firebreak_schema::NodeCommand) -> Result<()> {
-        REQUEST_RETRY
-            .until_ok("sending a node command", &ctx.cancel, || ctx.commands.send(cmd))
-            .await
-            .ok_or(Error::Cancelled)?;
+        send_command(ctx, cmd).await?;
         self.sent = true;
         Ok(())
     }
@@ -809,16 +808,31 @@ impl Runner {
         ctx.advance(wf, State::Uncordoning, reason).await
     }
 
-    /// Why the node's agent does not count as reporting again after the reboot, if it does not:
-    /// its actuator must have reported the reboot done on the node's current boot.
-    async fn agent_silent(&self, ctx: &Ctx, wf: &Workflow, boot: &str) -> Result<Option<String>> {
-        if wf.rung != Rung::Reboot || wf.boot_id_before.is_none() {
+    /// Why the node's agent does not count as reporting again after its repair, if it does not.
+    /// After a reboot, its actuator must have reported the reboot done on the node's current
+    /// boot; after a reinstall in place, it must have answered a `report` command (sent once
+    /// verification began) from that boot.
+    async fn agent_silent(&mut self, ctx: &Ctx, wf: &Workflow, boot: &str) -> Result<Option<String>> {
+        if wf.boot_id_before.is_none() {
             return Ok(None);
         }
-        let cmd = self.repair_command(ctx, wf);
+        let cmd = match wf.rung {
+            Rung::Reboot => self.repair_command(ctx, wf),
+            Rung::Reinstall => {
+                let ttl = ctx.cfg.quiet_period + ctx.cfg.readiness.timeout;
+                let at = wf.step_started_at_ms.unwrap_or_else(|| ms(Utc::now()));
+                let cmd = crate::commands::command(wf, firebreak_schema::NodeAction::Report, at, ttl);
+                if !self.probed {
+                    send_command(ctx, &cmd).await?;
+                    self.probed = true;
+                }
+                cmd
+            }
+            _ => return Ok(None),
+        };
         let reports = ctx.store.reports(cmd.id).await?;
         let done = reports.iter().any(|r| r.outcome == "done" && r.boot_id == boot);
-        Ok((!done).then(|| format!("the node's agent has not reported boot {boot} since the reboot")))
+        Ok((!done).then(|| format!("the node's agent has not reported from boot {boot} since the {}", wf.rung.name())))
     }
 
     /// Dry run: records what the workflow would do on the node as it is now, and ends.
@@ -936,6 +950,15 @@ async fn evidence(ctx: &Ctx, wf: &Workflow) -> Result<String> {
         pods.len(),
         listed(&pods)
     ))
+}
+
+/// Sends a node command, retrying until the brokers have it.
+async fn send_command(ctx: &Ctx, cmd: &firebreak_schema::NodeCommand) -> Result<()> {
+    REQUEST_RETRY
+        .until_ok("sending a node command", &ctx.cancel, || ctx.commands.send(cmd))
+        .await
+        .ok_or(Error::Cancelled)
+        .map(|_| ())
 }
 
 /// Waits up to `wait` for the node back on a boot other than the one before its repair, and

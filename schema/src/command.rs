@@ -23,6 +23,9 @@ pub enum NodeAction {
         /// The component.
         component: String,
     },
+    /// Do nothing; report `done` from the boot the node runs: how the remediator learns that a
+    /// reinstalled node's agent runs again.
+    Report,
 }
 
 impl std::fmt::Display for NodeAction {
@@ -30,6 +33,7 @@ impl std::fmt::Display for NodeAction {
         match self {
             NodeAction::Reboot => f.write_str("reboot"),
             NodeAction::Restart { component } => write!(f, "restart {component}"),
+            NodeAction::Report => f.write_str("report"),
         }
     }
 }
