@@ -340,6 +340,11 @@ async fn escalation(ctx: &workflow::Ctx, node: &str) -> Result<Option<uuid::Uuid
 
 async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamConsumer) -> Result<()> {
     let cancel = ctx.cancel.clone();
+    // Workflows read nodes from the cache: not before it holds the cluster's nodes (a resumed
+    // workflow would take its node for deleted).
+    if !ctx.nodes.synced(&cancel).await {
+        return Ok(());
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for wf in store.open_workflows(&ctx.cfg.cluster).await? {
         tracing::info!(workflow_id = %wf.id, node = %wf.node, state = wf.state.as_str(), "resuming workflow");

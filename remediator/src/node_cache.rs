@@ -44,7 +44,16 @@ impl NodeCache {
         Self { store, changed }
     }
 
-    /// The node as last seen, if it exists.
+    /// Waits for the watch's first list (false if cancelled first): until then the store is
+    /// empty, and a node missing from it is unknown, not gone.
+    pub(crate) async fn synced(&self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            r = self.store.wait_until_ready() => r.is_ok(),
+        }
+    }
+
+    /// The node as last seen, if it exists (once [`NodeCache::synced`]).
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Node>> {
         self.store.get(&reflector::ObjectRef::new(name))
     }
