@@ -1,7 +1,8 @@
 //! A remediator process killed with SIGKILL in every state of a repair — a reboot, a component
 //! restart, a reinstall through a Job: each time a new process resumes the workflow from its
 //! database, and no side effect happens twice — one workflow, each pod evicted once, one reboot
-//! or one restart or one Job, the node back in service with no permit left.
+//! or one restart or one Job, the node back in service with no permit left. And what a
+//! transition must tell — its step on the topic, its webhook — outlives a crash.
 
 mod common;
 
@@ -70,6 +71,53 @@ async fn killed_in_every_state_of_a_reinstall_through_a_job() {
     let made = jobs.list(&ListParams::default().labels("firebreak.io/node=c1-node-001")).await.unwrap();
     assert_eq!(made.items.len(), 1, "one Job across the kills");
     assert!(all.iter().any(|(_, r)| r.starts_with("reinstalled in ")), "{all:?}");
+    stack.shutdown().await;
+}
+
+/// An escalation whose webhook receiver is down, and whose remediator is then killed: the
+/// escalation waits in the outbox, and the next remediator process delivers it, signed, once
+/// the receiver is up — besides the step on the remediation topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_escalation_webhook_outlives_a_crash_and_a_receiver_down() {
+    let stack = stack("crash-outbox", |o| o.remediators = false).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let dir = temp_dir("crash-outbox-remediator");
+    let db = format!("sqlite://{}", dir.join("remediator.db").display());
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[budget]\nattempts = 3\nwindow = \"1h\"\n[[process]]\nname = \"memory\"\nkinds = [\"MemoryUncorrectable\"]\n\
+         ladder = [\"human\"]\n",
+    )
+    .unwrap();
+    // A port with nothing on it yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let url = format!("http://{addr}/hook");
+    let policy = policy.display().to_string();
+    let args = ["--no-leader-election", "--policy", &policy, "--escalation-webhook", &url];
+    let process = |life: &str| {
+        let mut args = args.to_vec();
+        args.extend(["--escalation-webhook-secret", "s3cret"]);
+        common::remediator_process(&stack, &dir, &db, life, &args)
+    };
+    let mut first = process("life-0");
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    let (_, why) = wait_for("the escalation on the topic", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    first.kill().await.unwrap();
+    let (_, mut got) = common::webhook_receiver_on(&addr).await;
+    let _second = process("life-1");
+    let (sig, event, body) = tokio::time::timeout(Duration::from_secs(30), got.recv()).await.unwrap().unwrap();
+    assert_eq!(event, "escalated");
+    assert_eq!(sig, firebreak_plumbing::webhook::signature(b"s3cret", &body));
+    let told: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(told["node"], node.as_str());
+    assert_eq!(told["reason"], why.as_str(), "the webhook says what the record says");
+    // Delivered once: nothing more comes.
+    assert!(tokio::time::timeout(Duration::from_secs(3), got.recv()).await.is_err(), "delivered once");
     stack.shutdown().await;
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     policy::{Policy, Rung},
-    store::{Step, Workflow},
+    store::Workflow,
 };
 
 /// What the intake decided about one consumed fault.
@@ -23,7 +23,7 @@ pub enum Intake {
     /// Recorded against the node's open workflow.
     Attached(Uuid),
     /// A new workflow was created, with its first step.
-    Started(Box<Workflow>, Step),
+    Started(Box<Workflow>),
 }
 
 /// What the store knows about a node when a new fault of it arrives.

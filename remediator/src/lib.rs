@@ -40,6 +40,7 @@ mod leader;
 mod metrics;
 mod node_cache;
 mod node_ops;
+pub mod outbox;
 mod permits;
 pub mod policy;
 pub mod reinstall;
@@ -65,7 +66,7 @@ pub use intake::Intake;
 pub use leader::LeaseConfig;
 pub use metrics::Metrics;
 pub use policy::{Policy, Rung};
-pub use store::{State, Step, Store, Workflow};
+pub use store::{State, Store, Workflow};
 
 /// Everything that can go wrong in the remediator.
 #[derive(Debug, thiserror::Error)]
@@ -302,13 +303,16 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         commands: commands::Commands::new(producer.clone()),
         producer,
         metrics,
+        outbox: tokio::sync::Notify::new(),
         cancel: cancel.clone(),
         cfg,
     });
     let span = tracing::info_span!("remediator", cluster = %ctx.cfg.cluster);
     let reporting = tokio::spawn(commands::reports_loop(ctx.clone(), reports).instrument(span.clone()));
+    let sending = tokio::spawn(outbox::run(ctx.clone()).instrument(span.clone()));
     let result = intake_loop(ctx, store, consumer).instrument(span).await;
     let _ = reporting.await;
+    let _ = sending.await;
     result
 }
 
@@ -383,10 +387,10 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
                 let Some(decision) = recorded else { break };
                 ctx.metrics.intake(&ctx.cfg.cluster, decision.label());
                 match decision {
-                    Intake::Started(wf, step) => {
+                    Intake::Started(wf) => {
                         ctx.metrics.transition(&ctx.cfg.cluster, wf.state.as_str());
                         tracing::info!(workflow_id = %wf.id, node = %wf.node, incident = %event.id, kind = %event.kind, "workflow started");
-                        ctx.publish(&wf, step);
+                        ctx.outbox.notify_one();
                         tasks.spawn(workflow::drive(ctx.clone(), *wf));
                     }
                     Intake::Attached(id) => {

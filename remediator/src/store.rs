@@ -169,16 +169,6 @@ pub struct Workflow {
     pub reason: String,
 }
 
-/// One persisted transition: its place in the workflow's step log and when it was written. The
-/// published remediation event takes its id from these, so a re-publication dedupes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    /// 0 for the workflow's first state, then one more per transition.
-    pub seq: i64,
-    /// When it was written.
-    pub at: DateTime<Utc>,
-}
-
 /// A node actuator's report on a command, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -196,28 +186,31 @@ pub struct Store {
     pool: AnyPool,
 }
 
-/// Appends a line to a workflow's step log, next in its sequence; its place.
+/// Appends a line to a workflow's step log, next in its sequence, for the outbox to publish.
 async fn append_step(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     workflow: Uuid,
     state: &str,
     reason: &str,
     at: DateTime<Utc>,
-) -> Result<i64> {
+) -> Result<()> {
     let seq: i64 = sqlx::query("SELECT COUNT(*) AS n FROM workflow_steps WHERE workflow_id = $1")
         .bind(workflow.to_string())
         .fetch_one(&mut **tx)
         .await?
         .try_get("n")?;
-    sqlx::query("INSERT INTO workflow_steps (workflow_id, seq, state, reason, at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(workflow.to_string())
-        .bind(seq)
-        .bind(state)
-        .bind(reason)
-        .bind(text(at))
-        .execute(&mut **tx)
-        .await?;
-    Ok(seq)
+    // Unpublished: the outbox's sender publishes it (see `outbox`).
+    sqlx::query(
+        "INSERT INTO workflow_steps (workflow_id, seq, state, reason, at, published) VALUES ($1, $2, $3, $4, $5, 0)",
+    )
+    .bind(workflow.to_string())
+    .bind(seq)
+    .bind(state)
+    .bind(reason)
+    .bind(text(at))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn text(t: DateTime<Utc>) -> String {
@@ -386,15 +379,15 @@ impl Store {
                 .bind(&wf.rung_why)
                 .execute(&mut *tx)
                 .await?;
-                let seq = append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, now).await?;
+                append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, now).await?;
                 let id = wf.id;
-                (Intake::Started(Box::new(wf), Step { seq, at: now }), Some(id))
+                (Intake::Started(Box::new(wf)), Some(id))
             }
         };
         let text_of_decision = match &decision {
             Intake::Ignored(why) => format!("ignored: {why}"),
             Intake::Attached(id) => format!("attached to open workflow {id}"),
-            Intake::Started(wf, _) => format!("started workflow {}", wf.id),
+            Intake::Started(wf) => format!("started workflow {}", wf.id),
             Intake::Duplicate => String::new(),
         };
         sqlx::query(
@@ -417,8 +410,9 @@ impl Store {
         Ok(decision)
     }
 
-    /// Persists a transition and appends it to the workflow's step log.
-    pub async fn transition(&self, wf: &Workflow) -> Result<Step> {
+    /// Persists a transition and appends it to the workflow's step log, with the webhook calls
+    /// it makes (delivered from the outbox).
+    pub async fn transition(&self, wf: &Workflow, notes: &[crate::outbox::Note]) -> Result<()> {
         let at = Utc::now();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -440,9 +434,121 @@ impl Store {
         .bind(wf.reinstall_via.as_ref().map(crate::reinstall::Via::to_db))
         .execute(&mut *tx)
         .await?;
-        let seq = append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, at).await?;
+        append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, at).await?;
+        for note in notes {
+            sqlx::query(
+                "INSERT INTO webhook_outbox (id, workflow_id, hook, event, body, attempts, next_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, 0, $6)",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(wf.id.to_string())
+            .bind(note.hook.as_str())
+            .bind(note.event)
+            .bind(note.body.to_string())
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(Step { seq, at })
+        Ok(())
+    }
+
+    /// The cluster's steps not yet on the remediation topic, oldest first, as published: each
+    /// with its place in its workflow's step log.
+    pub async fn unpublished_steps(
+        &self,
+        cluster: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, firebreak_schema::RemediationEvent)>> {
+        let rows = sqlx::query(
+            "SELECT s.workflow_id, s.seq, s.state, s.reason, s.at, w.cluster, w.node, w.trigger_event_id \
+             FROM workflow_steps s JOIN workflows w ON w.id = s.workflow_id \
+             WHERE s.published = 0 AND w.cluster = $1 ORDER BY s.at, s.seq LIMIT $2",
+        )
+        .bind(cluster)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let workflow =
+                    uuid_col(r, "workflow_id")?.ok_or_else(|| Error::Corrupt("step without workflow".into()))?;
+                let trigger = uuid_col(r, "trigger_event_id")?
+                    .ok_or_else(|| Error::Corrupt("workflow without trigger".into()))?;
+                let at: String = r.try_get("at")?;
+                let at = DateTime::parse_from_rfc3339(&at)
+                    .map_err(|e| Error::Corrupt(format!("step time {at:?}: {e}")))?
+                    .to_utc();
+                let seq: i64 = r.try_get("seq")?;
+                let event = crate::outbox::step_event(
+                    workflow,
+                    r.try_get("cluster")?,
+                    r.try_get("node")?,
+                    trigger,
+                    seq,
+                    r.try_get("state")?,
+                    r.try_get("reason")?,
+                    at,
+                );
+                Ok((seq, event))
+            })
+            .collect()
+    }
+
+    /// Marks steps the remediation topic has.
+    pub async fn mark_published(&self, steps: &[(Uuid, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (workflow, seq) in steps {
+            sqlx::query("UPDATE workflow_steps SET published = 1 WHERE workflow_id = $1 AND seq = $2")
+                .bind(workflow.to_string())
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The cluster's webhook calls due for delivery, oldest first.
+    pub async fn due_webhooks(&self, cluster: &str, limit: i64) -> Result<Vec<crate::outbox::Pending>> {
+        let rows = sqlx::query(
+            "SELECT o.id, o.hook, o.event, o.body, o.attempts FROM webhook_outbox o \
+             JOIN workflows w ON w.id = o.workflow_id \
+             WHERE w.cluster = $1 AND o.next_at_ms <= $2 ORDER BY o.id LIMIT $3",
+        )
+        .bind(cluster)
+        .bind(ms(Utc::now()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::outbox::Pending {
+                    id: uuid_col(r, "id")?.ok_or_else(|| Error::Corrupt("webhook call without id".into()))?,
+                    hook: r.try_get("hook")?,
+                    event: r.try_get("event")?,
+                    body: r.try_get("body")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a delivered webhook call.
+    pub async fn webhook_delivered(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records a failed delivery and when to try again.
+    pub async fn webhook_failed(&self, id: Uuid, attempts: i64, next_at_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE webhook_outbox SET attempts = $2, next_at_ms = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(attempts)
+            .bind(next_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Open workflows of a cluster, to resume after a restart.
@@ -642,7 +748,7 @@ mod tests {
 
     /// Ends a workflow in `state`.
     async fn end(s: &Store, wf: &Workflow, state: State) {
-        s.transition(&Workflow { state, ..wf.clone() }).await.unwrap();
+        s.transition(&Workflow { state, ..wf.clone() }, &[]).await.unwrap();
     }
 
     async fn store() -> Store {
@@ -655,9 +761,7 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf, _) = s.intake(&first, &P, LIMIT, None).await.unwrap() else {
-            panic!("a workflow starts")
-        };
+        let Intake::Started(wf) = s.intake(&first, &P, LIMIT, None).await.unwrap() else { panic!("a workflow starts") };
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
         assert_eq!(s.intake(&first, &P, LIMIT, None).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
         let second = fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 5);
@@ -680,7 +784,7 @@ mod tests {
     #[tokio::test]
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
-        let Intake::Started(mut wf, _) = s
+        let Intake::Started(mut wf) = s
             .intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), &P, LIMIT, None)
             .await
             .unwrap()
@@ -693,13 +797,13 @@ mod tests {
         wf.step_started_at_ms = Some(1_800_000_000_000);
         wf.was_cordoned = Some(true);
         wf.reason = "reboot requested".into();
-        s.transition(&wf).await.unwrap();
+        s.transition(&wf, &[]).await.unwrap();
         let open = s.open_workflows("c1").await.unwrap();
         assert_eq!(open, vec![(*wf).clone()], "a restarted remediator resumes exactly here");
         assert!(s.open_workflows("c2").await.unwrap().is_empty());
         wf.state = State::Healed;
         wf.reason = "healed".into();
-        s.transition(&wf).await.unwrap();
+        s.transition(&wf, &[]).await.unwrap();
         assert!(s.open_workflows("c1").await.unwrap().is_empty());
         let steps: Vec<String> = s.steps(wf.id).await.unwrap().into_iter().map(|(st, _)| st).collect();
         assert_eq!(steps, ["permit_wait", "awaiting_boot", "healed"]);
@@ -712,6 +816,50 @@ mod tests {
         ));
     }
 
+    /// The outbox: steps wait unpublished and webhook calls undelivered in the store, across a
+    /// restart, until the sender marks them; a step read again has the same id.
+    #[tokio::test]
+    async fn steps_and_webhook_calls_wait_in_the_outbox_until_sent() {
+        use crate::outbox::{Hook, Note};
+        let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("r.db").display());
+        let s = Store::open(&url).await.unwrap();
+        let Intake::Started(mut wf) = s
+            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0), &P, LIMIT, None)
+            .await
+            .unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        wf.state = State::Escalated;
+        wf.reason = "needs a human".into();
+        let note = Note { hook: Hook::Escalation, event: "escalated", body: serde_json::json!({"workflow_id": wf.id}) };
+        s.transition(&wf, &[note]).await.unwrap();
+        let steps = s.unpublished_steps("c1", 100).await.unwrap();
+        let states: Vec<&str> = steps.iter().map(|(_, e)| e.state.as_str()).collect();
+        assert_eq!(states, ["permit_wait", "escalated"], "oldest first");
+        assert_eq!(steps, s.unpublished_steps("c1", 100).await.unwrap(), "the same ids when read again");
+        assert!(s.unpublished_steps("c2", 100).await.unwrap().is_empty(), "each cluster sends its own");
+        let due = s.due_webhooks("c1", 10).await.unwrap();
+        assert_eq!((due.len(), due[0].event.as_str(), due[0].hook.as_str()), (1, "escalated", "escalation"));
+        assert!(due[0].body.contains(&wf.id.to_string()));
+        // Still there for a restarted remediator: nothing was marked.
+        drop(s);
+        let again = Store::open(&url).await.unwrap();
+        assert_eq!(again.unpublished_steps("c1", 100).await.unwrap().len(), 2);
+        again.mark_published(&[(wf.id, steps[0].0)]).await.unwrap();
+        assert_eq!(again.unpublished_steps("c1", 100).await.unwrap()[0].1.state, "escalated");
+        // A failed delivery waits; a delivered one is gone.
+        let later = ms(Utc::now()) + 60_000;
+        again.webhook_failed(due[0].id, 1, later).await.unwrap();
+        assert!(again.due_webhooks("c1", 10).await.unwrap().is_empty(), "not due before its retry time");
+        again.webhook_failed(due[0].id, 2, 0).await.unwrap();
+        assert_eq!(again.due_webhooks("c1", 10).await.unwrap()[0].attempts, 2);
+        again.webhook_delivered(due[0].id).await.unwrap();
+        assert!(again.due_webhooks("c1", 10).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn the_store_counts_occurrences_and_repairs_for_the_ladder() {
         let s = store().await;
@@ -721,7 +869,7 @@ mod tests {
             let d = s.intake(&hung, &P, LIMIT, None).await.unwrap();
             assert!(matches!(&d, Intake::Ignored(w) if w.contains(&format!("{} of the 3", i + 1))), "{d:?}");
         }
-        let Intake::Started(wf, _) =
+        let Intake::Started(wf) =
             s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 2), &P, LIMIT, None).await.unwrap()
         else {
             panic!("the third hung task starts a workflow")
@@ -733,7 +881,7 @@ mod tests {
         let d = s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 3), &P, LIMIT, None).await.unwrap();
         assert!(matches!(&d, Intake::Ignored(w) if w.contains("1 of the 3")), "{d:?}");
         // Memory: the first UE reboots; back after a repair that held, a human.
-        let Intake::Started(mem, _) = s
+        let Intake::Started(mem) = s
             .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 4), &P, LIMIT, None)
             .await
             .unwrap()
@@ -742,7 +890,7 @@ mod tests {
         };
         assert_eq!(mem.rung, Rung::Reboot, "a repair by another process does not climb this ladder");
         end(&s, &mem, State::Healed).await;
-        let Intake::Started(again, _) = s
+        let Intake::Started(again) = s
             .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 5), &P, LIMIT, None)
             .await
             .unwrap()
@@ -754,7 +902,7 @@ mod tests {
         end(&s, &again, State::Escalated).await;
         // An operator's clearing starts the ladder over.
         s.clear_escalation(again.id, "test").await.unwrap();
-        let Intake::Started(fresh, _) = s
+        let Intake::Started(fresh) = s
             .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 6), &P, LIMIT, None)
             .await
             .unwrap()

@@ -4,7 +4,6 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
 use firebreak_plumbing::{kafka::Producer, retry};
-use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, deterministic_id};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -13,9 +12,10 @@ use crate::{
     gate::GateClient,
     node_cache::NodeCache,
     node_ops::{Eviction, NodeOps, boot_and_ready, listed, migration, pod_names, shortlist},
+    outbox::{Hook, Note},
     permits::Held,
     reinstall::{self, Via},
-    store::{Step, ms},
+    store::ms,
 };
 use firebreak_schema::Operation;
 
@@ -37,6 +37,8 @@ pub(crate) struct Ctx {
     pub(crate) producer: Producer,
     pub(crate) commands: crate::commands::Commands,
     pub(crate) metrics: crate::Metrics,
+    /// Woken after each persisted transition: the outbox's sender has something to send.
+    pub(crate) outbox: tokio::sync::Notify,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -65,30 +67,24 @@ impl Ctx {
         }
     }
 
-    /// Publishes the workflow's current state, as persisted in `step`; queued while Kafka is
-    /// down. The id derives from the workflow and the step's place in it, so publishing the same
-    /// step again dedupes downstream.
-    pub(crate) fn publish(&self, wf: &Workflow, step: Step) {
-        let step = step_event(wf, step);
-        if let Err(error) = self.producer.publish_nowait(REMEDIATION_TOPIC, &step) {
-            tracing::warn!(%error, "remediation step not published");
-        }
-    }
-
-    /// Persists a transition, then publishes it. Only then may the next side effect happen.
-    async fn advance(&self, wf: &mut Workflow, state: State, reason: String) -> Result<()> {
+    /// Persists a transition with the webhook calls it makes; the outbox then sends the step
+    /// and the calls. Only then may the next side effect happen.
+    async fn advance_noting(
+        &self,
+        wf: &mut Workflow,
+        state: State,
+        reason: String,
+        notes: &[crate::outbox::Note],
+    ) -> Result<()> {
         let previous = (wf.state, std::mem::replace(&mut wf.reason, reason));
         wf.state = state;
-        let step = match self.store.transition(wf).await {
-            Ok(step) => step,
-            Err(e) => {
-                (wf.state, wf.reason) = previous;
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.store.transition(wf, notes).await {
+            (wf.state, wf.reason) = previous;
+            return Err(e);
+        }
+        self.outbox.notify_one();
         tracing::info!(state = state.as_str(), reason = %wf.reason, "workflow step");
         self.metrics.transition(&wf.cluster, state.as_str());
-        self.publish(wf, step);
         let reason = format!("Firebreak{}", camel(state.as_str()));
         let message = format!("workflow {}: {}", wf.id, wf.reason);
         if let Err(error) = self.ops.record_event(&wf.node, &reason, &message, state == State::Escalated).await {
@@ -96,21 +92,10 @@ impl Ctx {
         }
         Ok(())
     }
-}
 
-impl Ctx {
-    /// POSTs `body` to a webhook, signed, retried in the background (`plumbing::webhook`).
-    fn post(&self, hook: &crate::Webhook, event: &'static str, body: serde_json::Value, what: String) {
-        let body = serde_json::to_vec(&body).unwrap_or_default();
-        firebreak_plumbing::webhook::deliver(
-            &self.http,
-            &hook.url,
-            hook.secret.as_bytes(),
-            event,
-            body,
-            what,
-            &self.cancel,
-        );
+    /// Persists a transition (see [`Ctx::advance_noting`]).
+    async fn advance(&self, wf: &mut Workflow, state: State, reason: String) -> Result<()> {
+        self.advance_noting(wf, state, reason, &[]).await
     }
 }
 
@@ -127,32 +112,29 @@ impl Ctx {
     /// Persists a transition that gives permits back, then releases them. If the transition
     /// cannot be persisted, the workflow still holds them (and a retry gives them back).
     async fn advance_releasing(&self, wf: &mut Workflow, state: State, reason: String, which: Release) -> Result<()> {
+        self.advance_releasing_noting(wf, state, reason, which, &[]).await
+    }
+
+    /// [`Ctx::advance_releasing`], with the webhook calls the transition makes.
+    async fn advance_releasing_noting(
+        &self,
+        wf: &mut Workflow,
+        state: State,
+        reason: String,
+        which: Release,
+        notes: &[crate::outbox::Note],
+    ) -> Result<()> {
         let kept = (wf.permit_id, wf.step_permit_id);
         if which == Release::All {
             wf.permit_id = None;
         }
         wf.step_permit_id = None;
-        if let Err(e) = self.advance(wf, state, reason).await {
+        if let Err(e) = self.advance_noting(wf, state, reason, notes).await {
             (wf.permit_id, wf.step_permit_id) = kept;
             return Err(e);
         }
         release(self, [if which == Release::All { kept.0 } else { None }, kept.1]).await;
         Ok(())
-    }
-}
-
-/// The published form of a persisted step; its id derives from the workflow and the step's place
-/// in the step log.
-fn step_event(wf: &Workflow, step: Step) -> RemediationEvent {
-    RemediationEvent {
-        id: deterministic_id(step.at, &[&wf.id.to_string(), &step.seq.to_string()]),
-        workflow_id: wf.id,
-        cluster: wf.cluster.clone(),
-        node: wf.node.clone(),
-        trigger_event_id: wf.trigger_event_id,
-        state: wf.state.as_str().into(),
-        reason: wf.reason.clone(),
-        at: step.at,
     }
 }
 
@@ -494,13 +476,13 @@ impl Runner {
         let body = serde_json::json!({"event": "hardware_ticket", "workflow_id": wf.id, "cluster": wf.cluster,
             "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
             "why": wf.rung_why, "evidence": evidence});
-        ctx.post(hook, "hardware_ticket", body, format!("hardware ticket for {}", wf.node));
         let why = format!(
             "hardware ticket opened ({}); the node stays drained and cordoned until the ticket is closed and the \
              escalation cleared",
             hook.url
         );
-        self.escalate(ctx, wf, why).await
+        let ticket = Note { hook: Hook::Ticket, event: "hardware_ticket", body };
+        self.escalate_noting(ctx, wf, why, vec![ticket]).await
     }
 
     /// Asks the reinstall webhook to re-image the node, once: persisted as `awaiting_reinstall`
@@ -523,12 +505,23 @@ impl Runner {
         wf.reboot_requested_at_ms = Some(ms(at));
         wf.reinstall_via = Some(via.clone());
         let reason = format!("{} (boot id {boot}, Ready={ready})", via.describe(ctx.cfg.reinstall_webhook.as_ref()));
-        ctx.advance(wf, State::AwaitingReinstall, reason).await?;
+        // The webhook is called from the outbox, once the request is on record; the other
+        // actuators are asked here.
+        let notes = match via {
+            Via::Webhook => vec![Note {
+                hook: Hook::Reinstall,
+                event: "reinstall",
+                body: serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
+                    "node": wf.node, "boot_id": boot, "requested_at": at}),
+            }],
+            _ => Vec::new(),
+        };
+        ctx.advance_noting(wf, State::AwaitingReinstall, reason, &notes).await?;
         self.ask_reinstall(ctx, wf).await
     }
 
-    /// Carries out the reinstall the workflow persisted: deletes the Machine, creates the Job,
-    /// or posts the webhook (each safe to do again).
+    /// Carries out the reinstall the workflow persisted: deletes the Machine or creates the Job
+    /// (each safe to do again); the webhook's call is the outbox's.
     async fn ask_reinstall(&mut self, ctx: &Ctx, wf: &Workflow) -> Result<()> {
         self.sent = true;
         let boot = wf.boot_id_before.clone().unwrap_or_default();
@@ -539,13 +532,8 @@ impl Runner {
             (Some(Via::Job { .. }), _, Some(template), _) => {
                 reinstall::create_job(ctx.ops.client(), template, wf, &boot).await
             }
-            (Some(Via::Webhook), _, _, Some(hook)) => {
-                let at = chrono::DateTime::from_timestamp_millis(wf.reboot_requested_at_ms.unwrap_or_default());
-                let body = serde_json::json!({"event": "reinstall", "workflow_id": wf.id, "cluster": wf.cluster,
-                    "node": wf.node, "boot_id": boot, "requested_at": at});
-                ctx.post(hook, "reinstall", body, format!("reinstall of {}", wf.node));
-                Ok(())
-            }
+            // Called from the outbox, with the transition that recorded it.
+            (Some(Via::Webhook), ..) => Ok(()),
             // Asked before this process started, through an actuator it is not configured
             // with: it can still see the node come back.
             (via, ..) => {
@@ -899,19 +887,24 @@ impl Runner {
     }
 
     async fn escalate(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String) -> Result<()> {
+        self.escalate_noting(ctx, wf, why, Vec::new()).await
+    }
+
+    /// Escalates with the webhook calls that go with it (a hardware ticket), each delivered
+    /// from the outbox once the escalation is persisted.
+    async fn escalate_noting(&mut self, ctx: &Ctx, wf: &mut Workflow, why: String, mut notes: Vec<Note>) -> Result<()> {
         tracing::warn!(why, "escalating to a human; node stays cordoned");
         // Marked before the state is persisted: an escalation on record always has its mark,
         // which only an operator removes (see `escalation` at intake).
         ctx.ops.mark_escalated(&wf.node, &wf.id.to_string()).await?;
         let reason = format!("needs a human: {why}; node left cordoned and tainted");
-        ctx.advance_releasing(wf, State::Escalated, reason, Release::All).await?;
-        if let Some(hook) = &ctx.cfg.escalation_webhook {
+        if ctx.cfg.escalation_webhook.is_some() {
             let body = serde_json::json!({"event": "escalated", "workflow_id": wf.id, "cluster": wf.cluster,
                 "node": wf.node, "fault_kind": wf.fault_kind, "trigger_event_id": wf.trigger_event_id,
-                "reason": wf.reason});
-            ctx.post(hook, "escalated", body, format!("escalation {} webhook", wf.id));
+                "reason": reason});
+            notes.push(Note { hook: Hook::Escalation, event: "escalated", body });
         }
-        Ok(())
+        ctx.advance_releasing_noting(wf, State::Escalated, reason, Release::All, &notes).await
     }
 }
 
@@ -1030,41 +1023,5 @@ async fn release(ctx: &Ctx, permits: [Option<uuid::Uuid>; 2]) {
         if released.is_none() {
             tracing::warn!(permit_id = %permit, "could not release permit; it will expire at its TTL");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_published_again_has_the_same_id_and_the_next_step_another() {
-        let wf = Workflow {
-            id: uuid::Uuid::now_v7(),
-            cluster: "c1".into(),
-            node: "n1".into(),
-            trigger_event_id: uuid::Uuid::now_v7(),
-            fault_kind: "KernelHung".into(),
-            state: State::Draining,
-            permit_id: None,
-            step_permit_id: None,
-            boot_id_before: None,
-            reboot_requested_at_ms: None,
-            was_cordoned: Some(false),
-            step_started_at_ms: None,
-            process: "memory".into(),
-            rung: Rung::Reboot,
-            rung_why: "process `memory`, rung 1 of 2 (reboot → human)".into(),
-            reinstall_via: None,
-            reason: "cordoned".into(),
-        };
-        let step = Step { seq: 2, at: Utc::now() };
-        let a = step_event(&wf, step);
-        assert_eq!(a, step_event(&wf, step), "a re-publication dedupes downstream");
-        assert_eq!(a.id.get_version_num(), 7);
-        assert_eq!((a.state.as_str(), a.at), ("draining", step.at));
-        assert_ne!(a.id, step_event(&wf, Step { seq: 3, ..step }).id);
-        let other = Workflow { id: uuid::Uuid::now_v7(), ..wf.clone() };
-        assert_ne!(a.id, step_event(&other, step).id);
     }
 }

@@ -266,6 +266,11 @@ pub type Delivery = (String, String, Vec<u8>);
 /// A webhook receiver on a free port, checking nothing (the test checks what it got): its URL
 /// and what it receives.
 pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
+    webhook_receiver_on("127.0.0.1:0").await
+}
+
+/// [`webhook_receiver`] on a given address (one that was down until now, say).
+pub async fn webhook_receiver_on(addr: &str) -> (String, tokio::sync::mpsc::UnboundedReceiver<Delivery>) {
     let (got_tx, got) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
     let app = axum::Router::new().route(
         "/hook",
@@ -278,7 +283,7 @@ pub async fn webhook_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
