@@ -206,6 +206,10 @@ pub enum Command {
         /// HTTP listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Tokens file for write actions (clearing an escalation needs an operator's), the
+        /// gate's format; or the same TOML in FIREBREAK_EVENT_CENTER_TOKENS. Without: read-only.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
     },
     /// Central gate: serve it, check a policy file, or operate it.
     Gate {
@@ -345,12 +349,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
-        Command::EventCenter { kafka, database_url, listen } => {
+        Command::EventCenter { kafka, database_url, listen, tokens } => {
+            let tokens = match (tokens, std::env::var("FIREBREAK_EVENT_CENTER_TOKENS")) {
+                (Some(path), _) => Some(firebreak_plumbing::auth::Tokens::load(&path)?),
+                (None, Ok(text)) => Some(firebreak_plumbing::auth::Tokens::parse(&text)?),
+                (None, Err(_)) => None,
+            };
             let listener = bind(&listen).await?;
             let cfg = firebreak_event_center::Config {
                 kafka: kafka.config(),
                 database_url,
                 group_id: "firebreak-event-center".into(),
+                tokens,
             };
             Ok(firebreak_event_center::run(cfg, listener, cancel).await?)
         }

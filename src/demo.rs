@@ -13,8 +13,8 @@ use firebreak_plumbing::{
 };
 use firebreak_rate_limiter::Policy;
 use firebreak_schema::{
-    CHANGES_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, REMEDIATION_TOPIC,
-    Role,
+    CHANGES_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction,
+    REMEDIATION_CONTROL_TOPIC, REMEDIATION_TOPIC, Role,
 };
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
@@ -261,6 +261,7 @@ impl Stack {
             (CHANGES_TOPIC, 3),
             (NODE_COMMAND_TOPIC, 8),
             (NODE_REPORT_TOPIC, 3),
+            (REMEDIATION_CONTROL_TOPIC, 3),
         ] {
             kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
         }
@@ -306,6 +307,7 @@ impl Stack {
                 .clone()
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("event-center.db").display())),
             group_id: "firebreak-event-center".into(),
+            tokens: Some(Tokens::parse(&tokens.file())?),
         };
         tasks.push(spawn_logged("event-center".into(), firebreak_event_center::run(ec, ec_listener, cancel.clone())));
 

@@ -45,8 +45,12 @@ async fn start(kafka: &KafkaConfig, db: &str) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
-    let cfg =
-        firebreak_event_center::Config { kafka: kafka.clone(), database_url: db.into(), group_id: "ec-test".into() };
+    let cfg = firebreak_event_center::Config {
+        kafka: kafka.clone(),
+        database_url: db.into(),
+        group_id: "ec-test".into(),
+        tokens: None,
+    };
     let c = cancel.clone();
     let task = tokio::spawn(async move { firebreak_event_center::run(cfg, listener, c).await.unwrap() });
     let ready = format!("{url}/readyz");
@@ -64,6 +68,16 @@ async fn events(url: &str, query: &str) -> Vec<serde_json::Value> {
 async fn malformed_records_are_kept_and_skipped(db: String) {
     let (_mock, kafka) = common::mock_kafka(&[(FAULTS, 3), (REMEDIATION_TOPIC, 1)]);
     let ec = start(&kafka, &db).await;
+    // Without tokens the event center is read-only: a write action is refused, with why.
+    let write = reqwest::Client::new()
+        .post(format!("{}/api/v1/escalations/clear", ec.url))
+        .bearer_auth("anything")
+        .json(&serde_json::json!({"cluster": "c1", "node": "n1", "reason": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 403);
+    assert!(write.text().await.unwrap().contains("write actions are off"));
 
     let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
     let send = |payload: &'static [u8], headers: OwnedHeaders| {

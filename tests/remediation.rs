@@ -695,6 +695,65 @@ async fn reinstalls_through_cluster_api_and_through_a_job() {
     stack.shutdown().await;
 }
 
+/// An operator clears an escalation through the event center's API (an operator's token; a
+/// viewer's is refused, a bad node name too): the cluster's remediator removes the node's mark
+/// and records who cleared it and why as a step on the remediation topic; the node's next fault
+/// is remediated again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_clears_an_escalation_through_the_event_center() {
+    let stack = stack("clear-api", |o| {
+        o.remediation = firebreak_remediator::Policy::parse(
+            "[budget]\nattempts = 3\nwindow = \"1h\"\n[[process]]\nname = \"memory\"\n\
+             kinds = [\"MemoryUncorrectable\"]\nladder = [\"human\"]\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-003", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the escalation", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.iter().any(|(s, _)| s == "escalated").then_some(())
+    })
+    .await;
+    let url = format!("{}/api/v1/escalations/clear", stack.event_center_url);
+    let http = reqwest::Client::new();
+    let ask = |token: Option<&str>, node: &str| {
+        let mut r = http.post(&url).json(&json!({"cluster": "c1", "node": node, "reason": "DIMM replaced (INC-42)"}));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(ask(None, &node).await.unwrap().status(), 401);
+    assert_eq!(ask(Some(&stack.tokens.viewer), &node).await.unwrap().status(), 403);
+    let bad = ask(Some(&stack.tokens.operator), "No_Such_Node!").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("DNS-1123"));
+    let ok = ask(Some(&stack.tokens.operator), &node).await.unwrap();
+    assert_eq!(ok.status(), 202);
+    let id = ok.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (_, why) = wait_for("the clearing on record", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(_, r)| r.starts_with("escalation cleared"))
+    })
+    .await;
+    assert_eq!(
+        why,
+        format!("escalation cleared: by operator through the event center (instruction {id}): DIMM replaced (INC-42)")
+    );
+    let n = nodes.get(&node).await.unwrap();
+    assert!(!n.metadata.annotations.unwrap_or_default().contains_key(firebreak_schema::ESCALATED_ANNOTATION));
+    assert_eq!(n.spec.and_then(|s| s.unschedulable), Some(true), "still cordoned: a human uncordons it");
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("a new workflow after the clearance", Duration::from_secs(30), || async {
+        (workflows(&stack, &node).await.len() == 2).then_some(())
+    })
+    .await;
+    stack.shutdown().await;
+}
+
 /// Hostile records on the command channel: garbage for a node, and a well-formed reboot for
 /// another node slipped under this node's key, are skipped (the forged one reboots nothing);
 /// garbage and forged reports are ignored. The channel still works afterwards: the node's next

@@ -16,8 +16,10 @@ use axum::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::get,
+    routing::{get, post},
 };
+use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
+use firebreak_schema::{ClearEscalation, REMEDIATION_CONTROL_TOPIC, Role};
 use futures::Stream;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
@@ -31,12 +33,23 @@ pub(crate) struct AppState {
     pub(crate) registry: Arc<Registry>,
     /// Whether the consumer holds partitions.
     pub(crate) ready: Arc<AtomicBool>,
+    /// Sends operators' instructions to the remediators.
+    pub(crate) producer: firebreak_plumbing::kafka::Producer,
     /// Cancelled at shutdown: live streams end then, so the server can stop.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState, tokens: Option<Arc<Tokens>>) -> Router {
+    // Write actions: an operator's token, or off without tokens.
+    let writes = Router::new().route("/api/v1/escalations/clear", post(clear_escalation));
+    let writes = match tokens {
+        Some(tokens) => {
+            writes.route_layer(axum::middleware::from_fn_with_state(Guard { tokens, role: Role::Operator }, require))
+        }
+        None => writes.route_layer(axum::middleware::from_fn(writes_off)),
+    };
     Router::new()
+        .merge(writes)
         .route("/", get(|| async { Html(include_str!("index.html")) }))
         .route("/api/v1/events", get(events))
         .route("/api/v1/remediations", get(remediations))
@@ -52,6 +65,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = match &self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::WritesOff => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if code.is_server_error() {
@@ -115,6 +129,43 @@ async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
         }
     };
     Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+/// What every write route answers when the event center has no tokens.
+async fn writes_off(_: axum::extract::Request, _: axum::middleware::Next) -> Response {
+    Error::WritesOff.into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearRequest {
+    cluster: String,
+    node: String,
+    reason: String,
+}
+
+/// `POST /api/v1/escalations/clear` `{"cluster", "node", "reason"}` (operator): asks the
+/// cluster's remediator to clear the node's escalation; 202 with the instruction's id. The
+/// remediator records it in the node's workflow (a step on the remediation topic).
+async fn clear_escalation(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Result<Json<ClearRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Error> {
+    let Json(r) = body.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let ask = ClearEscalation {
+        id: uuid::Uuid::now_v7(),
+        cluster: r.cluster,
+        node: r.node,
+        by: caller.name,
+        reason: r.reason,
+        at: chrono::Utc::now(),
+    };
+    firebreak_schema::CloudEvent::validate(&ask).map_err(|e| Error::BadRequest(e.to_string()))?;
+    s.producer.publish(REMEDIATION_CONTROL_TOPIC, &ask).await?;
+    tracing::info!(id = %ask.id, cluster = %ask.cluster, node = %ask.node, by = %ask.by, "escalation clearing asked");
+    let body = serde_json::json!({"id": ask.id, "status": "asked", "cluster": ask.cluster, "node": ask.node});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

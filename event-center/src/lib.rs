@@ -5,6 +5,10 @@
 //! It owns the record of what happened in the fleet. Offsets are committed only after the write
 //! (see [`consumer`]); records that cannot be decoded are counted, kept in `rejected_messages`
 //! and skipped, so one bad producer never stops the stream.
+//!
+//! Its one write action so far, clearing a node's escalation, needs an operator token (the
+//! gate's token scheme, `plumbing::auth`) and is carried to the cluster's remediator on
+//! `firebreak.remediation-control.v1`; without tokens, write actions are off.
 
 mod consumer;
 mod http;
@@ -40,6 +44,9 @@ pub enum Error {
     /// An API request is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// A write action was asked of an event center that has no tokens.
+    #[error("write actions are off: the event center has no tokens (--tokens FILE)")]
+    WritesOff,
     /// Kafka, or opening and migrating the database, failed.
     #[error(transparent)]
     Plumbing(#[from] firebreak_plumbing::Error),
@@ -100,6 +107,8 @@ pub struct Config {
     pub database_url: String,
     /// Consumer group id.
     pub group_id: String,
+    /// The tokens write actions accept (an operator's or above); none: write actions are off.
+    pub tokens: Option<firebreak_plumbing::auth::Tokens>,
 }
 
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
@@ -118,8 +127,11 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let ready = Arc::new(AtomicBool::new(false));
     let consuming =
         tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
-    let app =
-        http::router(http::AppState { store, live, registry: Arc::new(registry), ready, shutdown: cancel.clone() });
+    let producer = firebreak_plumbing::kafka::Producer::new(&cfg.kafka)?;
+    let app = http::router(
+        http::AppState { store, live, registry: Arc::new(registry), ready, producer, shutdown: cancel.clone() },
+        cfg.tokens.map(Arc::new),
+    );
     let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
     cancel.cancel();
     let _ = consuming.await;

@@ -34,6 +34,7 @@
 //! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
 
 mod commands;
+mod control;
 mod gate;
 mod intake;
 mod leader;
@@ -53,7 +54,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, decode_message, next_message},
     retry,
 };
-use firebreak_schema::{FaultEvent, fault_topic};
+use firebreak_schema::{FaultEvent, REMEDIATION_CONTROL_TOPIC, fault_topic};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -292,6 +293,12 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         .consumer(&format!("firebreak-remediator-{}-reports", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
+    let control: StreamConsumer = cfg
+        .kafka
+        .consumer(&format!("firebreak-remediator-{}-control", cfg.cluster))
+        .create()
+        .map_err(firebreak_plumbing::Error::from)?;
+    control.subscribe(&[REMEDIATION_CONTROL_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
     let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),
@@ -310,9 +317,11 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
     let span = tracing::info_span!("remediator", cluster = %ctx.cfg.cluster);
     let reporting = tokio::spawn(commands::reports_loop(ctx.clone(), reports).instrument(span.clone()));
     let sending = tokio::spawn(outbox::run(ctx.clone()).instrument(span.clone()));
+    let controlling = tokio::spawn(control::control_loop(ctx.clone(), control).instrument(span.clone()));
     let result = intake_loop(ctx, store, consumer).instrument(span).await;
     let _ = reporting.await;
     let _ = sending.await;
+    let _ = controlling.await;
     result
 }
 

@@ -80,6 +80,16 @@ impl NodeOps {
         Ok(())
     }
 
+    /// Removes the escalation mark, as an operator's clearing does (a node gone has none).
+    pub async fn unmark_escalated(&self, node: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: null}}});
+        match self.nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Read-modify-write of the taint list with the resourceVersion as precondition, retried on
     /// conflict, so concurrent taint changes by others are never overwritten.
     async fn update_taints(

@@ -9,6 +9,7 @@
 
 mod change;
 mod command;
+mod control;
 mod event;
 mod gate;
 mod health;
@@ -19,6 +20,7 @@ pub use change::{
     BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict,
 };
 pub use command::{CommandOutcome, CommandReport, NodeAction, NodeCommand, command_partition};
+pub use control::ClearEscalation;
 pub use event::{
     EventRecord, FaultClass, FaultEvent, FaultKind, Heartbeat, RemediationEvent, Severity, Source, deterministic_id,
 };
@@ -54,6 +56,9 @@ pub const CHANGES_TOPIC: &str = "firebreak.changes.v1";
 pub const NODE_COMMAND_TOPIC: &str = "firebreak.node-commands.v1";
 /// Topic carrying the actuators' [`CommandReport`]s (key = `<cluster>/<node>`).
 pub const NODE_REPORT_TOPIC: &str = "firebreak.node-reports.v1";
+/// Topic carrying operators' instructions to the remediators ([`ClearEscalation`], key =
+/// `<cluster>/<node>`), from the event center's API.
+pub const REMEDIATION_CONTROL_TOPIC: &str = "firebreak.remediation-control.v1";
 
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";
