@@ -103,7 +103,11 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) fn new(a: &GateClientArgs) -> Result<Self> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            // Idle connections go before the server's header timeout closes them (see
+            // `plumbing::serve`), so a request never races a closing connection.
+            .pool_idle_timeout(Duration::from_secs(5));
         if let Some(path) = &a.gate_ca {
             let pem =
                 std::fs::read(path).map_err(|source| Error::Io { what: format!("read {}", path.display()), source })?;

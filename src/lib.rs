@@ -133,8 +133,7 @@ pub async fn serve_metrics(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    firebreak_plumbing::serve::serve(listener, app, None, shutdown)
         .await
         .map_err(|source| Error::Io { what: "metrics server".into(), source })
 }

@@ -61,39 +61,13 @@ async fn takeover(name: &str, kill_at: &str) {
         (holder().await.as_deref() == Some("replica-b")).then_some(())
     })
     .await;
-    let (_, why) = wait_for("the workflow's end", Duration::from_secs(90), || async {
-        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "healed" || s == "escalated")
-    })
-    .await;
-    let all = steps(&stack, &node).await;
-    let states: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
-    assert!(states.contains(&"healed"), "{why}: {states:?}");
-    // Nothing twice: one workflow, one reboot, each pod evicted once.
-    let url = format!("{}/api/v1/remediations?node={node}&limit=1000", stack.event_center_url);
-    let published = common::get_json(&url).await.unwrap();
-    let workflows: std::collections::BTreeSet<&str> =
-        published.as_array().unwrap().iter().filter_map(|s| s["workflow_id"].as_str()).collect();
-    assert_eq!(workflows.len(), 1, "one workflow");
+    let (all, rebooted) = common::healed_once(&stack, &node).await;
     let asked = all.iter().filter(|(_, r)| r.starts_with("reboot asked of the node's actuator")).count();
-    assert_eq!(asked, 1, "the reboot asked once: {states:?}");
-    // One reboot: the boot the node came back on is the one it runs now (a command is bound to
-    // the boot it was asked on, so a second reboot would have needed a second command).
-    let rebooted: Vec<&str> = all
-        .iter()
-        .filter_map(|(_, r)| r.strip_prefix("rebooted in "))
-        .filter_map(|r| r.split(" -> ").nth(1)?.split(';').next())
-        .collect();
-    assert_eq!(rebooted.len(), 1, "{states:?}");
+    assert_eq!(asked, 1, "the reboot asked once: {all:?}");
+    let rebooted = rebooted.expect("the node rebooted");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(boot(nodes.get(&node).await.unwrap()), rebooted[0], "one reboot, not two");
-    assert_ne!(boot(nodes.get(&node).await.unwrap()), boot_before);
-    let audit = cluster.audit();
-    let mut evicted: Vec<&str> =
-        audit.iter().filter(|e| e.subresource == "eviction" && e.code == 201).map(|e| e.name.as_str()).collect();
-    let n = evicted.len();
-    evicted.sort_unstable();
-    evicted.dedup();
-    assert_eq!(evicted.len(), n, "no pod evicted twice");
+    assert_eq!(boot(nodes.get(&node).await.unwrap()), rebooted, "one reboot, not two");
+    assert_ne!(rebooted, boot_before);
     let lease = leases.get(&lease_name).await.unwrap().spec.unwrap();
     assert!(lease.lease_transitions.unwrap_or(0) >= 1, "{lease:?}");
     b.kill().await.unwrap();

@@ -132,7 +132,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
         http::AppState { store, live, registry: Arc::new(registry), ready, producer, shutdown: cancel.clone() },
         cfg.tokens.map(Arc::new),
     );
-    let served = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned()).await;
+    let served = firebreak_plumbing::serve::serve(listener, app, None, cancel.clone()).await;
     cancel.cancel();
     let _ = consuming.await;
     served.map_err(Error::Serve)

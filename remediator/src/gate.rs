@@ -30,7 +30,11 @@ impl GateClient {
     /// A client for the gate at `base` (`https://gate:8181`) presenting `token`; `ca` (PEM) is
     /// a certificate authority to trust beside the system's, for a gate with its own.
     pub fn new(base: &str, token: &str, ca: Option<&[u8]>) -> crate::Result<Self> {
-        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            // Idle connections go before the server's header timeout closes them (see
+            // `plumbing::serve`), so a request never races a closing connection.
+            .pool_idle_timeout(Duration::from_secs(5));
         if let Some(pem) = ca {
             let cert =
                 reqwest::Certificate::from_pem(pem).map_err(|e| crate::Error::Config(format!("gate CA: {e}")))?;

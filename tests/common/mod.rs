@@ -328,3 +328,37 @@ pub fn remediator_process(
         .spawn()
         .unwrap()
 }
+
+/// Waits for the node's workflow to end and checks what a repair interrupted by crashes or a
+/// failover must still hold: it healed, in one workflow, with no pod evicted twice. Its steps,
+/// and the boot it came back on if it rebooted (exactly once).
+pub async fn healed_once(stack: &Stack, node: &str) -> (Vec<(String, String)>, Option<String>) {
+    let (_, why) = wait_for("the workflow's end", Duration::from_secs(90), || async {
+        steps(stack, node).await.into_iter().find(|(s, _)| s == "healed" || s == "escalated")
+    })
+    .await;
+    let all = steps(stack, node).await;
+    let states: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(states.contains(&"healed"), "{why}: {states:?}");
+    let url = format!("{}/api/v1/remediations?node={node}&limit=1000", stack.event_center_url);
+    let published = get_json(&url).await.unwrap();
+    let workflows: std::collections::BTreeSet<&str> =
+        published.as_array().unwrap().iter().filter_map(|s| s["workflow_id"].as_str()).collect();
+    assert_eq!(workflows.len(), 1, "one workflow");
+    let audit = stack.fleet.clusters()[0].audit();
+    let mut evicted: Vec<&str> =
+        audit.iter().filter(|e| e.subresource == "eviction" && e.code == 201).map(|e| e.name.as_str()).collect();
+    let n = evicted.len();
+    evicted.sort_unstable();
+    evicted.dedup();
+    assert_eq!(evicted.len(), n, "no pod evicted twice");
+    // A reboot's new boot id is in its step; a command is bound to the boot it was asked on, so
+    // a second reboot would have needed a second command and shown a second step.
+    let rebooted: Vec<String> = all
+        .iter()
+        .filter_map(|(_, r)| r.strip_prefix("rebooted in "))
+        .filter_map(|r| Some(r.split(" -> ").nth(1)?.split(';').next()?.to_owned()))
+        .collect();
+    assert!(rebooted.len() <= 1, "one reboot at most: {states:?}");
+    (all, rebooted.into_iter().next())
+}
