@@ -19,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// Cluster c1's fault topic (`firebreak_schema::fault_topic("c1")`).
 const FAULTS: &str = "firebreak.faults.v1.c1";
 
+/// An hour ago, fixed for the test run (a fault is the same event each time it is made).
+static BASE: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| chrono::Utc::now().timestamp() - 3600);
+
 fn fault(node: &str, kind: FaultKind, secs: i64) -> FaultEvent {
-    let at = DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap();
+    let at = DateTime::from_timestamp(*BASE + secs, 0).unwrap();
     FaultEvent {
         id: deterministic_id(at, &["c1", node, kind.as_str()]),
         cluster: "c1".into(),
@@ -164,10 +167,39 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     .await;
     assert_eq!(events(&ec.url, "").await.len(), 3);
     let metrics = reqwest::get(format!("{}/metrics", ec.url)).await.unwrap().text().await.unwrap();
+    let before_future = metrics.clone();
     assert!(
-        metrics.contains("firebreak_event_center_records_consumed_total 1\n"),
-        "the restarted consumer read only the new record:\n{metrics}"
+        before_future.contains("firebreak_event_center_records_consumed_total 1\n"),
+        "the restarted consumer read only the new record:\n{before_future}"
     );
+
+    // A node whose clock says 2036: kept, flagged with its skew, and ordered by when it arrived
+    // — not at the top of the list for ten years.
+    let mut future = fault("n4", FaultKind::KernelHung, 0);
+    future.observed_at = DateTime::from_timestamp(2_100_000_000, 0).unwrap();
+    future.id = deterministic_id(future.observed_at, &["c1", "n4"]);
+    producer.publish(FAULTS, &future).await.unwrap();
+    wait_for("the event from the future", Duration::from_secs(15), || async {
+        (events(&ec.url, "node=n4").await.len() == 1).then_some(())
+    })
+    .await;
+    let all = events(&ec.url, "").await;
+    assert_eq!(all[0]["node"], "n4", "as new as its arrival");
+    let skew = all[0]["clock_skew_s"].as_i64().unwrap();
+    assert!(skew > 9 * 365 * 86_400, "{skew}");
+    assert_eq!(all[0]["observed_at"], "2036-07-18T13:20:00Z", "its own time is kept");
+    assert!(all.iter().skip(1).all(|e| e.get("clock_skew_s").is_none()), "{all:?}");
+    // An event observed after it arrived goes above it: it does not stay on top for ten years.
+    let mut later = fault("n5", FaultKind::KernelHung, 0);
+    later.observed_at = chrono::Utc::now();
+    later.id = deterministic_id(later.observed_at, &["c1", "n5"]);
+    producer.publish(FAULTS, &later).await.unwrap();
+    wait_for("a later event", Duration::from_secs(15), || async {
+        (events(&ec.url, "node=n5").await.len() == 1).then_some(())
+    })
+    .await;
+    let order: Vec<String> = events(&ec.url, "").await.iter().map(|e| e["node"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(order[..2], ["n5", "n4"], "{order:?}");
     ec.cancel.cancel();
     ec.task.await.unwrap();
 }

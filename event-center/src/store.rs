@@ -56,20 +56,29 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
         .map_err(|e| Error::Corrupt(format!("time `{s}`: {e}")))
 }
 
+/// How far in the future (past its receive time) an event's observation time may be before it is
+/// not trusted: more is a wrong clock, not transit.
+pub const CLOCK_SKEW_BOUND: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 impl Store {
     /// Connects and migrates.
     pub async fn open(url: &str) -> Result<Self> {
         Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await? })
     }
 
-    /// Stores an event; `false` if an event with that id was already stored.
+    /// Stores an event; `None` if an event with that id was already stored. An event observed
+    /// more than [`CLOCK_SKEW_BOUND`] after it was received is kept, flagged with its skew, and
+    /// ordered by its receive time.
     pub async fn insert_fault(&self, e: &FaultEvent) -> Result<Option<EventRecord>> {
         let received_at = Utc::now();
         let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let skew_ms = ms(e.observed_at) - ms(received_at);
+        let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
+        let sort_at_ms = if skewed { ms(received_at) } else { ms(e.observed_at) };
         let done = sqlx::query(
             "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, observed_at_ms, \
-             message, evidence, received_at, received_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) \
-             ON CONFLICT (id) DO NOTHING",
+             message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (id) DO NOTHING",
         )
         .bind(e.id.to_string())
         .bind(&e.cluster)
@@ -84,9 +93,15 @@ impl Store {
         .bind(evidence)
         .bind(fmt(received_at))
         .bind(ms(received_at))
+        .bind(sort_at_ms)
+        .bind(skewed.then_some(skew_ms))
         .execute(&self.pool)
         .await?;
-        Ok((done.rows_affected() == 1).then(|| EventRecord { event: e.clone(), received_at }))
+        if skewed {
+            tracing::warn!(event_id = %e.id, cluster = %e.cluster, node = %e.node, skew_s = skew_ms / 1000, "event from the future: its source's clock is wrong; ordered by its receive time");
+        }
+        let clock_skew_s = skewed.then_some(skew_ms / 1000);
+        Ok((done.rows_affected() == 1).then(|| EventRecord { event: e.clone(), received_at, clock_skew_s }))
     }
 
     /// Stores a remediation step; `false` if already stored.
@@ -203,7 +218,8 @@ impl Store {
         Ok(())
     }
 
-    /// Events matching `f`, most recently observed first.
+    /// Events matching `f`, most recently observed first (those from the future by their
+    /// receive time).
     pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
         if let Some(c) = &f.class {
             FaultClass::from_str(c)
@@ -211,9 +227,10 @@ impl Store {
         }
         let limit = limit(f.limit)?;
         let rows = sqlx::query(
-            "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at \
-             FROM fault_events WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
-             ORDER BY observed_at_ms DESC, id DESC LIMIT $4",
+            "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at, \
+             clock_skew_ms FROM fault_events \
+             WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
+             ORDER BY sort_at_ms DESC, id DESC LIMIT $4",
         )
         .bind(f.cluster.clone().unwrap_or_default())
         .bind(f.node.clone().unwrap_or_default())
@@ -299,5 +316,6 @@ fn fault_of_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {
             evidence: serde_json::from_str(&s("evidence")?).map_err(|e| Error::Corrupt(format!("evidence: {e}")))?,
         },
         received_at: parse_time(&s("received_at")?)?,
+        clock_skew_s: r.try_get::<Option<i64>, _>("clock_skew_ms")?.map(|ms| ms / 1000),
     })
 }

@@ -228,6 +228,11 @@ pub struct EventRecord {
     pub event: FaultEvent,
     /// When the event center stored it.
     pub received_at: DateTime<Utc>,
+    /// How far past `received_at` the event says it was observed, when that is more than the
+    /// event center tolerates (its source's clock is wrong): its time is not trusted, and it is
+    /// ordered by `received_at` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_s: Option<i64>,
 }
 
 pub(crate) fn validate_names(cluster: &str, node: &str) -> Result<()> {
