@@ -18,7 +18,9 @@
 //! counts), then the readiness gates (node conditions, other teams'
 //! ConfigMaps, [`ReadinessGates`]) → uncordon, untaint, release. On a `restart` rung the
 //! actuator restarts a component instead of the drain and the reboot; on the `human` rung the
-//! workflow escalates right after its cordon. A step that cannot complete
+//! workflow escalates right after its cordon; on a `reinstall` rung the node is re-imaged through
+//! Cluster API, a Job or a webhook (`reinstall`) and, replaced by Cluster API, ends `replaced`;
+//! on a `ticket` rung a hardware ticket is opened and the node stays isolated. A step that cannot complete
 //! escalates to a human and leaves the node cordoned and marked `firebreak.io/escalated`, and no
 //! later fault starts work on it until an operator removes the mark; a node deleted meanwhile
 //! ends its workflow as `node_gone`. Humans' decisions stand: a fault that no longer holds before
@@ -31,7 +33,10 @@
 //! escalates on time. Permits are renewed while their steps run (`permits`); a
 //! permit lost stops the workflow before its next risky side effect, and it asks again. Each
 //! transition is published to the remediation topic with its reason (an id derived from the
-//! workflow and the step) and recorded as a Kubernetes Event on the node (best effort).
+//! workflow and the step), with the webhooks it calls, from an outbox written in the
+//! transition's transaction (`outbox`), and recorded as a Kubernetes Event on the node (best
+//! effort). Operators' instructions from the event center (clearing an escalation) arrive on the
+//! control topic (`control`).
 
 mod commands;
 mod control;

@@ -150,8 +150,10 @@ impl Via {
     /// For the record.
     pub fn describe(&self, webhook: Option<&crate::Webhook>) -> String {
         match self {
-            Via::Machine { namespace, name } => format!("Cluster API Machine {namespace}/{name} deleted"),
-            Via::Job { namespace, name } => format!("Job {namespace}/{name} created"),
+            Via::Machine { namespace, name } => {
+                format!("Cluster API Machine {namespace}/{name} to be deleted (its MachineSet replaces the node)")
+            }
+            Via::Job { namespace, name } => format!("Job {namespace}/{name} to re-image the node"),
             Via::Webhook => format!("reinstall asked of {}", webhook.map_or("the webhook", |w| w.url.as_str())),
         }
     }

@@ -485,8 +485,8 @@ impl Runner {
         self.escalate_noting(ctx, wf, why, vec![ticket]).await
     }
 
-    /// Asks the reinstall webhook to re-image the node, once: persisted as `awaiting_reinstall`
-    /// (with the time) before it is asked.
+    /// Re-images the node through the first actuator that applies (see `reinstall`): the
+    /// actuator and the time are persisted with `awaiting_reinstall` before it is asked.
     async fn reinstall(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let node = ctx.ops.get(&wf.node).await?;
         let Some(via) = reinstall::choose(&ctx.cfg, wf, &node) else {
