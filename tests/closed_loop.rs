@@ -187,6 +187,26 @@ async fn memory_error_heals_node_sqlite() {
     closed_loop("loop-sqlite", None).await;
 }
 
+/// The services may share one database (the test above does), each with its own migrations in
+/// sqlx's one table of applied versions: two services' migrations with one version would make
+/// the second service refuse to start ("previously applied but modified"). Every version is
+/// unique across the workspace.
+#[test]
+fn migration_versions_are_unique_across_services() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = std::collections::BTreeMap::new();
+    for service in ["event-center", "remediator", "rate-limiter"] {
+        for f in std::fs::read_dir(root.join(service).join("migrations")).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().into_owned();
+            let version = name.split('_').next().unwrap().to_owned();
+            if let Some(other) = seen.insert(version.clone(), format!("{service}/{name}")) {
+                panic!("migration version {version} is both {other} and {service}/{name}");
+            }
+        }
+    }
+    assert!(seen.len() > 10, "{seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_error_heals_node_postgres() {
     let Some(db) = common::postgres_db().await else { return };
