@@ -116,6 +116,10 @@ pub struct RemediatorArgs {
     /// Longest a drain may take before the node goes to a human.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Longest a drain may go without fewer pods left on the node before the node goes to a
+    /// human and the drain's permits are given back (pods that come back are not progress).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub drain_stall: Duration,
     /// Longest a reboot may take (from its request to the node Ready on a new boot).
     #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
     pub reboot_timeout: Duration,
@@ -437,6 +441,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 lease_identity,
                 lease_duration,
                 drain_timeout,
+                drain_stall,
                 reboot_timeout,
                 restart_timeout,
                 migration_grace,
@@ -511,6 +516,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 duration: lease_duration,
             });
             cfg.drain_timeout = drain_timeout;
+            cfg.drain_stall = drain_stall;
             cfg.reboot_timeout = reboot_timeout;
             cfg.restart_timeout = restart_timeout;
             cfg.evict_unmanaged = evict_unmanaged_pods;

@@ -93,6 +93,8 @@ pub struct StackOptions {
     pub eviction_retry: Duration,
     /// How long a remediator's drain may take before it escalates.
     pub drain_timeout: Duration,
+    /// How long a remediator's drain may go without progress before it escalates.
+    pub drain_stall: Duration,
     /// How long pod owners have to move labelled pods before the remediator evicts them.
     pub migration_grace: Duration,
     /// Remediators evict pods without a controller (`kubectl drain --force`).
@@ -147,6 +149,7 @@ impl StackOptions {
             quiet_period: Duration::from_secs(5),
             eviction_retry: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(600),
+            drain_stall: Duration::from_secs(300),
             migration_grace: Duration::from_secs(1),
             evict_unmanaged: false,
             dry_run: false,
@@ -360,6 +363,7 @@ impl Stack {
             rem.eviction_retry = opts.eviction_retry;
             rem.readiness = opts.readiness.clone();
             rem.drain_timeout = opts.drain_timeout;
+            rem.drain_stall = opts.drain_stall;
             rem.dry_run = opts.dry_run;
             rem.policy = opts.remediation.clone();
             rem.migration_grace = opts.migration_grace;

@@ -817,3 +817,68 @@ async fn hostile_commands_and_reports_are_skipped_and_the_channel_still_works() 
     assert_eq!(boot(nodes.get(&other).await.unwrap()), other_boot, "nor the node it named");
     stack.shutdown().await;
 }
+
+/// The drain of `node`, blocked by its budget after the first eviction: the replacement pod
+/// never becomes Ready, so the budget refuses the second eviction for good.
+async fn blocked_drain(cluster: &firebreak_fleet_sim::Cluster, node: &str) {
+    common::wait_pods_ready(cluster).await;
+    cluster.set_runtime_health(firebreak_fleet_sim::INITIAL_RUNTIME, false, RuntimeFailure::NeverReady);
+    cluster.inject(node, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the drain blocked by the budget", Duration::from_secs(30), || async {
+        cluster.audit().iter().any(|a| a.subresource == "eviction" && a.code == 429).then_some(())
+    })
+    .await;
+}
+
+/// Issue 12: a drain re-asserts its precondition before each round of evictions. A taint
+/// removed from the cordoned node is put back; a node uncordoned mid-drain (which takes every
+/// evicted pod straight back) cancels the workflow instead of evicting on forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_uncordoned_mid_drain_stops_the_evictions() {
+    let stack = stack("mid-drain", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = format!("{}-node-001", cluster.name());
+    blocked_drain(&cluster, &node).await;
+
+    let untaint = json!({"spec": {"taints": null}});
+    nodes.patch(&node, &PatchParams::default(), &Patch::Merge(&untaint)).await.unwrap();
+    let (_, why) = wait_for("the taint put back", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(_, r)| r.contains("put back"))
+    })
+    .await;
+    assert!(why.contains("was removed during draining while the node stayed cordoned"), "{why}");
+    assert!(tainted(&nodes.get(&node).await.unwrap()), "the taint is back");
+
+    set_unschedulable(&nodes, &node, false).await;
+    let (_, why) = wait_for("the workflow cancelled", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "cancelled")
+    })
+    .await;
+    assert!(why.contains("uncordoned by someone else during draining"), "{why}");
+    no_permits(&stack).await;
+    let evictions = || cluster.audit().iter().filter(|a| a.subresource == "eviction").count();
+    let after_cancel = evictions();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(evictions(), after_cancel, "no eviction after the cancel");
+    stack.shutdown().await;
+}
+
+/// Issue 12: a drain that makes no progress (no fewer pods left on the node) for the stall
+/// limit escalates and gives its permits back, so the cluster's other nodes can be healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_drain_gives_its_permits_back() {
+    let stack = stack("stalled", |o| o.drain_stall = Duration::from_secs(4)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-001", cluster.name());
+    blocked_drain(&cluster, &node).await;
+    let (_, why) = wait_for("the stalled drain escalated", Duration::from_secs(30), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "escalated")
+    })
+    .await;
+    assert!(why.contains("drain made no progress for 4s: 1 pods remain (default/web-"), "{why}");
+    assert!(why.contains("evictions refused by PodDisruptionBudgets"), "{why}");
+    no_permits(&stack).await;
+    stack.shutdown().await;
+}

@@ -140,6 +140,9 @@ pub struct Config {
     pub eviction_retry: Duration,
     /// Longest time a drain may take before escalation.
     pub drain_timeout: Duration,
+    /// Longest time a drain may go without fewer pods left on the node before it escalates and
+    /// gives its permits back (after the owners' grace period).
+    pub drain_stall: Duration,
     /// How long the owners of pods labelled `firebreak.io/to-be-migrated` have to move them
     /// before they are evicted.
     pub migration_grace: Duration,
@@ -232,6 +235,7 @@ impl Config {
             quiet_period: Duration::from_secs(60),
             eviction_retry: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(600),
+            drain_stall: Duration::from_secs(300),
             migration_grace: Duration::from_secs(30),
             evict_unmanaged: false,
             reboot_timeout: Duration::from_secs(900),

@@ -216,7 +216,7 @@ impl Runner {
     }
 
     async fn act(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
-        // Between our cordon and our uncordon, a node someone else uncordoned is theirs again.
+        // Between our cordon and our uncordon, every step re-asserts that the node is isolated.
         // Read from the API, not the cache, which may not have seen our own cordon yet.
         if matches!(
             wf.state,
@@ -230,8 +230,8 @@ impl Runner {
                 | State::Verifying
         ) {
             let node = ctx.ops.get(&wf.node).await?;
-            if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
-                return self.cancel(ctx, wf).await;
+            if !self.still_isolated(ctx, wf, &node).await? {
+                return Ok(());
             }
         }
         match wf.state {
@@ -305,10 +305,7 @@ impl Runner {
             // cordon beside our taint is ours, left by an escalation an operator cleared).
             if wf.was_cordoned.is_none() {
                 let spec = node.spec.as_ref();
-                let ours = spec
-                    .and_then(|s| s.taints.as_ref())
-                    .is_some_and(|t| t.iter().any(|t| t.key == firebreak_schema::UNHEALTHY_TAINT_KEY));
-                wf.was_cordoned = Some(spec.and_then(|s| s.unschedulable) == Some(true) && !ours);
+                wf.was_cordoned = Some(spec.and_then(|s| s.unschedulable) == Some(true) && !tainted(&node));
             }
         }
         let requester = format!("remediator/{}", wf.id);
@@ -363,10 +360,35 @@ impl Runner {
         // (A workflow from before starts were persisted counts from now.)
         let started = wf.step_started_at_ms.or_else(|| Some(ms(Utc::now())));
         let grace = ctx.cfg.migration_grace;
+        // Progress is a new low of the pods left on the node; a drain that makes none for
+        // `drain_stall` gives its permits back (pods evicted and coming back are not progress).
+        let mut fewest = (usize::MAX, tokio::time::Instant::now());
         loop {
+            // Each round re-asserts that the node is isolated before evicting anything: an
+            // uncordoned node takes evicted pods straight back. The cache answers when it shows
+            // the node isolated; otherwise the API server decides.
+            if !ctx.nodes.get(&wf.node).is_some_and(|n| isolated(&n)) {
+                let node = ctx.ops.get(&wf.node).await?;
+                if !self.still_isolated(ctx, wf, &node).await? {
+                    return Ok(());
+                }
+            }
             let pods = ctx.ops.pods_to_migrate(&wf.node).await?;
             if pods.is_empty() {
                 break;
+            }
+            // The owners' grace period is not a stall.
+            if pods.len() < fewest.0 || since(started) < grace {
+                fewest = (pods.len().min(fewest.0), tokio::time::Instant::now());
+            } else if fewest.1.elapsed() > ctx.cfg.drain_stall {
+                return self
+                    .escalate(ctx, wf, format!(
+                        "drain made no progress for {}s: {} pods remain ({}), {} evicted and {} evictions refused by \
+                         PodDisruptionBudgets so far; its permits are given back",
+                        ctx.cfg.drain_stall.as_secs(), pods.len(), listed(pods.iter()),
+                        self.evicted.len(), self.refused
+                    ))
+                    .await;
             }
             // A node that is not Ready has no kubelet to finish terminations: once every pod's
             // eviction was accepted, waiting is futile and the reboot is what ends them.
@@ -874,6 +896,34 @@ impl Runner {
         ctx.advance_releasing(wf, State::Cleared, reason, Release::All).await
     }
 
+    /// Re-asserts the precondition of every step between our cordon and our uncordon: the node
+    /// is cordoned and carries our taint. Someone's uncordon cancels the workflow (`Ok(false)`);
+    /// a taint removed from a cordoned node is put back, and the record says so.
+    async fn still_isolated(
+        &mut self,
+        ctx: &Ctx,
+        wf: &mut Workflow,
+        node: &k8s_openapi::api::core::v1::Node,
+    ) -> Result<bool> {
+        if node.spec.as_ref().and_then(|s| s.unschedulable) != Some(true) {
+            self.cancel(ctx, wf).await?;
+            return Ok(false);
+        }
+        if !tainted(node) {
+            tracing::warn!(state = wf.state.as_str(), "our taint was removed from the cordoned node; putting it back");
+            ctx.ops.cordon_and_taint(&wf.node, &wf.fault_kind).await?;
+            let reason = format!(
+                "the taint {}={}:NoSchedule was removed during {} while the node stayed cordoned; put back before \
+                 going on",
+                firebreak_schema::UNHEALTHY_TAINT_KEY,
+                wf.fault_kind,
+                wf.state.as_str()
+            );
+            ctx.advance(wf, wf.state, reason).await?;
+        }
+        Ok(true)
+    }
+
     /// Someone else uncordoned the node mid-workflow: step back, leaving their uncordon.
     async fn cancel(&mut self, ctx: &Ctx, wf: &mut Workflow) -> Result<()> {
         let during = wf.state.as_str();
@@ -988,6 +1038,19 @@ fn ladder_why(wf: &Workflow) -> &str {
 }
 
 /// How long ago `at_ms` (ms since the epoch) was; zero when it is unknown or in the future.
+/// Whether the node carries Firebreak's taint.
+fn tainted(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == firebreak_schema::UNHEALTHY_TAINT_KEY))
+}
+
+/// Whether the node is cordoned and carries Firebreak's taint.
+fn isolated(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) && tainted(node)
+}
+
 fn since(at_ms: Option<i64>) -> Duration {
     at_ms.map_or(Duration::ZERO, |at| Duration::from_millis(u64::try_from(ms(Utc::now()) - at).unwrap_or(0)))
 }
