@@ -435,6 +435,11 @@ impl Stack {
                 }
             }));
         }
+        // The gate knows the demo's fleet: a request for any other cluster is refused.
+        let mut policy = opts.policy;
+        if policy.clusters.is_empty() {
+            policy.clusters = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
+        }
         let mut stack = Stack {
             fleet,
             kafka,
@@ -445,7 +450,7 @@ impl Stack {
             tokens,
             gate_addr,
             gate_db,
-            policy: opts.policy,
+            policy,
             gate: None,
             remediators: cancel.child_token(),
             remediator_runs,

@@ -200,7 +200,9 @@ async fn a_restarted_gate_knows_its_permits_and_abandoned_ones_expire() {
 async fn tokens_and_roles_decide_who_may_do_what() {
     let secrets = Secrets::new();
     let db = format!("sqlite://{}", temp_dir("gate-auth").join("gate.db").display());
-    let gate = Server::start(&db, &cordons(5, Duration::from_secs(4)), &secrets).await;
+    // The policy names the fleet: a cluster outside it is a stranger.
+    let policy = Policy { clusters: vec!["c1".into(), "c2".into()], ..cordons(5, Duration::from_secs(4)) };
+    let gate = Server::start(&db, &policy, &secrets).await;
     let http = reqwest::Client::new();
     let url = &gate.url;
 
@@ -241,7 +243,7 @@ async fn tokens_and_roles_decide_who_may_do_what() {
     assert_eq!(post_halt(&secrets.requester).await.unwrap().status(), 403);
     let h: serde_json::Value = post_halt(&secrets.operator).await.unwrap().json().await.unwrap();
     gate.stop().await;
-    let gate = Server::start(&db, &cordons(5, Duration::from_secs(4)), &secrets).await;
+    let gate = Server::start(&db, &policy, &secrets).await;
     let url = &gate.url;
     let r: PermitResponse = ask(&http, url, &secrets.requester, &request("n2")).await.json().await.unwrap();
     assert_eq!(r.limit.as_deref(), Some("halt"));
@@ -258,6 +260,10 @@ async fn tokens_and_roles_decide_who_may_do_what() {
         serde_json::json!({"operation": "cordon", "cluster": "C 1", "node": "n1", "requester": "x"}),
         serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n1", "requester": "x\u{1b}[31m"}),
         serde_json::json!({"operation": "explode", "cluster": "c1", "node": "n1", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c9", "node": "n1", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n1\r\nx", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n1\u{202e}", "requester": "x"}),
+        serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "a".repeat(10_000), "requester": "x"}),
     ] {
         let r =
             http.post(format!("{url}/api/v1/permits")).bearer_auth(&secrets.requester).json(&bad).send().await.unwrap();
@@ -270,6 +276,47 @@ async fn tokens_and_roles_decide_who_may_do_what() {
     let r =
         http.post(format!("{url}/api/v1/permits")).bearer_auth(&secrets.requester).json(&huge).send().await.unwrap();
     assert_eq!(r.status(), 413);
+    let stranger = http
+        .post(format!("{url}/api/v1/permits"))
+        .bearer_auth(&secrets.requester)
+        .json(&serde_json::json!({"operation": "cordon", "cluster": "c9", "node": "n1", "requester": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(stranger.text().await.unwrap().contains("cluster `c9` is not in the fleet the policy names (c1, c2)"));
+    let halt_stranger = serde_json::json!({"scope": {"cluster": "c9"}, "reason": "typo"});
+    let r = http
+        .post(format!("{url}/api/v1/halts"))
+        .bearer_auth(&secrets.operator)
+        .json(&halt_stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The decision log stays bounded in bytes: every field of an entry is.
+    let widest = serde_json::json!({"operation": "cordon", "cluster": "c1", "node": "n".repeat(253),
+        "requester": "r".repeat(256), "domains": {"topology.kubernetes.io/zone": "z".repeat(63)}});
+    for _ in 0..150 {
+        let r = http
+            .post(format!("{url}/api/v1/permits"))
+            .bearer_auth(&secrets.requester)
+            .json(&widest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let log = http
+        .get(format!("{url}/api/v1/decisions?limit=1000"))
+        .bearer_auth(&secrets.viewer)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let entries = serde_json::from_slice::<Vec<serde_json::Value>>(&log).unwrap().len();
+    assert!(entries >= 150 && log.len() < entries * 2048, "{} bytes for {entries} decisions", log.len());
     gate.stop().await;
 }
 

@@ -159,6 +159,7 @@ impl Gate {
         // Only the labels the policy names are failure domains; others are not the gate's business.
         req.domains.retain(|k, _| policy.failure_domains.contains(k));
         validate(&req)?;
+        policy.knows_cluster(&req.cluster)?;
         match self.submit(Op::Decide(req, caller.name.clone())).await? {
             Done::Decided(o) => Ok(o.response()),
             Done::Changed(_) => Err(Error::Corrupt("a decision came back as a change".into())),
@@ -293,6 +294,9 @@ impl Gate {
     /// Halts operations in a scope.
     pub async fn halt(&self, req: &HaltRequest, caller: &Caller) -> Result<Halt> {
         validate_scope(&req.scope)?;
+        if let Some(c) = &req.scope.cluster {
+            self.policy().knows_cluster(c)?;
+        }
         if req.reason.trim().is_empty() || !names::is_plain_text(&req.reason, 1024) {
             return Err(Error::BadRequest("a halt needs a reason: plain text, at most 1024 bytes".into()));
         }
@@ -368,6 +372,7 @@ impl Gate {
 
     /// Takes in a cluster snapshot from the health topic (newer ones win).
     pub async fn observe(&self, snapshot: HealthSample) -> Result<()> {
+        self.policy().knows_cluster(&snapshot.cluster)?;
         {
             let mut map = self.snapshots.write().unwrap_or_else(|e| e.into_inner());
             if map.get(&snapshot.cluster).is_some_and(|s| s.at >= snapshot.at) {

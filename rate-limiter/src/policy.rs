@@ -357,7 +357,13 @@ pub struct Policy {
     /// The node labels that name failure domains (`topology.kubernetes.io/zone`, a rack label).
     #[serde(default = "default_domains")]
     pub failure_domains: Vec<String>,
-    /// Decisions kept in the log.
+    /// The fleet: the clusters this gate serves. When named, a request, halt or snapshot for any
+    /// other cluster is refused as bad input (a typo or a stranger, not a cluster to budget).
+    /// Empty: any well-formed cluster name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<String>,
+    /// Decisions kept in the log (at most 1,000,000; every field of an entry is bounded, so the
+    /// log is bounded in bytes too).
     #[serde(default = "default_log_entries")]
     pub decision_log_entries: u32,
     /// Requests each token may make to the API (GCRA in this replica's memory, `governor`); a
@@ -426,6 +432,7 @@ impl Default for Policy {
             permit_ttl: default_ttl(),
             snapshot_max_age: default_snapshot_age(),
             failure_domains: default_domains(),
+            clusters: Vec::new(),
             decision_log_entries: default_log_entries(),
             api_rate_per_token: None,
             evaluate_every: default_evaluate_every(),
@@ -456,6 +463,21 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// `Err` naming the fleet when the policy names the fleet's clusters and `cluster` is not
+    /// one of them.
+    pub fn knows_cluster(&self, cluster: &str) -> Result<()> {
+        if self.clusters.is_empty() || self.clusters.iter().any(|c| c == cluster) {
+            return Ok(());
+        }
+        let fleet = self.clusters.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        let more =
+            if self.clusters.len() > 10 { format!(" and {} more", self.clusters.len() - 10) } else { String::new() };
+        Err(Error::BadRequest(format!(
+            "cluster `{}` is not in the fleet the policy names ({fleet}{more})",
+            cluster.chars().take(64).collect::<String>().escape_debug()
+        )))
+    }
+
     /// Reads and validates a TOML policy file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
@@ -471,8 +493,17 @@ impl Policy {
         if p.permit_ttl < Duration::from_secs(1) || p.permit_ttl > Duration::from_secs(86_400) {
             return Err(Error::Policy("permit_ttl: must be between 1s and 24h".into()));
         }
-        if p.decision_log_entries == 0 {
-            return Err(Error::Policy("decision_log_entries: must be at least 1".into()));
+        if !(1..=1_000_000).contains(&p.decision_log_entries) {
+            return Err(Error::Policy("decision_log_entries: between 1 and 1000000".into()));
+        }
+        let mut fleet = std::collections::BTreeSet::new();
+        for c in &p.clusters {
+            if !firebreak_schema::names::is_dns1123_subdomain(c) {
+                return Err(Error::Policy(format!("clusters: `{}` is not a DNS-1123 name", c.escape_debug())));
+            }
+            if !fleet.insert(c) {
+                return Err(Error::Policy(format!("clusters: `{c}` is named twice")));
+            }
         }
         for (op, o) in &p.operations {
             for (scope, l) in [("global", &o.global), ("cluster", &o.cluster), ("domain", &o.domain)] {
@@ -551,6 +582,23 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn the_fleet_is_named_once_and_strangers_are_refused() {
+        let p = Policy::parse("clusters = [\"c1\", \"c2\"]").unwrap();
+        assert!(p.knows_cluster("c1").is_ok());
+        let e = p.knows_cluster("c9").unwrap_err().to_string();
+        assert!(e.contains("`c9` is not in the fleet the policy names (c1, c2)"), "{e}");
+        assert!(Policy::default().knows_cluster("anything").is_ok(), "no fleet named: any cluster");
+        for (bad, why) in [
+            ("clusters = [\"c1\", \"c1\"]", "named twice"),
+            ("clusters = [\"C 1\"]", "not a DNS-1123 name"),
+            ("decision_log_entries = 0", "between 1 and 1000000"),
+        ] {
+            let e = Policy::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_a_full_policy() {
