@@ -239,3 +239,56 @@ async fn kubectl_drain_works_against_fleet_sim() {
     assert!(!audit.iter().any(|a| a.verb == "delete" && a.resource == "pods"), "never deleted");
     fleet.shutdown().await;
 }
+
+/// Issue 12: fleet-sim refuses what kube-apiserver refuses, with a `422 Invalid` Status naming
+/// the field: a string where the schema has a boolean, and label keys and values that are not
+/// labels. The object stays as it was, and watchers never see the bad write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_sim_refuses_ill_typed_objects_and_bad_labels_with_422() {
+    use kube::api::{Patch, PatchParams};
+    let fleet = common::fleet("invalid", 1).await;
+    let cluster = fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client);
+    let node = "c1-node-001";
+    let before = nodes.get(node).await.unwrap();
+    for (patch, says) in [
+        (
+            serde_json::json!({"spec": {"unschedulable": "yes"}}),
+            "spec.unschedulable: invalid type: string \"yes\", expected a boolean",
+        ),
+        (serde_json::json!({"metadata": {"labels": {"a/b/c": "x"}}}), "metadata.labels: Invalid value: \"a/b/c\""),
+        (
+            serde_json::json!({"metadata": {"labels": {"ok": "-bad value!"}}}),
+            "metadata.labels.ok: Invalid value: \"-bad value!\"",
+        ),
+        (
+            serde_json::json!({"metadata": {"labels": {"ok": 7}}}),
+            "metadata.labels.ok: Invalid value: 7: must be a string",
+        ),
+        (
+            serde_json::json!({"metadata": {"annotations": {"x y": "z"}}}),
+            "metadata.annotations: Invalid value: \"x y\"",
+        ),
+    ] {
+        match nodes.patch(node, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{patch}: {s:?}");
+                assert!(s.message.contains(&format!("Node \"{node}\" is invalid: {says}")), "{patch}: {}", s.message);
+            }
+            other => panic!("{patch} was not refused: {other:?}"),
+        }
+    }
+    let after = nodes.get(node).await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "nothing was written");
+    // kubectl reports the refusal and exits non-zero.
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .args(["patch", "node", node, "--type", "merge", "-p", r#"{"spec":{"unschedulable":"yes"}}"#])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is invalid") && err.contains("spec.unschedulable"), "{err}");
+}

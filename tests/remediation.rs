@@ -882,3 +882,42 @@ async fn a_stalled_drain_gives_its_permits_back() {
     no_permits(&stack).await;
     stack.shutdown().await;
 }
+
+/// Issue 12: one node the API server serves undecodable (a string where the schema has a
+/// boolean, stored past fleet-sim's checks as a broken or newer server might) blinds nobody.
+/// The detector and a restarted remediator count it and keep watching the rest: a NotReady node
+/// beside it is detected and healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_undecodable_node_is_counted_and_the_rest_stay_watched() {
+    let mut stack = stack("undecodable", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let bad = format!("{}-node-004", cluster.name());
+    cluster.corrupt_node(&bad, &json!({"spec": {"unschedulable": "yes"}})).unwrap();
+    // A restarted remediator lists the nodes again, the bad one among them.
+    stack.restart_remediators().await;
+    let metrics_url = format!("{}/metrics", stack.metrics_url);
+    let counted = |prefix: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|l| l.starts_with(prefix) && l.contains("kind=\"Node\"") && !l.ends_with(" 0"))
+                .then_some(())
+        }
+    };
+    wait_for("the detector counts the bad node", Duration::from_secs(30), || {
+        counted("firebreak_detector_undecodable_objects_total")
+    })
+    .await;
+    wait_for("the remediator counts the bad node", Duration::from_secs(30), || {
+        counted("firebreak_remediator_undecodable_objects_total")
+    })
+    .await;
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    wait_for("the node beside it healed", Duration::from_secs(60), || async {
+        steps(&stack, &node).await.into_iter().find(|(s, _)| s == "healed")
+    })
+    .await;
+    stack.shutdown().await;
+}

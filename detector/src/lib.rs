@@ -28,7 +28,10 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
+use firebreak_plumbing::{
+    kafka::{KafkaConfig, Producer, decode_message},
+    lenient::Lenient,
+};
 use firebreak_schema::{
     FAULT_TOPIC_PREFIX, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity,
     Source, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
@@ -36,7 +39,7 @@ use firebreak_schema::{
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, Client,
+    Api, Client, Resource,
     runtime::{WatchStreamExt, watcher},
 };
 use prometheus_client::{
@@ -101,6 +104,7 @@ pub struct Metrics {
     out_of_service: Family<ClusterLabels, Gauge>,
     samples: Family<ClusterLabels, Counter>,
     sample_seconds: Family<ClusterLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    undecodable: Family<KindLabels, Counter>,
 }
 
 impl Metrics {
@@ -128,7 +132,18 @@ impl Metrics {
             "Time spent building health samples (divide by health_samples_total for the mean)",
             m.sample_seconds.clone(),
         );
+        r.register(
+            "undecodable_objects",
+            "Objects the watches could not decode (kind Node or Pod), skipped while the rest are watched",
+            m.undecodable.clone(),
+        );
         m
+    }
+
+    /// Counts and reports an object a watch could not decode; the watch goes on without it.
+    fn undecodable(&self, cluster: &str, kind: &'static str, name: Option<&str>, error: &str) {
+        tracing::warn!(kind, name = name.unwrap_or_default(), error, "undecodable object skipped; watching the rest");
+        self.undecodable.get_or_create(&KindLabels { cluster: cluster.into(), kind }).inc();
     }
 
     fn sample(&self, s: &HealthSample, took: Duration) {
@@ -219,7 +234,15 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
             .instrument(span.clone()),
     );
     let pods = tokio::spawn(
-        watch_pods(Api::all(client), nodes_rx.clone(), counts.clone(), cancel.clone()).instrument(span.clone()),
+        watch_pods(
+            cfg.cluster.clone(),
+            Api::all(client),
+            nodes_rx.clone(),
+            counts.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
     );
     let samples = tokio::spawn(
         publish_samples(
@@ -242,9 +265,11 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
 /// Every pod of the cluster, through a `kube` watch, into the pod start accounting (with the
 /// failure domains of its node as the node watch last saw them).
 async fn watch_pods(
-    api: Api<Pod>,
+    cluster: String,
+    api: Api<Lenient<Pod>>,
     nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
     counts: Shared,
+    metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -256,7 +281,13 @@ async fn watch_pods(
         match ev {
             None => return,
             Some(Err(error)) => tracing::warn!(%error, "pod watch failed; retrying"),
-            Some(Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p))) => {
+            Some(Ok(
+                watcher::Event::Apply(Lenient::Undecodable { meta, error })
+                | watcher::Event::InitApply(Lenient::Undecodable { meta, error }),
+            )) => {
+                metrics.undecodable(&cluster, "Pod", meta.name.as_deref(), &error);
+            }
+            Some(Ok(watcher::Event::Apply(Lenient::Decoded(p)) | watcher::Event::InitApply(Lenient::Decoded(p)))) => {
                 // Read before the counts are locked: `publish_samples` takes them in that order.
                 let domains = p
                     .spec
@@ -265,7 +296,7 @@ async fn watch_pods(
                     .and_then(|n| nodes.borrow().get(n).map(Seen::domain_keys));
                 lock(&counts).pods.apply(&p, Utc::now(), domains)
             }
-            Some(Ok(watcher::Event::Delete(p))) => lock(&counts).pods.delete(&p),
+            Some(Ok(watcher::Event::Delete(Lenient::Decoded(p)))) => lock(&counts).pods.delete(&p),
             Some(Ok(_)) => {}
         }
     }
@@ -375,7 +406,7 @@ fn under_remediation(node: &Node) -> bool {
 
 async fn watch_nodes(
     cfg: Config,
-    api: Api<Node>,
+    api: Api<Lenient<Node>>,
     producer: Producer,
     nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, Seen>>,
     metrics: Metrics,
@@ -393,9 +424,16 @@ async fn watch_nodes(
                 tracing::warn!(%error, "node watch failed; retrying");
                 continue;
             }
-            Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => n,
+            Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => match n {
+                Lenient::Decoded(n) => n,
+                // The node keeps what was last known of it.
+                Lenient::Undecodable { meta, error } => {
+                    metrics.undecodable(&cfg.cluster, "Node", meta.name.as_deref(), &error);
+                    continue;
+                }
+            },
             Some(Ok(watcher::Event::Delete(n))) => {
-                let name = n.metadata.name.unwrap_or_default();
+                let name = n.meta().name.clone().unwrap_or_default();
                 nodes_tx.send_modify(|m| {
                     m.remove(&name);
                 });

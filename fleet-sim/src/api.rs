@@ -353,6 +353,7 @@ fn create(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
         let name = format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..5]);
         meta.insert("name".into(), json!(name));
     }
+    crate::validate::object(t.res, &obj)?;
     if dry_run(req, None) {
         return Ok((StatusCode::CREATED, obj));
     }
@@ -367,6 +368,7 @@ fn update(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Sta
         return Err(Error::BadRequest("the name of the object does not match the name on the URL".into()));
     }
     keep_split(t, &old, &mut new);
+    crate::validate::object(t.res, &new)?;
     Ok((StatusCode::OK, store.replace(t.res, new)?))
 }
 
@@ -391,6 +393,7 @@ fn patch_one(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(
         m.insert("name".into(), json!(name));
     }
     keep_split(t, &old, &mut new);
+    crate::validate::object(t.res, &new)?;
     if dry_run(req, None) {
         return Ok((StatusCode::OK, new));
     }

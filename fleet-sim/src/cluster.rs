@@ -213,6 +213,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// Stores a JSON merge patch to a node past the checks the API makes, as a newer or broken
+    /// API server might serve it (`{"spec": {"unschedulable": "yes"}}`): for tests of clients
+    /// that must survive an object they cannot decode.
+    pub fn corrupt_node(&self, node: &str, patch: &serde_json::Value) -> Result<()> {
+        let mut st = self.lock();
+        let mut obj = st.store.get(&NODES, "", node).ok_or_else(|| Error::NotFound("node".into(), node.to_owned()))?;
+        json_patch::merge(&mut obj, patch);
+        st.store.replace(&NODES, obj)?;
+        Ok(())
+    }
+
     /// Reboots a node, as its actuator's `systemctl reboot` would: it goes NotReady, boots with a
     /// new boot id, boot time and kernel log (faults a reboot does not clear are logged again),
     /// and turns Ready when the boot is over.

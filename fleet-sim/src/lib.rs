@@ -49,6 +49,7 @@ mod reimage;
 mod resources;
 mod select;
 mod store;
+mod validate;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 

@@ -8,6 +8,8 @@
 //! - `db` (feature `db`): how a service opens and migrates its database with `sqlx`;
 //! - `auth` (feature `http`): bearer tokens with roles for every HTTP API, as an axum middleware;
 //! - `serve` (feature `http`): serving an axum app over HTTP or HTTPS (rustls);
+//! - `lenient` (feature `kube`): Kubernetes objects decoded one by one, so one undecodable
+//!   object does not fail a whole list or watch;
 //! - `webhook` (feature `webhook`): signed webhook POSTs (HMAC-SHA256), retried in the background.
 //!
 //! Services may depend on this crate as they depend on `schema`; it depends on no service. The
@@ -19,6 +21,8 @@ pub mod auth;
 pub mod db;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kube")]
+pub mod lenient;
 pub mod retry;
 #[cfg(feature = "http")]
 pub mod serve;

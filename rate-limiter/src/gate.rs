@@ -483,7 +483,7 @@ fn validate_scope(scope: &Scope) -> Result<()> {
         return Err(Error::BadRequest(format!("cluster `{}` is not a DNS-1123 name", c.escape_debug())));
     }
     if let Some((k, v)) = &scope.domain
-        && (!names::is_plain_text(k, 317) || k.is_empty() || !names::is_label_value(v))
+        && (!names::is_qualified_name(k) || !names::is_label_value(v))
     {
         return Err(Error::BadRequest(format!(
             "failure domain `{}={}` is not a label",

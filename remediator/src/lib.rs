@@ -104,6 +104,9 @@ pub enum Error {
     /// The node no longer exists (the API server answers 404 for it).
     #[error("node {0} no longer exists")]
     NodeGone(String),
+    /// The API server serves the node in a form that does not decode (the step is retried).
+    #[error("node {0} does not decode: {1}")]
+    Undecodable(String, String),
     /// A permit a step needs is not held any more (the gate says it is over, or it lapsed).
     #[error("permit lost: {why}")]
     PermitLost {
@@ -313,7 +316,7 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         held: permits::Held::start(gate.clone(), cancel.clone()),
         gate,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
-        nodes: node_cache::NodeCache::start(client.clone(), cancel.clone()),
+        nodes: node_cache::NodeCache::start(client.clone(), cfg.cluster.clone(), metrics.clone(), cancel.clone()),
         ops: node_ops::NodeOps::new(client),
         store: store.clone(),
         commands: commands::Commands::new(producer.clone()),

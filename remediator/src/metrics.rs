@@ -21,7 +21,7 @@ macro_rules! labels {
         }
     )+};
 }
-labels!(Decision { decision }, StateLabel { state }, Outcome { outcome }, Limit { limit });
+labels!(Decision { decision }, StateLabel { state }, Outcome { outcome }, Limit { limit }, Kind { kind });
 
 /// Counters of one or more remediators (labelled by cluster); clones share the counts.
 #[derive(Clone, Default)]
@@ -30,6 +30,7 @@ pub struct Metrics {
     transitions: Family<StateLabel, Counter>,
     evictions: Family<Outcome, Counter>,
     denials: Family<Limit, Counter>,
+    undecodable: Family<Kind, Counter>,
 }
 
 impl Metrics {
@@ -41,6 +42,11 @@ impl Metrics {
         r.register("workflow_transitions", "Workflow transitions by cluster and new state", m.transitions.clone());
         r.register("evictions", "Eviction attempts by cluster and outcome (accepted, refused)", m.evictions.clone());
         r.register("permit_denials", "Gate denials by cluster and limit", m.denials.clone());
+        r.register(
+            "undecodable_objects",
+            "Objects the node watch could not decode, skipped while the rest are watched",
+            m.undecodable.clone(),
+        );
         m
     }
 
@@ -54,6 +60,10 @@ impl Metrics {
 
     pub(crate) fn eviction(&self, cluster: &str, accepted: bool) {
         self.evictions.get_or_create(&Outcome::new(cluster, if accepted { "accepted" } else { "refused" })).inc();
+    }
+
+    pub(crate) fn undecodable(&self, cluster: &str, kind: &'static str) {
+        self.undecodable.get_or_create(&Kind::new(cluster, kind)).inc();
     }
 
     pub(crate) fn denial(&self, cluster: &str, limit: Option<&str>) {

@@ -1,9 +1,11 @@
 //! The cluster's Nodes as a `kube` reflector store, kept current by one watch, with a signal on
 //! every change: workflows that wait for a node to change (a new boot id, Ready) wait on the
-//! signal instead of polling the API server.
+//! signal instead of polling the API server. Nodes are decoded one by one ([`Lenient`]): one the
+//! API serves undecodable is counted, reported and known only by name, and the rest stay watched.
 
 use std::{sync::Arc, time::Duration};
 
+use firebreak_plumbing::lenient::Lenient;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::{
@@ -16,17 +18,18 @@ use tokio_util::sync::CancellationToken;
 /// A reader of the cluster's nodes; clones share one watch.
 #[derive(Clone)]
 pub(crate) struct NodeCache {
-    store: reflector::Store<Node>,
+    store: reflector::Store<Lenient<Node>>,
     changed: watch::Receiver<u64>,
 }
 
 impl NodeCache {
     /// Starts the watch; it runs until `cancel`.
-    pub(crate) fn start(client: Client, cancel: CancellationToken) -> Self {
+    pub(crate) fn start(client: Client, cluster: String, metrics: crate::Metrics, cancel: CancellationToken) -> Self {
         let (store, writer) = reflector::store();
         let (tx, changed) = watch::channel(0u64);
-        let stream =
-            reflector(writer, watcher(Api::<Node>::all(client), watcher::Config::default())).default_backoff().boxed();
+        let stream = reflector(writer, watcher(Api::<Lenient<Node>>::all(client), watcher::Config::default()))
+            .default_backoff()
+            .boxed();
         tokio::spawn(async move {
             let mut stream = stream;
             loop {
@@ -36,7 +39,16 @@ impl NodeCache {
                 };
                 match ev {
                     None => return,
-                    Some(Ok(_)) => tx.send_modify(|n| *n = n.wrapping_add(1)),
+                    Some(Ok(ev)) => {
+                        if let watcher::Event::Apply(Lenient::Undecodable { meta, error })
+                        | watcher::Event::InitApply(Lenient::Undecodable { meta, error }) = ev
+                        {
+                            let name = meta.name.unwrap_or_default();
+                            tracing::warn!(node = %name, %cluster, error, "undecodable node skipped; watching the rest");
+                            metrics.undecodable(&cluster, "Node");
+                        }
+                        tx.send_modify(|n| *n = n.wrapping_add(1))
+                    }
                     Some(Err(error)) => tracing::warn!(%error, "node watch failed; retrying"),
                 }
             }
@@ -53,20 +65,20 @@ impl NodeCache {
         }
     }
 
-    /// The node as last seen, if it exists (once [`NodeCache::synced`]).
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<Node>> {
+    /// The node as last seen, if it exists (once [`NodeCache::synced`]); it may be undecodable.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Lenient<Node>>> {
         self.store.get(&reflector::ObjectRef::new(name))
     }
 
     /// Waits until `done` holds for the node (`None` if it does not exist), at most `timeout`;
-    /// returns the node as last seen and whether `done` held.
+    /// returns the node as last seen and whether `done` held. An undecodable node holds nothing.
     pub(crate) async fn wait_for(
         &self,
         name: &str,
         timeout: Duration,
         cancel: &CancellationToken,
         done: impl Fn(Option<&Node>) -> bool,
-    ) -> Option<(Option<Arc<Node>>, bool)> {
+    ) -> Option<(Option<Arc<Lenient<Node>>>, bool)> {
         let mut changed = self.changed.clone();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -79,7 +91,12 @@ impl NodeCache {
         loop {
             changed.mark_unchanged();
             let node = self.get(name);
-            if done(node.as_deref()) {
+            let holds = match node.as_deref() {
+                None => done(None),
+                Some(Lenient::Decoded(n)) => done(Some(n)),
+                Some(Lenient::Undecodable { .. }) => false,
+            };
+            if holds {
                 return Some((node, true));
             }
             tokio::select! {

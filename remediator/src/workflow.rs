@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::Utc;
-use firebreak_plumbing::{kafka::Producer, retry};
+use firebreak_plumbing::{kafka::Producer, lenient::Lenient, retry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -56,6 +56,7 @@ impl Ctx {
     /// per-domain budgets.
     fn domains_of(&self, node: &str) -> std::collections::BTreeMap<String, String> {
         let Some(n) = self.nodes.get(node) else { return Default::default() };
+        let Some(n) = n.decoded() else { return Default::default() };
         let labels = n.metadata.labels.clone().unwrap_or_default();
         self.cfg.failure_domains.iter().filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone()))).collect()
     }
@@ -367,7 +368,7 @@ impl Runner {
             // Each round re-asserts that the node is isolated before evicting anything: an
             // uncordoned node takes evicted pods straight back. The cache answers when it shows
             // the node isolated; otherwise the API server decides.
-            if !ctx.nodes.get(&wf.node).is_some_and(|n| isolated(&n)) {
+            if !ctx.nodes.get(&wf.node).is_some_and(|n| n.decoded().is_some_and(isolated)) {
                 let node = ctx.ops.get(&wf.node).await?;
                 if !self.still_isolated(ctx, wf, &node).await? {
                     return Ok(());
@@ -760,8 +761,12 @@ impl Runner {
         let quiet = ctx.cfg.quiet_period;
         let mut waiting_on: Option<Vec<String>> = None;
         loop {
-            let node = ctx.nodes.get(&wf.node).ok_or_else(|| Error::NodeGone(wf.node.clone()))?;
-            let (boot, ready) = boot_and_ready(&node);
+            let seen = ctx.nodes.get(&wf.node).ok_or_else(|| Error::NodeGone(wf.node.clone()))?;
+            let node = match &*seen {
+                Lenient::Decoded(n) => n,
+                Lenient::Undecodable { error, .. } => return Err(Error::Undecodable(wf.node.clone(), error.clone())),
+            };
+            let (boot, ready) = boot_and_ready(node);
             let elapsed = since(started);
             if !ready {
                 let why = format!(
@@ -777,7 +782,7 @@ impl Runner {
                 return self.escalate(ctx, wf, why).await;
             }
             if elapsed >= quiet {
-                let mut unmet = ctx.ops.readiness_unmet(&node, &ctx.cfg.readiness).await?;
+                let mut unmet = ctx.ops.readiness_unmet(node, &ctx.cfg.readiness).await?;
                 if let Some(why) = self.agent_silent(ctx, wf, &boot).await? {
                     unmet.push(why);
                 }
@@ -1018,7 +1023,7 @@ async fn new_boot(ctx: &Ctx, wf: &Workflow, wait: Duration) -> Result<(bool, Str
     if done && node.is_none() {
         return Err(Error::NodeGone(wf.node.clone()));
     }
-    let (boot, ready) = node.as_deref().map(boot_and_ready).unwrap_or_default();
+    let (boot, ready) = node.as_deref().and_then(Lenient::decoded).map(boot_and_ready).unwrap_or_default();
     Ok((done, boot, ready))
 }
 

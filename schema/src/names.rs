@@ -20,6 +20,17 @@ pub fn is_label_value(s: &str) -> bool {
             && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric()))
 }
 
+/// A qualified name (label and annotation keys): an optional DNS-1123 subdomain prefix and `/`,
+/// then 1 to 63 characters of letters, digits, `-`, `_` and `.`, starting and ending with a
+/// letter or digit.
+pub fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
 /// Text fit to record and show: at most `max` bytes, no control characters (no NUL, ESC, CR,
 /// LF) and no bidirectional overrides.
 pub fn is_plain_text(s: &str, max: usize) -> bool {
@@ -46,6 +57,16 @@ pub fn http_url(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qualified_names_are_label_keys() {
+        for ok in ["app", "topology.kubernetes.io/zone", "example.com/rack-7", "A_b.c"] {
+            assert!(is_qualified_name(ok), "{ok}");
+        }
+        for bad in ["", "a/b/c", "/x", "x/", "Example.com/x", "-x", "x-", &"a".repeat(64), "a b"] {
+            assert!(!is_qualified_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_as_kubernetes_checks_them() {
