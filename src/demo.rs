@@ -207,6 +207,8 @@ impl DemoTokens {
 
 /// Every component, running.
 pub struct Stack {
+    /// Where the data directory's earlier run was moved, if there was one.
+    pub previous_run: Option<PathBuf>,
     /// The simulated clusters.
     pub fleet: Fleet,
     /// The Kafka broker. Not `Send`: keep the stack on the task that made it.
@@ -256,6 +258,7 @@ impl Stack {
             .map_err(|source| Error::Io { what: format!("create {}", opts.data_dir.display()), source })?;
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
+        let previous_run = fresh_start(&data_dir)?;
         let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
         for (topic, partitions) in [
             (HEARTBEAT_TOPIC, 6),
@@ -441,6 +444,7 @@ impl Stack {
             policy.clusters = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
         }
         let mut stack = Stack {
+            previous_run,
             fleet,
             kafka,
             kafka_config,
@@ -575,6 +579,42 @@ pub fn demo_policy() -> Policy {
     }
 }
 
+/// Where a data directory's last run is kept when the demo starts again on it.
+pub const PREVIOUS_RUN: &str = "previous-run";
+
+/// Makes `dir` a fresh start: the demo's clusters and Kafka live in memory and are made anew on
+/// every start, so workflows, permits and offsets of an earlier run name nodes, boots and
+/// records that no longer exist, and resuming them would act on the wrong world. Whatever an
+/// earlier run left in `dir` is moved into `dir/previous-run` (replacing the one before), and
+/// its path returned so the demo can say so. Files the demo does not make are left alone.
+fn fresh_start(dir: &std::path::Path) -> Result<Option<PathBuf>> {
+    let io = |what: String| move |source| Error::Io { what, source };
+    let earlier: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io(format!("read {}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(demo_made))
+        .collect();
+    if earlier.is_empty() {
+        return Ok(None);
+    }
+    let keep = dir.join(PREVIOUS_RUN);
+    if keep.exists() {
+        std::fs::remove_dir_all(&keep).map_err(io(format!("remove {}", keep.display())))?;
+    }
+    std::fs::create_dir(&keep).map_err(io(format!("create {}", keep.display())))?;
+    for path in earlier {
+        let to = keep.join(path.file_name().unwrap_or_default());
+        std::fs::rename(&path, &to).map_err(io(format!("move {} to {}", path.display(), to.display())))?;
+    }
+    tracing::info!(kept = %keep.display(), "fresh start: the last run's data moved aside");
+    Ok(Some(keep))
+}
+
+/// Whether a file name in the data directory is one the demo makes (it moves nothing else).
+fn demo_made(name: &str) -> bool {
+    name == "clusters" || ["gate.db", "event-center.db", "remediator-"].iter().any(|p| name.starts_with(p))
+}
+
 /// `firebreak demo`.
 pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters, args.nodes_per_cluster);
@@ -583,6 +623,13 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     opts.metrics_listen = args.metrics_listen.clone();
     let stack = Stack::start(opts).await?;
     println!("Firebreak demo running. Ctrl-C stops it.");
+    if let Some(kept) = &stack.previous_run {
+        println!(
+            "  fresh start: the clusters are simulated anew on every start, so the last run's workflows, permits and \
+             events are not resumed; they are kept in {}",
+            kept.display()
+        );
+    }
     println!("  event center (web UI): {}/", stack.event_center_url);
     println!("  events API:            {}/api/v1/events", stack.event_center_url);
     println!("  gate:                  {} (every route but /healthz needs a token)", stack.gate_url);

@@ -1,5 +1,5 @@
 //! `firebreak demo`, the binary, as a user runs it: it starts, injects faults, and Ctrl-C
-//! (SIGINT) stops it cleanly.
+//! (SIGINT) stops it cleanly; started again on the same data directory, it starts afresh.
 
 use std::{
     io::{BufRead, BufReader},
@@ -7,9 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[test]
-fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
-    let dir = std::env::temp_dir().join(format!("firebreak-demo-{}", uuid::Uuid::now_v7().simple()));
+/// A `firebreak demo` on `dir`, with what it printed until its fifth injected fault.
+fn demo(
+    dir: &std::path::Path,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["demo", "--clusters", "2", "--nodes-per-cluster", "3", "--fault-every", "1s"])
         .args([
@@ -21,7 +22,7 @@ fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
             "127.0.0.1:0",
             "--data-dir",
         ])
-        .arg(&dir)
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -31,6 +32,24 @@ fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
     while lines.iter().filter(|l: &&String| l.starts_with("injected ")).count() < 5 {
         lines.push(out.next().expect("the demo keeps printing").unwrap());
     }
+    (child, out, lines)
+}
+
+/// Ctrl-C: a clean exit, promptly.
+fn interrupt(mut child: std::process::Child, out: std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let interrupted = Instant::now();
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = out.map(Result::unwrap).collect();
+    assert!(status.success(), "clean exit after Ctrl-C: {status:?}");
+    assert!(interrupted.elapsed() < Duration::from_secs(20), "stopped promptly");
+    assert_eq!(rest.last().map(String::as_str), Some("stopping…"));
+}
+
+#[test]
+fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
+    let dir = std::env::temp_dir().join(format!("firebreak-demo-{}", uuid::Uuid::now_v7().simple()));
+    let (child, out, lines) = demo(&dir);
     let ui =
         lines.iter().find_map(|l| l.trim().strip_prefix("event center (web UI): ")).expect("prints the UI address");
     assert!(ui.starts_with("http://127.0.0.1:") && !ui.ends_with(":0/"), "{ui}");
@@ -40,14 +59,21 @@ fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
         assert!(kubeconfig.exists());
     }
     assert!(dir.join("event-center.db").exists());
+    assert!(!lines.iter().any(|l| l.contains("fresh start")), "a first run has nothing to set aside");
+    interrupt(child, out);
 
-    let interrupted = Instant::now();
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let status = child.wait().unwrap();
-    let rest: Vec<String> = out.map(Result::unwrap).collect();
-    assert!(status.success(), "clean exit after Ctrl-C: {status:?}");
-    assert!(interrupted.elapsed() < Duration::from_secs(20), "stopped promptly");
-    assert_eq!(rest.last().map(String::as_str), Some("stopping…"));
+    // Started again on the same directory: a fresh start that says so. The clusters are made
+    // anew, so the last run's workflows and permits are not resumed against them; its files are
+    // kept aside, and a file the demo did not make is left where it was.
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let (child, out, lines) = demo(&dir);
+    let kept = dir.join("previous-run");
+    let said = lines.iter().find(|l| l.contains("fresh start")).expect("says it starts afresh");
+    assert!(said.contains(&kept.display().to_string()), "{said}");
+    assert!(kept.join("event-center.db").exists() && kept.join("clusters").join("c1").exists());
+    assert!(dir.join("event-center.db").exists(), "a new event center database");
+    assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
+    interrupt(child, out);
 }
 
 fn firebreak(args: &[&str]) -> std::process::Output {
