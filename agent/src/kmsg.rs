@@ -145,6 +145,22 @@ impl NonBlocking for std::fs::OpenOptions {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any line, however broken, is a record or an error; never a panic.
+        #[test]
+        fn any_line_parses_or_is_an_error(line in "\\PC{0,300}|[0-9,;-]{0,40}") {
+            let _ = parse(&line);
+        }
+
+        /// A record as the kernel writes it parses back to its fields; only its first line is
+        /// the message (continuation lines are the kernel's key=value dictionary).
+        #[test]
+        fn kernel_records_parse_back(prio in 0u64..1024, seq: u64, usec: u64, msg in "[^\n]{0,200}") {
+            let r = parse(&format!("{prio},{seq},{usec},-,caller=T1;{msg}\n SUBSYSTEM=edac")).unwrap();
+            proptest::prop_assert_eq!((r.level, r.seq, r.usec, r.message), ((prio & 7) as u8, seq, usec, msg));
+        }
+    }
+
     #[test]
     fn parses_records() {
         let r = parse("3,1234,5678901,-;EDAC MC0: 1 UE memory read error").unwrap();

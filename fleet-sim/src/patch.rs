@@ -94,6 +94,55 @@ mod tests {
 
     use super::*;
 
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z/\\-$ .]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(
+                    "(metadata|spec|status|labels|taints|unschedulable|conditions|name|op|path|value|from|\\$patch|[a-z]{1,6})",
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any patch body, of any of the three patch types, applied to a node: a new object or
+        /// a clear error, never a panic; and what the API would store is checked by kube's rules.
+        #[test]
+        fn any_patch_applies_or_is_an_error(
+            body in json_value(),
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+            ct in prop::sample::select(vec![
+                "application/merge-patch+json",
+                "application/json-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ]),
+        ) {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"a": "b"}},
+                "spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+            for bytes in [serde_json::to_vec(&body).unwrap_or_default(), raw.clone()] {
+                let mut target = node.clone();
+                if apply(&mut target, ct, &bytes).is_ok() {
+                    let _ = crate::validate::object(&crate::resources::NODES, &target);
+                }
+            }
+        }
+    }
+
     #[test]
     fn strategic_merge_merges_conditions_by_type_and_replaces_taints() {
         let mut node = json!({

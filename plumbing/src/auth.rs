@@ -170,6 +170,23 @@ pub async fn require(State(guard): State<Guard>, mut req: Request, next: Next) -
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any tokens file is tokens or an error naming what is wrong; never a panic.
+        #[test]
+        fn any_tokens_file_parses_or_is_an_error(
+            text in "\\PC{0,400}",
+            lines in proptest::collection::vec(
+                "\\[\\[tokens\\]\\]|name = \"[^\"]{0,20}\"|role = \"(viewer|requester|operator|admin|root)\"|sha256 = \"[0-9a-f]{0,70}\"",
+                0..12,
+            ),
+        ) {
+            let _ = Tokens::parse(&text);
+            if let Ok(t) = Tokens::parse(&lines.join("\n")) {
+                proptest::prop_assert!(!t.entries.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn tokens_are_checked_by_hash_and_files_are_validated() {
         let text = format!("{}\n{}", entry("rem", Role::Requester, "s3cret"), entry("ops", Role::Operator, "other"));

@@ -583,6 +583,24 @@ mod tests {
 
     use super::*;
 
+    proptest::proptest! {
+        /// Any policy text, random or assembled from the policy's own keys with values of any
+        /// kind, is a policy or an error naming the key; never a panic.
+        #[test]
+        fn any_policy_parses_or_is_an_error(
+            text in "\\PC{0,300}",
+            lines in proptest::collection::vec(
+                "(\\[operations\\.(cordon|drain|reboot|x)(\\.(global|cluster|domain|breaker))?\\]|\\[\\[health_rules\\]\\]|\\[\\[operations\\.cordon\\.(windows|freezes)\\]\\]|(permit_ttl|snapshot_max_age|clusters|decision_log_entries|failure_domains|rate_per_minute|burst|max_in_flight|max_in_flight_percent|max_unhealthy_percent|max_grants|window|cooldown|scope|name|signal|min|max|days|start|end|timezone|from|to|evaluate_every) = (-?[0-9]{1,12}(\\.[0-9]+)?|\"[a-z0-9 :%.-]{0,12}\"|\\[\"[a-z0-9.-]{0,8}\"\\]|true|nan|inf))",
+                0..16,
+            ),
+        ) {
+            let _ = Policy::parse(&text);
+            if let Ok(p) = Policy::parse(&lines.join("\n")) {
+                proptest::prop_assert!(p.decision_log_entries >= 1 && p.permit_ttl.as_secs() >= 1);
+            }
+        }
+    }
+
     #[test]
     fn the_fleet_is_named_once_and_strangers_are_refused() {
         let p = Policy::parse("clusters = [\"c1\", \"c2\"]").unwrap();

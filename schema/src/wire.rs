@@ -111,6 +111,39 @@ mod tests {
         m.headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect()
     }
 
+    proptest::proptest! {
+        /// A record from a hostile or broken producer: any headers, a valid payload with bytes
+        /// replaced, cut or appended. Decoding answers an event or a typed error, never a panic.
+        #[test]
+        fn any_record_decodes_or_is_a_typed_error(
+            cuts in proptest::collection::vec((0usize..2000, proptest::num::u8::ANY), 0..8),
+            truncate in proptest::option::of(0usize..2000),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+            extra in proptest::collection::vec(("ce_[a-z]{0,12}", proptest::option::of(proptest::collection::vec(proptest::num::u8::ANY, 0..16))), 0..4),
+        ) {
+            let msg = encode(&fault()).unwrap();
+            let mut payload = msg.payload.clone();
+            for (at, b) in cuts {
+                if !payload.is_empty() {
+                    let i = at % payload.len();
+                    payload[i] = b;
+                }
+            }
+            if let Some(t) = truncate {
+                payload.truncate(t);
+            }
+            payload.extend(tail);
+            let mut hs = headers(&msg);
+            for (k, v) in &extra {
+                hs.push((k.as_str(), v.as_deref()));
+            }
+            if let Ok(e) = decode::<FaultEvent>(hs, Some(&payload)) {
+                // What decodes is valid: the names in it are names.
+                proptest::prop_assert!(crate::names::is_dns1123_subdomain(&e.node), "{:?}", e.node);
+            }
+        }
+    }
+
     #[test]
     fn round_trip_with_cloudevents_headers() {
         let event = fault();
