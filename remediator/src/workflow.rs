@@ -378,6 +378,14 @@ impl Runner {
             if pods.is_empty() {
                 break;
             }
+            // A node that is not Ready has no kubelet to finish terminations: once every pod's
+            // eviction was accepted, waiting is futile and the reboot is what ends them.
+            if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
+                && !boot_and_ready(&ctx.ops.get(&wf.node).await?).1
+            {
+                tracing::info!(terminating = pods.len(), "node not Ready; not waiting for its pods to terminate");
+                break;
+            }
             // The owners' grace period is not a stall.
             if pods.len() < fewest.0 || since(started) < grace {
                 fewest = (pods.len().min(fewest.0), tokio::time::Instant::now());
@@ -390,14 +398,6 @@ impl Runner {
                         self.evicted.len(), self.refused
                     ))
                     .await;
-            }
-            // A node that is not Ready has no kubelet to finish terminations: once every pod's
-            // eviction was accepted, waiting is futile and the reboot is what ends them.
-            if pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
-                && !boot_and_ready(&ctx.ops.get(&wf.node).await?).1
-            {
-                tracing::info!(terminating = pods.len(), "node not Ready; not waiting for its pods to terminate");
-                break;
             }
             let plan = migration(&pods, ctx.cfg.evict_unmanaged);
             if !plan.unmanaged.is_empty() {
