@@ -28,15 +28,88 @@ pub struct Cli {
 pub struct KafkaArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
-    pub kafka_brokers: String,
+    pub kafka_brokers: Option<String>,
+    /// A librdkafka property for every Kafka client, `key=value` (repeatable): TLS and SASL
+    /// (`security.protocol=SASL_SSL`, `ssl.ca.location=/etc/kafka/ca.pem`,
+    /// `sasl.mechanism=SCRAM-SHA-512`, `sasl.username=…`, `sasl.password=…`) or tuning.
+    #[arg(long = "kafka-option", value_parser = parse_kv)]
+    pub options: Vec<(String, String)>,
+    /// A file of librdkafka properties, `key=value` per line (`#` comments), read before
+    /// `--kafka-option`: keep SASL passwords there rather than on the command line.
+    #[arg(long = "kafka-config", env = "FIREBREAK_KAFKA_CONFIG")]
+    pub config_file: Option<PathBuf>,
     /// Extra librdkafka consumer property, `key=value` (repeatable).
     #[arg(long = "kafka-consumer-option", value_parser = parse_kv)]
     pub consumer_options: Vec<(String, String)>,
+    /// Copies of each topic created at start-up when missing (-1: the brokers' default).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub topic_replication: i32,
+    /// Create no topics at start-up (someone else does, as `firebreak topics` lists them; a
+    /// topic that appears later is picked up within 10 s).
+    #[arg(long)]
+    pub no_create_topics: bool,
 }
 
 impl KafkaArgs {
-    fn config(&self) -> KafkaConfig {
-        KafkaConfig { brokers: self.kafka_brokers.clone(), consumer_options: self.consumer_options.clone() }
+    /// The clients' configuration, if brokers are named.
+    fn optional(&self) -> Result<Option<KafkaConfig>> {
+        let Some(brokers) = self.kafka_brokers.clone().filter(|b| !b.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if self.topic_replication == 0 || self.topic_replication < -1 {
+            return Err(crate::Error::Usage("--topic-replication: -1 (the brokers' default) or at least 1".into()));
+        }
+        let mut client_options = match &self.config_file {
+            Some(p) => KafkaConfig::options_file(p)?,
+            None => Vec::new(),
+        };
+        client_options.extend(self.options.iter().cloned());
+        let cfg = KafkaConfig { brokers, client_options, consumer_options: self.consumer_options.clone() };
+        // librdkafka checks every property when a client is made: a misspelt one stops the
+        // service here, not at its first record.
+        cfg.consumer("firebreak-config-check")
+            .create::<rdkafka::consumer::BaseConsumer>()
+            .map_err(|e| crate::Error::Usage(format!("Kafka options: {e}")))?;
+        Ok(Some(cfg))
+    }
+
+    /// The clients' configuration; brokers are required.
+    pub(crate) fn config(&self) -> Result<KafkaConfig> {
+        self.optional()?
+            .ok_or_else(|| crate::Error::Usage("--kafka-brokers (or FIREBREAK_KAFKA_BROKERS) is required".into()))
+    }
+
+    /// Creates the contract's missing topics for `clusters` (fleet-wide ones too), unless told
+    /// not to, and says what the service is connected to. Brokers that cannot be reached in
+    /// time are not fatal (consumers pick topics up when they appear); a refusal is.
+    async fn ensure_topics(&self, cfg: &KafkaConfig, clusters: &[&str]) -> Result<()> {
+        if self.no_create_topics {
+            tracing::info!(brokers = %cfg.brokers, "Kafka: creating no topics (--no-create-topics)");
+            return Ok(());
+        }
+        let topics = firebreak_schema::topics::for_clusters(clusters.iter().copied());
+        match cfg.ensure_topics(&topics, self.topic_replication).await {
+            Ok(created) => {
+                tracing::info!(brokers = %cfg.brokers, ?created, topics = topics.len(), "Kafka: topics in place");
+                Ok(())
+            }
+            Err(firebreak_plumbing::Error::Kafka(rdkafka::error::KafkaError::AdminOp(code)))
+                if matches!(
+                    code,
+                    rdkafka::types::RDKafkaErrorCode::OperationTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::RequestTimedOut
+                        | rdkafka::types::RDKafkaErrorCode::AllBrokersDown
+                        | rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                ) =>
+            {
+                tracing::warn!(brokers = %cfg.brokers, %code, "Kafka: brokers not reached to create topics; going on");
+                Ok(())
+            }
+            Err(e) => Err(crate::Error::Usage(format!(
+                "Kafka topics could not be created ({e}); create them as `firebreak topics` lists, and pass \
+                 --no-create-topics"
+            ))),
+        }
     }
 }
 
@@ -232,6 +305,21 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::escalations::EscalationCommand,
     },
+    /// The Kafka topic contract: every topic, its key and types, who writes and who reads it,
+    /// its partitions; `--create` makes the missing ones.
+    Topics {
+        /// Name each cluster's topics for these clusters (repeatable).
+        #[arg(long = "cluster")]
+        clusters: Vec<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = crate::gate_cli::Output::Table)]
+        output: crate::gate_cli::Output,
+        /// Create the missing topics on the brokers (needs --kafka-brokers).
+        #[arg(long)]
+        create: bool,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    },
     /// Checks a remediation policy file and prints it with its defaults filled in (the built-in
     /// policy, with the reasons for its choices, without a file).
     CheckRemediationPolicy {
@@ -282,12 +370,10 @@ pub enum GateMode {
         /// Tokens file (TOML, SHA-256 hashes); or the same TOML in FIREBREAK_GATE_TOKENS.
         #[arg(long)]
         tokens: Option<PathBuf>,
-        /// Kafka brokers to read cluster snapshots from (the health topic).
-        #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
-        kafka_brokers: Option<String>,
-        /// Extra librdkafka consumer property, `key=value` (repeatable).
-        #[arg(long = "kafka-consumer-option", value_parser = parse_kv)]
-        consumer_options: Vec<(String, String)>,
+        /// Kafka, to read cluster snapshots from (the health topic) and publish changes and
+        /// halts; without brokers, rules that need snapshots deny.
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -337,12 +423,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
         Command::Detector { on, agent_silent_after, sample_every, pod_window, pod_start_deadline, domains } => {
+            let kafka = on.kafka.config()?;
             let client = kube_client(&on.kubeconfig).await?;
+            on.kafka.ensure_topics(&kafka, &[&on.cluster]).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
             metrics_server(on.metrics_listen, registry, &cancel).await?;
             let cfg = firebreak_detector::Config {
-                kafka: on.kafka.config(),
+                kafka,
                 cluster: on.cluster,
                 agent_silent_after,
                 new_node_grace: Duration::from_secs(60),
@@ -360,8 +448,10 @@ pub async fn run(cli: Cli) -> Result<()> {
                 (None, Err(_)) => None,
             };
             let listener = bind(&listen).await?;
+            let kafka_cfg = kafka.config()?;
+            kafka.ensure_topics(&kafka_cfg, &[]).await?;
             let cfg = firebreak_event_center::Config {
-                kafka: kafka.config(),
+                kafka: kafka_cfg,
                 database_url,
                 group_id: "firebreak-event-center".into(),
                 tokens,
@@ -375,8 +465,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Gate { command: GateMode::Operate(cmd) } => crate::gate_cli::run(cmd).await,
         Command::Gate {
-            command:
-                GateMode::Serve { listen, policy, database_url, tokens, kafka_brokers, consumer_options, tls_cert, tls_key },
+            command: GateMode::Serve { listen, policy, database_url, tokens, kafka, tls_cert, tls_key },
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => Some(firebreak_plumbing::serve::Tls::load(&cert, &key)?),
@@ -396,7 +485,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                     ));
                 }
             };
-            let kafka = kafka_brokers.map(|brokers| KafkaConfig { brokers, consumer_options });
+            let kafka_cfg = kafka.optional()?;
+            if let Some(k) = &kafka_cfg {
+                kafka.ensure_topics(k, &[]).await?;
+            }
+            let kafka = kafka_cfg;
             let listener = bind(&listen).await?;
             let cfg = firebreak_rate_limiter::Config { database_url, policy, policy_path, tokens, kafka, tls };
             Ok(firebreak_rate_limiter::run(cfg, listener, cancel).await?)
@@ -416,6 +509,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Escalations { command } => crate::escalations::run(command).await,
+        Command::Topics { clusters, output, create, kafka } => {
+            crate::topics::run(&clusters, output, create, &kafka).await
+        }
         Command::CheckRemediationPolicy { file: None } => {
             print!("{}", firebreak_remediator::policy::DEFAULT_POLICY);
             Ok(())
@@ -487,17 +583,13 @@ pub async fn run(cli: Cli) -> Result<()> {
                 Some(p) => Some(firebreak_remediator::reinstall::ClusterApi(kube_client(&p).await?)),
                 None => None,
             };
+            let kafka = on.kafka.config()?;
             let client = kube_client(&on.kubeconfig).await?;
+            on.kafka.ensure_topics(&kafka, &[&on.cluster]).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);
             metrics_server(on.metrics_listen, registry, &cancel).await?;
-            let mut cfg = firebreak_remediator::Config::new(
-                &on.cluster,
-                on.kafka.config(),
-                &gate_url,
-                &gate_token,
-                &database_url,
-            );
+            let mut cfg = firebreak_remediator::Config::new(&on.cluster, kafka, &gate_url, &gate_token, &database_url);
             cfg.quiet_period = quiet_period;
             cfg.readiness = firebreak_remediator::ReadinessGates {
                 conditions: readiness_conditions,

@@ -12,10 +12,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer},
 };
 use firebreak_rate_limiter::Policy;
-use firebreak_schema::{
-    CHANGES_TOPIC, HEALTH_TOPIC, HEARTBEAT_TOPIC, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction,
-    REMEDIATION_CONTROL_TOPIC, REMEDIATION_TOPIC, Role,
-};
+use firebreak_schema::{NodeAction, Role};
 use rand::seq::IndexedRandom;
 use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
 use tokio::task::JoinHandle;
@@ -61,6 +58,8 @@ pub struct StackOptions {
     pub clusters: usize,
     /// Nodes per cluster.
     pub nodes_per_cluster: usize,
+    /// Kafka brokers to use instead of an in-process mock cluster (the topics are created).
+    pub kafka_brokers: Option<String>,
     /// Event center address (`127.0.0.1:0` for any free port).
     pub listen: String,
     /// Gate address.
@@ -133,6 +132,7 @@ impl StackOptions {
             data_dir,
             clusters,
             nodes_per_cluster,
+            kafka_brokers: None,
             listen: "127.0.0.1:0".into(),
             gate_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
@@ -211,8 +211,9 @@ pub struct Stack {
     pub previous_run: Option<PathBuf>,
     /// The simulated clusters.
     pub fleet: Fleet,
-    /// The Kafka broker. Not `Send`: keep the stack on the task that made it.
-    pub kafka: MockCluster<'static, DefaultProducerContext>,
+    /// The in-process Kafka cluster, unless brokers were given. Not `Send`: keep the stack on
+    /// the task that made it.
+    pub kafka: Option<MockCluster<'static, DefaultProducerContext>>,
     /// Broker addresses and client tuning.
     pub kafka_config: KafkaConfig,
     /// `http://...` of the event center.
@@ -259,20 +260,19 @@ impl Stack {
         let data_dir = std::fs::canonicalize(&opts.data_dir)
             .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
         let previous_run = fresh_start(&data_dir)?;
-        let kafka = MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
-        for (topic, partitions) in [
-            (HEARTBEAT_TOPIC, 6),
-            (REMEDIATION_TOPIC, 3),
-            (HEALTH_TOPIC, 3),
-            (CHANGES_TOPIC, 3),
-            (NODE_COMMAND_TOPIC, 8),
-            (NODE_REPORT_TOPIC, 3),
-            (REMEDIATION_CONTROL_TOPIC, 3),
-        ] {
-            kafka.create_topic(topic, partitions, 1).map_err(firebreak_plumbing::Error::from)?;
-        }
+        // librdkafka's in-process mock cluster, unless brokers are given (Tansu in the tests).
+        let kafka = match &opts.kafka_brokers {
+            Some(_) => None,
+            None => Some(MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?),
+        };
+        let brokers = match (&opts.kafka_brokers, &kafka) {
+            (Some(b), _) => b.clone(),
+            (None, Some(mock)) => mock.bootstrap_servers(),
+            (None, None) => String::new(),
+        };
         let kafka_config = KafkaConfig {
-            brokers: kafka.bootstrap_servers(),
+            brokers,
+            client_options: Vec::new(),
             consumer_options: vec![
                 ("session.timeout.ms".into(), "6000".into()),
                 ("heartbeat.interval.ms".into(), "500".into()),
@@ -293,10 +293,20 @@ impl Stack {
             apps: opts.apps,
         })
         .await?;
-        // Each cluster's faults on their own topic.
-        for cluster in fleet.clusters() {
-            let topic = firebreak_schema::fault_topic(cluster.name());
-            kafka.create_topic(&topic, 3, 1).map_err(firebreak_plumbing::Error::from)?;
+        // The topic contract, as every service creates it at start-up: fleet-wide topics and
+        // each cluster's fault topic.
+        let names: Vec<String> = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
+        let topics = firebreak_schema::topics::for_clusters(names.iter().map(String::as_str));
+        match &kafka {
+            // The mock cluster answers no CreateTopics: it has its own call.
+            Some(mock) => {
+                for (topic, partitions) in &topics {
+                    mock.create_topic(topic, *partitions, 1).map_err(firebreak_plumbing::Error::from)?;
+                }
+            }
+            None => {
+                kafka_config.ensure_topics(&topics, 1).await?;
+            }
         }
 
         let gate_listener = bind(&opts.gate_listen).await?;

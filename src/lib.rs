@@ -20,6 +20,7 @@ pub mod demo;
 pub mod escalations;
 pub mod gate_cli;
 pub mod rollout;
+pub mod topics;
 
 use std::path::Path;
 

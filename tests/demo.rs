@@ -214,3 +214,42 @@ fn bench_drain_runs_in_smoke_mode() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("leave nodes for the pods"), "{bad:?}");
 }
+
+/// `firebreak topics` prints the topic contract; Kafka settings are checked at start-up: a
+/// property librdkafka does not know, or a properties file with a line that is not
+/// `key=value`, stops the service with a clear error before it runs blind.
+#[test]
+fn the_topic_contract_and_kafka_settings_checked_at_start() {
+    let out = firebreak(&["topics", "--cluster", "c1", "--cluster", "c2", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let topics: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = topics.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(names.contains(&"firebreak.faults.v1.c1") && names.contains(&"firebreak.faults.v1.c2"), "{names:?}");
+    assert!(names.contains(&"firebreak.node-commands.v1"), "{names:?}");
+    let faults = topics.iter().find(|t| t["name"] == "firebreak.faults.v1.c1").unwrap();
+    assert_eq!(faults["types"], serde_json::json!(["io.firebreak.fault.v1"]));
+    assert_eq!(faults["writers"], "agent and detector of <cluster>");
+    let bad = firebreak(&["topics", "--cluster", "Not A Name"]);
+    assert!(!bad.status.success());
+
+    let dir = std::env::temp_dir().join(format!("firebreak-kafka-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
+    let detector = |extra: &[&str]| {
+        let mut args = vec!["detector", "--cluster", "c1", "--kubeconfig", kubeconfig.to_str().unwrap()];
+        args.extend(["--kafka-brokers", "127.0.0.1:1", "--metrics-listen", "127.0.0.1:0"]);
+        args.extend(extra);
+        let out = firebreak(&args);
+        assert!(!out.status.success(), "{extra:?}: refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = detector(&["--kafka-option", "no.such.property=1"]);
+    assert!(err.contains("Kafka options") && err.contains("no.such.property"), "{err}");
+    let props = dir.join("kafka.properties");
+    std::fs::write(&props, "# TLS\nsecurity.protocol=SSL\nthis line is wrong\n").unwrap();
+    let err = detector(&["--kafka-config", props.to_str().unwrap()]);
+    assert!(err.contains("kafka.properties:3: expected key=value"), "{err}");
+    let err = detector(&["--topic-replication", "0"]);
+    assert!(err.contains("--topic-replication"), "{err}");
+}

@@ -206,6 +206,13 @@ pub struct AgentArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "FIREBREAK_KAFKA_BROKERS")]
     pub kafka_brokers: String,
+    /// A librdkafka property for the agent's Kafka clients, `key=value` (repeatable): TLS and
+    /// SASL (`security.protocol=SASL_SSL`, `sasl.mechanism=…`, …).
+    #[arg(long = "kafka-option", value_parser = kafka_option)]
+    pub kafka_options: Vec<(String, String)>,
+    /// A file of librdkafka properties, `key=value` per line, read before `--kafka-option`.
+    #[arg(long = "kafka-config", env = "FIREBREAK_KAFKA_CONFIG")]
+    pub kafka_config: Option<PathBuf>,
     /// Heartbeat period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -233,9 +240,17 @@ pub struct AgentArgs {
     pub state_dir: PathBuf,
 }
 
+fn kafka_option(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
+}
+
 /// Runs one agent until Ctrl-C, then flushes what is queued.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let kafka = KafkaConfig::new(args.kafka_brokers);
+    let mut kafka = KafkaConfig::new(args.kafka_brokers);
+    if let Some(p) = &args.kafka_config {
+        kafka.client_options = KafkaConfig::options_file(p)?;
+    }
+    kafka.client_options.extend(args.kafka_options.iter().cloned());
     let producer = Producer::new(&kafka)?;
     let cancel = CancellationToken::new();
     let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();

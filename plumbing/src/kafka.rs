@@ -1,5 +1,6 @@
 //! Kafka glue shared by every service (feature `kafka`): how Firebreak configures `rdkafka`
-//! producers and consumers, and how a Kafka record becomes a typed event.
+//! producers, consumers and the admin client (TLS and SASL through `client_options`), how the
+//! topic contract's missing topics are created, and how a Kafka record becomes a typed event.
 
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ const METADATA_RETRY: retry::Policy = retry::Policy::forever(Duration::from_mill
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
+    /// librdkafka properties for every client, producers, consumers and the admin client alike:
+    /// TLS and SASL (`security.protocol=SASL_SSL`, `ssl.ca.location=...`, `sasl.mechanism=...`,
+    /// `sasl.username=...`, `sasl.password=...`) and any other tuning.
+    pub client_options: Vec<(String, String)>,
     /// Extra librdkafka properties for consumers (`session.timeout.ms=3000`, ...).
     pub consumer_options: Vec<(String, String)>,
 }
@@ -30,7 +35,61 @@ pub struct KafkaConfig {
 impl KafkaConfig {
     /// Brokers with default tuning.
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), consumer_options: Vec::new() }
+        Self { brokers: brokers.into(), client_options: Vec::new(), consumer_options: Vec::new() }
+    }
+
+    /// A client configuration with the brokers and the options every client takes.
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.client_options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Reads librdkafka properties from a file in the Java client's `key=value` form (`#` and
+    /// `!` start comments; blank lines are skipped); an error names the line.
+    pub fn options_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| Error::Config(format!("{}:{}: expected key=value", path.display(), i + 1)))?;
+            out.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Creates the topics that are missing, each with its partitions and `replication` copies
+    /// (`-1`: the brokers' default). A topic that already exists, with whatever partitions, is
+    /// success; returns the names created.
+    pub async fn ensure_topics(&self, topics: &[(String, i32)], replication: i32) -> Result<Vec<String>> {
+        use rdkafka::{
+            admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+            client::DefaultClientContext,
+            types::RDKafkaErrorCode,
+        };
+        let admin: AdminClient<DefaultClientContext> = self.client().create()?;
+        let new: Vec<NewTopic> =
+            topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(replication))).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let mut created = Vec::new();
+        for r in admin.create_topics(&new, &opts).await? {
+            match r {
+                Ok(name) => created.push(name),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(Error::Topic(format!("cannot create {name}: {code}"))),
+            }
+        }
+        Ok(created)
     }
 
     /// A consumer configuration for a group: offsets are stored by the application only after
@@ -38,16 +97,15 @@ impl KafkaConfig {
     /// background; a new group starts from the earliest record; a topic created after the
     /// subscription (a new cluster's fault topic) is found within 10 s, not librdkafka's 5 min.
     pub fn consumer(&self, group: &str) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("group.id", group)
+        let mut c = self.client();
+        c.set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("topic.metadata.refresh.interval.ms", "10000");
-        for (k, v) in &self.consumer_options {
+        for (k, v) in self.client_options.iter().chain(&self.consumer_options) {
             c.set(k, v);
         }
         c
@@ -64,15 +122,17 @@ pub struct Producer {
 impl Producer {
     /// Creates the producer.
     pub fn new(cfg: &KafkaConfig) -> Result<Self> {
-        let inner = ClientConfig::new()
-            .set("bootstrap.servers", &cfg.brokers)
-            .set("enable.idempotence", "true")
+        let mut c = cfg.client();
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000")
-            .create()?;
-        Ok(Self { inner })
+            .set("queue.buffering.max.messages", "1000000");
+        // The operator's options win over these defaults.
+        for (k, v) in &cfg.client_options {
+            c.set(k, v);
+        }
+        Ok(Self { inner: c.create()? })
     }
 
     /// Publishes an event and waits until the brokers have it.

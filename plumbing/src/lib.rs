@@ -47,6 +47,9 @@ pub enum Error {
     #[cfg(feature = "db")]
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// A Kafka client setting is unusable.
+    #[error("kafka configuration: {0}")]
+    Config(String),
     /// A topic is missing or unusable.
     #[error("topic: {0}")]
     Topic(String),

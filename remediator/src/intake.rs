@@ -94,6 +94,14 @@ pub(crate) fn decide(
     if ours {
         return Verdict::Ignore("caused by our own remediation".into());
     }
+    if !policy.trusted_sources.contains(&e.source) {
+        let trusted: Vec<&str> = policy.trusted_sources.iter().map(|s| s.as_str()).collect();
+        return Verdict::Ignore(format!(
+            "from source `{}`, which the remediation policy does not trust (trusted_sources: {})",
+            e.source.as_str(),
+            if trusted.is_empty() { "none".to_owned() } else { trusted.join(", ") }
+        ));
+    }
     let Some(process) = policy.process_for(e.kind, e.severity) else {
         return Verdict::Ignore(format!(
             "no process of the remediation policy takes {} at severity {}",
@@ -229,6 +237,19 @@ pub(crate) mod tests {
         assert_eq!(decide(&crit, &History { open_workflow: Some(open), ..escalated }), Verdict::Attach(open));
         let component = fault(FaultKind::AgentSilent, Severity::Critical, 1);
         assert!(matches!(decide(&component, &history()), Verdict::Ignore(w) if w.contains("no process")));
+    }
+
+    #[test]
+    fn only_trusted_sources_start_work() {
+        let policy = Policy { trusted_sources: vec![firebreak_schema::Source::Detector], ..Policy::default() };
+        let crit = fault(FaultKind::MemoryUncorrectable, Severity::Critical, 1);
+        let v = decide(&crit, &policy, &history(), Utc::now(), Duration::from_secs(600));
+        assert!(
+            matches!(&v, Verdict::Ignore(w) if w.contains("source `agent`, which the remediation policy does not trust (trusted_sources: detector)")),
+            "{v:?}"
+        );
+        let e = Policy::parse("trusted_sources = [\"kernel\"]\n[budget]\nattempts = 1\nwindow = \"1h\"").unwrap_err();
+        assert!(e.to_string().contains("kernel"), "{e}");
     }
 
     #[test]

@@ -396,7 +396,12 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamCons
         };
         match decode_message::<FaultEvent>(&msg) {
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),
-            Ok(event) if event.cluster != ctx.cfg.cluster => {}
+            // A record naming another cluster on this cluster's topic is a misrouted or forged
+            // one: never acted on here.
+            Ok(event) if event.cluster != ctx.cfg.cluster => {
+                tracing::warn!(event_id = %event.id, other = %event.cluster, node = %event.node, "fault of another cluster on this cluster's topic skipped");
+                ctx.metrics.intake(&ctx.cfg.cluster, "other_cluster");
+            }
             Ok(event) => {
                 let what = format!("recording fault {}", event.id);
                 let recorded = INTAKE_RETRY

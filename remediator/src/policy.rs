@@ -110,6 +110,10 @@ pub struct Process {
     pub ladder: Vec<Rung>,
 }
 
+fn all_sources() -> Vec<firebreak_schema::Source> {
+    vec![firebreak_schema::Source::Agent, firebreak_schema::Source::Detector]
+}
+
 fn critical() -> Severity {
     Severity::Critical
 }
@@ -133,6 +137,11 @@ impl Process {
 pub struct Policy {
     /// The attempt budget per node.
     pub budget: Budget,
+    /// The sources whose faults may start work (`agent`, `detector`); a fault from another is
+    /// recorded and left alone. Records are not signed: this narrows what a writer of the fault
+    /// topic can claim, and Kafka ACLs decide who may write it (see ARCHITECTURE).
+    #[serde(default = "all_sources")]
+    pub trusted_sources: Vec<firebreak_schema::Source>,
     /// The processes, matched in order.
     #[serde(rename = "process", default)]
     pub processes: Vec<Process>,
@@ -144,7 +153,11 @@ impl Default for Policy {
         // remediated rather than the binary failing.
         Self::parse(DEFAULT_POLICY).unwrap_or_else(|error| {
             tracing::error!(%error, "the built-in remediation policy is invalid; nothing is remediated");
-            Policy { budget: Budget { attempts: 0, window: Duration::from_secs(86_400) }, processes: Vec::new() }
+            Policy {
+                budget: Budget { attempts: 0, window: Duration::from_secs(86_400) },
+                trusted_sources: Vec::new(),
+                processes: Vec::new(),
+            }
         })
     }
 }

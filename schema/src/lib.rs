@@ -14,6 +14,7 @@ mod event;
 mod gate;
 mod health;
 pub mod names;
+pub mod topics;
 mod wire;
 
 pub use change::{

@@ -170,6 +170,7 @@ pub fn mock_kafka(
     }
     let cfg = firebreak_plumbing::kafka::KafkaConfig {
         brokers: mock.bootstrap_servers(),
+        client_options: Vec::new(),
         consumer_options: vec![
             ("session.timeout.ms".into(), "6000".into()),
             ("heartbeat.interval.ms".into(), "500".into()),
