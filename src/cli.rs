@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "demo")]
 use crate::demo;
-use crate::{Result, bind, kube_client};
+use crate::{Result, bind, cluster_client, kube_client};
 
 /// Firebreak: node fault self-healing and risk-gated change for Kubernetes fleets.
 #[derive(Debug, Parser)]
@@ -127,9 +127,10 @@ pub struct ClusterArgs {
     /// Cluster name.
     #[arg(long)]
     pub cluster: String,
-    /// Kubeconfig of the cluster.
+    /// Kubeconfig of the cluster; without it, the pod's service account (in-cluster
+    /// configuration), else `$KUBECONFIG` or `~/.kube/config`, as kubectl finds them.
     #[arg(long)]
-    pub kubeconfig: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Serve Prometheus metrics at `http://ADDR/metrics`.
@@ -424,7 +425,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
         Command::Detector { on, agent_silent_after, sample_every, pod_window, pod_start_deadline, domains } => {
             let kafka = on.kafka.config()?;
-            let client = kube_client(&on.kubeconfig).await?;
+            let client = cluster_client(on.kubeconfig.as_deref()).await?;
             on.kafka.ensure_topics(&kafka, &[&on.cluster]).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_detector::Metrics::new(&mut registry);
@@ -584,7 +585,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 None => None,
             };
             let kafka = on.kafka.config()?;
-            let client = kube_client(&on.kubeconfig).await?;
+            let client = cluster_client(on.kubeconfig.as_deref()).await?;
             on.kafka.ensure_topics(&kafka, &[&on.cluster]).await?;
             let mut registry = Registry::default();
             let metrics = firebreak_remediator::Metrics::new(&mut registry);

@@ -96,11 +96,25 @@ pub fn init_telemetry(json: bool) {
 
 /// A Kubernetes client from a kubeconfig file, without kube-client's implicit retries.
 pub async fn kube_client(path: &Path) -> Result<kube::Client> {
-    let err = |message: String| Error::Kubeconfig { path: path.display().to_string(), message };
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    cluster_client(Some(path)).await
+}
+
+/// A Kubernetes client from a kubeconfig file, or without one as `kubectl` and client-go find
+/// it: in a pod, its service account (in-cluster configuration); elsewhere `$KUBECONFIG` or
+/// `~/.kube/config`. Says which API server it talks to.
+pub async fn cluster_client(path: Option<&Path>) -> Result<kube::Client> {
+    let shown = path.map_or_else(|| "in-cluster or $KUBECONFIG".to_owned(), |p| p.display().to_string());
+    let err = |message: String| Error::Kubeconfig { path: shown.clone(), message };
+    let mut config = match path {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(e.to_string()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(e.to_string()))?,
+    };
+    tracing::info!(api_server = %config.cluster_url, from = %shown, "Kubernetes API");
     // kube-client retries 429s by itself (15 times, backoff up to 1000 s). That would hide a
     // PodDisruptionBudget's refusal from the remediator, which retries evictions explicitly,
     // counts the refusals and bounds the drain with a timeout.

@@ -80,7 +80,9 @@ impl KafkaConfig {
         let admin: AdminClient<DefaultClientContext> = self.client().create()?;
         let new: Vec<NewTopic> =
             topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(replication))).collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let opts = AdminOptions::new()
+            .request_timeout(Some(Duration::from_secs(10)))
+            .operation_timeout(Some(Duration::from_secs(10)));
         let mut created = Vec::new();
         for r in admin.create_topics(&new, &opts).await? {
             match r {

@@ -306,7 +306,7 @@ pub async fn pods_on(client: &kube::Client, node: &str) -> std::collections::BTr
 
 /// A `firebreak remediator` process for the stack's first cluster, as production runs it: its
 /// own database (`db`), the stack's broker and gate, `args` after the common ones; its log in
-/// `dir/<id>.log`. Killed (SIGKILL) when dropped.
+/// `dir/<id>.log`. Killed (SIGKILL) when dropped. It finds the cluster through `$KUBECONFIG`.
 pub fn remediator_process(
     stack: &Stack,
     dir: &std::path::Path,
@@ -317,8 +317,10 @@ pub fn remediator_process(
     let cluster = &stack.fleet.clusters()[0];
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args(["remediator", "--cluster", cluster.name(), "--kubeconfig"])
-        .arg(cluster.kubeconfig_path())
+        // No --kubeconfig: the cluster is found as kubectl finds it ($KUBECONFIG). The mock
+        // cluster answers no CreateTopics, and the stack made the topics.
+        .args(["remediator", "--cluster", cluster.name(), "--no-create-topics"])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
         .args(["--kafka-brokers", &stack.kafka_config.brokers, "--gate-url", &stack.gate_url])
         .args(["--gate-token", &stack.tokens.requester, "--database-url", db, "--lease-identity", id])
         .args(args)
