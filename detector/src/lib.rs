@@ -177,6 +177,12 @@ impl Metrics {
     }
 }
 
+/// Every Kubernetes API request the detector makes, as RBAC names it: (API group, resource,
+/// verbs). `deploy/` grants its service account exactly these (a test renders the manifests and
+/// compares).
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] =
+    &[("", "nodes", &["list", "watch"]), ("", "pods", &["list", "watch"])];
+
 /// How to run the detector.
 #[derive(Debug, Clone)]
 pub struct Config {

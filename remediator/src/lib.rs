@@ -120,6 +120,20 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Every Kubernetes API request the remediator makes, as RBAC names it: (API group, resource,
+/// verbs). `deploy/` grants its service account exactly these (a test renders the manifests and
+/// compares): leases in its own namespace, the rest cluster-wide. The Cluster API Machine it may
+/// delete lives in the management cluster, under the credentials of `--cluster-api-kubeconfig`.
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["get", "list", "watch", "patch"]),
+    ("", "pods", &["list", "patch"]),
+    ("", "pods/eviction", &["create"]),
+    ("", "events", &["create"]),
+    ("", "configmaps", &["list"]),
+    ("batch", "jobs", &["create", "get"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "update"]),
+];
+
 /// How to run the remediator of one cluster.
 #[derive(Debug, Clone)]
 pub struct Config {
