@@ -253,3 +253,34 @@ fn the_topic_contract_and_kafka_settings_checked_at_start() {
     let err = detector(&["--topic-replication", "0"]);
     assert!(err.contains("--topic-replication"), "{err}");
 }
+
+/// An agent started on a host root without the kernel log or the boot id, or with a node name
+/// Kubernetes would refuse, exits non-zero saying what is missing instead of running blind.
+#[test]
+fn an_agent_refuses_a_host_root_without_its_files() {
+    let root = std::env::temp_dir().join(format!("firebreak-root-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let agent = |node: &str| {
+        let out = firebreak(&[
+            "agent",
+            "--cluster",
+            "c1",
+            "--node",
+            node,
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--host-root",
+            root.to_str().unwrap(),
+            "--no-actuator",
+        ]);
+        assert!(!out.status.success(), "{node}: refused");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = agent("n1");
+    assert!(err.contains(&format!("no {}", root.join("dev/kmsg").display())) && err.contains("kernel log"), "{err}");
+    std::fs::write(root.join("dev/kmsg"), "").unwrap();
+    let err = agent("n1");
+    assert!(err.contains("proc/sys/kernel/random/boot_id"), "{err}");
+    let err = agent("Node_1");
+    assert!(err.contains("--node `Node_1` is not a DNS-1123 name"), "{err}");
+}

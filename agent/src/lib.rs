@@ -41,6 +41,9 @@ pub enum Error {
     /// A kernel log record could not be parsed.
     #[error("unparsable kernel log record: {0}")]
     Kmsg(String),
+    /// The agent was started with settings it cannot run on.
+    #[error("{0}")]
+    Config(String),
     /// Creating the producer or publishing an event failed.
     #[error(transparent)]
     Plumbing(#[from] firebreak_plumbing::Error),
@@ -244,8 +247,44 @@ fn kafka_option(s: &str) -> std::result::Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
+/// Checks the settings an agent cannot run blind without: names as Kubernetes spells them, a
+/// host root with the kernel log and the boot id, non-zero intervals; says what it reads.
+pub fn check(args: &AgentArgs) -> Result<()> {
+    use firebreak_schema::names::is_dns1123_subdomain;
+    for (flag, v) in [("--cluster", &args.cluster), ("--node", &args.node)] {
+        if !is_dns1123_subdomain(v) {
+            return Err(Error::Config(format!("{flag} `{}` is not a DNS-1123 name", v.escape_debug())));
+        }
+    }
+    let root = &args.host_root;
+    for (file, why) in [
+        ("dev/kmsg", "the kernel log (mount the host's /dev/kmsg there; deploy/agent.yaml does)"),
+        ("proc/sys/kernel/random/boot_id", "the boot id (mount the host's /proc there)"),
+    ] {
+        let path = root.join(file);
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "--host-root {}: no {}: {why}",
+                root.display(),
+                path.display()
+            )));
+        }
+    }
+    if !root.join("proc/stat").exists() {
+        tracing::warn!(root = %root.display(), "no proc/stat: kernel log times come from the agent's clock, and events say so");
+    }
+    for (flag, d) in [("--heartbeat-interval", args.heartbeat_interval), ("--poll-interval", args.poll_interval)] {
+        if d.is_zero() {
+            return Err(Error::Config(format!("{flag} must be more than 0")));
+        }
+    }
+    tracing::info!(cluster = %args.cluster, node = %args.node, host_root = %root.display(), brokers = %args.kafka_brokers, "agent starting");
+    Ok(())
+}
+
 /// Runs one agent until Ctrl-C, then flushes what is queued.
 pub async fn run(args: AgentArgs) -> Result<()> {
+    check(&args)?;
     let mut kafka = KafkaConfig::new(args.kafka_brokers);
     if let Some(p) = &args.kafka_config {
         kafka.client_options = KafkaConfig::options_file(p)?;
