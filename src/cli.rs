@@ -271,6 +271,15 @@ pub enum Command {
         /// A pod not Ready this long after its creation counts as a failed start (timed out).
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         pod_start_deadline: Duration,
+        /// How long a node must stay NotReady before it is a fault; shorter spells are flaps.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        not_ready_for: Duration,
+        /// This many flaps within --flapping-within are reported as one `NodeFlapping` fault.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
+        flapping_count: u32,
+        /// The window flaps are counted in.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        flapping_within: Duration,
         #[command(flatten)]
         domains: DomainArgs,
     },
@@ -423,7 +432,17 @@ pub async fn run(cli: Cli) -> Result<()> {
     });
     match cli.command {
         Command::Agent(args) => Ok(firebreak_agent::run(args).await?),
-        Command::Detector { on, agent_silent_after, sample_every, pod_window, pod_start_deadline, domains } => {
+        Command::Detector {
+            on,
+            agent_silent_after,
+            sample_every,
+            pod_window,
+            pod_start_deadline,
+            not_ready_for,
+            flapping_count,
+            flapping_within,
+            domains,
+        } => {
             let kafka = on.kafka.config()?;
             let client = cluster_client(on.kubeconfig.as_deref()).await?;
             on.kafka.ensure_topics(&kafka, &[&on.cluster]).await?;
@@ -439,6 +458,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 failure_domains: domains.failure_domains,
                 pod_window,
                 pod_start_deadline,
+                not_ready_for,
+                flapping_count,
+                flapping_within,
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }

@@ -60,6 +60,8 @@ pub struct StackOptions {
     pub nodes_per_cluster: usize,
     /// Kafka brokers to use instead of an in-process mock cluster (the topics are created).
     pub kafka_brokers: Option<String>,
+    /// How long a node must stay NotReady before the detectors report it.
+    pub not_ready_for: Duration,
     /// Event center address (`127.0.0.1:0` for any free port).
     pub listen: String,
     /// Gate address.
@@ -133,6 +135,7 @@ impl StackOptions {
             clusters,
             nodes_per_cluster,
             kafka_brokers: None,
+            not_ready_for: Duration::from_secs(2),
             listen: "127.0.0.1:0".into(),
             gate_listen: "127.0.0.1:0".into(),
             metrics_listen: "127.0.0.1:0".into(),
@@ -353,6 +356,9 @@ impl Stack {
                 failure_domains: opts.policy.failure_domains.clone(),
                 pod_window: opts.pod_window,
                 pod_start_deadline: opts.pod_start_deadline,
+                not_ready_for: opts.not_ready_for,
+                flapping_count: 3,
+                flapping_within: Duration::from_secs(600),
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),

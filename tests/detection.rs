@@ -123,6 +123,9 @@ async fn detector_reports_silent_agents() {
         failure_domains: vec!["topology.kubernetes.io/zone".into()],
         pod_window: Duration::from_secs(300),
         pod_start_deadline: Duration::from_secs(120),
+        not_ready_for: Duration::from_secs(30),
+        flapping_count: 3,
+        flapping_within: Duration::from_secs(600),
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
@@ -156,5 +159,66 @@ async fn detector_reports_silent_agents() {
     task.await.unwrap().unwrap();
     drop(reader);
     drop(producer);
+    fleet.shutdown().await;
+}
+
+/// Ready status of a node as the API serves it.
+async fn ready(nodes: &kube::Api<k8s_openapi::api::core::v1::Node>, node: &str) -> Option<String> {
+    let n = nodes.get(node).await.ok()?;
+    n.status?.conditions?.into_iter().find(|c| c.type_ == "Ready").map(|c| c.status)
+}
+
+/// Issue 9: a node is a NotReady fault only once it stayed NotReady for the policy's minimum;
+/// shorter spells are flaps, and three within the window are reported as one `NodeFlapping`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_not_ready_is_a_flap_and_flaps_are_reported_as_flapping() {
+    let (_mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = common::fleet("flapping", 2).await;
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let cancel = CancellationToken::new();
+    let detector = firebreak_detector::Config {
+        cluster: cluster.name().into(),
+        kafka: cfg.clone(),
+        agent_silent_after: Duration::MAX,
+        new_node_grace: Duration::from_secs(0),
+        sample_every: Duration::from_secs(10),
+        failure_domains: Vec::new(),
+        pod_window: Duration::from_secs(300),
+        pod_start_deadline: Duration::from_secs(120),
+        not_ready_for: Duration::from_secs(8),
+        flapping_count: 3,
+        flapping_within: Duration::from_secs(600),
+    };
+    let task =
+        tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
+    let reader = fault_reader(&cfg);
+    for _ in 0..3 {
+        cluster.inject(&node, Fault::NotReady).unwrap();
+        common::wait_for("NotReady", Duration::from_secs(15), || async {
+            ready(&nodes, &node).await.filter(|s| s != "True")
+        })
+        .await;
+        cluster.recover(&node).unwrap();
+        common::wait_for("Ready again", Duration::from_secs(15), || async {
+            ready(&nodes, &node).await.filter(|s| s == "True")
+        })
+        .await;
+    }
+    let e = next_fault(&reader, Duration::from_secs(20), |e| e.node == node).await;
+    assert_eq!(e.kind, FaultKind::NodeFlapping, "the first fault of the node is its flapping: {e:?}");
+    assert_eq!(e.evidence["spells"], "3");
+    assert!(e.message.contains("3 NotReady spells within 10m, each shorter than 8s"), "{}", e.message);
+    // A NotReady that lasts is a fault, dated from its transition.
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    let down = next_fault(&reader, Duration::from_secs(30), |e| e.node == node).await;
+    assert_eq!(down.kind, FaultKind::NodeNotReady);
+    assert_eq!(down.evidence["not_ready_for_s"], "8");
+    assert!(Utc::now() - down.observed_at >= chrono::TimeDelta::seconds(8), "reported after the minimum");
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop(reader);
     fleet.shutdown().await;
 }

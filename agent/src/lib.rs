@@ -263,11 +263,7 @@ pub fn check(args: &AgentArgs) -> Result<()> {
     ] {
         let path = root.join(file);
         if !path.exists() {
-            return Err(Error::Config(format!(
-                "--host-root {}: no {}: {why}",
-                root.display(),
-                path.display()
-            )));
+            return Err(Error::Config(format!("--host-root {}: no {}: {why}", root.display(), path.display())));
         }
     }
     if !root.join("proc/stat").exists() {

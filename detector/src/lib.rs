@@ -1,7 +1,10 @@
 //! The detector: the cluster-side half of fault detection, one per cluster.
 //!
 //! It owns two detections and one measurement (`pods` counts pod starts). Node readiness: it watches Nodes through the
-//! Kubernetes API and publishes `NodeNotReady` when a node's Ready condition leaves True. Silent agents: it consumes
+//! Kubernetes API and publishes `NodeNotReady` when a node's Ready condition has stayed away
+//! from True for [`Config::not_ready_for`]; shorter spells are flaps, and
+//! [`Config::flapping_count`] of them within [`Config::flapping_within`] are one `NodeFlapping`
+//! (a warning). One node the API serves undecodable is counted and skipped. Silent agents: it consumes
 //! agent heartbeats and publishes `AgentSilent` for a node whose agent has not been heard from
 //! for [`Config::agent_silent_after`]. Health: every [`Config::sample_every`] it
 //! publishes a [`HealthSample`] on the health topic — nodes and ready nodes, per failure
@@ -203,6 +206,12 @@ pub struct Config {
     pub pod_window: Duration,
     /// A pod not Ready this long after its creation has timed out.
     pub pod_start_deadline: Duration,
+    /// How long a node must stay NotReady before it is a fault (shorter spells are flaps).
+    pub not_ready_for: Duration,
+    /// This many flaps within `flapping_within` are a `NodeFlapping` fault.
+    pub flapping_count: u32,
+    /// The window flaps are counted in.
+    pub flapping_within: Duration,
 }
 
 /// What the health sample counts besides nodes: pod starts and recent faults per class.
@@ -410,6 +419,18 @@ fn under_remediation(node: &Node) -> bool {
     node.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY))
 }
 
+/// What the node watch keeps of one node between events: a NotReady not yet old enough to be
+/// a fault, and the recent NotReady spells too short to be one (flaps).
+#[derive(Default)]
+struct Track {
+    /// The NotReady fault waiting for `not_ready_for`, or `None` once published (or Ready).
+    pending: Option<FaultEvent>,
+    /// The node is NotReady and that was published.
+    reported: bool,
+    /// Start times of recent NotReady spells that ended before `not_ready_for`.
+    flaps: VecDeque<DateTime<Utc>>,
+}
+
 async fn watch_nodes(
     cfg: Config,
     api: Api<Lenient<Node>>,
@@ -419,9 +440,28 @@ async fn watch_nodes(
     cancel: CancellationToken,
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                // A NotReady that lasted `not_ready_for` is a fault.
+                let now = Utc::now();
+                let due: Vec<FaultEvent> = tracks
+                    .values_mut()
+                    .filter(|t| t.pending.as_ref().is_some_and(|e| now - e.observed_at >= delta(cfg.not_ready_for)))
+                    .filter_map(|t| {
+                        t.reported = true;
+                        t.pending.take()
+                    })
+                    .collect();
+                for event in due {
+                    publish(&cfg, &producer, &metrics, &cancel, event).await;
+                }
+                continue;
+            }
             ev = stream.next() => ev,
         };
         let node = match ev {
@@ -440,6 +480,7 @@ async fn watch_nodes(
             },
             Some(Ok(watcher::Event::Delete(n))) => {
                 let name = n.meta().name.clone().unwrap_or_default();
+                tracks.remove(&name);
                 nodes_tx.send_modify(|m| {
                     m.remove(&name);
                 });
@@ -469,7 +510,24 @@ async fn watch_nodes(
             changed
         });
         metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
-        if status == "True" || previous.as_deref() == Some(status.as_str()) {
+        let track = tracks.entry(name.clone()).or_default();
+        if status == "True" {
+            // Back before it was a fault: a flap. Enough of them within the window are one.
+            if let Some(spell) = track.pending.take() {
+                let now = Utc::now();
+                track.flaps.push_back(spell.observed_at);
+                while track.flaps.front().is_some_and(|t| now - *t > delta(cfg.flapping_within)) {
+                    track.flaps.pop_front();
+                }
+                if track.flaps.len() >= cfg.flapping_count as usize {
+                    let flaps: Vec<DateTime<Utc>> = track.flaps.drain(..).collect();
+                    publish(&cfg, &producer, &metrics, &cancel, flapping(&cfg, &name, &flaps)).await;
+                }
+            }
+            track.reported = false;
+            continue;
+        }
+        if previous.as_deref() == Some(status.as_str()) {
             continue;
         }
         let was_ready = previous.as_deref() == Some("True");
@@ -481,6 +539,7 @@ async fn watch_nodes(
         let ours = under_remediation(&node);
         let mut evidence =
             BTreeMap::from([("ready_status".to_owned(), status.clone()), ("reason".to_owned(), reason.clone())]);
+        evidence.insert("not_ready_for_s".into(), cfg.not_ready_for.as_secs().to_string());
         if ours {
             evidence.insert("caused_by_remediation".into(), "true".into());
         }
@@ -493,13 +552,57 @@ async fn watch_nodes(
             severity: if ours { Severity::Warning } else { Severity::Critical },
             source: Source::Detector,
             observed_at,
-            message: format!("Ready={status} ({reason}): {message}"),
+            message: format!("Ready={status} ({reason}) for at least {}s: {message}", cfg.not_ready_for.as_secs()),
             evidence,
         };
-        tracing::info!(node = %name, event_id = %event.id, ready = %status, caused_by_remediation = ours, "node not ready");
-        if producer.publish_until_delivered(&fault_topic(&cfg.cluster), &event, &cancel).await {
-            metrics.published(&cfg.cluster, event.kind);
+        // Published once it has lasted `not_ready_for` (on the next tick), or at once when the
+        // node was already reported NotReady and only its status changed.
+        if track.reported {
+            publish(&cfg, &producer, &metrics, &cancel, event).await;
+        } else {
+            track.pending = Some(event);
         }
+    }
+}
+
+fn delta(d: Duration) -> chrono::TimeDelta {
+    chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX)
+}
+
+async fn publish(cfg: &Config, producer: &Producer, metrics: &Metrics, cancel: &CancellationToken, event: FaultEvent) {
+    tracing::info!(node = %event.node, event_id = %event.id, kind = %event.kind, message = %event.message, "node fault");
+    if producer.publish_until_delivered(&fault_topic(&cfg.cluster), &event, cancel).await {
+        metrics.published(&cfg.cluster, event.kind);
+    }
+}
+
+/// A `NodeFlapping` fault: `flaps` NotReady spells, each shorter than `not_ready_for`, within
+/// the window. Its id is named by the first spell, so a restart that sees the same spells says
+/// the same.
+fn flapping(cfg: &Config, node: &str, flaps: &[DateTime<Utc>]) -> FaultEvent {
+    let first = flaps.first().copied().unwrap_or_else(Utc::now);
+    let list: Vec<String> = flaps.iter().map(|t| t.format("%H:%M:%S").to_string()).collect();
+    FaultEvent {
+        id: deterministic_id(first, &[&cfg.cluster, node, "NodeFlapping", &flaps.len().to_string()]),
+        cluster: cfg.cluster.clone(),
+        node: node.to_owned(),
+        class: FaultKind::NodeFlapping.class(),
+        kind: FaultKind::NodeFlapping,
+        severity: Severity::Warning,
+        source: Source::Detector,
+        observed_at: Utc::now(),
+        message: format!(
+            "Ready flapped: {} NotReady spells within {}, each shorter than {}s (at {})",
+            flaps.len(),
+            humantime::format_duration(cfg.flapping_within),
+            cfg.not_ready_for.as_secs(),
+            list.join(", ")
+        ),
+        evidence: BTreeMap::from([
+            ("spells".to_owned(), flaps.len().to_string()),
+            ("window_s".to_owned(), cfg.flapping_within.as_secs().to_string()),
+            ("not_ready_for_s".to_owned(), cfg.not_ready_for.as_secs().to_string()),
+        ]),
     }
 }
 

@@ -34,17 +34,21 @@ pub enum FaultKind {
     NodeNotReady,
     /// The node's agent stopped sending heartbeats.
     AgentSilent,
+    /// The node's Ready condition left True and came back, again and again, each time sooner
+    /// than a NotReady counts as a fault.
+    NodeFlapping,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
         FaultKind::KubeletDown,
         FaultKind::NodeNotReady,
         FaultKind::AgentSilent,
+        FaultKind::NodeFlapping,
     ];
 
     /// The name used on the wire and in APIs.
@@ -56,6 +60,7 @@ impl FaultKind {
             FaultKind::KubeletDown => "KubeletDown",
             FaultKind::NodeNotReady => "NodeNotReady",
             FaultKind::AgentSilent => "AgentSilent",
+            FaultKind::NodeFlapping => "NodeFlapping",
         }
     }
 
@@ -63,7 +68,10 @@ impl FaultKind {
     pub fn class(self) -> FaultClass {
         match self {
             FaultKind::MemoryUncorrectable => FaultClass::Hardware,
-            FaultKind::KernelHung | FaultKind::ReadonlyFilesystem | FaultKind::NodeNotReady => FaultClass::System,
+            FaultKind::KernelHung
+            | FaultKind::ReadonlyFilesystem
+            | FaultKind::NodeNotReady
+            | FaultKind::NodeFlapping => FaultClass::System,
             FaultKind::KubeletDown | FaultKind::AgentSilent => FaultClass::Component,
         }
     }
