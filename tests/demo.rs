@@ -283,4 +283,30 @@ fn an_agent_refuses_a_host_root_without_its_files() {
     assert!(err.contains("proc/sys/kernel/random/boot_id"), "{err}");
     let err = agent("Node_1");
     assert!(err.contains("--node `Node_1` is not a DNS-1123 name"), "{err}");
+    // A node-problem-detector rule file with a permanent rule naming no condition.
+    std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
+    std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "b1\n").unwrap();
+    let npd = root.join("kernel-monitor.json");
+    std::fs::write(
+        &npd,
+        r#"{"source": "kernel-monitor", "rules": [{"type": "permanent", "reason": "R", "pattern": "x"}]}"#,
+    )
+    .unwrap();
+    let out = firebreak(&[
+        "agent",
+        "--cluster",
+        "c1",
+        "--node",
+        "n1",
+        "--kafka-brokers",
+        "127.0.0.1:1",
+        "--host-root",
+        root.to_str().unwrap(),
+        "--no-actuator",
+        "--rules",
+        npd.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel-monitor.json: rules[0] (R): a permanent rule names its condition"), "{err}");
 }

@@ -171,7 +171,7 @@ impl NodeAgent {
             observed_at,
             message: record.message.clone(),
             evidence: BTreeMap::from([
-                ("rule".into(), rule.name.into()),
+                ("rule".into(), rule.name.clone()),
                 ("kmsg_seq".into(), seq),
                 ("kmsg_level".into(), record.level.to_string()),
                 ("boot_id".into(), boot_id),
@@ -216,6 +216,11 @@ pub struct AgentArgs {
     /// A file of librdkafka properties, `key=value` per line, read before `--kafka-option`.
     #[arg(long = "kafka-config", env = "FIREBREAK_KAFKA_CONFIG")]
     pub kafka_config: Option<PathBuf>,
+    /// Kernel log rules (repeatable), replacing the built-in ones: node-problem-detector's
+    /// system-log-monitor files (`.json`, e.g. its `kernel-monitor.json`, unchanged) or
+    /// Firebreak's own TOML; matched in the order given.
+    #[arg(long = "rules", value_name = "FILE")]
+    pub rules: Vec<PathBuf>,
     /// Heartbeat period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -249,7 +254,7 @@ fn kafka_option(s: &str) -> std::result::Result<(String, String), String> {
 
 /// Checks the settings an agent cannot run blind without: names as Kubernetes spells them, a
 /// host root with the kernel log and the boot id, non-zero intervals; says what it reads.
-pub fn check(args: &AgentArgs) -> Result<()> {
+pub fn check(args: &AgentArgs) -> Result<Vec<rules::Rule>> {
     use firebreak_schema::names::is_dns1123_subdomain;
     for (flag, v) in [("--cluster", &args.cluster), ("--node", &args.node)] {
         if !is_dns1123_subdomain(v) {
@@ -274,13 +279,25 @@ pub fn check(args: &AgentArgs) -> Result<()> {
             return Err(Error::Config(format!("{flag} must be more than 0")));
         }
     }
-    tracing::info!(cluster = %args.cluster, node = %args.node, host_root = %root.display(), brokers = %args.kafka_brokers, "agent starting");
-    Ok(())
+    let rules = if args.rules.is_empty() {
+        rules::defaults()
+    } else {
+        let mut all = Vec::new();
+        for path in &args.rules {
+            all.extend(rules::load(path)?);
+        }
+        all
+    };
+    if rules.is_empty() {
+        return Err(Error::Config("no kernel log rules: the files given hold none".into()));
+    }
+    tracing::info!(cluster = %args.cluster, node = %args.node, host_root = %root.display(), brokers = %args.kafka_brokers, rules = rules.len(), "agent starting");
+    Ok(rules)
 }
 
 /// Runs one agent until Ctrl-C, then flushes what is queued.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    check(&args)?;
+    let rules = check(&args)?;
     let mut kafka = KafkaConfig::new(args.kafka_brokers);
     if let Some(p) = &args.kafka_config {
         kafka.client_options = KafkaConfig::options_file(p)?;
@@ -317,7 +334,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         cluster: args.cluster,
         node: args.node,
         host_root: args.host_root,
-        rules: Arc::new(rules::defaults()),
+        rules: Arc::new(rules),
         producer: producer.clone(),
         poll_interval: args.poll_interval,
         heartbeat_interval: args.heartbeat_interval,

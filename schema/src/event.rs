@@ -37,11 +37,14 @@ pub enum FaultKind {
     /// The node's Ready condition left True and came back, again and again, each time sooner
     /// than a NotReady counts as a fault.
     NodeFlapping,
+    /// The kernel logged an error a rule names that no other kind covers (an oops, an I/O or
+    /// filesystem error: node-problem-detector's rules); recorded, not repaired by default.
+    KernelError,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
@@ -49,6 +52,7 @@ impl FaultKind {
         FaultKind::NodeNotReady,
         FaultKind::AgentSilent,
         FaultKind::NodeFlapping,
+        FaultKind::KernelError,
     ];
 
     /// The name used on the wire and in APIs.
@@ -61,6 +65,7 @@ impl FaultKind {
             FaultKind::NodeNotReady => "NodeNotReady",
             FaultKind::AgentSilent => "AgentSilent",
             FaultKind::NodeFlapping => "NodeFlapping",
+            FaultKind::KernelError => "KernelError",
         }
     }
 
@@ -71,7 +76,8 @@ impl FaultKind {
             FaultKind::KernelHung
             | FaultKind::ReadonlyFilesystem
             | FaultKind::NodeNotReady
-            | FaultKind::NodeFlapping => FaultClass::System,
+            | FaultKind::NodeFlapping
+            | FaultKind::KernelError => FaultClass::System,
             FaultKind::KubeletDown | FaultKind::AgentSilent => FaultClass::Component,
         }
     }
