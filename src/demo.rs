@@ -429,7 +429,9 @@ impl Stack {
                     producer.clone(),
                 ));
                 actuators.push(actuator.clone());
+                let cursor = Some(host_root.join("var/lib/firebreak-agent/kmsg-cursor"));
                 let agent = NodeAgent {
+                    cursor,
                     cluster: cluster.name().into(),
                     host_root,
                     node,

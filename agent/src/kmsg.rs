@@ -47,6 +47,8 @@ pub struct Follower {
     offset: u64,
     partial: String,
     last_seq: Option<u64>,
+    /// Records the kernel overwrote before they were read, since the last `take_lost`.
+    lost: u64,
 }
 
 impl Follower {
@@ -59,7 +61,13 @@ impl Follower {
             offset: 0,
             partial: String::new(),
             last_seq: None,
+            lost: 0,
         }
+    }
+
+    /// How many records were lost to the kernel's ring buffer since the last call.
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     /// The log started over (the host booted again): the next poll opens it afresh (a log
@@ -90,7 +98,8 @@ impl Follower {
                     Ok(0) => break,
                     Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    // EPIPE: records were overwritten before we read them; go on with the next.
+                    // EPIPE: records were overwritten before we read them; the next read returns
+                    // the oldest one left, and the gap in sequence numbers says how many.
                     Err(e) if e.raw_os_error() == Some(32) => continue,
                     Err(e) => return Err(Error::Io { path: self.path.clone(), source: e }),
                 }
@@ -119,6 +128,9 @@ impl Follower {
                     if self.last_seq.is_some_and(|s| r.seq < s) {
                         tracing::info!(path = %self.path.display(), "kernel log started over");
                     }
+                    if self.device {
+                        self.lost += skipped(self.last_seq, r.seq);
+                    }
                     self.last_seq = Some(r.seq);
                     records.push(r);
                 }
@@ -126,6 +138,15 @@ impl Follower {
             }
         }
         Ok(records)
+    }
+}
+
+/// Records between the last one read and `seq` that were never read (the kernel's sequence
+/// numbers have no holes of their own); a log that started over skipped none.
+fn skipped(last: Option<u64>, seq: u64) -> u64 {
+    match last {
+        Some(l) if seq > l + 1 => seq - l - 1,
+        _ => 0,
     }
 }
 
@@ -159,6 +180,14 @@ mod tests {
             let r = parse(&format!("{prio},{seq},{usec},-,caller=T1;{msg}\n SUBSYSTEM=edac")).unwrap();
             proptest::prop_assert_eq!((r.level, r.seq, r.usec, r.message), ((prio & 7) as u8, seq, usec, msg));
         }
+    }
+
+    #[test]
+    fn a_gap_in_sequence_numbers_is_records_lost() {
+        assert_eq!(skipped(None, 40), 0, "the first record read");
+        assert_eq!(skipped(Some(7), 8), 0);
+        assert_eq!(skipped(Some(7), 12), 4, "8 to 11 were overwritten");
+        assert_eq!(skipped(Some(900), 3), 0, "started over");
     }
 
     #[test]

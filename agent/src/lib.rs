@@ -23,7 +23,9 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer};
-use firebreak_schema::{FaultEvent, HEARTBEAT_TOPIC, Heartbeat, Source, deterministic_id, fault_topic};
+use firebreak_schema::{
+    FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat, Severity, Source, deterministic_id, fault_topic,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -71,6 +73,23 @@ pub struct NodeAgent {
     /// The node's actuator, told when the node runs a new boot (so a pending reboot is
     /// reported done). Its commands come through a [`actuator::Listener`].
     pub actuator: Option<Arc<actuator::NodeActuator>>,
+    /// Where the kernel log cursor is kept (the boot id and the last sequence number whose
+    /// faults were delivered): a restarted agent goes on from there instead of publishing the
+    /// boot's faults again. `None`: no cursor (every start reads the log from its start).
+    pub cursor: Option<PathBuf>,
+}
+
+/// The kernel log cursor: the boot and the last record whose faults the brokers have.
+fn read_cursor(path: &Path) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (boot, seq) = text.trim().split_once(' ')?;
+    Some((boot.to_owned(), seq.parse().ok()?))
+}
+
+fn write_cursor(path: &Path, boot: &str, seq: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{boot} {seq}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 impl NodeAgent {
@@ -89,6 +108,13 @@ impl NodeAgent {
         let mut seq = 0u64;
         let faults = fault_topic(&self.cluster);
         let mut boot: Option<String> = None;
+        // Records of this boot up to here were handled before a restart.
+        let mut handled: Option<(String, u64)> = self.cursor.as_deref().and_then(read_cursor);
+        if let Some(dir) = self.cursor.as_deref().and_then(Path::parent)
+            && let Err(error) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(%error, dir = %dir.display(), "cannot keep the kernel log cursor");
+        }
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -126,10 +152,35 @@ impl NodeAgent {
                             continue;
                         }
                     };
+                    let lost = follower.take_lost();
+                    if lost > 0 {
+                        let event = self.overrun(lost, records.first().map_or(0, |r| r.seq));
+                        tracing::warn!(lost, "kernel log records were overwritten before they were read");
+                        self.producer.publish_until_delivered(&faults, &event, &cancel).await;
+                    }
+                    let this_boot = boot.clone().unwrap_or_default();
+                    let done = handled.as_ref().filter(|(b, _)| *b == this_boot).map(|(_, s)| *s);
+                    let mut last = None;
                     for record in records {
+                        last = Some(record.seq);
+                        if done.is_some_and(|s| record.seq <= s) {
+                            continue;
+                        }
                         let Some(event) = self.fault_of(&record) else { continue };
                         tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
-                        self.producer.publish_until_delivered(&faults, &event, &cancel).await;
+                        if !self.producer.publish_until_delivered(&faults, &event, &cancel).await {
+                            return;
+                        }
+                    }
+                    // Every fault up to `last` is delivered: a restart goes on from there.
+                    if let (Some(path), Some(seq)) = (&self.cursor, last)
+                        && done.is_none_or(|s| seq > s)
+                        && !this_boot.is_empty()
+                    {
+                        if let Err(error) = write_cursor(path, &this_boot, seq) {
+                            tracing::warn!(%error, path = %path.display(), "cannot keep the kernel log cursor");
+                        }
+                        handled = Some((this_boot, seq));
                     }
                 }
             }
@@ -137,6 +188,32 @@ impl NodeAgent {
     }
 
     /// The fault a record reveals, if a rule matches.
+    /// The report of `lost` kernel log records the kernel overwrote before the agent read them
+    /// (the device said EPIPE, or the sequence numbers skipped), before the record `next`.
+    fn overrun(&self, lost: u64, next: u64) -> FaultEvent {
+        let (_, boot_id) = boot_facts(&self.host_root);
+        let now = Utc::now();
+        FaultEvent {
+            id: deterministic_id(now, &[&self.cluster, &self.node, &boot_id, "kmsg-overrun", &next.to_string()]),
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            class: FaultKind::KernelError.class(),
+            kind: FaultKind::KernelError,
+            severity: Severity::Info,
+            source: Source::Agent,
+            observed_at: now,
+            message: format!(
+                "{lost} kernel log records were overwritten before the agent read them: faults among them are unknown"
+            ),
+            evidence: BTreeMap::from([
+                ("rule".into(), "kmsg-overrun".into()),
+                ("lost_records".into(), lost.to_string()),
+                ("next_kmsg_seq".into(), next.to_string()),
+                ("boot_id".into(), boot_id),
+            ]),
+        }
+    }
+
     pub fn fault_of(&self, record: &kmsg::Record) -> Option<FaultEvent> {
         let rule = rules::first_match(&self.rules, &record.message)?;
         let (btime, boot_id) = boot_facts(&self.host_root);
@@ -339,6 +416,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         poll_interval: args.poll_interval,
         heartbeat_interval: args.heartbeat_interval,
         actuator,
+        cursor: Some(args.state_dir.join("kmsg-cursor")),
     };
     let task = tokio::spawn(agent.run(cancel.clone()));
     let _ = tokio::signal::ctrl_c().await;
@@ -366,6 +444,7 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(1),
             actuator: None,
+            cursor: None,
         }
     }
 
