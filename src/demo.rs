@@ -430,7 +430,10 @@ impl Stack {
                 ));
                 actuators.push(actuator.clone());
                 let cursor = Some(host_root.join("var/lib/firebreak-agent/kmsg-cursor"));
+                // fleet-sim's host roots hold a kernel log and boot facts, not a sysfs: the
+                // sources beyond the kernel log are not simulated.
                 let agent = NodeAgent {
+                    sources: None,
                     cursor,
                     cluster: cluster.name().into(),
                     host_root,

@@ -53,6 +53,7 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
         heartbeat_interval: Duration::from_secs(1),
         actuator: None,
         cursor: None,
+        sources: None,
     }
 }
 
@@ -247,6 +248,66 @@ async fn a_short_not_ready_is_a_flap_and_flaps_are_reported_as_flapping() {
     assert!(Utc::now() - down.observed_at >= chrono::TimeDelta::seconds(8), "reported after the minimum");
     cancel.cancel();
     task.await.unwrap().unwrap();
+    drop(reader);
+    fleet.shutdown().await;
+}
+
+/// Issue 9: the agent's sources beyond the kernel log, on a host root laid out as sysfs and
+/// procfs serve it: a physical NIC with its link down and a needed mount missing are faults,
+/// published once while they hold, with the same ids after a restart (consumers deduplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_a_nic_down_and_a_missing_mount_once() {
+    let (_mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = common::fleet("sources", 1).await;
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let root = cluster.host_root(&node);
+    for (file, text) in [
+        ("sys/class/net/eth0/operstate", "down\n"),
+        ("sys/class/net/eth0/device/vendor", "0x8086\n"),
+        ("sys/class/net/lo/operstate", "unknown\n"),
+        ("proc/mounts", "/dev/sda1 / ext4 rw,relatime 0 0\n"),
+    ] {
+        std::fs::create_dir_all(root.join(file).parent().unwrap()).unwrap();
+        std::fs::write(root.join(file), text).unwrap();
+    }
+    let producer = Producer::new(&cfg).unwrap();
+    let sources = firebreak_agent::sources::Sources {
+        mounts: vec!["/".into(), "/var/lib/kubelet".into()],
+        components: Default::default(),
+        ..Default::default()
+    };
+    let with_sources = || NodeAgent {
+        sources: Some((sources.clone(), Duration::from_millis(300))),
+        ..agent(&cluster, &node, &producer)
+    };
+    let reader = fault_reader(&cfg);
+    let run = |agent: NodeAgent| {
+        let cancel = CancellationToken::new();
+        (cancel.clone(), tokio::spawn(agent.run(cancel)))
+    };
+    let (cancel, task) = run(with_sources());
+    let mine = |e: &FaultEvent| matches!(e.kind, FaultKind::NicDown | FaultKind::MountMissing);
+    let a = next_fault(&reader, Duration::from_secs(20), mine).await;
+    let b = next_fault(&reader, Duration::from_secs(20), mine).await;
+    let mut kinds = [a.kind, b.kind];
+    kinds.sort_by_key(|k| k.as_str());
+    assert_eq!(kinds, [FaultKind::MountMissing, FaultKind::NicDown]);
+    let nic = if a.kind == FaultKind::NicDown { a.clone() } else { b.clone() };
+    assert_eq!(nic.evidence["check"], "nic/eth0");
+    assert_eq!(nic.class, firebreak_schema::FaultClass::Hardware);
+    // Held, not repeated: several checks later nothing more is published.
+    let records = || (0..3).map(|p| reader.fetch_watermarks(FAULTS, p, Duration::from_secs(5)).unwrap().1).sum::<i64>();
+    let held = records();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(records(), held, "a finding that holds is published once");
+    cancel.cancel();
+    task.await.unwrap();
+    let (cancel, task) = run(with_sources());
+    let again = next_fault(&reader, Duration::from_secs(20), |e| e.kind == FaultKind::NicDown).await;
+    assert_eq!(again.id, nic.id, "the same finding after a restart has the same id");
+    cancel.cancel();
+    task.await.unwrap();
     drop(reader);
     fleet.shutdown().await;
 }

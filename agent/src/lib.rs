@@ -13,6 +13,7 @@
 pub mod actuator;
 pub mod kmsg;
 pub mod rules;
+pub mod sources;
 
 use std::{
     collections::BTreeMap,
@@ -77,6 +78,8 @@ pub struct NodeAgent {
     /// faults were delivered): a restarted agent goes on from there instead of publishing the
     /// boot's faults again. `None`: no cursor (every start reads the log from its start).
     pub cursor: Option<PathBuf>,
+    /// The sources beyond the kernel log and how often they are checked; `None`: none.
+    pub sources: Option<(sources::Sources, Duration)>,
 }
 
 /// The kernel log cursor: the boot and the last record whose faults the brokers have.
@@ -110,6 +113,10 @@ impl NodeAgent {
         let mut boot: Option<String> = None;
         // Records of this boot up to here were handled before a restart.
         let mut handled: Option<(String, u64)> = self.cursor.as_deref().and_then(read_cursor);
+        let mut checker = sources::Checker::default();
+        let mut holding: std::collections::BTreeSet<String> = Default::default();
+        let mut check = tokio::time::interval(self.sources.as_ref().map_or(Duration::from_secs(3600), |s| s.1));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Some(dir) = self.cursor.as_deref().and_then(Path::parent)
             && let Err(error) = std::fs::create_dir_all(dir)
         {
@@ -127,6 +134,22 @@ impl NodeAgent {
                     if let Err(error) = self.producer.publish_nowait(HEARTBEAT_TOPIC, &hb) {
                         tracing::warn!(%error, "heartbeat not queued");
                     }
+                }
+                _ = check.tick(), if self.sources.is_some() => {
+                    let Some((cfg, _)) = &self.sources else { continue };
+                    let found = checker.check(&self.host_root, cfg).await;
+                    let now: std::collections::BTreeSet<String> = found.iter().map(|f| f.key.clone()).collect();
+                    for finding in found.into_iter().filter(|f| !holding.contains(&f.key)) {
+                        let event = self.fault_of_finding(&finding);
+                        tracing::info!(kind = %event.kind, event_id = %event.id, key = %finding.key, "fault found");
+                        if !self.producer.publish_until_delivered(&faults, &event, &cancel).await {
+                            return;
+                        }
+                    }
+                    for gone in holding.difference(&now) {
+                        tracing::info!(key = %gone, "no longer holds");
+                    }
+                    holding = now;
                 }
                 _ = poll.tick() => {
                     // A new boot id: the host booted again and its kernel log started over.
@@ -209,6 +232,29 @@ impl NodeAgent {
                 ("rule".into(), "kmsg-overrun".into()),
                 ("lost_records".into(), lost.to_string()),
                 ("next_kmsg_seq".into(), next.to_string()),
+                ("boot_id".into(), boot_id),
+            ]),
+        }
+    }
+
+    /// The event of a finding of the sources: its id is named by the boot, the finding's key
+    /// and what was seen, so the same finding found again (after a restart) has the same id.
+    fn fault_of_finding(&self, f: &sources::Finding) -> FaultEvent {
+        let (btime, boot_id) = boot_facts(&self.host_root);
+        let boot = btime.and_then(|b| DateTime::from_timestamp(b, 0)).unwrap_or(DateTime::UNIX_EPOCH);
+        FaultEvent {
+            id: deterministic_id(boot, &[&self.cluster, &self.node, &boot_id, &f.key, &f.seen]),
+            cluster: self.cluster.clone(),
+            node: self.node.clone(),
+            class: f.kind.class(),
+            kind: f.kind,
+            severity: f.severity,
+            source: Source::Agent,
+            observed_at: Utc::now(),
+            message: f.message.clone(),
+            evidence: BTreeMap::from([
+                ("check".into(), f.key.clone()),
+                ("seen".into(), f.seen.clone()),
                 ("boot_id".into(), boot_id),
             ]),
         }
@@ -298,6 +344,25 @@ pub struct AgentArgs {
     /// Firebreak's own TOML; matched in the order given.
     #[arg(long = "rules", value_name = "FILE")]
     pub rules: Vec<PathBuf>,
+    /// How often the sources beyond the kernel log are checked (EDAC counters, mounts, NICs,
+    /// node components, plugins); `0s`: never.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+    /// A mount point the node needs mounted read-write (repeatable).
+    #[arg(long = "mount", value_name = "PATH", default_values = ["/", "/var/lib/kubelet"])]
+    pub mounts: Vec<String>,
+    /// A node component's health: `NAME=http://HOST:PORT/PATH` (200 is healthy) or
+    /// `NAME=/path/to/socket` under the host root (repeatable).
+    #[arg(long = "component", value_name = "NAME=TARGET", value_parser = kafka_option,
+          default_values = ["kubelet=http://127.0.0.1:10248/healthz", "containerd=/run/containerd/containerd.sock"])]
+    pub components: Vec<(String, String)>,
+    /// A custom plugin, node-problem-detector's contract (exit 0 ok, 1 problem, 2 unknown):
+    /// `NAME=PROGRAM ARGS` (repeatable).
+    #[arg(long = "plugin", value_name = "NAME=PROGRAM", value_parser = kafka_option)]
+    pub plugins: Vec<(String, String)>,
+    /// Corrected memory errors between two checks that make a `MemoryCorrectable` fault.
+    #[arg(long, default_value_t = 100)]
+    pub ce_threshold: u64,
     /// Heartbeat period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -325,6 +390,7 @@ pub struct AgentArgs {
     pub state_dir: PathBuf,
 }
 
+/// `key=value`, for `--kafka-option`, `--component` and `--plugin`.
 fn kafka_option(s: &str) -> std::result::Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
@@ -416,6 +482,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         poll_interval: args.poll_interval,
         heartbeat_interval: args.heartbeat_interval,
         actuator,
+        sources: (!args.check_interval.is_zero()).then(|| {
+            let cfg = sources::Sources {
+                ce_threshold: args.ce_threshold,
+                mounts: args.mounts.clone(),
+                components: args.components.iter().cloned().collect(),
+                plugins: args.plugins.clone(),
+                timeout: args.command_timeout.min(Duration::from_secs(30)),
+            };
+            (cfg, args.check_interval)
+        }),
         cursor: Some(args.state_dir.join("kmsg-cursor")),
     };
     let task = tokio::spawn(agent.run(cancel.clone()));
@@ -445,6 +521,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             actuator: None,
             cursor: None,
+            sources: None,
         }
     }
 

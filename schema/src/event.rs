@@ -40,11 +40,19 @@ pub enum FaultKind {
     /// The kernel logged an error a rule names that no other kind covers (an oops, an I/O or
     /// filesystem error: node-problem-detector's rules); recorded, not repaired by default.
     KernelError,
+    /// EDAC's corrected memory error counters grew fast: a DIMM on its way out.
+    MemoryCorrectable,
+    /// A physical network interface lost its link.
+    NicDown,
+    /// A filesystem the node needs is not mounted.
+    MountMissing,
+    /// A custom plugin (node-problem-detector's contract: exit 1) reported a problem.
+    PluginProblem,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
@@ -53,6 +61,10 @@ impl FaultKind {
         FaultKind::AgentSilent,
         FaultKind::NodeFlapping,
         FaultKind::KernelError,
+        FaultKind::MemoryCorrectable,
+        FaultKind::NicDown,
+        FaultKind::MountMissing,
+        FaultKind::PluginProblem,
     ];
 
     /// The name used on the wire and in APIs.
@@ -66,19 +78,24 @@ impl FaultKind {
             FaultKind::AgentSilent => "AgentSilent",
             FaultKind::NodeFlapping => "NodeFlapping",
             FaultKind::KernelError => "KernelError",
+            FaultKind::MemoryCorrectable => "MemoryCorrectable",
+            FaultKind::NicDown => "NicDown",
+            FaultKind::MountMissing => "MountMissing",
+            FaultKind::PluginProblem => "PluginProblem",
         }
     }
 
     /// The class a fault of this kind belongs to.
     pub fn class(self) -> FaultClass {
         match self {
-            FaultKind::MemoryUncorrectable => FaultClass::Hardware,
+            FaultKind::MemoryUncorrectable | FaultKind::MemoryCorrectable | FaultKind::NicDown => FaultClass::Hardware,
+            FaultKind::MountMissing => FaultClass::System,
             FaultKind::KernelHung
             | FaultKind::ReadonlyFilesystem
             | FaultKind::NodeNotReady
             | FaultKind::NodeFlapping
             | FaultKind::KernelError => FaultClass::System,
-            FaultKind::KubeletDown | FaultKind::AgentSilent => FaultClass::Component,
+            FaultKind::KubeletDown | FaultKind::AgentSilent | FaultKind::PluginProblem => FaultClass::Component,
         }
     }
 }
