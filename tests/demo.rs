@@ -310,3 +310,21 @@ fn an_agent_refuses_a_host_root_without_its_files() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("kernel-monitor.json: rules[0] (R): a permanent rule names its condition"), "{err}");
 }
+
+/// `firebreak bench agent` in smoke mode: it runs the real `firebreak-agent` binary (built
+/// beside `firebreak` by a workspace build) and prints its memory and CPU, idle and loaded,
+/// with every fault it was fed delivered.
+#[test]
+fn bench_agent_runs_in_smoke_mode() {
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_firebreak")).with_file_name("firebreak-agent");
+    assert!(agent.is_file(), "{} missing: build the workspace (cargo build --workspace)", agent.display());
+    let out = firebreak(&["bench", "agent", "--idle", "1s", "--load", "2s", "--rate", "200"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rss = text.lines().find(|l| l.starts_with("resident memory (VmRSS)")).unwrap_or_default();
+    let idle: f64 = rss.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    assert!(idle > 1.0, "a real process's memory: {rss}");
+    let line = text.lines().find(|l| l.starts_with("records written")).unwrap_or_default();
+    let n: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(matches!(n[..], [w, f, d] if w >= 300 && f == w / 100 && d == f), "every fault delivered: {line}");
+}

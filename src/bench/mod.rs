@@ -8,6 +8,8 @@
 //!
 //! `drain`: a mass drain under PodDisruptionBudgets (see [`drain`]).
 //!
+//! `agent`: one `firebreak-agent` process's memory and CPU, idle and under load (see [`agent`]).
+//!
 //! `health`: the health path of the gate at fleet scale. Simulated clusters (fleet-sim behind
 //! its Kubernetes API) with steady pod churn, a detector per cluster, the gate with a health
 //! rule, the Kafka mock between them; then, in each cluster in turn, a batch of nodes is
@@ -30,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result};
 
+mod agent;
 mod drain;
 
 /// `firebreak bench` targets.
@@ -41,6 +44,8 @@ pub enum BenchCommand {
     Health(HealthBench),
     /// A mass drain: many nodes with many pods under PodDisruptionBudgets, evicted and moved.
     Drain(drain::DrainBench),
+    /// One agent process's memory and CPU, idle and under a kernel log load.
+    Agent(agent::AgentBench),
 }
 
 /// `firebreak bench health` flags.
@@ -245,6 +250,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Gate(args) => gate(args).await,
         BenchCommand::Health(args) => health(args).await,
         BenchCommand::Drain(args) => drain::drain(args).await,
+        BenchCommand::Agent(args) => agent::agent(args).await,
     }
 }
 
