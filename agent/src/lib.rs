@@ -260,6 +260,7 @@ impl NodeAgent {
         }
     }
 
+    /// The fault a kernel log record reveals, if a rule matches it.
     pub fn fault_of(&self, record: &kmsg::Record) -> Option<FaultEvent> {
         let rule = rules::first_match(&self.rules, &record.message)?;
         let (btime, boot_id) = boot_facts(&self.host_root);
@@ -334,7 +335,7 @@ pub struct AgentArgs {
     pub kafka_brokers: String,
     /// A librdkafka property for the agent's Kafka clients, `key=value` (repeatable): TLS and
     /// SASL (`security.protocol=SASL_SSL`, `sasl.mechanism=…`, …).
-    #[arg(long = "kafka-option", value_parser = kafka_option)]
+    #[arg(long = "kafka-option", value_parser = key_value)]
     pub kafka_options: Vec<(String, String)>,
     /// A file of librdkafka properties, `key=value` per line, read before `--kafka-option`.
     #[arg(long = "kafka-config", env = "FIREBREAK_KAFKA_CONFIG")]
@@ -353,12 +354,12 @@ pub struct AgentArgs {
     pub mounts: Vec<String>,
     /// A node component's health: `NAME=http://HOST:PORT/PATH` (200 is healthy) or
     /// `NAME=/path/to/socket` under the host root (repeatable).
-    #[arg(long = "component", value_name = "NAME=TARGET", value_parser = kafka_option,
+    #[arg(long = "component", value_name = "NAME=TARGET", value_parser = key_value,
           default_values = ["kubelet=http://127.0.0.1:10248/healthz", "containerd=/run/containerd/containerd.sock"])]
     pub components: Vec<(String, String)>,
     /// A custom plugin, node-problem-detector's contract (exit 0 ok, 1 problem, 2 unknown):
     /// `NAME=PROGRAM ARGS` (repeatable).
-    #[arg(long = "plugin", value_name = "NAME=PROGRAM", value_parser = kafka_option)]
+    #[arg(long = "plugin", value_name = "NAME=PROGRAM", value_parser = key_value)]
     pub plugins: Vec<(String, String)>,
     /// Corrected memory errors between two checks that make a `MemoryCorrectable` fault.
     #[arg(long, default_value_t = 100)]
@@ -391,7 +392,7 @@ pub struct AgentArgs {
 }
 
 /// `key=value`, for `--kafka-option`, `--component` and `--plugin`.
-fn kafka_option(s: &str) -> std::result::Result<(String, String), String> {
+fn key_value(s: &str) -> std::result::Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 

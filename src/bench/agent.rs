@@ -133,10 +133,10 @@ pub(super) async fn agent(args: AgentBench) -> Result<()> {
         .args(["--component", "kubelet=/run/kubelet.sock"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("agent.log")).map_err(|source| Error::Io {
-            what: format!("create {}", dir.join("agent.log").display()),
-            source,
-        })?)
+        .stderr(
+            std::fs::File::create(dir.join("agent.log"))
+                .map_err(|source| Error::Io { what: format!("create {}", dir.join("agent.log").display()), source })?,
+        )
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| Error::Io { what: format!("start {}", bin.display()), source })?;
