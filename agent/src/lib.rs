@@ -386,7 +386,8 @@ pub struct AgentArgs {
     /// Longest a reboot or restart command may run.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
-    /// Where the actuator keeps the reboot it is waiting for and the commands it handled.
+    /// Where the agent keeps its state: the kernel log cursor (`kmsg-cursor`), the reboot the
+    /// actuator is waiting for and the commands it handled.
     #[arg(long, default_value = "/var/lib/firebreak-agent")]
     pub state_dir: PathBuf,
 }
