@@ -316,7 +316,11 @@ async fn a_remediator_with_a_wrong_token_does_nothing() {
     let node = format!("{}-node-002", cluster.name());
     cluster.inject(&node, Fault::ReadonlyFilesystem).unwrap();
     let (_, why) = wait_for("the refusal recorded", Duration::from_secs(20), || async {
-        steps(&stack, &node).await.into_iter().find(|(s, r)| s == "permit_wait" && r.contains("401"))
+        // (Not merely "401": the intake step names the fault's id, which may hold those digits.)
+        steps(&stack, &node)
+            .await
+            .into_iter()
+            .find(|(s, r)| s == "permit_wait" && r.contains("failing closed") && r.contains("401"))
     })
     .await;
     assert!(why.contains("gate unavailable, failing closed"), "{why}");
