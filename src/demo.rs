@@ -429,12 +429,15 @@ impl Stack {
                     producer.clone(),
                 ));
                 actuators.push(actuator.clone());
-                let cursor = Some(host_root.join("var/lib/firebreak-agent/kmsg-cursor"));
+                let state = host_root.join("var/lib/firebreak-agent");
+                let cursor = Some(state.join("kmsg-cursor"));
+                let spool = Some(firebreak_agent::spool::Spool::open(&state.join("spool"), Default::default())?);
                 // fleet-sim's host roots hold a kernel log and boot facts, not a sysfs: the
                 // sources beyond the kernel log are not simulated.
                 let agent = NodeAgent {
                     sources: None,
                     cursor,
+                    spool,
                     cluster: cluster.name().into(),
                     host_root,
                     node,

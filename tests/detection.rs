@@ -54,6 +54,7 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
         actuator: None,
         cursor: None,
         sources: None,
+        spool: None,
     }
 }
 
@@ -309,5 +310,234 @@ async fn the_agent_reports_a_nic_down_and_a_missing_mount_once() {
     cancel.cancel();
     task.await.unwrap();
     drop(reader);
+    fleet.shutdown().await;
+}
+
+/// Issue 9: the crash-safe spool. Faults found while the brokers are down are on disk before
+/// the agent reads the log past them. A real `firebreak agent` process killed with SIGKILL
+/// mid-outage, and again mid-delivery, loses none: every fault the node's kernel logged
+/// arrives once it runs again, and the spool is empty once they are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_with_sigkill_loses_no_fault() {
+    let (mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = common::fleet("spool", 1).await;
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let root = cluster.host_root(&node);
+    let state = common::temp_dir("agent-state");
+    let spool = state.join("spool");
+    let start = || {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(state.join("agent.log")).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .args(["agent", "--cluster", cluster.name(), "--node", &node, "--kafka-brokers", &cfg.brokers])
+            .arg("--host-root")
+            .arg(&root)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--check-interval", "0s", "--no-actuator", "--poll-interval", "100ms", "--heartbeat-interval", "1s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let spooled = || {
+        std::fs::read_dir(&spool)
+            .map_or(0, |d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+    };
+    // Every fault the node's kernel logged: the sequence numbers of the records a rule matches.
+    let logged = || {
+        let rules = rules::defaults();
+        std::fs::read_to_string(root.join("dev/kmsg"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| firebreak_agent::kmsg::parse(l).ok())
+            .filter(|r| rules::first_match(&rules, &r.message).is_some())
+            .map(|r| r.seq.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let faults = [Fault::MemoryUncorrectable, Fault::ReadonlyFilesystem, Fault::KernelHung];
+
+    let mut agent = start();
+    let beats = reader(&cfg, HEARTBEAT_TOPIC);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while decode_message::<Heartbeat>(&beats.recv().await.unwrap()).is_err() {}
+    })
+    .await
+    .expect("the agent is up: a heartbeat");
+    drop(beats);
+
+    // Mid-outage: the faults are spooled (the log is read on while the brokers are down), then
+    // the agent is killed; more faults happen while it is dead.
+    mock.broker_down(1).unwrap();
+    for fault in faults.iter().cycle().take(12) {
+        cluster.inject(&node, *fault).unwrap();
+    }
+    let want = logged().len();
+    common::wait_for("the faults spooled on disk", Duration::from_secs(30), || async {
+        (spooled() >= want).then_some(())
+    })
+    .await;
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    assert_eq!(spooled(), want, "a killed agent leaves its undelivered faults on disk");
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    mock.broker_up(1).unwrap();
+    let mut agent = start();
+
+    // Mid-delivery: a burst, and the agent killed as soon as the first of it is on the topic.
+    let reader = fault_reader(&cfg);
+    let mut seen = std::collections::BTreeSet::new();
+    let collect = async |seen: &mut std::collections::BTreeSet<String>,
+                             until: &dyn Fn(&std::collections::BTreeSet<String>) -> bool| {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !until(seen) {
+                if let Ok(e) = decode_message::<FaultEvent>(&reader.recv().await.unwrap())
+                    && let Some(seq) = e.evidence.get("kmsg_seq")
+                {
+                    assert_eq!(e.node, node);
+                    seen.insert(seq.clone());
+                }
+            }
+        })
+        .await
+    };
+    let before = logged();
+    collect(&mut seen, &|s| !s.is_empty()).await.expect("faults delivered after the restart");
+    for fault in faults.iter().cycle().take(30) {
+        cluster.inject(&node, *fault).unwrap();
+    }
+    let burst = logged().difference(&before).count();
+    // Killed once the whole burst is read (the cursor is at its last record): some of it may
+    // be delivered, the rest is only spooled.
+    let last = logged().iter().filter_map(|s| s.parse::<u64>().ok()).max().unwrap_or(0);
+    let cursor =
+        || std::fs::read_to_string(state.join("kmsg-cursor")).ok()?.split_whitespace().nth(1)?.parse::<u64>().ok();
+    common::wait_for("the burst read", Duration::from_secs(30), || async { (cursor()? >= last).then_some(()) }).await;
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let mut agent = start();
+
+    let all = logged();
+    assert!(all.len() > want + burst, "{} faults logged", all.len());
+    let done = collect(&mut seen, &|s| all.is_subset(s)).await;
+    assert!(done.is_ok(), "missing after two kills: {:?}", all.difference(&seen).collect::<Vec<_>>());
+    common::wait_for("the spool emptied by delivery", Duration::from_secs(30), || async {
+        (spooled() == 0).then_some(())
+    })
+    .await;
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    drop(reader);
+    fleet.shutdown().await;
+}
+
+/// Issue 9: Firebreak's fault classes as node conditions, as node-problem-detector writes its
+/// own: the detector sets `FirebreakHardwareProblem` when a fault arrives on the fault topic,
+/// `kubectl describe node` shows it beside the kubelet's, and a healed workflow clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_node_conditions_that_kubectl_describes() {
+    use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, Severity, Source};
+    let (_mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3), (REMEDIATION_TOPIC, 3)]);
+    let fleet = common::fleet("conditions", 2).await;
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let cancel = CancellationToken::new();
+    let detector = firebreak_detector::Config {
+        cluster: cluster.name().into(),
+        kafka: cfg.clone(),
+        agent_silent_after: Duration::MAX,
+        new_node_grace: Duration::from_secs(60),
+        sample_every: Duration::from_secs(10),
+        failure_domains: Vec::new(),
+        pod_window: Duration::from_secs(300),
+        pod_start_deadline: Duration::from_secs(120),
+        not_ready_for: Duration::from_secs(30),
+        flapping_count: 3,
+        flapping_within: Duration::from_secs(600),
+    };
+    let metrics = firebreak_detector::Metrics::default();
+    let task = tokio::spawn(firebreak_detector::run(detector, client, metrics, cancel.clone()));
+    let condition = |ty: &'static str| {
+        let (nodes, node) = (nodes.clone(), node.clone());
+        async move {
+            let n = nodes.get(&node).await.ok()?;
+            n.status?.conditions?.into_iter().find(|c| c.type_ == ty)
+        }
+    };
+    let producer = Producer::new(&cfg).unwrap();
+    let fault = FaultEvent {
+        id: uuid::Uuid::now_v7(),
+        cluster: cluster.name().into(),
+        node: node.clone(),
+        class: FaultKind::MemoryUncorrectable.class(),
+        kind: FaultKind::MemoryUncorrectable,
+        severity: Severity::Critical,
+        source: Source::Agent,
+        observed_at: Utc::now(),
+        message: "EDAC MC0: 1 UE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0".into(),
+        evidence: Default::default(),
+    };
+    producer.publish(FAULTS, &fault).await.unwrap();
+    let set = common::wait_for("the condition set", Duration::from_secs(30), || async {
+        condition("FirebreakHardwareProblem").await.filter(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(set.reason.as_deref(), Some("MemoryUncorrectable"));
+    assert!(condition("Ready").await.is_some_and(|c| c.status == "True"), "the kubelet's conditions stay");
+
+    let described = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig_path())
+        .arg("--cache-dir")
+        .arg(common::temp_dir("kube-cache-conditions"))
+        .args(["describe", "node", &node])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(described.status.success(), "{}", String::from_utf8_lossy(&described.stderr));
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("FirebreakHardwareProblem"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("True") && line.contains("MemoryUncorrectable") && line.contains("EDAC MC0"), "{line}");
+
+    // Healed: cleared, with why; the fault read again (a replay) does not set it again.
+    let healed = RemediationEvent {
+        id: uuid::Uuid::now_v7(),
+        workflow_id: uuid::Uuid::now_v7(),
+        cluster: cluster.name().into(),
+        node: node.clone(),
+        trigger_event_id: fault.id,
+        state: "healed".into(),
+        reason: "Ready after reboot, boot id changed".into(),
+        at: Utc::now(),
+    };
+    producer.publish(REMEDIATION_TOPIC, &healed).await.unwrap();
+    let cleared = common::wait_for("the condition cleared", Duration::from_secs(30), || async {
+        condition("FirebreakHardwareProblem").await.filter(|c| c.status == "False")
+    })
+    .await;
+    assert_eq!(cleared.reason.as_deref(), Some("Remediated"));
+    assert!(cleared.message.unwrap_or_default().contains("Ready after reboot"));
+    producer.publish(FAULTS, &fault).await.unwrap();
+    // A marker fault of another class after the replay: once it is written, the replay was read.
+    let marker = FaultEvent {
+        id: uuid::Uuid::now_v7(),
+        kind: FaultKind::KubeletDown,
+        class: FaultKind::KubeletDown.class(),
+        observed_at: Utc::now(),
+        ..fault.clone()
+    };
+    producer.publish(FAULTS, &marker).await.unwrap();
+    common::wait_for("the marker written", Duration::from_secs(30), || async {
+        condition("FirebreakComponentProblem").await.filter(|c| c.status == "True")
+    })
+    .await;
+    assert_eq!(condition("FirebreakHardwareProblem").await.unwrap().status, "False", "a replay is old news");
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop(producer);
     fleet.shutdown().await;
 }

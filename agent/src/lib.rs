@@ -4,9 +4,10 @@
 //! It owns the node-side half of detection: kernel log parsing ([`kmsg`]), the rule set
 //! ([`rules`]) and the publishing loop ([`NodeAgent`]). Event ids are derived from the boot id
 //! and the kernel sequence number, so re-reading the log after a restart republishes the same
-//! ids, which consumers deduplicate: nothing is lost and nothing acts twice. While Kafka is down
-//! the producer keeps records queued and the loop waits, so the log is read on only once they
-//! are delivered. Many [`NodeAgent`]s can share one [`Producer`] (the demo runs thousands).
+//! ids, which consumers deduplicate: nothing is lost and nothing acts twice. Each fault is
+//! written to the node's crash-safe [`spool`] before the log is read past it and deleted once
+//! the brokers have it, so neither a Kafka outage nor a crash of the agent loses one. Many
+//! [`NodeAgent`]s can share one [`Producer`] (the demo runs thousands).
 //!
 //! It deliberately depends on no Kubernetes, SQL or HTTP-server crate: it runs on every node.
 
@@ -14,6 +15,7 @@ pub mod actuator;
 pub mod kmsg;
 pub mod rules;
 pub mod sources;
+pub mod spool;
 
 use std::{
     collections::BTreeMap,
@@ -80,6 +82,10 @@ pub struct NodeAgent {
     pub cursor: Option<PathBuf>,
     /// The sources beyond the kernel log and how often they are checked; `None`: none.
     pub sources: Option<(sources::Sources, Duration)>,
+    /// Where faults wait for delivery (`firebreak-agent` keeps it in its state directory).
+    /// `None`: no spool; each fault is published and the log read on only once it is delivered,
+    /// so a crash during an outage loses nothing that the kernel still holds.
+    pub spool: Option<spool::Spool>,
 }
 
 /// The kernel log cursor: the boot and the last record whose faults the brokers have.
@@ -103,13 +109,49 @@ impl NodeAgent {
     }
 
     async fn run_inner(self, cancel: CancellationToken) {
+        let faults = fault_topic(&self.cluster);
+        let sender = self.spool.clone().map(|spool| {
+            let (producer, topic, cancel) = (self.producer.clone(), faults.clone(), cancel.clone());
+            let (cluster, node, root) = (self.cluster.clone(), self.node.clone(), self.host_root.clone());
+            tokio::spawn(
+                async move {
+                    let dropped = |n| lost_faults(&cluster, &node, &root, "spool-full", n, format!(
+                        "the agent's spool was full: {n} faults (the oldest of the lowest severity) were dropped undelivered"
+                    ));
+                    spool.send(&producer, &topic, dropped, &cancel).await
+                }
+                .in_current_span(),
+            )
+        });
+        // Returns once cancelled, as does the sender; what it did not deliver stays spooled.
+        self.follow(&faults, &cancel).await;
+        if let Some(sender) = sender {
+            let _ = sender.await;
+        }
+    }
+
+    /// Hands a fault on: to the spool, or (without one, or if the disk refuses it) straight to
+    /// the brokers, waiting for delivery. `false`: cancelled before it was handed on.
+    async fn emit(&self, topic: &str, event: &FaultEvent, cancel: &CancellationToken) -> bool {
+        if let Some(spool) = &self.spool {
+            match spool.push(event) {
+                Ok(()) => return true,
+                Err(error) => {
+                    tracing::error!(%error, event_id = %event.id, "cannot spool a fault: publishing it directly")
+                }
+            }
+        }
+        self.producer.publish_until_delivered(topic, event, cancel).await
+    }
+
+    /// Reads the kernel log and the sources until cancelled.
+    async fn follow(&self, faults: &str, cancel: &CancellationToken) {
         let mut follower = kmsg::Follower::new(&self.host_root);
         let mut poll = tokio::time::interval(self.poll_interval);
         let mut beat = tokio::time::interval(self.heartbeat_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
-        let faults = fault_topic(&self.cluster);
         let mut boot: Option<String> = None;
         // Records of this boot up to here were handled before a restart.
         let mut handled: Option<(String, u64)> = self.cursor.as_deref().and_then(read_cursor);
@@ -142,7 +184,7 @@ impl NodeAgent {
                     for finding in found.into_iter().filter(|f| !holding.contains(&f.key)) {
                         let event = self.fault_of_finding(&finding);
                         tracing::info!(kind = %event.kind, event_id = %event.id, key = %finding.key, "fault found");
-                        if !self.producer.publish_until_delivered(&faults, &event, &cancel).await {
+                        if !self.emit(faults, &event, cancel).await {
                             return;
                         }
                     }
@@ -162,7 +204,7 @@ impl NodeAgent {
                         }
                         // Started, or a new boot: a reboot asked for before is done.
                         if let Some(actuator) = &self.actuator
-                            && let Err(error) = actuator.confirm_reboot(&cancel).await
+                            && let Err(error) = actuator.confirm_reboot(cancel).await
                         {
                             tracing::warn!(%error, "could not confirm a pending reboot");
                         }
@@ -177,9 +219,14 @@ impl NodeAgent {
                     };
                     let lost = follower.take_lost();
                     if lost > 0 {
-                        let event = self.overrun(lost, records.first().map_or(0, |r| r.seq));
-                        tracing::warn!(lost, "kernel log records were overwritten before they were read");
-                        self.producer.publish_until_delivered(&faults, &event, &cancel).await;
+                        let next = records.first().map_or(0, |r| r.seq);
+                        let event = lost_faults(&self.cluster, &self.node, &self.host_root, "kmsg-overrun", lost, format!(
+                            "{lost} kernel log records were overwritten before the agent read them: faults among them are unknown"
+                        ));
+                        tracing::warn!(lost, next, "kernel log records were overwritten before they were read");
+                        if !self.emit(faults, &event, cancel).await {
+                            return;
+                        }
                     }
                     let this_boot = boot.clone().unwrap_or_default();
                     let done = handled.as_ref().filter(|(b, _)| *b == this_boot).map(|(_, s)| *s);
@@ -191,11 +238,11 @@ impl NodeAgent {
                         }
                         let Some(event) = self.fault_of(&record) else { continue };
                         tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
-                        if !self.producer.publish_until_delivered(&faults, &event, &cancel).await {
+                        if !self.emit(faults, &event, cancel).await {
                             return;
                         }
                     }
-                    // Every fault up to `last` is delivered: a restart goes on from there.
+                    // Every fault up to `last` is spooled or delivered: a restart goes on from there.
                     if let (Some(path), Some(seq)) = (&self.cursor, last)
                         && done.is_none_or(|s| seq > s)
                         && !this_boot.is_empty()
@@ -207,33 +254,6 @@ impl NodeAgent {
                     }
                 }
             }
-        }
-    }
-
-    /// The fault a record reveals, if a rule matches.
-    /// The report of `lost` kernel log records the kernel overwrote before the agent read them
-    /// (the device said EPIPE, or the sequence numbers skipped), before the record `next`.
-    fn overrun(&self, lost: u64, next: u64) -> FaultEvent {
-        let (_, boot_id) = boot_facts(&self.host_root);
-        let now = Utc::now();
-        FaultEvent {
-            id: deterministic_id(now, &[&self.cluster, &self.node, &boot_id, "kmsg-overrun", &next.to_string()]),
-            cluster: self.cluster.clone(),
-            node: self.node.clone(),
-            class: FaultKind::KernelError.class(),
-            kind: FaultKind::KernelError,
-            severity: Severity::Info,
-            source: Source::Agent,
-            observed_at: now,
-            message: format!(
-                "{lost} kernel log records were overwritten before the agent read them: faults among them are unknown"
-            ),
-            evidence: BTreeMap::from([
-                ("rule".into(), "kmsg-overrun".into()),
-                ("lost_records".into(), lost.to_string()),
-                ("next_kmsg_seq".into(), next.to_string()),
-                ("boot_id".into(), boot_id),
-            ]),
         }
     }
 
@@ -265,14 +285,24 @@ impl NodeAgent {
         let rule = rules::first_match(&self.rules, &record.message)?;
         let (btime, boot_id) = boot_facts(&self.host_root);
         let since_boot = TimeDelta::microseconds(i64::try_from(record.usec).unwrap_or(i64::MAX));
-        // The kernel stamps records with time since boot; the boot time turns that into a date.
-        // Without it the agent says so and uses its own clock: never a date in 1970.
-        let (observed_at, time_source) = match btime.and_then(|b| DateTime::from_timestamp(b, 0)) {
-            Some(boot) => match boot.checked_add_signed(since_boot) {
+        // The kernel stamps records with its monotonic clock since boot. The real clock converts
+        // that: now − (uptime now − the record's stamp), from the same kernel's `proc/uptime`.
+        // Without it, the boot time (`btime`, whole seconds, and off by however much the real
+        // clock was stepped since boot) plus the stamp; without that either, the agent's own
+        // clock when it read the record, and the event says so: never a date in 1970.
+        let uptime = std::fs::read_to_string(self.host_root.join("proc/uptime"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+            .filter(|up| up.is_finite() && *up >= 0.0)
+            .map(|up| TimeDelta::microseconds((up * 1e6) as i64))
+            .filter(|up| *up >= since_boot);
+        let (observed_at, time_source) = match (uptime, btime.and_then(|b| DateTime::from_timestamp(b, 0))) {
+            (Some(up), _) => (Utc::now() - (up - since_boot), "real clock − (uptime − kernel timestamp)".to_owned()),
+            (None, Some(boot)) => match boot.checked_add_signed(since_boot) {
                 Some(t) => (t, "boot time + kernel timestamp".to_owned()),
                 None => (Utc::now(), "agent clock when read: kernel timestamp out of range".to_owned()),
             },
-            None => (
+            (None, None) => (
                 Utc::now(),
                 format!("agent clock when read: no boot time in {}", self.host_root.join("proc/stat").display()),
             ),
@@ -302,6 +332,29 @@ impl NodeAgent {
                 ("time_source".into(), time_source),
             ]),
         })
+    }
+}
+
+/// The report that the agent lost `n` fault reports (`why`: `kmsg-overrun`, `spool-full`).
+/// Its id names the moment: two losses are two reports.
+fn lost_faults(cluster: &str, node: &str, root: &Path, why: &str, n: u64, message: String) -> FaultEvent {
+    let (_, boot_id) = boot_facts(root);
+    let now = Utc::now();
+    FaultEvent {
+        id: deterministic_id(now, &[cluster, node, &boot_id, why, &n.to_string()]),
+        cluster: cluster.to_owned(),
+        node: node.to_owned(),
+        class: FaultKind::FaultsLost.class(),
+        kind: FaultKind::FaultsLost,
+        severity: Severity::Warning,
+        source: Source::Agent,
+        observed_at: now,
+        message,
+        evidence: BTreeMap::from([
+            ("rule".into(), why.into()),
+            ("lost".into(), n.to_string()),
+            ("boot_id".into(), boot_id),
+        ]),
     }
 }
 
@@ -386,10 +439,19 @@ pub struct AgentArgs {
     /// Longest a reboot or restart command may run.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
-    /// Where the agent keeps its state: the kernel log cursor (`kmsg-cursor`), the reboot the
-    /// actuator is waiting for and the commands it handled.
+    /// Where the agent keeps its state: the faults waiting for delivery (`spool/`), the kernel
+    /// log cursor (`kmsg-cursor`), the reboot the actuator is waiting for and the commands it
+    /// handled. Keep it on the host's disk (deploy/agent.yaml mounts a hostPath): what is
+    /// spooled there survives the agent's crash and its pod's replacement.
     #[arg(long, default_value = "/var/lib/firebreak-agent")]
     pub state_dir: PathBuf,
+    /// Most faults the spool keeps while the brokers cannot be reached; when full, the oldest
+    /// of the lowest severity is dropped, and the loss reported once there is room.
+    #[arg(long, default_value_t = 10_000)]
+    pub spool_max_entries: usize,
+    /// Most bytes the spool keeps (the faults' JSON).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub spool_max_bytes: u64,
 }
 
 /// `key=value`, for `--kafka-option`, `--component` and `--plugin`.
@@ -449,6 +511,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     }
     kafka.client_options.extend(args.kafka_options.iter().cloned());
     let producer = Producer::new(&kafka)?;
+    let limits = spool::Limits { entries: args.spool_max_entries, bytes: args.spool_max_bytes };
+    let spool = spool::Spool::open(&args.state_dir.join("spool"), limits)?;
     let cancel = CancellationToken::new();
     let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let actuator = (!args.no_actuator).then(|| {
@@ -495,6 +559,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             (cfg, args.check_interval)
         }),
         cursor: Some(args.state_dir.join("kmsg-cursor")),
+        spool: Some(spool),
     };
     let task = tokio::spawn(agent.run(cancel.clone()));
     let _ = tokio::signal::ctrl_c().await;
@@ -524,6 +589,7 @@ mod tests {
             actuator: None,
             cursor: None,
             sources: None,
+            spool: None,
         }
     }
 
@@ -543,6 +609,16 @@ mod tests {
         let e = a.fault_of(&record).unwrap();
         assert_eq!(e.observed_at, DateTime::from_timestamp(1_800_000_005, 0).unwrap());
         assert_eq!(e.evidence["time_source"], "boot time + kernel timestamp");
+        // With the kernel's uptime: the real clock minus how long ago the kernel stamped it.
+        std::fs::write(root.join("proc/uptime"), "65.25 120.50\n").unwrap();
+        let e = a.fault_of(&record).unwrap();
+        let ago = (Utc::now() - e.observed_at).num_milliseconds();
+        assert!((60_200..61_000).contains(&ago), "stamped 60.25 s before now, not {ago} ms");
+        assert_eq!(e.evidence["time_source"], "real clock − (uptime − kernel timestamp)");
+        assert_eq!(a.fault_of(&record).unwrap().id, e.id, "the id does not move with the clock");
+        // An uptime shorter than the stamp is another kernel's: not used.
+        std::fs::write(root.join("proc/uptime"), "1.00 1.00\n").unwrap();
+        assert_eq!(a.fault_of(&record).unwrap().evidence["time_source"], "boot time + kernel timestamp");
         std::fs::remove_dir_all(root).unwrap();
     }
 }

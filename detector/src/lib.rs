@@ -22,6 +22,7 @@
 //! restarts while an agent is silent has not heard that agent's last heartbeat, so it reports
 //! the silence once more, under the second kind of id.)
 
+pub mod conditions;
 mod pods;
 
 use std::{
@@ -108,6 +109,7 @@ pub struct Metrics {
     samples: Family<ClusterLabels, Counter>,
     sample_seconds: Family<ClusterLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     undecodable: Family<KindLabels, Counter>,
+    conditions: Family<ClusterLabels, Counter>,
 }
 
 impl Metrics {
@@ -140,10 +142,19 @@ impl Metrics {
             "Objects the watches could not decode (kind Node or Pod), skipped while the rest are watched",
             m.undecodable.clone(),
         );
+        r.register(
+            "node_conditions_written",
+            "Patches of Firebreak's node conditions (a fault set one, a healing cleared them)",
+            m.conditions.clone(),
+        );
         m
     }
 
     /// Counts and reports an object a watch could not decode; the watch goes on without it.
+    fn condition_written(&self, cluster: &str) {
+        self.conditions.get_or_create(&ClusterLabels { cluster: cluster.into() }).inc();
+    }
+
     fn undecodable(&self, cluster: &str, kind: &'static str, name: Option<&str>, error: &str) {
         tracing::warn!(kind, name = name.unwrap_or_default(), error, "undecodable object skipped; watching the rest");
         self.undecodable.get_or_create(&KindLabels { cluster: cluster.into(), kind }).inc();
@@ -184,7 +195,7 @@ impl Metrics {
 /// verbs). `deploy/` grants its service account exactly these (a test renders the manifests and
 /// compares).
 pub const KUBE_ACCESS: &[(&str, &str, &[&str])] =
-    &[("", "nodes", &["list", "watch"]), ("", "pods", &["list", "watch"])];
+    &[("", "nodes", &["get", "list", "watch"]), ("", "nodes/status", &["patch"]), ("", "pods", &["list", "watch"])];
 
 /// How to run the detector.
 #[derive(Debug, Clone)]
@@ -248,6 +259,15 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
         watch_nodes(cfg.clone(), Api::all(client.clone()), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
             .instrument(span.clone()),
     );
+    let conditions = tokio::spawn({
+        let (cfg, nodes, metrics, cancel) = (cfg.clone(), Api::all(client.clone()), metrics.clone(), cancel.clone());
+        async move {
+            if let Err(error) = conditions::run(cfg, nodes, metrics, cancel).await {
+                tracing::error!(%error, "node conditions are not written");
+            }
+        }
+        .instrument(span.clone())
+    });
     let pods = tokio::spawn(
         watch_pods(
             cfg.cluster.clone(),
@@ -274,6 +294,7 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
     let _ = watching.await;
     let _ = pods.await;
     let _ = samples.await;
+    let _ = conditions.await;
     Ok(())
 }
 

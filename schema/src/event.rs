@@ -48,11 +48,14 @@ pub enum FaultKind {
     MountMissing,
     /// A custom plugin (node-problem-detector's contract: exit 1) reported a problem.
     PluginProblem,
+    /// The agent knows it lost fault reports: the kernel overwrote log records before they were
+    /// read, or its full spool dropped faults to make room. The evidence says how many.
+    FaultsLost,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
@@ -65,6 +68,7 @@ impl FaultKind {
         FaultKind::NicDown,
         FaultKind::MountMissing,
         FaultKind::PluginProblem,
+        FaultKind::FaultsLost,
     ];
 
     /// The name used on the wire and in APIs.
@@ -82,6 +86,7 @@ impl FaultKind {
             FaultKind::NicDown => "NicDown",
             FaultKind::MountMissing => "MountMissing",
             FaultKind::PluginProblem => "PluginProblem",
+            FaultKind::FaultsLost => "FaultsLost",
         }
     }
 
@@ -95,7 +100,9 @@ impl FaultKind {
             | FaultKind::NodeNotReady
             | FaultKind::NodeFlapping
             | FaultKind::KernelError => FaultClass::System,
-            FaultKind::KubeletDown | FaultKind::AgentSilent | FaultKind::PluginProblem => FaultClass::Component,
+            FaultKind::KubeletDown | FaultKind::AgentSilent | FaultKind::PluginProblem | FaultKind::FaultsLost => {
+                FaultClass::Component
+            }
         }
     }
 }
