@@ -142,6 +142,39 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
+/// Leader election among a cluster's replicas of the remediator or the detector.
+#[derive(Debug, clap::Args)]
+pub struct LeaderArgs {
+    /// Act alone: no leader election (only with a single replica per cluster).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// Namespace of the cluster's Lease (`firebreak-remediator-<cluster>`,
+    /// `firebreak-detector-<cluster>`).
+    #[arg(long, default_value = "kube-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (default: `$POD_NAME`, or host and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub lease_identity: Option<String>,
+    /// How long the Lease lasts without renewal: how soon a replica takes over from a dead
+    /// leader.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+}
+
+impl LeaderArgs {
+    /// The Lease configuration, or `None` with `--no-leader-election`.
+    pub fn lease(self) -> Option<firebreak_plumbing::leader::LeaseConfig> {
+        (!self.no_leader_election).then(|| firebreak_plumbing::leader::LeaseConfig {
+            namespace: self.lease_namespace,
+            identity: self.lease_identity.unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            }),
+            duration: self.lease_duration,
+        })
+    }
+}
+
 /// `firebreak remediator` flags.
 #[derive(Debug, clap::Args)]
 pub struct RemediatorArgs {
@@ -174,19 +207,8 @@ pub struct RemediatorArgs {
     /// How long after the quiet period to wait for the readiness gates before escalating.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub readiness_timeout: Duration,
-    /// Act alone: no leader election (only with a single replica per cluster).
-    #[arg(long)]
-    pub no_leader_election: bool,
-    /// Namespace of the cluster's Lease `firebreak-remediator-<cluster>`.
-    #[arg(long, default_value = "kube-system")]
-    pub lease_namespace: String,
-    /// This replica's identity in the Lease (default: `$POD_NAME`, or host and pid).
-    #[arg(long, env = "POD_NAME")]
-    pub lease_identity: Option<String>,
-    /// How long the Lease lasts without renewal: how soon a replica takes over from a dead
-    /// leader.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    pub lease_duration: Duration,
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// Longest a drain may take before the node goes to a human.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -282,6 +304,8 @@ pub enum Command {
         flapping_within: Duration,
         #[command(flatten)]
         domains: DomainArgs,
+        #[command(flatten)]
+        leader: LeaderArgs,
     },
     /// Central event center: store, API and web UI.
     EventCenter {
@@ -442,6 +466,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             flapping_count,
             flapping_within,
             domains,
+            leader,
         } => {
             let kafka = on.kafka.config()?;
             let client = cluster_client(on.kubeconfig.as_deref()).await?;
@@ -461,6 +486,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 not_ready_for,
                 flapping_count,
                 flapping_within,
+                lease: leader.lease(),
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
@@ -555,10 +581,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 readiness_conditions,
                 readiness_configmaps,
                 readiness_timeout,
-                no_leader_election,
-                lease_namespace,
-                lease_identity,
-                lease_duration,
+                leader,
                 drain_timeout,
                 drain_stall,
                 reboot_timeout,
@@ -622,14 +645,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             cfg.dry_run = dry_run;
             cfg.policy = policy;
             cfg.migration_grace = migration_grace;
-            cfg.lease = (!no_leader_election).then(|| firebreak_remediator::LeaseConfig {
-                namespace: lease_namespace,
-                identity: lease_identity.unwrap_or_else(|| {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-                    format!("{}-{}", host.trim(), std::process::id())
-                }),
-                duration: lease_duration,
-            });
+            cfg.lease = leader.lease();
             cfg.drain_timeout = drain_timeout;
             cfg.drain_stall = drain_stall;
             cfg.reboot_timeout = reboot_timeout;

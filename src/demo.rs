@@ -359,6 +359,12 @@ impl Stack {
                 not_ready_for: opts.not_ready_for,
                 flapping_count: 3,
                 flapping_within: Duration::from_secs(600),
+                // One replica per cluster here, under the same Lease as production's.
+                lease: Some(firebreak_plumbing::leader::LeaseConfig {
+                    namespace: "kube-system".into(),
+                    identity: format!("demo-detector-{}", cluster.name()),
+                    duration: Duration::from_secs(6),
+                }),
             };
             tasks.push(spawn_logged(
                 format!("detector/{}", cluster.name()),

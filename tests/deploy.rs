@@ -180,8 +180,8 @@ fn the_manifests_render_decode_and_grant_exactly_what_the_code_calls() {
     assert_eq!(plain(&detector), wanted(firebreak_detector::KUBE_ACCESS));
     assert_eq!(plain(&remediator), wanted(firebreak_remediator::KUBE_ACCESS));
     assert!(
-        remediator.iter().all(|(_, res, _, namespaced)| (res == "leases") == *namespaced),
-        "leases only in Firebreak's namespace, the rest cluster-wide: {remediator:?}"
+        remediator.iter().chain(&detector).all(|(_, res, _, namespaced)| (res == "leases") == *namespaced),
+        "leases only in Firebreak's namespace, the rest cluster-wide: {remediator:?} {detector:?}"
     );
     for account in ["firebreak-agent", "firebreak-event-center", "firebreak-gate"] {
         assert!(granted(&docs, account, &cluster_roles).is_empty(), "{account} calls no Kubernetes API");

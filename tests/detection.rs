@@ -156,6 +156,7 @@ async fn detector_reports_silent_agents() {
         not_ready_for: Duration::from_secs(30),
         flapping_count: 3,
         flapping_within: Duration::from_secs(600),
+        lease: None,
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
@@ -221,6 +222,7 @@ async fn a_short_not_ready_is_a_flap_and_flaps_are_reported_as_flapping() {
         not_ready_for: Duration::from_secs(8),
         flapping_count: 3,
         flapping_within: Duration::from_secs(600),
+        lease: None,
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
@@ -388,7 +390,7 @@ async fn an_agent_killed_with_sigkill_loses_no_fault() {
     let reader = fault_reader(&cfg);
     let mut seen = std::collections::BTreeSet::new();
     let collect = async |seen: &mut std::collections::BTreeSet<String>,
-                             until: &dyn Fn(&std::collections::BTreeSet<String>) -> bool| {
+                         until: &dyn Fn(&std::collections::BTreeSet<String>) -> bool| {
         tokio::time::timeout(Duration::from_secs(60), async {
             while !until(seen) {
                 if let Ok(e) = decode_message::<FaultEvent>(&reader.recv().await.unwrap())
@@ -456,6 +458,7 @@ async fn faults_are_node_conditions_that_kubectl_describes() {
         not_ready_for: Duration::from_secs(30),
         flapping_count: 3,
         flapping_within: Duration::from_secs(600),
+        lease: None,
     };
     let metrics = firebreak_detector::Metrics::default();
     let task = tokio::spawn(firebreak_detector::run(detector, client, metrics, cancel.clone()));

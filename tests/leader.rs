@@ -73,3 +73,79 @@ async fn takeover(name: &str, kill_at: &str) {
     b.kill().await.unwrap();
     stack.shutdown().await;
 }
+
+/// Two detector replicas of one cluster: only the holder of the Lease `firebreak-detector-<c>`
+/// builds and publishes health samples; when it dies without giving the Lease up, the other
+/// takes over once the Lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_detector_replica_publishes_and_the_standby_takes_over() {
+    let (_mock, kafka) = common::mock_kafka(&[
+        (&firebreak_schema::fault_topic("c1"), 3),
+        (firebreak_schema::HEARTBEAT_TOPIC, 3),
+        (firebreak_schema::HEALTH_TOPIC, 1),
+        (firebreak_schema::REMEDIATION_TOPIC, 3),
+    ]);
+    let fleet = common::fleet("detector-leader", 2).await;
+    let cluster = fleet.clusters()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease_name = format!("firebreak-detector-{}", cluster.name());
+    let holder = || async { leases.get_opt(&lease_name).await.ok().flatten().and_then(|l| l.spec?.holder_identity) };
+    let replica = |id: &str| {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = firebreak_detector::Metrics::new(&mut registry);
+        let cfg = firebreak_detector::Config {
+            cluster: cluster.name().into(),
+            kafka: kafka.clone(),
+            agent_silent_after: Duration::MAX,
+            new_node_grace: Duration::from_secs(60),
+            sample_every: Duration::from_millis(300),
+            failure_domains: Vec::new(),
+            pod_window: Duration::from_secs(300),
+            pod_start_deadline: Duration::from_secs(120),
+            not_ready_for: Duration::from_secs(30),
+            flapping_count: 3,
+            flapping_within: Duration::from_secs(600),
+            lease: Some(firebreak_plumbing::leader::LeaseConfig {
+                namespace: "kube-system".into(),
+                identity: id.into(),
+                duration: Duration::from_secs(3),
+            }),
+        };
+        let task = tokio::spawn(firebreak_detector::run(cfg, client.clone(), metrics, Default::default()));
+        (registry, task)
+    };
+    let samples = |registry: &prometheus_client::registry::Registry| {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("firebreak_detector_health_samples_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let (reg_a, task_a) = replica("detector-a");
+    let (reg_b, task_b) = replica("detector-b");
+    let leader = wait_for("a leader", Duration::from_secs(20), || async { holder().await }).await;
+    let (lead_reg, lead_task, standby_reg, standby_id) = if leader == "detector-a" {
+        (&reg_a, &task_a, &reg_b, "detector-b")
+    } else {
+        (&reg_b, &task_b, &reg_a, "detector-a")
+    };
+    wait_for("the leader's samples", Duration::from_secs(20), || async { (samples(lead_reg) >= 3).then_some(()) })
+        .await;
+    assert_eq!(samples(standby_reg), 0, "the standby publishes nothing");
+    // The leader dies without a word (its task dropped, the Lease not given up).
+    lead_task.abort();
+    let taken = wait_for("the standby leading", Duration::from_secs(30), || async {
+        holder().await.filter(|h| h == standby_id)
+    })
+    .await;
+    assert_eq!(taken, standby_id);
+    wait_for("the new leader's samples", Duration::from_secs(20), || async {
+        (samples(standby_reg) >= 3).then_some(())
+    })
+    .await;
+    task_a.abort();
+    task_b.abort();
+    fleet.shutdown().await;
+}

@@ -194,8 +194,12 @@ impl Metrics {
 /// Every Kubernetes API request the detector makes, as RBAC names it: (API group, resource,
 /// verbs). `deploy/` grants its service account exactly these (a test renders the manifests and
 /// compares).
-pub const KUBE_ACCESS: &[(&str, &str, &[&str])] =
-    &[("", "nodes", &["get", "list", "watch"]), ("", "nodes/status", &["patch"]), ("", "pods", &["list", "watch"])];
+pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "nodes", &["get", "list", "watch"]),
+    ("", "nodes/status", &["patch"]),
+    ("", "pods", &["list", "watch"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "update"]),
+];
 
 /// How to run the detector.
 #[derive(Debug, Clone)]
@@ -223,6 +227,9 @@ pub struct Config {
     pub flapping_count: u32,
     /// The window flaps are counted in.
     pub flapping_within: Duration,
+    /// Leader election among the cluster's detector replicas (the Lease
+    /// `firebreak-detector-<cluster>`); `None`: this replica acts alone.
+    pub lease: Option<firebreak_plumbing::leader::LeaseConfig>,
 }
 
 /// What the health sample counts besides nodes: pod starts and recent faults per class.
@@ -238,8 +245,19 @@ fn lock(c: &Shared) -> std::sync::MutexGuard<'_, Counts> {
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs both detections until `cancel`.
+/// Runs the detections until `cancel`: with leader election, only while this replica holds the
+/// cluster's Lease, so two replicas never publish the same samples and faults twice.
 pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
+    let name = format!("firebreak-detector-{}", cfg.cluster);
+    let lease = cfg.lease.clone();
+    firebreak_plumbing::leader::lead(client.clone(), &name, lease, cancel, |term| {
+        detect(cfg.clone(), client.clone(), metrics.clone(), term)
+    })
+    .await
+}
+
+/// Watches, consumes and publishes until `cancel`.
+async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
     let producer = Producer::new(&cfg.kafka)?;
     let consumer: StreamConsumer = cfg
         .kafka

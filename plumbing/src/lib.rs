@@ -22,6 +22,8 @@ pub mod db;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "kube")]
+pub mod leader;
+#[cfg(feature = "kube")]
 pub mod lenient;
 pub mod retry;
 #[cfg(feature = "http")]
@@ -47,6 +49,10 @@ pub enum Error {
     #[cfg(feature = "db")]
     #[error("migration: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// A Kubernetes API call failed.
+    #[cfg(feature = "kube")]
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
     /// A Kafka client setting is unusable.
     #[error("kafka configuration: {0}")]
     Config(String),

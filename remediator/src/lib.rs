@@ -42,7 +42,6 @@ mod commands;
 mod control;
 mod gate;
 mod intake;
-mod leader;
 mod metrics;
 mod node_cache;
 mod node_ops;
@@ -67,9 +66,9 @@ use rdkafka::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use firebreak_plumbing::leader::LeaseConfig;
 pub use gate::GateClient;
 pub use intake::Intake;
-pub use leader::LeaseConfig;
 pub use metrics::Metrics;
 pub use policy::{Policy, Rung};
 pub use store::{State, Store, Workflow};
@@ -275,30 +274,12 @@ impl Config {
 /// Runs the cluster's remediation until `cancel`: with leader election, only while this replica
 /// holds the cluster's Lease (and at once again when it wins it back).
 pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
-    let Some(lease) = cfg.lease.clone() else { return lead(cfg, client, metrics, cancel).await };
-    let elector = leader::Elector::new(client.clone(), &cfg.cluster, lease);
-    loop {
-        if !elector.acquire(&cancel).await {
-            return Ok(());
-        }
-        let term = cancel.child_token();
-        let work = lead(cfg.clone(), client.clone(), metrics.clone(), term.clone());
-        tokio::pin!(work);
-        let result = tokio::select! {
-            r = &mut work => r,
-            () = elector.hold(&term) => {
-                // Lost (or shutting down): stop acting before anyone else may take the Lease.
-                term.cancel();
-                work.await
-            }
-        };
-        term.cancel();
-        if cancel.is_cancelled() || result.is_err() {
-            elector.release().await;
-            return result;
-        }
-        tracing::warn!(cluster = %cfg.cluster, "leadership lost; standing by");
-    }
+    let name = format!("firebreak-remediator-{}", cfg.cluster);
+    let lease = cfg.lease.clone();
+    firebreak_plumbing::leader::lead(client.clone(), &name, lease, cancel, |term| {
+        lead(cfg.clone(), client.clone(), metrics.clone(), term)
+    })
+    .await
 }
 
 /// Runs intake and workflows until `cancel`.

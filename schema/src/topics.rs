@@ -52,7 +52,7 @@ pub const TOPICS: &[Topic] = &[
         key: "<cluster>/<node>",
         types: &[RemediationEvent::TYPE],
         writers: "remediator",
-        readers: "event-center, platform services",
+        readers: "event-center, detector (node conditions), platform services",
         partitions: 3,
         purpose: "every workflow step with its reason, published from the remediator's outbox",
     },

@@ -1,6 +1,8 @@
-//! Leader election: one replica acts on a cluster at a time, the holder of a
-//! `coordination.k8s.io/v1` Lease in that cluster (as kube-controller-manager and client-go's
-//! leaderelection do). Written here because no maintained crate supports this kube version.
+//! Leader election: one replica of a per-cluster service (the remediator, the detector) acts on
+//! a cluster at a time, the holder of a `coordination.k8s.io/v1` Lease in that cluster (as
+//! kube-controller-manager and client-go's leaderelection do). Written here because no
+//! maintained crate supports this kube version. [`lead`] runs a service's work only while this
+//! replica holds the Lease.
 //!
 //! The Lease is taken when it is free or its holder let it lapse (`renewTime +
 //! leaseDurationSeconds` in the past), and renewed every third of its duration; every write is
@@ -10,7 +12,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
     apimachinery::pkg::apis::meta::v1::MicroTime,
@@ -23,6 +24,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
+use std::future::Future;
 
 /// Where the Lease lives and who asks for it.
 #[derive(Debug, Clone)]
@@ -35,8 +37,8 @@ pub struct LeaseConfig {
     pub duration: Duration,
 }
 
-/// The Lease of one cluster's remediation.
-pub(crate) struct Elector {
+/// One Lease and this replica's claim on it.
+pub struct Elector {
     api: Api<Lease>,
     name: String,
     cfg: LeaseConfig,
@@ -47,12 +49,13 @@ fn micro_now() -> MicroTime {
 }
 
 impl Elector {
-    pub(crate) fn new(client: Client, cluster: &str, cfg: LeaseConfig) -> Self {
-        Self { api: Api::namespaced(client, &cfg.namespace), name: format!("firebreak-remediator-{cluster}"), cfg }
+    /// The Lease `name` in `cfg.namespace`.
+    pub fn new(client: Client, name: &str, cfg: LeaseConfig) -> Self {
+        Self { api: Api::namespaced(client, &cfg.namespace), name: name.to_owned(), cfg }
     }
 
     /// Takes or renews the Lease; whether this replica holds it now.
-    pub(crate) async fn try_acquire_or_renew(&self) -> Result<bool> {
+    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
         let secs = i32::try_from(self.cfg.duration.as_secs().max(1)).unwrap_or(i32::MAX);
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
@@ -96,7 +99,7 @@ impl Elector {
 
     /// Gives the Lease up at a clean shutdown, so that another replica need not wait for it to
     /// lapse.
-    pub(crate) async fn release(&self) {
+    pub async fn release(&self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
         let Some(spec) = lease.spec.as_mut() else { return };
         if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
@@ -110,7 +113,7 @@ impl Elector {
     }
 
     /// Waits until this replica holds the Lease (`false` if cancelled first).
-    pub(crate) async fn acquire(&self, cancel: &CancellationToken) -> bool {
+    pub async fn acquire(&self, cancel: &CancellationToken) -> bool {
         let period = self.cfg.duration / 3;
         loop {
             match self.try_acquire_or_renew().await {
@@ -130,7 +133,7 @@ impl Elector {
 
     /// Renews the Lease every third of its duration until `cancel`; returns when a renewal did
     /// not succeed within two thirds of it (then this replica must stop acting at once).
-    pub(crate) async fn hold(&self, cancel: &CancellationToken) {
+    pub async fn hold(&self, cancel: &CancellationToken) {
         let period = self.cfg.duration / 3;
         let deadline = self.cfg.duration * 2 / 3;
         let mut renewed = tokio::time::Instant::now();
@@ -156,12 +159,53 @@ impl Elector {
     }
 }
 
+/// Runs `work` only while this replica holds the Lease `name`, with a token cancelled when
+/// the Lease is lost (or `cancel` is); stands by and runs it again when the Lease is won back.
+/// Without a Lease configuration, runs `work` alone. Returns when `cancel` is cancelled or
+/// `work` fails, giving the Lease up.
+pub async fn lead<E, F, Fut>(
+    client: Client,
+    name: &str,
+    lease: Option<LeaseConfig>,
+    cancel: CancellationToken,
+    mut work: F,
+) -> std::result::Result<(), E>
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: Future<Output = std::result::Result<(), E>>,
+{
+    let Some(lease) = lease else { return work(cancel).await };
+    let elector = Elector::new(client, name, lease);
+    loop {
+        if !elector.acquire(&cancel).await {
+            return Ok(());
+        }
+        let term = cancel.child_token();
+        let running = work(term.clone());
+        tokio::pin!(running);
+        let result = tokio::select! {
+            r = &mut running => r,
+            () = elector.hold(&term) => {
+                // Lost (or shutting down): stop acting before anyone else may take the Lease.
+                term.cancel();
+                running.await
+            }
+        };
+        term.cancel();
+        if cancel.is_cancelled() || result.is_err() {
+            elector.release().await;
+            return result;
+        }
+        tracing::warn!(lease = %name, "leadership lost; standing by");
+    }
+}
+
 /// Whether the holder let the lease lapse.
 fn lapsed(spec: &LeaseSpec) -> bool {
     let Some(renewed) = spec.renew_time.as_ref() else { return true };
     let secs = i64::from(spec.lease_duration_seconds.unwrap_or(0));
     let until = renewed.0.as_millisecond() + secs * 1000;
-    Utc::now().timestamp_millis() > until
+    Timestamp::now().as_millisecond() > until
 }
 
 #[cfg(test)]
@@ -171,7 +215,7 @@ mod tests {
     #[test]
     fn a_lease_lapses_after_its_duration_without_renewal() {
         let at = |secs_ago: i64| {
-            Some(MicroTime(Timestamp::from_millisecond(Utc::now().timestamp_millis() - secs_ago * 1000).unwrap()))
+            Some(MicroTime(Timestamp::from_millisecond(Timestamp::now().as_millisecond() - secs_ago * 1000).unwrap()))
         };
         let spec = |renewed, duration| LeaseSpec {
             holder_identity: Some("a".into()),
