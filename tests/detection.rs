@@ -544,3 +544,64 @@ async fn faults_are_node_conditions_that_kubectl_describes() {
     drop(producer);
     fleet.shutdown().await;
 }
+
+/// Issue 9: the detector watches the kubelets' Leases in `kube-node-lease` as well as the Ready
+/// condition. Here the node controller is slow (it would mark the node Unknown only after five
+/// minutes): the node whose kubelet stopped renewing its Lease is NotReady all the same, once
+/// the Lease has lapsed for the minimum, while Ready still says True.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_lease_lapsed_is_not_ready_before_its_ready_condition_says_so() {
+    let (_mock, cfg) = common::mock_kafka(&[(FAULTS, 3), (HEARTBEAT_TOPIC, 3)]);
+    let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
+        data_dir: common::temp_dir("lease"),
+        clusters: 1,
+        nodes_per_cluster: 2,
+        timings: firebreak_fleet_sim::Timings {
+            churn_per_minute: 0,
+            unreachable_after: Duration::from_secs(300),
+            lease_duration: Duration::from_secs(2),
+            ..Default::default()
+        },
+        apps: Default::default(),
+    })
+    .await
+    .unwrap();
+    let cluster = fleet.clusters()[0].clone();
+    let node = cluster.node_names()[0].clone();
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let cancel = CancellationToken::new();
+    let detector = firebreak_detector::Config {
+        cluster: cluster.name().into(),
+        kafka: cfg.clone(),
+        agent_silent_after: Duration::MAX,
+        new_node_grace: Duration::from_secs(0),
+        sample_every: Duration::from_secs(10),
+        failure_domains: Vec::new(),
+        pod_window: Duration::from_secs(300),
+        pod_start_deadline: Duration::from_secs(120),
+        not_ready_for: Duration::from_secs(3),
+        flapping_count: 3,
+        flapping_within: Duration::from_secs(600),
+        lease: None,
+    };
+    let task =
+        tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
+    let reader = fault_reader(&cfg);
+    // Healthy nodes renew their Leases: nothing is reported.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The kubelet goes silent.
+    cluster.inject(&node, Fault::NotReady).unwrap();
+    let e = next_fault(&reader, Duration::from_secs(30), |e| e.kind == FaultKind::NodeNotReady).await;
+    assert_eq!(e.node, node, "only the silent node: {e:?}");
+    assert_eq!(e.evidence["reason"], "NodeLeaseExpired");
+    assert_eq!(e.evidence["lease_duration_s"], "2");
+    assert_eq!(e.evidence["ready_status"], "True");
+    assert!(e.message.contains("has not renewed its node Lease"), "{}", e.message);
+    assert_eq!(ready(&nodes, &node).await.as_deref(), Some("True"), "the node controller has not caught up");
+    assert!(Utc::now() - e.observed_at >= chrono::TimeDelta::seconds(3), "reported after the minimum");
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop(reader);
+    fleet.shutdown().await;
+}

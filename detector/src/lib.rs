@@ -1,8 +1,10 @@
 //! The detector: the cluster-side half of fault detection, one per cluster.
 //!
-//! It owns two detections and one measurement (`pods` counts pod starts). Node readiness: it watches Nodes through the
+//! It owns two detections, one measurement (`pods` counts pod starts) and Firebreak's node
+//! conditions ([`conditions`]). Node readiness: it watches Nodes through the
 //! Kubernetes API and publishes `NodeNotReady` when a node's Ready condition has stayed away
-//! from True for [`Config::not_ready_for`]; shorter spells are flaps, and
+//! from True, or its kubelet's Lease in `kube-node-lease` has stayed lapsed (the node controller
+//! may be slow or down), for [`Config::not_ready_for`]; shorter spells are flaps, and
 //! [`Config::flapping_count`] of them within [`Config::flapping_within`] are one `NodeFlapping`
 //! (a warning). One node the API serves undecodable is counted and skipped. Silent agents: it consumes
 //! agent heartbeats and publishes `AgentSilent` for a node whose agent has not been heard from
@@ -41,7 +43,10 @@ use firebreak_schema::{
     Source, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
 };
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    coordination::v1::Lease,
+    core::v1::{Node, Pod},
+};
 use kube::{
     Api, Client, Resource,
     runtime::{WatchStreamExt, watcher},
@@ -198,7 +203,10 @@ pub const KUBE_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "nodes", &["get", "list", "watch"]),
     ("", "nodes/status", &["patch"]),
     ("", "pods", &["list", "watch"]),
+    // Its own Lease, in Firebreak's namespace (leader election).
     ("coordination.k8s.io", "leases", &["get", "create", "update"]),
+    // The kubelets' node Leases, in `kube-node-lease`.
+    ("coordination.k8s.io", "leases", &["list", "watch"]),
 ];
 
 /// How to run the detector.
@@ -274,8 +282,16 @@ async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: Cancellat
     }));
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(BTreeMap::<String, Seen>::new());
     let watching = tokio::spawn(
-        watch_nodes(cfg.clone(), Api::all(client.clone()), producer.clone(), nodes_tx, metrics.clone(), cancel.clone())
-            .instrument(span.clone()),
+        watch_nodes(
+            cfg.clone(),
+            Api::all(client.clone()),
+            Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE),
+            producer.clone(),
+            nodes_tx,
+            metrics.clone(),
+            cancel.clone(),
+        )
+        .instrument(span.clone()),
     );
     let conditions = tokio::spawn({
         let (cfg, nodes, metrics, cancel) = (cfg.clone(), Api::all(client.clone()), metrics.clone(), cancel.clone());
@@ -468,17 +484,119 @@ struct Track {
     reported: bool,
     /// Start times of recent NotReady spells that ended before `not_ready_for`.
     flaps: VecDeque<DateTime<Utc>>,
+    /// The node's Lease in `kube-node-lease`: last renewed, for how many seconds.
+    lease: Option<(DateTime<Utc>, i64)>,
+    /// The Lease lapsed and that began the NotReady spell now tracked (the Ready condition
+    /// turning later does not start it again).
+    lease_lapsed: bool,
+}
+
+/// Where kubelets keep their node Leases.
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// A node Lease's renew time and duration.
+fn lease_of(lease: &Lease) -> Option<(String, (DateTime<Utc>, i64))> {
+    let spec = lease.spec.as_ref()?;
+    let renewed = spec.renew_time.as_ref()?.0.as_millisecond();
+    let renewed = DateTime::from_timestamp_millis(renewed)?;
+    Some((lease.metadata.name.clone()?, (renewed, i64::from(spec.lease_duration_seconds?))))
+}
+
+/// The end of a spell: back before it was a fault, it is a flap, and enough flaps within the
+/// window are one `NodeFlapping`.
+fn spell_ended(cfg: &Config, name: &str, track: &mut Track) -> Option<FaultEvent> {
+    track.reported = false;
+    track.lease_lapsed = false;
+    let spell = track.pending.take()?;
+    let now = Utc::now();
+    track.flaps.push_back(spell.observed_at);
+    while track.flaps.front().is_some_and(|t| now - *t > delta(cfg.flapping_within)) {
+        track.flaps.pop_front();
+    }
+    (track.flaps.len() >= cfg.flapping_count as usize).then(|| {
+        let flaps: Vec<DateTime<Utc>> = track.flaps.drain(..).collect();
+        flapping(cfg, name, &flaps)
+    })
+}
+
+/// A node Lease seen by the watch: its renewal noted; renewed again after it lapsed (and Ready
+/// says True), the spell the lapse began ends as a flap, which may make a `NodeFlapping`.
+fn on_lease(
+    cfg: &Config,
+    tracks: &mut BTreeMap<String, Track>,
+    seen: &BTreeMap<String, Seen>,
+    event: std::result::Result<watcher::Event<Lenient<Lease>>, watcher::Error>,
+    metrics: &Metrics,
+) -> Option<FaultEvent> {
+    let lease = match event {
+        Err(error) => {
+            tracing::warn!(%error, "node lease watch failed; retrying");
+            return None;
+        }
+        Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)) => l,
+        Ok(_) => return None,
+    };
+    let lease = match lease {
+        Lenient::Decoded(l) => l,
+        Lenient::Undecodable { meta, error } => {
+            metrics.undecodable(&cfg.cluster, "Lease", meta.name.as_deref(), &error);
+            return None;
+        }
+    };
+    let (name, (renewed, secs)) = lease_of(&lease)?;
+    let track = tracks.entry(name.clone()).or_default();
+    track.lease = Some((renewed, secs));
+    let live = Utc::now() <= renewed + chrono::TimeDelta::seconds(secs);
+    let ready = seen.get(&name).is_some_and(|s| s.ready == "True");
+    if track.lease_lapsed && live && ready { spell_ended(cfg, &name, track) } else { None }
+}
+
+/// A node whose kubelet stopped renewing its Lease while its Ready condition still says True
+/// (the node controller marks it Unknown only after its own grace period, and not at all when
+/// it is down itself): the start of a NotReady spell, dated when the Lease lapsed.
+fn lease_lapse(cfg: &Config, name: &str, seen: &Seen, renewed: DateTime<Utc>, secs: i64) -> FaultEvent {
+    let observed_at = renewed + chrono::TimeDelta::seconds(secs);
+    let ours = seen.out_of_service;
+    let mut evidence = BTreeMap::from([
+        ("ready_status".to_owned(), seen.ready.clone()),
+        ("reason".to_owned(), "NodeLeaseExpired".to_owned()),
+        ("lease_renew_time".to_owned(), renewed.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        ("lease_duration_s".to_owned(), secs.to_string()),
+        ("not_ready_for_s".to_owned(), cfg.not_ready_for.as_secs().to_string()),
+    ]);
+    if ours {
+        evidence.insert("caused_by_remediation".into(), "true".into());
+    }
+    FaultEvent {
+        id: deterministic_id(observed_at, &[&cfg.cluster, name, "NodeNotReady", "NodeLeaseExpired"]),
+        cluster: cfg.cluster.clone(),
+        node: name.to_owned(),
+        class: FaultKind::NodeNotReady.class(),
+        kind: FaultKind::NodeNotReady,
+        severity: if ours { Severity::Warning } else { Severity::Critical },
+        source: Source::Detector,
+        observed_at,
+        message: format!(
+            "the kubelet has not renewed its node Lease since {} ({secs}s lease) for at least {}s; Ready still says {}",
+            renewed.format("%H:%M:%S"),
+            cfg.not_ready_for.as_secs(),
+            seen.ready
+        ),
+        evidence,
+    }
 }
 
 async fn watch_nodes(
     cfg: Config,
     api: Api<Lenient<Node>>,
+    leases: Api<Lenient<Lease>>,
     producer: Producer,
     nodes_tx: tokio::sync::watch::Sender<BTreeMap<String, Seen>>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut lease_stream = watcher(leases, watcher::Config::default()).default_backoff().boxed();
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -486,8 +604,21 @@ async fn watch_nodes(
         let ev = tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {
-                // A NotReady that lasted `not_ready_for` is a fault.
                 let now = Utc::now();
+                // A Lease that lapsed while Ready still says True starts a spell.
+                {
+                    let seen = nodes_tx.borrow();
+                    for (name, track) in tracks.iter_mut() {
+                        let Some((renewed, secs)) = track.lease else { continue };
+                        let Some(node) = seen.get(name) else { continue };
+                        let lapsed = now > renewed + chrono::TimeDelta::seconds(secs);
+                        if lapsed && node.ready == "True" && !track.lease_lapsed && track.pending.is_none() && !track.reported {
+                            track.lease_lapsed = true;
+                            track.pending = Some(lease_lapse(&cfg, name, node, renewed, secs));
+                        }
+                    }
+                }
+                // A NotReady that lasted `not_ready_for` is a fault.
                 let due: Vec<FaultEvent> = tracks
                     .values_mut()
                     .filter(|t| t.pending.as_ref().is_some_and(|e| now - e.observed_at >= delta(cfg.not_ready_for)))
@@ -498,6 +629,14 @@ async fn watch_nodes(
                     .collect();
                 for event in due {
                     publish(&cfg, &producer, &metrics, &cancel, event).await;
+                }
+                continue;
+            }
+            lease = lease_stream.next() => {
+                let Some(lease) = lease else { return };
+                let flapping = on_lease(&cfg, &mut tracks, &nodes_tx.borrow(), lease, &metrics);
+                if let Some(flapping) = flapping {
+                    publish(&cfg, &producer, &metrics, &cancel, flapping).await;
                 }
                 continue;
             }
@@ -551,19 +690,17 @@ async fn watch_nodes(
         metrics.nodes(&cfg.cluster, &nodes_tx.borrow());
         let track = tracks.entry(name.clone()).or_default();
         if status == "True" {
-            // Back before it was a fault: a flap. Enough of them within the window are one.
-            if let Some(spell) = track.pending.take() {
-                let now = Utc::now();
-                track.flaps.push_back(spell.observed_at);
-                while track.flaps.front().is_some_and(|t| now - *t > delta(cfg.flapping_within)) {
-                    track.flaps.pop_front();
-                }
-                if track.flaps.len() >= cfg.flapping_count as usize {
-                    let flaps: Vec<DateTime<Utc>> = track.flaps.drain(..).collect();
-                    publish(&cfg, &producer, &metrics, &cancel, flapping(&cfg, &name, &flaps)).await;
-                }
+            // Back before it was a fault: a flap (unless the Lease still lapses: then the spell
+            // goes on until it is renewed). Enough flaps within the window are one fault.
+            let lease_lapsed = track.lease_lapsed
+                && track.lease.is_some_and(|(renewed, secs)| Utc::now() > renewed + chrono::TimeDelta::seconds(secs));
+            if !lease_lapsed && let Some(flapping) = spell_ended(&cfg, &name, track) {
+                publish(&cfg, &producer, &metrics, &cancel, flapping).await;
             }
-            track.reported = false;
+            continue;
+        }
+        if track.lease_lapsed {
+            // The spell began when the Lease lapsed; the Ready condition only caught up.
             continue;
         }
         if previous.as_deref() == Some(status.as_str()) {

@@ -311,7 +311,8 @@ impl Cluster {
         st.store.create(
             &LEASES,
             json!({"metadata": {"name": name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": fmt_micro_time(Utc::now())}}),
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": self.timings.lease_duration.as_secs().max(1),
+                "renewTime": fmt_micro_time(Utc::now())}}),
         )?;
         st.nodes.insert(name.clone(), sim);
         st.next_node = st.next_node.max(i + 1);

@@ -109,6 +109,9 @@ pub struct Timings {
     pub heartbeat: Duration,
     /// Silence after which the node controller marks a node `Unknown`.
     pub unreachable_after: Duration,
+    /// `leaseDurationSeconds` of the node Leases in `kube-node-lease` (whole seconds; a real
+    /// kubelet's is 40 s, and its node controller's grace period 50 s).
+    pub lease_duration: Duration,
     /// How long a reboot keeps a node NotReady.
     pub reboot: Duration,
     /// How long a scheduled pod takes to become Running and Ready.
@@ -130,6 +133,7 @@ impl Default for Timings {
         Self {
             heartbeat: Duration::from_millis(1000),
             unreachable_after: Duration::from_secs(3),
+            lease_duration: Duration::from_secs(40),
             reboot: Duration::from_secs(3),
             pod_start: Duration::from_millis(1500),
             pod_grace: Duration::from_secs(1),
