@@ -417,6 +417,18 @@ pub struct AgentArgs {
     /// Corrected memory errors between two checks that make a `MemoryCorrectable` fault.
     #[arg(long, default_value_t = 100)]
     pub ce_threshold: u64,
+    /// Receive and send errors of a physical NIC between two checks that make a `NicErrors`
+    /// fault.
+    #[arg(long, default_value_t = 100)]
+    pub nic_error_threshold: u64,
+    /// smartmontools' `smartctl`, asked for each physical disk's SMART health
+    /// (`smartctl -H -j /dev/DISK`); a failing disk is a `DiskFailing` fault. Not installed:
+    /// the check says so once and stops.
+    #[arg(long, default_value = "smartctl")]
+    pub smartctl: String,
+    /// No SMART checks.
+    #[arg(long)]
+    pub no_smart: bool,
     /// Heartbeat period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -554,6 +566,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 mounts: args.mounts.clone(),
                 components: args.components.iter().cloned().collect(),
                 plugins: args.plugins.clone(),
+                nic_error_threshold: args.nic_error_threshold,
+                smartctl: (!args.no_smart).then(|| args.smartctl.clone()),
                 timeout: args.command_timeout.min(Duration::from_secs(30)),
             };
             (cfg, args.check_interval)

@@ -7,7 +7,10 @@
 //! - mounts (`proc/mounts`): a filesystem the node needs that is not mounted, or mounted
 //!   read-only;
 //! - physical NICs (`sys/class/net/<if>` with a `device` link): link down (`operstate`,
-//!   `carrier`);
+//!   `carrier`), and their error counters (`statistics/rx_errors` + `tx_errors`) growing by
+//!   `nic_error_threshold` between two checks;
+//! - disks (`sys/block/<disk>` with a `device` link), when `smartctl` is installed: a SMART
+//!   health self-assessment that says failing (`smartctl -H -j /dev/<disk>`);
 //! - kubelet and container runtime health: their healthz URL (plain HTTP on the node) or their
 //!   socket;
 //! - custom plugins, node-problem-detector's contract: a program that exits 0 (ok), 1 (problem:
@@ -52,6 +55,11 @@ pub struct Sources {
     pub components: BTreeMap<String, String>,
     /// Custom plugins: name and program (with arguments, split on spaces).
     pub plugins: Vec<(String, String)>,
+    /// NIC errors (received plus sent) per check that make a `NicErrors`.
+    pub nic_error_threshold: u64,
+    /// The `smartctl` program (smartmontools); `None`: no SMART checks. A program that cannot
+    /// be started (not installed) turns them off after saying so once.
+    pub smartctl: Option<String>,
     /// How long a plugin, `smartctl` or a health probe may take.
     pub timeout: Duration,
 }
@@ -66,6 +74,8 @@ impl Default for Sources {
                 ("containerd".into(), "/run/containerd/containerd.sock".into()),
             ]),
             plugins: Vec::new(),
+            nic_error_threshold: 100,
+            smartctl: Some("smartctl".into()),
             timeout: Duration::from_secs(10),
         }
     }
@@ -152,6 +162,88 @@ pub fn nics(root: &Path) -> Vec<(String, bool)> {
     out
 }
 
+/// Physical NICs' error counters: received plus sent errors (`statistics/rx_errors`,
+/// `statistics/tx_errors`), for the NICs that have them.
+pub fn nic_errors(root: &Path) -> Vec<(String, u64)> {
+    let dir = root.join("sys/class/net");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut out: Vec<(String, u64)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("device").exists())
+        .filter_map(|e| {
+            let count =
+                |f: &str| std::fs::read_to_string(e.path().join("statistics").join(f)).ok()?.trim().parse::<u64>().ok();
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                count("rx_errors")?.saturating_add(count("tx_errors")?),
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Physical disks: the block devices with a `device` link (not loop, ram, dm or zram devices).
+pub fn disks(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join("sys/block")) else { return Vec::new() };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("device").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What `smartctl -H -j` says of a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Smart {
+    /// The self-assessment passed.
+    Passed,
+    /// The self-assessment says failing.
+    Failing,
+    /// No verdict (no SMART support, a timeout, unreadable output): with why.
+    Unknown(String),
+    /// The program could not be started.
+    Missing(String),
+}
+
+/// Asks `smartctl` for a disk's SMART health self-assessment, for at most `timeout`.
+pub async fn smart_health(smartctl: &str, device: &str, timeout: Duration) -> Smart {
+    let child = tokio::process::Command::new(smartctl)
+        .args(["-H", "-j", device])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return Smart::Missing(format!("cannot start {smartctl}: {e}")),
+    };
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => return Smart::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
+        Ok(Err(e)) => return Smart::Unknown(e.to_string()),
+        Ok(Ok(out)) => out,
+    };
+    // smartctl's exit status is a bit mask (bit 3: "disk failing"); its JSON says the verdict.
+    let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return Smart::Unknown(format!("unreadable output (exit {:?}): {e}", out.status.code())),
+    };
+    match json.pointer("/smart_status/passed").and_then(serde_json::Value::as_bool) {
+        Some(true) => Smart::Passed,
+        Some(false) => Smart::Failing,
+        None => {
+            let said = json
+                .pointer("/smartctl/messages/0/string")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("no smart_status in its output");
+            Smart::Unknown(said.chars().take(200).collect())
+        }
+    }
+}
+
 /// What a program's exit says, by node-problem-detector's custom plugin contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginStatus {
@@ -223,10 +315,13 @@ pub async fn component_healthy(root: &Path, target: &str, timeout: Duration) -> 
         .map_err(|_| format!("{target}: no answer within {}s", timeout.as_secs()))?
 }
 
-/// The state the checks keep between two runs (corrected error counts).
+/// The state the checks keep between two runs (corrected error and NIC error counts; whether
+/// `smartctl` turned out to be missing).
 #[derive(Debug, Default)]
 pub struct Checker {
     ce: BTreeMap<String, u64>,
+    nic_errors: BTreeMap<String, u64>,
+    no_smartctl: bool,
 }
 
 impl Checker {
@@ -286,6 +381,44 @@ impl Checker {
                     severity: Severity::Critical,
                     message: format!("{nic}: link down (sys/class/net/{nic}/operstate)"),
                 });
+            }
+        }
+        for (nic, errors) in nic_errors(root) {
+            let before = self.nic_errors.insert(nic.clone(), errors);
+            if let Some(b) = before
+                && errors.saturating_sub(b) >= cfg.nic_error_threshold
+            {
+                out.push(Finding {
+                    key: format!("nic/{nic}/errors"),
+                    seen: errors.to_string(),
+                    kind: FaultKind::NicErrors,
+                    severity: Severity::Warning,
+                    message: format!(
+                        "{nic}: {} receive and send errors since the last check ({b} → {errors}, sys/class/net/{nic}/statistics)",
+                        errors - b
+                    ),
+                });
+            }
+        }
+        if let Some(smartctl) = cfg.smartctl.as_deref().filter(|_| !self.no_smartctl) {
+            for disk in disks(root) {
+                let device = format!("/dev/{disk}");
+                match smart_health(smartctl, &device, cfg.timeout).await {
+                    Smart::Passed => {}
+                    Smart::Failing => out.push(Finding {
+                        key: format!("smart/{disk}"),
+                        seen: "failing".into(),
+                        kind: FaultKind::DiskFailing,
+                        severity: Severity::Critical,
+                        message: format!("{device}: SMART overall-health self-assessment says FAILED (smartctl -H)"),
+                    }),
+                    Smart::Unknown(why) => tracing::debug!(%device, why, "no SMART verdict"),
+                    Smart::Missing(why) => {
+                        tracing::info!(why, "no smartctl: disks' SMART health is not checked");
+                        self.no_smartctl = true;
+                        break;
+                    }
+                }
             }
         }
         for (component, target) in &cfg.components {
@@ -375,6 +508,77 @@ mod tests {
         assert_eq!(nics(&r), [("eth0".into(), true), ("eth1".into(), false), ("eth2".into(), true)]);
     }
 
+    fn quiet() -> Sources {
+        Sources { components: Default::default(), mounts: Vec::new(), smartctl: None, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn nic_errors_count_by_their_growth() {
+        let r = root("nic-errors");
+        write(&r, "sys/class/net/eth0/operstate", "up\n");
+        write(&r, "sys/class/net/eth0/device/vendor", "0x8086\n");
+        write(&r, "sys/class/net/eth0/statistics/rx_errors", "40\n");
+        write(&r, "sys/class/net/eth0/statistics/tx_errors", "2\n");
+        write(&r, "sys/class/net/veth9/statistics/rx_errors", "999999\n");
+        write(&r, "sys/class/net/veth9/statistics/tx_errors", "0\n");
+        assert_eq!(nic_errors(&r), [("eth0".into(), 42)], "physical NICs only");
+        let mut c = Checker::default();
+        let cfg = quiet();
+        assert!(c.check(&r, &cfg).await.is_empty(), "a first count is a baseline, not a fault");
+        write(&r, "sys/class/net/eth0/statistics/rx_errors", "90\n");
+        assert!(c.check(&r, &cfg).await.is_empty(), "48 more errors: under the threshold");
+        write(&r, "sys/class/net/eth0/statistics/tx_errors", "150\n");
+        let found = c.check(&r, &cfg).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].kind, found[0].key.as_str(), found[0].seen.as_str()),
+            (FaultKind::NicErrors, "nic/eth0/errors", "240")
+        );
+        assert!(found[0].message.contains("148 receive and send errors"), "{}", found[0].message);
+    }
+
+    #[tokio::test]
+    async fn smart_says_which_disk_is_failing_and_its_absence_is_no_fault() {
+        let r = root("smart");
+        for disk in ["sda", "sdb", "nvme0n1"] {
+            write(&r, &format!("sys/block/{disk}/device/model"), "SIM\n");
+        }
+        write(&r, "sys/block/loop0/size", "0\n");
+        assert_eq!(disks(&r), ["nvme0n1", "sda", "sdb"], "physical disks only");
+        // A smartctl that answers as smartmontools 7 does with -j.
+        let bin = r.join("smartctl");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\ncase \"$3\" in\n\
+             /dev/sdb) echo '{\"smartctl\":{\"exit_status\":8},\"smart_status\":{\"passed\":false}}'; exit 8;;\n\
+             /dev/sda) echo '{\"smartctl\":{\"exit_status\":0},\"smart_status\":{\"passed\":true}}'; exit 0;;\n\
+             *) echo '{\"smartctl\":{\"messages\":[{\"string\":\"Unable to detect device type\"}]}}'; exit 1;;\n\
+             esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let t = Duration::from_secs(5);
+        let smartctl = bin.display().to_string();
+        assert_eq!(smart_health(&smartctl, "/dev/sda", t).await, Smart::Passed);
+        assert_eq!(smart_health(&smartctl, "/dev/sdb", t).await, Smart::Failing);
+        assert_eq!(
+            smart_health(&smartctl, "/dev/nvme0n1", t).await,
+            Smart::Unknown("Unable to detect device type".into())
+        );
+        let mut c = Checker::default();
+        let found = c.check(&r, &Sources { smartctl: Some(smartctl), ..quiet() }).await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            (found[0].kind, found[0].key.as_str(), found[0].severity),
+            (FaultKind::DiskFailing, "smart/sdb", Severity::Critical)
+        );
+        // No smartctl on the node: nothing found, and not asked again.
+        let mut c = Checker::default();
+        let none = Sources { smartctl: Some("/nonexistent/smartctl".into()), ..quiet() };
+        assert!(c.check(&r, &none).await.is_empty());
+        assert!(c.no_smartctl);
+    }
+
     /// A plugin script, run as `sh FILE`.
     fn script(name: &str, body: &str) -> String {
         let path = root(&format!("plugin-{name}")).join("check.sh");
@@ -429,6 +633,7 @@ mod tests {
             ]),
             plugins: vec![("ntp".into(), script("ntp", "echo drift\nexit 1\n"))],
             timeout: Duration::from_secs(2),
+            ..quiet()
         };
         let mut checker = Checker::default();
         let keys = |f: &[Finding]| f.iter().map(|f| (f.key.clone(), f.kind)).collect::<Vec<_>>();

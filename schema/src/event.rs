@@ -51,11 +51,16 @@ pub enum FaultKind {
     /// The agent knows it lost fault reports: the kernel overwrote log records before they were
     /// read, or its full spool dropped faults to make room. The evidence says how many.
     FaultsLost,
+    /// A physical NIC's error counters (received and sent errors) grew by the agent's threshold
+    /// between two checks.
+    NicErrors,
+    /// A disk's SMART health self-assessment (`smartctl -H`) says it is failing.
+    DiskFailing,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
@@ -69,6 +74,8 @@ impl FaultKind {
         FaultKind::MountMissing,
         FaultKind::PluginProblem,
         FaultKind::FaultsLost,
+        FaultKind::NicErrors,
+        FaultKind::DiskFailing,
     ];
 
     /// The name used on the wire and in APIs.
@@ -87,13 +94,19 @@ impl FaultKind {
             FaultKind::MountMissing => "MountMissing",
             FaultKind::PluginProblem => "PluginProblem",
             FaultKind::FaultsLost => "FaultsLost",
+            FaultKind::NicErrors => "NicErrors",
+            FaultKind::DiskFailing => "DiskFailing",
         }
     }
 
     /// The class a fault of this kind belongs to.
     pub fn class(self) -> FaultClass {
         match self {
-            FaultKind::MemoryUncorrectable | FaultKind::MemoryCorrectable | FaultKind::NicDown => FaultClass::Hardware,
+            FaultKind::MemoryUncorrectable
+            | FaultKind::MemoryCorrectable
+            | FaultKind::NicDown
+            | FaultKind::NicErrors
+            | FaultKind::DiskFailing => FaultClass::Hardware,
             FaultKind::MountMissing => FaultClass::System,
             FaultKind::KernelHung
             | FaultKind::ReadonlyFilesystem
