@@ -426,7 +426,7 @@ impl Checker {
                 out.push(Finding {
                     key: format!("component/{component}"),
                     seen: "unhealthy".into(),
-                    kind: FaultKind::KubeletDown,
+                    kind: if component == "kubelet" { FaultKind::KubeletDown } else { FaultKind::ComponentDown },
                     severity: if component == "kubelet" { Severity::Critical } else { Severity::Warning },
                     message: format!("{component} is not healthy: {why}"),
                 });
@@ -643,7 +643,7 @@ mod tests {
             [
                 ("mount//var/lib/kubelet".to_owned(), FaultKind::MountMissing),
                 ("nic/eth0".to_owned(), FaultKind::NicDown),
-                ("component/containerd".to_owned(), FaultKind::KubeletDown),
+                ("component/containerd".to_owned(), FaultKind::ComponentDown),
                 ("plugin/ntp".to_owned(), FaultKind::PluginProblem),
             ]
         );

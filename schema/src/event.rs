@@ -56,11 +56,14 @@ pub enum FaultKind {
     NicErrors,
     /// A disk's SMART health self-assessment (`smartctl -H`) says it is failing.
     DiskFailing,
+    /// A node component other than the kubelet (the container runtime, or another the agent
+    /// is told to watch) does not answer its health check; the evidence's `check` names it.
+    ComponentDown,
 }
 
 impl FaultKind {
     /// Every kind, in a stable order.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::MemoryUncorrectable,
         FaultKind::KernelHung,
         FaultKind::ReadonlyFilesystem,
@@ -76,6 +79,7 @@ impl FaultKind {
         FaultKind::FaultsLost,
         FaultKind::NicErrors,
         FaultKind::DiskFailing,
+        FaultKind::ComponentDown,
     ];
 
     /// The name used on the wire and in APIs.
@@ -96,6 +100,7 @@ impl FaultKind {
             FaultKind::FaultsLost => "FaultsLost",
             FaultKind::NicErrors => "NicErrors",
             FaultKind::DiskFailing => "DiskFailing",
+            FaultKind::ComponentDown => "ComponentDown",
         }
     }
 
@@ -113,9 +118,11 @@ impl FaultKind {
             | FaultKind::NodeNotReady
             | FaultKind::NodeFlapping
             | FaultKind::KernelError => FaultClass::System,
-            FaultKind::KubeletDown | FaultKind::AgentSilent | FaultKind::PluginProblem | FaultKind::FaultsLost => {
-                FaultClass::Component
-            }
+            FaultKind::KubeletDown
+            | FaultKind::ComponentDown
+            | FaultKind::AgentSilent
+            | FaultKind::PluginProblem
+            | FaultKind::FaultsLost => FaultClass::Component,
         }
     }
 }
