@@ -142,6 +142,16 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("`{s}` is not key=value"))
 }
 
+/// A duration flag that must be more than zero (an interval, a timeout, a window): humantime's
+/// syntax (`500ms`, `30s`, `10m`), and a clear error for `0s` instead of a panic or a busy loop.
+pub fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("`{s}`: must be more than zero"));
+    }
+    Ok(d)
+}
+
 /// Leader election among a cluster's replicas of the remediator or the detector.
 #[derive(Debug, clap::Args)]
 pub struct LeaderArgs {
@@ -157,7 +167,7 @@ pub struct LeaderArgs {
     pub lease_identity: Option<String>,
     /// How long the Lease lasts without renewal: how soon a replica takes over from a dead
     /// leader.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = crate::cli::positive_duration)]
     pub lease_duration: Duration,
 }
 
@@ -205,22 +215,22 @@ pub struct RemediatorArgs {
     #[arg(long = "readiness-configmap", value_name = "GATE")]
     pub readiness_configmaps: Vec<String>,
     /// How long after the quiet period to wait for the readiness gates before escalating.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub readiness_timeout: Duration,
     #[command(flatten)]
     pub leader: LeaderArgs,
     /// Longest a drain may take before the node goes to a human.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub drain_timeout: Duration,
     /// Longest a drain may go without fewer pods left on the node before the node goes to a
     /// human and the drain's permits are given back (pods that come back are not progress).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cli::positive_duration)]
     pub drain_stall: Duration,
     /// Longest a reboot may take (from its request to the node Ready on a new boot).
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15m", value_parser = crate::cli::positive_duration)]
     pub reboot_timeout: Duration,
     /// Longest a component restart may take (to the actuator's report and the node Ready).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cli::positive_duration)]
     pub restart_timeout: Duration,
     /// How long pod owners have to move pods labelled `firebreak.io/to-be-migrated` before
     /// they are evicted.
@@ -262,7 +272,7 @@ pub struct RemediatorArgs {
     pub reinstall_job_template: Option<PathBuf>,
     /// Longest a reinstall may take, from its request to the node Ready on a new boot (or,
     /// through Cluster API, to the old node gone).
-    #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60m", value_parser = crate::cli::positive_duration)]
     pub reinstall_timeout: Duration,
     /// Where a hardware ticket is opened (the policy's `ticket` rung), signed with
     /// `--ticket-webhook-secret`.
@@ -282,25 +292,25 @@ pub enum Command {
         #[command(flatten)]
         on: ClusterArgs,
         /// Silence after which an agent is reported.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
         agent_silent_after: Duration,
         /// How often a health sample is published on the health topic.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
         sample_every: Duration,
         /// The sliding window of pod starts (and faults per class) in a health sample.
-        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = crate::cli::positive_duration)]
         pod_window: Duration,
         /// A pod not Ready this long after its creation counts as a failed start (timed out).
-        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "2m", value_parser = crate::cli::positive_duration)]
         pod_start_deadline: Duration,
         /// How long a node must stay NotReady before it is a fault; shorter spells are flaps.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
         not_ready_for: Duration,
         /// This many flaps within --flapping-within are reported as one `NodeFlapping` fault.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..))]
         flapping_count: u32,
         /// The window flaps are counted in.
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
         flapping_within: Duration,
         #[command(flatten)]
         domains: DomainArgs,

@@ -33,7 +33,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 20)]
     pub nodes_per_cluster: usize,
     /// A random fault is injected this often.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cli::positive_duration)]
     pub fault_every: Duration,
     /// Event center (web UI and API) address.
     #[arg(long, default_value = "127.0.0.1:8080")]

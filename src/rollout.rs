@@ -48,7 +48,7 @@ pub struct RolloutArgs {
     #[arg(long)]
     pub id: Option<String>,
     /// Give up when the gate holds a batch (budgets, windows, no data) longer than this.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
 }
 

@@ -252,6 +252,14 @@ fn the_topic_contract_and_kafka_settings_checked_at_start() {
     assert!(err.contains("kafka.properties:3: expected key=value"), "{err}");
     let err = detector(&["--topic-replication", "0"]);
     assert!(err.contains("--topic-replication"), "{err}");
+    // A zero interval, timeout or window is refused with the flag named (a zero sample period
+    // used to panic inside the timer, a zero lease duration to spin).
+    for flag in ["--sample-every", "--not-ready-for", "--lease-duration", "--flapping-within"] {
+        let err = detector(&[flag, "0s"]);
+        assert!(err.contains(flag) && err.contains("must be more than zero"), "{flag}: {err}");
+    }
+    let err = detector(&["--pod-window", "5 parsecs"]);
+    assert!(err.contains("--pod-window"), "{err}");
 }
 
 /// An agent started on a host root without the kernel log or the boot id, or with a node name

@@ -493,7 +493,11 @@ pub fn check(args: &AgentArgs) -> Result<Vec<rules::Rule>> {
     if !root.join("proc/stat").exists() {
         tracing::warn!(root = %root.display(), "no proc/stat: kernel log times come from the agent's clock, and events say so");
     }
-    for (flag, d) in [("--heartbeat-interval", args.heartbeat_interval), ("--poll-interval", args.poll_interval)] {
+    for (flag, d) in [
+        ("--heartbeat-interval", args.heartbeat_interval),
+        ("--poll-interval", args.poll_interval),
+        ("--command-timeout", args.command_timeout),
+    ] {
         if d.is_zero() {
             return Err(Error::Config(format!("{flag} must be more than 0")));
         }

@@ -27,10 +27,10 @@ pub struct AgentBench {
     #[arg(long)]
     pub agent_bin: Option<PathBuf>,
     /// How long the idle agent is measured.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
     pub idle: Duration,
     /// How long the loaded agent is measured.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
     pub load: Duration,
     /// Kernel log records written per second under load.
     #[arg(long, default_value_t = 1000)]

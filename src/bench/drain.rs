@@ -42,10 +42,10 @@ pub struct DrainBench {
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub migration_grace: Duration,
     /// The wait after a PodDisruptionBudget refuses an eviction (the remediator's default).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cli::positive_duration)]
     pub eviction_retry: Duration,
     /// How long to wait for the drain before calling it failed.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
 }
 

@@ -58,7 +58,7 @@ pub struct HealthBench {
     #[arg(long, default_value_t = 1000)]
     pub nodes: usize,
     /// The health interval: detectors sample, and the gate judges, this often.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::cli::positive_duration)]
     pub interval: Duration,
     /// The bad batch: nodes per cluster (`50`) or a share of them (`5%`).
     #[arg(long, default_value = "5%")]
@@ -68,14 +68,14 @@ pub struct HealthBench {
     pub churn_per_minute: u32,
     /// How long a churn pod lives, on average. The first batch waits one and a half of these
     /// after the start, until the churn is steady.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
     pub pod_lifetime: Duration,
     /// Decided pod starts the batch's domain needs before its rate is judged: the evidence
     /// asked for before a halt.
     #[arg(long, default_value_t = 5)]
     pub min_pod_starts: u32,
     /// How long to wait for a halt before calling the round failed.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
 }
 
