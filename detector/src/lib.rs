@@ -275,7 +275,7 @@ async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: Cancellat
     let faults = fault_topic(&cfg.cluster);
     consumer.subscribe(&[HEARTBEAT_TOPIC, &faults]).map_err(firebreak_plumbing::Error::from)?;
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
-    tracing::info!(parent: &span, "detector running");
+    tracing::info!(parent: &span, brokers = %cfg.kafka.brokers, not_ready_for = ?cfg.not_ready_for, "detector running");
     let counts: Shared = Arc::new(Mutex::new(Counts {
         pods: pods::PodStartTracker::new(cfg.pod_window, cfg.pod_start_deadline),
         faults: VecDeque::new(),

@@ -123,7 +123,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let mut registry = Registry::with_prefix("firebreak_event_center");
     metrics.register(&mut registry);
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, database = %redact(&cfg.database_url), "event center running");
+    tracing::info!(?addr, database = %firebreak_plumbing::db::redacted(&cfg.database_url), "event center running");
     let ready = Arc::new(AtomicBool::new(false));
     let consuming =
         tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
@@ -136,12 +136,4 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     cancel.cancel();
     let _ = consuming.await;
     served.map_err(Error::Serve)
-}
-
-/// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
 }

@@ -36,5 +36,14 @@ pub async fn open(url: &str, mut migrator: Migrator, max_connections: u32) -> Re
     let pool = options.connect(&url).await.map_err(Error::Database)?;
     migrator.set_ignore_missing(true);
     migrator.run(&pool).await.map_err(Error::Migrate)?;
+    tracing::info!(database = %redacted(&url), "database open, migrations applied");
     Ok(pool)
+}
+
+/// A database URL without its password, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }

@@ -284,6 +284,8 @@ pub async fn run(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Ca
 
 /// Runs intake and workflows until `cancel`.
 async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
+    tracing::info!(cluster = %cfg.cluster, gate = %cfg.gate_url, database = %firebreak_plumbing::db::redacted(&cfg.database_url),
+        brokers = %cfg.kafka.brokers, dry_run = cfg.dry_run, "remediator starting");
     let store = Store::open(&cfg.database_url).await?;
     let producer = Producer::new(&cfg.kafka)?;
     let consumer: StreamConsumer = cfg
