@@ -444,6 +444,7 @@ impl Stack {
                     sources: None,
                     cursor,
                     spool,
+                    metrics: Default::default(),
                     cluster: cluster.name().into(),
                     host_root,
                     node,

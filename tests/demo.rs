@@ -165,6 +165,41 @@ fn bench_gate_runs_in_smoke_mode() {
     }
 }
 
+/// The ingest benchmark in its smoke size: every record reaches the event center's store on
+/// SQLite and PostgreSQL, and the table compares it with the bare consumer.
+#[test]
+fn bench_ingest_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "ingest", "--events", "300", "--clusters", "2", "--max-wait", "60s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["raw rdkafka consumer (baseline)", "event center, SQLite", "goal: event center / raw ≥ 0.5"] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+}
+
+/// The detect and isolate benchmarks in their smoke sizes: every faulted node is seen cordoned
+/// and tainted, and the tables say how fast.
+#[test]
+fn bench_detect_and_isolate_run_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "detect", "--clusters", "2", "--nodes", "6", "--faults", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kernel log line → node cordoned and tainted") && text.contains("goal: p50"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "isolate", "--nodes", "12", "--faults", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nodes/s") && text.contains("goal: ≥ 100 nodes/s"), "{text}");
+}
+
 /// The health benchmark in its smoke size: a bad batch in one small cluster is halted by the
 /// rule, and the table says when (the figures themselves are not judged).
 #[test]

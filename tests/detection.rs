@@ -55,6 +55,7 @@ fn agent(cluster: &firebreak_fleet_sim::Cluster, node: &str, producer: &Producer
         cursor: None,
         sources: None,
         spool: None,
+        metrics: Default::default(),
     }
 }
 

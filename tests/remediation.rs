@@ -296,9 +296,15 @@ async fn dry_run_records_what_it_would_do_and_does_nothing() {
     assert!(why.contains("default/web-"), "the pods it would evict are named: {why}");
     let decisions = get_json_as(&stack.tokens.viewer, &format!("{}/api/v1/decisions", stack.gate_url)).await;
     assert_eq!(decisions, Some(json!([])), "nothing asked of the gate");
-    let touched: Vec<_> =
-        cluster.audit().into_iter().filter(|a| a.resource == "nodes" || a.resource == "pods").collect();
+    // The detector still reports the fault on the node (its conditions, `nodes/status`): a
+    // report, not a repair. Nothing else touches nodes or pods.
+    let (reported, touched): (Vec<_>, Vec<_>) = cluster
+        .audit()
+        .into_iter()
+        .filter(|a| a.resource == "nodes" || a.resource == "pods")
+        .partition(|a| a.resource == "nodes" && a.subresource == "status" && a.verb == "patch");
     assert!(touched.is_empty(), "nothing done to nodes or pods: {touched:?}");
+    assert!(reported.iter().all(|a| a.name == node), "conditions only on the faulted node: {reported:?}");
     stack.shutdown().await;
 }
 

@@ -13,6 +13,7 @@
 
 pub mod actuator;
 pub mod kmsg;
+pub mod metrics;
 pub mod rules;
 pub mod sources;
 pub mod spool;
@@ -86,6 +87,8 @@ pub struct NodeAgent {
     /// `None`: no spool; each fault is published and the log read on only once it is delivered,
     /// so a crash during an outage loses nothing that the kernel still holds.
     pub spool: Option<spool::Spool>,
+    /// The agent's counters (faults found, kernel log records lost).
+    pub metrics: metrics::Metrics,
 }
 
 /// The kernel log cursor: the boot and the last record whose faults the brokers have.
@@ -133,6 +136,7 @@ impl NodeAgent {
     /// Hands a fault on: to the spool, or (without one, or if the disk refuses it) straight to
     /// the brokers, waiting for delivery. `false`: cancelled before it was handed on.
     async fn emit(&self, topic: &str, event: &FaultEvent, cancel: &CancellationToken) -> bool {
+        self.metrics.found(event.kind);
         if let Some(spool) = &self.spool {
             match spool.push(event) {
                 Ok(()) => return true,
@@ -224,6 +228,7 @@ impl NodeAgent {
                             "{lost} kernel log records were overwritten before the agent read them: faults among them are unknown"
                         ));
                         tracing::warn!(lost, next, "kernel log records were overwritten before they were read");
+                        self.metrics.lost(lost);
                         if !self.emit(faults, &event, cancel).await {
                             return;
                         }
@@ -464,6 +469,11 @@ pub struct AgentArgs {
     /// Most bytes the spool keeps (the faults' JSON).
     #[arg(long, default_value_t = 64 << 20)]
     pub spool_max_bytes: u64,
+    /// Write the agent's counters here every heartbeat, for node_exporter's textfile collector
+    /// (a `.prom` file in its `--collector.textfile.directory`): faults found by kind, kernel
+    /// log records lost, faults the spool dropped and holds.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// `key=value`, for `--kafka-option`, `--component` and `--plugin`.
@@ -578,11 +588,34 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }),
         cursor: Some(args.state_dir.join("kmsg-cursor")),
         spool: Some(spool),
+        metrics: metrics::Metrics::default(),
     };
+    let textfile = args.metrics_textfile.clone().map(|path| {
+        let (metrics, spool, cancel) = (agent.metrics.clone(), agent.spool.clone(), cancel.clone());
+        let every = args.heartbeat_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(spool) = &spool {
+                    metrics.spool(spool.len(), spool.dropped_since_open());
+                }
+                if let Err(error) = metrics.write(&path) {
+                    tracing::warn!(%error, path = %path.display(), "cannot write the metrics textfile");
+                }
+            }
+        })
+    });
     let task = tokio::spawn(agent.run(cancel.clone()));
     let _ = tokio::signal::ctrl_c().await;
     cancel.cancel();
     let _ = task.await;
+    if let Some(textfile) = textfile {
+        let _ = textfile.await;
+    }
     if let Some(listener) = listener {
         let _ = listener.await;
     }
@@ -608,6 +641,7 @@ mod tests {
             cursor: None,
             sources: None,
             spool: None,
+            metrics: Default::default(),
         }
     }
 

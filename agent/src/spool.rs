@@ -57,6 +57,8 @@ struct State {
     next: u64,
     /// Faults dropped to make room and not reported yet (persisted in `dropped`).
     dropped: u64,
+    /// Faults dropped since the spool was opened (for the metrics).
+    dropped_since_open: u64,
 }
 
 /// A node's fault spool (see the module documentation). Cheap to share: the finding side
@@ -146,6 +148,11 @@ impl Spool {
         self.lock().entries.len()
     }
 
+    /// How many faults the spool dropped to make room since it was opened.
+    pub fn dropped_since_open(&self) -> u64 {
+        self.lock().dropped_since_open
+    }
+
     /// Whether no fault waits for delivery.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -171,6 +178,7 @@ impl Spool {
             state.entries.remove(&seq);
             state.bytes -= entry.bytes;
             state.dropped += 1;
+            state.dropped_since_open += 1;
             let path = self.dir.join("dropped");
             write_synced(&self.dir, &path, state.dropped.to_string().as_bytes())?;
             tracing::warn!(seq, severity = ?entry.severity, dropped = state.dropped, "the spool is full: dropped its oldest fault of the lowest severity");

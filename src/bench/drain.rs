@@ -81,7 +81,7 @@ fn cordoned(n: &Node) -> bool {
 
 /// Keeps `into` current from a watch of every object of a kind, each as `seen` makes it; `listed`
 /// fires once the watch has listed them.
-async fn watch<K, V>(
+pub(super) async fn watch<K, V>(
     client: kube::Client,
     into: Arc<Mutex<HashMap<String, V>>>,
     seen: fn(&K) -> V,
@@ -131,7 +131,7 @@ fn count(pods: &Pods) -> (HashMap<String, usize>, usize) {
 }
 
 /// The gate policy of a mass drain: every node operation allowed, nothing limited.
-fn generous() -> Policy {
+pub(super) fn generous() -> Policy {
     let operations: BTreeMap<Operation, OperationPolicy> =
         [Operation::Cordon, Operation::Drain, Operation::Reboot, Operation::Reinstall]
             .into_iter()

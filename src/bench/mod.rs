@@ -10,6 +10,12 @@
 //!
 //! `agent`: one `firebreak-agent` process's memory and CPU, idle and under load (see [`agent`]).
 //!
+//! `ingest`: the event center's ingest rate over a bare consumer's of the same topics, on
+//! SQLite and PostgreSQL (see [`ingest`]).
+//!
+//! `detect` and `isolate`: kernel log line → node cordoned and tainted, one at a time and many
+//! at once (see [`isolate`]).
+//!
 //! `health`: the health path of the gate at fleet scale. Simulated clusters (fleet-sim behind
 //! its Kubernetes API) with steady pod churn, a detector per cluster, the gate with a health
 //! rule, the Kafka mock between them; then, in each cluster in turn, a batch of nodes is
@@ -34,6 +40,8 @@ use crate::{Error, Result};
 
 mod agent;
 mod drain;
+mod ingest;
+mod isolate;
 
 /// `firebreak bench` targets.
 #[derive(Debug, Subcommand)]
@@ -46,6 +54,12 @@ pub enum BenchCommand {
     Drain(drain::DrainBench),
     /// One agent process's memory and CPU, idle and under a kernel log load.
     Agent(agent::AgentBench),
+    /// The event center's ingest rate against a bare consumer of the same topics.
+    Ingest(ingest::IngestBench),
+    /// Kernel log line → node cordoned and tainted, one fault at a time: p50 and p99.
+    Detect(isolate::DetectBench),
+    /// Nodes cordoned and tainted per second when many faults arrive at once.
+    Isolate(isolate::IsolateBench),
 }
 
 /// `firebreak bench health` flags.
@@ -251,6 +265,9 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Health(args) => health(args).await,
         BenchCommand::Drain(args) => drain::drain(args).await,
         BenchCommand::Agent(args) => agent::agent(args).await,
+        BenchCommand::Ingest(args) => ingest::ingest(args).await,
+        BenchCommand::Detect(args) => isolate::detect(args).await,
+        BenchCommand::Isolate(args) => isolate::isolate(args).await,
     }
 }
 

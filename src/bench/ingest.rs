@@ -1,0 +1,207 @@
+//! `firebreak bench ingest`: the event center's ingest rate against the raw consume rate of the
+//! same topic, in the same run.
+//!
+//! A Kafka mock cluster (librdkafka's, in this process) holds `--events` faults of
+//! `--clusters` clusters on their fault topics. The baseline is a bare rdkafka consumer of a
+//! fresh group reading them all (no decoding, no writes). Then the event center — the product's
+//! own consumer, store and HTTP server, as `firebreak event-center` runs them — reads the same
+//! records into a fresh database, SQLite and (when reachable) PostgreSQL; its rate is measured
+//! by its own `records_stored` counter on `/metrics`. Both clocks start when the consumer is
+//! created, so both include joining the group. The figure that matters is the ratio: what
+//! decoding, deduplicating and storing every record durably, offset after write, costs over
+//! reading it.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use firebreak_plumbing::kafka::{KafkaConfig, Producer};
+use firebreak_schema::{FaultEvent, FaultKind, Severity, Source, fault_topic};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// `firebreak bench ingest` flags.
+#[derive(Debug, Clone, Args)]
+pub struct IngestBench {
+    /// Faults on the topics.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Clusters (one fault topic each, 3 partitions).
+    #[arg(long, default_value_t = 3)]
+    pub clusters: usize,
+    /// PostgreSQL server to measure too (a fresh database is made on it); skipped if unreachable.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432", env = "FIREBREAK_BENCH_POSTGRES")]
+    pub postgres: String,
+    /// Longest to wait for one reader to read everything.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
+    pub max_wait: Duration,
+}
+
+fn usage(e: impl std::fmt::Display) -> Error {
+    Error::Usage(e.to_string())
+}
+
+/// A fault as an agent publishes one: a kernel log record's.
+fn fault(i: usize, clusters: usize) -> FaultEvent {
+    let cluster = format!("bench{}", i % clusters);
+    let node = format!("{cluster}-node-{:04}", (i / clusters) % 1000);
+    let kind = [FaultKind::MemoryUncorrectable, FaultKind::KernelHung, FaultKind::ReadonlyFilesystem][i % 3];
+    FaultEvent {
+        id: uuid::Uuid::now_v7(),
+        cluster,
+        node,
+        class: kind.class(),
+        kind,
+        severity: Severity::Critical,
+        source: Source::Agent,
+        observed_at: chrono::Utc::now(),
+        message: format!("EDAC MC0: 1 UE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0 (record {i})"),
+        evidence: BTreeMap::from([
+            ("rule".into(), "edac-uncorrectable".into()),
+            ("kmsg_seq".into(), i.to_string()),
+            ("boot_id".into(), "5f1c0c2e-4bde-4a8e-9d0e-2f6f4d3b1a77".into()),
+        ]),
+    }
+}
+
+/// Reads every record of the topics with a bare consumer; how long from its creation.
+async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let consumer: StreamConsumer =
+        kafka.consumer(&format!("bench-raw-{}", uuid::Uuid::now_v7())).create().map_err(usage)?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&names).map_err(usage)?;
+    let mut seen = 0;
+    tokio::time::timeout(max_wait, async {
+        while seen < want {
+            if consumer.recv().await.is_ok() {
+                seen += 1;
+            }
+        }
+    })
+    .await
+    .map_err(|_| usage(format!("the raw consumer read {seen} of {want} records in {max_wait:?}")))?;
+    Ok(started.elapsed())
+}
+
+/// `records_stored_total` from an event center's `/metrics`.
+async fn stored(http: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("firebreak_event_center_records_stored_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .next()
+}
+
+/// Runs an event center on `db` until it has stored `want` records; how long from its start.
+async fn event_center(kafka: &KafkaConfig, db: &str, want: usize, max_wait: Duration) -> Result<Duration> {
+    let listener = crate::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr().map_err(|source| Error::Io { what: "bench address".into(), source })?;
+    let base = format!("http://{addr}");
+    let cancel = CancellationToken::new();
+    let cfg = firebreak_event_center::Config {
+        kafka: kafka.clone(),
+        database_url: db.into(),
+        group_id: format!("bench-event-center-{}", uuid::Uuid::now_v7()),
+        tokens: None,
+    };
+    let started = Instant::now();
+    let server = tokio::spawn(firebreak_event_center::run(cfg, listener, cancel.clone()));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(usage)?;
+    let mut last = 0;
+    let done = tokio::time::timeout(max_wait, async {
+        loop {
+            if server.is_finished() {
+                return false;
+            }
+            if let Some(n) = stored(&http, &base).await {
+                last = n;
+                if n as usize >= want {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    cancel.cancel();
+    let ended = server.await;
+    match done {
+        Ok(true) => Ok(took),
+        Ok(false) => Err(usage(format!("the event center stopped after storing {last} records: {ended:?}"))),
+        Err(_) => Err(usage(format!("the event center stored {last} of {want} records in {max_wait:?}"))),
+    }
+}
+
+/// Runs the benchmark and prints its table.
+pub async fn ingest(args: IngestBench) -> Result<()> {
+    if args.events == 0 || args.clusters == 0 {
+        return Err(usage("--events and --clusters must be more than 0"));
+    }
+    let mock = rdkafka::mocking::MockCluster::new(1).map_err(usage)?;
+    let clusters: Vec<String> = (0..args.clusters).map(|c| format!("bench{c}")).collect();
+    for (topic, partitions) in firebreak_schema::topics::for_clusters(clusters.iter().map(String::as_str)) {
+        mock.create_topic(&topic, partitions, 1).map_err(usage)?;
+    }
+    let kafka = KafkaConfig::new(mock.bootstrap_servers());
+    let topics: Vec<String> = clusters.iter().map(|c| fault_topic(c)).collect();
+
+    let producer = Producer::new(&kafka)?;
+    let started = Instant::now();
+    for i in 0..args.events {
+        let e = fault(i, args.clusters);
+        let topic = fault_topic(&e.cluster);
+        // A full local queue: wait for deliveries to make room.
+        while producer.publish_nowait(&topic, &e).is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let produced = started.elapsed();
+
+    let dir = std::env::temp_dir().join(format!("firebreak-bench-ingest-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
+    let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("events.db").display()))];
+    match super::postgres_database(&args.postgres).await {
+        Ok(url) => dbs.push(("PostgreSQL".into(), url)),
+        Err(why) => println!("PostgreSQL skipped: {why}"),
+    }
+    println!(
+        "firebreak bench ingest: {} faults on {} fault topics (3 partitions each), librdkafka's mock broker in \
+         this process, this machine ({} CPUs); produced in {:.2} s ({:.0}/s)",
+        args.events,
+        args.clusters,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        produced.as_secs_f64(),
+        args.events as f64 / produced.as_secs_f64().max(1e-9)
+    );
+    let rate = |d: Duration| args.events as f64 / d.as_secs_f64().max(1e-9);
+    let baseline = raw(&kafka, &topics, args.events, args.max_wait).await?;
+    println!("{:<34} {:>10} {:>12} {:>8}", "reader", "seconds", "records/s", "ratio");
+    println!(
+        "{:<34} {:>10.2} {:>12.0} {:>8}",
+        "raw rdkafka consumer (baseline)",
+        baseline.as_secs_f64(),
+        rate(baseline),
+        "1.00"
+    );
+    for (name, url) in dbs {
+        let took = event_center(&kafka, &url, args.events, args.max_wait).await?;
+        let ratio = rate(took) / rate(baseline);
+        println!(
+            "{:<34} {:>10.2} {:>12.0} {:>8.2}",
+            format!("event center, {name}"),
+            took.as_secs_f64(),
+            rate(took),
+            ratio
+        );
+    }
+    println!("goal: event center / raw ≥ 0.5");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
