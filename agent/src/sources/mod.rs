@@ -20,11 +20,21 @@
 //! (not again while it holds), and its id derives from the boot, the key and what was seen, so a
 //! restarted agent's findings deduplicate downstream.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+mod components;
+mod disks;
+mod edac;
+mod mounts;
+mod nics;
+mod plugins;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+pub use components::component_healthy;
+pub use disks::{Smart, disks, smart_health};
+pub use edac::edac;
+pub use mounts::mounts;
+pub use nics::{nic_errors, nics};
+pub use plugins::{PluginStatus, run_plugin};
 
 use firebreak_schema::{FaultKind, Severity};
 
@@ -79,240 +89,6 @@ impl Default for Sources {
             timeout: Duration::from_secs(10),
         }
     }
-}
-
-/// EDAC counters: `(controller, ue, ce)`.
-pub fn edac(root: &Path) -> Vec<(String, u64, u64)> {
-    let dir = root.join("sys/devices/system/edac/mc");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let count = |p: PathBuf| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    let mut out: Vec<(String, u64, u64)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("mc") || !name[2..].chars().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            Some((name, count(e.path().join("ue_count"))?, count(e.path().join("ce_count"))?))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The host's mount table, mount point → (filesystem type, read-only): `proc/1/mounts` (the
-/// host's init, seen with the host's PID namespace), else `proc/mounts` (`proc/self/mounts`:
-/// the reader's own, right on a node without containers). Octal escapes (`\040` for a space)
-/// are decoded as the kernel writes them.
-pub fn mounts(root: &Path) -> Option<BTreeMap<String, (String, bool)>> {
-    let text = std::fs::read_to_string(root.join("proc/1/mounts"))
-        .or_else(|_| std::fs::read_to_string(root.join("proc/mounts")))
-        .ok()?;
-    let unescape = |s: &str| {
-        let mut out = String::new();
-        let mut rest = s;
-        while let Some(i) = rest.find('\\') {
-            out.push_str(&rest[..i]);
-            let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
-            match code {
-                Some(c) => {
-                    out.push(char::from(c));
-                    rest = &rest[i + 4..];
-                }
-                None => {
-                    out.push('\\');
-                    rest = &rest[i + 1..];
-                }
-            }
-        }
-        out.push_str(rest);
-        out
-    };
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if let [_dev, point, fstype, options, ..] = f[..] {
-            let ro = options.split(',').any(|o| o == "ro");
-            // The last mount of a point is the one that counts.
-            out.insert(unescape(point), (fstype.to_owned(), ro));
-        }
-    }
-    Some(out)
-}
-
-/// Physical network interfaces (those with a `device` link) and whether their link is up.
-pub fn nics(root: &Path) -> Vec<(String, bool)> {
-    let dir = root.join("sys/class/net");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<(String, bool)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .map(|e| {
-            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).map(|s| s.trim().to_owned()).ok();
-            // `operstate` says `up`; `carrier` (1) is the fallback for drivers that say `unknown`.
-            let up = match read("operstate").as_deref() {
-                Some("up") => true,
-                Some("down" | "lowerlayerdown" | "notpresent") => false,
-                _ => read("carrier").as_deref() == Some("1"),
-            };
-            (e.file_name().to_string_lossy().into_owned(), up)
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Physical NICs' error counters: received plus sent errors (`statistics/rx_errors`,
-/// `statistics/tx_errors`), for the NICs that have them.
-pub fn nic_errors(root: &Path) -> Vec<(String, u64)> {
-    let dir = root.join("sys/class/net");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<(String, u64)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .filter_map(|e| {
-            let count =
-                |f: &str| std::fs::read_to_string(e.path().join("statistics").join(f)).ok()?.trim().parse::<u64>().ok();
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                count("rx_errors")?.saturating_add(count("tx_errors")?),
-            ))
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Physical disks: the block devices with a `device` link (not loop, ram, dm or zram devices).
-pub fn disks(root: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root.join("sys/block")) else { return Vec::new() };
-    let mut out: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    out.sort();
-    out
-}
-
-/// What `smartctl -H -j` says of a disk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Smart {
-    /// The self-assessment passed.
-    Passed,
-    /// The self-assessment says failing.
-    Failing,
-    /// No verdict (no SMART support, a timeout, unreadable output): with why.
-    Unknown(String),
-    /// The program could not be started.
-    Missing(String),
-}
-
-/// Asks `smartctl` for a disk's SMART health self-assessment, for at most `timeout`.
-pub async fn smart_health(smartctl: &str, device: &str, timeout: Duration) -> Smart {
-    let child = tokio::process::Command::new(smartctl)
-        .args(["-H", "-j", device])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return Smart::Missing(format!("cannot start {smartctl}: {e}")),
-    };
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => return Smart::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
-        Ok(Err(e)) => return Smart::Unknown(e.to_string()),
-        Ok(Ok(out)) => out,
-    };
-    // smartctl's exit status is a bit mask (bit 3: "disk failing"); its JSON says the verdict.
-    let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-        Ok(v) => v,
-        Err(e) => return Smart::Unknown(format!("unreadable output (exit {:?}): {e}", out.status.code())),
-    };
-    match json.pointer("/smart_status/passed").and_then(serde_json::Value::as_bool) {
-        Some(true) => Smart::Passed,
-        Some(false) => Smart::Failing,
-        None => {
-            let said = json
-                .pointer("/smartctl/messages/0/string")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("no smart_status in its output");
-            Smart::Unknown(said.chars().take(200).collect())
-        }
-    }
-}
-
-/// What a program's exit says, by node-problem-detector's custom plugin contract.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginStatus {
-    /// Exit 0.
-    Ok,
-    /// Exit 1, with its first line of output.
-    Problem(String),
-    /// Exit 2 or another code, a timeout, or a program that would not start: with why.
-    Unknown(String),
-}
-
-/// Runs a plugin (`program` split on spaces) for at most `timeout`.
-pub async fn run_plugin(program: &str, timeout: Duration) -> PluginStatus {
-    let mut argv = program.split_whitespace();
-    let Some(bin) = argv.next() else { return PluginStatus::Unknown("no program".into()) };
-    let child = tokio::process::Command::new(bin)
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return PluginStatus::Unknown(format!("cannot start {bin}: {e}")),
-    };
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => PluginStatus::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
-        Ok(Err(e)) => PluginStatus::Unknown(e.to_string()),
-        Ok(Ok(out)) => {
-            let first =
-                String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().chars().take(512).collect();
-            match out.status.code() {
-                Some(0) => PluginStatus::Ok,
-                Some(1) => PluginStatus::Problem(first),
-                Some(code) => PluginStatus::Unknown(format!("exit {code}: {first}")),
-                None => PluginStatus::Unknown("killed by a signal".into()),
-            }
-        }
-    }
-}
-
-/// Whether a node component answers: an `http://` healthz URL answers 200 `ok`, or a unix
-/// socket accepts a connection.
-pub async fn component_healthy(root: &Path, target: &str, timeout: Duration) -> Result<(), String> {
-    let probe = async {
-        if let Some(rest) = target.strip_prefix("http://") {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-            let mut s = tokio::net::TcpStream::connect(host).await.map_err(|e| format!("{target}: {e}"))?;
-            let req = format!("GET /{} HTTP/1.0\r\nHost: {host}\r\n\r\n", path.trim_start_matches('/'));
-            s.write_all(req.as_bytes()).await.map_err(|e| format!("{target}: {e}"))?;
-            let mut buf = Vec::new();
-            s.take(4096).read_to_end(&mut buf).await.map_err(|e| format!("{target}: {e}"))?;
-            let text = String::from_utf8_lossy(&buf);
-            let status = text.lines().next().unwrap_or_default().to_owned();
-            if status.split_whitespace().nth(1) == Some("200") {
-                Ok(())
-            } else {
-                Err(format!("{target} answered `{status}`"))
-            }
-        } else {
-            let path = root.join(target.trim_start_matches('/'));
-            tokio::net::UnixStream::connect(&path).await.map(drop).map_err(|e| format!("{}: {e}", path.display()))
-        }
-    };
-    tokio::time::timeout(timeout, probe)
-        .await
-        .map_err(|_| format!("{target}: no answer within {}s", timeout.as_secs()))?
 }
 
 /// The state the checks keep between two runs (corrected error and NIC error counts; whether
@@ -449,64 +225,38 @@ impl Checker {
     }
 }
 
+/// Host roots laid out as the kernel serves them, for the sources' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use std::path::{Path, PathBuf};
 
-    fn root(name: &str) -> PathBuf {
+    /// A fresh, empty host root.
+    pub(crate) fn root(name: &str) -> PathBuf {
         let r = std::env::temp_dir().join(format!("firebreak-sources-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&r);
         std::fs::create_dir_all(&r).unwrap();
         r
     }
 
-    fn write(root: &Path, file: &str, text: &str) {
+    /// Writes a file under the root, making its directories.
+    pub(crate) fn write(root: &Path, file: &str, text: &str) {
         let p = root.join(file);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
 
-    #[test]
-    fn edac_counters_as_sysfs_serves_them() {
-        let r = root("edac");
-        write(&r, "sys/devices/system/edac/mc/mc0/ue_count", "0\n");
-        write(&r, "sys/devices/system/edac/mc/mc0/ce_count", "12\n");
-        write(&r, "sys/devices/system/edac/mc/mc1/ue_count", "2\n");
-        write(&r, "sys/devices/system/edac/mc/mc1/ce_count", "0\n");
-        write(&r, "sys/devices/system/edac/mc/power/control", "auto\n");
-        assert_eq!(edac(&r), [("mc0".into(), 0, 12), ("mc1".into(), 2, 0)]);
-        assert!(edac(&root("no-edac")).is_empty(), "no EDAC driver: nothing to say");
+    /// A plugin script, run as `sh FILE`.
+    pub(crate) fn script(name: &str, body: &str) -> String {
+        let path = root(&format!("plugin-{name}")).join("check.sh");
+        std::fs::write(&path, body).unwrap();
+        format!("sh {}", path.display())
     }
+}
 
-    #[test]
-    fn proc_mounts_as_the_kernel_writes_it() {
-        let r = root("mounts");
-        write(
-            &r,
-            "proc/mounts",
-            "/dev/sda1 / ext4 rw,relatime 0 0\nproc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n\
-             /dev/sdb1 /var/lib/kubelet xfs ro,relatime,attr2 0 0\n/dev/sdc1 /mnt/my\\040disk ext4 rw 0 0\n",
-        );
-        let m = mounts(&r).unwrap();
-        assert_eq!(m["/"], ("ext4".into(), false));
-        assert_eq!(m["/var/lib/kubelet"], ("xfs".into(), true));
-        assert!(m.contains_key("/mnt/my disk"), "octal escapes decoded: {m:?}");
-    }
-
-    #[test]
-    fn physical_nics_only_and_their_link() {
-        let r = root("nics");
-        write(&r, "sys/class/net/eth0/operstate", "up\n");
-        write(&r, "sys/class/net/eth0/device/vendor", "0x8086\n");
-        write(&r, "sys/class/net/eth1/operstate", "down\n");
-        write(&r, "sys/class/net/eth1/device/vendor", "0x8086\n");
-        write(&r, "sys/class/net/eth2/operstate", "unknown\n");
-        write(&r, "sys/class/net/eth2/carrier", "1\n");
-        write(&r, "sys/class/net/eth2/device/vendor", "0x15b3\n");
-        write(&r, "sys/class/net/veth1234/operstate", "down\n");
-        write(&r, "sys/class/net/lo/operstate", "unknown\n");
-        assert_eq!(nics(&r), [("eth0".into(), true), ("eth1".into(), false), ("eth2".into(), true)]);
-    }
+#[cfg(test)]
+mod tests {
+    use super::testing::{root, script, write};
+    use super::*;
 
     fn quiet() -> Sources {
         Sources { components: Default::default(), mounts: Vec::new(), smartctl: None, ..Default::default() }
@@ -577,32 +327,6 @@ mod tests {
         let none = Sources { smartctl: Some("/nonexistent/smartctl".into()), ..quiet() };
         assert!(c.check(&r, &none).await.is_empty());
         assert!(c.no_smartctl);
-    }
-
-    /// A plugin script, run as `sh FILE`.
-    fn script(name: &str, body: &str) -> String {
-        let path = root(&format!("plugin-{name}")).join("check.sh");
-        std::fs::write(&path, body).unwrap();
-        format!("sh {}", path.display())
-    }
-
-    #[tokio::test]
-    async fn plugins_follow_the_npd_contract() {
-        let t = Duration::from_secs(2);
-        assert_eq!(run_plugin(&script("ok", "exit 0\n"), t).await, PluginStatus::Ok);
-        assert_eq!(
-            run_plugin(&script("problem", "echo 'NTP is not synchronised'\necho more\nexit 1\n"), t).await,
-            PluginStatus::Problem("NTP is not synchronised".into())
-        );
-        assert!(
-            matches!(run_plugin(&script("unknown", "echo maybe\nexit 2\n"), t).await, PluginStatus::Unknown(w) if w == "exit 2: maybe")
-        );
-        assert!(
-            matches!(run_plugin("sleep 5", Duration::from_millis(200)).await, PluginStatus::Unknown(w) if w.contains("killed"))
-        );
-        assert!(
-            matches!(run_plugin("/no/such/plugin", t).await, PluginStatus::Unknown(w) if w.contains("cannot start"))
-        );
     }
 
     #[tokio::test]

@@ -1,0 +1,65 @@
+//! Physical disks (`sys/block/<disk>` with a `device` link) and their SMART health, as
+//! smartmontools' `smartctl -H -j` reports it.
+
+use std::{path::Path, time::Duration};
+
+/// Physical disks: the block devices with a `device` link (not loop, ram, dm or zram devices).
+pub fn disks(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join("sys/block")) else { return Vec::new() };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("device").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What `smartctl -H -j` says of a disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Smart {
+    /// The self-assessment passed.
+    Passed,
+    /// The self-assessment says failing.
+    Failing,
+    /// No verdict (no SMART support, a timeout, unreadable output): with why.
+    Unknown(String),
+    /// The program could not be started.
+    Missing(String),
+}
+
+/// Asks `smartctl` for a disk's SMART health self-assessment, for at most `timeout`.
+pub async fn smart_health(smartctl: &str, device: &str, timeout: Duration) -> Smart {
+    let child = tokio::process::Command::new(smartctl)
+        .args(["-H", "-j", device])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return Smart::Missing(format!("cannot start {smartctl}: {e}")),
+    };
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => return Smart::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
+        Ok(Err(e)) => return Smart::Unknown(e.to_string()),
+        Ok(Ok(out)) => out,
+    };
+    // smartctl's exit status is a bit mask (bit 3: "disk failing"); its JSON says the verdict.
+    let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => return Smart::Unknown(format!("unreadable output (exit {:?}): {e}", out.status.code())),
+    };
+    match json.pointer("/smart_status/passed").and_then(serde_json::Value::as_bool) {
+        Some(true) => Smart::Passed,
+        Some(false) => Smart::Failing,
+        None => {
+            let said = json
+                .pointer("/smartctl/messages/0/string")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("no smart_status in its output");
+            Smart::Unknown(said.chars().take(200).collect())
+        }
+    }
+}
