@@ -12,7 +12,10 @@
 //! - a fault observed before the condition was last cleared is old news (a replay) and changes
 //!   nothing, so reading the topics again leaves the Node as it was.
 //!
-//! `NodeNotReady` sets none: the node's own Ready condition says it already. Patches are
+//! Only lasting states set a condition (an uncorrected memory error, a hung kernel, a read-only
+//! filesystem, a component down, a NIC down, a mount missing, a failing disk, a plugin's
+//! problem); events stay events (`NodeNotReady` — the node's own Ready says it —, flaps, silent
+//! agents, kernel oopses, error counts growing, lost reports). Patches are
 //! strategic merges of `status.conditions`, merged by type as the kubelet's are, through the
 //! `nodes/status` subresource, so the kubelet's own conditions are never touched.
 
@@ -107,6 +110,30 @@ fn change(node: &Node, record: &Record) -> Option<serde_json::Value> {
     (!conditions.is_empty()).then(|| json!({"status": {"conditions": conditions}}))
 }
 
+/// Whether a fault of this kind is a lasting state of the node (a condition, as
+/// node-problem-detector's permanent problems are) rather than an event: what happened once
+/// (a kernel oops, errors growing, a lost report, a flap) or what the node says itself (Ready).
+fn lasting(kind: FaultKind) -> bool {
+    match kind {
+        FaultKind::MemoryUncorrectable
+        | FaultKind::KernelHung
+        | FaultKind::ReadonlyFilesystem
+        | FaultKind::KubeletDown
+        | FaultKind::ComponentDown
+        | FaultKind::NicDown
+        | FaultKind::MountMissing
+        | FaultKind::DiskFailing
+        | FaultKind::PluginProblem => true,
+        FaultKind::NodeNotReady
+        | FaultKind::NodeFlapping
+        | FaultKind::AgentSilent
+        | FaultKind::KernelError
+        | FaultKind::MemoryCorrectable
+        | FaultKind::NicErrors
+        | FaultKind::FaultsLost => false,
+    }
+}
+
 /// What one record of the two topics means for the node's conditions.
 enum Record {
     Fault(FaultEvent),
@@ -120,8 +147,7 @@ impl Record {
             return (r.cluster == cluster && r.state == "healed").then_some(Record::Healed(r));
         }
         let f = decode_message::<FaultEvent>(msg).ok()?;
-        (f.cluster == cluster && f.severity >= Severity::Warning && f.kind != FaultKind::NodeNotReady)
-            .then_some(Record::Fault(f))
+        (f.cluster == cluster && f.severity >= Severity::Warning && lasting(f.kind)).then_some(Record::Fault(f))
     }
 
     fn node(&self) -> &str {
@@ -259,5 +285,9 @@ mod tests {
         assert!(change(&cleared, &ue).is_none());
         let again = fault(FaultKind::MemoryUncorrectable, t0 + chrono::TimeDelta::seconds(120), "EDAC MC0: 2 UE");
         assert_eq!(change(&cleared, &again).unwrap()["status"]["conditions"][0]["status"], "True");
+        // Events are no conditions: a silent agent heard again would leave one standing.
+        assert!(
+            !lasting(FaultKind::AgentSilent) && !lasting(FaultKind::NodeNotReady) && lasting(FaultKind::KubeletDown)
+        );
     }
 }
