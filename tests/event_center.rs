@@ -245,6 +245,39 @@ async fn malformed_records_postgres() {
     malformed_records_are_kept_and_skipped(db).await;
 }
 
+/// Faults are written in batches (one transaction, multi-row inserts): each is stored once,
+/// whether its duplicate is in the same batch or was stored by an earlier one, and more rows
+/// than one statement takes are all stored.
+async fn batches_store_each_fault_once(db: String) {
+    let store = firebreak_event_center::Store::open(&db).await.unwrap();
+    let (a, b, c) = (
+        fault("n1", FaultKind::KernelHung, 1),
+        fault("n2", FaultKind::KernelHung, 2),
+        fault("n3", FaultKind::KernelHung, 3),
+    );
+    let stored = |r: &[Option<firebreak_schema::EventRecord>]| r.iter().map(Option::is_some).collect::<Vec<_>>();
+    let first = store.insert_faults(&[a.clone(), b.clone(), a.clone()]).await.unwrap();
+    assert_eq!(stored(&first), [true, true, false], "a duplicate in the same batch is stored once");
+    assert_eq!(first[0].as_ref().unwrap().event, a);
+    let second = store.insert_faults(&[b.clone(), c.clone()]).await.unwrap();
+    assert_eq!(stored(&second), [false, true], "stored by an earlier batch");
+    let many: Vec<FaultEvent> = (10..460).map(|i| fault(&format!("m{i}"), FaultKind::MemoryUncorrectable, i)).collect();
+    assert!(store.insert_faults(&many).await.unwrap().iter().all(Option::is_some));
+    let filter = firebreak_event_center::EventFilter { limit: Some(1000), ..Default::default() };
+    assert_eq!(store.list_faults(&filter).await.unwrap().len(), 453);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sqlite() {
+    batches_store_each_fault_once(format!("sqlite://{}", temp_dir("ec-batch").join("events.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    batches_store_each_fault_once(db).await;
+}
+
 /// A WebDriver session on headless Chromium (chromedriver on a free port).
 struct Browser {
     driver: std::process::Child,

@@ -70,38 +70,78 @@ impl Store {
     /// more than [`CLOCK_SKEW_BOUND`] after it was received is kept, flagged with its skew, and
     /// ordered by its receive time.
     pub async fn insert_fault(&self, e: &FaultEvent) -> Result<Option<EventRecord>> {
+        let mut out = self.insert_faults(std::slice::from_ref(e)).await?;
+        Ok(out.pop().flatten())
+    }
+
+    /// Stores events in one transaction (all or none), as multi-row inserts; for each, its
+    /// record, or `None` if an event with that id was already stored (or came earlier in the
+    /// same batch). See [`Store::insert_fault`].
+    pub async fn insert_faults(&self, events: &[FaultEvent]) -> Result<Vec<Option<EventRecord>>> {
+        // Rows per statement: 15 parameters each, well under SQLite's and PostgreSQL's limits.
+        const ROWS: usize = 200;
         let received_at = Utc::now();
-        let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
-        let skew_ms = ms(e.observed_at) - ms(received_at);
-        let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
-        let sort_at_ms = if skewed { ms(received_at) } else { ms(e.observed_at) };
-        let done = sqlx::query(
-            "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, observed_at_ms, \
-             message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(e.id.to_string())
-        .bind(&e.cluster)
-        .bind(&e.node)
-        .bind(e.class.as_str())
-        .bind(e.kind.as_str())
-        .bind(e.severity.as_str())
-        .bind(e.source.as_str())
-        .bind(fmt(e.observed_at))
-        .bind(ms(e.observed_at))
-        .bind(&e.message)
-        .bind(evidence)
-        .bind(fmt(received_at))
-        .bind(ms(received_at))
-        .bind(sort_at_ms)
-        .bind(skewed.then_some(skew_ms))
-        .execute(&self.pool)
-        .await?;
-        if skewed {
-            tracing::warn!(event_id = %e.id, cluster = %e.cluster, node = %e.node, skew_s = skew_ms / 1000, "event from the future: its source's clock is wrong; ordered by its receive time");
+        let mut first = std::collections::HashSet::new();
+        let fresh: Vec<bool> = events.iter().map(|e| first.insert(e.id)).collect();
+        let mut inserted = std::collections::HashSet::new();
+        let mut tx = self.pool.begin().await?;
+        let batch: Vec<&FaultEvent> = events.iter().zip(&fresh).filter(|(_, f)| **f).map(|(e, _)| e).collect();
+        for chunk in batch.chunks(ROWS) {
+            let mut sql = String::from(
+                "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, \
+                 observed_at_ms, message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                let n = row * 15;
+                let params: Vec<String> = (1..=15).map(|k| format!("${}", n + k)).collect();
+                sql.push_str(if row == 0 { "(" } else { ",(" });
+                sql.push_str(&params.join(","));
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
+                let skew_ms = ms(e.observed_at) - ms(received_at);
+                let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
+                let sort_at_ms = if skewed { ms(received_at) } else { ms(e.observed_at) };
+                q = q
+                    .bind(e.id.to_string())
+                    .bind(e.cluster.clone())
+                    .bind(e.node.clone())
+                    .bind(e.class.as_str())
+                    .bind(e.kind.as_str())
+                    .bind(e.severity.as_str())
+                    .bind(e.source.as_str())
+                    .bind(fmt(e.observed_at))
+                    .bind(ms(e.observed_at))
+                    .bind(e.message.clone())
+                    .bind(evidence)
+                    .bind(fmt(received_at))
+                    .bind(ms(received_at))
+                    .bind(sort_at_ms)
+                    .bind(skewed.then_some(skew_ms));
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                inserted.insert(row.try_get::<String, _>(0)?);
+            }
         }
-        let clock_skew_s = skewed.then_some(skew_ms / 1000);
-        Ok((done.rows_affected() == 1).then(|| EventRecord { event: e.clone(), received_at, clock_skew_s }))
+        tx.commit().await?;
+        Ok(events
+            .iter()
+            .zip(fresh)
+            .map(|(e, fresh)| {
+                if !fresh || !inserted.contains(&e.id.to_string()) {
+                    return None;
+                }
+                let skew_ms = ms(e.observed_at) - ms(received_at);
+                let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
+                if skewed {
+                    tracing::warn!(event_id = %e.id, cluster = %e.cluster, node = %e.node, skew_s = skew_ms / 1000, "event from the future: its source's clock is wrong; ordered by its receive time");
+                }
+                Some(EventRecord { event: e.clone(), received_at, clock_skew_s: skewed.then_some(skew_ms / 1000) })
+            })
+            .collect())
     }
 
     /// Stores a remediation step; `false` if already stored.
