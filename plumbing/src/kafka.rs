@@ -106,6 +106,10 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // A broker answers a fetch as soon as it has data, but one that parked the fetch
+            // before the data came (librdkafka's mock broker among them) answers only when the
+            // wait is over: 500 ms by default, which was most of a fault's way to its cordon.
+            .set("fetch.wait.max.ms", "50")
             .set("topic.metadata.refresh.interval.ms", "10000");
         for (k, v) in self.client_options.iter().chain(&self.consumer_options) {
             c.set(k, v);
