@@ -146,18 +146,9 @@ async fn detector_reports_silent_agents() {
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let cancel = CancellationToken::new();
     let detector = firebreak_detector::Config {
-        cluster: cluster.name().into(),
-        kafka: cfg.clone(),
         agent_silent_after: Duration::from_secs(12),
-        new_node_grace: Duration::from_secs(60),
-        sample_every: Duration::from_secs(10),
         failure_domains: vec!["topology.kubernetes.io/zone".into()],
-        pod_window: Duration::from_secs(300),
-        pod_start_deadline: Duration::from_secs(120),
-        not_ready_for: Duration::from_secs(30),
-        flapping_count: 3,
-        flapping_within: Duration::from_secs(600),
-        lease: None,
+        ..common::detector_config(cluster.name(), &cfg)
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
@@ -212,18 +203,9 @@ async fn a_short_not_ready_is_a_flap_and_flaps_are_reported_as_flapping() {
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let cancel = CancellationToken::new();
     let detector = firebreak_detector::Config {
-        cluster: cluster.name().into(),
-        kafka: cfg.clone(),
-        agent_silent_after: Duration::MAX,
         new_node_grace: Duration::from_secs(0),
-        sample_every: Duration::from_secs(10),
-        failure_domains: Vec::new(),
-        pod_window: Duration::from_secs(300),
-        pod_start_deadline: Duration::from_secs(120),
         not_ready_for: Duration::from_secs(8),
-        flapping_count: 3,
-        flapping_within: Duration::from_secs(600),
-        lease: None,
+        ..common::detector_config(cluster.name(), &cfg)
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));
@@ -447,20 +429,7 @@ async fn faults_are_node_conditions_that_kubectl_describes() {
     let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let cancel = CancellationToken::new();
-    let detector = firebreak_detector::Config {
-        cluster: cluster.name().into(),
-        kafka: cfg.clone(),
-        agent_silent_after: Duration::MAX,
-        new_node_grace: Duration::from_secs(60),
-        sample_every: Duration::from_secs(10),
-        failure_domains: Vec::new(),
-        pod_window: Duration::from_secs(300),
-        pod_start_deadline: Duration::from_secs(120),
-        not_ready_for: Duration::from_secs(30),
-        flapping_count: 3,
-        flapping_within: Duration::from_secs(600),
-        lease: None,
-    };
+    let detector = common::detector_config(cluster.name(), &cfg);
     let metrics = firebreak_detector::Metrics::default();
     let task = tokio::spawn(firebreak_detector::run(detector, client, metrics, cancel.clone()));
     let condition = |ty: &'static str| {
@@ -573,18 +542,9 @@ async fn a_node_whose_lease_lapsed_is_not_ready_before_its_ready_condition_says_
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     let cancel = CancellationToken::new();
     let detector = firebreak_detector::Config {
-        cluster: cluster.name().into(),
-        kafka: cfg.clone(),
-        agent_silent_after: Duration::MAX,
         new_node_grace: Duration::from_secs(0),
-        sample_every: Duration::from_secs(10),
-        failure_domains: Vec::new(),
-        pod_window: Duration::from_secs(300),
-        pod_start_deadline: Duration::from_secs(120),
         not_ready_for: Duration::from_secs(3),
-        flapping_count: 3,
-        flapping_within: Duration::from_secs(600),
-        lease: None,
+        ..common::detector_config(cluster.name(), &cfg)
     };
     let task =
         tokio::spawn(firebreak_detector::run(detector, client, firebreak_detector::Metrics::default(), cancel.clone()));

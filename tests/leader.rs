@@ -95,22 +95,13 @@ async fn one_detector_replica_publishes_and_the_standby_takes_over() {
         let mut registry = prometheus_client::registry::Registry::default();
         let metrics = firebreak_detector::Metrics::new(&mut registry);
         let cfg = firebreak_detector::Config {
-            cluster: cluster.name().into(),
-            kafka: kafka.clone(),
-            agent_silent_after: Duration::MAX,
-            new_node_grace: Duration::from_secs(60),
             sample_every: Duration::from_millis(300),
-            failure_domains: Vec::new(),
-            pod_window: Duration::from_secs(300),
-            pod_start_deadline: Duration::from_secs(120),
-            not_ready_for: Duration::from_secs(30),
-            flapping_count: 3,
-            flapping_within: Duration::from_secs(600),
             lease: Some(firebreak_plumbing::leader::LeaseConfig {
                 namespace: "kube-system".into(),
                 identity: id.into(),
                 duration: Duration::from_secs(3),
             }),
+            ..common::detector_config(cluster.name(), &kafka)
         };
         let task = tokio::spawn(firebreak_detector::run(cfg, client.clone(), metrics, Default::default()));
         (registry, task)

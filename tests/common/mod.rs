@@ -179,6 +179,26 @@ pub fn mock_kafka(
     (mock, cfg)
 }
 
+/// A detector of `cluster` on `kafka` as the tests run it: no silence reports, a NotReady a
+/// fault after 30 s, three flaps in ten minutes a flapping, no leader election. Tests change
+/// what they test with struct update syntax.
+pub fn detector_config(cluster: &str, kafka: &firebreak_plumbing::kafka::KafkaConfig) -> firebreak_detector::Config {
+    firebreak_detector::Config {
+        cluster: cluster.into(),
+        kafka: kafka.clone(),
+        agent_silent_after: Duration::MAX,
+        new_node_grace: Duration::from_secs(60),
+        sample_every: Duration::from_secs(10),
+        failure_domains: Vec::new(),
+        pod_window: Duration::from_secs(300),
+        pod_start_deadline: Duration::from_secs(120),
+        not_ready_for: Duration::from_secs(30),
+        flapping_count: 3,
+        flapping_within: Duration::from_secs(600),
+        lease: None,
+    }
+}
+
 /// A one-cluster fleet-sim without pod churn: its pod lists hold still between two reads.
 pub async fn fleet(name: &str, nodes: usize) -> firebreak_fleet_sim::Fleet {
     firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {

@@ -30,21 +30,10 @@ pub enum Smart {
 
 /// Asks `smartctl` for a disk's SMART health self-assessment, for at most `timeout`.
 pub async fn smart_health(smartctl: &str, device: &str, timeout: Duration) -> Smart {
-    let child = tokio::process::Command::new(smartctl)
-        .args(["-H", "-j", device])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return Smart::Missing(format!("cannot start {smartctl}: {e}")),
-    };
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => return Smart::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
-        Ok(Err(e)) => return Smart::Unknown(e.to_string()),
-        Ok(Ok(out)) => out,
+    let out = match super::run_program(smartctl, ["-H", "-j", device], timeout).await {
+        super::Ran::NotStarted(why) => return Smart::Missing(why),
+        super::Ran::Failed(why) => return Smart::Unknown(why),
+        super::Ran::Exited(out) => out,
     };
     // smartctl's exit status is a bit mask (bit 3: "disk failing"); its JSON says the verdict.
     let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {

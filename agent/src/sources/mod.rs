@@ -38,6 +38,36 @@ pub use plugins::{PluginStatus, run_plugin};
 
 use firebreak_schema::{FaultKind, Severity};
 
+/// How running a check's program went.
+pub(crate) enum Ran {
+    /// It could not be started (not installed, not executable): why.
+    NotStarted(String),
+    /// It ran over its time and was killed, or could not be waited for: why.
+    Failed(String),
+    /// It exited: its status and output.
+    Exited(std::process::Output),
+}
+
+/// Runs `program` with `args` (no input, its output kept), killed after `timeout`.
+pub(crate) async fn run_program<'a>(program: &str, args: impl IntoIterator<Item = &'a str>, timeout: Duration) -> Ran {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => return Ran::NotStarted(format!("cannot start {program}: {e}")),
+    };
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Ran::Failed(format!("no answer within {}s; killed", timeout.as_secs())),
+        Ok(Err(e)) => Ran::Failed(e.to_string()),
+        Ok(Ok(out)) => Ran::Exited(out),
+    }
+}
+
 /// One thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

@@ -17,30 +17,16 @@ pub enum PluginStatus {
 pub async fn run_plugin(program: &str, timeout: Duration) -> PluginStatus {
     let mut argv = program.split_whitespace();
     let Some(bin) = argv.next() else { return PluginStatus::Unknown("no program".into()) };
-    let child = tokio::process::Command::new(bin)
-        .args(argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let child = match child {
-        Ok(c) => c,
-        Err(e) => return PluginStatus::Unknown(format!("cannot start {bin}: {e}")),
+    let out = match super::run_program(bin, argv, timeout).await {
+        super::Ran::NotStarted(why) | super::Ran::Failed(why) => return PluginStatus::Unknown(why),
+        super::Ran::Exited(out) => out,
     };
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => PluginStatus::Unknown(format!("no answer within {}s; killed", timeout.as_secs())),
-        Ok(Err(e)) => PluginStatus::Unknown(e.to_string()),
-        Ok(Ok(out)) => {
-            let first =
-                String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().chars().take(512).collect();
-            match out.status.code() {
-                Some(0) => PluginStatus::Ok,
-                Some(1) => PluginStatus::Problem(first),
-                Some(code) => PluginStatus::Unknown(format!("exit {code}: {first}")),
-                None => PluginStatus::Unknown("killed by a signal".into()),
-            }
-        }
+    let first = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().chars().take(512).collect();
+    match out.status.code() {
+        Some(0) => PluginStatus::Ok,
+        Some(1) => PluginStatus::Problem(first),
+        Some(code) => PluginStatus::Unknown(format!("exit {code}: {first}")),
+        None => PluginStatus::Unknown("killed by a signal".into()),
     }
 }
 
