@@ -113,6 +113,8 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
         "firebreak_event_center_records_duplicate_total 1",
         "firebreak_event_center_records_stored_total 2",
         "firebreak_event_center_records_consumed_total 5",
+        // Everything read: no lag on the fault topic (measured every 5 s).
+        "firebreak_event_center_consumer_lag{group=\"ec-test\",topic=\"firebreak.faults.v1.c1\",partition=\"0\"} 0",
     ];
     let metrics_url = format!("{}/metrics", ec.url);
     let mut last = String::new();
@@ -127,6 +129,9 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     })
     .await;
     assert!(counted.is_ok(), "expected {want:?} in\n{last}");
+    let lag = get_json(&format!("{}/api/v1/lag", ec.url)).await.unwrap();
+    assert_eq!(lag["total"], 0, "{lag}");
+    assert_eq!(lag["partitions"], serde_json::json!([]), "{lag}");
 
     // Filters, newest first, and input validation.
     let all = events(&ec.url, "").await;

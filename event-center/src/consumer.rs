@@ -56,7 +56,7 @@ const WRITE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(
 pub(crate) const BATCH: usize = 512;
 
 pub(crate) async fn run(
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     store: Store,
     live: broadcast::Sender<Live>,
     metrics: Metrics,

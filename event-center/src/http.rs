@@ -35,8 +35,23 @@ pub(crate) struct AppState {
     pub(crate) ready: Arc<AtomicBool>,
     /// Sends operators' instructions to the remediators.
     pub(crate) producer: firebreak_plumbing::kafka::Producer,
+    /// The consumer's lag as last measured, per partition.
+    pub(crate) lag: tokio::sync::watch::Receiver<Vec<(firebreak_plumbing::kafka::LagLabels, i64)>>,
     /// Cancelled at shutdown: live streams end then, so the server can stop.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// `GET /api/v1/lag`: records on the topics the event center has not read yet, in all and per
+/// partition, as last measured.
+async fn lag(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let now = s.lag.borrow().clone();
+    let total: i64 = now.iter().map(|(_, n)| n).sum();
+    let partitions: Vec<serde_json::Value> = now
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(l, n)| serde_json::json!({"topic": l.topic, "partition": l.partition, "lag": n}))
+        .collect();
+    Json(serde_json::json!({"total": total, "partitions": partitions, "measured_every_s": crate::LAG_EVERY.as_secs()}))
 }
 
 pub(crate) fn router(state: AppState, tokens: Option<Arc<Tokens>>) -> Router {
@@ -54,6 +69,7 @@ pub(crate) fn router(state: AppState, tokens: Option<Arc<Tokens>>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/remediations", get(remediations))
         .route("/api/v1/gate", get(gate))
+        .route("/api/v1/lag", get(lag))
         .route("/api/v1/stream", get(stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

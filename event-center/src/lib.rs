@@ -111,6 +111,9 @@ pub struct Config {
     pub tokens: Option<firebreak_plumbing::auth::Tokens>,
 }
 
+/// How often the consumer's lag is measured.
+pub(crate) const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
     let store = Store::open(&cfg.database_url).await?;
@@ -118,10 +121,26 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     // `KafkaConfig::consumer`).
     let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Plumbing(e.into()))?;
     consumer::subscribe(&consumer)?;
+    let consumer = Arc::new(consumer);
     let (live, _) = broadcast::channel(1024);
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("firebreak_event_center");
     metrics.register(&mut registry);
+    let lag = firebreak_plumbing::kafka::Lag::default();
+    registry.register(
+        "consumer_lag",
+        "Records on the topics not yet read, per consumer group and partition",
+        lag.clone(),
+    );
+    let (lag_now, lag_rx) = tokio::sync::watch::channel(Vec::new());
+    let lagging = tokio::spawn(firebreak_plumbing::kafka::report_lag(
+        consumer.clone(),
+        cfg.group_id.clone(),
+        lag,
+        lag_now,
+        LAG_EVERY,
+        cancel.clone(),
+    ));
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, database = %firebreak_plumbing::db::redacted(&cfg.database_url), "event center running");
     let ready = Arc::new(AtomicBool::new(false));
@@ -129,11 +148,20 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
         tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
     let producer = firebreak_plumbing::kafka::Producer::new(&cfg.kafka)?;
     let app = http::router(
-        http::AppState { store, live, registry: Arc::new(registry), ready, producer, shutdown: cancel.clone() },
+        http::AppState {
+            store,
+            live,
+            registry: Arc::new(registry),
+            ready,
+            producer,
+            lag: lag_rx,
+            shutdown: cancel.clone(),
+        },
         cfg.tokens.map(Arc::new),
     );
     let served = firebreak_plumbing::serve::serve(listener, app, None, cancel.clone()).await;
     cancel.cancel();
     let _ = consuming.await;
+    let _ = lagging.await;
     served.map_err(Error::Serve)
 }

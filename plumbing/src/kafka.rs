@@ -252,3 +252,77 @@ pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> firebreak_sch
         msg.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
     decode(headers, msg.payload())
 }
+
+/// The labels of a consumer's lag: its group, and the topic and partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct LagLabels {
+    /// The consumer group.
+    pub group: String,
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+/// Records not yet read by a consumer, per assigned partition.
+pub type Lag = prometheus_client::metrics::family::Family<LagLabels, prometheus_client::metrics::gauge::Gauge>;
+
+/// Measures a consumer's lag every `every` until `cancel`: for each partition assigned to it,
+/// the partition's high watermark minus the consumer's position (from the low watermark when it
+/// has read nothing there yet), into the gauge family and into `latest` (for an API to show).
+/// A partition no longer assigned leaves the family.
+pub async fn report_lag(
+    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    group: String,
+    lag: Lag,
+    latest: tokio::sync::watch::Sender<Vec<(LagLabels, i64)>>,
+    every: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    use rdkafka::{Offset, consumer::Consumer};
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shown: std::collections::HashSet<LagLabels> = Default::default();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let c = consumer.clone();
+        let g = group.clone();
+        // Watermarks are a broker round trip each: off the async threads.
+        let measured = tokio::task::spawn_blocking(move || -> std::result::Result<Vec<(LagLabels, i64)>, String> {
+            let positions = c.position().map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for p in positions.elements() {
+                let (low, high) =
+                    c.fetch_watermarks(p.topic(), p.partition(), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+                let at = match p.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                out.push((
+                    LagLabels { group: g.clone(), topic: p.topic().to_owned(), partition: p.partition() },
+                    (high - at).max(0),
+                ));
+            }
+            Ok(out)
+        })
+        .await;
+        match measured {
+            Ok(Ok(now)) => {
+                let current: std::collections::HashSet<LagLabels> = now.iter().map(|(l, _)| l.clone()).collect();
+                for gone in shown.difference(&current) {
+                    lag.remove(gone);
+                }
+                for (labels, n) in &now {
+                    lag.get_or_create(labels).set(*n);
+                }
+                latest.send_replace(now);
+                shown = current;
+            }
+            Ok(Err(error)) => tracing::debug!(%error, %group, "consumer lag not measured"),
+            Err(error) => tracing::warn!(%error, %group, "consumer lag measurement failed"),
+        }
+    }
+}
