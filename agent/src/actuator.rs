@@ -173,10 +173,8 @@ impl NodeActuator {
     /// Writes `bytes` to `name` in the state directory, atomically (a temporary file renamed).
     fn write_state(&self, name: &str, bytes: &[u8]) -> Result<()> {
         std::fs::create_dir_all(&self.state_dir).map_err(self.io(self.state_dir.clone()))?;
-        let tmp = self.state_dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(self.io(tmp.clone()))?;
         let path = self.state_dir.join(name);
-        std::fs::rename(&tmp, &path).map_err(self.io(path))
+        crate::replace_file(&path, bytes, false).map_err(self.io(path))
     }
 
     fn remember(&self, id: uuid::Uuid) -> Result<()> {

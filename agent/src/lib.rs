@@ -99,9 +99,26 @@ fn read_cursor(path: &Path) -> Option<(String, u64)> {
 }
 
 fn write_cursor(path: &Path, boot: &str, seq: u64) -> std::io::Result<()> {
+    replace_file(path, format!("{boot} {seq}\n").as_bytes(), false)
+}
+
+/// Replaces `path` whole or not at all: the bytes go to a temporary file beside it (`*.tmp`),
+/// which is renamed over it. `durable`: the file is synced before the rename and its directory
+/// after, so the new content survives a power loss too, not only a crash of the agent.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{boot} {seq}\n"))?;
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_all()?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if durable => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+        _ => Ok(()),
+    }
 }
 
 impl NodeAgent {

@@ -105,9 +105,7 @@ impl Metrics {
 
     /// Writes the counters to `path` whole: a temporary file beside it, renamed over it.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, self.encode())?;
-        std::fs::rename(&tmp, path)
+        crate::replace_file(path, self.encode().as_bytes(), false)
     }
 }
 

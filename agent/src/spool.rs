@@ -5,8 +5,8 @@
 //! ring buffer overwrites what was not read yet.
 //!
 //! One file per fault, `<seq>-<severity>.json` in the spool directory, written to a temporary
-//! file, synced, renamed into place and the directory synced: a file is there whole or not at
-//! all. One sender delivers them oldest first and deletes each after its delivery report; a fault
+//! file, synced, renamed into place and the directory synced ([`crate::replace_file`]): a file
+//! is there whole or not at all. One sender delivers them oldest first and deletes each after its delivery report; a fault
 //! delivered just before a crash is sent again after it, with the same id, which consumers
 //! deduplicate (at least once, never lost).
 //!
@@ -180,11 +180,13 @@ impl Spool {
             state.dropped += 1;
             state.dropped_since_open += 1;
             let path = self.dir.join("dropped");
-            write_synced(&self.dir, &path, state.dropped.to_string().as_bytes())?;
+            crate::replace_file(&path, state.dropped.to_string().as_bytes(), true)
+                .map_err(|source| Error::Io { path, source })?;
             tracing::warn!(seq, severity = ?entry.severity, dropped = state.dropped, "the spool is full: dropped its oldest fault of the lowest severity");
         }
         let seq = state.next;
-        write_synced(&self.dir, &self.path(seq, event.severity), &body)?;
+        let path = self.path(seq, event.severity);
+        crate::replace_file(&path, &body, true).map_err(|source| Error::Io { path, source })?;
         state.next += 1;
         state.entries.insert(seq, Entry { severity: event.severity, bytes });
         state.bytes += bytes;
@@ -283,23 +285,6 @@ impl Spool {
             }
         }
     }
-}
-
-/// Writes `path` whole or not at all, durably: a synced temporary file renamed into place, then
-/// the directory synced so the rename itself survives a power loss.
-fn write_synced(dir: &Path, path: &Path, body: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| Error::Io { path, source }
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(body).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 #[cfg(test)]
