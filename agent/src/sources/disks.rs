@@ -5,14 +5,7 @@ use std::{path::Path, time::Duration};
 
 /// Physical disks: the block devices with a `device` link (not loop, ram, dm or zram devices).
 pub fn disks(root: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root.join("sys/block")) else { return Vec::new() };
-    let mut out: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    out.sort();
-    out
+    super::physical(root, "sys/block").into_iter().map(|(name, _)| name).collect()
 }
 
 /// What `smartctl -H -j` says of a disk.

@@ -1,13 +1,12 @@
 //! EDAC memory controllers, as sysfs serves them:
 //! `sys/devices/system/edac/mc/mc*/{ue_count,ce_count}`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// EDAC counters: `(controller, ue, ce)`.
 pub fn edac(root: &Path) -> Vec<(String, u64, u64)> {
     let dir = root.join("sys/devices/system/edac/mc");
     let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let count = |p: PathBuf| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
     let mut out: Vec<(String, u64, u64)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -15,7 +14,8 @@ pub fn edac(root: &Path) -> Vec<(String, u64, u64)> {
             if !name.starts_with("mc") || !name[2..].chars().all(|c| c.is_ascii_digit()) {
                 return None;
             }
-            Some((name, count(e.path().join("ue_count"))?, count(e.path().join("ce_count"))?))
+            let count = |f: &str| super::sysfs_count(&e.path().join(f));
+            Some((name, count("ue_count")?, count("ce_count")?))
         })
         .collect();
     out.sort();

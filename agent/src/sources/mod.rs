@@ -38,6 +38,25 @@ pub use plugins::{PluginStatus, run_plugin};
 
 use firebreak_schema::{FaultKind, Severity};
 
+/// The entries of a sysfs class directory (`sys/class/net`, `sys/block`) that hardware backs
+/// (they have a `device` link), by name, sorted: virtual ones (`lo`, `veth*`, `loop*`, `dm-*`)
+/// are left out. Name and directory.
+pub(crate) fn physical(root: &Path, class_dir: &str) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(root.join(class_dir)) else { return Vec::new() };
+    let mut out: Vec<(String, std::path::PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("device").exists())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A counter as sysfs serves it: one unsigned number and a newline.
+pub(crate) fn sysfs_count(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// How running a check's program went.
 pub(crate) enum Ran {
     /// It could not be started (not installed, not executable): why.

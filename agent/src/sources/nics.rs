@@ -5,45 +5,31 @@ use std::path::Path;
 
 /// Physical network interfaces (those with a `device` link) and whether their link is up.
 pub fn nics(root: &Path) -> Vec<(String, bool)> {
-    let dir = root.join("sys/class/net");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<(String, bool)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .map(|e| {
-            let read = |f: &str| std::fs::read_to_string(e.path().join(f)).map(|s| s.trim().to_owned()).ok();
+    super::physical(root, "sys/class/net")
+        .into_iter()
+        .map(|(name, dir)| {
+            let read = |f: &str| std::fs::read_to_string(dir.join(f)).map(|s| s.trim().to_owned()).ok();
             // `operstate` says `up`; `carrier` (1) is the fallback for drivers that say `unknown`.
             let up = match read("operstate").as_deref() {
                 Some("up") => true,
                 Some("down" | "lowerlayerdown" | "notpresent") => false,
                 _ => read("carrier").as_deref() == Some("1"),
             };
-            (e.file_name().to_string_lossy().into_owned(), up)
+            (name, up)
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// Physical NICs' error counters: received plus sent errors (`statistics/rx_errors`,
 /// `statistics/tx_errors`), for the NICs that have them.
 pub fn nic_errors(root: &Path) -> Vec<(String, u64)> {
-    let dir = root.join("sys/class/net");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<(String, u64)> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("device").exists())
-        .filter_map(|e| {
-            let count =
-                |f: &str| std::fs::read_to_string(e.path().join("statistics").join(f)).ok()?.trim().parse::<u64>().ok();
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                count("rx_errors")?.saturating_add(count("tx_errors")?),
-            ))
+    super::physical(root, "sys/class/net")
+        .into_iter()
+        .filter_map(|(name, dir)| {
+            let count = |f: &str| super::sysfs_count(&dir.join("statistics").join(f));
+            Some((name, count("rx_errors")?.saturating_add(count("tx_errors")?)))
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 #[cfg(test)]
