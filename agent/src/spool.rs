@@ -61,6 +61,15 @@ struct State {
     dropped_since_open: u64,
 }
 
+impl State {
+    /// Takes an entry out of the index (its file is the caller's business).
+    fn forget(&mut self, seq: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&seq)?;
+        self.bytes -= entry.bytes;
+        Some(entry)
+    }
+}
+
 /// A node's fault spool (see the module documentation). Cheap to share: the finding side
 /// [`push`](Spool::push)es, one [`send`](Spool::send) task delivers.
 #[derive(Debug, Clone)]
@@ -175,8 +184,7 @@ impl Spool {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(Error::Io { path, source }),
             }
-            state.entries.remove(&seq);
-            state.bytes -= entry.bytes;
+            state.forget(seq);
             state.dropped += 1;
             state.dropped_since_open += 1;
             let path = self.dir.join("dropped");
@@ -213,24 +221,17 @@ impl Spool {
                 Err(why) => {
                     tracing::error!(path = %path.display(), %why, "a spooled fault cannot be read: kept as .bad, not delivered");
                     let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    self.forget(seq);
+                    self.lock().forget(seq);
                 }
             }
         }
     }
 
-    fn forget(&self, seq: u64) {
-        let mut state = self.lock();
-        if let Some(entry) = state.entries.remove(&seq) {
-            state.bytes -= entry.bytes;
-        }
-    }
-
     /// Deletes a delivered fault.
     fn delivered(&self, seq: u64) {
-        let severity = self.lock().entries.get(&seq).map(|e| e.severity);
-        if let Some(severity) = severity {
-            let path = self.path(seq, severity);
+        let forgotten = self.lock().forget(seq);
+        if let Some(entry) = forgotten {
+            let path = self.path(seq, entry.severity);
             if let Err(error) = std::fs::remove_file(&path)
                 && error.kind() != std::io::ErrorKind::NotFound
             {
@@ -238,7 +239,6 @@ impl Spool {
                 tracing::warn!(%error, path = %path.display(), "cannot delete a delivered fault");
             }
         }
-        self.forget(seq);
     }
 
     /// The dropped count, taken (and its file reset) once it is reported.
