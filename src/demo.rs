@@ -437,14 +437,19 @@ impl Stack {
                 actuators.push(actuator.clone());
                 let state = host_root.join("var/lib/firebreak-agent");
                 let cursor = Some(state.join("kmsg-cursor"));
-                let spool = Some(firebreak_agent::spool::Spool::open(&state.join("spool"), Default::default())?);
+                let metrics = firebreak_agent::metrics::Metrics::default();
+                let spool = Some(firebreak_agent::spool::Spool::open(
+                    &state.join("spool"),
+                    Default::default(),
+                    metrics.clone(),
+                )?);
                 // fleet-sim's host roots hold a kernel log and boot facts, not a sysfs: the
                 // sources beyond the kernel log are not simulated.
                 let agent = NodeAgent {
                     sources: None,
                     cursor,
                     spool,
-                    metrics: Default::default(),
+                    metrics,
                     cluster: cluster.name().into(),
                     host_root,
                     node,

@@ -555,7 +555,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     kafka.client_options.extend(args.kafka_options.iter().cloned());
     let producer = Producer::new(&kafka)?;
     let limits = spool::Limits { entries: args.spool_max_entries, bytes: args.spool_max_bytes };
-    let spool = spool::Spool::open(&args.state_dir.join("spool"), limits)?;
+    let metrics = metrics::Metrics::default();
+    let spool = spool::Spool::open(&args.state_dir.join("spool"), limits, metrics.clone())?;
     let cancel = CancellationToken::new();
     let argv = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
     let actuator = (!args.no_actuator).then(|| {
@@ -605,10 +606,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         }),
         cursor: Some(args.state_dir.join("kmsg-cursor")),
         spool: Some(spool),
-        metrics: metrics::Metrics::default(),
+        metrics,
     };
     let textfile = args.metrics_textfile.clone().map(|path| {
-        let (metrics, spool, cancel) = (agent.metrics.clone(), agent.spool.clone(), cancel.clone());
+        let (metrics, cancel) = (agent.metrics.clone(), cancel.clone());
         let every = args.heartbeat_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -616,9 +617,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tick.tick() => {}
-                }
-                if let Some(spool) = &spool {
-                    metrics.spool(spool.len(), spool.dropped_since_open());
                 }
                 if let Err(error) = metrics.write(&path) {
                     tracing::warn!(%error, path = %path.display(), "cannot write the metrics textfile");

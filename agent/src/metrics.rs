@@ -9,13 +9,7 @@
 //! - `firebreak_agent_spool_dropped_total`: faults the full spool dropped;
 //! - `firebreak_agent_spool_faults`: faults waiting in the spool for delivery.
 
-use std::{
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{path::Path, sync::Arc};
 
 use firebreak_schema::FaultKind;
 use prometheus_client::{
@@ -30,13 +24,12 @@ struct KindLabels {
 }
 
 /// The agent's counters; clones share them.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Arc<Registry>,
     found: Family<KindLabels, Counter>,
     lost: Counter,
     dropped: Counter,
-    dropped_seen: Arc<AtomicU64>,
     spooled: Gauge,
 }
 
@@ -54,7 +47,7 @@ impl Default for Metrics {
         );
         r.register("spool_dropped", "Faults the full spool dropped undelivered", dropped.clone());
         r.register("spool_faults", "Faults waiting in the spool for delivery", spooled.clone());
-        Self { registry: Arc::new(registry), found, lost, dropped, dropped_seen: Arc::default(), spooled }
+        Self { registry: Arc::new(registry), found, lost, dropped, spooled }
     }
 }
 
@@ -69,11 +62,14 @@ impl Metrics {
         self.lost.inc_by(n);
     }
 
-    /// The spool's state: faults waiting, and how many it dropped since it was opened.
-    pub fn spool(&self, waiting: usize, dropped_since_open: u64) {
+    /// The full spool dropped a fault.
+    pub fn spool_dropped(&self) {
+        self.dropped.inc();
+    }
+
+    /// Faults waiting in the spool now.
+    pub fn spooled(&self, waiting: usize) {
         self.spooled.set(i64::try_from(waiting).unwrap_or(i64::MAX));
-        let before = self.dropped_seen.swap(dropped_since_open, Ordering::Relaxed);
-        self.dropped.inc_by(dropped_since_open.saturating_sub(before));
     }
 
     /// The counters in Prometheus's text exposition format (0.0.4), which node_exporter's
@@ -119,8 +115,11 @@ mod tests {
         m.found(FaultKind::MemoryUncorrectable);
         m.found(FaultKind::MemoryUncorrectable);
         m.lost(7);
-        m.spool(3, 2);
-        m.spool(1, 5);
+        m.spooled(3);
+        for _ in 0..5 {
+            m.spool_dropped();
+        }
+        m.spooled(1);
         let text = m.encode();
         assert!(text.contains("firebreak_agent_faults_found_total{kind=\"MemoryUncorrectable\"} 2"), "{text}");
         assert!(text.contains("firebreak_agent_kmsg_records_lost_total 7"), "{text}");

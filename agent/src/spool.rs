@@ -57,8 +57,6 @@ struct State {
     next: u64,
     /// Faults dropped to make room and not reported yet (persisted in `dropped`).
     dropped: u64,
-    /// Faults dropped since the spool was opened (for the metrics).
-    dropped_since_open: u64,
 }
 
 impl State {
@@ -78,6 +76,7 @@ pub struct Spool {
     limits: Limits,
     state: Arc<Mutex<State>>,
     pushed: Arc<Notify>,
+    metrics: crate::metrics::Metrics,
 }
 
 const SUFFIX: &str = ".json";
@@ -102,8 +101,8 @@ fn severity_of(code: &str) -> Option<Severity> {
 impl Spool {
     /// Opens (creating) the spool in `dir`: what a previous run left is delivered first.
     /// Temporary files of a write cut short are removed; a file that is not a spool entry is
-    /// left alone and logged.
-    pub fn open(dir: &Path, limits: Limits) -> Result<Self> {
+    /// left alone and logged. `metrics` counts what it holds and drops.
+    pub fn open(dir: &Path, limits: Limits, metrics: crate::metrics::Metrics) -> Result<Self> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| Error::Io { path, source }
@@ -141,7 +140,14 @@ impl Spool {
         if !state.entries.is_empty() {
             tracing::info!(faults = state.entries.len(), dir = %dir.display(), "faults spooled before a restart: delivering them first");
         }
-        Ok(Self { dir: dir.to_owned(), limits, state: Arc::new(Mutex::new(state)), pushed: Arc::new(Notify::new()) })
+        metrics.spooled(state.entries.len());
+        Ok(Self {
+            dir: dir.to_owned(),
+            limits,
+            state: Arc::new(Mutex::new(state)),
+            pushed: Arc::new(Notify::new()),
+            metrics,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -155,11 +161,6 @@ impl Spool {
     /// How many faults wait for delivery.
     pub fn len(&self) -> usize {
         self.lock().entries.len()
-    }
-
-    /// How many faults the spool dropped to make room since it was opened.
-    pub fn dropped_since_open(&self) -> u64 {
-        self.lock().dropped_since_open
     }
 
     /// Whether no fault waits for delivery.
@@ -186,7 +187,7 @@ impl Spool {
             }
             state.forget(seq);
             state.dropped += 1;
-            state.dropped_since_open += 1;
+            self.metrics.spool_dropped();
             let path = self.dir.join("dropped");
             crate::replace_file(&path, state.dropped.to_string().as_bytes(), true)
                 .map_err(|source| Error::Io { path, source })?;
@@ -198,6 +199,7 @@ impl Spool {
         state.next += 1;
         state.entries.insert(seq, Entry { severity: event.severity, bytes });
         state.bytes += bytes;
+        self.metrics.spooled(state.entries.len());
         drop(state);
         self.pushed.notify_one();
         Ok(())
@@ -221,15 +223,23 @@ impl Spool {
                 Err(why) => {
                     tracing::error!(path = %path.display(), %why, "a spooled fault cannot be read: kept as .bad, not delivered");
                     let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    self.lock().forget(seq);
+                    self.forget(seq);
                 }
             }
         }
     }
 
+    /// Takes an entry out of the index, and says how many are left.
+    fn forget(&self, seq: u64) -> Option<Entry> {
+        let mut state = self.lock();
+        let entry = state.forget(seq);
+        self.metrics.spooled(state.entries.len());
+        entry
+    }
+
     /// Deletes a delivered fault.
     fn delivered(&self, seq: u64) {
-        let forgotten = self.lock().forget(seq);
+        let forgotten = self.forget(seq);
         if let Some(entry) = forgotten {
             let path = self.path(seq, entry.severity);
             if let Err(error) = std::fs::remove_file(&path)
@@ -315,7 +325,7 @@ mod tests {
     #[test]
     fn a_reopened_spool_holds_what_was_pushed_in_order_and_forgets_cut_writes() {
         let d = dir();
-        let spool = Spool::open(&d, Limits::default()).unwrap();
+        let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
         for n in 0..5 {
             spool.push(&fault(n, Severity::Warning)).unwrap();
         }
@@ -323,7 +333,7 @@ mod tests {
         // A write cut short by a crash leaves a temporary file: not an entry.
         std::fs::write(d.join("00000000000000000099-c.tmp"), b"{\"half").unwrap();
         drop(spool);
-        let again = Spool::open(&d, Limits::default()).unwrap();
+        let again = Spool::open(&d, Limits::default(), Default::default()).unwrap();
         assert_eq!(again.len(), 4);
         assert!(!d.join("00000000000000000099-c.tmp").exists());
         let (seq, first) = again.oldest().unwrap();
@@ -337,7 +347,8 @@ mod tests {
     #[test]
     fn a_full_spool_drops_the_oldest_of_the_lowest_severity_and_counts_it() {
         let d = dir();
-        let spool = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }).unwrap();
+        let metrics = crate::metrics::Metrics::default();
+        let spool = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }, metrics.clone()).unwrap();
         spool.push(&fault(0, Severity::Critical)).unwrap();
         spool.push(&fault(1, Severity::Info)).unwrap();
         spool.push(&fault(2, Severity::Info)).unwrap();
@@ -350,14 +361,17 @@ mod tests {
         })
         .collect();
         assert_eq!(left, ["fault 0", "fault 3", "fault 4"], "the info faults made room; the critical one stayed");
+        let counted = metrics.encode();
+        assert!(counted.contains("firebreak_agent_spool_dropped_total 2"), "{counted}");
+        assert!(counted.contains("firebreak_agent_spool_faults 0"), "{counted}");
         // The count survives a restart until it is reported.
         drop(spool);
-        let again = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }).unwrap();
+        let again = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }, Default::default()).unwrap();
         assert_eq!(again.take_dropped(), 2);
         assert_eq!(again.take_dropped(), 0);
         assert!(!d.join("dropped").exists());
         // Bounded by bytes too.
-        let small = Spool::open(&dir(), Limits { entries: 100, bytes: 600 }).unwrap();
+        let small = Spool::open(&dir(), Limits { entries: 100, bytes: 600 }, Default::default()).unwrap();
         for n in 0..10 {
             small.push(&fault(n, Severity::Warning)).unwrap();
         }
@@ -369,7 +383,7 @@ mod tests {
     #[test]
     fn an_undecodable_entry_is_kept_aside_not_sent_and_not_a_panic() {
         let d = dir();
-        let spool = Spool::open(&d, Limits::default()).unwrap();
+        let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
         spool.push(&fault(0, Severity::Critical)).unwrap();
         spool.push(&fault(1, Severity::Critical)).unwrap();
         std::fs::write(d.join(format!("{:020}-c.json", 0)), b"\x00\x01 not json").unwrap();
