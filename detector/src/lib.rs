@@ -491,6 +491,13 @@ struct Track {
     lease_lapsed: bool,
 }
 
+impl Track {
+    /// Whether the node's Lease, as last seen, has lapsed by `now`.
+    fn lease_lapsed_by(&self, now: DateTime<Utc>) -> bool {
+        self.lease.is_some_and(|(renewed, secs)| now > renewed + chrono::TimeDelta::seconds(secs))
+    }
+}
+
 /// Where kubelets keep their node Leases.
 const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
@@ -543,12 +550,15 @@ fn on_lease(
             return None;
         }
     };
-    let (name, (renewed, secs)) = lease_of(&lease)?;
+    let (name, renewal) = lease_of(&lease)?;
     let track = tracks.entry(name.clone()).or_default();
-    track.lease = Some((renewed, secs));
-    let live = Utc::now() <= renewed + chrono::TimeDelta::seconds(secs);
+    track.lease = Some(renewal);
     let ready = seen.get(&name).is_some_and(|s| s.ready == "True");
-    if track.lease_lapsed && live && ready { spell_ended(cfg, &name, track) } else { None }
+    if track.lease_lapsed && !track.lease_lapsed_by(Utc::now()) && ready {
+        spell_ended(cfg, &name, track)
+    } else {
+        None
+    }
 }
 
 /// A node whose kubelet stopped renewing its Lease while its Ready condition still says True
@@ -611,7 +621,7 @@ async fn watch_nodes(
                     for (name, track) in tracks.iter_mut() {
                         let Some((renewed, secs)) = track.lease else { continue };
                         let Some(node) = seen.get(name) else { continue };
-                        let lapsed = now > renewed + chrono::TimeDelta::seconds(secs);
+                        let lapsed = track.lease_lapsed_by(now);
                         if lapsed && node.ready == "True" && !track.lease_lapsed && track.pending.is_none() && !track.reported {
                             track.lease_lapsed = true;
                             track.pending = Some(lease_lapse(&cfg, name, node, renewed, secs));
@@ -692,8 +702,7 @@ async fn watch_nodes(
         if status == "True" {
             // Back before it was a fault: a flap (unless the Lease still lapses: then the spell
             // goes on until it is renewed). Enough flaps within the window are one fault.
-            let lease_lapsed = track.lease_lapsed
-                && track.lease.is_some_and(|(renewed, secs)| Utc::now() > renewed + chrono::TimeDelta::seconds(secs));
+            let lease_lapsed = track.lease_lapsed && track.lease_lapsed_by(Utc::now());
             if !lease_lapsed && let Some(flapping) = spell_ended(&cfg, &name, track) {
                 publish(&cfg, &producer, &metrics, &cancel, flapping).await;
             }
