@@ -452,6 +452,12 @@ async fn faults_are_node_conditions_that_kubectl_describes() {
         message: "EDAC MC0: 1 UE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0".into(),
         evidence: Default::default(),
     };
+    // A record that is no fault comes first, on the node's partition: skipped, and the fault
+    // after it still counts.
+    let raw: rdkafka::producer::FutureProducer = cfg.client().create().unwrap();
+    let key = format!("{}/{node}", cluster.name());
+    let garbage = rdkafka::producer::FutureRecord::to(FAULTS).key(&key).payload("not a CloudEvent");
+    raw.send(garbage, Duration::from_secs(5)).await.unwrap();
     producer.publish(FAULTS, &fault).await.unwrap();
     let set = common::wait_for("the condition set", Duration::from_secs(30), || async {
         condition("FirebreakHardwareProblem").await.filter(|c| c.status == "True")

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{Config, Metrics, Result};
 
 /// The node condition type of a fault class.
-pub fn condition_type(class: FaultClass) -> &'static str {
+pub const fn condition_type(class: FaultClass) -> &'static str {
     match class {
         FaultClass::Hardware => "FirebreakHardwareProblem",
         FaultClass::System => "FirebreakSystemProblem",
@@ -47,7 +47,9 @@ pub fn condition_type(class: FaultClass) -> &'static str {
     }
 }
 
-const TYPES: [&str; 3] = ["FirebreakHardwareProblem", "FirebreakSystemProblem", "FirebreakComponentProblem"];
+/// Every condition type Firebreak writes.
+const TYPES: [&str; 3] =
+    [condition_type(FaultClass::Hardware), condition_type(FaultClass::System), condition_type(FaultClass::Component)];
 
 /// The longest condition message written (the API server takes more; a describe line does not).
 const MESSAGE_MAX: usize = 1024;
@@ -141,12 +143,17 @@ enum Record {
 }
 
 impl Record {
+    /// What a record says, if anything for the conditions; an undecodable record is logged
+    /// and skipped (the event center keeps such records).
     fn of(cluster: &str, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Self> {
+        let undecodable = |error: firebreak_schema::Error| {
+            tracing::warn!(%error, topic = msg.topic(), offset = msg.offset(), "undecodable record skipped");
+        };
         if msg.topic() == REMEDIATION_TOPIC {
-            let r = decode_message::<RemediationEvent>(msg).ok()?;
+            let r = decode_message::<RemediationEvent>(msg).map_err(undecodable).ok()?;
             return (r.cluster == cluster && r.state == "healed").then_some(Record::Healed(r));
         }
-        let f = decode_message::<FaultEvent>(msg).ok()?;
+        let f = decode_message::<FaultEvent>(msg).map_err(undecodable).ok()?;
         (f.cluster == cluster && f.severity >= Severity::Warning && lasting(f.kind)).then_some(Record::Fault(f))
     }
 
