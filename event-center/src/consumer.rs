@@ -102,6 +102,27 @@ pub(crate) async fn run(
     }
 }
 
+/// Runs a write until it succeeds (the offset must not move past an unwritten record), each
+/// failure counted; `None` if cancelled first.
+async fn retried<T, F, Fut>(what: &str, cancel: &CancellationToken, metrics: &Metrics, mut write: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    WRITE_RETRY
+        .until_ok(what, cancel, || {
+            let attempt = write();
+            async {
+                let r = attempt.await;
+                if r.is_err() {
+                    metrics.store_errors.inc();
+                }
+                r
+            }
+        })
+        .await
+}
+
 /// Writes a batch: its faults in one transaction, then its other records one by one, each
 /// retried until written; `false` if cancelled first.
 async fn write(
@@ -122,16 +143,7 @@ async fn write(
     if !faults.is_empty() {
         metrics.consumed.inc_by(faults.len() as u64);
         let what = format!("storing {} faults", faults.len());
-        let Some(records) = WRITE_RETRY
-            .until_ok(&what, cancel, || async {
-                let r = store.insert_faults(&faults).await;
-                if r.is_err() {
-                    metrics.store_errors.inc();
-                }
-                r
-            })
-            .await
-        else {
+        let Some(records) = retried(&what, cancel, metrics, || store.insert_faults(&faults)).await else {
             return false;
         };
         for record in records {
@@ -150,16 +162,7 @@ async fn write(
     }
     for msg in rest {
         let what = format!("storing {}/{}@{}", msg.topic(), msg.partition(), msg.offset());
-        let written = WRITE_RETRY
-            .until_ok(&what, cancel, || async {
-                let r = handle(msg, store, live, metrics).await;
-                if r.is_err() {
-                    metrics.store_errors.inc();
-                }
-                r
-            })
-            .await;
-        if written.is_none() {
+        if retried(&what, cancel, metrics, || handle(msg, store, live, metrics)).await.is_none() {
             return false;
         }
     }

@@ -46,6 +46,13 @@ fn fmt(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
+/// How far in the future an event was observed, in milliseconds, when that is beyond
+/// [`CLOCK_SKEW_BOUND`]: its source's clock is wrong.
+fn skew_ms(e: &FaultEvent, received_at: DateTime<Utc>) -> Option<i64> {
+    let skew = ms(e.observed_at) - ms(received_at);
+    (skew > CLOCK_SKEW_BOUND.num_milliseconds()).then_some(skew)
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -102,9 +109,8 @@ impl Store {
             let mut q = sqlx::query(&sql);
             for e in chunk {
                 let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
-                let skew_ms = ms(e.observed_at) - ms(received_at);
-                let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
-                let sort_at_ms = if skewed { ms(received_at) } else { ms(e.observed_at) };
+                let skew_ms = skew_ms(e, received_at);
+                let sort_at_ms = if skew_ms.is_some() { ms(received_at) } else { ms(e.observed_at) };
                 q = q
                     .bind(e.id.to_string())
                     .bind(e.cluster.clone())
@@ -120,7 +126,7 @@ impl Store {
                     .bind(fmt(received_at))
                     .bind(ms(received_at))
                     .bind(sort_at_ms)
-                    .bind(skewed.then_some(skew_ms));
+                    .bind(skew_ms);
             }
             for row in q.fetch_all(&mut *tx).await? {
                 inserted.insert(row.try_get::<String, _>(0)?);
@@ -134,12 +140,11 @@ impl Store {
                 if !fresh || !inserted.contains(&e.id.to_string()) {
                     return None;
                 }
-                let skew_ms = ms(e.observed_at) - ms(received_at);
-                let skewed = skew_ms > CLOCK_SKEW_BOUND.num_milliseconds();
-                if skewed {
-                    tracing::warn!(event_id = %e.id, cluster = %e.cluster, node = %e.node, skew_s = skew_ms / 1000, "event from the future: its source's clock is wrong; ordered by its receive time");
+                let clock_skew_s = skew_ms(e, received_at).map(|ms| ms / 1000);
+                if let Some(skew_s) = clock_skew_s {
+                    tracing::warn!(event_id = %e.id, cluster = %e.cluster, node = %e.node, skew_s, "event from the future: its source's clock is wrong; ordered by its receive time");
                 }
-                Some(EventRecord { event: e.clone(), received_at, clock_skew_s: skewed.then_some(skew_ms / 1000) })
+                Some(EventRecord { event: e.clone(), received_at, clock_skew_s })
             })
             .collect())
     }
