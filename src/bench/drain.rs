@@ -253,12 +253,7 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
         .await
         .map_err(|e| Error::Usage(format!("remediator metrics: {e}")))?;
     let evictions = |outcome: &str| -> u64 {
-        let label = format!("outcome=\"{outcome}\"");
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("firebreak_remediator_evictions_total{") && l.contains(&label))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        super::metric_sum(&metrics, "firebreak_remediator_evictions_total", &format!("outcome=\"{outcome}\"")) as u64
     };
     let per_node = Figures::of(per_node, all_drained);
     let cordoned = Figures::of(cordoned, all_drained);

@@ -97,10 +97,7 @@ async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Dura
 /// `records_stored_total` from an event center's `/metrics`.
 async fn stored(http: &reqwest::Client, base: &str) -> Option<u64> {
     let text = http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .filter(|l| l.starts_with("firebreak_event_center_records_stored_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .next()
+    Some(super::metric_sum(&text, "firebreak_event_center_records_stored_total", "") as u64)
 }
 
 /// Runs an event center on `db` until it has stored `want` records; how long from its first

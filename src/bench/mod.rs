@@ -484,6 +484,16 @@ async fn bad_batch(
     })
 }
 
+/// The sum of a metric's samples in an OpenMetrics text (`name value` or `name{…} value`)
+/// whose labels contain `labels` (`""`: every sample).
+fn metric_sum(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])) && l.contains(labels))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 /// `name{cluster="c"} value` lines of an OpenMetrics text, summed per cluster.
 fn per_cluster(metrics: &str, name: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
