@@ -282,7 +282,6 @@ pub async fn report_lag(
     use rdkafka::{Offset, consumer::Consumer};
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shown: std::collections::HashSet<LagLabels> = Default::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -311,15 +310,15 @@ pub async fn report_lag(
         .await;
         match measured {
             Ok(Ok(now)) => {
-                let current: std::collections::HashSet<LagLabels> = now.iter().map(|(l, _)| l.clone()).collect();
-                for gone in shown.difference(&current) {
-                    lag.remove(gone);
-                }
                 for (labels, n) in &now {
                     lag.get_or_create(labels).set(*n);
                 }
-                latest.send_replace(now);
-                shown = current;
+                // Partitions measured last time and no longer assigned leave the family.
+                for (gone, _) in latest.send_replace(now.clone()) {
+                    if !now.iter().any(|(l, _)| *l == gone) {
+                        lag.remove(&gone);
+                    }
+                }
             }
             Ok(Err(error)) => tracing::debug!(%error, %group, "consumer lag not measured"),
             Err(error) => tracing::warn!(%error, %group, "consumer lag measurement failed"),

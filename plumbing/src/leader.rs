@@ -24,7 +24,6 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use std::future::Future;
 
 /// Where the Lease lives and who asks for it.
 #[derive(Debug, Clone)]
