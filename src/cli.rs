@@ -152,6 +152,46 @@ pub fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(d)
 }
 
+/// How the event center forms, correlates, resolves and keeps incidents.
+#[derive(Debug, clap::Args)]
+pub struct IncidentArgs {
+    /// An incident nothing works on (open, acknowledged, silenced) is resolved after this long
+    /// without an occurrence.
+    #[arg(long, default_value = "1h", value_parser = positive_duration)]
+    resolve_quiet_after: Duration,
+    /// This many nodes of one cluster reporting one kind within --correlate-window make a
+    /// correlated incident ("likely infrastructure, not nodes"), published on the health topic.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
+    correlate_nodes: u16,
+    /// See --correlate-nodes.
+    #[arg(long, default_value = "5m", value_parser = positive_duration)]
+    correlate_window: Duration,
+    /// Faults, steps and resolved incidents older than this are deleted.
+    #[arg(long, default_value = "30d", value_parser = positive_duration)]
+    retain_for: Duration,
+    /// At most this many faults are kept; the oldest go first.
+    #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    retain_faults: i64,
+}
+
+impl IncidentArgs {
+    fn upkeep(&self) -> Result<firebreak_event_center::Upkeep> {
+        let delta = |what: &str, d: Duration| {
+            chrono::TimeDelta::from_std(d).map_err(|e| crate::Error::Usage(format!("--{what}: {e}")))
+        };
+        Ok(firebreak_event_center::Upkeep {
+            rules: firebreak_event_center::Rules {
+                resolve_quiet_after: delta("resolve-quiet-after", self.resolve_quiet_after)?,
+                correlate_nodes: usize::from(self.correlate_nodes),
+                correlate_window: delta("correlate-window", self.correlate_window)?,
+            },
+            retain_for: delta("retain-for", self.retain_for)?,
+            retain_faults: self.retain_faults,
+            ..Default::default()
+        })
+    }
+}
+
 /// Leader election among a cluster's replicas of the remediator or the detector.
 #[derive(Debug, clap::Args)]
 pub struct LeaderArgs {
@@ -331,6 +371,8 @@ pub enum Command {
         /// gate's format; or the same TOML in FIREBREAK_EVENT_CENTER_TOKENS. Without: read-only.
         #[arg(long)]
         tokens: Option<PathBuf>,
+        #[command(flatten)]
+        incidents: IncidentArgs,
     },
     /// Central gate: serve it, check a policy file, or operate it.
     Gate {
@@ -500,7 +542,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
-        Command::EventCenter { kafka, database_url, listen, tokens } => {
+        Command::EventCenter { kafka, database_url, listen, tokens, incidents } => {
             let tokens = match (tokens, std::env::var("FIREBREAK_EVENT_CENTER_TOKENS")) {
                 (Some(path), _) => Some(firebreak_plumbing::auth::Tokens::load(&path)?),
                 (None, Ok(text)) => Some(firebreak_plumbing::auth::Tokens::parse(&text)?),
@@ -514,6 +556,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 database_url,
                 group_id: "firebreak-event-center".into(),
                 tokens,
+                upkeep: incidents.upkeep()?,
             };
             Ok(firebreak_event_center::run(cfg, listener, cancel).await?)
         }

@@ -327,6 +327,7 @@ impl Stack {
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("event-center.db").display())),
             group_id: "firebreak-event-center".into(),
             tokens: Some(Tokens::parse(&tokens.file())?),
+            upkeep: Default::default(),
         };
         tasks.push(spawn_logged("event-center".into(), firebreak_event_center::run(ec, ec_listener, cancel.clone())));
 

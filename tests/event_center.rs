@@ -53,6 +53,7 @@ async fn start(kafka: &KafkaConfig, db: &str) -> Running {
         database_url: db.into(),
         group_id: "ec-test".into(),
         tokens: None,
+        upkeep: Default::default(),
     };
     let c = cancel.clone();
     let task = tokio::spawn(async move { firebreak_event_center::run(cfg, listener, c).await.unwrap() });

@@ -55,11 +55,20 @@ const WRITE_RETRY: retry::Policy = retry::Policy::forever(Duration::from_millis(
 /// Most records written in one batch.
 pub(crate) const BATCH: usize = 512;
 
+/// What the consumer writes through and tells.
+pub(crate) struct Sinks {
+    pub(crate) store: Store,
+    pub(crate) live: broadcast::Sender<Live>,
+    pub(crate) metrics: Metrics,
+    /// Dead letters go out through it.
+    pub(crate) producer: firebreak_plumbing::kafka::Producer,
+    /// Wakes the outbox after a write.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
+}
+
 pub(crate) async fn run(
     consumer: Arc<StreamConsumer>,
-    store: Store,
-    live: broadcast::Sender<Live>,
-    metrics: Metrics,
+    sinks: Sinks,
     ready: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
@@ -84,9 +93,10 @@ pub(crate) async fn run(
                 _ => break,
             }
         }
-        if !write(&batch, &store, &live, &metrics, &cancel).await {
+        if !write(&batch, &sinks, &cancel).await {
             break;
         }
+        sinks.wake.notify_one();
         for msg in &batch {
             if let Err(error) = consumer.store_offset_from_message(msg) {
                 tracing::warn!(%error, "could not store offset");
@@ -125,13 +135,8 @@ where
 
 /// Writes a batch: its faults in one transaction, then its other records one by one, each
 /// retried until written; `false` if cancelled first.
-async fn write(
-    batch: &[BorrowedMessage<'_>],
-    store: &Store,
-    live: &broadcast::Sender<Live>,
-    metrics: &Metrics,
-    cancel: &CancellationToken,
-) -> bool {
+async fn write(batch: &[BorrowedMessage<'_>], sinks: &Sinks, cancel: &CancellationToken) -> bool {
+    let Sinks { store, live, metrics, .. } = sinks;
     let mut faults = Vec::new();
     let mut rest = Vec::new();
     for msg in batch {
@@ -143,7 +148,7 @@ async fn write(
     if !faults.is_empty() {
         metrics.consumed.inc_by(faults.len() as u64);
         let what = format!("storing {} faults", faults.len());
-        let Some(records) = retried(&what, cancel, metrics, || store.insert_faults(&faults)).await else {
+        let Some((records, changed)) = retried(&what, cancel, metrics, || store.insert_faults(&faults)).await else {
             return false;
         };
         for record in records {
@@ -159,37 +164,54 @@ async fn write(
                 }
             }
         }
+        tell(live, changed);
     }
     for msg in rest {
         let what = format!("storing {}/{}@{}", msg.topic(), msg.partition(), msg.offset());
-        if retried(&what, cancel, metrics, || handle(msg, store, live, metrics)).await.is_none() {
+        if retried(&what, cancel, metrics, || handle(msg, sinks)).await.is_none() {
             return false;
         }
     }
     true
 }
 
-async fn handle(
-    msg: &BorrowedMessage<'_>,
-    store: &Store,
-    live: &broadcast::Sender<Live>,
-    metrics: &Metrics,
-) -> Result<()> {
+/// Tells the live stream what a write changed.
+pub(crate) fn tell(live: &broadcast::Sender<Live>, changed: crate::store::Changed) {
+    for i in changed.incidents {
+        tracing::debug!(cluster = %i.cluster, node = %i.node, incident_id = %i.id, state = %i.state, "incident changed");
+        let _ = live.send(Live::Incident(Box::new(i)));
+    }
+    for c in changed.correlations {
+        tracing::info!(cluster = %c.cluster, kind = %c.kind, nodes = c.nodes.len(), correlation_id = %c.id, "correlated incident");
+        let _ = live.send(Live::Correlation(Box::new(c)));
+    }
+}
+
+async fn handle(msg: &BorrowedMessage<'_>, sinks: &Sinks) -> Result<()> {
+    let Sinks { store, live, metrics, producer, .. } = sinks;
     metrics.consumed.inc();
+    // Kept in the database and copied to the dead-letter topic, both before the offset moves.
     let reject = |e: firebreak_schema::Error| async move {
         metrics.rejected.get_or_create(&crate::RejectLabels { reason: reject_label(&e) }).inc();
         tracing::warn!(error = %e, topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), "rejected undecodable record");
+        producer.publish_dead_letter(msg, &e.to_string()).await?;
         store
             .insert_rejected(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.payload(), &e.to_string())
             .await
     };
     match msg.topic() {
-        t if t.starts_with(FAULT_TOPIC_PREFIX) => match decode_message::<FaultEvent>(msg) {
-            Ok(event) => match store.insert_fault(&event).await? {
-                Some(record) => {
+        // Faults that decode are written in batches (see `write`): only the others come here.
+        t if t.starts_with(FAULT_TOPIC_PREFIX) => {
+            if let Err(e) = decode_message::<FaultEvent>(msg) {
+                reject(e).await?
+            }
+        }
+        t if t == REMEDIATION_TOPIC => match decode_message::<RemediationEvent>(msg) {
+            Ok(step) => match store.insert_remediation(&step).await? {
+                Some(incidents) => {
                     metrics.stored.inc();
-                    tracing::debug!(cluster = %event.cluster, node = %event.node, event_id = %event.id, kind = %event.kind, "fault stored");
-                    let _ = live.send(Live::Fault(Box::new(record)));
+                    let _ = live.send(Live::Remediation(Box::new(step)));
+                    tell(live, crate::store::Changed { incidents, correlations: Vec::new() });
                 }
                 None => {
                     metrics.duplicates.inc();
@@ -197,21 +219,16 @@ async fn handle(
             },
             Err(e) => reject(e).await?,
         },
-        t if t == REMEDIATION_TOPIC => match decode_message::<RemediationEvent>(msg) {
-            Ok(step) => {
-                if store.insert_remediation(&step).await? {
-                    metrics.stored.inc();
-                    let _ = live.send(Live::Remediation(Box::new(step)));
-                } else {
-                    metrics.duplicates.inc();
-                }
-            }
-            Err(e) => reject(e).await?,
-        },
+        // Samples from the detectors, and the correlations this service publishes itself.
         t if t == HEALTH_TOPIC => match decode_message::<HealthSample>(msg) {
             Ok(h) => {
                 store.put_health(&h).await?;
                 let _ = live.send(Live::Gate);
+            }
+            Err(firebreak_schema::Error::WrongType { .. }) => {
+                if let Err(e) = decode_message::<firebreak_schema::Correlation>(msg) {
+                    reject(e).await?
+                }
             }
             Err(e) => reject(e).await?,
         },

@@ -10,13 +10,13 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
-    http::{StatusCode, header},
+    extract::{Path, Query, State},
+    http::{Method, StatusCode, header},
     response::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
 use firebreak_schema::{ClearEscalation, REMEDIATION_CONTROL_TOPIC, Role};
@@ -24,7 +24,10 @@ use futures::Stream;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 
-use crate::{Error, EventFilter, Live, Store};
+use crate::{
+    Error, EventFilter, Live, Store,
+    store::{Action, IncidentQuery},
+};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -39,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) lag: tokio::sync::watch::Receiver<Vec<(firebreak_plumbing::kafka::LagLabels, i64)>>,
     /// Cancelled at shutdown: live streams end then, so the server can stop.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    /// Wakes the outbox after an operator's action.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 
 /// `GET /api/v1/lag`: records on the topics the event center has not read yet, in all and per
@@ -54,33 +59,251 @@ async fn lag(State(s): State<AppState>) -> Json<serde_json::Value> {
     Json(serde_json::json!({"total": total, "partitions": partitions, "measured_every_s": crate::LAG_EVERY.as_secs()}))
 }
 
+/// Every route: method, path, whether it writes (an operator's token), and its handler. The
+/// router is built from this table and the OpenAPI document is checked against it.
+pub(crate) fn routes() -> Vec<(Method, &'static str, bool, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/", false, get(|| async { Html(include_str!("index.html")) })),
+        (Method::GET, "/api/v1/openapi.json", false, get(openapi)),
+        (Method::GET, "/api/v1/events", false, get(events)),
+        (Method::GET, "/api/v1/remediations", false, get(remediations)),
+        (Method::GET, "/api/v1/incidents", false, get(incidents)),
+        (Method::GET, "/api/v1/incidents/{id}", false, get(incident)),
+        (Method::POST, "/api/v1/incidents/{id}/acknowledge", true, post(acknowledge)),
+        (Method::POST, "/api/v1/incidents/{id}/silence", true, post(silence)),
+        (Method::POST, "/api/v1/incidents/{id}/assign", true, post(assign)),
+        (Method::POST, "/api/v1/incidents/{id}/annotate", true, post(annotate)),
+        (Method::POST, "/api/v1/incidents/{id}/clear-escalation", true, post(clear_incident_escalation)),
+        (Method::GET, "/api/v1/nodes/{cluster}/{node}", false, get(node)),
+        (Method::GET, "/api/v1/fleet", false, get(fleet)),
+        (Method::GET, "/api/v1/correlations", false, get(correlations)),
+        (Method::GET, "/api/v1/gate", false, get(gate)),
+        (Method::GET, "/api/v1/lag", false, get(lag)),
+        (Method::GET, "/api/v1/stream", false, get(stream)),
+        (Method::POST, "/api/v1/escalations/clear", true, post(clear_escalation)),
+        (Method::GET, "/healthz", false, get(healthz)),
+        (Method::GET, "/readyz", false, get(readyz)),
+        (Method::GET, "/metrics", false, get(metrics)),
+    ]
+}
+
 pub(crate) fn router(state: AppState, tokens: Option<Arc<Tokens>>) -> Router {
+    let (mut reads, mut writes) = (Router::new(), Router::new());
+    for (_, path, write, handler) in routes() {
+        if write {
+            writes = writes.route(path, handler);
+        } else {
+            reads = reads.route(path, handler);
+        }
+    }
     // Write actions: an operator's token, or off without tokens.
-    let writes = Router::new().route("/api/v1/escalations/clear", post(clear_escalation));
     let writes = match tokens {
         Some(tokens) => {
             writes.route_layer(axum::middleware::from_fn_with_state(Guard { tokens, role: Role::Operator }, require))
         }
         None => writes.route_layer(axum::middleware::from_fn(writes_off)),
     };
-    Router::new()
-        .merge(writes)
-        .route("/", get(|| async { Html(include_str!("index.html")) }))
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/remediations", get(remediations))
-        .route("/api/v1/gate", get(gate))
-        .route("/api/v1/lag", get(lag))
-        .route("/api/v1/stream", get(stream))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    reads.merge(writes).with_state(state)
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// A query string, or a 400 that says what is wrong with it.
+type Q<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+fn query<T>(q: Q<T>) -> Result<T, Error> {
+    q.map(|Query(t)| t).map_err(|e| Error::BadRequest(e.body_text()))
+}
+
+fn incident_id(id: &str) -> Result<uuid::Uuid, Error> {
+    id.parse().map_err(|_| Error::BadRequest(format!("`{id}` is not an incident id")))
+}
+
+fn not_found(what: String) -> Response {
+    (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": what}))).into_response()
+}
+
+/// `GET /api/v1/incidents`: see [`IncidentQuery`]; `{"items", "next"}`.
+async fn incidents(State(s): State<AppState>, q: Q<IncidentQuery>) -> Result<Response, Error> {
+    Ok(Json(s.store.list_incidents(&query(q)?).await?).into_response())
+}
+
+/// `GET /api/v1/incidents/{id}`: the incident, its correlation and its timeline.
+async fn incident(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    let id = incident_id(&id)?;
+    Ok(match s.store.incident_detail(id).await? {
+        Some(d) => Json(d).into_response(),
+        None => not_found(format!("no incident {id}")),
+    })
+}
+
+/// `GET /api/v1/nodes/{cluster}/{node}`: the node's active incidents, health and timeline.
+async fn node(State(s): State<AppState>, Path((cluster, node)): Path<(String, String)>) -> Result<Response, Error> {
+    Ok(Json(s.store.node_timeline(&cluster, &node).await?).into_response())
+}
+
+/// `GET /api/v1/fleet`: each cluster's size, readiness, nodes out of service, escalations and
+/// active incidents by class.
+async fn fleet(State(s): State<AppState>) -> Result<Response, Error> {
+    Ok(Json(s.store.fleet().await?).into_response())
+}
+
+/// `GET /api/v1/correlations`: correlations with an active incident.
+async fn correlations(State(s): State<AppState>) -> Result<Response, Error> {
+    Ok(Json(s.store.active_correlations().await?).into_response())
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(b: Body<T>) -> Result<T, Error> {
+    b.map(|Json(t)| t).map_err(|e| Error::BadRequest(e.body_text()))
+}
+
+/// Free text from an operator: printable, at most 1,000 characters.
+fn text(what: &str, s: &str) -> Result<String, Error> {
+    if !firebreak_schema::names::is_plain_text(s, 1000) {
+        return Err(Error::BadRequest(format!("{what} must be printable text of at most 1000 characters")));
+    }
+    Ok(s.to_owned())
+}
+
+/// Applies an operator's action; 200 with the incident as it now is, 404 if there is none.
+async fn act(s: &AppState, id: &str, caller: &Caller, action: Action) -> Result<Response, Error> {
+    let id = incident_id(id)?;
+    match s.store.act(id, &caller.name, &action).await? {
+        Some(i) => {
+            tracing::info!(incident_id = %i.id, cluster = %i.cluster, node = %i.node, by = %caller.name, action = action.name(), "operator action");
+            let _ = s.live.send(Live::Incident(Box::new(i.clone())));
+            s.wake.notify_one();
+            Ok(Json(i).into_response())
+        }
+        None => Ok(not_found(format!("no incident {id}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Note {
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /api/v1/incidents/{id}/acknowledge` `{"note"}` (operator).
+async fn acknowledge(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    b: Body<Note>,
+) -> Result<Response, Error> {
+    let note = text("note", &body(b)?.note)?;
+    act(&s, &id, &caller, Action::Acknowledge { note }).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceRequest {
+    /// Until this time (RFC 3339) …
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// … or for this long (`30m`, `2h`).
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /api/v1/incidents/{id}/silence` `{"until" | "for", "note"}` (operator): at most 7 days.
+async fn silence(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    b: Body<SilenceRequest>,
+) -> Result<Response, Error> {
+    let r = body(b)?;
+    let now = chrono::Utc::now();
+    let until = match (r.until, r.for_.as_deref()) {
+        (Some(t), None) => t,
+        (None, Some(d)) => {
+            let d = humantime::parse_duration(d).map_err(|e| Error::BadRequest(format!("for `{d}`: {e}")))?;
+            now + chrono::TimeDelta::from_std(d).map_err(|e| Error::BadRequest(format!("for: {e}")))?
+        }
+        _ => return Err(Error::BadRequest("give one of `until` (RFC 3339) and `for` (`30m`, `2h`)".into())),
+    };
+    if until > now + chrono::TimeDelta::days(7) {
+        return Err(Error::BadRequest(format!("silence until {until}: at most 7 days")));
+    }
+    let note = text("note", &r.note)?;
+    act(&s, &id, &caller, Action::Silence { until, note }).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    to: String,
+}
+
+/// `POST /api/v1/incidents/{id}/assign` `{"to"}` (operator).
+async fn assign(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    b: Body<AssignRequest>,
+) -> Result<Response, Error> {
+    let to = body(b)?.to;
+    if to.is_empty() || to.len() > 253 || !firebreak_schema::names::is_plain_text(&to, 253) {
+        return Err(Error::BadRequest("`to` must be a name of 1 to 253 printable characters".into()));
+    }
+    act(&s, &id, &caller, Action::Assign { to }).await
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnnotateRequest {
+    text: String,
+}
+
+/// `POST /api/v1/incidents/{id}/annotate` `{"text"}` (operator).
+async fn annotate(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    b: Body<AnnotateRequest>,
+) -> Result<Response, Error> {
+    let t = body(b)?.text;
+    if t.is_empty() {
+        return Err(Error::BadRequest("`text` is empty".into()));
+    }
+    let text = text("text", &t)?;
+    act(&s, &id, &caller, Action::Annotate { text }).await
+}
+
+/// `POST /api/v1/incidents/{id}/clear-escalation` `{"note"}` (operator): asks the node's
+/// remediator to clear its escalation (as `POST /api/v1/escalations/clear` does) and notes it on
+/// the incident; 202.
+async fn clear_incident_escalation(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    b: Body<Note>,
+) -> Result<Response, Error> {
+    let note = text("note", &body(b)?.note)?;
+    let iid = incident_id(&id)?;
+    let Some(i) = s.store.incident(iid).await? else { return Ok(not_found(format!("no incident {iid}"))) };
+    let reason = if note.is_empty() { format!("cleared from incident {iid}") } else { note.clone() };
+    let asked = ask_clear(&s, &caller, i.cluster, i.node, reason).await?;
+    act(&s, &id, &caller, Action::ClearEscalation { note }).await?;
+    Ok((StatusCode::ACCEPTED, Json(asked)).into_response())
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = match &self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::WritesOff => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -138,6 +361,8 @@ async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Even
                 Ok(Live::Fault(r)) => yield Ok(Event::default().event("fault").json_data(&*r).unwrap_or_default()),
                 Ok(Live::Remediation(r)) => yield Ok(Event::default().event("remediation").json_data(&*r).unwrap_or_default()),
                 Ok(Live::Gate) => yield Ok(Event::default().event("gate").data("changed")),
+                Ok(Live::Incident(i)) => yield Ok(Event::default().event("incident").json_data(&*i).unwrap_or_default()),
+                Ok(Live::Correlation(c)) => yield Ok(Event::default().event("correlation").json_data(&*c).unwrap_or_default()),
                 // A slow client missed some; tell it to reload.
                 Err(broadcast::error::RecvError::Lagged(n)) => yield Ok(Event::default().event("lagged").data(n.to_string())),
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -169,19 +394,30 @@ async fn clear_escalation(
     body: Result<Json<ClearRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Error> {
     let Json(r) = body.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let asked = ask_clear(&s, &caller, r.cluster, r.node, r.reason).await?;
+    Ok((StatusCode::ACCEPTED, Json(asked)).into_response())
+}
+
+/// Publishes an operator's instruction to clear a node's escalation to its remediator.
+async fn ask_clear(
+    s: &AppState,
+    caller: &Caller,
+    cluster: String,
+    node: String,
+    reason: String,
+) -> Result<serde_json::Value, Error> {
     let ask = ClearEscalation {
         id: uuid::Uuid::now_v7(),
-        cluster: r.cluster,
-        node: r.node,
-        by: caller.name,
-        reason: r.reason,
+        cluster,
+        node,
+        by: caller.name.clone(),
+        reason,
         at: chrono::Utc::now(),
     };
     firebreak_schema::CloudEvent::validate(&ask).map_err(|e| Error::BadRequest(e.to_string()))?;
     s.producer.publish(REMEDIATION_CONTROL_TOPIC, &ask).await?;
     tracing::info!(id = %ask.id, cluster = %ask.cluster, node = %ask.node, by = %ask.by, "escalation clearing asked");
-    let body = serde_json::json!({"id": ask.id, "status": "asked", "cluster": ask.cluster, "node": ask.node});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(serde_json::json!({"id": ask.id, "status": "asked", "cluster": ask.cluster, "node": ask.node}))
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -205,5 +441,34 @@ async fn metrics(State(s): State<AppState>) -> Response {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
             .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object().expect("operations").keys().map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> =
+            routes().into_iter().map(|(m, p, _, _)| (m.to_string(), p.to_owned())).collect();
+        assert_eq!(documented, served);
+        for (m, p, write, _) in routes() {
+            let op = &doc["paths"][p][m.as_str().to_lowercase()];
+            assert_eq!(op["security"].is_array(), write, "{m} {p}: a write route, and only one, needs a token");
+            assert!(op["summary"].is_string(), "{m} {p} has a summary");
+        }
     }
 }

@@ -13,6 +13,7 @@
 mod consumer;
 mod http;
 pub mod store;
+mod upkeep;
 
 use std::{
     net::SocketAddr,
@@ -30,7 +31,8 @@ use rdkafka::consumer::StreamConsumer;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use store::{EventFilter, GateView, Store};
+pub use store::{EventFilter, GateView, Rules, Store};
+pub use upkeep::Upkeep;
 
 /// Everything that can go wrong in the event center.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,10 @@ pub enum Error {
     /// A stored row cannot be read back.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// Another writer changed a record between this one's read and write (the write is
+    /// retried against the new state).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// An API request is invalid.
     #[error("{0}")]
     BadRequest(String),
@@ -67,6 +73,10 @@ pub enum Live {
     Remediation(Box<RemediationEvent>),
     /// The gate's state or a cluster's health changed (`GET /api/v1/gate` has it).
     Gate,
+    /// An incident was created or changed.
+    Incident(Box<firebreak_schema::Incident>),
+    /// A correlation was created or grew.
+    Correlation(Box<firebreak_schema::Correlation>),
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,6 +119,8 @@ pub struct Config {
     pub group_id: String,
     /// The tokens write actions accept (an operator's or above); none: write actions are off.
     pub tokens: Option<firebreak_plumbing::auth::Tokens>,
+    /// Incidents' rules, expiry and retention.
+    pub upkeep: Upkeep,
 }
 
 /// How often the consumer's lag is measured.
@@ -116,7 +128,7 @@ pub(crate) const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
-    let store = Store::open(&cfg.database_url).await?;
+    let store = Store::open_with(&cfg.database_url, cfg.upkeep.rules).await?;
     // Every cluster has its own fault topic; a new cluster's is found within 10 s (see
     // `KafkaConfig::consumer`).
     let consumer: StreamConsumer = cfg.kafka.consumer(&cfg.group_id).create().map_err(|e| Error::Plumbing(e.into()))?;
@@ -144,9 +156,24 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, database = %firebreak_plumbing::db::redacted(&cfg.database_url), "event center running");
     let ready = Arc::new(AtomicBool::new(false));
-    let consuming =
-        tokio::spawn(consumer::run(consumer, store.clone(), live.clone(), metrics, ready.clone(), cancel.clone()));
     let producer = firebreak_plumbing::kafka::Producer::new(&cfg.kafka)?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let sinks = consumer::Sinks {
+        store: store.clone(),
+        live: live.clone(),
+        metrics,
+        producer: producer.clone(),
+        wake: wake.clone(),
+    };
+    let consuming = tokio::spawn(consumer::run(consumer, sinks, ready.clone(), cancel.clone()));
+    let upkeeping = tokio::spawn(upkeep::run(
+        store.clone(),
+        producer.clone(),
+        cfg.upkeep,
+        wake.clone(),
+        live.clone(),
+        cancel.clone(),
+    ));
     let app = http::router(
         http::AppState {
             store,
@@ -156,6 +183,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
             producer,
             lag: lag_rx,
             shutdown: cancel.clone(),
+            wake,
         },
         cfg.tokens.map(Arc::new),
     );
@@ -163,5 +191,6 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     cancel.cancel();
     let _ = consuming.await;
     let _ = lagging.await;
+    let _ = upkeeping.await;
     served.map_err(Error::Serve)
 }

@@ -1,6 +1,8 @@
 //! The durable store, through `sqlx`'s `Any` driver: SQLite (embedded, the default) or
 //! PostgreSQL, chosen by the URL. Migrations are embedded and portable between both.
 
+mod incidents;
+
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -8,6 +10,10 @@ use firebreak_schema::{Change, EventRecord, FaultClass, FaultEvent, Halt, Health
 use sqlx::{AnyPool, Row};
 
 use crate::{Error, Result};
+
+pub use incidents::{
+    Action, Changed, ClusterSummary, Entry, IncidentDetail, IncidentPage, IncidentQuery, NodeTimeline, Rules,
+};
 
 /// A filter on the event list.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -33,10 +39,22 @@ pub struct GateView {
     pub changes: Vec<Change>,
 }
 
+/// What one round of retention deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Faults.
+    pub faults: u64,
+    /// Remediation steps.
+    pub steps: u64,
+    /// Resolved incidents.
+    pub incidents: u64,
+}
+
 /// The event center's database.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    rules: Rules,
 }
 
 // Times are stored as RFC 3339 text (what the API shows) beside milliseconds since the epoch
@@ -68,23 +86,23 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>> {
 pub const CLOCK_SKEW_BOUND: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 impl Store {
-    /// Connects and migrates.
+    /// Connects and migrates, with the default [`Rules`].
     pub async fn open(url: &str) -> Result<Self> {
-        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await? })
+        Self::open_with(url, Rules::default()).await
     }
 
-    /// Stores an event; `None` if an event with that id was already stored. An event observed
-    /// more than [`CLOCK_SKEW_BOUND`] after it was received is kept, flagged with its skew, and
-    /// ordered by its receive time.
-    pub async fn insert_fault(&self, e: &FaultEvent) -> Result<Option<EventRecord>> {
-        let mut out = self.insert_faults(std::slice::from_ref(e)).await?;
-        Ok(out.pop().flatten())
+    /// Connects and migrates; incidents follow `rules`.
+    pub async fn open_with(url: &str, rules: Rules) -> Result<Self> {
+        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?, rules })
     }
 
-    /// Stores events in one transaction (all or none), as multi-row inserts; for each, its
-    /// record, or `None` if an event with that id was already stored (or came earlier in the
-    /// same batch). See [`Store::insert_fault`].
-    pub async fn insert_faults(&self, events: &[FaultEvent]) -> Result<Vec<Option<EventRecord>>> {
+    /// Stores events in one transaction (all or none), as multi-row inserts, and counts the new
+    /// ones into their incidents in the same transaction (so an occurrence is counted exactly
+    /// once, whatever is replayed); for each event, its record, or `None` if an event with that
+    /// id was already stored (or came earlier in the same batch); and what changed. An event
+    /// observed more than [`CLOCK_SKEW_BOUND`] after it was received is kept, flagged with its
+    /// skew, and ordered by its receive time.
+    pub async fn insert_faults(&self, events: &[FaultEvent]) -> Result<(Vec<Option<EventRecord>>, Changed)> {
         // Rows per statement: 15 parameters each, well under SQLite's and PostgreSQL's limits.
         const ROWS: usize = 200;
         let received_at = Utc::now();
@@ -132,8 +150,10 @@ impl Store {
                 inserted.insert(row.try_get::<String, _>(0)?);
             }
         }
+        let stored: Vec<&FaultEvent> = batch.iter().copied().filter(|e| inserted.contains(&e.id.to_string())).collect();
+        let changed = incidents::count(&mut tx, &stored, &self.rules, received_at).await?;
         tx.commit().await?;
-        Ok(events
+        let records = events
             .iter()
             .zip(fresh)
             .map(|(e, fresh)| {
@@ -146,11 +166,14 @@ impl Store {
                 }
                 Some(EventRecord { event: e.clone(), received_at, clock_skew_s })
             })
-            .collect())
+            .collect();
+        Ok((records, changed))
     }
 
-    /// Stores a remediation step; `false` if already stored.
-    pub async fn insert_remediation(&self, r: &RemediationEvent) -> Result<bool> {
+    /// Stores a remediation step and applies it to its node's incidents, in one transaction;
+    /// `None` if it was already stored, else the incidents it changed.
+    pub async fn insert_remediation(&self, r: &RemediationEvent) -> Result<Option<Vec<firebreak_schema::Incident>>> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO remediation_events (id, workflow_id, cluster, node, trigger_event_id, state, reason, at, at_ms) \
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (id) DO NOTHING",
@@ -164,9 +187,14 @@ impl Store {
         .bind(&r.reason)
         .bind(fmt(r.at))
         .bind(ms(r.at))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let changed = incidents::follow_step(&mut tx, r, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(Some(changed))
     }
 
     /// Keeps a cluster's health sample if it is newer than the one kept.
@@ -294,33 +322,85 @@ impl Store {
         limit: Option<i64>,
     ) -> Result<Vec<RemediationEvent>> {
         let limit = self::limit(limit)?;
-        let rows = sqlx::query(
-            "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events \
-             WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) ORDER BY at_ms DESC, id DESC LIMIT $3",
+        let (cond, args): (&str, Vec<&str>) = match (cluster, node) {
+            ("", "") => ("", vec![]),
+            (c, "") => ("WHERE cluster = $2", vec![c]),
+            ("", n) => ("WHERE node = $2", vec![n]),
+            (c, n) => ("WHERE cluster = $2 AND node = $3", vec![c, n]),
+        };
+        let sql = format!("{STEP_SELECT} {cond} ORDER BY at_ms DESC, id DESC LIMIT $1");
+        let mut q = sqlx::query(&sql).bind(limit);
+        for a in args {
+            q = q.bind(a);
+        }
+        q.fetch_all(&self.pool).await?.iter().map(step_of_row).collect()
+    }
+
+    /// Deletes what is older than `max_age` — faults, steps, resolved incidents and their notes,
+    /// correlations, rejected records — and the oldest faults beyond the newest `max_faults`,
+    /// in chunks so that no statement holds the database long. A fault not yet published on the
+    /// occurrences topic is kept whatever its age, and so are active incidents. Returns how many
+    /// faults, steps and incidents were deleted.
+    pub async fn retain(&self, max_age: chrono::TimeDelta, max_faults: i64) -> Result<Retained> {
+        const CHUNK: i64 = 5000;
+        let cutoff = ms(Utc::now() - max_age);
+        // The newest `max_faults` faults are kept: the cutoff moves up to the oldest of them.
+        let nth: Option<i64> =
+            sqlx::query("SELECT sort_at_ms FROM fault_events ORDER BY sort_at_ms DESC LIMIT 1 OFFSET $1")
+                .bind(max_faults)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get("sort_at_ms"))
+                .transpose()?;
+        let fault_cutoff = nth.map_or(cutoff, |n| cutoff.max(n + 1));
+        let mut out = Retained::default();
+        let chunked = |sql: &'static str, bound: i64| {
+            let pool = self.pool.clone();
+            async move {
+                let mut n = 0;
+                loop {
+                    let done = sqlx::query(sql).bind(bound).bind(CHUNK).execute(&pool).await?.rows_affected();
+                    n += done;
+                    if done < CHUNK as u64 {
+                        return Ok::<u64, Error>(n);
+                    }
+                }
+            }
+        };
+        out.faults = chunked(
+            "DELETE FROM fault_events WHERE id IN \
+             (SELECT id FROM fault_events WHERE sort_at_ms < $1 AND published = 1 LIMIT $2)",
+            fault_cutoff,
         )
-        .bind(cluster)
-        .bind(node)
-        .bind(limit)
-        .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let uuid = |c: &str| -> Result<uuid::Uuid> {
-                    let s: String = r.try_get(c)?;
-                    s.parse().map_err(|e| Error::Corrupt(format!("{c}: {e}")))
-                };
-                Ok(RemediationEvent {
-                    id: uuid("id")?,
-                    workflow_id: uuid("workflow_id")?,
-                    cluster: r.try_get("cluster")?,
-                    node: r.try_get("node")?,
-                    trigger_event_id: uuid("trigger_event_id")?,
-                    state: r.try_get("state")?,
-                    reason: r.try_get("reason")?,
-                    at: parse_time(&r.try_get::<String, _>("at")?)?,
-                })
-            })
-            .collect()
+        out.steps = chunked(
+            "DELETE FROM remediation_events WHERE id IN (SELECT id FROM remediation_events WHERE at_ms < $1 LIMIT $2)",
+            cutoff,
+        )
+        .await?;
+        chunked(
+            "DELETE FROM incident_notes WHERE id IN (SELECT n.id FROM incident_notes n JOIN incidents i \
+             ON i.id = n.incident_id WHERE i.active = 0 AND i.resolved_at_ms < $1 LIMIT $2)",
+            cutoff,
+        )
+        .await?;
+        out.incidents = chunked(
+            "DELETE FROM incidents WHERE id IN (SELECT id FROM incidents WHERE active = 0 AND resolved_at_ms < $1 \
+             AND version = published_version LIMIT $2)",
+            cutoff,
+        )
+        .await?;
+        chunked(
+            "DELETE FROM correlations WHERE id IN (SELECT id FROM correlations WHERE last_seen_ms < $1 \
+             AND version = published_version LIMIT $2)",
+            cutoff,
+        )
+        .await?;
+        sqlx::query("DELETE FROM rejected_messages WHERE received_at < $1")
+            .bind(fmt(Utc::now() - max_age))
+            .execute(&self.pool)
+            .await?;
+        Ok(out)
     }
 
     /// Number of records kept as undecodable.
@@ -342,6 +422,27 @@ fn limit(asked: Option<i64>) -> Result<i64> {
         return Err(Error::BadRequest(format!("limit {limit} is not between 1 and 1000")));
     }
     Ok(limit)
+}
+
+/// The columns of a stored step.
+const STEP_SELECT: &str =
+    "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events";
+
+fn step_of_row(r: &sqlx::any::AnyRow) -> Result<RemediationEvent> {
+    let uuid = |c: &str| -> Result<uuid::Uuid> {
+        let s: String = r.try_get(c)?;
+        s.parse().map_err(|e| Error::Corrupt(format!("{c}: {e}")))
+    };
+    Ok(RemediationEvent {
+        id: uuid("id")?,
+        workflow_id: uuid("workflow_id")?,
+        cluster: r.try_get("cluster")?,
+        node: r.try_get("node")?,
+        trigger_event_id: uuid("trigger_event_id")?,
+        state: r.try_get("state")?,
+        reason: r.try_get("reason")?,
+        at: parse_time(&r.try_get::<String, _>("at")?)?,
+    })
 }
 
 fn fault_of_row(r: &sqlx::any::AnyRow) -> Result<EventRecord> {

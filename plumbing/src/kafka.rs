@@ -69,7 +69,7 @@ impl KafkaConfig {
     }
 
     /// Creates the topics that are missing, each with its partitions and `replication` copies
-    /// (`-1`: the brokers' default). A topic that already exists, with whatever partitions, is
+    /// (`-1`: the brokers' default), compacted where the topic contract says so. A topic that already exists, with whatever partitions, is
     /// success; returns the names created.
     pub async fn ensure_topics(&self, topics: &[(String, i32)], replication: i32) -> Result<Vec<String>> {
         use rdkafka::{
@@ -78,8 +78,14 @@ impl KafkaConfig {
             types::RDKafkaErrorCode,
         };
         let admin: AdminClient<DefaultClientContext> = self.client().create()?;
-        let new: Vec<NewTopic> =
-            topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(replication))).collect();
+        // Current-state topics of the contract are compacted.
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|(n, p)| {
+                let topic = NewTopic::new(n, *p, TopicReplication::Fixed(replication));
+                if firebreak_schema::topics::is_compacted(n) { topic.set("cleanup.policy", "compact") } else { topic }
+            })
+            .collect();
         let opts = AdminOptions::new()
             .request_timeout(Some(Duration::from_secs(10)))
             .operation_timeout(Some(Duration::from_secs(10)));
@@ -196,6 +202,37 @@ impl Producer {
     ) -> bool {
         let what = format!("publishing {} to {topic}", event.ce_id());
         PUBLISH_RETRY.until_ok(&what, cancel, || self.publish(topic, event)).await.is_some()
+    }
+
+    /// Copies a consumed record that could not be decoded to the dead-letter topic, as it came
+    /// (key, payload, headers), with the reason and its origin in headers
+    /// (`firebreak_error`, `firebreak_topic`, `firebreak_partition`, `firebreak_offset`), and
+    /// waits until the brokers have it.
+    pub async fn publish_dead_letter(&self, msg: &BorrowedMessage<'_>, reason: &str) -> Result<()> {
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = msg.headers() {
+            for h in h.iter() {
+                headers = headers.insert(Header { key: h.key, value: h.value });
+            }
+        }
+        let (partition, offset) = (msg.partition().to_string(), msg.offset().to_string());
+        for (k, v) in [
+            (firebreak_schema::DEAD_LETTER_REASON_HEADER, reason),
+            ("firebreak_topic", msg.topic()),
+            ("firebreak_partition", &partition),
+            ("firebreak_offset", &offset),
+        ] {
+            headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(firebreak_schema::DEAD_LETTER_TOPIC).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        self.inner.send(record, Duration::from_secs(0)).await.map(|_| ()).map_err(|(e, _)| Error::Kafka(e))
     }
 
     /// Queues an event without waiting for delivery (heartbeats); fails if the queue is full.

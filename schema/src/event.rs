@@ -183,6 +183,7 @@ macro_rules! str_enum {
         }
     };
 }
+pub(crate) use str_enum;
 str_enum!(FaultClass { Hardware => "hardware", System => "system", Component => "component" });
 str_enum!(Severity { Info => "info", Warning => "warning", Critical => "critical" });
 str_enum!(Source { Agent => "agent", Detector => "detector" });

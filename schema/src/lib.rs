@@ -13,6 +13,7 @@ mod control;
 mod event;
 mod gate;
 mod health;
+mod incident;
 pub mod names;
 pub mod topics;
 mod wire;
@@ -29,6 +30,7 @@ pub use gate::{
     BreakerTrip, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, PermitState, Role, Scope,
 };
 pub use health::{HealthSample, PodStarts, Signal, UnhealthyNode};
+pub use incident::{Correlation, Incident, IncidentState, Occurrence, fingerprint};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 
 /// Prefix of the fault topics: each cluster's [`FaultEvent`]s, from its agents and its detector,
@@ -60,6 +62,19 @@ pub const NODE_REPORT_TOPIC: &str = "firebreak.node-reports.v1";
 /// Topic carrying operators' instructions to the remediators ([`ClearEscalation`], key =
 /// `<cluster>/<node>`), from the event center's API.
 pub const REMEDIATION_CONTROL_TOPIC: &str = "firebreak.remediation-control.v1";
+
+/// Compacted topic of every incident's current state ([`Incident`], key = its id), from the
+/// event center: a platform service reads it from the start to know what is open.
+pub const INCIDENTS_TOPIC: &str = "firebreak.incidents.v1";
+/// Append-only topic of every fault as an occurrence of its incident ([`Occurrence`], key =
+/// `<cluster>/<node>`), from the event center.
+pub const OCCURRENCES_TOPIC: &str = "firebreak.occurrences.v1";
+/// Dead letters: each record the event center could not decode, copied as it came, with the
+/// reason in the header [`DEAD_LETTER_REASON_HEADER`] and its origin in `firebreak_topic`,
+/// `firebreak_partition` and `firebreak_offset`.
+pub const DEAD_LETTER_TOPIC: &str = "firebreak.dead-letter.v1";
+/// The header of a dead letter that says why it could not be decoded.
+pub const DEAD_LETTER_REASON_HEADER: &str = "firebreak_error";
 
 /// Taint key the remediator puts on a node it has taken out of service.
 pub const UNHEALTHY_TAINT_KEY: &str = "firebreak.io/unhealthy";

@@ -3,7 +3,8 @@
 //! the topics they need at start-up from it.
 
 use crate::{
-    ClearEscalation, CloudEvent, CommandReport, FaultEvent, HealthSample, Heartbeat, NodeCommand, RemediationEvent,
+    ClearEscalation, CloudEvent, CommandReport, Correlation, FaultEvent, HealthSample, Heartbeat, Incident,
+    NodeCommand, Occurrence, RemediationEvent,
 };
 
 /// One topic of the contract.
@@ -23,6 +24,9 @@ pub struct Topic {
     pub readers: &'static str,
     /// Partitions it is created with, unless configured otherwise.
     pub partitions: i32,
+    /// Created compacted (`cleanup.policy=compact`): a current-state topic, the latest record
+    /// per key kept.
+    pub compacted: bool,
     /// What it is for.
     pub purpose: &'static str,
 }
@@ -43,6 +47,7 @@ pub const TOPICS: &[Topic] = &[
         types: &[Heartbeat::TYPE],
         writers: "agent",
         readers: "detector",
+        compacted: false,
         partitions: 6,
         purpose: "each agent's heartbeat (every 10 s by default): a silent agent is a fault",
     },
@@ -53,6 +58,7 @@ pub const TOPICS: &[Topic] = &[
         types: &[RemediationEvent::TYPE],
         writers: "remediator",
         readers: "event-center, detector (node conditions), platform services",
+        compacted: false,
         partitions: 3,
         purpose: "every workflow step with its reason, published from the remediator's outbox",
     },
@@ -60,11 +66,13 @@ pub const TOPICS: &[Topic] = &[
         name: crate::HEALTH_TOPIC,
         per_cluster: false,
         key: "<cluster>",
-        types: &[HealthSample::TYPE],
-        writers: "detector",
+        types: &[HealthSample::TYPE, Correlation::TYPE],
+        writers: "detector (samples), event-center (correlations)",
         readers: "gate, event-center",
+        compacted: false,
         partitions: 3,
-        purpose: "each cluster's health sample: node readiness, pod start success, nodes out of service",
+        purpose: "each cluster's health sample (node readiness, pod start success, nodes out of service) and \
+                  correlated incidents (many nodes reporting the same kind at once)",
     },
     Topic {
         name: crate::CHANGES_TOPIC,
@@ -73,6 +81,7 @@ pub const TOPICS: &[Topic] = &[
         types: &[crate::Change::TYPE, crate::Halt::TYPE],
         writers: "gate",
         readers: "event-center, change systems",
+        compacted: false,
         partitions: 3,
         purpose: "changes and halts, each time their state changes",
     },
@@ -83,6 +92,7 @@ pub const TOPICS: &[Topic] = &[
         types: &[NodeCommand::TYPE],
         writers: "remediator",
         readers: "agent (its nodes' partitions only)",
+        compacted: false,
         partitions: 8,
         purpose: "repair commands to the nodes' actuators (reboot, restart a component, report)",
     },
@@ -93,6 +103,7 @@ pub const TOPICS: &[Topic] = &[
         types: &[CommandReport::TYPE],
         writers: "agent",
         readers: "remediator",
+        compacted: false,
         partitions: 3,
         purpose: "the actuators' answers to commands",
     },
@@ -103,8 +114,42 @@ pub const TOPICS: &[Topic] = &[
         types: &[ClearEscalation::TYPE],
         writers: "event-center",
         readers: "remediator",
+        compacted: false,
         partitions: 3,
         purpose: "operators' instructions to the remediators (clear an escalation)",
+    },
+    Topic {
+        name: crate::INCIDENTS_TOPIC,
+        per_cluster: false,
+        key: "<incident id>",
+        types: &[Incident::TYPE],
+        writers: "event-center",
+        readers: "platform services",
+        compacted: true,
+        partitions: 3,
+        purpose: "every incident's current state, each time it changes (compacted: the latest per incident)",
+    },
+    Topic {
+        name: crate::OCCURRENCES_TOPIC,
+        per_cluster: false,
+        key: "<cluster>/<node>",
+        types: &[Occurrence::TYPE],
+        writers: "event-center",
+        readers: "platform services",
+        compacted: false,
+        partitions: 3,
+        purpose: "every fault once, as an occurrence of its incident (expected when Firebreak's own repair caused it)",
+    },
+    Topic {
+        name: crate::DEAD_LETTER_TOPIC,
+        per_cluster: false,
+        key: "the record's own key",
+        types: &["any: the undecodable record as it came"],
+        writers: "event-center",
+        readers: "operators, the producers' owners",
+        compacted: false,
+        partitions: 1,
+        purpose: "records the event center could not decode, with the reason in the `firebreak_error` header",
     },
     Topic {
         name: "firebreak.faults.v1.<cluster>",
@@ -113,10 +158,16 @@ pub const TOPICS: &[Topic] = &[
         types: &[FaultEvent::TYPE],
         writers: "agent and detector of <cluster>",
         readers: "remediator and detector of <cluster>, event-center",
+        compacted: false,
         partitions: 3,
         purpose: "the cluster's faults; the remediator acts only on faults from the sources its policy trusts",
     },
 ];
+
+/// Whether the contract's topic of that name is compacted.
+pub fn is_compacted(name: &str) -> bool {
+    TOPICS.iter().any(|t| t.compacted && !t.per_cluster && t.name == name)
+}
 
 /// The topics to create for a fleet of `clusters` (fleet-wide ones, then each cluster's), with
 /// their partitions.

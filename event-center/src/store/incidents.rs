@@ -1,0 +1,1287 @@
+//! Incidents in the store: faults grouped by fingerprint as they are written, moved through their
+//! states by the remediation steps and by operators, correlated when many nodes report the same
+//! kind at once, resolved when quiet, and published through an outbox (a version per incident, a
+//! flag per occurrence) so that a crash between the write and the publication loses nothing.
+//!
+//! Every change is a compare-and-set on the incident's version inside the caller's transaction:
+//! two replicas that touch one incident at once cannot both win, and the loser's batch is
+//! retried against what the winner wrote.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use firebreak_schema::{
+    Correlation, FaultClass, FaultEvent, FaultKind, Incident, IncidentState, Occurrence, RemediationEvent, Severity,
+    fingerprint,
+};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
+use uuid::Uuid;
+
+use super::{Store, ms};
+use crate::{Error, Result};
+
+/// How faults become incidents and incidents end.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// An incident nothing works on (open, acknowledged, silenced) is resolved after this long
+    /// without an occurrence.
+    pub resolve_quiet_after: TimeDelta,
+    /// This many nodes of one cluster reporting one kind within [`Rules::correlate_window`]
+    /// make a correlated incident.
+    pub correlate_nodes: usize,
+    /// See [`Rules::correlate_nodes`].
+    pub correlate_window: TimeDelta,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self { resolve_quiet_after: TimeDelta::hours(1), correlate_nodes: 5, correlate_window: TimeDelta::minutes(5) }
+    }
+}
+
+/// What a write changed, for the live stream (the topics read the outbox).
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// Incidents created or changed.
+    pub incidents: Vec<Incident>,
+    /// Correlations created or grown.
+    pub correlations: Vec<Correlation>,
+}
+
+const COLUMNS: &str = "id, fingerprint, cluster, node, class, kind, severity, state, reason, first_seen_ms, \
+    last_seen_ms, occurrences, expected, workflow_id, workflow_state, correlation_id, acknowledged_by, assignee, \
+    silenced_until_ms, resolved_at_ms, updated_at_ms, version";
+
+fn time(ms: i64) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| Error::Corrupt(format!("time {ms} ms")))
+}
+
+fn uuid(s: &str) -> Result<Uuid> {
+    s.parse().map_err(|e| Error::Corrupt(format!("uuid `{s}`: {e}")))
+}
+
+pub(super) fn incident_of_row(r: &AnyRow) -> Result<Incident> {
+    let s = |c: &str| -> Result<String> { Ok(r.try_get::<String, _>(c)?) };
+    let opt = |c: &str| -> Result<Option<String>> { Ok(r.try_get::<Option<String>, _>(c)?) };
+    let corrupt = |e: firebreak_schema::Error| Error::Corrupt(e.to_string());
+    Ok(Incident {
+        id: uuid(&s("id")?)?,
+        fingerprint: s("fingerprint")?,
+        cluster: s("cluster")?,
+        node: s("node")?,
+        class: s("class")?.parse().map_err(corrupt)?,
+        kind: s("kind")?.parse().map_err(corrupt)?,
+        severity: s("severity")?.parse().map_err(corrupt)?,
+        state: s("state")?.parse().map_err(corrupt)?,
+        reason: s("reason")?,
+        first_seen: time(r.try_get("first_seen_ms")?)?,
+        last_seen: time(r.try_get("last_seen_ms")?)?,
+        occurrences: r.try_get("occurrences")?,
+        expected: r.try_get("expected")?,
+        workflow_id: opt("workflow_id")?.map(|s| uuid(&s)).transpose()?,
+        workflow_state: opt("workflow_state")?,
+        correlation_id: opt("correlation_id")?.map(|s| uuid(&s)).transpose()?,
+        acknowledged_by: opt("acknowledged_by")?,
+        assignee: opt("assignee")?,
+        silenced_until: r.try_get::<Option<i64>, _>("silenced_until_ms")?.map(time).transpose()?,
+        resolved_at: r.try_get::<Option<i64>, _>("resolved_at_ms")?.map(time).transpose()?,
+        updated_at: time(r.try_get("updated_at_ms")?)?,
+        version: r.try_get("version")?,
+    })
+}
+
+fn severity_rank(s: Severity) -> i32 {
+    match s {
+        Severity::Info => 0,
+        Severity::Warning => 1,
+        Severity::Critical => 2,
+    }
+}
+
+/// The board's order in one integer: the state's urgency, then the severity (see the migration).
+pub(super) fn board_key(state: IncidentState, severity: Severity) -> i32 {
+    state.urgency() * 10 + 2 - severity_rank(severity)
+}
+
+/// The state an incident returns to when an operator's hold (a silence) ends: what its workflow
+/// says, or open.
+fn natural_state(i: &Incident) -> IncidentState {
+    match i.workflow_state.as_deref() {
+        Some("escalated") => IncidentState::Escalated,
+        None | Some("cancelled" | "shadowed") => IncidentState::Open,
+        Some(_) => IncidentState::Remediating,
+    }
+}
+
+fn resolve(i: &mut Incident, at: DateTime<Utc>, reason: String) {
+    i.state = IncidentState::Resolved;
+    i.resolved_at = Some(at);
+    i.reason = reason;
+}
+
+/// Applies a workflow step to the incident it concerns; `false` if nothing changed (it was
+/// resolved already).
+pub(super) fn apply_step(i: &mut Incident, step: &RemediationEvent) -> bool {
+    if i.state == IncidentState::Resolved {
+        return false;
+    }
+    i.workflow_id = Some(step.workflow_id);
+    i.workflow_state = Some(step.state.clone());
+    let why = format!("workflow {}: {}: {}", step.workflow_id, step.state, step.reason);
+    match step.state.as_str() {
+        "escalated" => {
+            i.state = IncidentState::Escalated;
+            i.reason = why;
+        }
+        "healed" | "replaced" | "node_gone" | "cleared" => resolve(i, step.at, why),
+        "cancelled" | "shadowed" => {
+            if i.state == IncidentState::Remediating {
+                i.state = IncidentState::Open;
+            }
+            i.reason = why;
+        }
+        _ => {
+            if i.state == IncidentState::Open {
+                i.state = IncidentState::Remediating;
+            }
+            i.reason = why;
+        }
+    }
+    true
+}
+
+/// Whether a step ends every incident of its node seen before it (the node healed or is gone).
+fn heals_node(step: &RemediationEvent) -> bool {
+    matches!(step.state.as_str(), "healed" | "replaced" | "node_gone")
+}
+
+/// Writes an incident: inserts it when `before` is `None`, else updates it if its version is
+/// still `before` (another writer's change in between is a conflict: the caller's transaction is
+/// retried). Bumps the version and the update time.
+async fn put(tx: &mut Transaction<'_, Any>, i: &mut Incident, before: Option<i64>, now: DateTime<Utc>) -> Result<()> {
+    i.version = before.unwrap_or(0) + 1;
+    i.updated_at = now;
+    let active = i32::from(i.state != IncidentState::Resolved);
+    let sql = match before {
+        None => format!(
+            "INSERT INTO incidents ({COLUMNS}, board_key, active, published_version) VALUES \
+             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,0)"
+        ),
+        Some(_) => "UPDATE incidents SET fingerprint=$2, cluster=$3, node=$4, class=$5, kind=$6, severity=$7, \
+             state=$8, reason=$9, first_seen_ms=$10, last_seen_ms=$11, occurrences=$12, expected=$13, workflow_id=$14, \
+             workflow_state=$15, correlation_id=$16, acknowledged_by=$17, assignee=$18, silenced_until_ms=$19, \
+             resolved_at_ms=$20, updated_at_ms=$21, version=$22, board_key=$23, active=$24 WHERE id=$1 AND version=$25"
+            .to_owned(),
+    };
+    let mut q = sqlx::query(&sql)
+        .bind(i.id.to_string())
+        .bind(i.fingerprint.clone())
+        .bind(i.cluster.clone())
+        .bind(i.node.clone())
+        .bind(i.class.as_str())
+        .bind(i.kind.as_str())
+        .bind(i.severity.as_str())
+        .bind(i.state.as_str())
+        .bind(i.reason.clone())
+        .bind(ms(i.first_seen))
+        .bind(ms(i.last_seen))
+        .bind(i.occurrences)
+        .bind(i.expected)
+        .bind(i.workflow_id.map(|w| w.to_string()))
+        .bind(i.workflow_state.clone())
+        .bind(i.correlation_id.map(|c| c.to_string()))
+        .bind(i.acknowledged_by.clone())
+        .bind(i.assignee.clone())
+        .bind(i.silenced_until.map(ms))
+        .bind(i.resolved_at.map(ms))
+        .bind(ms(i.updated_at))
+        .bind(i.version)
+        .bind(board_key(i.state, i.severity))
+        .bind(active);
+    if let Some(v) = before {
+        q = q.bind(v);
+    }
+    if q.execute(&mut **tx).await?.rows_affected() != 1 {
+        return Err(Error::Conflict(format!("incident {} changed meanwhile", i.id)));
+    }
+    Ok(())
+}
+
+/// A new incident from its first occurrence.
+fn open(e: &FaultEvent) -> Incident {
+    Incident {
+        id: e.id,
+        fingerprint: fingerprint(&e.cluster, &e.node, e.kind),
+        cluster: e.cluster.clone(),
+        node: e.node.clone(),
+        class: e.class,
+        kind: e.kind,
+        severity: e.severity,
+        state: IncidentState::Open,
+        reason: format!("first occurrence: {}", e.message),
+        first_seen: e.observed_at,
+        last_seen: e.observed_at,
+        occurrences: 0,
+        expected: 0,
+        workflow_id: None,
+        workflow_state: None,
+        correlation_id: None,
+        acknowledged_by: None,
+        assignee: None,
+        silenced_until: None,
+        resolved_at: None,
+        updated_at: e.observed_at,
+        version: 0,
+    }
+}
+
+/// Active incidents of these nodes.
+async fn active_of_nodes(tx: &mut Transaction<'_, Any>, nodes: &[(&str, &str)]) -> Result<Vec<Incident>> {
+    let mut out = Vec::new();
+    for chunk in nodes.chunks(200) {
+        let terms: Vec<String> =
+            (0..chunk.len()).map(|k| format!("(cluster = ${} AND node = ${})", 2 * k + 1, 2 * k + 2)).collect();
+        let sql = format!("SELECT {COLUMNS} FROM incidents WHERE active = 1 AND ({})", terms.join(" OR "));
+        let mut q = sqlx::query(&sql);
+        for (c, n) in chunk {
+            q = q.bind(*c).bind(*n);
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            out.push(incident_of_row(&r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Steps of the workflows these faults started, oldest first.
+async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Result<Vec<RemediationEvent>> {
+    let mut out = Vec::new();
+    for chunk in ids.chunks(500) {
+        let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+        let sql = format!(
+            "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events \
+             WHERE trigger_event_id IN ({}) ORDER BY at_ms, id",
+            params.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            out.push(super::step_of_row(&r)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Counts freshly stored faults into their incidents, inside the transaction that stored them.
+/// A fault joins the active incident of its fingerprint; else, when it is a kind Firebreak's
+/// own remediation causes and its node is being remediated, it is attached to that incident as
+/// expected; else it opens a new incident. Links each fault to its incident and queues it for
+/// the occurrences topic.
+pub(super) async fn count(
+    tx: &mut Transaction<'_, Any>,
+    fresh: &[&FaultEvent],
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> Result<Changed> {
+    if fresh.is_empty() {
+        return Ok(Changed::default());
+    }
+    let mut nodes: Vec<(&str, &str)> = fresh.iter().map(|e| (e.cluster.as_str(), e.node.as_str())).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    // id → (incident, its stored version or None when new)
+    let mut incidents: HashMap<Uuid, (Incident, Option<i64>)> = HashMap::new();
+    let mut by_fingerprint: HashMap<String, Uuid> = HashMap::new();
+    for i in active_of_nodes(tx, &nodes).await? {
+        by_fingerprint.insert(i.fingerprint.clone(), i.id);
+        let v = i.version;
+        incidents.insert(i.id, (i, Some(v)));
+    }
+    let mut order: Vec<&FaultEvent> = fresh.to_vec();
+    order.sort_by_key(|e| e.observed_at);
+    let mut links: BTreeMap<(Uuid, bool), Vec<String>> = BTreeMap::new();
+    let mut touched: Vec<Uuid> = Vec::new();
+    for e in order {
+        let fp = fingerprint(&e.cluster, &e.node, e.kind);
+        let remediating = || {
+            incidents
+                .values()
+                .filter(|(i, _)| i.cluster == e.cluster && i.node == e.node && i.state == IncidentState::Remediating)
+                .map(|(i, _)| i.id)
+                .min()
+        };
+        let (id, expected) = match by_fingerprint.get(&fp) {
+            Some(id) => (*id, false),
+            None => match remediating().filter(|_| e.kind.expected_during_remediation()) {
+                Some(id) => (id, true),
+                None => {
+                    let i = open(e);
+                    by_fingerprint.insert(fp, i.id);
+                    incidents.insert(i.id, (i, None));
+                    (e.id, false)
+                }
+            },
+        };
+        let Some((i, _)) = incidents.get_mut(&id) else { continue };
+        if expected {
+            i.expected += 1;
+        } else {
+            i.occurrences += 1;
+            i.severity = i.severity.max(e.severity);
+            i.first_seen = i.first_seen.min(e.observed_at);
+            i.last_seen = i.last_seen.max(e.observed_at);
+        }
+        links.entry((id, expected)).or_default().push(e.id.to_string());
+        if !touched.contains(&id) {
+            touched.push(id);
+        }
+    }
+    // Steps that arrived before the fault that started their workflow.
+    let new_ids: Vec<String> = incidents.values().filter(|(_, v)| v.is_none()).map(|(i, _)| i.id.to_string()).collect();
+    for step in steps_triggered_by(tx, &new_ids).await? {
+        if let Some((i, _)) = incidents.get_mut(&step.trigger_event_id) {
+            apply_step(i, &step);
+        }
+    }
+    let mut changed = Changed::default();
+    for id in touched {
+        let Some((mut i, before)) = incidents.remove(&id) else { continue };
+        put(tx, &mut i, before, now).await?;
+        changed.incidents.push(i);
+    }
+    for ((incident, expected), ids) in links {
+        for chunk in ids.chunks(500) {
+            let params: Vec<String> = (3..chunk.len() + 3).map(|k| format!("${k}")).collect();
+            let sql = format!(
+                "UPDATE fault_events SET incident_id = $1, expected = $2, published = 0 WHERE id IN ({})",
+                params.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(incident.to_string()).bind(i32::from(expected));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            q.execute(&mut **tx).await?;
+        }
+    }
+    let new: Vec<&Incident> = changed.incidents.iter().filter(|i| i.version == 1).collect();
+    let mut kinds: Vec<(String, FaultKind)> = new.iter().map(|i| (i.cluster.clone(), i.kind)).collect();
+    kinds.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    kinds.dedup();
+    for (cluster, kind) in kinds {
+        if let Some(c) = correlate(tx, &cluster, kind, rules, now, &mut changed.incidents).await? {
+            changed.correlations.push(c);
+        }
+    }
+    Ok(changed)
+}
+
+/// Groups the active incidents of `kind` in `cluster` whose first occurrence is within the
+/// window before the newest, when there are enough nodes: a correlation, created or grown.
+/// Incidents it takes in are updated in `changed` too.
+async fn correlate(
+    tx: &mut Transaction<'_, Any>,
+    cluster: &str,
+    kind: FaultKind,
+    rules: &Rules,
+    now: DateTime<Utc>,
+    changed: &mut Vec<Incident>,
+) -> Result<Option<Correlation>> {
+    let newest: Option<i64> = sqlx::query(
+        "SELECT MAX(first_seen_ms) AS newest FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1",
+    )
+    .bind(cluster)
+    .bind(kind.as_str())
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("newest")?;
+    let Some(newest) = newest else { return Ok(None) };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3 \
+         ORDER BY first_seen_ms, id"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(cluster)
+        .bind(kind.as_str())
+        .bind(newest - rules.correlate_window.num_milliseconds())
+        .fetch_all(&mut **tx)
+        .await?;
+    let members: Vec<Incident> = rows.iter().map(incident_of_row).collect::<Result<_>>()?;
+    let mut nodes: Vec<String> = members.iter().map(|i| i.node.clone()).collect();
+    nodes.dedup();
+    if nodes.len() < rules.correlate_nodes.max(2) {
+        return Ok(None);
+    }
+    let Some(first) = members.first() else { return Ok(None) };
+    let id = members.iter().find_map(|i| i.correlation_id).unwrap_or_else(|| {
+        firebreak_schema::deterministic_id(
+            first.first_seen,
+            &["correlation", cluster, kind.as_str(), &first.id.to_string()],
+        )
+    });
+    // Nodes already in it stay, with those it grows by.
+    let (mut version, mut all) = (0_i64, Vec::new());
+    if let Some(r) = sqlx::query("SELECT body, version FROM correlations WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+    {
+        let old: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
+            .map_err(|e| Error::Corrupt(format!("correlation {id}: {e}")))?;
+        version = r.try_get("version")?;
+        all = old.nodes;
+    }
+    let before = all.len();
+    for n in nodes {
+        if !all.contains(&n) {
+            all.push(n);
+        }
+    }
+    if all.len() == before && version > 0 {
+        return Ok(None);
+    }
+    let c = Correlation {
+        id,
+        cluster: cluster.to_owned(),
+        kind,
+        class: first.class,
+        first_seen: first.first_seen,
+        last_seen: members.iter().map(|i| i.first_seen).max().unwrap_or(first.first_seen),
+        message: format!(
+            "{} nodes of {cluster} reported {kind} within {} s: likely infrastructure, not nodes",
+            all.len(),
+            rules.correlate_window.num_seconds()
+        ),
+        nodes: all,
+        threshold: rules.correlate_nodes as i64,
+        window_s: rules.correlate_window.num_seconds(),
+    };
+    let body = serde_json::to_string(&c).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let done = if version == 0 {
+        sqlx::query(
+            "INSERT INTO correlations (id, cluster, kind, first_seen_ms, last_seen_ms, body, version, published_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, 0)",
+        )
+        .bind(id.to_string())
+        .bind(cluster)
+        .bind(kind.as_str())
+        .bind(ms(c.first_seen))
+        .bind(ms(c.last_seen))
+        .bind(body)
+        .execute(&mut **tx)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE correlations SET last_seen_ms = $2, body = $3, version = version + 1 WHERE id = $1 AND version = $4",
+        )
+        .bind(id.to_string())
+        .bind(ms(c.last_seen))
+        .bind(body)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?
+    };
+    if done.rows_affected() != 1 {
+        return Err(Error::Conflict(format!("correlation {id} changed meanwhile")));
+    }
+    for mut i in members.into_iter().filter(|i| i.correlation_id.is_none()) {
+        // The same incident may have been written in this batch already: write the newest.
+        let mut latest = changed.iter().find(|x| x.id == i.id).cloned().unwrap_or(i.clone());
+        let before = latest.version;
+        latest.correlation_id = Some(id);
+        put(tx, &mut latest, Some(before), now).await?;
+        i = latest;
+        changed.retain(|x| x.id != i.id);
+        changed.push(i);
+    }
+    Ok(Some(c))
+}
+
+/// Applies a stored step to its node's incidents, inside the transaction that stored it: the
+/// incident its workflow started from follows the workflow; a healed (or replaced, or gone) node
+/// resolves every other active incident seen on it before the step.
+pub(super) async fn follow_step(
+    tx: &mut Transaction<'_, Any>,
+    step: &RemediationEvent,
+    now: DateTime<Utc>,
+) -> Result<Vec<Incident>> {
+    let trigger: Option<String> = sqlx::query("SELECT incident_id FROM fault_events WHERE id = $1")
+        .bind(step.trigger_event_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get::<Option<String>, _>("incident_id"))
+        .transpose()?
+        .flatten();
+    let mut out = Vec::new();
+    for mut i in active_of_nodes(tx, &[(step.cluster.as_str(), step.node.as_str())]).await? {
+        let before = i.version;
+        let changed = if Some(i.id.to_string()) == trigger {
+            apply_step(&mut i, step)
+        } else if heals_node(step) && i.last_seen <= step.at {
+            resolve(&mut i, step.at, format!("node {}: workflow {}: {}", step.state, step.workflow_id, step.reason));
+            true
+        } else {
+            false
+        };
+        if changed {
+            put(tx, &mut i, Some(before), now).await?;
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// An operator's action on an incident.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Take it: acknowledged, with a note.
+    Acknowledge {
+        /// Why, or what the operator will do.
+        note: String,
+    },
+    /// Silence it until a time; it returns to what its workflow says then.
+    Silence {
+        /// Until when.
+        until: DateTime<Utc>,
+        /// Why.
+        note: String,
+    },
+    /// Assign it to someone.
+    Assign {
+        /// To whom.
+        to: String,
+    },
+    /// Add a note to its timeline.
+    Annotate {
+        /// The note.
+        text: String,
+    },
+    /// The operator asked the remediator to clear the node's escalation (the request travels
+    /// on the control topic; this records it).
+    ClearEscalation {
+        /// Why.
+        note: String,
+    },
+}
+
+impl Action {
+    /// The action's name in the timeline.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Acknowledge { .. } => "acknowledge",
+            Action::Silence { .. } => "silence",
+            Action::Assign { .. } => "assign",
+            Action::Annotate { .. } => "annotate",
+            Action::ClearEscalation { .. } => "clear_escalation",
+        }
+    }
+}
+
+/// One entry of a timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Entry {
+    /// A fault, as an occurrence of an incident.
+    Occurrence {
+        /// When it was observed (or received, for a source whose clock is wrong).
+        at: DateTime<Utc>,
+        /// The fault.
+        #[serde(flatten)]
+        record: Box<firebreak_schema::EventRecord>,
+        /// Its incident.
+        incident_id: Option<Uuid>,
+        /// Caused by Firebreak's own remediation.
+        expected: bool,
+    },
+    /// A remediation step, with its reason.
+    Step {
+        /// When.
+        at: DateTime<Utc>,
+        /// The step.
+        #[serde(flatten)]
+        step: RemediationEvent,
+    },
+    /// An operator's action.
+    Note {
+        /// When.
+        at: DateTime<Utc>,
+        /// The incident.
+        incident_id: Uuid,
+        /// Who.
+        by: String,
+        /// What: acknowledge, silence, assign, annotate, clear_escalation.
+        action: String,
+        /// The note.
+        text: String,
+    },
+}
+
+impl Entry {
+    fn at(&self) -> DateTime<Utc> {
+        match self {
+            Entry::Occurrence { at, .. } | Entry::Step { at, .. } | Entry::Note { at, .. } => *at,
+        }
+    }
+}
+
+/// Newest first.
+fn newest_first(mut entries: Vec<Entry>, limit: usize) -> Vec<Entry> {
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at()));
+    entries.truncate(limit);
+    entries
+}
+
+/// An incident with its timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncidentDetail {
+    /// The incident.
+    pub incident: Incident,
+    /// Its correlation, if any.
+    pub correlation: Option<Correlation>,
+    /// Its occurrences, its workflow's steps and the operators' notes, newest first.
+    pub timeline: Vec<Entry>,
+}
+
+/// A node's incidents and timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeTimeline {
+    /// Cluster.
+    pub cluster: String,
+    /// Node.
+    pub node: String,
+    /// Its active incidents, most urgent first.
+    pub incidents: Vec<Incident>,
+    /// The node as the cluster's latest health sample saw it, if it was unhealthy there.
+    pub health: Option<firebreak_schema::UnhealthyNode>,
+    /// Faults, steps and notes on the node, newest first.
+    pub timeline: Vec<Entry>,
+}
+
+/// One cluster in the fleet view.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ClusterSummary {
+    /// Cluster.
+    pub cluster: String,
+    /// Nodes, from its latest health sample (absent without one).
+    pub nodes: Option<i64>,
+    /// Ready nodes, likewise.
+    pub ready: Option<i64>,
+    /// Nodes Firebreak took out of service, likewise.
+    pub out_of_service: Option<i64>,
+    /// Nodes with an escalated incident.
+    pub escalated_nodes: i64,
+    /// Active incidents by class.
+    pub open_by_class: BTreeMap<String, i64>,
+    /// Nodes with an active incident, by class.
+    pub nodes_by_class: BTreeMap<String, i64>,
+    /// When its health sample was taken.
+    pub sampled_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/incidents` parameters.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only this node (with or without `cluster`).
+    pub node: Option<String>,
+    /// Only this class.
+    pub class: Option<String>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only these states, comma-separated; `active` for every state but resolved.
+    pub state: Option<String>,
+    /// Only incidents seen at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Only incidents first seen at or before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Where the previous page ended (its `next`).
+    pub cursor: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// A page of incidents.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IncidentPage {
+    /// Most urgent first: state, then severity, then the latest seen.
+    pub items: Vec<Incident>,
+    /// The cursor of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// A query built from the filters given, and nothing for those not given (so the planner sees
+/// only real conditions and can use the indexes).
+#[derive(Default)]
+struct Where {
+    terms: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Where {
+    fn param(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+    fn eq(&mut self, col: &str, v: Option<&String>) {
+        if let Some(v) = v {
+            let p = self.param(Arg::Text(v.clone()));
+            self.terms.push(format!("{col} = {p}"));
+        }
+    }
+    fn sql(&self) -> String {
+        if self.terms.is_empty() { String::new() } else { format!("WHERE {}", self.terms.join(" AND ")) }
+    }
+    fn bind<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        for a in &self.args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.as_str()),
+                Arg::Int(n) => q.bind(*n),
+            };
+        }
+        q
+    }
+}
+
+fn bad(what: &str) -> Error {
+    Error::BadRequest(what.to_owned())
+}
+
+fn parse_rfc3339(name: &str, s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::BadRequest(format!("{name} `{s}` is not an RFC 3339 time: {e}")))
+}
+
+impl Store {
+    /// Incidents matching `q`, most urgent first, a page at a time.
+    pub async fn list_incidents(&self, q: &IncidentQuery) -> Result<IncidentPage> {
+        let limit = super::limit(q.limit)?;
+        let mut w = Where::default();
+        w.eq("cluster", q.cluster.as_ref());
+        w.eq("node", q.node.as_ref());
+        if let Some(c) = &q.class {
+            c.parse::<FaultClass>().map_err(|_| bad(&format!("unknown class `{c}` (hardware, system, component)")))?;
+            w.eq("class", Some(c));
+        }
+        if let Some(k) = &q.kind {
+            k.parse::<FaultKind>().map_err(|e| bad(&e.to_string()))?;
+            w.eq("kind", Some(k));
+        }
+        if let Some(states) = &q.state {
+            let mut ranges = Vec::new();
+            for s in states.split(',') {
+                let list: Vec<IncidentState> = if s == "active" {
+                    IncidentState::ALL.into_iter().filter(|s| *s != IncidentState::Resolved).collect()
+                } else {
+                    vec![s.parse().map_err(|_| {
+                        bad(&format!(
+                            "unknown state `{s}` (active, open, acknowledged, silenced, remediating, escalated, resolved)"
+                        ))
+                    })?]
+                };
+                for st in list {
+                    let lo = w.param(Arg::Int(i64::from(st.urgency() * 10)));
+                    let hi = w.param(Arg::Int(i64::from(st.urgency() * 10 + 9)));
+                    ranges.push(format!("board_key BETWEEN {lo} AND {hi}"));
+                }
+            }
+            w.terms.push(format!("({})", ranges.join(" OR ")));
+        }
+        if let Some(s) = &q.since {
+            let p = w.param(Arg::Int(ms(parse_rfc3339("since", s)?)));
+            w.terms.push(format!("last_seen_ms >= {p}"));
+        }
+        if let Some(s) = &q.until {
+            let p = w.param(Arg::Int(ms(parse_rfc3339("until", s)?)));
+            w.terms.push(format!("first_seen_ms <= {p}"));
+        }
+        if let Some(c) = &q.cursor {
+            let parts: Vec<&str> = c.splitn(3, '.').collect();
+            let [k, t, id] = parts[..] else { return Err(bad(&format!("cursor `{c}` is not one this API gave"))) };
+            let (Ok(k), Ok(t), Ok(id)) = (k.parse::<i64>(), t.parse::<i64>(), id.parse::<Uuid>()) else {
+                return Err(bad(&format!("cursor `{c}` is not one this API gave")));
+            };
+            let (pk, pt, pi) = (w.param(Arg::Int(k)), w.param(Arg::Int(t)), w.param(Arg::Text(id.to_string())));
+            w.terms.push(format!(
+                "(board_key > {pk} OR (board_key = {pk} AND (last_seen_ms < {pt} OR (last_seen_ms = {pt} AND id < {pi}))))"
+            ));
+        }
+        let lim = w.param(Arg::Int(limit + 1));
+        let sql = format!(
+            "SELECT {COLUMNS}, board_key FROM incidents {} ORDER BY board_key, last_seen_ms DESC, id DESC LIMIT {lim}",
+            w.sql()
+        );
+        let rows = w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
+        let mut items: Vec<Incident> = rows.iter().map(incident_of_row).collect::<Result<_>>()?;
+        let next = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|i| format!("{}.{}.{}", board_key(i.state, i.severity), ms(i.last_seen), i.id))
+        } else {
+            None
+        };
+        Ok(IncidentPage { items, next })
+    }
+
+    /// One incident.
+    pub async fn incident(&self, id: Uuid) -> Result<Option<Incident>> {
+        let sql = format!("SELECT {COLUMNS} FROM incidents WHERE id = $1");
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(incident_of_row)
+            .transpose()
+    }
+
+    /// An incident with its correlation and its timeline (its latest 200 occurrences, its
+    /// workflow's steps, the operators' notes), newest first.
+    pub async fn incident_detail(&self, id: Uuid) -> Result<Option<IncidentDetail>> {
+        let Some(incident) = self.incident(id).await? else { return Ok(None) };
+        let mut timeline = self.occurrences("incident_id = $1", &[id.to_string()], 200).await?;
+        if let Some(w) = incident.workflow_id {
+            let rows =
+                sqlx::query(&format!("{} WHERE workflow_id = $1 ORDER BY at_ms DESC LIMIT 200", super::STEP_SELECT))
+                    .bind(w.to_string())
+                    .fetch_all(&self.pool)
+                    .await?;
+            for r in rows {
+                let step = super::step_of_row(&r)?;
+                timeline.push(Entry::Step { at: step.at, step });
+            }
+        }
+        timeline.extend(self.notes(&[id.to_string()]).await?);
+        let correlation = match incident.correlation_id {
+            Some(c) => self.correlation(c).await?,
+            None => None,
+        };
+        Ok(Some(IncidentDetail { incident, correlation, timeline: newest_first(timeline, 600) }))
+    }
+
+    async fn occurrences(&self, cond: &str, args: &[String], limit: i64) -> Result<Vec<Entry>> {
+        let sql = format!(
+            "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at, \
+             clock_skew_ms, sort_at_ms, incident_id, expected FROM fault_events WHERE {cond} \
+             ORDER BY sort_at_ms DESC, id DESC LIMIT {limit}"
+        );
+        let mut q = sqlx::query(&sql);
+        for a in args {
+            q = q.bind(a.as_str());
+        }
+        q.fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(Entry::Occurrence {
+                    at: time(r.try_get("sort_at_ms")?)?,
+                    record: Box::new(super::fault_of_row(r)?),
+                    incident_id: r.try_get::<Option<String>, _>("incident_id")?.map(|s| uuid(&s)).transpose()?,
+                    expected: r.try_get::<i32, _>("expected")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn notes(&self, incidents: &[String]) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for chunk in incidents.chunks(200) {
+            let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let sql = format!(
+                "SELECT incident_id, at_ms, by_name, action, text FROM incident_notes WHERE incident_id IN ({}) \
+                 ORDER BY at_ms DESC LIMIT 200",
+                params.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(Entry::Note {
+                    at: time(r.try_get("at_ms")?)?,
+                    incident_id: uuid(&r.try_get::<String, _>("incident_id")?)?,
+                    by: r.try_get("by_name")?,
+                    action: r.try_get("action")?,
+                    text: r.try_get("text")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A node's active incidents and its timeline: its latest 200 faults and steps, and the
+    /// notes on its incidents, newest first.
+    pub async fn node_timeline(&self, cluster: &str, node: &str) -> Result<NodeTimeline> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM incidents WHERE cluster = $1 AND node = $2 AND active = 1 ORDER BY board_key, last_seen_ms DESC"
+        );
+        let rows = sqlx::query(&sql).bind(cluster).bind(node).fetch_all(&self.pool).await?;
+        let incidents: Vec<Incident> = rows.iter().map(incident_of_row).collect::<Result<_>>()?;
+        let args = [cluster.to_owned(), node.to_owned()];
+        let mut timeline = self.occurrences("cluster = $1 AND node = $2", &args, 200).await?;
+        let rows = sqlx::query(&format!(
+            "{} WHERE cluster = $1 AND node = $2 ORDER BY at_ms DESC LIMIT 200",
+            super::STEP_SELECT
+        ))
+        .bind(cluster)
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let step = super::step_of_row(&r)?;
+            timeline.push(Entry::Step { at: step.at, step });
+        }
+        let ids: Vec<String> = sqlx::query("SELECT id FROM incidents WHERE cluster = $1 AND node = $2")
+            .bind(cluster)
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        timeline.extend(self.notes(&ids).await?);
+        let health = self
+            .gate_view()
+            .await?
+            .clusters
+            .into_iter()
+            .find(|h| h.cluster == cluster)
+            .and_then(|h| h.unhealthy.into_iter().find(|u| u.name == node));
+        Ok(NodeTimeline {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+            incidents,
+            health,
+            timeline: newest_first(timeline, 400),
+        })
+    }
+
+    /// Per cluster: its size and readiness from its latest health sample, the nodes Firebreak
+    /// took out of service, nodes escalated, and active incidents (and their nodes) by class.
+    pub async fn fleet(&self) -> Result<Vec<ClusterSummary>> {
+        let mut out: BTreeMap<String, ClusterSummary> = BTreeMap::new();
+        for h in self.gate_view().await?.clusters {
+            let s = out.entry(h.cluster.clone()).or_default();
+            s.nodes = Some(h.nodes as i64);
+            s.ready = Some(h.ready as i64);
+            s.out_of_service = Some(h.unhealthy.iter().filter(|u| u.out_of_service).count() as i64);
+            s.sampled_at = Some(h.at);
+        }
+        let rows = sqlx::query(
+            "SELECT cluster, class, COUNT(*) AS n, COUNT(DISTINCT node) AS nodes FROM incidents WHERE active = 1 \
+             GROUP BY cluster, class",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let s = out.entry(r.try_get("cluster")?).or_default();
+            let class: String = r.try_get("class")?;
+            s.open_by_class.insert(class.clone(), r.try_get("n")?);
+            s.nodes_by_class.insert(class, r.try_get("nodes")?);
+        }
+        let rows = sqlx::query(
+            "SELECT cluster, COUNT(DISTINCT node) AS nodes FROM incidents WHERE active = 1 AND state = 'escalated' \
+             GROUP BY cluster",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            out.entry(r.try_get("cluster")?).or_default().escalated_nodes = r.try_get("nodes")?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|(cluster, mut s)| {
+                s.cluster = cluster;
+                s
+            })
+            .collect())
+    }
+
+    /// One correlation.
+    pub async fn correlation(&self, id: Uuid) -> Result<Option<Correlation>> {
+        sqlx::query("SELECT body FROM correlations WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| {
+                serde_json::from_str(&r.try_get::<String, _>("body")?)
+                    .map_err(|e| Error::Corrupt(format!("correlation {id}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Correlations with an active incident, newest first.
+    pub async fn active_correlations(&self) -> Result<Vec<Correlation>> {
+        let rows = sqlx::query(
+            "SELECT body FROM correlations WHERE id IN \
+             (SELECT DISTINCT correlation_id FROM incidents WHERE active = 1 AND correlation_id IS NOT NULL) \
+             ORDER BY last_seen_ms DESC LIMIT 50",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(&r.try_get::<String, _>("body")?)
+                    .map_err(|e| Error::Corrupt(format!("correlation: {e}")))
+            })
+            .collect()
+    }
+
+    /// Records an operator's action on an incident and applies it; the incident as it now is.
+    /// A resolved incident takes notes only.
+    pub async fn act(&self, id: Uuid, by: &str, action: &Action) -> Result<Option<Incident>> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("SELECT {COLUMNS} FROM incidents WHERE id = $1");
+        let Some(row) = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let mut i = incident_of_row(&row)?;
+        let before = i.version;
+        let live = i.state != IncidentState::Resolved;
+        let text = match action {
+            Action::Acknowledge { note } => {
+                if live {
+                    i.state = IncidentState::Acknowledged;
+                    i.acknowledged_by = Some(by.to_owned());
+                    i.reason = format!("acknowledged by {by}: {note}");
+                }
+                note.clone()
+            }
+            Action::Silence { until, note } => {
+                if *until <= now {
+                    return Err(bad(&format!("silence until {until}: that is not in the future")));
+                }
+                if live {
+                    i.state = IncidentState::Silenced;
+                    i.silenced_until = Some(*until);
+                    i.reason = format!("silenced by {by} until {}: {note}", super::fmt(*until));
+                }
+                format!("until {}: {note}", super::fmt(*until))
+            }
+            Action::Assign { to } => {
+                i.assignee = Some(to.clone());
+                format!("assigned to {to}")
+            }
+            Action::Annotate { text } => text.clone(),
+            Action::ClearEscalation { note } => note.clone(),
+        };
+        sqlx::query(
+            "INSERT INTO incident_notes (id, incident_id, at_ms, by_name, action, text) VALUES ($1,$2,$3,$4,$5,$6)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(id.to_string())
+        .bind(ms(now))
+        .bind(by)
+        .bind(action.name())
+        .bind(text)
+        .execute(&mut *tx)
+        .await?;
+        put(&mut tx, &mut i, Some(before), now).await?;
+        tx.commit().await?;
+        Ok(Some(i))
+    }
+
+    /// Ends silences that are over and resolves incidents nothing works on that stayed quiet for
+    /// `rules.resolve_quiet_after`; the incidents changed.
+    pub async fn expire(&self, now: DateTime<Utc>) -> Result<Vec<Incident>> {
+        let quiet = ms(now - self.rules.resolve_quiet_after);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM incidents WHERE active = 1 AND ((state = 'silenced' AND silenced_until_ms <= $1) \
+             OR (state IN ('open', 'acknowledged', 'silenced') AND last_seen_ms < $2)) LIMIT 1000"
+        );
+        let rows = sqlx::query(&sql).bind(ms(now)).bind(quiet).fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let mut i = incident_of_row(&r)?;
+            let before = i.version;
+            if ms(i.last_seen) < quiet {
+                let quiet_s = self.rules.resolve_quiet_after.num_seconds();
+                let why = format!("no occurrence for {quiet_s} s since {}", super::fmt(i.last_seen));
+                resolve(&mut i, now, why);
+            } else {
+                i.state = natural_state(&i);
+                i.reason = format!("silence ended at {}", i.silenced_until.map(super::fmt).unwrap_or_default());
+                i.silenced_until = None;
+            }
+            let mut tx = self.pool.begin().await?;
+            match put(&mut tx, &mut i, Some(before), now).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    out.push(i);
+                }
+                // Another writer changed it: the next round sees its change.
+                Err(Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Incidents changed since they were last published, oldest change first.
+    pub async fn unpublished_incidents(&self, limit: i64) -> Result<Vec<Incident>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM incidents WHERE version > published_version ORDER BY updated_at_ms LIMIT $1"
+        );
+        sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?.iter().map(incident_of_row).collect()
+    }
+
+    /// Marks incidents published at the versions given.
+    pub async fn incidents_published(&self, done: &[(Uuid, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, v) in done {
+            sqlx::query("UPDATE incidents SET published_version = $2 WHERE id = $1 AND published_version < $2")
+                .bind(id.to_string())
+                .bind(*v)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Occurrences not yet published, in the order they were received.
+    pub async fn unpublished_occurrences(&self, limit: i64) -> Result<Vec<Occurrence>> {
+        let rows = sqlx::query(
+            "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at, \
+             clock_skew_ms, incident_id, expected FROM fault_events WHERE published = 0 \
+             ORDER BY received_at_ms, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|r| {
+                let incident = match r.try_get::<Option<String>, _>("incident_id") {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return None,
+                    Err(e) => return Some(Err(e.into())),
+                };
+                Some((|| {
+                    Ok(Occurrence {
+                        event: super::fault_of_row(r)?.event,
+                        incident_id: uuid(&incident)?,
+                        expected: r.try_get::<i32, _>("expected")? != 0,
+                    })
+                })())
+            })
+            .collect()
+    }
+
+    /// Marks occurrences published.
+    pub async fn occurrences_published(&self, ids: &[Uuid]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in ids.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let sql = format!("UPDATE fault_events SET published = 1 WHERE id IN ({})", params.join(","));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Correlations changed since they were last published, with their versions.
+    pub async fn unpublished_correlations(&self) -> Result<Vec<(Correlation, i64)>> {
+        let rows = sqlx::query(
+            "SELECT body, version FROM correlations WHERE version > published_version ORDER BY last_seen_ms LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = serde_json::from_str(&r.try_get::<String, _>("body")?)
+                    .map_err(|e| Error::Corrupt(format!("correlation: {e}")))?;
+                Ok((c, r.try_get("version")?))
+            })
+            .collect()
+    }
+
+    /// Marks a correlation published at a version.
+    pub async fn correlation_published(&self, id: Uuid, version: i64) -> Result<()> {
+        sqlx::query("UPDATE correlations SET published_version = $2 WHERE id = $1 AND published_version < $2")
+            .bind(id.to_string())
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(state: &str) -> RemediationEvent {
+        RemediationEvent {
+            id: Uuid::now_v7(),
+            workflow_id: Uuid::now_v7(),
+            cluster: "c1".into(),
+            node: "n1".into(),
+            trigger_event_id: Uuid::now_v7(),
+            state: state.into(),
+            reason: "why".into(),
+            at: Utc::now(),
+        }
+    }
+
+    fn incident() -> Incident {
+        let e = FaultEvent {
+            id: Uuid::now_v7(),
+            cluster: "c1".into(),
+            node: "n1".into(),
+            class: FaultClass::System,
+            kind: FaultKind::KernelHung,
+            severity: Severity::Warning,
+            source: firebreak_schema::Source::Agent,
+            observed_at: Utc::now(),
+            message: "hung".into(),
+            evidence: Default::default(),
+        };
+        open(&e)
+    }
+
+    #[test]
+    fn a_workflow_moves_its_incident_and_an_operator_hold_outlasts_progress() {
+        let mut i = incident();
+        assert!(apply_step(&mut i, &step("cordoning")));
+        assert_eq!(i.state, IncidentState::Remediating);
+        i.state = IncidentState::Acknowledged;
+        apply_step(&mut i, &step("draining"));
+        assert_eq!(i.state, IncidentState::Acknowledged, "progress does not undo an operator's acknowledgement");
+        apply_step(&mut i, &step("escalated"));
+        assert_eq!(i.state, IncidentState::Escalated);
+        assert_eq!(natural_state(&i), IncidentState::Escalated);
+        apply_step(&mut i, &step("healed"));
+        assert_eq!((i.state, i.resolved_at.is_some()), (IncidentState::Resolved, true));
+        assert!(!apply_step(&mut i, &step("escalated")), "a resolved incident stays resolved");
+    }
+
+    #[test]
+    fn the_board_orders_by_state_then_severity() {
+        let k = |s, v| board_key(s, v);
+        assert!(k(IncidentState::Escalated, Severity::Info) < k(IncidentState::Open, Severity::Critical));
+        assert!(k(IncidentState::Open, Severity::Critical) < k(IncidentState::Open, Severity::Warning));
+        assert!(k(IncidentState::Silenced, Severity::Critical) < k(IncidentState::Resolved, Severity::Critical));
+        for s in IncidentState::ALL {
+            for v in [Severity::Info, Severity::Warning, Severity::Critical] {
+                let key = k(s, v);
+                assert!((s.urgency() * 10..=s.urgency() * 10 + 9).contains(&key), "the state filter's range holds it");
+            }
+        }
+    }
+}

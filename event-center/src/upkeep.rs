@@ -1,0 +1,111 @@
+//! The event center's background work: the outbox that publishes what the store changed on the
+//! subscription topics (occurrences, incidents' current state, correlations on the health topic),
+//! the expiry of silences and quiet incidents, and retention.
+//!
+//! The store marks each change unpublished in the transaction that made it, and this task
+//! publishes it and then marks it published: a crash in between publishes it again (consumers see
+//! at least once: occurrences carry the fault's id, incidents a version). Nothing here is on the
+//! ingest path; a broker that is down delays the topics, never the store.
+
+use std::{sync::Arc, time::Duration};
+
+use firebreak_plumbing::kafka::Producer;
+use firebreak_schema::{HEALTH_TOPIC, INCIDENTS_TOPIC, OCCURRENCES_TOPIC};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Live, Result, store::Store};
+
+/// How the background work runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Upkeep {
+    /// How incidents are formed, correlated and resolved when quiet.
+    pub rules: crate::store::Rules,
+    /// Faults, steps and resolved incidents older than this are deleted.
+    pub retain_for: chrono::TimeDelta,
+    /// At most this many faults are kept (the oldest go first).
+    pub retain_faults: i64,
+    /// How often silences and quiet incidents are checked.
+    pub expire_every: Duration,
+    /// How often retention runs.
+    pub retain_every: Duration,
+}
+
+impl Default for Upkeep {
+    fn default() -> Self {
+        Self {
+            rules: crate::store::Rules::default(),
+            retain_for: chrono::TimeDelta::days(30),
+            retain_faults: 5_000_000,
+            expire_every: Duration::from_secs(10),
+            retain_every: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Publishes the outbox whenever `wake` fires (after each write) and every second; runs expiry
+/// and retention on their intervals; until `cancel`.
+pub(crate) async fn run(
+    store: Store,
+    producer: Producer,
+    upkeep: Upkeep,
+    wake: Arc<Notify>,
+    live: broadcast::Sender<Live>,
+    cancel: CancellationToken,
+) {
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut expire = tokio::time::interval(upkeep.expire_every);
+    let mut retain = tokio::time::interval(upkeep.retain_every);
+    for t in [&mut publish, &mut expire, &mut retain] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = publish.tick() => {}
+            _ = expire.tick() => match store.expire(chrono::Utc::now()).await {
+                Ok(changed) => {
+                    crate::consumer::tell(&live, crate::store::Changed { incidents: changed, correlations: Vec::new() });
+                }
+                Err(error) => tracing::warn!(%error, "expiring silences and quiet incidents failed; retried"),
+            },
+            _ = retain.tick() => match store.retain(upkeep.retain_for, upkeep.retain_faults).await {
+                Ok(r) => tracing::info!(faults = r.faults, steps = r.steps, incidents = r.incidents, "retention"),
+                Err(error) => tracing::warn!(%error, "retention failed; retried"),
+            },
+        }
+        if let Err(error) = publish_outbox(&store, &producer, &cancel).await {
+            tracing::warn!(%error, "publishing the outbox failed; retried");
+        }
+    }
+}
+
+/// Publishes what is unpublished, oldest first, each kind until none is left.
+async fn publish_outbox(store: &Store, producer: &Producer, cancel: &CancellationToken) -> Result<()> {
+    const PAGE: i64 = 1000;
+    while !cancel.is_cancelled() {
+        let occurrences = store.unpublished_occurrences(PAGE).await?;
+        if occurrences.is_empty() {
+            break;
+        }
+        // Sent in order, delivered concurrently: one node's stay in order on its partition.
+        futures::future::try_join_all(occurrences.iter().map(|o| producer.publish(OCCURRENCES_TOPIC, o))).await?;
+        let ids: Vec<uuid::Uuid> = occurrences.iter().map(|o| o.event.id).collect();
+        store.occurrences_published(&ids).await?;
+    }
+    while !cancel.is_cancelled() {
+        let incidents = store.unpublished_incidents(PAGE).await?;
+        if incidents.is_empty() {
+            break;
+        }
+        futures::future::try_join_all(incidents.iter().map(|i| producer.publish(INCIDENTS_TOPIC, i))).await?;
+        let done: Vec<(uuid::Uuid, i64)> = incidents.iter().map(|i| (i.id, i.version)).collect();
+        store.incidents_published(&done).await?;
+    }
+    for (c, version) in store.unpublished_correlations().await? {
+        producer.publish(HEALTH_TOPIC, &c).await?;
+        store.correlation_published(c.id, version).await?;
+    }
+    Ok(())
+}
