@@ -45,15 +45,25 @@ struct Running {
 }
 
 async fn start(kafka: &KafkaConfig, db: &str) -> Running {
+    start_with(kafka, db, "ec-test", None, Default::default()).await
+}
+
+async fn start_with(
+    kafka: &KafkaConfig,
+    db: &str,
+    group: &str,
+    tokens: Option<firebreak_plumbing::auth::Tokens>,
+    upkeep: firebreak_event_center::Upkeep,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
     let cfg = firebreak_event_center::Config {
         kafka: kafka.clone(),
         database_url: db.into(),
-        group_id: "ec-test".into(),
-        tokens: None,
-        upkeep: Default::default(),
+        group_id: group.into(),
+        tokens,
+        upkeep,
     };
     let c = cancel.clone();
     let task = tokio::spawn(async move { firebreak_event_center::run(cfg, listener, c).await.unwrap() });
@@ -262,13 +272,13 @@ async fn batches_store_each_fault_once(db: String) {
         fault("n3", FaultKind::KernelHung, 3),
     );
     let stored = |r: &[Option<firebreak_schema::EventRecord>]| r.iter().map(Option::is_some).collect::<Vec<_>>();
-    let first = store.insert_faults(&[a.clone(), b.clone(), a.clone()]).await.unwrap();
+    let first = store.insert_faults(&[a.clone(), b.clone(), a.clone()]).await.unwrap().0;
     assert_eq!(stored(&first), [true, true, false], "a duplicate in the same batch is stored once");
     assert_eq!(first[0].as_ref().unwrap().event, a);
-    let second = store.insert_faults(&[b.clone(), c.clone()]).await.unwrap();
+    let second = store.insert_faults(&[b.clone(), c.clone()]).await.unwrap().0;
     assert_eq!(stored(&second), [false, true], "stored by an earlier batch");
     let many: Vec<FaultEvent> = (10..460).map(|i| fault(&format!("m{i}"), FaultKind::MemoryUncorrectable, i)).collect();
-    assert!(store.insert_faults(&many).await.unwrap().iter().all(Option::is_some));
+    assert!(store.insert_faults(&many).await.unwrap().0.iter().all(Option::is_some));
     let filter = firebreak_event_center::EventFilter { limit: Some(1000), ..Default::default() };
     assert_eq!(store.list_faults(&filter).await.unwrap().len(), 453);
 }
@@ -314,12 +324,13 @@ impl Browser {
         .await;
         let id = session["value"]["sessionId"].as_str().expect("a session").to_owned();
         let b = Browser { driver, base: format!("{root}/session/{id}"), http };
+        let size = serde_json::json!({"width": 1280, "height": 900});
+        b.http.post(format!("{}/window/rect", b.base)).json(&size).send().await.unwrap();
         b.http.post(format!("{}/url", b.base)).json(&serde_json::json!({"url": url})).send().await.unwrap();
         b
     }
 
-    async fn text(&self, element: &str) -> String {
-        let script = format!("return document.getElementById('{element}').innerText");
+    async fn script(&self, script: &str) -> serde_json::Value {
         let v: serde_json::Value = self
             .http
             .post(format!("{}/execute/sync", self.base))
@@ -330,7 +341,23 @@ impl Browser {
             .json()
             .await
             .unwrap();
-        v["value"].as_str().unwrap_or_default().to_owned()
+        v["value"].clone()
+    }
+
+    async fn text(&self, element: &str) -> String {
+        let v = self.script(&format!("return document.getElementById('{element}').innerText")).await;
+        v.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Saves a screenshot of the page as `target/test-artifacts/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let v: serde_json::Value =
+            self.http.get(format!("{}/screenshot", self.base)).send().await.unwrap().json().await.unwrap();
+        let png = base64::engine::general_purpose::STANDARD.decode(v["value"].as_str().unwrap()).unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
     async fn wait_text(&self, element: &str, needle: &str) {
@@ -353,59 +380,60 @@ impl Drop for Browser {
     }
 }
 
+/// Issue 10: the on-call page in headless Chromium at 1280 px: the incident board (most urgent
+/// first, live, markup shown as text), the fleet view, the gate's banner halted with the reason
+/// and the measured values, and a node's page with its timeline; no horizontal overflow.
+/// Screenshots are kept in `target/test-artifacts/`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn web_page_lists_events_and_updates_live() {
-    let (_mock, kafka) = common::mock_kafka(&[
-        (FAULTS, 3),
-        (REMEDIATION_TOPIC, 1),
-        (firebreak_schema::HEALTH_TOPIC, 1),
-        (firebreak_schema::CHANGES_TOPIC, 1),
-    ]);
+async fn web_page_shows_board_fleet_gate_and_node() {
+    let (_mock, kafka) = incident_topics();
     let db = format!("sqlite://{}", temp_dir("ui").join("events.db").display());
-    let ec = start(&kafka, &db).await;
+    let ec = start_with(&kafka, &db, "ec-ui", None, no_quiet_resolution()).await;
     let producer = Producer::new(&kafka).unwrap();
-    let before = fault("node-before", FaultKind::MemoryUncorrectable, 0);
+    let mut before = fault("node-before", FaultKind::MemoryUncorrectable, 0);
+    before.severity = Severity::Warning;
     producer.publish(FAULTS, &before).await.unwrap();
-    wait_for("stored", Duration::from_secs(15), || async { (!events(&ec.url, "").await.is_empty()).then_some(()) })
-        .await;
+    incidents_until(&ec.url, "", |l| !l.is_empty()).await;
 
     let browser = Browser::open(&format!("{}/", ec.url)).await;
     browser.wait_text("status", "live").await;
-    browser.wait_text("faults", "node-before").await;
-    assert!(browser.text("faults").await.contains("MemoryUncorrectable"));
+    browser.wait_text("incidents", "node-before").await;
+    assert!(browser.text("incidents").await.contains("MemoryUncorrectable"));
 
     // Arrives while the page is open: shown without a reload, markup shown as text.
     let mut live = fault("node-live", FaultKind::KernelHung, 30);
     live.message = "<img src=x onerror=alert(1)> hung".into();
     producer.publish(FAULTS, &live).await.unwrap();
-    browser.wait_text("faults", "node-live").await;
-    assert!(browser.text("faults").await.contains("<img src=x onerror=alert(1)> hung"));
-    let step = firebreak_schema::RemediationEvent {
-        id: uuid::Uuid::now_v7(),
-        workflow_id: uuid::Uuid::now_v7(),
-        cluster: "c1".into(),
-        node: "node-live".into(),
-        trigger_event_id: live.id,
-        state: "healed".into(),
-        reason: "uncordoned and untainted".into(),
-        at: Utc::now(),
-    };
-    producer.publish(REMEDIATION_TOPIC, &step).await.unwrap();
-    browser.wait_text("steps", "healed").await;
-    assert!(browser.text("steps").await.contains("c1/node-live"));
+    browser.wait_text("incidents", "node-live").await;
+    assert!(browser.text("incidents").await.contains("<img src=x onerror=alert(1)> hung"));
+    let workflow = uuid::Uuid::now_v7();
+    producer.publish(REMEDIATION_TOPIC, &step(&live, workflow, "cordoning", 40)).await.unwrap();
+    producer.publish(REMEDIATION_TOPIC, &step(&live, workflow, "escalated", 50)).await.unwrap();
+    browser.wait_text("steps", "escalated").await;
+    // Escalated first: it needs a human.
+    wait_for("the escalated incident on top", Duration::from_secs(15), || async {
+        let first = browser.script("return document.querySelector('#incidents tr').innerText").await;
+        first.as_str().is_some_and(|t| t.contains("escalated") && t.contains("node-live")).then_some(())
+    })
+    .await;
 
-    // The gate's banner and the clusters' health: open, then halted with the reason and values.
+    // The fleet view and the gate: open, then halted with the reason and values.
     browser.wait_text("banner", "Gate open").await;
     let sample = firebreak_schema::HealthSample {
         cluster: "c1".into(),
         at: Utc::now(),
         nodes: 10,
-        ready: 10,
+        ready: 9,
         pod_starts: firebreak_schema::PodStarts { started: 83, failed: 17, ..Default::default() },
         ..Default::default()
     };
     producer.publish(firebreak_schema::HEALTH_TOPIC, &sample).await.unwrap();
-    browser.wait_text("health", "83.0 % of 100").await;
+    browser.wait_text("fleet", "83.0 % of 100").await;
+    let fleet = browser.text("fleet").await;
+    assert!(
+        fleet.contains("c1\t10\t9\t0\t1\t1\t1\t0"),
+        "cluster, nodes, ready, out of service, escalated, per class: {fleet:?}"
+    );
     let m = firebreak_schema::Measurement {
         rule: "pod-starts".into(),
         signal: "pod_start_success_rate".into(),
@@ -433,6 +461,24 @@ async fn web_page_lists_events_and_updates_live() {
     let banner = browser.text("banner").await;
     assert!(banner.contains("cluster=c1") && banner.contains("health rule pod-starts failed"), "{banner}");
     assert!(banner.contains("pod-starts: 83 (baseline 100) vs 90"), "{banner}");
+    // Full timestamps with the date and a relative age.
+    let year = Utc::now().format("%Y").to_string();
+    assert!(browser.text("incidents").await.contains(&year) && browser.text("incidents").await.contains("ago"));
+    let overflow = browser.script("return document.documentElement.scrollWidth - window.innerWidth").await;
+    assert!(overflow.as_i64().is_some_and(|o| o <= 0), "no horizontal overflow at 1280 px: {overflow}");
+    browser.screenshot("event-center-board").await;
+
+    // The node's page: its incident and its timeline of faults and steps with their reasons.
+    browser.script("location.hash = '#node/c1/node-live'; return 0").await;
+    browser.wait_text("timeline", "step escalated").await;
+    let timeline = browser.text("timeline").await;
+    assert!(
+        timeline.contains("fault KernelHung") && timeline.contains("escalated because the test says so"),
+        "{timeline}"
+    );
+    assert!(browser.text("node-incidents").await.contains("escalated"));
+    browser.screenshot("event-center-node").await;
+
     let lifted = firebreak_schema::Halt { resumed_at: Some(Utc::now()), resumed_by: Some("ops".into()), ..halt };
     producer.publish(firebreak_schema::CHANGES_TOPIC, &lifted).await.unwrap();
     browser.wait_text("banner", "Gate open").await;
@@ -450,23 +496,438 @@ async fn any_query_string_is_answered_200_or_400() {
     let (_mock, kafka) = common::mock_kafka(&[(FAULTS, 1), (REMEDIATION_TOPIC, 1)]);
     let db = format!("sqlite://{}", temp_dir("ec-query").join("events.db").display());
     let ec = start(&kafka, &db).await;
-    let pair = "(cluster|node|class|limit|kind|x|limit\\[\\]|)=(-?[0-9]{1,22}|[a-z0-9.-]{0,12}|%[0-9A-Fa-f]{0,2}|%00|%E2%80%AE|[^&#]{0,8})";
+    let pair = "(cluster|node|class|limit|kind|state|cursor|since|until|x|limit\\[\\]|)=(-?[0-9]{1,22}|[a-z0-9.-]{0,12}|%[0-9A-Fa-f]{0,2}|%00|%E2%80%AE|[^&#]{0,8})";
     let query = proptest::collection::vec(pair, 0..5).prop_map(|p| p.join("&"));
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
     for _ in 0..200 {
         let q = query.new_tree(&mut runner).unwrap().current();
-        for route in ["events", "remediations"] {
+        for route in ["events", "remediations", "incidents"] {
             let r = http.get(format!("{}/api/v1/{route}?{q}", ec.url)).send().await.unwrap();
             let status = r.status().as_u16();
             let body: serde_json::Value = r.json().await.unwrap_or_else(|e| panic!("{route}?{q}: not JSON: {e}"));
             match status {
-                200 => assert!(body.is_array(), "{route}?{q}: {body}"),
+                200 => assert!(body.is_array() || body["items"].is_array(), "{route}?{q}: {body}"),
                 400 => assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{route}?{q}: {body}"),
                 other => panic!("{route}?{q}: {other} {body}"),
             }
         }
     }
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Every topic the incident tests touch, on the mock broker.
+fn incident_topics() -> (rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig)
+{
+    common::mock_kafka(&[
+        (FAULTS, 3),
+        (REMEDIATION_TOPIC, 1),
+        (firebreak_schema::HEALTH_TOPIC, 1),
+        (firebreak_schema::CHANGES_TOPIC, 1),
+        (firebreak_schema::INCIDENTS_TOPIC, 3),
+        (firebreak_schema::OCCURRENCES_TOPIC, 3),
+        (firebreak_schema::DEAD_LETTER_TOPIC, 1),
+        (firebreak_schema::REMEDIATION_CONTROL_TOPIC, 1),
+    ])
+}
+
+/// The default upkeep, but incidents never resolve by quiet during a test (its faults are an
+/// hour old).
+fn no_quiet_resolution() -> firebreak_event_center::Upkeep {
+    let rules = firebreak_event_center::Rules { resolve_quiet_after: chrono::TimeDelta::days(1), ..Default::default() };
+    firebreak_event_center::Upkeep { rules, ..Default::default() }
+}
+
+/// A record as a platform service reads it: key, headers, body.
+struct Record {
+    key: String,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads a topic from its start until `done` says what was read is enough (or panics after 20 s).
+async fn read_topic(kafka: &KafkaConfig, topic: &str, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    use rdkafka::{
+        Message,
+        consumer::{BaseConsumer, Consumer},
+        message::Headers,
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while !done(&out) {
+        assert!(std::time::Instant::now() < deadline, "{topic}: only {} records in 20 s", out.len());
+        let polled = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200)));
+        if let Some(Ok(m)) = polled {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                headers,
+                body: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    out
+}
+
+fn step(trigger: &FaultEvent, workflow: uuid::Uuid, state: &str, secs: i64) -> firebreak_schema::RemediationEvent {
+    let at = DateTime::from_timestamp(*BASE + secs, 0).unwrap();
+    firebreak_schema::RemediationEvent {
+        id: deterministic_id(at, &[&workflow.to_string(), state]),
+        workflow_id: workflow,
+        cluster: trigger.cluster.clone(),
+        node: trigger.node.clone(),
+        trigger_event_id: trigger.id,
+        state: state.into(),
+        reason: format!("{state} because the test says so"),
+        at,
+    }
+}
+
+async fn incidents(url: &str, query: &str) -> Vec<serde_json::Value> {
+    get_json(&format!("{url}/api/v1/incidents?{query}"))
+        .await
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Waits until the incidents matching `query` satisfy `ok`, and returns them.
+async fn incidents_until(url: &str, query: &str, ok: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    wait_for(&format!("incidents?{query}"), Duration::from_secs(20), || async {
+        let list = incidents(url, query).await;
+        ok(&list).then_some(list)
+    })
+    .await
+}
+
+/// Issue 10: one incident per fingerprint, each occurrence counted once whatever is replayed,
+/// moved by its workflow (remediating, escalated, resolved when the node heals), with the faults
+/// the repair itself causes attached as expected; and every change on the subscription topics.
+async fn incidents_dedupe_count_and_follow_their_workflow(db: String) {
+    let (_mock, kafka) = incident_topics();
+    let ec = start_with(&kafka, &db, "ec-incidents", None, no_quiet_resolution()).await;
+    let producer = Producer::new(&kafka).unwrap();
+    let hung: Vec<FaultEvent> = (0..3).map(|k| fault("n1", FaultKind::KernelHung, k * 10)).collect();
+    for f in hung.iter().chain([&hung[0]]) {
+        producer.publish(FAULTS, f).await.unwrap();
+    }
+    producer.publish(FAULTS, &fault("n2", FaultKind::MemoryUncorrectable, 5)).await.unwrap();
+    let list = incidents_until(&ec.url, "node=n1", |l| l.first().is_some_and(|i| i["occurrences"] == 3)).await;
+    assert_eq!(list.len(), 1, "one incident per fingerprint: {list:?}");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, hung[0].id.to_string(), "an incident's id is its first occurrence's");
+    assert_eq!((list[0]["state"].as_str(), list[0]["fingerprint"].as_str()), (Some("open"), Some("c1/n1/KernelHung")));
+
+    let workflow = uuid::Uuid::now_v7();
+    producer.publish(REMEDIATION_TOPIC, &step(&hung[0], workflow, "cordoning", 40)).await.unwrap();
+    incidents_until(&ec.url, "node=n1", |l| l.first().is_some_and(|i| i["state"] == "remediating")).await;
+    // The reboot makes the node NotReady: expected, attached, not a new incident.
+    producer.publish(FAULTS, &fault("n1", FaultKind::NodeNotReady, 50)).await.unwrap();
+    let list = incidents_until(&ec.url, "node=n1", |l| l.first().is_some_and(|i| i["expected"] == 1)).await;
+    assert_eq!((list.len(), &list[0]["occurrences"]), (1, &serde_json::json!(3)), "{list:?}");
+    producer.publish(REMEDIATION_TOPIC, &step(&hung[0], workflow, "escalated", 60)).await.unwrap();
+    let list = incidents_until(&ec.url, "state=escalated", |l| !l.is_empty()).await;
+    assert!(list[0]["reason"].as_str().unwrap().contains("escalated because the test says so"), "{list:?}");
+    assert_eq!(list[0]["workflow_id"], workflow.to_string());
+    // Most urgent first: the escalated incident above the open critical one.
+    let board = incidents(&ec.url, "state=active").await;
+    assert_eq!(board.iter().map(|i| i["node"].as_str().unwrap()).collect::<Vec<_>>(), ["n1", "n2"]);
+
+    // A restart that replays every record from the start counts nothing twice.
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+    let ec = start_with(&kafka, &db, "ec-incidents-replay", None, no_quiet_resolution()).await;
+    wait_for("the replay is read", Duration::from_secs(30), || async {
+        let lag = get_json(&format!("{}/api/v1/lag", ec.url)).await?;
+        (lag["total"] == 0 && lag["measured_every_s"].is_number()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let list = incidents(&ec.url, "node=n1").await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((&list[0]["occurrences"], &list[0]["expected"]), (&serde_json::json!(3), &serde_json::json!(1)));
+
+    // The node heals: its incidents resolve; a new fault afterwards is a new incident.
+    producer.publish(REMEDIATION_TOPIC, &step(&hung[0], workflow, "healed", 70)).await.unwrap();
+    incidents_until(&ec.url, "node=n1&state=resolved", |l| l.len() == 1).await;
+    let again = fault("n1", FaultKind::KernelHung, 80);
+    producer.publish(FAULTS, &again).await.unwrap();
+    let list = incidents_until(&ec.url, "node=n1&state=open", |l| l.len() == 1).await;
+    assert_eq!(list[0]["id"], again.id.to_string());
+
+    // The incident's timeline: its occurrences (the expected one too) and its workflow's steps.
+    let detail = get_json(&format!("{}/api/v1/incidents/{id}", ec.url)).await.unwrap();
+    let kinds: Vec<&str> = detail["timeline"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "occurrence").count(), 4, "{detail}");
+    assert_eq!(kinds.iter().filter(|k| **k == "step").count(), 3, "{detail}");
+    assert_eq!(detail["incident"]["state"], "resolved");
+    let timeline = get_json(&format!("{}/api/v1/nodes/c1/n1", ec.url)).await.unwrap();
+    assert_eq!(timeline["incidents"].as_array().unwrap().len(), 1, "only the active one: {timeline}");
+    assert!(timeline["timeline"].as_array().unwrap().iter().any(|e| e["expected"] == true), "{timeline}");
+    let fleet = get_json(&format!("{}/api/v1/fleet", ec.url)).await.unwrap();
+    assert_eq!(fleet[0]["cluster"], "c1");
+    assert_eq!(
+        (&fleet[0]["nodes_by_class"]["system"], &fleet[0]["nodes_by_class"]["hardware"]),
+        (&serde_json::json!(1), &serde_json::json!(1))
+    );
+
+    // The topics: the incident's states in order, keyed by its id, CloudEvents headers; every
+    // occurrence once (at least once, deduplicated by id), keyed by node.
+    let resolved = |r: &[Record]| {
+        r.iter().any(|r| {
+            r.key == id && serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["state"] == "resolved"
+        })
+    };
+    let states = read_topic(&kafka, firebreak_schema::INCIDENTS_TOPIC, resolved).await;
+    let mine: Vec<firebreak_schema::Incident> =
+        states.iter().filter(|r| r.key == id).map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert!(states.iter().all(|r| r.headers.get("ce_type").map(String::as_str) == Some("io.firebreak.incident.v1")));
+    assert!(mine.windows(2).all(|w| w[0].version < w[1].version), "published in version order");
+    let seen: Vec<&str> = mine.iter().map(|i| i.state.as_str()).collect();
+    for state in ["open", "remediating", "escalated", "resolved"] {
+        assert!(seen.contains(&state), "{state} in {seen:?}");
+    }
+    let occurrences = read_topic(&kafka, firebreak_schema::OCCURRENCES_TOPIC, |r| {
+        r.iter().map(|r| r.headers.get("ce_id").cloned()).collect::<std::collections::BTreeSet<_>>().len() >= 6
+    })
+    .await;
+    let o: Vec<firebreak_schema::Occurrence> =
+        occurrences.iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert!(
+        occurrences.iter().all(|r| r.key.starts_with("c1/n") && r.headers["ce_type"] == "io.firebreak.occurrence.v1")
+    );
+    assert!(o.iter().any(|o| o.expected && o.event.kind == FaultKind::NodeNotReady && o.incident_id.to_string() == id));
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_sqlite() {
+    let db = format!("sqlite://{}", temp_dir("ec-incidents").join("events.db").display());
+    incidents_dedupe_count_and_follow_their_workflow(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    incidents_dedupe_count_and_follow_their_workflow(db).await;
+}
+
+/// Issue 10: K nodes of a cluster reporting the same kind within W are one correlated incident,
+/// on the API and the health topic; other kinds and fewer nodes are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlated_storm_is_grouped() {
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-storm").join("events.db").display());
+    let rules = firebreak_event_center::Rules {
+        correlate_nodes: 3,
+        correlate_window: chrono::TimeDelta::minutes(2),
+        ..no_quiet_resolution().rules
+    };
+    let upkeep = firebreak_event_center::Upkeep { rules, ..Default::default() };
+    let ec = start_with(&kafka, &db, "ec-storm", None, upkeep).await;
+    let producer = Producer::new(&kafka).unwrap();
+    // Two NICs down ten minutes apart (not a storm), then four within a minute (a storm).
+    producer.publish(FAULTS, &fault("early", FaultKind::NicDown, 0)).await.unwrap();
+    producer.publish(FAULTS, &fault("n0", FaultKind::KernelHung, 600)).await.unwrap();
+    for k in 1..=4 {
+        producer.publish(FAULTS, &fault(&format!("n{k}"), FaultKind::NicDown, 600 + k * 10)).await.unwrap();
+    }
+    let list: Vec<serde_json::Value> = wait_for("a correlation of four", Duration::from_secs(20), || async {
+        let l = get_json(&format!("{}/api/v1/correlations", ec.url)).await?.as_array()?.clone();
+        (l.len() == 1 && l[0]["nodes"].as_array()?.len() == 4).then_some(l)
+    })
+    .await;
+    let c = &list[0];
+    assert_eq!((c["kind"].as_str(), c["cluster"].as_str()), (Some("NicDown"), Some("c1")));
+    assert!(c["message"].as_str().unwrap().contains("likely infrastructure, not nodes"), "{c}");
+    assert!(!c["nodes"].as_array().unwrap().contains(&serde_json::json!("early")), "outside the window: {c}");
+    let members = incidents(&ec.url, "kind=NicDown").await;
+    assert_eq!(members.iter().filter(|i| i["correlation_id"] == c["id"]).count(), 4, "{members:?}");
+    assert!(incidents(&ec.url, "kind=KernelHung").await[0]["correlation_id"].is_null());
+    // On the health topic, beside the samples, for the gate.
+    let health = read_topic(&kafka, firebreak_schema::HEALTH_TOPIC, |r| !r.is_empty()).await;
+    assert_eq!(health[0].headers["ce_type"], "io.firebreak.correlation.v1");
+    assert_eq!(health[0].key, "c1");
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Issue 10: acknowledging, silencing, assigning, annotating need an operator's token (401
+/// without, 403 for a viewer's); a silence ends by itself; the OpenAPI document is served and
+/// each of its read routes answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_need_a_token_and_silences_expire() {
+    use firebreak_plumbing::auth::{Tokens, entry};
+    use firebreak_schema::Role;
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-actions").join("events.db").display());
+    let tokens = Tokens::parse(
+        &[entry("watcher", Role::Viewer, "v-secret"), entry("alice", Role::Operator, "o-secret")].join("\n"),
+    )
+    .unwrap();
+    let upkeep = firebreak_event_center::Upkeep { expire_every: Duration::from_millis(300), ..Default::default() };
+    let ec = start_with(&kafka, &db, "ec-actions", Some(tokens), upkeep).await;
+    let producer = Producer::new(&kafka).unwrap();
+    // Recent, so that no quiet resolution takes it during the test.
+    let mut f = fault("n1", FaultKind::ReadonlyFilesystem, 0);
+    f.observed_at = Utc::now();
+    f.id = deterministic_id(f.observed_at, &["actions"]);
+    producer.publish(FAULTS, &f).await.unwrap();
+    let id = incidents_until(&ec.url, "", |l| l.len() == 1).await[0]["id"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let post = |action: &str, token: Option<&str>, body: serde_json::Value| {
+        let mut r = http.post(format!("{}/api/v1/incidents/{id}/{action}", ec.url)).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let ack = serde_json::json!({"note": "looking"});
+    assert_eq!(post("acknowledge", None, ack.clone()).await.unwrap().status(), 401);
+    assert_eq!(post("acknowledge", Some("v-secret"), ack.clone()).await.unwrap().status(), 403);
+    let r = post("acknowledge", Some("o-secret"), ack).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let i: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((i["state"].as_str(), i["acknowledged_by"].as_str()), (Some("acknowledged"), Some("alice")));
+    assert_eq!(post("assign", Some("o-secret"), serde_json::json!({"to": "bob"})).await.unwrap().status(), 200);
+    assert_eq!(
+        post("annotate", Some("o-secret"), serde_json::json!({"text": "DIMM B2 suspected"})).await.unwrap().status(),
+        200
+    );
+    // Bad input: a 400 that says why; an unknown incident: 404.
+    for (action, body) in [
+        ("silence", serde_json::json!({"note": "no duration"})),
+        ("silence", serde_json::json!({"for": "30d"})),
+        ("silence", serde_json::json!({"until": "2001-01-01T00:00:00Z"})),
+        ("annotate", serde_json::json!({"text": ""})),
+        ("assign", serde_json::json!({"to": "bob", "extra": 1})),
+    ] {
+        let r = post(action, Some("o-secret"), body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{action} {body}");
+    }
+    let r = http
+        .post(format!("{}/api/v1/incidents/{}/acknowledge", ec.url, uuid::Uuid::now_v7()))
+        .bearer_auth("o-secret")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post("silence", Some("o-secret"), serde_json::json!({"for": "2s", "note": "maintenance"})).await.unwrap();
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["state"], "silenced");
+    let list = incidents_until(&ec.url, "", |l| l[0]["state"] == "open").await;
+    assert!(list[0]["reason"].as_str().unwrap().starts_with("silence ended"), "{list:?}");
+    assert_eq!(list[0]["assignee"], "bob");
+    let detail = get_json(&format!("{}/api/v1/incidents/{id}", ec.url)).await.unwrap();
+    let notes: Vec<(&str, &str)> = detail["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "note")
+        .map(|e| (e["action"].as_str().unwrap(), e["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(notes, [("silence", "alice"), ("annotate", "alice"), ("assign", "alice"), ("acknowledge", "alice")]);
+
+    // The OpenAPI document: every read route it names without parameters answers 200.
+    let doc = get_json(&format!("{}/api/v1/openapi.json", ec.url)).await.unwrap();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if ops.get("get").is_some() && !path.contains('{') && path != "/api/v1/stream" {
+            let r = reqwest::get(format!("{}{path}", ec.url)).await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+        }
+    }
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Issue 10: retention deletes faults past their age and beyond the count, oldest first, and
+/// nothing else: not a fault still waiting for the occurrences topic, not an active incident.
+async fn retention_deletes_only_what_it_should(db: String) {
+    let store = firebreak_event_center::Store::open(&db).await.unwrap();
+    let mut old: Vec<FaultEvent> = (0..3)
+        .map(|k| {
+            let mut f = fault(&format!("old{k}"), FaultKind::KernelHung, k);
+            f.observed_at = Utc::now() - chrono::TimeDelta::days(40) + chrono::TimeDelta::seconds(k);
+            f.id = deterministic_id(f.observed_at, &["old", &k.to_string()]);
+            f
+        })
+        .collect();
+    let new: Vec<FaultEvent> = (0..4)
+        .map(|k| {
+            let mut f = fault(&format!("new{k}"), FaultKind::KernelHung, k);
+            f.observed_at = Utc::now() - chrono::TimeDelta::minutes(10 - k);
+            f.id = deterministic_id(f.observed_at, &["new", &k.to_string()]);
+            f
+        })
+        .collect();
+    let (_, changed) = store.insert_faults(&[old.clone(), new.clone()].concat()).await.unwrap();
+    assert_eq!(changed.incidents.len(), 7);
+    // Published, all but the last old one.
+    let waiting = old.pop().unwrap();
+    let published: Vec<uuid::Uuid> = old.iter().chain(&new).map(|f| f.id).collect();
+    store.occurrences_published(&published).await.unwrap();
+    let all = firebreak_event_center::EventFilter { limit: Some(1000), ..Default::default() };
+    let ids = |l: Vec<firebreak_schema::EventRecord>| l.into_iter().map(|r| r.event.id).collect::<Vec<_>>();
+    let r = store.retain(chrono::TimeDelta::days(30), 1_000_000).await.unwrap();
+    assert_eq!(r.faults, 2, "{r:?}");
+    let left = ids(store.list_faults(&all).await.unwrap());
+    assert!(left.contains(&waiting.id), "not yet on the occurrences topic: kept");
+    assert!(new.iter().all(|f| left.contains(&f.id)));
+    // By count: the newest two stay (and the unpublished one).
+    let r = store.retain(chrono::TimeDelta::days(30), 2).await.unwrap();
+    assert_eq!(r.faults, 2, "{r:?}");
+    let left = ids(store.list_faults(&all).await.unwrap());
+    assert_eq!(left, [new[3].id, new[2].id, waiting.id]);
+    // Incidents stay while active, whatever their occurrences.
+    let page = store.list_incidents(&Default::default()).await.unwrap();
+    assert_eq!(page.items.len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sqlite() {
+    let db = format!("sqlite://{}", temp_dir("ec-retention").join("events.db").display());
+    retention_deletes_only_what_it_should(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    retention_deletes_only_what_it_should(db).await;
+}
+
+/// Issue 10: an undecodable record goes to the dead-letter topic as it came, with the reason and
+/// its origin in headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_go_to_the_dead_letter_topic() {
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-dlq").join("events.db").display());
+    let ec = start_with(&kafka, &db, "ec-dlq", None, Default::default()).await;
+    let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &kafka.brokers).create().unwrap();
+    let headers = OwnedHeaders::new().insert(Header { key: "ce_type", value: Some("io.firebreak.fault.v1") });
+    raw.send(FutureRecord::to(FAULTS).key("c1/bad").payload("{not json").headers(headers), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let dead = read_topic(&kafka, firebreak_schema::DEAD_LETTER_TOPIC, |r| !r.is_empty()).await;
+    assert_eq!((dead[0].key.as_str(), dead[0].body.as_slice()), ("c1/bad", b"{not json".as_slice()));
+    assert_eq!(dead[0].headers["ce_type"], "io.firebreak.fault.v1", "the record's own headers are kept");
+    assert_eq!(dead[0].headers["firebreak_topic"], FAULTS);
+    assert!(!dead[0].headers[firebreak_schema::DEAD_LETTER_REASON_HEADER].is_empty());
     ec.cancel.cancel();
     ec.task.await.unwrap();
 }

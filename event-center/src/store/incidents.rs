@@ -127,7 +127,7 @@ pub(super) fn apply_step(i: &mut Incident, step: &RemediationEvent) -> bool {
     }
     i.workflow_id = Some(step.workflow_id);
     i.workflow_state = Some(step.state.clone());
-    let why = format!("workflow {}: {}: {}", step.workflow_id, step.state, step.reason);
+    let why = format!("{}: {}", step.state, step.reason);
     match step.state.as_str() {
         "escalated" => {
             i.state = IncidentState::Escalated;
@@ -519,7 +519,7 @@ pub(super) async fn follow_step(
         let changed = if Some(i.id.to_string()) == trigger {
             apply_step(&mut i, step)
         } else if heals_node(step) && i.last_seen <= step.at {
-            resolve(&mut i, step.at, format!("node {}: workflow {}: {}", step.state, step.workflow_id, step.reason));
+            resolve(&mut i, step.at, format!("node {}: {}", step.state, step.reason));
             true
         } else {
             false
