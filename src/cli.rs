@@ -373,6 +373,10 @@ pub enum Command {
         tokens: Option<PathBuf>,
         #[command(flatten)]
         incidents: IncidentArgs,
+        /// Webhook subscriptions (TOML `[[webhooks]]`: url, secret_env, and optional clusters,
+        /// classes, min_severity): told, HMAC-signed, of incidents that open or change state.
+        #[arg(long)]
+        subscriptions: Option<PathBuf>,
     },
     /// Central gate: serve it, check a policy file, or operate it.
     Gate {
@@ -542,7 +546,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             Ok(firebreak_detector::run(cfg, client, metrics, cancel).await?)
         }
-        Command::EventCenter { kafka, database_url, listen, tokens, incidents } => {
+        Command::EventCenter { kafka, database_url, listen, tokens, incidents, subscriptions } => {
+            let webhooks = match subscriptions {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|source| crate::Error::Io { what: format!("read {}", path.display()), source })?;
+                    firebreak_event_center::subscriptions::parse(&text, |k| std::env::var(k).ok())?
+                }
+                None => Vec::new(),
+            };
             let tokens = match (tokens, std::env::var("FIREBREAK_EVENT_CENTER_TOKENS")) {
                 (Some(path), _) => Some(firebreak_plumbing::auth::Tokens::load(&path)?),
                 (None, Ok(text)) => Some(firebreak_plumbing::auth::Tokens::parse(&text)?),
@@ -557,6 +569,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 group_id: "firebreak-event-center".into(),
                 tokens,
                 upkeep: incidents.upkeep()?,
+                webhooks,
             };
             Ok(firebreak_event_center::run(cfg, listener, cancel).await?)
         }

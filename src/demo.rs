@@ -328,6 +328,7 @@ impl Stack {
             group_id: "firebreak-event-center".into(),
             tokens: Some(Tokens::parse(&tokens.file())?),
             upkeep: Default::default(),
+            webhooks: Vec::new(),
         };
         tasks.push(spawn_logged("event-center".into(), firebreak_event_center::run(ec, ec_listener, cancel.clone())));
 

@@ -180,6 +180,21 @@ fn bench_ingest_runs_in_smoke_mode() {
     }
 }
 
+/// The page's benchmark in its smoke size: the store is filled and every query is measured on
+/// SQLite and PostgreSQL.
+#[test]
+fn bench_ui_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "ui", "--events", "3000", "--nodes", "200", "--clusters", "4", "--queries", "3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["stored 3000 faults", "into 1000+ incidents", "board: fifth page", "node page (timeline)", "goal:"] {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+}
+
 /// The detect and isolate benchmarks in their smoke sizes: every faulted node is seen cordoned
 /// and tainted, and the tables say how fast.
 #[test]

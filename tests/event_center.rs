@@ -55,6 +55,17 @@ async fn start_with(
     tokens: Option<firebreak_plumbing::auth::Tokens>,
     upkeep: firebreak_event_center::Upkeep,
 ) -> Running {
+    start_with_webhooks(kafka, db, group, tokens, upkeep, Vec::new()).await
+}
+
+async fn start_with_webhooks(
+    kafka: &KafkaConfig,
+    db: &str,
+    group: &str,
+    tokens: Option<firebreak_plumbing::auth::Tokens>,
+    upkeep: firebreak_event_center::Upkeep,
+    webhooks: Vec<firebreak_event_center::subscriptions::Webhook>,
+) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let cancel = CancellationToken::new();
@@ -64,6 +75,7 @@ async fn start_with(
         group_id: group.into(),
         tokens,
         upkeep,
+        webhooks,
     };
     let c = cancel.clone();
     let task = tokio::spawn(async move { firebreak_event_center::run(cfg, listener, c).await.unwrap() });
@@ -694,8 +706,16 @@ async fn incidents_dedupe_count_and_follow_their_workflow(db: String) {
         })
     };
     let states = read_topic(&kafka, firebreak_schema::INCIDENTS_TOPIC, resolved).await;
-    let mine: Vec<firebreak_schema::Incident> =
-        states.iter().filter(|r| r.key == id).map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    // Decoded as docs/subscriptions.md shows a platform service doing it.
+    let mine: Vec<firebreak_schema::Incident> = states
+        .iter()
+        .filter(|r| r.key == id)
+        .map(|r| {
+            let headers: Vec<(&str, Option<&[u8]>)> =
+                r.headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect();
+            firebreak_schema::decode(headers, Some(&r.body)).unwrap()
+        })
+        .collect();
     assert!(states.iter().all(|r| r.headers.get("ce_type").map(String::as_str) == Some("io.firebreak.incident.v1")));
     assert!(mine.windows(2).all(|w| w[0].version < w[1].version), "published in version order");
     let seen: Vec<&str> = mine.iter().map(|i| i.state.as_str()).collect();
@@ -930,4 +950,103 @@ async fn undecodable_records_go_to_the_dead_letter_topic() {
     assert!(!dead[0].headers[firebreak_schema::DEAD_LETTER_REASON_HEADER].is_empty());
     ec.cancel.cancel();
     ec.task.await.unwrap();
+}
+
+/// Issue 10: a webhook subscription is told, HMAC-signed, of the incidents its filter wants when
+/// they open or change state, and of nothing else (not of each occurrence, not of other classes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_subscriptions_are_told_of_state_changes_they_want() {
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-webhooks").join("events.db").display());
+    let (url, mut got) = common::webhook_receiver().await;
+    let file = format!(
+        "[[webhooks]]\nurl = \"{url}\"\nsecret_env = \"HOOK\"\nclusters = [\"c1\"]\nclasses = [\"hardware\"]\nmin_severity = \"warning\"\n"
+    );
+    let webhooks =
+        firebreak_event_center::subscriptions::parse(&file, |k| (k == "HOOK").then(|| "hook-secret".into())).unwrap();
+    let ec = start_with_webhooks(&kafka, &db, "ec-webhooks", None, no_quiet_resolution(), webhooks).await;
+    let producer = Producer::new(&kafka).unwrap();
+    let dimm = fault("n1", FaultKind::MemoryUncorrectable, 0);
+    producer.publish(FAULTS, &fault("n2", FaultKind::KernelHung, 0)).await.unwrap();
+    producer.publish(FAULTS, &dimm).await.unwrap();
+    async fn next(got: &mut tokio::sync::mpsc::UnboundedReceiver<common::Delivery>) -> common::Delivery {
+        let got = tokio::time::timeout(Duration::from_secs(15), got.recv());
+        got.await.expect("a delivery within 15 s").expect("the receiver runs")
+    }
+    let (signature, event, body) = next(&mut got).await;
+    assert_eq!(signature, firebreak_plumbing::webhook::signature(b"hook-secret", &body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((event.as_str(), &v["incident"]["node"]), ("open", &serde_json::json!("n1")));
+    // Another occurrence changes the count, not the state: no delivery.
+    producer.publish(FAULTS, &fault("n1", FaultKind::MemoryUncorrectable, 10)).await.unwrap();
+    incidents_until(&ec.url, "node=n1", |l| l.first().is_some_and(|i| i["occurrences"] == 2)).await;
+    producer.publish(REMEDIATION_TOPIC, &step(&dimm, uuid::Uuid::now_v7(), "escalated", 20)).await.unwrap();
+    let (_, event, body) = next(&mut got).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((event.as_str(), v["incident"]["occurrences"].as_i64()), ("escalated", Some(2)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(got.try_recv().is_err(), "nothing for the system-class incident, nothing twice");
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Issue 10: two replicas share the fault topic's partitions through their consumer group; one
+/// is killed (SIGKILL, offsets uncommitted) mid-ingest; the other takes its partitions over and
+/// replays what it had not committed. Every occurrence is counted exactly once and each
+/// fingerprint has one incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_ingest_loses_and_doubles_nothing() {
+    let Some(db) = common::postgres_db().await else { return };
+    let (_mock, kafka) = incident_topics();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = std::fs::File::create(temp_dir("ec-replica").join("a.log")).unwrap();
+    let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["event-center", "--no-create-topics", "--kafka-brokers", &kafka.brokers, "--database-url", &db])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--resolve-quiet-after", "1d"])
+        .args([
+            "--kafka-consumer-option",
+            "session.timeout.ms=6000",
+            "--kafka-consumer-option",
+            "heartbeat.interval.ms=500",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let a_url = format!("http://127.0.0.1:{port}");
+    // The group id the binary uses, so that both are one group.
+    let b = start_with(&kafka, &db, "firebreak-event-center", None, no_quiet_resolution()).await;
+    wait_for("replica A ready", Duration::from_secs(30), || async {
+        reqwest::get(format!("{a_url}/readyz")).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    let producer = Producer::new(&kafka).unwrap();
+    let (nodes, repeats): (usize, i64) = (60, 10);
+    let all: Vec<FaultEvent> = (0..repeats)
+        .flat_map(|r| {
+            (0..nodes)
+                .map(move |n| fault(&format!("r{n:02}"), [FaultKind::KernelHung, FaultKind::NicDown][n % 2], r * 10))
+        })
+        .collect();
+    for (k, f) in all.iter().enumerate() {
+        producer.publish(FAULTS, f).await.unwrap();
+        if k == all.len() / 2 {
+            a.start_kill().unwrap();
+        }
+    }
+    a.wait().await.unwrap();
+    let list = incidents_until(&b.url, "limit=1000", |l| {
+        l.len() == nodes
+            && l.iter().map(|i| i["occurrences"].as_i64().unwrap_or(0)).sum::<i64>() == nodes as i64 * repeats
+    })
+    .await;
+    assert!(list.iter().all(|i| i["occurrences"] == repeats), "{list:?}");
+    // And it stays so: nothing is counted late, twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = incidents(&b.url, "limit=1000").await;
+    assert_eq!(again.iter().map(|i| i["occurrences"].as_i64().unwrap()).sum::<i64>(), nodes as i64 * repeats);
+    b.cancel.cancel();
+    b.task.await.unwrap();
 }

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS incidents (
     active INTEGER NOT NULL,
     updated_at_ms BIGINT NOT NULL,
     version BIGINT NOT NULL,
-    published_version BIGINT NOT NULL
+    published_version BIGINT NOT NULL,
+    -- The state last published: a webhook is told when the state differs.
+    published_state TEXT
 );
 -- At most one active incident per fingerprint, whichever replica writes.
 CREATE UNIQUE INDEX IF NOT EXISTS incidents_active_fingerprint ON incidents (fingerprint) WHERE active = 1;

@@ -13,6 +13,7 @@
 mod consumer;
 mod http;
 pub mod store;
+pub mod subscriptions;
 mod upkeep;
 
 use std::{
@@ -121,6 +122,8 @@ pub struct Config {
     pub tokens: Option<firebreak_plumbing::auth::Tokens>,
     /// Incidents' rules, expiry and retention.
     pub upkeep: Upkeep,
+    /// Webhooks told of incidents that open or change state ([`subscriptions`]).
+    pub webhooks: Vec<subscriptions::Webhook>,
 }
 
 /// How often the consumer's lag is measured.
@@ -166,14 +169,13 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
         wake: wake.clone(),
     };
     let consuming = tokio::spawn(consumer::run(consumer, sinks, ready.clone(), cancel.clone()));
-    let upkeeping = tokio::spawn(upkeep::run(
-        store.clone(),
-        producer.clone(),
-        cfg.upkeep,
-        wake.clone(),
-        live.clone(),
-        cancel.clone(),
-    ));
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::BadRequest(format!("webhook client: {e}")))?;
+    let outlets = upkeep::Outlets { producer: producer.clone(), webhooks: cfg.webhooks, http };
+    let upkeeping =
+        tokio::spawn(upkeep::run(store.clone(), outlets, cfg.upkeep, wake.clone(), live.clone(), cancel.clone()));
     let app = http::router(
         http::AppState {
             store,

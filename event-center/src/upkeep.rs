@@ -1,6 +1,6 @@
 //! The event center's background work: the outbox that publishes what the store changed on the
 //! subscription topics (occurrences, incidents' current state, correlations on the health topic),
-//! the expiry of silences and quiet incidents, and retention.
+//! webhook subscriptions, the expiry of silences and quiet incidents, and retention.
 //!
 //! The store marks each change unpublished in the transaction that made it, and this task
 //! publishes it and then marks it published: a crash in between publishes it again (consumers see
@@ -9,12 +9,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use firebreak_plumbing::kafka::Producer;
+use firebreak_plumbing::{kafka::Producer, webhook};
 use firebreak_schema::{HEALTH_TOPIC, INCIDENTS_TOPIC, OCCURRENCES_TOPIC};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Live, Result, store::Store};
+use crate::{Live, Result, store::Store, subscriptions::Webhook};
 
 /// How the background work runs.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +43,19 @@ impl Default for Upkeep {
     }
 }
 
+/// Where the outbox publishes.
+pub(crate) struct Outlets {
+    pub(crate) producer: Producer,
+    /// Told of incidents that open or change state.
+    pub(crate) webhooks: Vec<Webhook>,
+    pub(crate) http: reqwest::Client,
+}
+
 /// Publishes the outbox whenever `wake` fires (after each write) and every second; runs expiry
 /// and retention on their intervals; until `cancel`.
 pub(crate) async fn run(
     store: Store,
-    producer: Producer,
+    outlets: Outlets,
     upkeep: Upkeep,
     wake: Arc<Notify>,
     live: broadcast::Sender<Live>,
@@ -75,14 +83,16 @@ pub(crate) async fn run(
                 Err(error) => tracing::warn!(%error, "retention failed; retried"),
             },
         }
-        if let Err(error) = publish_outbox(&store, &producer, &cancel).await {
+        if let Err(error) = publish_outbox(&store, &outlets, &cancel).await {
             tracing::warn!(%error, "publishing the outbox failed; retried");
         }
     }
 }
 
-/// Publishes what is unpublished, oldest first, each kind until none is left.
-async fn publish_outbox(store: &Store, producer: &Producer, cancel: &CancellationToken) -> Result<()> {
+/// Publishes what is unpublished, oldest first, each kind until none is left; an incident that
+/// opened or changed state is also sent to the webhooks that want it (in the background).
+async fn publish_outbox(store: &Store, outlets: &Outlets, cancel: &CancellationToken) -> Result<()> {
+    let producer = &outlets.producer;
     const PAGE: i64 = 1000;
     while !cancel.is_cancelled() {
         let occurrences = store.unpublished_occurrences(PAGE).await?;
@@ -99,8 +109,19 @@ async fn publish_outbox(store: &Store, producer: &Producer, cancel: &Cancellatio
         if incidents.is_empty() {
             break;
         }
-        futures::future::try_join_all(incidents.iter().map(|i| producer.publish(INCIDENTS_TOPIC, i))).await?;
-        let done: Vec<(uuid::Uuid, i64)> = incidents.iter().map(|i| (i.id, i.version)).collect();
+        futures::future::try_join_all(incidents.iter().map(|(i, _)| producer.publish(INCIDENTS_TOPIC, i))).await?;
+        for (i, before) in &incidents {
+            if *before == Some(i.state) {
+                continue;
+            }
+            let body = serde_json::to_vec(&serde_json::json!({"event": i.state.as_str(), "incident": i}))
+                .map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+            for w in outlets.webhooks.iter().filter(|w| w.wants(i)) {
+                let what = format!("incident {} webhook", i.id);
+                webhook::deliver(&outlets.http, &w.url, w.secret(), i.state.as_str(), body.clone(), what, cancel);
+            }
+        }
+        let done: Vec<&firebreak_schema::Incident> = incidents.iter().map(|(i, _)| i).collect();
         store.incidents_published(&done).await?;
     }
     for (c, version) in store.unpublished_correlations().await? {

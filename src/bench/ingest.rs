@@ -113,6 +113,7 @@ async fn event_center(kafka: &KafkaConfig, db: &str, want: usize, max_wait: Dura
         group_id: format!("bench-event-center-{}", uuid::Uuid::now_v7()),
         tokens: None,
         upkeep: Default::default(),
+        webhooks: Vec::new(),
     };
     let server = tokio::spawn(firebreak_event_center::run(cfg, listener, cancel.clone()));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(usage)?;

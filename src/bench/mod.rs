@@ -13,6 +13,8 @@
 //! `ingest`: the event center's ingest rate over a bare consumer's of the same topics, on
 //! SQLite and PostgreSQL (see [`ingest`]).
 //!
+//! `ui`: the on-call page's queries at many stored events (see [`ui`]).
+//!
 //! `detect` and `isolate`: kernel log line → node cordoned and tainted, one at a time and many
 //! at once (see [`isolate`]).
 //!
@@ -42,6 +44,7 @@ mod agent;
 mod drain;
 mod ingest;
 mod isolate;
+mod ui;
 
 /// `firebreak bench` targets.
 #[derive(Debug, Subcommand)]
@@ -60,6 +63,8 @@ pub enum BenchCommand {
     Detect(isolate::DetectBench),
     /// Nodes cordoned and tainted per second when many faults arrive at once.
     Isolate(isolate::IsolateBench),
+    /// The incident list's and the page's server time at many stored events.
+    Ui(ui::UiBench),
 }
 
 /// `firebreak bench health` flags.
@@ -268,6 +273,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Ingest(args) => ingest::ingest(args).await,
         BenchCommand::Detect(args) => isolate::detect(args).await,
         BenchCommand::Isolate(args) => isolate::isolate(args).await,
+        BenchCommand::Ui(args) => ui::ui(args).await,
     }
 }
 

@@ -150,6 +150,12 @@ pub(super) fn apply_step(i: &mut Incident, step: &RemediationEvent) -> bool {
     true
 }
 
+/// Whether a workflow is working on the incident's node now (whatever an operator set its state
+/// to): its workflow has a state, and not one in which the workflow stopped.
+fn being_repaired(i: &Incident) -> bool {
+    i.workflow_state.as_deref().is_some_and(|s| !matches!(s, "escalated" | "cancelled" | "shadowed"))
+}
+
 /// Whether a step ends every incident of its node seen before it (the node healed or is gone).
 fn heals_node(step: &RemediationEvent) -> bool {
     matches!(step.state.as_str(), "healed" | "replaced" | "node_gone")
@@ -308,7 +314,7 @@ pub(super) async fn count(
         let remediating = || {
             incidents
                 .values()
-                .filter(|(i, _)| i.cluster == e.cluster && i.node == e.node && i.state == IncidentState::Remediating)
+                .filter(|(i, _)| i.cluster == e.cluster && i.node == e.node && being_repaired(i))
                 .map(|(i, _)| i.id)
                 .min()
         };
@@ -1129,23 +1135,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Incidents changed since they were last published, oldest change first.
-    pub async fn unpublished_incidents(&self, limit: i64) -> Result<Vec<Incident>> {
+    /// Incidents changed since they were last published, oldest change first, each with the
+    /// state it had when last published (`None`: never published).
+    pub async fn unpublished_incidents(&self, limit: i64) -> Result<Vec<(Incident, Option<IncidentState>)>> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM incidents WHERE version > published_version ORDER BY updated_at_ms LIMIT $1"
+            "SELECT {COLUMNS}, published_state FROM incidents WHERE version > published_version \
+             ORDER BY updated_at_ms LIMIT $1"
         );
-        sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?.iter().map(incident_of_row).collect()
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let before = r
+                    .try_get::<Option<String>, _>("published_state")?
+                    .map(|s| s.parse().map_err(|e: firebreak_schema::Error| Error::Corrupt(e.to_string())))
+                    .transpose()?;
+                Ok((incident_of_row(r)?, before))
+            })
+            .collect()
     }
 
-    /// Marks incidents published at the versions given.
-    pub async fn incidents_published(&self, done: &[(Uuid, i64)]) -> Result<()> {
+    /// Marks incidents published at the versions (and states) given.
+    pub async fn incidents_published(&self, done: &[&Incident]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for (id, v) in done {
-            sqlx::query("UPDATE incidents SET published_version = $2 WHERE id = $1 AND published_version < $2")
-                .bind(id.to_string())
-                .bind(*v)
-                .execute(&mut *tx)
-                .await?;
+        for i in done {
+            sqlx::query(
+                "UPDATE incidents SET published_version = $2, published_state = $3 WHERE id = $1 AND published_version < $2",
+            )
+            .bind(i.id.to_string())
+            .bind(i.version)
+            .bind(i.state.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
