@@ -383,3 +383,67 @@ async fn a_lost_permit_stops_the_step_until_a_new_one_is_granted() {
     );
     stack.shutdown().await;
 }
+
+/// Issue 10: a correlated storm halts node repairs in its cluster. Five nodes report a NIC down
+/// at once (recorded, not repaired); the event center correlates them and publishes the
+/// correlation on the health topic; the gate halts the cluster for cordons and reboots with the
+/// correlation's figures. A node's own memory fault then waits for its cordon permit, its step
+/// saying why, and is repaired once the storm has been calm for `resume_after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_correlated_storm_halts_node_repairs_until_it_calms() {
+    let stack = stack("storm", |o| {
+        o.nodes_per_cluster = 6;
+        o.policy.storms = Some(firebreak_rate_limiter::Storms {
+            halts: vec![Operation::Cordon, Operation::Reboot],
+            resume_after: Duration::from_secs(8),
+        });
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
+    for k in 2..=6 {
+        let node = format!("{}-node-00{k}", cluster.name());
+        let at = chrono::Utc::now();
+        let fault = firebreak_schema::FaultEvent {
+            id: firebreak_schema::deterministic_id(at, &[&node, "NicDown"]),
+            cluster: cluster.name().to_owned(),
+            node,
+            class: firebreak_schema::FaultKind::NicDown.class(),
+            kind: firebreak_schema::FaultKind::NicDown,
+            severity: firebreak_schema::Severity::Warning,
+            source: firebreak_schema::Source::Agent,
+            observed_at: at,
+            message: "eth0: link down".into(),
+            evidence: BTreeMap::new(),
+        };
+        producer.publish(&firebreak_schema::fault_topic(cluster.name()), &fault).await.unwrap();
+    }
+    let halts_url = format!("{}/api/v1/halts", stack.gate_url);
+    let halt = wait_for("the storm's halt", Duration::from_secs(30), || async {
+        let halts = get_json_as(&stack.tokens.viewer, &halts_url).await?;
+        halts.as_array()?.iter().find(|h| h["source"] == format!("storm:{}", cluster.name())).cloned()
+    })
+    .await;
+    assert!(halt["reason"].as_str().unwrap().contains("likely infrastructure, not nodes"), "{halt}");
+    assert_eq!(
+        (halt["signals"][0]["value"].as_f64(), halt["signals"][0]["threshold"].as_f64()),
+        (Some(5.0), Some(5.0))
+    );
+    assert_eq!(halt["scope"]["cluster"], cluster.name());
+
+    let victim = format!("{}-node-001", cluster.name());
+    cluster.inject(&victim, Fault::MemoryUncorrectable).unwrap();
+    wait_for("the repair waiting on the storm", Duration::from_secs(30), || async {
+        steps(&stack, &victim)
+            .await
+            .iter()
+            .any(|(s, r)| s == "permit_wait" && r.contains("correlated incident"))
+            .then_some(())
+    })
+    .await;
+    wait_for(&format!("{victim} healed once the storm calmed"), Duration::from_secs(120), || healed(&stack, &victim))
+        .await;
+    let halts = get_json_as(&stack.tokens.viewer, &halts_url).await.unwrap();
+    assert!(halts.as_array().unwrap().is_empty(), "lifted: {halts}");
+    stack.shutdown().await;
+}

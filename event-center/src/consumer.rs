@@ -5,9 +5,11 @@
 //! background and, at shutdown, synchronously, so a clean restart re-reads nothing.
 //!
 //! Records are taken in batches: what has arrived, up to [`BATCH`], without waiting for more.
-//! A batch's faults are written in one transaction, then its other records one by one, and only
-//! then are the batch's offsets stored: one commit per batch instead of one per fault, with
-//! "offset after write" kept whole.
+//! A batch's faults are written in one transaction, with the incidents they count into, then its
+//! other records one by one (a step moves its incidents in the same transaction that stores it),
+//! and only then are the batch's offsets stored: one commit per batch instead of one per fault,
+//! with "offset after write" kept whole. An undecodable record is kept and copied to the
+//! dead-letter topic before its offset moves.
 
 use std::{
     sync::{

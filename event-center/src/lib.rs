@@ -1,14 +1,19 @@
-//! The event center: consumes fault and remediation topics into a durable store (SQLite or
-//! PostgreSQL through `sqlx`), deduplicates by event id, and serves the on-call web page, the
-//! REST API and a live Server-Sent-Events stream.
+//! The event center: the fleet's system of record. It consumes the fault and remediation topics
+//! into a durable store (SQLite or PostgreSQL through `sqlx`), deduplicates by event id, groups
+//! faults into incidents (one per cluster, node and kind while unresolved) that follow their
+//! remediation workflows, correlates storms, and serves the on-call web page, the REST API
+//! (described by `/api/v1/openapi.json`) and a live Server-Sent-Events stream. What it learns it
+//! publishes for platform services: incidents' states, occurrences, correlations, dead letters,
+//! and webhooks.
 //!
-//! It owns the record of what happened in the fleet. Offsets are committed only after the write
-//! (see [`consumer`]); records that cannot be decoded are counted, kept in `rejected_messages`
-//! and skipped, so one bad producer never stops the stream.
+//! Offsets are committed only after the write (see [`consumer`]); records that cannot be
+//! decoded are counted, kept in `rejected_messages`, copied to the dead-letter topic and
+//! skipped, so one bad producer never stops the stream. Publications leave through an outbox
+//! (see [`upkeep`]), so a crash after a write loses none.
 //!
-//! Its one write action so far, clearing a node's escalation, needs an operator token (the
-//! gate's token scheme, `plumbing::auth`) and is carried to the cluster's remediator on
-//! `firebreak.remediation-control.v1`; without tokens, write actions are off.
+//! Write actions (acknowledge, silence, assign, annotate an incident; clear a node's escalation,
+//! carried to the cluster's remediator on `firebreak.remediation-control.v1`) need an operator
+//! token (the gate's token scheme, `plumbing::auth`); without tokens, write actions are off.
 
 mod consumer;
 mod http;

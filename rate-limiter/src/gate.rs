@@ -101,6 +101,8 @@ pub struct Gate {
     pub(crate) prom: RwLock<Arc<HashMap<(String, String), health::Value>>>,
     /// Woken when a sample arrives, so health rules judge it at once.
     pub(crate) sampled: tokio::sync::Notify,
+    /// When each cluster's storm (a correlated incident) last grew, as this replica heard it.
+    pub(crate) storms: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
 }
 
 impl Gate {
@@ -125,9 +127,11 @@ impl Gate {
             notifier: Notifier::new(producer, cancel.clone()),
             prom: RwLock::new(Arc::new(HashMap::new())),
             sampled: tokio::sync::Notify::new(),
+            storms: std::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(gate.clone().decider(rx, cancel.clone()));
         tokio::spawn(gate.clone().monitor(cancel.clone()));
+        tokio::spawn(gate.clone().calm(cancel.clone()));
         tokio::spawn(gate.clone().sweeper(cancel));
         Ok(gate)
     }

@@ -28,6 +28,7 @@ mod notify;
 mod policy;
 mod snapshots;
 mod store;
+mod storms;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -37,7 +38,7 @@ pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
 pub use policy::{
     ApiRate, Breaker, BreakerScope, Freeze, HealthRule, Limits, NoData, OperationPolicy, Percent, Policy, PromQuery,
-    RuleScope, Webhook, Window,
+    RuleScope, Storms, Webhook, Window,
 };
 pub use store::Decision;
 use tokio_util::sync::CancellationToken;

@@ -11,6 +11,11 @@
 //! the baseline a change batch took (`max_drop_percent`, `max_rise`), `consecutive` failures
 //! held `for` a duration before the rule halts, and what no data means. Webhooks
 //! (`[[webhooks]]`) are told of every halt, HMAC-signed.
+//!
+//! Storms (`[storms]`): the event center's correlated incidents (many nodes of a cluster
+//! reporting one kind at once, "likely infrastructure, not nodes") on the health topic halt
+//! their cluster for the node repairs named, until no correlation there has grown for
+//! `resume_after`.
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path, time::Duration};
 
@@ -249,6 +254,22 @@ pub struct PromQuery {
     pub query: String,
 }
 
+/// What a correlated incident halts: repairing nodes one by one is wrong when the
+/// infrastructure under them failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storms {
+    /// The operations halted in the storm's cluster.
+    pub halts: Vec<Operation>,
+    /// The halt is lifted once no correlation in the cluster has grown for this long.
+    #[serde(with = "humantime_serde", default = "default_storm_resume")]
+    pub resume_after: Duration,
+}
+
+fn default_storm_resume() -> Duration {
+    Duration::from_secs(1800)
+}
+
 /// A health rule: a signal, its bounds, and what its failure halts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,6 +402,9 @@ pub struct Policy {
     /// Health rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_rules: Vec<HealthRule>,
+    /// What a correlated incident (a storm) halts; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storms: Option<Storms>,
     /// Told of every halt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
@@ -438,6 +462,7 @@ impl Default for Policy {
             evaluate_every: default_evaluate_every(),
             halt_cluster_on_failed_change: true,
             health_rules: Vec::new(),
+            storms: None,
             webhooks: Vec::new(),
             operations: BTreeMap::from([
                 (
@@ -555,6 +580,14 @@ impl Policy {
             }
             if r.halts.is_empty() {
                 return Err(Error::Policy(format!("{at}.halts: name at least one operation")));
+            }
+        }
+        if let Some(st) = &p.storms {
+            if st.halts.is_empty() {
+                return Err(Error::Policy("storms.halts: name at least one operation".into()));
+            }
+            if st.resume_after.is_zero() {
+                return Err(Error::Policy("storms.resume_after: must be more than zero".into()));
             }
         }
         for w in &p.webhooks {
@@ -740,6 +773,9 @@ mod example_tests {
                 "used twice",
             ),
             ("[[webhooks]]\nurl = \"http://x\"\nsecret = \"inline\"\n", "secret"),
+            ("[storms]\nhalts = []\n", "storms.halts"),
+            ("[storms]\nhalts = [\"reboot\"]\nresume_after = \"0s\"\n", "storms.resume_after"),
+            ("[storms]\nhalts = [\"reboot\"]\nfor = \"1m\"\n", "for"),
         ] {
             let e = Policy::parse(text).unwrap_err().to_string();
             assert!(e.contains(word), "{text:?}: {e}");

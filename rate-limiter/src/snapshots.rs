@@ -1,11 +1,12 @@
-//! Cluster snapshots from the health topic. Every gate replica reads every partition (a group of
+//! Cluster snapshots from the health topic, and the event center's correlated incidents on it
+//! (storms, see [`Gate::storm`]). Every gate replica reads every partition (a group of
 //! its own that commits nothing), from the newest record on: a snapshot is a state, not an
 //! event, and the latest kept one is in the store already.
 
 use std::sync::Arc;
 
 use firebreak_plumbing::kafka::{KafkaConfig, decode_message, next_message};
-use firebreak_schema::{HEALTH_TOPIC, HealthSample};
+use firebreak_schema::{Correlation, HEALTH_TOPIC, HealthSample};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
@@ -36,8 +37,16 @@ pub(crate) async fn consume(kafka: KafkaConfig, gate: Arc<Gate>, cancel: Cancell
                     tracing::warn!(%error, %cluster, "cluster snapshot not kept");
                 }
             }
-            // Other health records (samples, correlations) are not snapshots.
-            Err(firebreak_schema::Error::WrongType { .. }) => {}
+            // A correlated incident from the event center: a storm.
+            Err(firebreak_schema::Error::WrongType { .. }) => match decode_message::<Correlation>(&msg) {
+                Ok(c) => {
+                    if let Err(error) = gate.storm(&c).await {
+                        tracing::warn!(%error, cluster = %c.cluster, correlation_id = %c.id, "storm halt not recorded");
+                    }
+                }
+                Err(firebreak_schema::Error::WrongType { .. }) => {}
+                Err(error) => tracing::warn!(%error, "undecodable correlation skipped"),
+            },
             Err(error) => tracing::warn!(%error, "undecodable cluster snapshot skipped"),
         }
     }
