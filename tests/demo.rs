@@ -180,6 +180,23 @@ fn bench_ingest_runs_in_smoke_mode() {
     }
 }
 
+/// `bench all` runs the benchmarks not skipped and ends with one table of their headline figures
+/// against their goals (here the gate's alone: the others have their own smoke tests).
+#[test]
+fn bench_all_ends_with_one_table_of_figures_and_goals() {
+    let mut args = vec!["bench", "all", "--smoke"];
+    for other in ["ingest", "ui", "agent", "detect", "isolate", "drain", "health"] {
+        args.extend(["--skip", other]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak")).args(&args).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let table = text.split("=== firebreak bench all --smoke").nth(1).unwrap_or_else(|| panic!("the table in\n{text}"));
+    assert!(table.contains("permit p99 / bare route p99, SQLite") && table.contains("≤ 1.5"), "{table}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_firebreak")).args(["bench", "all", "--skip", "nope"]).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no such benchmark"));
+}
+
 /// The page's benchmark in its smoke size: the store is filled and every query is measured on
 /// SQLite and PostgreSQL.
 #[test]

@@ -103,22 +103,38 @@ impl Store {
     /// observed more than [`CLOCK_SKEW_BOUND`] after it was received is kept, flagged with its
     /// skew, and ordered by its receive time.
     pub async fn insert_faults(&self, events: &[FaultEvent]) -> Result<(Vec<Option<EventRecord>>, Changed)> {
-        // Rows per statement: 15 parameters each, well under SQLite's and PostgreSQL's limits.
+        // Rows per statement: 18 parameters each, well under SQLite's and PostgreSQL's limits.
         const ROWS: usize = 200;
+        const COLS: usize = 18;
         let received_at = Utc::now();
         let mut first = std::collections::HashSet::new();
         let fresh: Vec<bool> = events.iter().map(|e| first.insert(e.id)).collect();
-        let mut inserted = std::collections::HashSet::new();
         let mut tx = self.pool.begin().await?;
         let batch: Vec<&FaultEvent> = events.iter().zip(&fresh).filter(|(_, f)| **f).map(|(e, _)| e).collect();
-        for chunk in batch.chunks(ROWS) {
+        // Which are stored already (replays): only the others are counted.
+        let mut stored = std::collections::HashSet::new();
+        for chunk in batch.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let sql = format!("SELECT id FROM fault_events WHERE id IN ({})", params.join(","));
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q.bind(e.id.to_string());
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                stored.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        let new: Vec<&FaultEvent> = batch.iter().copied().filter(|e| !stored.contains(&e.id.to_string())).collect();
+        let (links, changed) = incidents::count(&mut tx, &new, &self.rules, received_at).await?;
+        let mut inserted = std::collections::HashSet::new();
+        for chunk in new.chunks(ROWS) {
             let mut sql = String::from(
                 "INSERT INTO fault_events (id, cluster, node, class, kind, severity, source, observed_at, \
-                 observed_at_ms, message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms) VALUES ",
+                 observed_at_ms, message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms, \
+                 incident_id, expected, published) VALUES ",
             );
             for row in 0..chunk.len() {
-                let n = row * 15;
-                let params: Vec<String> = (1..=15).map(|k| format!("${}", n + k)).collect();
+                let params: Vec<String> = (1..=COLS).map(|k| format!("${}", row * COLS + k)).collect();
                 sql.push_str(if row == 0 { "(" } else { ",(" });
                 sql.push_str(&params.join(","));
                 sql.push(')');
@@ -129,6 +145,7 @@ impl Store {
                 let evidence = serde_json::to_string(&e.evidence).map_err(|e| Error::Corrupt(e.to_string()))?;
                 let skew_ms = skew_ms(e, received_at);
                 let sort_at_ms = if skew_ms.is_some() { ms(received_at) } else { ms(e.observed_at) };
+                let (incident, expected) = links.get(&e.id).copied().unzip();
                 q = q
                     .bind(e.id.to_string())
                     .bind(e.cluster.clone())
@@ -144,14 +161,24 @@ impl Store {
                     .bind(fmt(received_at))
                     .bind(ms(received_at))
                     .bind(sort_at_ms)
-                    .bind(skew_ms);
+                    .bind(skew_ms)
+                    .bind(incident.map(|i| i.to_string()))
+                    .bind(i32::from(expected.unwrap_or(false)))
+                    .bind(0_i32);
             }
             for row in q.fetch_all(&mut *tx).await? {
                 inserted.insert(row.try_get::<String, _>(0)?);
             }
         }
-        let stored: Vec<&FaultEvent> = batch.iter().copied().filter(|e| inserted.contains(&e.id.to_string())).collect();
-        let changed = incidents::count(&mut tx, &stored, &self.rules, received_at).await?;
+        // Another writer stored some of them since they were looked up: they were counted here
+        // and there. Start again (the retry sees them stored).
+        if inserted.len() != new.len() {
+            return Err(Error::Conflict(format!(
+                "{} of {} faults were stored meanwhile by another writer",
+                new.len() - inserted.len(),
+                new.len()
+            )));
+        }
         tx.commit().await?;
         let records = events
             .iter()

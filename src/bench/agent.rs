@@ -97,7 +97,7 @@ fn records(consumer: &BaseConsumer, topic: &str) -> i64 {
     (0..3).filter_map(|p| consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).ok()).map(|(_, hi)| hi).sum()
 }
 
-pub(super) async fn agent(args: AgentBench) -> Result<()> {
+pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
     let bin = agent_bin(&args)?;
     let dir = std::env::temp_dir().join(format!("firebreak-bench-agent-{}", uuid::Uuid::now_v7().simple()));
     let root = dir.join("host");
@@ -217,5 +217,15 @@ pub(super) async fn agent(args: AgentBench) -> Result<()> {
     if delivered < faults {
         return Err(Error::Usage(format!("the agent delivered {delivered} of {faults} faults: it did not keep up")));
     }
-    Ok(())
+    let mib = idle.rss_kib.max(loaded.rss_kib) as f64 / 1024.0;
+    Ok(vec![
+        super::Headline::new(
+            "agent",
+            "resident memory, idle and loaded (the larger)",
+            format!("{mib:.1} MiB"),
+            "≤ 16 MiB",
+            mib <= 16.0,
+        ),
+        super::Headline::new("agent", "CPU idle, of one core", format!("{idle_cpu:.2} %"), "≤ 0.2 %", idle_cpu <= 0.2),
+    ])
 }

@@ -141,7 +141,7 @@ pub(super) fn generous() -> Policy {
 }
 
 /// `firebreak bench drain`.
-pub async fn drain(args: DrainBench) -> Result<()> {
+pub async fn drain(args: DrainBench) -> Result<Vec<super::Headline>> {
     if args.drain == 0 || args.drain > args.nodes {
         return Err(Error::Usage("--drain must be between 1 and --nodes".into()));
     }
@@ -170,7 +170,7 @@ pub async fn drain(args: DrainBench) -> Result<()> {
     result
 }
 
-async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant) -> Result<()> {
+async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant) -> Result<Vec<super::Headline>> {
     let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Usage("the stack has no cluster".into()))?;
     let client = crate::kube_client(&cluster.kubeconfig_path()).await?;
     let pods: Pods = Arc::default();
@@ -302,5 +302,11 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
         format!("{} / {}", evictions("accepted"), evictions("refused")),
         "(beyond the pods: replacements that landed on a failing node before its cordon)",
     );
-    Ok(())
+    Ok(vec![super::Headline::new(
+        "drain",
+        format!("{} nodes × {} pods: faults → all Ready elsewhere", args.drain, args.pods_per_node),
+        secs(rescheduled),
+        "≤ 120 s",
+        rescheduled <= Duration::from_secs(120),
+    )])
 }

@@ -148,7 +148,7 @@ async fn event_center(kafka: &KafkaConfig, db: &str, want: usize, max_wait: Dura
 }
 
 /// Runs the benchmark and prints its table.
-pub async fn ingest(args: IngestBench) -> Result<()> {
+pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     if args.events == 0 || args.clusters == 0 {
         return Err(usage("--events and --clusters must be more than 0"));
     }
@@ -211,9 +211,17 @@ pub async fn ingest(args: IngestBench) -> Result<()> {
         rate(baseline),
         "1.00"
     );
+    let mut rows = Vec::new();
     for (name, url) in dbs {
         let took = event_center(&kafka, &url, args.events, args.max_wait).await?;
         let ratio = rate(took) / rate(baseline);
+        rows.push(super::Headline::new(
+            "ingest",
+            format!("event center / raw consumer, {name}"),
+            format!("{ratio:.3}"),
+            "≥ 0.5",
+            ratio >= 0.5,
+        ));
         println!(
             "{:<34} {:>10.2} {:>12.0} {:>8.3}",
             format!("event center, {name}"),
@@ -224,5 +232,5 @@ pub async fn ingest(args: IngestBench) -> Result<()> {
     }
     println!("goal: event center / raw ≥ 0.5");
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(rows)
 }

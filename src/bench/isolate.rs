@@ -104,7 +104,7 @@ fn setup_line(what: &str, clusters: usize, nodes: usize, took: Duration) {
 }
 
 /// `firebreak bench detect`.
-pub async fn detect(args: DetectBench) -> Result<()> {
+pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
     if args.clusters == 0 || args.nodes == 0 || args.faults == 0 || args.faults > args.clusters * args.nodes {
         return Err(Error::Usage(
             "--clusters, --nodes and --faults must be more than 0, the faults at most the nodes".into(),
@@ -166,11 +166,13 @@ pub async fn detect(args: DetectBench) -> Result<()> {
     println!("{:<44} {:>8} {:>10} {:>10}", "kernel log line → node cordoned and tainted", "faults", "p50", "p99");
     println!("{:<44} {:>8} {:>10} {:>10}", "", f.count, ms(f.p50), ms(f.p99));
     println!("goal: p50 ≤ 25 ms, p99 ≤ 100 ms (3 clusters × 1,000 nodes)");
-    Ok(())
+    let what = format!("log line → cordoned, {} × {} nodes, p50 / p99", args.clusters, args.nodes);
+    let met = f.p50 <= Duration::from_millis(25) && f.p99 <= Duration::from_millis(100);
+    Ok(vec![super::Headline::new("detect", what, format!("{} / {}", ms(f.p50), ms(f.p99)), "≤ 25 / 100 ms", met)])
 }
 
 /// `firebreak bench isolate`.
-pub async fn isolate(args: IsolateBench) -> Result<()> {
+pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
     if args.faults == 0 || args.faults > args.nodes {
         return Err(Error::Usage("--faults must be between 1 and --nodes".into()));
     }
@@ -229,5 +231,7 @@ pub async fn isolate(args: IsolateBench) -> Result<()> {
         ms(f.elapsed)
     );
     println!("goal: ≥ 100 nodes/s");
-    Ok(())
+    let rate = f.per_second();
+    let what = format!("{} faults at once: nodes cordoned and tainted", f.count);
+    Ok(vec![super::Headline::new("isolate", what, format!("{rate:.1} nodes/s"), "≥ 100 nodes/s", rate >= 100.0)])
 }

@@ -65,6 +65,121 @@ pub enum BenchCommand {
     Isolate(isolate::IsolateBench),
     /// The incident list's and the page's server time at many stored events.
     Ui(ui::UiBench),
+    /// Every benchmark in turn, then one table of their headline figures against their goals.
+    All(AllBench),
+}
+
+/// `firebreak bench all` flags.
+#[derive(Debug, Clone, Args)]
+pub struct AllBench {
+    /// Each benchmark in its smoke size (what the test run uses): minutes in all, figures not
+    /// meaningful.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Benchmarks to leave out (repeatable): gate, health, drain, agent, ingest, ui, detect, isolate.
+    #[arg(long)]
+    pub skip: Vec<String>,
+}
+
+/// One figure of a benchmark beside its goal: a row of `bench all`'s table.
+#[derive(Debug, Clone)]
+pub struct Headline {
+    bench: &'static str,
+    figure: String,
+    value: String,
+    goal: &'static str,
+    met: bool,
+}
+
+impl Headline {
+    fn new(
+        bench: &'static str,
+        figure: impl Into<String>,
+        value: impl Into<String>,
+        goal: &'static str,
+        met: bool,
+    ) -> Self {
+        Self { bench, figure: figure.into(), value: value.into(), goal, met }
+    }
+}
+
+fn print_headlines(rows: &[Headline]) {
+    println!("{:<8} {:<52} {:>18} {:<14} met", "bench", "figure", "value", "goal");
+    for h in rows {
+        println!("{:<8} {:<52} {:>18} {:<14} {}", h.bench, h.figure, h.value, h.goal, if h.met { "yes" } else { "no" });
+    }
+}
+
+/// The benchmarks `bench all` runs, in order, with their smoke sizes (the test run's).
+const ALL: [(&str, &[&str]); 8] = [
+    ("gate", &["--requests", "200", "--concurrency", "8"]),
+    ("ingest", &["--events", "300", "--clusters", "2", "--max-wait", "60s"]),
+    ("ui", &["--events", "3000", "--nodes", "200", "--clusters", "4", "--queries", "3"]),
+    ("agent", &["--idle", "1s", "--load", "2s", "--rate", "200"]),
+    ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4"]),
+    ("isolate", &["--nodes", "12", "--faults", "8"]),
+    ("drain", &["--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s", "--max-wait", "2m"]),
+    (
+        "health",
+        &[
+            "--clusters",
+            "1",
+            "--nodes",
+            "30",
+            "--interval",
+            "1s",
+            "--batch",
+            "20%",
+            "--pod-lifetime",
+            "4s",
+            "--max-wait",
+            "90s",
+        ],
+    ),
+];
+
+/// A benchmark's command line as clap reads it, defaults filled in.
+#[derive(clap::Parser)]
+struct One {
+    #[command(subcommand)]
+    bench: BenchCommand,
+}
+
+/// Runs every benchmark not skipped, each printing its own report, then the table of all their
+/// headline figures. A benchmark that fails is a row saying so; the others still run.
+async fn all(args: AllBench) -> Result<()> {
+    use clap::Parser as _;
+    for s in &args.skip {
+        if !ALL.iter().any(|(name, _)| name == s) {
+            return Err(Error::Usage(format!("--skip {s}: no such benchmark")));
+        }
+    }
+    let mut rows = Vec::new();
+    for (name, smoke) in ALL {
+        if args.skip.iter().any(|s| s == name) {
+            continue;
+        }
+        let mut argv = vec!["bench", name];
+        if args.smoke {
+            argv.extend_from_slice(smoke);
+        }
+        println!("\n=== firebreak {} ===", argv.join(" "));
+        let cmd = One::try_parse_from(argv).map_err(|e| Error::Usage(e.to_string()))?.bench;
+        match Box::pin(one(cmd)).await {
+            Ok(h) => rows.extend(h),
+            Err(e) => rows.push(Headline::new(
+                // The names are 'static in ALL.
+                name,
+                format!("failed: {e}"),
+                "-",
+                "-",
+                false,
+            )),
+        }
+    }
+    println!("\n=== firebreak bench all{} ===", if args.smoke { " --smoke (figures not meaningful)" } else { "" });
+    print_headlines(&rows);
+    Ok(())
 }
 
 /// `firebreak bench health` flags.
@@ -266,6 +381,18 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
 /// Runs a benchmark and prints its table.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
+        BenchCommand::All(args) => all(args).await,
+        cmd => {
+            let rows = one(cmd).await?;
+            print_headlines(&rows);
+            Ok(())
+        }
+    }
+}
+
+/// Runs one benchmark; its headline figures.
+async fn one(cmd: BenchCommand) -> Result<Vec<Headline>> {
+    match cmd {
         BenchCommand::Gate(args) => gate(args).await,
         BenchCommand::Health(args) => health(args).await,
         BenchCommand::Drain(args) => drain::drain(args).await,
@@ -274,10 +401,11 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Detect(args) => isolate::detect(args).await,
         BenchCommand::Isolate(args) => isolate::isolate(args).await,
         BenchCommand::Ui(args) => ui::ui(args).await,
+        BenchCommand::All(_) => Err(Error::Usage("`bench all` runs the others".into())),
     }
 }
 
-async fn gate(args: GateBench) -> Result<()> {
+async fn gate(args: GateBench) -> Result<Vec<Headline>> {
     let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
     let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("gate.db").display()))];
@@ -294,6 +422,7 @@ async fn gate(args: GateBench) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{:<12} {:<22} {:>10} {:>10} {:>10}", "database", "route", "req/s", "p50", "p99");
+    let mut rows = Vec::new();
     for (name, url) in dbs {
         let r = measure(&url, &args).await?;
         for (route, f) in [("GET /healthz (bare)", &r.bare), ("POST /api/v1/permits", &r.permit)] {
@@ -301,9 +430,16 @@ async fn gate(args: GateBench) -> Result<()> {
         }
         let ratio = r.permit.p99.as_secs_f64() / r.bare.p99.as_secs_f64().max(1e-9);
         println!("{name:<12} p99 ratio permit / bare: {ratio:.2} (goal ≤ 1.5 on SQLite)");
+        rows.push(Headline::new(
+            "gate",
+            format!("permit p99 / bare route p99, {name}"),
+            format!("{ratio:.2}"),
+            "≤ 1.5",
+            ratio <= 1.5,
+        ));
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    Ok(rows)
 }
 
 /// A fresh database on the server at `base`.
@@ -513,7 +649,7 @@ fn per_cluster(metrics: &str, name: &str) -> BTreeMap<String, f64> {
     out
 }
 
-async fn health(args: HealthBench) -> Result<()> {
+async fn health(args: HealthBench) -> Result<Vec<Headline>> {
     use rdkafka::consumer::Consumer;
     if args.min_pod_starts == 0 {
         return Err(Error::Usage("--min-pod-starts must be at least 1".into()));
@@ -606,6 +742,7 @@ async fn health(args: HealthBench) -> Result<()> {
         );
     }
     let worst = |f: &dyn Fn(&Round) -> Option<f64>| rounds.iter().filter_map(f).fold(0.0, f64::max) / interval;
+    let to_halt = worst(&|r| Some(secs(r.to_halt)));
     println!(
         "worst, in health intervals (i): failure → halt {:.2} (goal ≤ 2), of which breach → halt (the gate's own \
          part) {:.2}",
@@ -625,7 +762,13 @@ async fn health(args: HealthBench) -> Result<()> {
             bytes.checked_div(k).unwrap_or_default()
         );
     }
-    Ok(())
+    Ok(vec![Headline::new(
+        "health",
+        "first failed pod start → halt, worst, health intervals",
+        format!("{to_halt:.2}"),
+        "≤ 2",
+        to_halt <= 2.0,
+    )])
 }
 
 /// Waits until every cluster's health is measured and holds, then runs a bad batch in each.

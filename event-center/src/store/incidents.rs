@@ -161,54 +161,84 @@ fn heals_node(step: &RemediationEvent) -> bool {
     matches!(step.state.as_str(), "healed" | "replaced" | "node_gone")
 }
 
-/// Writes an incident: inserts it when `before` is `None`, else updates it if its version is
-/// still `before` (another writer's change in between is a conflict: the caller's transaction is
-/// retried). Bumps the version and the update time.
+/// Writes one incident: see [`put_many`].
 async fn put(tx: &mut Transaction<'_, Any>, i: &mut Incident, before: Option<i64>, now: DateTime<Utc>) -> Result<()> {
-    i.version = before.unwrap_or(0) + 1;
-    i.updated_at = now;
-    let active = i32::from(i.state != IncidentState::Resolved);
-    let sql = match before {
-        None => format!(
-            "INSERT INTO incidents ({COLUMNS}, board_key, active, published_version) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,0)"
-        ),
-        Some(_) => "UPDATE incidents SET fingerprint=$2, cluster=$3, node=$4, class=$5, kind=$6, severity=$7, \
-             state=$8, reason=$9, first_seen_ms=$10, last_seen_ms=$11, occurrences=$12, expected=$13, workflow_id=$14, \
-             workflow_state=$15, correlation_id=$16, acknowledged_by=$17, assignee=$18, silenced_until_ms=$19, \
-             resolved_at_ms=$20, updated_at_ms=$21, version=$22, board_key=$23, active=$24 WHERE id=$1 AND version=$25"
-            .to_owned(),
-    };
-    let mut q = sqlx::query(&sql)
-        .bind(i.id.to_string())
-        .bind(i.fingerprint.clone())
-        .bind(i.cluster.clone())
-        .bind(i.node.clone())
-        .bind(i.class.as_str())
-        .bind(i.kind.as_str())
-        .bind(i.severity.as_str())
-        .bind(i.state.as_str())
-        .bind(i.reason.clone())
-        .bind(ms(i.first_seen))
-        .bind(ms(i.last_seen))
-        .bind(i.occurrences)
-        .bind(i.expected)
-        .bind(i.workflow_id.map(|w| w.to_string()))
-        .bind(i.workflow_state.clone())
-        .bind(i.correlation_id.map(|c| c.to_string()))
-        .bind(i.acknowledged_by.clone())
-        .bind(i.assignee.clone())
-        .bind(i.silenced_until.map(ms))
-        .bind(i.resolved_at.map(ms))
-        .bind(ms(i.updated_at))
-        .bind(i.version)
-        .bind(board_key(i.state, i.severity))
-        .bind(active);
-    if let Some(v) = before {
-        q = q.bind(v);
-    }
-    if q.execute(&mut **tx).await?.rows_affected() != 1 {
-        return Err(Error::Conflict(format!("incident {} changed meanwhile", i.id)));
+    let mut one = [(i.clone(), before)];
+    put_many(tx, &mut one, now).await?;
+    (i.version, i.updated_at) = (one[0].0.version, one[0].0.updated_at);
+    Ok(())
+}
+
+/// Writes incidents, each inserted when its stored version (`before`) is `None`, else updated
+/// if its stored version is still `before`: multi-row upserts, 200 rows a statement. Another
+/// writer's change in between (or a second active incident of one fingerprint, which the unique
+/// index refuses) is a conflict: the caller's transaction is retried. Bumps each version and
+/// update time.
+async fn put_many(
+    tx: &mut Transaction<'_, Any>,
+    list: &mut [(Incident, Option<i64>)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    const ROWS: usize = 200;
+    const COLS: usize = 24;
+    for chunk in list.chunks_mut(ROWS) {
+        let mut sql = format!("INSERT INTO incidents ({COLUMNS}, board_key, active, published_version) VALUES ");
+        for row in 0..chunk.len() {
+            let params: Vec<String> = (1..=COLS).map(|k| format!("${}", row * COLS + k)).collect();
+            sql.push_str(if row == 0 { "(" } else { ",(" });
+            sql.push_str(&params.join(","));
+            sql.push_str(",0)");
+        }
+        sql.push_str(
+            " ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, cluster = excluded.cluster, \
+             node = excluded.node, class = excluded.class, kind = excluded.kind, severity = excluded.severity, \
+             state = excluded.state, reason = excluded.reason, first_seen_ms = excluded.first_seen_ms, \
+             last_seen_ms = excluded.last_seen_ms, occurrences = excluded.occurrences, expected = excluded.expected, \
+             workflow_id = excluded.workflow_id, workflow_state = excluded.workflow_state, \
+             correlation_id = excluded.correlation_id, acknowledged_by = excluded.acknowledged_by, \
+             assignee = excluded.assignee, silenced_until_ms = excluded.silenced_until_ms, \
+             resolved_at_ms = excluded.resolved_at_ms, updated_at_ms = excluded.updated_at_ms, \
+             version = excluded.version, board_key = excluded.board_key, active = excluded.active \
+             WHERE incidents.version = excluded.version - 1",
+        );
+        let mut q = sqlx::query(&sql);
+        for (i, before) in chunk.iter_mut() {
+            i.version = before.unwrap_or(0) + 1;
+            i.updated_at = now;
+            q = q
+                .bind(i.id.to_string())
+                .bind(i.fingerprint.clone())
+                .bind(i.cluster.clone())
+                .bind(i.node.clone())
+                .bind(i.class.as_str())
+                .bind(i.kind.as_str())
+                .bind(i.severity.as_str())
+                .bind(i.state.as_str())
+                .bind(i.reason.clone())
+                .bind(ms(i.first_seen))
+                .bind(ms(i.last_seen))
+                .bind(i.occurrences)
+                .bind(i.expected)
+                .bind(i.workflow_id.map(|w| w.to_string()))
+                .bind(i.workflow_state.clone())
+                .bind(i.correlation_id.map(|c| c.to_string()))
+                .bind(i.acknowledged_by.clone())
+                .bind(i.assignee.clone())
+                .bind(i.silenced_until.map(ms))
+                .bind(i.resolved_at.map(ms))
+                .bind(ms(i.updated_at))
+                .bind(i.version)
+                .bind(board_key(i.state, i.severity))
+                .bind(i32::from(i.state != IncidentState::Resolved));
+        }
+        let written = q.execute(&mut **tx).await?.rows_affected();
+        if written != chunk.len() as u64 {
+            return Err(Error::Conflict(format!(
+                "{} of {} incidents changed meanwhile",
+                chunk.len() as u64 - written,
+                chunk.len()
+            )));
+        }
     }
     Ok(())
 }
@@ -259,16 +289,34 @@ async fn active_of_nodes(tx: &mut Transaction<'_, Any>, nodes: &[(&str, &str)]) 
     Ok(out)
 }
 
+/// Rows of `SELECT {COLUMNS} FROM incidents WHERE <cond> AND <col> IN (values)`, in chunks.
+async fn incidents_where_in(
+    tx: &mut Transaction<'_, Any>,
+    cond: &str,
+    col: &str,
+    values: &[String],
+) -> Result<Vec<Incident>> {
+    let mut out = Vec::new();
+    for chunk in values.chunks(500) {
+        let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+        let sql = format!("SELECT {COLUMNS} FROM incidents WHERE {cond} AND {col} IN ({})", params.join(","));
+        let mut q = sqlx::query(&sql);
+        for v in chunk {
+            q = q.bind(v.as_str());
+        }
+        for r in q.fetch_all(&mut **tx).await? {
+            out.push(incident_of_row(&r)?);
+        }
+    }
+    Ok(out)
+}
+
 /// Steps of the workflows these faults started, oldest first.
 async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Result<Vec<RemediationEvent>> {
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
         let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
-        let sql = format!(
-            "SELECT id, workflow_id, cluster, node, trigger_event_id, state, reason, at FROM remediation_events \
-             WHERE trigger_event_id IN ({}) ORDER BY at_ms, id",
-            params.join(",")
-        );
+        let sql = format!("{} WHERE trigger_event_id IN ({}) ORDER BY at_ms, id", super::STEP_SELECT, params.join(","));
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(id.clone());
@@ -280,38 +328,52 @@ async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Re
     Ok(out)
 }
 
-/// Counts freshly stored faults into their incidents, inside the transaction that stored them.
-/// A fault joins the active incident of its fingerprint; else, when it is a kind Firebreak's
-/// own remediation causes and its node is being remediated, it is attached to that incident as
-/// expected; else it opens a new incident. Links each fault to its incident and queues it for
-/// the occurrences topic.
+/// Which incident each new fault counts in, and whether it is expected.
+pub(super) type Links = HashMap<Uuid, (Uuid, bool)>;
+
+/// Counts new faults (none of them stored yet) into their incidents, inside the transaction
+/// that stores them, and writes the incidents. A fault joins the active incident of its
+/// fingerprint; else, when it is a kind Firebreak's own remediation causes and a workflow is
+/// working on its node, it is attached to that node's incident as expected; else it opens a new
+/// incident. Returns each fault's incident (the caller stores the faults with it, queued for the
+/// occurrences topic) and what changed. A handful of statements per batch, whatever its size.
 pub(super) async fn count(
     tx: &mut Transaction<'_, Any>,
     fresh: &[&FaultEvent],
     rules: &Rules,
     now: DateTime<Utc>,
-) -> Result<Changed> {
+) -> Result<(Links, Changed)> {
+    let mut links = Links::new();
     if fresh.is_empty() {
-        return Ok(Changed::default());
+        return Ok((links, Changed::default()));
     }
-    let mut nodes: Vec<(&str, &str)> = fresh.iter().map(|e| (e.cluster.as_str(), e.node.as_str())).collect();
-    nodes.sort_unstable();
-    nodes.dedup();
     // id → (incident, its stored version or None when new)
     let mut incidents: HashMap<Uuid, (Incident, Option<i64>)> = HashMap::new();
     let mut by_fingerprint: HashMap<String, Uuid> = HashMap::new();
-    for i in active_of_nodes(tx, &nodes).await? {
+    let mut fingerprints: Vec<String> = fresh.iter().map(|e| fingerprint(&e.cluster, &e.node, e.kind)).collect();
+    fingerprints.sort_unstable();
+    fingerprints.dedup();
+    let mut known = incidents_where_in(tx, "active = 1", "fingerprint", &fingerprints).await?;
+    // The nodes a workflow may be repairing: only those with a fault of a kind repairs cause.
+    let mut nodes: Vec<(&str, &str)> = fresh
+        .iter()
+        .filter(|e| e.kind.expected_during_remediation())
+        .map(|e| (e.cluster.as_str(), e.node.as_str()))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    known.extend(active_of_nodes(tx, &nodes).await?.into_iter().filter(being_repaired));
+    for i in known {
         by_fingerprint.insert(i.fingerprint.clone(), i.id);
         let v = i.version;
         incidents.insert(i.id, (i, Some(v)));
     }
     let mut order: Vec<&FaultEvent> = fresh.to_vec();
     order.sort_by_key(|e| e.observed_at);
-    let mut links: BTreeMap<(Uuid, bool), Vec<String>> = BTreeMap::new();
     let mut touched: Vec<Uuid> = Vec::new();
     for e in order {
         let fp = fingerprint(&e.cluster, &e.node, e.kind);
-        let remediating = || {
+        let repairing = || {
             incidents
                 .values()
                 .filter(|(i, _)| i.cluster == e.cluster && i.node == e.node && being_repaired(i))
@@ -320,7 +382,7 @@ pub(super) async fn count(
         };
         let (id, expected) = match by_fingerprint.get(&fp) {
             Some(id) => (*id, false),
-            None => match remediating().filter(|_| e.kind.expected_during_remediation()) {
+            None => match repairing().filter(|_| e.kind.expected_during_remediation()) {
                 Some(id) => (id, true),
                 None => {
                     let i = open(e);
@@ -339,7 +401,7 @@ pub(super) async fn count(
             i.first_seen = i.first_seen.min(e.observed_at);
             i.last_seen = i.last_seen.max(e.observed_at);
         }
-        links.entry((id, expected)).or_default().push(e.id.to_string());
+        links.insert(e.id, (id, expected));
         if !touched.contains(&id) {
             touched.push(id);
         }
@@ -352,82 +414,109 @@ pub(super) async fn count(
         }
     }
     let mut changed = Changed::default();
-    for id in touched {
-        let Some((mut i, before)) = incidents.remove(&id) else { continue };
-        put(tx, &mut i, before, now).await?;
-        changed.incidents.push(i);
-    }
-    for ((incident, expected), ids) in links {
-        for chunk in ids.chunks(500) {
-            let params: Vec<String> = (3..chunk.len() + 3).map(|k| format!("${k}")).collect();
-            let sql = format!(
-                "UPDATE fault_events SET incident_id = $1, expected = $2, published = 0 WHERE id IN ({})",
-                params.join(",")
-            );
-            let mut q = sqlx::query(&sql).bind(incident.to_string()).bind(i32::from(expected));
-            for id in chunk {
-                q = q.bind(id.clone());
-            }
-            q.execute(&mut **tx).await?;
-        }
-    }
-    let new: Vec<&Incident> = changed.incidents.iter().filter(|i| i.version == 1).collect();
-    let mut kinds: Vec<(String, FaultKind)> = new.iter().map(|i| (i.cluster.clone(), i.kind)).collect();
+    let mut kinds: Vec<(String, FaultKind)> =
+        incidents.values().filter(|(_, v)| v.is_none()).map(|(i, _)| (i.cluster.clone(), i.kind)).collect();
     kinds.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
     kinds.dedup();
     for (cluster, kind) in kinds {
-        if let Some(c) = correlate(tx, &cluster, kind, rules, now, &mut changed.incidents).await? {
+        if let Some(c) = correlate(tx, &cluster, kind, rules, now, &mut incidents).await? {
             changed.correlations.push(c);
         }
     }
-    Ok(changed)
+    let mut write: Vec<(Incident, Option<i64>)> = touched.iter().filter_map(|id| incidents.remove(id)).collect();
+    put_many(tx, &mut write, now).await?;
+    changed.incidents = write.into_iter().map(|(i, _)| i).collect();
+    Ok((links, changed))
 }
 
-/// Groups the active incidents of `kind` in `cluster` whose first occurrence is within the
-/// window before the newest, when there are enough nodes: a correlation, created or grown.
-/// Incidents it takes in are updated in `changed` too.
+/// When enough nodes of `cluster` opened an incident of `kind` within the window (the stored
+/// active ones and this batch's new ones), groups them into a correlation, created or grown:
+/// the batch's incidents take its id in memory (`incidents`, written by the caller), the stored
+/// ones in one statement (their version bumped, so the outbox publishes them again).
 async fn correlate(
     tx: &mut Transaction<'_, Any>,
     cluster: &str,
     kind: FaultKind,
     rules: &Rules,
     now: DateTime<Utc>,
-    changed: &mut Vec<Incident>,
+    incidents: &mut HashMap<Uuid, (Incident, Option<i64>)>,
 ) -> Result<Option<Correlation>> {
-    let newest: Option<i64> = sqlx::query(
-        "SELECT MAX(first_seen_ms) AS newest FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1",
+    let ours = |i: &Incident| i.cluster == cluster && i.kind == kind && i.state != IncidentState::Resolved;
+    let Some(newest) = incidents.values().filter(|(i, v)| v.is_none() && ours(i)).map(|(i, _)| ms(i.first_seen)).max()
+    else {
+        return Ok(None);
+    };
+    let since = newest - rules.correlate_window.num_milliseconds();
+    let in_window = |i: &Incident| ours(i) && ms(i.first_seen) >= since;
+    let stored: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3",
     )
     .bind(cluster)
     .bind(kind.as_str())
+    .bind(since)
     .fetch_one(&mut **tx)
     .await?
-    .try_get("newest")?;
-    let Some(newest) = newest else { return Ok(None) };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3 \
-         ORDER BY first_seen_ms, id"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(cluster)
-        .bind(kind.as_str())
-        .bind(newest - rules.correlate_window.num_milliseconds())
-        .fetch_all(&mut **tx)
-        .await?;
-    let members: Vec<Incident> = rows.iter().map(incident_of_row).collect::<Result<_>>()?;
-    let mut nodes: Vec<String> = members.iter().map(|i| i.node.clone()).collect();
-    nodes.dedup();
-    if nodes.len() < rules.correlate_nodes.max(2) {
+    .try_get("n")?;
+    let new = incidents.values().filter(|(i, v)| v.is_none() && in_window(i)).count();
+    // One active incident per node for one kind: incidents are nodes.
+    if (stored as usize + new) < rules.correlate_nodes.max(2) {
         return Ok(None);
     }
-    let Some(first) = members.first() else { return Ok(None) };
-    let id = members.iter().find_map(|i| i.correlation_id).unwrap_or_else(|| {
-        firebreak_schema::deterministic_id(
-            first.first_seen,
-            &["correlation", cluster, kind.as_str(), &first.id.to_string()],
-        )
-    });
-    // Nodes already in it stay, with those it grows by.
-    let (mut version, mut all) = (0_i64, Vec::new());
+    let existing: Option<String> = sqlx::query(
+        "SELECT correlation_id FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 \
+         AND correlation_id IS NOT NULL LIMIT 1",
+    )
+    .bind(cluster)
+    .bind(kind.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| r.try_get("correlation_id"))
+    .transpose()?;
+    let first_new = incidents
+        .values()
+        .filter(|(i, v)| v.is_none() && in_window(i))
+        .map(|(i, _)| (i.first_seen, i.id))
+        .min()
+        .unwrap_or((now, Uuid::nil()));
+    let id = match existing
+        .or_else(|| incidents.values().find_map(|(i, _)| i.correlation_id.filter(|_| ours(i)).map(|c| c.to_string())))
+    {
+        Some(c) => uuid(&c)?,
+        None => firebreak_schema::deterministic_id(
+            first_new.0,
+            &["correlation", cluster, kind.as_str(), &first_new.1.to_string()],
+        ),
+    };
+    // Stored incidents in the window that are not in it yet join it, in one statement; those
+    // this batch holds in memory follow (their stored version moved by one); then the batch's
+    // new ones.
+    let joined = sqlx::query(
+        "UPDATE incidents SET correlation_id = $4, version = version + 1, updated_at_ms = $5 \
+         WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3 AND correlation_id IS NULL \
+         RETURNING id, node",
+    )
+    .bind(cluster)
+    .bind(kind.as_str())
+    .bind(since)
+    .bind(id.to_string())
+    .bind(ms(now))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut nodes = Vec::new();
+    for r in &joined {
+        nodes.push(r.try_get::<String, _>("node")?);
+        if let Some((i, Some(v))) = incidents.get_mut(&uuid(&r.try_get::<String, _>("id")?)?) {
+            i.correlation_id = Some(id);
+            *v += 1;
+        }
+    }
+    for (i, before) in incidents.values_mut() {
+        if before.is_none() && in_window(i) && i.correlation_id.is_none() {
+            i.correlation_id = Some(id);
+            nodes.push(i.node.clone());
+        }
+    }
+    let (mut version, mut all, mut first_seen) = (0_i64, Vec::new(), first_new.0);
     if let Some(r) = sqlx::query("SELECT body, version FROM correlations WHERE id = $1")
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -437,6 +526,7 @@ async fn correlate(
             .map_err(|e| Error::Corrupt(format!("correlation {id}: {e}")))?;
         version = r.try_get("version")?;
         all = old.nodes;
+        first_seen = old.first_seen;
     }
     let before = all.len();
     for n in nodes {
@@ -451,9 +541,9 @@ async fn correlate(
         id,
         cluster: cluster.to_owned(),
         kind,
-        class: first.class,
-        first_seen: first.first_seen,
-        last_seen: members.iter().map(|i| i.first_seen).max().unwrap_or(first.first_seen),
+        class: kind.class(),
+        first_seen: first_seen.min(first_new.0),
+        last_seen: DateTime::from_timestamp_millis(newest).unwrap_or(now),
         message: format!(
             "{} nodes of {cluster} reported {kind} within {} s: likely infrastructure, not nodes",
             all.len(),
@@ -464,42 +554,22 @@ async fn correlate(
         window_s: rules.correlate_window.num_seconds(),
     };
     let body = serde_json::to_string(&c).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let done = if version == 0 {
-        sqlx::query(
-            "INSERT INTO correlations (id, cluster, kind, first_seen_ms, last_seen_ms, body, version, published_version) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1, 0)",
-        )
-        .bind(id.to_string())
-        .bind(cluster)
-        .bind(kind.as_str())
-        .bind(ms(c.first_seen))
-        .bind(ms(c.last_seen))
-        .bind(body)
-        .execute(&mut **tx)
-        .await?
-    } else {
-        sqlx::query(
-            "UPDATE correlations SET last_seen_ms = $2, body = $3, version = version + 1 WHERE id = $1 AND version = $4",
-        )
-        .bind(id.to_string())
-        .bind(ms(c.last_seen))
-        .bind(body)
-        .bind(version)
-        .execute(&mut **tx)
-        .await?
-    };
+    let done = sqlx::query(
+        "INSERT INTO correlations (id, cluster, kind, first_seen_ms, last_seen_ms, body, version, published_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, 1, 0) ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
+         body = excluded.body, version = correlations.version + 1 WHERE correlations.version = $7",
+    )
+    .bind(id.to_string())
+    .bind(cluster)
+    .bind(kind.as_str())
+    .bind(ms(c.first_seen))
+    .bind(ms(c.last_seen))
+    .bind(body)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
     if done.rows_affected() != 1 {
         return Err(Error::Conflict(format!("correlation {id} changed meanwhile")));
-    }
-    for mut i in members.into_iter().filter(|i| i.correlation_id.is_none()) {
-        // The same incident may have been written in this batch already: write the newest.
-        let mut latest = changed.iter().find(|x| x.id == i.id).cloned().unwrap_or(i.clone());
-        let before = latest.version;
-        latest.correlation_id = Some(id);
-        put(tx, &mut latest, Some(before), now).await?;
-        i = latest;
-        changed.retain(|x| x.id != i.id);
-        changed.push(i);
     }
     Ok(Some(c))
 }
