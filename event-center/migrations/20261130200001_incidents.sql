@@ -77,3 +77,8 @@ CREATE INDEX IF NOT EXISTS fault_events_unpublished ON fault_events (received_at
 CREATE INDEX IF NOT EXISTS remediation_events_by_node ON remediation_events (cluster, node, at_ms);
 CREATE INDEX IF NOT EXISTS remediation_events_by_workflow ON remediation_events (workflow_id, at_ms);
 CREATE INDEX IF NOT EXISTS remediation_events_by_trigger ON remediation_events (trigger_event_id);
+
+-- Every fault query orders by sort_at_ms (its indexes are in 20261130100001): these two only
+-- cost writes.
+DROP INDEX IF EXISTS fault_events_by_time;
+DROP INDEX IF EXISTS fault_events_by_node;
