@@ -788,6 +788,163 @@ async fn a_correlated_storm_is_grouped() {
     ec.task.await.unwrap();
 }
 
+/// Issue 10: a storm is placed where it is, by the failure domains the detector publishes (a
+/// `Topology` on the health topic): a rack's nodes are the rack's storm, a zone's spread over
+/// its racks the zone's, nodes spread over zones the cluster's; a lone node of another zone
+/// beside a rack's storm stays out of it; a rack's storm that spreads over its zone widens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_is_placed_in_the_failure_domain_that_holds_it() {
+    const ZONE: &str = "topology.kubernetes.io/zone";
+    const RACK: &str = "example.com/rack";
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-domains").join("events.db").display());
+    let rules = firebreak_event_center::Rules { correlate_nodes: 3, ..no_quiet_resolution().rules };
+    let upkeep = firebreak_event_center::Upkeep { rules, ..Default::default() };
+    let ec = start_with(&kafka, &db, "ec-domains", None, upkeep).await;
+    let producer = Producer::new(&kafka).unwrap();
+    // Zone a: racks r1 (a1–a4) and r2 (a5–a8); zone b: racks r3 (b1–b4) and r4 (b5–b8).
+    let names = |p: &str, r: std::ops::RangeInclusive<i32>| r.map(|k| format!("{p}{k}")).collect::<Vec<_>>();
+    let topology = firebreak_schema::Topology {
+        cluster: "c1".into(),
+        at: Utc::now(),
+        domains: BTreeMap::from([
+            (
+                ZONE.to_owned(),
+                BTreeMap::from([("a".to_owned(), names("a", 1..=8)), ("b".to_owned(), names("b", 1..=8))]),
+            ),
+            (
+                RACK.to_owned(),
+                BTreeMap::from([
+                    ("r1".to_owned(), names("a", 1..=4)),
+                    ("r2".to_owned(), names("a", 5..=8)),
+                    ("r3".to_owned(), names("b", 1..=4)),
+                    ("r4".to_owned(), names("b", 5..=8)),
+                ]),
+            ),
+        ]),
+    };
+    producer.publish(firebreak_schema::HEALTH_TOPIC, &topology).await.unwrap();
+    // A sample after it on the same partition: once the page has the sample, the topology is kept.
+    let sample = firebreak_schema::HealthSample {
+        cluster: "c1".into(),
+        at: Utc::now(),
+        nodes: 16,
+        ready: 16,
+        ..Default::default()
+    };
+    producer.publish(firebreak_schema::HEALTH_TOPIC, &sample).await.unwrap();
+    wait_for("the health sample", Duration::from_secs(20), || async {
+        let gate = get_json(&format!("{}/api/v1/gate", ec.url)).await?;
+        (!gate["clusters"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let zone_a = names("a", 1..=8);
+    let storms = [
+        // Three nodes of rack r1: the rack's.
+        (FaultKind::NicDown, vec!["a1", "a2", "a3"]),
+        // Three of rack r2 and one of zone b: r2's, and b1 alone.
+        (FaultKind::DiskFailing, vec!["b1", "a5", "a6", "a7"]),
+        // The whole of zone a, over both racks: the zone's.
+        (FaultKind::KubeletDown, zone_a.iter().map(String::as_str).collect()),
+        // One node of zone a and two of zone b: the cluster's.
+        (FaultKind::KernelHung, vec!["a1", "b1", "b5"]),
+    ];
+    for (kind, nodes) in &storms {
+        for (k, n) in nodes.iter().enumerate() {
+            producer.publish(FAULTS, &fault(n, *kind, 600 + k as i64)).await.unwrap();
+        }
+    }
+    let list: Vec<serde_json::Value> = wait_for("four correlations", Duration::from_secs(20), || async {
+        let l = get_json(&format!("{}/api/v1/correlations", ec.url)).await?.as_array()?.clone();
+        let nodes =
+            |kind: &str| l.iter().find(|c| c["kind"] == kind).and_then(|c| c["nodes"].as_array()).map_or(0, Vec::len);
+        (nodes("NicDown") == 3 && nodes("DiskFailing") == 3 && nodes("KubeletDown") == 8 && nodes("KernelHung") == 3)
+            .then_some(l)
+    })
+    .await;
+    assert_eq!(list.len(), 4, "{list:#?}");
+    let of = |kind: &str| list.iter().find(|c| c["kind"] == kind).unwrap().clone();
+    assert_eq!(of("NicDown")["domain"], serde_json::json!([RACK, "r1"]));
+    assert!(of("NicDown")["message"].as_str().unwrap().contains("3 nodes of example.com/rack=r1 in c1"), "{list:#?}");
+    assert_eq!(of("DiskFailing")["domain"], serde_json::json!([RACK, "r2"]));
+    let mut disk: Vec<String> =
+        of("DiskFailing")["nodes"].as_array().unwrap().iter().filter_map(|n| n.as_str().map(str::to_owned)).collect();
+    disk.sort();
+    assert_eq!(disk, ["a5", "a6", "a7"]);
+    assert_eq!(of("KubeletDown")["domain"], serde_json::json!([ZONE, "a"]));
+    assert!(of("KernelHung").get("domain").is_none(), "spread over zones: {list:#?}");
+    let disk = incidents(&ec.url, "kind=DiskFailing&node=b1").await;
+    assert!(disk[0]["correlation_id"].is_null(), "a lone node beside the rack's storm: {disk:?}");
+    // Rack r1's storm spreads to rack r2 of the same zone: the zone's now, the same correlation.
+    for (k, n) in ["a5", "a6"].iter().enumerate() {
+        producer.publish(FAULTS, &fault(n, FaultKind::NicDown, 700 + k as i64)).await.unwrap();
+    }
+    let nic = wait_for("the rack's storm widened", Duration::from_secs(20), || async {
+        let l = get_json(&format!("{}/api/v1/correlations", ec.url)).await?.as_array()?.clone();
+        l.into_iter().find(|c| c["kind"] == "NicDown" && c["nodes"].as_array().is_some_and(|n| n.len() == 5))
+    })
+    .await;
+    assert_eq!(nic["domain"], serde_json::json!([ZONE, "a"]), "{nic}");
+    assert_eq!(nic["id"], of("NicDown")["id"]);
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Issue 10: the gate's decisions (on its topic) are on the node's page: a run of the same
+/// denial is one entry with its count, a replayed record counts nothing twice, another rule or
+/// a grant is an entry of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_decisions_show_on_the_node_page_once_each() {
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-decisions").join("events.db").display());
+    let ec = start_with(&kafka, &db, "ec-decisions", None, no_quiet_resolution()).await;
+    let producer = Producer::new(&kafka).unwrap();
+    let workflow = uuid::Uuid::now_v7();
+    let decision = |secs: i64, granted: bool, rule: Option<&str>| firebreak_schema::Decision {
+        id: deterministic_id(DateTime::from_timestamp(*BASE + secs, 0).unwrap(), &["decision"]),
+        at: DateTime::from_timestamp(*BASE + secs, 0).unwrap(),
+        operation: firebreak_schema::Operation::Cordon,
+        cluster: "c1".into(),
+        node: Some("n1".into()),
+        requester: format!("remediator/{workflow}"),
+        holder: "remediator".into(),
+        granted,
+        rule: rule.map(str::to_owned),
+        scope: Some("cluster=c1".into()),
+        measured: rule.map(|_| 1.0),
+        threshold: rule.map(|_| 1.0),
+        reason: rule.map_or("granted".into(), |r| format!("denied by {r}")),
+        permit_id: granted.then(uuid::Uuid::now_v7),
+    };
+    let sent = [
+        decision(0, false, Some("halt")),
+        decision(2, false, Some("halt")),
+        decision(2, false, Some("halt")),
+        decision(4, false, Some("halt")),
+        decision(6, false, Some("in_flight")),
+        decision(8, true, None),
+    ];
+    for d in &sent {
+        producer.publish(firebreak_schema::CHANGES_TOPIC, d).await.unwrap();
+    }
+    let url = format!("{}/api/v1/nodes/c1/n1", ec.url);
+    let entries = wait_for("the decisions", Duration::from_secs(20), || async {
+        let page = get_json(&url).await?;
+        let d: Vec<serde_json::Value> =
+            page["timeline"].as_array()?.iter().filter(|e| e["type"] == "decision").cloned().collect();
+        d.iter().any(|e| e["granted"] == true).then_some(d)
+    })
+    .await;
+    let summary: Vec<(bool, Option<&str>, i64)> =
+        entries.iter().map(|e| (e["granted"] == true, e["rule"].as_str(), e["repeats"].as_i64().unwrap())).collect();
+    assert_eq!(summary, [(true, None, 1), (false, Some("in_flight"), 1), (false, Some("halt"), 3)], "{entries:#?}");
+    let halt = &entries[2];
+    assert_eq!(halt["first_at"].as_str(), Some(sent[0].at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).as_str()));
+    assert_eq!(halt["at"].as_str().map(|t| t.parse::<DateTime<Utc>>().unwrap()), Some(sent[3].at));
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
 /// Issue 10: acknowledging, silencing, assigning, annotating need an operator's token (401
 /// without, 403 for a viewer's); a silence ends by itself; the OpenAPI document is served and
 /// each of its read routes answers.

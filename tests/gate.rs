@@ -5,7 +5,7 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{NodeLog, get_json_as, stack, steps, wait_for};
+use common::{NodeLog, get_json, get_json_as, stack, steps, wait_for};
 use firebreak_fleet_sim::Fault;
 use firebreak_rate_limiter::{Limits, OperationPolicy, Policy};
 use firebreak_schema::Operation;
@@ -384,6 +384,67 @@ async fn a_lost_permit_stops_the_step_until_a_new_one_is_granted() {
     stack.shutdown().await;
 }
 
+/// Issue 10: a storm in one zone halts repairs in that zone only. The detector publishes which
+/// node is in which zone; the event center places the correlation there; the gate's halt has
+/// that zone as its scope, and a node of another zone is repaired meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_in_one_zone_halts_repairs_in_that_zone_only() {
+    let stack = stack("zone-storm", |o| {
+        o.nodes_per_cluster = 15;
+        o.policy.storms = Some(firebreak_rate_limiter::Storms {
+            halts: vec![Operation::Cordon, Operation::Reboot],
+            resume_after: Duration::from_secs(600),
+        });
+    })
+    .await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    // The sample comes after the topology on the health topic: once the event center has it,
+    // it knows the zones.
+    wait_for("the cluster's first health sample", Duration::from_secs(30), || async {
+        let gate = get_json(&format!("{}/api/v1/gate", stack.event_center_url)).await?;
+        gate["clusters"].as_array()?.iter().any(|c| c["cluster"] == cluster.name()).then_some(())
+    })
+    .await;
+    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
+    // Nodes 3, 6, 9, 12, 15: the whole of zone-a.
+    for k in [3, 6, 9, 12, 15] {
+        let node = format!("{}-node-{k:03}", cluster.name());
+        let at = chrono::Utc::now();
+        let fault = firebreak_schema::FaultEvent {
+            id: firebreak_schema::deterministic_id(at, &[&node, "NicDown"]),
+            cluster: cluster.name().to_owned(),
+            node,
+            class: firebreak_schema::FaultKind::NicDown.class(),
+            kind: firebreak_schema::FaultKind::NicDown,
+            severity: firebreak_schema::Severity::Warning,
+            source: firebreak_schema::Source::Agent,
+            observed_at: at,
+            message: "eth0: link down".into(),
+            evidence: BTreeMap::new(),
+        };
+        producer.publish(&firebreak_schema::fault_topic(cluster.name()), &fault).await.unwrap();
+    }
+    let halts_url = format!("{}/api/v1/halts", stack.gate_url);
+    let source = format!("storm:cluster={},topology.kubernetes.io/zone=zone-a", cluster.name());
+    let halt = wait_for("the zone's storm halt", Duration::from_secs(30), || async {
+        let halts = get_json_as(&stack.tokens.viewer, &halts_url).await?;
+        halts.as_array()?.iter().find(|h| h["source"] == source).cloned()
+    })
+    .await;
+    assert_eq!(halt["scope"]["domain"], serde_json::json!(["topology.kubernetes.io/zone", "zone-a"]), "{halt}");
+    assert!(halt["reason"].as_str().unwrap().contains("topology.kubernetes.io/zone=zone-a"), "{halt}");
+    // A node of zone-b is repaired while zone-a is halted.
+    let other = format!("{}-node-001", cluster.name());
+    cluster.inject(&other, Fault::MemoryUncorrectable).unwrap();
+    wait_for(&format!("{other} healed beside the halted zone"), Duration::from_secs(120), || healed(&stack, &other))
+        .await;
+    let waited = steps(&stack, &other).await.into_iter().any(|(_, r)| r.contains("correlated incident"));
+    assert!(!waited, "zone-b is not in the storm's scope");
+    let halts = get_json_as(&stack.tokens.viewer, &halts_url).await.unwrap();
+    assert_eq!(halts.as_array().unwrap().len(), 1, "zone-a still halted: {halts}");
+    stack.shutdown().await;
+}
+
 /// Issue 10: a correlated storm halts node repairs in its cluster. Five nodes report a NIC down
 /// at once (recorded, not repaired); the event center correlates them and publishes the
 /// correlation on the health topic; the gate halts the cluster for cordons and reboots with the
@@ -421,7 +482,7 @@ async fn a_correlated_storm_halts_node_repairs_until_it_calms() {
     let halts_url = format!("{}/api/v1/halts", stack.gate_url);
     let halt = wait_for("the storm's halt", Duration::from_secs(30), || async {
         let halts = get_json_as(&stack.tokens.viewer, &halts_url).await?;
-        halts.as_array()?.iter().find(|h| h["source"] == format!("storm:{}", cluster.name())).cloned()
+        halts.as_array()?.iter().find(|h| h["source"] == format!("storm:cluster={}", cluster.name())).cloned()
     })
     .await;
     assert!(halt["reason"].as_str().unwrap().contains("likely infrastructure, not nodes"), "{halt}");
@@ -445,5 +506,36 @@ async fn a_correlated_storm_halts_node_repairs_until_it_calms() {
         .await;
     let halts = get_json_as(&stack.tokens.viewer, &halts_url).await.unwrap();
     assert!(halts.as_array().unwrap().is_empty(), "lifted: {halts}");
+    // The gate's decisions are on the node's page of the event center and in its incident's
+    // timeline: the cordon denied by the storm's halt (one entry however often it was asked),
+    // then granted.
+    let node_url = format!("{}/api/v1/nodes/{}/{victim}", stack.event_center_url, cluster.name());
+    let decisions = wait_for("the gate's decisions on the node page", Duration::from_secs(20), || async {
+        let page = get_json(&node_url).await?;
+        let d: Vec<serde_json::Value> =
+            page["timeline"].as_array()?.iter().filter(|e| e["type"] == "decision").cloned().collect();
+        d.iter().any(|e| e["granted"] == true && e["operation"] == "reboot").then_some(d)
+    })
+    .await;
+    let denied: Vec<_> = decisions.iter().filter(|e| e["granted"] == false && e["operation"] == "cordon").collect();
+    assert_eq!(denied.len(), 1, "one run of the same denial: {decisions:#?}");
+    assert_eq!(denied[0]["rule"], "halt", "{decisions:#?}");
+    assert!(denied[0]["reason"].as_str().unwrap().contains("correlated incident"), "{decisions:#?}");
+    assert!(denied[0]["repeats"].as_i64().unwrap() >= 1);
+    assert!(denied[0]["requester"].as_str().unwrap().starts_with("remediator/"));
+    let page = get_json(&node_url).await.unwrap();
+    let incident = page["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| {
+            (e["type"] == "occurrence" && e["kind"] == "MemoryUncorrectable").then(|| e["incident_id"].clone())
+        })
+        .unwrap();
+    let detail =
+        get_json(&format!("{}/api/v1/incidents/{}", stack.event_center_url, incident.as_str().unwrap())).await.unwrap();
+    let granted =
+        detail["timeline"].as_array().unwrap().iter().filter(|e| e["type"] == "decision" && e["granted"] == true);
+    assert!(granted.count() >= 2, "the workflow's cordon and reboot permits: {detail:#}");
     stack.shutdown().await;
 }

@@ -14,7 +14,8 @@
 //! in the last [`Config::pod_window`] (a watch of every pod: Ready within
 //! [`Config::pod_start_deadline`], failed, timed out), pods pending unschedulable, faults per
 //! class from the fault topic — which the gate's storm and health rules read; the same values
-//! are metrics. A fault observed on a node Firebreak itself has taken out
+//! are metrics. Beside it, when they change (and every ten minutes), a [`Topology`]: which nodes
+//! are in which failure domain, so the event center can tell a rack's storm from a cluster's. A fault observed on a node Firebreak itself has taken out
 //! of service (it carries the `firebreak.io/unhealthy` taint) is published as a warning with
 //! evidence `caused_by_remediation=true`, so our own reboots never trigger new remediation.
 //! Event ids derive from what was observed, so a restarted detector republishes the same ids and
@@ -40,7 +41,7 @@ use firebreak_plumbing::{
 };
 use firebreak_schema::{
     FAULT_TOPIC_PREFIX, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity,
-    Source, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
+    Source, Topology, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
 };
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -449,6 +450,7 @@ async fn publish_samples(
     }
     let mut tick = tokio::time::interval(cfg.sample_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published: Option<(Instant, Topology)> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -458,10 +460,37 @@ async fn publish_samples(
         let s = sample(&cfg, &nodes.borrow(), &mut lock(&counts), Utc::now());
         metrics.sample(&s, began.elapsed());
         tracing::debug!(nodes = s.nodes, ready = s.ready, pod_starts = ?s.pod_starts, "health sample");
+        // The failure domains, before the sample (one partition: whoever has read a sample has
+        // read the topology it was taken with): when they changed, and every ten minutes for
+        // readers that start late or lost theirs.
+        let t = topology(&cfg.cluster, &nodes.borrow(), s.at);
+        let stale = published
+            .as_ref()
+            .is_none_or(|(when, last)| last.domains != t.domains || when.elapsed() >= TOPOLOGY_REFRESH);
+        if stale {
+            match producer.publish_nowait(HEALTH_TOPIC, &t) {
+                Ok(()) => published = Some((Instant::now(), t)),
+                Err(error) => tracing::warn!(%error, "topology not queued"),
+            }
+        }
         if let Err(error) = producer.publish_nowait(HEALTH_TOPIC, &s) {
             tracing::warn!(%error, "health sample not queued");
         }
     }
+}
+
+/// How often the topology is published when it does not change.
+const TOPOLOGY_REFRESH: Duration = Duration::from_secs(600);
+
+/// Which nodes are in which failure domain, as the node watch sees them.
+fn topology(cluster: &str, nodes: &BTreeMap<String, Seen>, at: DateTime<Utc>) -> Topology {
+    let mut domains: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    for (name, n) in nodes {
+        for (k, v) in &n.domains {
+            domains.entry(k.clone()).or_default().entry(v.clone()).or_default().push(name.clone());
+        }
+    }
+    Topology { cluster: cluster.to_owned(), at, domains }
 }
 
 fn ready_condition(node: &Node) -> Option<(String, String, String, Option<DateTime<Utc>>)> {

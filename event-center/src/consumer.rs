@@ -24,8 +24,8 @@ use firebreak_plumbing::{
     retry,
 };
 use firebreak_schema::{
-    CHANGES_TOPIC, Change, FAULT_TOPIC_PATTERN, FAULT_TOPIC_PREFIX, FaultEvent, HEALTH_TOPIC, Halt, HealthSample,
-    REMEDIATION_TOPIC, RemediationEvent,
+    CHANGES_TOPIC, Change, Decision, FAULT_TOPIC_PATTERN, FAULT_TOPIC_PREFIX, FaultEvent, HEALTH_TOPIC, Halt,
+    HealthSample, REMEDIATION_TOPIC, RemediationEvent, Topology,
 };
 use rdkafka::{
     Message,
@@ -227,14 +227,18 @@ async fn handle(msg: &BorrowedMessage<'_>, sinks: &Sinks) -> Result<()> {
                 store.put_health(&h).await?;
                 let _ = live.send(Live::Gate);
             }
-            Err(firebreak_schema::Error::WrongType { .. }) => {
-                if let Err(e) = decode_message::<firebreak_schema::Correlation>(msg) {
-                    reject(e).await?
+            Err(firebreak_schema::Error::WrongType { .. }) => match decode_message::<Topology>(msg) {
+                Ok(t) => store.put_topology(&t).await?,
+                Err(firebreak_schema::Error::WrongType { .. }) => {
+                    if let Err(e) = decode_message::<firebreak_schema::Correlation>(msg) {
+                        reject(e).await?
+                    }
                 }
-            }
+                Err(e) => reject(e).await?,
+            },
             Err(e) => reject(e).await?,
         },
-        // Two event types share the gate's topic: halts and changes.
+        // Three event types share the gate's topic: halts, changes and decisions.
         t if t == CHANGES_TOPIC => match decode_message::<Halt>(msg) {
             Ok(h) => {
                 store.put_halt(&h).await?;
@@ -245,6 +249,10 @@ async fn handle(msg: &BorrowedMessage<'_>, sinks: &Sinks) -> Result<()> {
                     store.put_change(&c).await?;
                     let _ = live.send(Live::Gate);
                 }
+                Err(firebreak_schema::Error::WrongType { .. }) => match decode_message::<Decision>(msg) {
+                    Ok(d) => store.put_decision(&d).await?,
+                    Err(e) => reject(e).await?,
+                },
                 Err(e) => reject(e).await?,
             },
             Err(e) => reject(e).await?,

@@ -6,7 +6,9 @@ mod incidents;
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use firebreak_schema::{Change, EventRecord, FaultClass, FaultEvent, Halt, HealthSample, RemediationEvent};
+use firebreak_schema::{
+    Change, Decision, EventRecord, FaultClass, FaultEvent, Halt, HealthSample, RemediationEvent, Topology,
+};
 use sqlx::{AnyPool, Row};
 
 use crate::{Error, Result};
@@ -239,6 +241,22 @@ impl Store {
         Ok(())
     }
 
+    /// Keeps a cluster's failure domains as its detector last published them (an older record,
+    /// replayed, does not replace a newer one).
+    pub async fn put_topology(&self, t: &Topology) -> Result<()> {
+        let body = serde_json::to_string(t).map_err(|e| Error::Corrupt(format!("topology: {e}")))?;
+        sqlx::query(
+            "INSERT INTO topologies (cluster, at_ms, body) VALUES ($1, $2, $3) ON CONFLICT (cluster) DO UPDATE \
+             SET at_ms = excluded.at_ms, body = excluded.body WHERE topologies.at_ms < excluded.at_ms",
+        )
+        .bind(&t.cluster)
+        .bind(ms(t.at))
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Keeps a halt as the gate last told it (raised, then perhaps lifted).
     pub async fn put_halt(&self, h: &Halt) -> Result<()> {
         let body = serde_json::to_string(h).map_err(|e| Error::Corrupt(format!("halt: {e}")))?;
@@ -270,6 +288,95 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Keeps one of the gate's decisions. A denial like the requester's latest row (same
+    /// operation, rule and scope) extends that row (`repeats`, last time, latest body); anything
+    /// else is a row of its own. A record seen before (its id, or a time not after the row it
+    /// would extend) changes nothing, so a replay counts nothing twice.
+    pub async fn put_decision(&self, d: &Decision) -> Result<()> {
+        let body = serde_json::to_string(d).map_err(|e| Error::Corrupt(format!("decision: {e}")))?;
+        let run_key = if d.granted {
+            format!("granted/{}", d.id)
+        } else {
+            format!("denied/{}/{}/{}", d.operation, d.rule.as_deref().unwrap_or(""), d.scope.as_deref().unwrap_or(""))
+        };
+        let mut tx = self.pool.begin().await?;
+        let seen = sqlx::query("SELECT 1 AS x FROM decision_events WHERE id = $1")
+            .bind(d.id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        let latest = sqlx::query(
+            "SELECT id, run_key, last_at_ms FROM decision_events WHERE requester = $1 ORDER BY last_at_ms DESC LIMIT 1",
+        )
+        .bind(&d.requester)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let at = ms(d.at);
+        match latest {
+            _ if seen => {}
+            Some(r) if r.try_get::<i64, _>("last_at_ms")? >= at => {}
+            Some(r) if !d.granted && r.try_get::<String, _>("run_key")? == run_key => {
+                sqlx::query(
+                    "UPDATE decision_events SET repeats = repeats + 1, last_at_ms = $2, body = $3 WHERE id = $1",
+                )
+                .bind(r.try_get::<String, _>("id")?)
+                .bind(at)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+            }
+            _ => {
+                sqlx::query(
+                    "INSERT INTO decision_events (id, cluster, node, requester, workflow_id, first_at_ms, last_at_ms, \
+                     repeats, run_key, body) VALUES ($1, $2, $3, $4, $5, $6, $6, 1, $7, $8)",
+                )
+                .bind(d.id.to_string())
+                .bind(&d.cluster)
+                .bind(d.node.clone())
+                .bind(&d.requester)
+                .bind(d.workflow_id().map(|w| w.to_string()))
+                .bind(at)
+                .bind(run_key)
+                .bind(body)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The gate's decisions on a node (`node` given) or for a workflow, newest first, at most
+    /// 200.
+    pub async fn decisions(&self, about: DecisionsOf<'_>) -> Result<Vec<DecisionRun>> {
+        const COLS: &str = "SELECT first_at_ms, repeats, body FROM decision_events";
+        let rows = match about {
+            DecisionsOf::Node(cluster, node) => {
+                sqlx::query(&format!("{COLS} WHERE cluster = $1 AND node = $2 ORDER BY last_at_ms DESC LIMIT 200"))
+                    .bind(cluster)
+                    .bind(node)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            DecisionsOf::Workflow(w) => {
+                sqlx::query(&format!("{COLS} WHERE workflow_id = $1 ORDER BY last_at_ms DESC LIMIT 200"))
+                    .bind(w.to_string())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(DecisionRun {
+                    decision: serde_json::from_str(&r.try_get::<String, _>("body")?)
+                        .map_err(|e| Error::Corrupt(format!("stored decision: {e}")))?,
+                    first_at: DateTime::from_timestamp_millis(r.try_get("first_at_ms")?).unwrap_or_default(),
+                    repeats: r.try_get("repeats")?,
+                })
+            })
+            .collect()
     }
 
     /// The gate's state as the event center knows it: every cluster's latest health sample,
@@ -364,7 +471,7 @@ impl Store {
     }
 
     /// Deletes what is older than `max_age` — faults, steps, resolved incidents and their notes,
-    /// correlations, rejected records — and the oldest faults beyond the newest `max_faults`,
+    /// correlations, the gate's decisions, rejected records — and the oldest faults beyond the newest `max_faults`,
     /// in chunks so that no statement holds the database long. A fault not yet published on the
     /// occurrences topic is kept whatever its age, and so are active incidents. Returns how many
     /// faults, steps and incidents were deleted.
@@ -423,6 +530,11 @@ impl Store {
             cutoff,
         )
         .await?;
+        chunked(
+            "DELETE FROM decision_events WHERE id IN (SELECT id FROM decision_events WHERE last_at_ms < $1 LIMIT $2)",
+            cutoff,
+        )
+        .await?;
         sqlx::query("DELETE FROM rejected_messages WHERE received_at < $1")
             .bind(fmt(Utc::now() - max_age))
             .execute(&self.pool)
@@ -440,6 +552,28 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Whose decisions: a node's, or a workflow's.
+#[derive(Debug, Clone, Copy)]
+pub enum DecisionsOf<'a> {
+    /// Every decision on a node (cluster, node).
+    Node(&'a str, &'a str),
+    /// The decisions a workflow asked for.
+    Workflow(uuid::Uuid),
+}
+
+/// One of the gate's decisions as the event center shows it: the latest of a run of the same
+/// denial to one requester, with when the run began and how many it holds (1 for a grant).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DecisionRun {
+    /// The latest decision of the run.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// When the run began.
+    pub first_at: DateTime<Utc>,
+    /// Decisions in the run.
+    pub repeats: i64,
 }
 
 /// The one rule for `?limit=` on every list: 1 to 1000, 100 when absent; anything else is a 400.

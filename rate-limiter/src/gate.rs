@@ -14,7 +14,8 @@ use std::{
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::auth::Caller;
 use firebreak_schema::{
-    BreakerTrip, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitResponse, Role, Scope, names,
+    BreakerTrip, Decision, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitResponse, Role,
+    Scope, names,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +28,7 @@ use crate::{
     health,
     metrics::Metrics,
     notify::Notifier,
-    store::{Decision, Done, Op, PermitChange, Store},
+    store::{Done, Op, PermitChange, Store},
 };
 
 /// Most requests decided in one transaction.
@@ -101,7 +102,8 @@ pub struct Gate {
     pub(crate) prom: RwLock<Arc<HashMap<(String, String), health::Value>>>,
     /// Woken when a sample arrives, so health rules judge it at once.
     pub(crate) sampled: tokio::sync::Notify,
-    /// When each cluster's storm (a correlated incident) last grew, as this replica heard it.
+    /// When the storm (a correlated incident) in each scope (`cluster=c1`, `cluster=c1,rack=r7`)
+    /// last grew, as this replica heard it.
     pub(crate) storms: std::sync::Mutex<HashMap<String, chrono::DateTime<Utc>>>,
 }
 
@@ -165,7 +167,7 @@ impl Gate {
         validate(&req)?;
         policy.knows_cluster(&req.cluster)?;
         match self.submit(Op::Decide(req, caller.name.clone())).await? {
-            Done::Decided(o) => Ok(o.response()),
+            Done::Decided(d) => Ok(d.0.response()),
             Done::Changed(_) => Err(Error::Corrupt("a decision came back as a change".into())),
         }
     }
@@ -204,7 +206,7 @@ impl Gate {
                     self.abandoned(&abandoned);
                     for (job, done) in batch.into_iter().zip(done) {
                         match (&job.op, &done) {
-                            (Op::Decide(req, holder), Done::Decided(o)) => self.record(req, holder, o),
+                            (Op::Decide(req, holder), Done::Decided(d)) => self.record(req, holder, &d.0, &d.1),
                             (Op::Release { .. }, Done::Changed(PermitChange::Done(p))) => {
                                 tracing::info!(permit_id = %p.id, operation = %p.operation, cluster = %p.cluster,
                                     node = p.node.as_deref().unwrap_or(""), "permit released");
@@ -225,7 +227,8 @@ impl Gate {
         }
     }
 
-    fn record(&self, req: &PermitRequest, holder: &str, outcome: &Outcome) {
+    fn record(&self, req: &PermitRequest, holder: &str, outcome: &Outcome, decision: &Decision) {
+        self.notifier.decision(decision);
         let r = outcome.response();
         tracing::info!(operation = %req.operation, cluster = %req.cluster, node = req.node.as_deref().unwrap_or(""),
             requester = %req.requester, holder = %holder, granted = r.granted, rule = r.limit.as_deref().unwrap_or(""),

@@ -34,13 +34,13 @@ use std::{path::PathBuf, sync::Arc};
 
 pub use firebreak_plumbing::webhook::signature;
 use firebreak_plumbing::{auth::Tokens, kafka::KafkaConfig, serve::Tls};
+pub use firebreak_schema::Decision;
 pub use gate::{Gate, GateStatus, InFlight, SnapshotSummary};
 pub use http::router;
 pub use policy::{
     ApiRate, Breaker, BreakerScope, Freeze, HealthRule, Limits, NoData, OperationPolicy, Percent, Policy, PromQuery,
     RuleScope, Storms, Webhook, Window,
 };
-pub use store::Decision;
 use tokio_util::sync::CancellationToken;
 
 /// Everything that can go wrong in the gate.

@@ -1,12 +1,12 @@
-//! Telling others: every change of a change's state and every halt raised or lifted goes to the
-//! `firebreak.changes.v1` topic (when the gate has Kafka) and, for halts, to the policy's
+//! Telling others: every change of a change's state, every halt raised or lifted and every
+//! permit decision goes to the `firebreak.changes.v1` topic (when the gate has Kafka) and, for halts, to the policy's
 //! webhooks — a JSON body signed with HMAC-SHA256 (`X-Firebreak-Signature: sha256=<hex>` over
 //! the exact body), retried with backoff in the background, never holding up a decision.
 
 use std::time::Duration;
 
 use firebreak_plumbing::{kafka::Producer, webhook};
-use firebreak_schema::{CHANGES_TOPIC, Change, Halt};
+use firebreak_schema::{CHANGES_TOPIC, Change, Decision, Halt};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::Webhook;
@@ -31,6 +31,16 @@ impl Notifier {
             && let Err(error) = p.publish_nowait(CHANGES_TOPIC, c)
         {
             tracing::warn!(%error, change = %c.spec.id, "change event not queued");
+        }
+    }
+
+    /// A decision, on the topic: the event center shows it with the node and incident it
+    /// concerns. Queued, never awaited: the decision is already in the log.
+    pub(crate) fn decision(&self, d: &Decision) {
+        if let Some(p) = &self.producer
+            && let Err(error) = p.publish_nowait(CHANGES_TOPIC, d)
+        {
+            tracing::warn!(%error, decision = %d.id, "decision event not queued");
         }
     }
 

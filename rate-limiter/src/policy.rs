@@ -12,10 +12,10 @@
 //! held `for` a duration before the rule halts, and what no data means. Webhooks
 //! (`[[webhooks]]`) are told of every halt, HMAC-signed.
 //!
-//! Storms (`[storms]`): the event center's correlated incidents (many nodes of a cluster
-//! reporting one kind at once, "likely infrastructure, not nodes") on the health topic halt
-//! their cluster for the node repairs named, until no correlation there has grown for
-//! `resume_after`.
+//! Storms (`[storms]`): the event center's correlated incidents (many nodes of a cluster, or of
+//! one zone or rack of it, reporting one kind at once, "likely infrastructure, not nodes") on
+//! the health topic halt their cluster, or only that domain, for the node repairs named, until
+//! no correlation there has grown for `resume_after`.
 
 use std::{collections::BTreeMap, num::NonZeroU32, path::Path, time::Duration};
 
@@ -259,9 +259,9 @@ pub struct PromQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Storms {
-    /// The operations halted in the storm's cluster.
+    /// The operations halted where the storm is (its cluster, or its failure domain).
     pub halts: Vec<Operation>,
-    /// The halt is lifted once no correlation in the cluster has grown for this long.
+    /// The halt is lifted once the correlation there has not grown for this long.
     #[serde(with = "humantime_serde", default = "default_storm_resume")]
     pub resume_after: Duration,
 }

@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
-    BreakerTrip, Change, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitState, Scope,
+    BreakerTrip, Change, Decision, Halt, HaltRequest, HealthSample, Operation, Permit, PermitRequest, PermitState,
+    Scope,
 };
 use sqlx::{AnyPool, Row, any::AnyRow};
 use uuid::Uuid;
@@ -29,43 +30,6 @@ const GATE_LOCK: i64 = 0x0066_6972_6562_726b;
 pub(crate) struct Store {
     pool: AnyPool,
     postgres: bool,
-}
-
-/// A decision as kept in the log.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Decision {
-    /// When it was made.
-    pub at: DateTime<Utc>,
-    /// The operation asked for.
-    pub operation: Operation,
-    /// Cluster.
-    pub cluster: String,
-    /// Node, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// Who asked.
-    pub requester: String,
-    /// The token that asked.
-    pub holder: String,
-    /// The answer.
-    pub granted: bool,
-    /// The rule that denied, if one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// Its scope.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
-    /// The value measured against it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measured: Option<f64>,
-    /// Its threshold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<f64>,
-    /// Why.
-    pub reason: String,
-    /// The permit granted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub permit_id: Option<Uuid>,
 }
 
 /// What became of a renewal or a release.
@@ -206,8 +170,8 @@ impl Store {
             for (i, op) in ops.iter().enumerate() {
                 let Op::Decide(req, holder) = op else { continue };
                 let o = decide(policy, &mut world, req, holder, now);
-                write_outcome(&mut tx, req, holder, &o, now).await?;
-                done[i] = Some(Done::Decided(Box::new(o)));
+                let d = write_outcome(&mut tx, req, holder, &o, now).await?;
+                done[i] = Some(Done::Decided(Box::new((o, d))));
             }
             // Only the rate states that moved.
             let mut moved: Vec<(&(Operation, String), &DateTime<Utc>)> =
@@ -237,7 +201,7 @@ pub(crate) enum Op {
 #[derive(Debug, Clone)]
 pub(crate) enum Done {
     /// A decision.
-    Decided(Box<Outcome>),
+    Decided(Box<(Outcome, Decision)>),
     /// A renewal or release.
     Changed(PermitChange),
 }
@@ -292,8 +256,8 @@ impl Store {
     /// The newest decisions first, at most `limit`.
     pub(crate) async fn decisions(&self, limit: i64) -> Result<Vec<Decision>> {
         let rows = sqlx::query(
-            "SELECT at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, threshold, reason, \
-             permit_id FROM gate_decisions ORDER BY at_ms DESC, id DESC LIMIT $1",
+            "SELECT id, at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, threshold, \
+             reason, permit_id FROM gate_decisions ORDER BY at_ms DESC, id DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -301,6 +265,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(Decision {
+                    id: r.try_get::<String, _>("id")?.parse().map_err(|e| corrupt("decision id", e))?,
                     at: time(r.try_get("at_ms")?),
                     operation: r.try_get::<String, _>("operation")?.parse().map_err(|e| corrupt("operation", e))?,
                     cluster: r.try_get("cluster")?,
@@ -638,13 +603,14 @@ async fn load_world(
     Ok(World { active, tats, grants, halts, trips, closed, snapshots: Default::default() })
 }
 
+/// Keeps a decision (and the permit or breaker trip it made) in the log; returns it as kept.
 async fn write_outcome(
     tx: &mut Tx<'_>,
     req: &PermitRequest,
     holder: &str,
     o: &Outcome,
     now: DateTime<Utc>,
-) -> Result<()> {
+) -> Result<Decision> {
     if let Outcome::Granted(p, _) = o {
         sqlx::query(&format!(
             "INSERT INTO gate_permits ({PERMIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,'active',$8,$9,NULL)"
@@ -675,28 +641,43 @@ async fn write_outcome(
         .await?;
     }
     let r = o.response();
-    let reason = r.reason.clone();
+    let d = Decision {
+        id: Uuid::now_v7(),
+        at: now,
+        operation: req.operation,
+        cluster: req.cluster.clone(),
+        node: req.node.clone(),
+        requester: req.requester.clone(),
+        holder: holder.to_owned(),
+        granted: r.granted,
+        rule: r.limit,
+        scope: r.scope,
+        measured: r.measured,
+        threshold: r.threshold,
+        reason: r.reason,
+        permit_id: r.permit_id,
+    };
     sqlx::query(
         "INSERT INTO gate_decisions (id, at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, \
          threshold, reason, permit_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
     )
-    .bind(Uuid::now_v7().to_string())
+    .bind(d.id.to_string())
     .bind(ms(now))
-    .bind(req.operation.as_str())
-    .bind(&req.cluster)
-    .bind(req.node.clone())
-    .bind(&req.requester)
-    .bind(holder)
-    .bind(i32::from(r.granted))
-    .bind(r.limit.clone())
-    .bind(r.scope.clone())
-    .bind(r.measured.map(|v| v.to_string()))
-    .bind(r.threshold.map(|v| v.to_string()))
-    .bind(reason)
-    .bind(r.permit_id.map(|p| p.to_string()))
+    .bind(d.operation.as_str())
+    .bind(&d.cluster)
+    .bind(d.node.clone())
+    .bind(&d.requester)
+    .bind(&d.holder)
+    .bind(i32::from(d.granted))
+    .bind(d.rule.clone())
+    .bind(d.scope.clone())
+    .bind(d.measured.map(|v| v.to_string()))
+    .bind(d.threshold.map(|v| v.to_string()))
+    .bind(&d.reason)
+    .bind(d.permit_id.map(|p| p.to_string()))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(d)
 }
 
 /// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Error, Halt, Result, deterministic_id, event::validate_names, names, wire::CloudEvent};
+use crate::{Error, Halt, Operation, Result, deterministic_id, event::validate_names, names, wire::CloudEvent};
 
 /// How a health check came out, as an Argo Rollouts AnalysisRun says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -306,6 +306,73 @@ impl CloudEvent for Halt {
             validate_names(c, "-")?;
         }
         Ok(())
+    }
+}
+
+/// One of the gate's decisions on a permit request, as its log keeps it and as it is published
+/// on [`crate::CHANGES_TOPIC`] (key = cluster), so the event center can show it with the
+/// incident and the node it concerns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Its id.
+    pub id: Uuid,
+    /// When it was made.
+    pub at: DateTime<Utc>,
+    /// The operation asked for.
+    pub operation: Operation,
+    /// Cluster.
+    pub cluster: String,
+    /// Node, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Who asked (`remediator/<workflow id>`, a change system).
+    pub requester: String,
+    /// The token that asked.
+    pub holder: String,
+    /// The answer.
+    pub granted: bool,
+    /// The rule that denied, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The value measured against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<f64>,
+    /// Its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Why.
+    pub reason: String,
+    /// The permit granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permit_id: Option<Uuid>,
+}
+
+impl Decision {
+    /// The workflow that asked, when a remediator did (`remediator/<workflow id>`).
+    pub fn workflow_id(&self) -> Option<Uuid> {
+        self.requester.strip_prefix("remediator/")?.parse().ok()
+    }
+}
+
+impl CloudEvent for Decision {
+    const TYPE: &'static str = "io.firebreak.decision.v1";
+    fn ce_id(&self) -> String {
+        self.id.to_string()
+    }
+    fn ce_source(&self) -> String {
+        "/firebreak/gate".into()
+    }
+    fn ce_time(&self) -> DateTime<Utc> {
+        self.at
+    }
+    fn key(&self) -> String {
+        self.cluster.clone()
+    }
+    fn validate(&self) -> Result<()> {
+        validate_names(&self.cluster, self.node.as_deref().unwrap_or("-"))
     }
 }
 

@@ -187,6 +187,67 @@ impl HealthSample {
     }
 }
 
+/// Which nodes of a cluster are in which failure domain, for the labels the detector was told
+/// to report: label key → value → node names. Published on [`crate::HEALTH_TOPIC`] (key =
+/// cluster) by the cluster's detector when it changes and at least every ten minutes, so the
+/// event center can tell a storm in one zone or rack from one across the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topology {
+    /// Cluster name.
+    pub cluster: String,
+    /// When the detector's node watch saw it so.
+    pub at: DateTime<Utc>,
+    /// Label key → label value → the nodes with it, sorted.
+    pub domains: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+}
+
+/// A failure domain: (label key, value).
+pub type Domain<'a> = (&'a str, &'a str);
+
+impl Topology {
+    /// Each node's domains: node → [(label key, value)], and each domain's size in nodes.
+    pub fn by_node(&self) -> (BTreeMap<&str, Vec<Domain<'_>>>, BTreeMap<Domain<'_>, usize>) {
+        let (mut of, mut size) = (BTreeMap::<&str, Vec<Domain<'_>>>::new(), BTreeMap::new());
+        for (k, values) in &self.domains {
+            for (v, nodes) in values {
+                size.insert((k.as_str(), v.as_str()), nodes.len());
+                for n in nodes {
+                    of.entry(n.as_str()).or_default().push((k.as_str(), v.as_str()));
+                }
+            }
+        }
+        (of, size)
+    }
+}
+
+impl CloudEvent for Topology {
+    const TYPE: &'static str = "io.firebreak.topology.v1";
+    fn ce_id(&self) -> String {
+        deterministic_id(self.at, &[&self.cluster, "topology"]).to_string()
+    }
+    fn ce_source(&self) -> String {
+        format!("/firebreak/detector/{}", self.cluster)
+    }
+    fn ce_time(&self) -> DateTime<Utc> {
+        self.at
+    }
+    fn key(&self) -> String {
+        self.cluster.clone()
+    }
+    fn validate(&self) -> Result<()> {
+        validate_names(&self.cluster, "-")?;
+        for (k, values) in &self.domains {
+            if k.is_empty() || values.keys().any(String::is_empty) {
+                return Err(Error::Invalid(format!("topology of {}: an empty label key or value", self.cluster)));
+            }
+            for n in values.values().flatten() {
+                validate_names(&self.cluster, n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl CloudEvent for HealthSample {
     const TYPE: &'static str = "io.firebreak.health-sample.v1";
     fn ce_id(&self) -> String {

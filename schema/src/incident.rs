@@ -181,15 +181,20 @@ impl CloudEvent for Occurrence {
     }
 }
 
-/// Many nodes of one cluster reporting the same kind within a window: likely the
-/// infrastructure, not the nodes. Published on [`crate::HEALTH_TOPIC`] (key = cluster) each
-/// time it grows, so the gate sees it beside the cluster's health.
+/// Many nodes of one cluster, or of one failure domain of it (a zone, a rack), reporting the
+/// same kind within a window: likely the infrastructure, not the nodes. Published on
+/// [`crate::HEALTH_TOPIC`] (key = cluster) each time it grows, so the gate sees it beside the
+/// cluster's health.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Correlation {
     /// Its id: deterministic from cluster, kind and its first incident.
     pub id: Uuid,
     /// Cluster name.
     pub cluster: String,
+    /// The failure domain (label key, value) that holds most of the nodes; `None`: spread over
+    /// the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<(String, String)>,
     /// What the nodes reported.
     pub kind: FaultKind,
     /// Layer.
@@ -206,6 +211,16 @@ pub struct Correlation {
     pub window_s: i64,
     /// For people: what it likely is.
     pub message: String,
+}
+
+impl Correlation {
+    /// Where it is: its cluster, or its failure domain of the cluster.
+    pub fn scope(&self) -> crate::Scope {
+        match &self.domain {
+            Some((k, v)) => crate::Scope::domain(&self.cluster, k, v),
+            None => crate::Scope::cluster(&self.cluster),
+        }
+    }
 }
 
 impl CloudEvent for Correlation {

@@ -19,7 +19,7 @@ pub mod topics;
 mod wire;
 
 pub use change::{
-    BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Measurement, Phase, Verdict,
+    BatchAnswer, BatchRecord, BatchSize, Change, ChangeRequest, ChangeState, Decision, Measurement, Phase, Verdict,
 };
 pub use command::{CommandOutcome, CommandReport, NodeAction, NodeCommand, command_partition};
 pub use control::ClearEscalation;
@@ -29,7 +29,7 @@ pub use event::{
 pub use gate::{
     BreakerTrip, Halt, HaltRequest, Operation, Permit, PermitRequest, PermitResponse, PermitState, Role, Scope,
 };
-pub use health::{HealthSample, PodStarts, Signal, UnhealthyNode};
+pub use health::{Domain, HealthSample, PodStarts, Signal, Topology, UnhealthyNode};
 pub use incident::{Correlation, Incident, IncidentState, Occurrence, fingerprint};
 pub use wire::{CloudEvent, SPEC_VERSION, WireMessage, decode, encode};
 

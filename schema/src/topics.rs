@@ -4,7 +4,7 @@
 
 use crate::{
     ClearEscalation, CloudEvent, CommandReport, Correlation, FaultEvent, HealthSample, Heartbeat, Incident,
-    NodeCommand, Occurrence, RemediationEvent,
+    NodeCommand, Occurrence, RemediationEvent, Topology,
 };
 
 /// One topic of the contract.
@@ -66,24 +66,25 @@ pub const TOPICS: &[Topic] = &[
         name: crate::HEALTH_TOPIC,
         per_cluster: false,
         key: "<cluster>",
-        types: &[HealthSample::TYPE, Correlation::TYPE],
-        writers: "detector (samples), event-center (correlations)",
+        types: &[HealthSample::TYPE, Topology::TYPE, Correlation::TYPE],
+        writers: "detector (samples, topology), event-center (correlations)",
         readers: "gate, event-center",
         compacted: false,
         partitions: 3,
-        purpose: "each cluster's health sample (node readiness, pod start success, nodes out of service) and \
-                  correlated incidents (many nodes reporting the same kind at once)",
+        purpose: "each cluster's health sample (node readiness, pod start success, nodes out of service), which \
+                  nodes are in which failure domain, and correlated incidents (many nodes of a cluster or of \
+                  one domain reporting the same kind at once)",
     },
     Topic {
         name: crate::CHANGES_TOPIC,
         per_cluster: false,
         key: "<cluster> or global",
-        types: &[crate::Change::TYPE, crate::Halt::TYPE],
+        types: &[crate::Change::TYPE, crate::Halt::TYPE, crate::Decision::TYPE],
         writers: "gate",
         readers: "event-center, change systems",
         compacted: false,
         partitions: 3,
-        purpose: "changes and halts, each time their state changes",
+        purpose: "changes and halts, each time their state changes, and each permit decision with its reason",
     },
     Topic {
         name: crate::NODE_COMMAND_TOPIC,

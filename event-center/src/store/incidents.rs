@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_schema::{
     Correlation, FaultClass, FaultEvent, FaultKind, Incident, IncidentState, Occurrence, RemediationEvent, Severity,
-    fingerprint,
+    Topology, fingerprint,
 };
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
@@ -419,9 +419,7 @@ pub(super) async fn count(
     kinds.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
     kinds.dedup();
     for (cluster, kind) in kinds {
-        if let Some(c) = correlate(tx, &cluster, kind, rules, now, &mut incidents).await? {
-            changed.correlations.push(c);
-        }
+        changed.correlations.extend(correlate(tx, &cluster, kind, rules, now, &mut incidents).await?);
     }
     let mut write: Vec<(Incident, Option<i64>)> = touched.iter().filter_map(|id| incidents.remove(id)).collect();
     put_many(tx, &mut write, now).await?;
@@ -429,10 +427,31 @@ pub(super) async fn count(
     Ok((links, changed))
 }
 
+/// One incident within a correlation window: stored (with the correlation it joined, if any) or
+/// new in this batch.
+struct Member {
+    id: Uuid,
+    node: String,
+    first_seen: DateTime<Utc>,
+    correlation_id: Option<Uuid>,
+    stored: bool,
+}
+
 /// When enough nodes of `cluster` opened an incident of `kind` within the window (the stored
-/// active ones and this batch's new ones), groups them into a correlation, created or grown:
-/// the batch's incidents take its id in memory (`incidents`, written by the caller), the stored
-/// ones in one statement (their version bumped, so the outbox publishes them again).
+/// active ones and this batch's new ones), groups them into correlations, created or grown.
+///
+/// Where: each incident not yet in a correlation joins the narrowest scope that holds enough of
+/// the window's nodes and more than half of those of the scope around it: the cluster, then its
+/// failure domains from the widest (a zone) to the narrowest (a rack), as the cluster's last
+/// [`firebreak_schema::Topology`] has them. Five nodes of one rack are that rack's storm; three
+/// hundred nodes of one zone over fifteen racks are the zone's; nodes spread over the zones
+/// are the cluster's. A scope with no correlation yet needs enough incidents joining it, or
+/// they try the next wider one: a lone node of another zone beside a rack's storm stays out of
+/// it. A rack's storm that grows over its zone widens to the zone (same id).
+///
+/// The batch's incidents take the correlation's id in memory (`incidents`, written by the
+/// caller), the stored ones in one statement per correlation (their version bumped, so the
+/// outbox publishes them again).
 async fn correlate(
     tx: &mut Transaction<'_, Any>,
     cluster: &str,
@@ -440,139 +459,244 @@ async fn correlate(
     rules: &Rules,
     now: DateTime<Utc>,
     incidents: &mut HashMap<Uuid, (Incident, Option<i64>)>,
-) -> Result<Option<Correlation>> {
+) -> Result<Vec<Correlation>> {
     let ours = |i: &Incident| i.cluster == cluster && i.kind == kind && i.state != IncidentState::Resolved;
     let Some(newest) = incidents.values().filter(|(i, v)| v.is_none() && ours(i)).map(|(i, _)| ms(i.first_seen)).max()
     else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let since = newest - rules.correlate_window.num_milliseconds();
-    let in_window = |i: &Incident| ours(i) && ms(i.first_seen) >= since;
-    let stored: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3",
+    let mut window = Vec::new();
+    for r in sqlx::query(
+        "SELECT id, node, first_seen_ms, correlation_id FROM incidents \
+         WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3",
     )
     .bind(cluster)
     .bind(kind.as_str())
     .bind(since)
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("n")?;
-    let new = incidents.values().filter(|(i, v)| v.is_none() && in_window(i)).count();
-    // One active incident per node for one kind: incidents are nodes.
-    if (stored as usize + new) < rules.correlate_nodes.max(2) {
-        return Ok(None);
-    }
-    let existing: Option<String> = sqlx::query(
-        "SELECT correlation_id FROM incidents WHERE cluster = $1 AND kind = $2 AND active = 1 \
-         AND correlation_id IS NOT NULL LIMIT 1",
-    )
-    .bind(cluster)
-    .bind(kind.as_str())
-    .fetch_optional(&mut **tx)
-    .await?
-    .map(|r| r.try_get("correlation_id"))
-    .transpose()?;
-    let first_new = incidents
-        .values()
-        .filter(|(i, v)| v.is_none() && in_window(i))
-        .map(|(i, _)| (i.first_seen, i.id))
-        .min()
-        .unwrap_or((now, Uuid::nil()));
-    let id = match existing
-        .or_else(|| incidents.values().find_map(|(i, _)| i.correlation_id.filter(|_| ours(i)).map(|c| c.to_string())))
-    {
-        Some(c) => uuid(&c)?,
-        None => firebreak_schema::deterministic_id(
-            first_new.0,
-            &["correlation", cluster, kind.as_str(), &first_new.1.to_string()],
-        ),
-    };
-    // Stored incidents in the window that are not in it yet join it, in one statement; those
-    // this batch holds in memory follow (their stored version moved by one); then the batch's
-    // new ones.
-    let joined = sqlx::query(
-        "UPDATE incidents SET correlation_id = $4, version = version + 1, updated_at_ms = $5 \
-         WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3 AND correlation_id IS NULL \
-         RETURNING id, node",
-    )
-    .bind(cluster)
-    .bind(kind.as_str())
-    .bind(since)
-    .bind(id.to_string())
-    .bind(ms(now))
     .fetch_all(&mut **tx)
-    .await?;
-    let mut nodes = Vec::new();
-    for r in &joined {
-        nodes.push(r.try_get::<String, _>("node")?);
-        if let Some((i, Some(v))) = incidents.get_mut(&uuid(&r.try_get::<String, _>("id")?)?) {
-            i.correlation_id = Some(id);
-            *v += 1;
-        }
+    .await?
+    {
+        window.push(Member {
+            id: uuid(&r.try_get::<String, _>("id")?)?,
+            node: r.try_get("node")?,
+            first_seen: time(r.try_get("first_seen_ms")?)?,
+            correlation_id: r.try_get::<Option<String>, _>("correlation_id")?.as_deref().map(uuid).transpose()?,
+            stored: true,
+        });
     }
-    for (i, before) in incidents.values_mut() {
-        if before.is_none() && in_window(i) && i.correlation_id.is_none() {
-            i.correlation_id = Some(id);
-            nodes.push(i.node.clone());
-        }
+    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && ours(i) && ms(i.first_seen) >= since) {
+        window.push(Member {
+            id: i.id,
+            node: i.node.clone(),
+            first_seen: i.first_seen,
+            correlation_id: i.correlation_id,
+            stored: false,
+        });
     }
-    let (mut version, mut all, mut first_seen) = (0_i64, Vec::new(), first_new.0);
-    if let Some(r) = sqlx::query("SELECT body, version FROM correlations WHERE id = $1")
-        .bind(id.to_string())
+    // One active incident per node for one kind: incidents are nodes.
+    let least = rules.correlate_nodes.max(2);
+    if window.len() < least {
+        return Ok(Vec::new());
+    }
+    let topology: Option<Topology> = sqlx::query("SELECT body FROM topologies WHERE cluster = $1")
+        .bind(cluster)
         .fetch_optional(&mut **tx)
         .await?
-    {
-        let old: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
-            .map_err(|e| Error::Corrupt(format!("correlation {id}: {e}")))?;
-        version = r.try_get("version")?;
-        all = old.nodes;
-        first_seen = old.first_seen;
-    }
-    let before = all.len();
-    for n in nodes {
-        if !all.contains(&n) {
-            all.push(n);
+        .map(|r| r.try_get::<String, _>("body"))
+        .transpose()?
+        .map(|b| serde_json::from_str(&b).map_err(|e| Error::Corrupt(format!("topology of {cluster}: {e}"))))
+        .transpose()?;
+    let topology = topology.unwrap_or_default();
+    let (domains_of, size) = topology.by_node();
+    let mut affected: HashMap<(&str, &str), usize> = HashMap::new();
+    for m in &window {
+        for d in domains_of.get(m.node.as_str()).into_iter().flatten() {
+            *affected.entry(*d).or_default() += 1;
         }
     }
-    if all.len() == before && version > 0 {
-        return Ok(None);
-    }
-    let c = Correlation {
-        id,
-        cluster: cluster.to_owned(),
-        kind,
-        class: kind.class(),
-        first_seen: first_seen.min(first_new.0),
-        last_seen: DateTime::from_timestamp_millis(newest).unwrap_or(now),
-        message: format!(
-            "{} nodes of {cluster} reported {kind} within {} s: likely infrastructure, not nodes",
-            all.len(),
-            rules.correlate_window.num_seconds()
-        ),
-        nodes: all,
-        threshold: rules.correlate_nodes as i64,
-        window_s: rules.correlate_window.num_seconds(),
-    };
-    let body = serde_json::to_string(&c).map_err(|e| Error::Corrupt(e.to_string()))?;
-    let done = sqlx::query(
-        "INSERT INTO correlations (id, cluster, kind, first_seen_ms, last_seen_ms, body, version, published_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, 1, 0) ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
-         body = excluded.body, version = correlations.version + 1 WHERE correlations.version = $7",
+    // The correlations of this cluster and kind that still have an active incident.
+    let mut existing = Vec::new();
+    for r in sqlx::query(
+        "SELECT body, version FROM correlations WHERE id IN (SELECT correlation_id FROM incidents \
+         WHERE cluster = $1 AND kind = $2 AND active = 1 AND correlation_id IS NOT NULL)",
     )
-    .bind(id.to_string())
     .bind(cluster)
     .bind(kind.as_str())
-    .bind(ms(c.first_seen))
-    .bind(ms(c.last_seen))
-    .bind(body)
-    .bind(version)
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() != 1 {
-        return Err(Error::Conflict(format!("correlation {id} changed meanwhile")));
+    .fetch_all(&mut **tx)
+    .await?
+    {
+        let c: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
+            .map_err(|e| Error::Corrupt(format!("correlation of {cluster}/{kind}: {e}")))?;
+        existing.push((c, r.try_get::<i64, _>("version")?));
     }
-    Ok(Some(c))
+    // Each incident's scopes, from the cluster down to the narrowest domain that holds more
+    // than half of the nodes of the one around it.
+    let mut chains: Vec<(usize, Vec<Place>)> = Vec::new();
+    for (at, m) in window.iter().enumerate().filter(|(_, m)| m.correlation_id.is_none()) {
+        let mut ds = domains_of.get(m.node.as_str()).cloned().unwrap_or_default();
+        ds.sort_by_key(|d| std::cmp::Reverse(size.get(d).copied().unwrap_or(0)));
+        let (mut chain, mut around) = (vec![None], window.len());
+        for d in ds {
+            let n = affected.get(&d).copied().unwrap_or(0);
+            if n >= least && 2 * n > around {
+                chain.push(Some((d.0.to_owned(), d.1.to_owned())));
+                around = n;
+            }
+        }
+        chains.push((at, chain));
+    }
+    // An incident joins its narrowest scope if that scope has a correlation already or enough
+    // incidents join it; if not, the next wider one; none: it stays alone (for now).
+    loop {
+        let mut joining: HashMap<Place, usize> = HashMap::new();
+        for (_, chain) in &chains {
+            if let Some(s) = chain.last() {
+                *joining.entry(s.clone()).or_default() += 1;
+            }
+        }
+        let mut moved = false;
+        for (_, chain) in &mut chains {
+            if let Some(s) = chain.last()
+                && joining.get(s).copied().unwrap_or(0) < least
+                && joins(&existing, s, &domains_of).is_none()
+            {
+                chain.pop();
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let mut groups: BTreeMap<Place, Vec<usize>> = BTreeMap::new();
+    for (at, mut chain) in chains {
+        if let Some(s) = chain.pop() {
+            groups.entry(s).or_default().push(at);
+        }
+    }
+    let mut out = Vec::new();
+    for (domain, members) in groups {
+        let members: Vec<&Member> = members.iter().map(|&at| &window[at]).collect();
+        let (first_seen, first) = members.iter().map(|m| (m.first_seen, m.id)).min().unwrap_or((now, Uuid::nil()));
+        let found = joins(&existing, &domain, &domains_of);
+        let (mut c, version) = match found {
+            Some(at) => {
+                // A rack's storm that turned out to be its zone's: it widens to the zone.
+                let (c, v) = &existing[at];
+                (Correlation { domain: domain.clone(), ..c.clone() }, *v)
+            }
+            None => {
+                let mut parts = vec!["correlation".to_owned(), cluster.to_owned()];
+                parts.extend(domain.iter().map(|(k, v)| format!("{k}={v}")));
+                parts.extend([kind.as_str().to_owned(), first.to_string()]);
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                let c = Correlation {
+                    id: firebreak_schema::deterministic_id(first_seen, &parts),
+                    cluster: cluster.to_owned(),
+                    domain: domain.clone(),
+                    kind,
+                    class: kind.class(),
+                    nodes: Vec::new(),
+                    first_seen,
+                    last_seen: first_seen,
+                    threshold: least as i64,
+                    window_s: rules.correlate_window.num_seconds(),
+                    message: String::new(),
+                };
+                (c, 0)
+            }
+        };
+        let mut nodes = Vec::new();
+        let stored: Vec<String> = members.iter().filter(|m| m.stored).map(|m| m.id.to_string()).collect();
+        for chunk in stored.chunks(500) {
+            let params: Vec<String> = (3..chunk.len() + 3).map(|k| format!("${k}")).collect();
+            let sql = format!(
+                "UPDATE incidents SET correlation_id = $1, version = version + 1, updated_at_ms = $2 \
+                 WHERE correlation_id IS NULL AND id IN ({}) RETURNING id, node",
+                params.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(c.id.to_string()).bind(ms(now));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                nodes.push(r.try_get::<String, _>("node")?);
+                if let Some((i, Some(v))) = incidents.get_mut(&uuid(&r.try_get::<String, _>("id")?)?) {
+                    i.correlation_id = Some(c.id);
+                    *v += 1;
+                }
+            }
+        }
+        for m in members.iter().filter(|m| !m.stored) {
+            if let Some((i, None)) = incidents.get_mut(&m.id) {
+                i.correlation_id = Some(c.id);
+                nodes.push(i.node.clone());
+            }
+        }
+        let before = c.nodes.len();
+        for n in nodes {
+            if !c.nodes.contains(&n) {
+                c.nodes.push(n);
+            }
+        }
+        if c.nodes.len() == before && version > 0 {
+            continue;
+        }
+        c.first_seen = c.first_seen.min(first_seen);
+        c.last_seen = c.last_seen.max(DateTime::from_timestamp_millis(newest).unwrap_or(now));
+        let (n, w) = (c.nodes.len(), rules.correlate_window.num_seconds());
+        c.message = match &c.domain {
+            Some((k, v)) => format!(
+                "{n} nodes of {k}={v} in {cluster} reported {kind} within {w} s: likely that domain's \
+                 infrastructure, not the nodes"
+            ),
+            None => format!("{n} nodes of {cluster} reported {kind} within {w} s: likely infrastructure, not nodes"),
+        };
+        let body = serde_json::to_string(&c).map_err(|e| Error::Corrupt(e.to_string()))?;
+        let done = sqlx::query(
+            "INSERT INTO correlations (id, cluster, kind, first_seen_ms, last_seen_ms, body, version, published_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1, 0) ON CONFLICT (id) DO UPDATE SET last_seen_ms = excluded.last_seen_ms, \
+             body = excluded.body, version = correlations.version + 1 WHERE correlations.version = $7",
+        )
+        .bind(c.id.to_string())
+        .bind(cluster)
+        .bind(kind.as_str())
+        .bind(ms(c.first_seen))
+        .bind(ms(c.last_seen))
+        .bind(body)
+        .bind(version)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(Error::Conflict(format!("correlation {} changed meanwhile", c.id)));
+        }
+        match found {
+            Some(at) => existing[at] = (c.clone(), version + 1),
+            None => existing.push((c.clone(), 1)),
+        }
+        out.push(c);
+    }
+    Ok(out)
 }
+
+/// The correlation (of `existing`) that incidents joining `scope` join: the one of that scope,
+/// or, for a failure domain, one of a narrower domain whose nodes all lie in it (which widens).
+fn joins(existing: &[(Correlation, i64)], scope: &Place, of: &NodeDomains) -> Option<usize> {
+    existing.iter().position(|(c, _)| &c.domain == scope).or_else(|| {
+        let (k, v) = scope.as_ref()?;
+        existing.iter().position(|(c, _)| {
+            c.domain.is_some()
+                && c.nodes.iter().all(|n| of.get(n.as_str()).is_some_and(|ds| ds.contains(&(k.as_str(), v.as_str()))))
+        })
+    })
+}
+
+/// Where a correlation is: its cluster (`None`) or a failure domain (label key, value) of it.
+type Place = Option<(String, String)>;
+
+/// Each node's failure domains: node → [(label key, value)].
+type NodeDomains<'a> = BTreeMap<&'a str, Vec<firebreak_schema::Domain<'a>>>;
 
 /// Applies a stored step to its node's incidents, inside the transaction that stored it: the
 /// incident its workflow started from follows the workflow; a healed (or replaced, or gone) node
@@ -678,6 +802,15 @@ pub enum Entry {
         #[serde(flatten)]
         step: RemediationEvent,
     },
+    /// The gate's answer to a permit request for the node (a run of the same denial is one
+    /// entry, at its latest).
+    Decision {
+        /// When (the latest of the run).
+        at: DateTime<Utc>,
+        /// The decision.
+        #[serde(flatten)]
+        decision: Box<super::DecisionRun>,
+    },
     /// An operator's action.
     Note {
         /// When.
@@ -696,9 +829,17 @@ pub enum Entry {
 impl Entry {
     fn at(&self) -> DateTime<Utc> {
         match self {
-            Entry::Occurrence { at, .. } | Entry::Step { at, .. } | Entry::Note { at, .. } => *at,
+            Entry::Occurrence { at, .. }
+            | Entry::Step { at, .. }
+            | Entry::Decision { at, .. }
+            | Entry::Note { at, .. } => *at,
         }
     }
+}
+
+/// The gate's decisions as timeline entries.
+fn decision_entries(runs: Vec<super::DecisionRun>) -> impl Iterator<Item = Entry> {
+    runs.into_iter().map(|d| Entry::Decision { at: d.decision.at, decision: Box::new(d) })
 }
 
 /// Newest first.
@@ -923,7 +1064,7 @@ impl Store {
     }
 
     /// An incident with its correlation and its timeline (its latest 200 occurrences, its
-    /// workflow's steps, the operators' notes), newest first.
+    /// workflow's steps and the gate's decisions on them, the operators' notes), newest first.
     pub async fn incident_detail(&self, id: Uuid) -> Result<Option<IncidentDetail>> {
         let Some(incident) = self.incident(id).await? else { return Ok(None) };
         let mut timeline = self.occurrences("incident_id = $1", &[id.to_string()], 200).await?;
@@ -937,6 +1078,7 @@ impl Store {
                 let step = super::step_of_row(&r)?;
                 timeline.push(Entry::Step { at: step.at, step });
             }
+            timeline.extend(decision_entries(self.decisions(super::DecisionsOf::Workflow(w)).await?));
         }
         timeline.extend(self.notes(&[id.to_string()]).await?);
         let correlation = match incident.correlation_id {
@@ -996,8 +1138,8 @@ impl Store {
         Ok(out)
     }
 
-    /// A node's active incidents and its timeline: its latest 200 faults and steps, and the
-    /// notes on its incidents, newest first.
+    /// A node's active incidents and its timeline: its latest 200 faults, steps and gate
+    /// decisions, and the notes on its incidents, newest first.
     pub async fn node_timeline(&self, cluster: &str, node: &str) -> Result<NodeTimeline> {
         let sql = format!(
             "SELECT {COLUMNS} FROM incidents WHERE cluster = $1 AND node = $2 AND active = 1 ORDER BY board_key, last_seen_ms DESC"
@@ -1018,6 +1160,7 @@ impl Store {
             let step = super::step_of_row(&r)?;
             timeline.push(Entry::Step { at: step.at, step });
         }
+        timeline.extend(decision_entries(self.decisions(super::DecisionsOf::Node(cluster, node)).await?));
         let ids: Vec<String> = sqlx::query("SELECT id FROM incidents WHERE cluster = $1 AND node = $2")
             .bind(cluster)
             .bind(node)
