@@ -160,7 +160,8 @@ pub struct IncidentArgs {
     #[arg(long, default_value = "1h", value_parser = positive_duration)]
     resolve_quiet_after: Duration,
     /// This many nodes of one cluster reporting one kind within --correlate-window make a
-    /// correlated incident ("likely infrastructure, not nodes"), published on the health topic.
+    /// correlated incident ("likely infrastructure, not nodes"), published on the health topic;
+    /// placed in the zone or rack that holds most of them, when one does.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
     correlate_nodes: u16,
     /// See --correlate-nodes.

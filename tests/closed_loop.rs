@@ -176,6 +176,14 @@ async fn closed_loop(name: &str, db: Option<String>) {
         format!("firebreak_detector_nodes{{cluster=\"{c}\",ready=\"true\"}} 4"),
         format!("firebreak_detector_faults_published_total{{cluster=\"{c}\",kind=\"NodeNotReady\"}}"),
         format!("firebreak_remediator_evictions_total{{cluster=\"{c}\",outcome=\"refused\"}}"),
+        // Each consumer's lag, per group and partition: the detector's own cluster's heartbeats,
+        // the remediator's own cluster's faults.
+        format!(
+            "firebreak_detector_consumer_lag{{group=\"firebreak-detector-{c}\",topic=\"firebreak.heartbeats.v1.{c}\",partition=\"0\"}}"
+        ),
+        format!(
+            "firebreak_remediator_consumer_lag{{group=\"firebreak-remediator-{c}\",topic=\"firebreak.faults.v1.{c}\",partition=\"0\"}}"
+        ),
     ] {
         assert!(metrics.contains(&line), "missing `{line}` in\n{metrics}");
     }

@@ -185,7 +185,7 @@ fn bench_ingest_runs_in_smoke_mode() {
 #[test]
 fn bench_all_ends_with_one_table_of_figures_and_goals() {
     let mut args = vec!["bench", "all", "--smoke"];
-    for other in ["ingest", "ui", "agent", "detect", "isolate", "drain", "health"] {
+    for other in ["ingest", "ui", "agent", "detect", "isolate", "scale", "drain", "health"] {
         args.extend(["--skip", other]);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak")).args(&args).output().unwrap();
@@ -217,12 +217,13 @@ fn bench_ui_runs_in_smoke_mode() {
 #[test]
 fn bench_detect_and_isolate_run_in_smoke_mode() {
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
-        .args(["bench", "detect", "--clusters", "2", "--nodes", "6", "--faults", "4"])
+        .args(["bench", "detect", "--clusters", "2", "--nodes", "6", "--faults", "4", "--idle", "1s"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("kernel log line → node cordoned and tainted") && text.contains("goal: p50"), "{text}");
+    assert!(text.contains("the whole process") && text.contains("MiB"), "{text}");
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["bench", "isolate", "--nodes", "12", "--faults", "8"])
         .output()
@@ -402,4 +403,48 @@ fn bench_agent_runs_in_smoke_mode() {
     let line = text.lines().find(|l| l.starts_with("records written")).unwrap_or_default();
     let n: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
     assert!(matches!(n[..], [w, f, d] if w >= 300 && f == w / 100 && d == f), "every fault delivered: {line}");
+}
+
+/// The event center's incident flags are checked before it starts: each out of range is a
+/// usage error naming the flag, not a service that runs with nonsense.
+#[test]
+fn event_center_flags_out_of_range_are_refused() {
+    for (flag, value) in [
+        ("--correlate-nodes", "1"),
+        ("--correlate-nodes", "x"),
+        ("--correlate-window", "0s"),
+        ("--retain-faults", "0"),
+        ("--retain-for", "0s"),
+        ("--resolve-quiet-after", "soon"),
+    ] {
+        // A database it cannot open: should the flag be taken, the run ends at once anyway.
+        let out = firebreak(&["event-center", "--database-url", "sqlite:///nonexistent/dir/x.db", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(value), "{flag} {value}: {err}");
+    }
+}
+
+/// The scale benchmark in its smoke size: `detect` at two fleet sizes, each in its own process,
+/// then one table and the SVG plot of memory and latency against nodes.
+#[test]
+fn bench_scale_runs_each_size_and_draws_the_plot() {
+    let dir = std::env::temp_dir().join(format!("firebreak-scale-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let plot = dir.join("scale.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "scale", "--sizes", "4,8", "--nodes-per-cluster", "4", "--faults", "2", "--idle", "1s"])
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let table = text.split("resident MiB").nth(1).unwrap_or_else(|| panic!("the table in\n{text}"));
+    let rows = table.lines().map(str::trim).filter(|l| l.starts_with("4 ") || l.starts_with("8 ")).count();
+    assert_eq!(rows, 2, "a row per size: {table}");
+    assert!(!table.contains("failed"), "{table}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Resident memory") && svg.contains("p99"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

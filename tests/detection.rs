@@ -9,12 +9,14 @@ use chrono::Utc;
 use firebreak_agent::{NodeAgent, rules};
 use firebreak_fleet_sim::Fault;
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, decode_message};
-use firebreak_schema::{FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat};
+use firebreak_schema::{FaultEvent, FaultKind, Heartbeat};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 /// Cluster c1's fault topic (`firebreak_schema::fault_topic("c1")`).
 const FAULTS: &str = "firebreak.faults.v1.c1";
+/// Cluster c1's heartbeat topic (`firebreak_schema::heartbeat_topic("c1")`).
+const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1.c1";
 
 /// Every record of a topic, read from the start by a fresh group.
 fn reader(cfg: &KafkaConfig, topic: &str) -> StreamConsumer {

@@ -1006,6 +1006,18 @@ async fn operator_actions_need_a_token_and_silences_expire() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // An id that is not a UUID: a 400 naming it, to read and to act on.
+    let r = reqwest::get(format!("{}/api/v1/incidents/not-an-id", ec.url)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not-an-id"));
+    let r = http
+        .post(format!("{}/api/v1/incidents/not-an-id/acknowledge", ec.url))
+        .bearer_auth("o-secret")
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     let r = post("silence", Some("o-secret"), serde_json::json!({"for": "2s", "note": "maintenance"})).await.unwrap();
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["state"], "silenced");
     let list = incidents_until(&ec.url, "", |l| l[0]["state"] == "open").await;
@@ -1105,6 +1117,32 @@ async fn undecodable_records_go_to_the_dead_letter_topic() {
     assert_eq!(dead[0].headers["ce_type"], "io.firebreak.fault.v1", "the record's own headers are kept");
     assert_eq!(dead[0].headers["firebreak_topic"], FAULTS);
     assert!(!dead[0].headers[firebreak_schema::DEAD_LETTER_REASON_HEADER].is_empty());
+    // What the others publish beside it, undecodable: a correlation and a topology on the
+    // health topic, a decision on the gate's topic. Each is set aside the same way.
+    for (topic, ce_type) in [
+        (firebreak_schema::HEALTH_TOPIC, "io.firebreak.correlation.v1"),
+        (firebreak_schema::HEALTH_TOPIC, "io.firebreak.topology.v1"),
+        (firebreak_schema::CHANGES_TOPIC, "io.firebreak.decision.v1"),
+    ] {
+        let headers = OwnedHeaders::new().insert(Header { key: "ce_type", value: Some(ce_type) });
+        let body = r#"{"cluster": "c1", "nodes": 7}"#;
+        raw.send(FutureRecord::to(topic).key("c1").payload(body).headers(headers), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    let dead = read_topic(&kafka, firebreak_schema::DEAD_LETTER_TOPIC, |r| r.len() >= 4).await;
+    let mut types: Vec<&str> = dead.iter().map(|r| r.headers["ce_type"].as_str()).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "io.firebreak.correlation.v1",
+            "io.firebreak.decision.v1",
+            "io.firebreak.fault.v1",
+            "io.firebreak.topology.v1"
+        ]
+    );
+    assert!(dead.iter().all(|r| !r.headers[firebreak_schema::DEAD_LETTER_REASON_HEADER].is_empty()));
     ec.cancel.cancel();
     ec.task.await.unwrap();
 }

@@ -81,7 +81,7 @@ async fn takeover(name: &str, kill_at: &str) {
 async fn one_detector_replica_publishes_and_the_standby_takes_over() {
     let (_mock, kafka) = common::mock_kafka(&[
         (&firebreak_schema::fault_topic("c1"), 3),
-        (firebreak_schema::HEARTBEAT_TOPIC, 3),
+        (&firebreak_schema::heartbeat_topic("c1"), 3),
         (firebreak_schema::HEALTH_TOPIC, 1),
         (firebreak_schema::REMEDIATION_TOPIC, 3),
     ]);

@@ -27,9 +27,7 @@ use std::{
 
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::kafka::{KafkaConfig, Producer};
-use firebreak_schema::{
-    FaultEvent, FaultKind, HEARTBEAT_TOPIC, Heartbeat, Severity, Source, deterministic_id, fault_topic,
-};
+use firebreak_schema::{FaultEvent, FaultKind, Heartbeat, Severity, Source, deterministic_id, fault_topic};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -168,6 +166,7 @@ impl NodeAgent {
     /// Reads the kernel log and the sources until cancelled.
     async fn follow(&self, faults: &str, cancel: &CancellationToken) {
         let mut follower = kmsg::Follower::new(&self.host_root);
+        let heartbeats = firebreak_schema::heartbeat_topic(&self.cluster);
         let mut poll = tokio::time::interval(self.poll_interval);
         let mut beat = tokio::time::interval(self.heartbeat_interval);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,7 +193,7 @@ impl NodeAgent {
                         cluster: self.cluster.clone(), node: self.node.clone(),
                         agent_version: env!("CARGO_PKG_VERSION").into(), seq, sent_at: Utc::now(),
                     };
-                    if let Err(error) = self.producer.publish_nowait(HEARTBEAT_TOPIC, &hb) {
+                    if let Err(error) = self.producer.publish_nowait(&heartbeats, &hb) {
                         tracing::warn!(%error, "heartbeat not queued");
                     }
                 }

@@ -40,8 +40,8 @@ use firebreak_plumbing::{
     lenient::Lenient,
 };
 use firebreak_schema::{
-    FAULT_TOPIC_PREFIX, FaultEvent, FaultKind, HEALTH_TOPIC, HEARTBEAT_TOPIC, HealthSample, Heartbeat, Severity,
-    Source, Topology, UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
+    FAULT_TOPIC_PREFIX, FaultEvent, FaultKind, HEALTH_TOPIC, HealthSample, Heartbeat, Severity, Source, Topology,
+    UNHEALTHY_TAINT_KEY, UnhealthyNode, deterministic_id, fault_topic,
 };
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -116,6 +116,7 @@ pub struct Metrics {
     sample_seconds: Family<ClusterLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     undecodable: Family<KindLabels, Counter>,
     conditions: Family<ClusterLabels, Counter>,
+    lag: firebreak_plumbing::kafka::Lag,
 }
 
 impl Metrics {
@@ -123,6 +124,11 @@ impl Metrics {
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("firebreak_detector");
+        r.register(
+            "consumer_lag",
+            "Heartbeats and faults on the topics not yet read, per consumer group and partition",
+            m.lag.clone(),
+        );
         r.register("faults_published", "Faults published by cluster and kind", m.published.clone());
         r.register("nodes", "Nodes by cluster and Ready status (true, false)", m.nodes.clone());
         r.register(
@@ -268,13 +274,21 @@ pub async fn run(cfg: Config, client: Client, metrics: Metrics, cancel: Cancella
 /// Watches, consumes and publishes until `cancel`.
 async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: CancellationToken) -> Result<()> {
     let producer = Producer::new(&cfg.kafka)?;
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("firebreak-detector-{}", cfg.cluster))
-        .create()
-        .map_err(firebreak_plumbing::Error::from)?;
+    let group = format!("firebreak-detector-{}", cfg.cluster);
+    let consumer: StreamConsumer = cfg.kafka.consumer(&group).create().map_err(firebreak_plumbing::Error::from)?;
     let faults = fault_topic(&cfg.cluster);
-    consumer.subscribe(&[HEARTBEAT_TOPIC, &faults]).map_err(firebreak_plumbing::Error::from)?;
+    // Its own cluster's heartbeats and faults only.
+    let beats = firebreak_schema::heartbeat_topic(&cfg.cluster);
+    consumer.subscribe(&[&beats, &faults]).map_err(firebreak_plumbing::Error::from)?;
+    let consumer = Arc::new(consumer);
+    let lagging = tokio::spawn(firebreak_plumbing::kafka::report_lag(
+        consumer.clone(),
+        group,
+        metrics.lag.clone(),
+        tokio::sync::watch::channel(Vec::new()).0,
+        LAG_EVERY,
+        cancel.clone(),
+    ));
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, brokers = %cfg.kafka.brokers, not_ready_for = ?cfg.not_ready_for, "detector running");
     let counts: Shared = Arc::new(Mutex::new(Counts {
@@ -330,6 +344,7 @@ async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: Cancellat
     let _ = pods.await;
     let _ = samples.await;
     let _ = conditions.await;
+    lagging.abort();
     Ok(())
 }
 
@@ -478,6 +493,9 @@ async fn publish_samples(
         }
     }
 }
+
+/// How often the consumer's lag is measured.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the topology is published when it does not change.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(600);
@@ -839,7 +857,7 @@ fn silent_id(
 
 async fn heartbeats(
     cfg: Config,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     producer: Producer,
     nodes: tokio::sync::watch::Receiver<BTreeMap<String, Seen>>,
     counts: Shared,

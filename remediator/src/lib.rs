@@ -288,13 +288,19 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         brokers = %cfg.kafka.brokers, dry_run = cfg.dry_run, "remediator starting");
     let store = Store::open(&cfg.database_url).await?;
     let producer = Producer::new(&cfg.kafka)?;
-    let consumer: StreamConsumer = cfg
-        .kafka
-        .consumer(&format!("firebreak-remediator-{}", cfg.cluster))
-        .create()
-        .map_err(firebreak_plumbing::Error::from)?;
+    let group = format!("firebreak-remediator-{}", cfg.cluster);
+    let consumer: StreamConsumer = cfg.kafka.consumer(&group).create().map_err(firebreak_plumbing::Error::from)?;
     // Its own cluster's fault topic only.
     consumer.subscribe(&[&fault_topic(&cfg.cluster)]).map_err(firebreak_plumbing::Error::from)?;
+    let consumer = Arc::new(consumer);
+    let lagging = tokio::spawn(firebreak_plumbing::kafka::report_lag(
+        consumer.clone(),
+        group,
+        metrics.lag.clone(),
+        tokio::sync::watch::channel(Vec::new()).0,
+        Duration::from_secs(5),
+        cancel.clone(),
+    ));
     // Assigned, not subscribed: a replica that takes over from a killed leader reads the reports
     // at once, without waiting for the dead member to time out of a consumer group.
     let reports: StreamConsumer = cfg
@@ -328,6 +334,7 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
     let sending = tokio::spawn(outbox::run(ctx.clone()).instrument(span.clone()));
     let controlling = tokio::spawn(control::control_loop(ctx.clone(), control).instrument(span.clone()));
     let result = intake_loop(ctx, store, consumer).instrument(span).await;
+    lagging.abort();
     let _ = reporting.await;
     let _ = sending.await;
     let _ = controlling.await;
@@ -360,7 +367,7 @@ async fn escalation(ctx: &workflow::Ctx, node: &str) -> Result<Option<uuid::Uuid
     }
 }
 
-async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: StreamConsumer) -> Result<()> {
+async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: Arc<StreamConsumer>) -> Result<()> {
     let cancel = ctx.cancel.clone();
     // Workflows read nodes from the cache: not before it holds the cluster's nodes (a resumed
     // workflow would take its node for deleted).

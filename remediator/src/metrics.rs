@@ -31,6 +31,7 @@ pub struct Metrics {
     evictions: Family<Outcome, Counter>,
     denials: Family<Limit, Counter>,
     undecodable: Family<Kind, Counter>,
+    pub(crate) lag: firebreak_plumbing::kafka::Lag,
 }
 
 impl Metrics {
@@ -39,6 +40,11 @@ impl Metrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("firebreak_remediator");
         r.register("faults", "Consumed faults by cluster and decision", m.intake.clone());
+        r.register(
+            "consumer_lag",
+            "Faults on the cluster's topic not yet read, per consumer group and partition",
+            m.lag.clone(),
+        );
         r.register("workflow_transitions", "Workflow transitions by cluster and new state", m.transitions.clone());
         r.register("evictions", "Eviction attempts by cluster and outcome (accepted, refused)", m.evictions.clone());
         r.register("permit_denials", "Gate denials by cluster and limit", m.denials.clone());

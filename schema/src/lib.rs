@@ -44,8 +44,14 @@ pub const FAULT_TOPIC_PATTERN: &str = r"^firebreak\.faults\.v1\..+";
 pub fn fault_topic(cluster: &str) -> String {
     format!("{FAULT_TOPIC_PREFIX}{cluster}")
 }
-/// Topic carrying agent [`Heartbeat`]s.
-pub const HEARTBEAT_TOPIC: &str = "firebreak.heartbeats.v1";
+/// The prefix of every cluster's heartbeat topic.
+pub const HEARTBEAT_TOPIC_PREFIX: &str = "firebreak.heartbeats.v1.";
+
+/// The topic of one cluster's agent [`Heartbeat`]s: `firebreak.heartbeats.v1.<cluster>`. One
+/// per cluster, so each cluster's detector reads its own nodes' heartbeats and no others'.
+pub fn heartbeat_topic(cluster: &str) -> String {
+    format!("{HEARTBEAT_TOPIC_PREFIX}{cluster}")
+}
 /// Topic carrying the remediator's workflow steps ([`RemediationEvent`]s).
 pub const REMEDIATION_TOPIC: &str = "firebreak.remediations.v1";
 /// Topic carrying cluster health: [`HealthSample`]s from the detectors (key = cluster).

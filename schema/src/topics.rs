@@ -41,17 +41,6 @@ impl Topic {
 /// Every topic, fleet-wide ones first.
 pub const TOPICS: &[Topic] = &[
     Topic {
-        name: crate::HEARTBEAT_TOPIC,
-        per_cluster: false,
-        key: "<cluster>/<node>",
-        types: &[Heartbeat::TYPE],
-        writers: "agent",
-        readers: "detector",
-        compacted: false,
-        partitions: 6,
-        purpose: "each agent's heartbeat (every 10 s by default): a silent agent is a fault",
-    },
-    Topic {
         name: crate::REMEDIATION_TOPIC,
         per_cluster: false,
         key: "<cluster>/<node>",
@@ -153,6 +142,17 @@ pub const TOPICS: &[Topic] = &[
         purpose: "records the event center could not decode, with the reason in the `firebreak_error` header",
     },
     Topic {
+        name: "firebreak.heartbeats.v1.<cluster>",
+        per_cluster: true,
+        key: "<cluster>/<node>",
+        types: &[Heartbeat::TYPE],
+        writers: "agent of <cluster>",
+        readers: "detector of <cluster>",
+        compacted: false,
+        partitions: 3,
+        purpose: "each agent's heartbeat (every 10 s by default): a silent agent is a fault",
+    },
+    Topic {
         name: "firebreak.faults.v1.<cluster>",
         per_cluster: true,
         key: "<cluster>/<node>",
@@ -196,7 +196,12 @@ mod tests {
         assert_eq!(names.len(), TOPICS.len());
         assert_eq!(for_clusters(["c1"]).last().map(|(n, _)| n.clone()), Some(crate::fault_topic("c1")));
         let fleet = for_clusters(["c1", "c2"]);
-        assert_eq!(fleet.len(), TOPICS.len() + 1);
+        let per_cluster = TOPICS.iter().filter(|t| t.per_cluster).count();
+        assert_eq!(fleet.len(), TOPICS.len() + per_cluster);
+        assert!(fleet.iter().any(|(n, _)| *n == crate::heartbeat_topic("c2")));
         assert!(fleet.iter().all(|(_, p)| *p > 0));
+        for t in TOPICS.iter().filter(|t| t.per_cluster) {
+            assert_eq!(t.name_for("c1").replace("c1", "<cluster>"), t.name, "one <cluster> in {}", t.name);
+        }
     }
 }

@@ -37,28 +37,6 @@ pub struct AgentBench {
     pub rate: u32,
 }
 
-/// What `/proc` says of a process: resident and peak memory, CPU time.
-struct Usage {
-    rss_kib: u64,
-    peak_kib: u64,
-    cpu: Duration,
-}
-
-fn usage(pid: u32) -> Result<Usage> {
-    let io = |what: String| move |source| Error::Io { what, source };
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io(format!("read /proc/{pid}/status")))?;
-    let kib = |key: &str| {
-        status.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io(format!("read /proc/{pid}/stat")))?;
-    // Fields after the command name (which may hold spaces, inside parentheses): utime and
-    // stime are the 12th and 13th, in clock ticks of 1/100 s.
-    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
-    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
-    Ok(Usage { rss_kib: kib("VmRSS:"), peak_kib: kib("VmHWM:"), cpu: Duration::from_millis(ticks * 10) })
-}
-
 fn agent_bin(args: &AgentBench) -> Result<PathBuf> {
     let bin = match &args.agent_bin {
         Some(b) => b.clone(),
@@ -99,7 +77,8 @@ fn records(consumer: &BaseConsumer, topic: &str) -> i64 {
 
 pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
     let bin = agent_bin(&args)?;
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-agent-{}", uuid::Uuid::now_v7().simple()));
+    let scratch = super::Scratch::new()?;
+    let dir = scratch.0.clone();
     let root = dir.join("host");
     host_root(&root)?;
     let mock: MockCluster<'static, DefaultProducerContext> =
@@ -148,9 +127,9 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
         let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
         return Err(Error::Usage(format!("the agent exited ({status}): {}", log.trim())));
     }
-    let before = usage(pid)?;
+    let before = super::usage(pid)?;
     tokio::time::sleep(args.idle).await;
-    let idle = usage(pid)?;
+    let idle = super::usage(pid)?;
     let idle_cpu = (idle.cpu - before.cpu).as_secs_f64() / args.idle.as_secs_f64() * 100.0;
 
     // Under load: records appended at the rate, in 10 ms slices.
@@ -161,7 +140,7 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
         .open(&kmsg)
         .map_err(|source| Error::Io { what: format!("open {}", kmsg.display()), source })?;
     let start = Instant::now();
-    let before = usage(pid)?;
+    let before = super::usage(pid)?;
     let (mut written, mut faults) = (0u64, 0i64);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     while start.elapsed() < args.load {
@@ -186,7 +165,7 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
         log.write_all(batch.as_bytes())
             .map_err(|source| Error::Io { what: format!("write {}", kmsg.display()), source })?;
     }
-    let loaded = usage(pid)?;
+    let loaded = super::usage(pid)?;
     let load_secs = start.elapsed().as_secs_f64();
     let load_cpu = (loaded.cpu - before.cpu).as_secs_f64() / load_secs * 100.0;
     // The faults written must all be delivered (their ids are distinct), within a grace period.
@@ -213,7 +192,6 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
     println!("{:<44} {:>10.2} % {:>14.2} %", "CPU, of one core", idle_cpu, load_cpu);
     println!("records written {written}, faults among them {faults}, faults delivered to the topic {delivered}");
     println!("goals (issue 9 and 11): resident ≤ 16 MiB; idle CPU ≤ 0.2 % of a core");
-    let _ = std::fs::remove_dir_all(&dir);
     if delivered < faults {
         return Err(Error::Usage(format!("the agent delivered {delivered} of {faults} faults: it did not keep up")));
     }

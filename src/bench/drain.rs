@@ -151,7 +151,8 @@ pub async fn drain(args: DrainBench) -> Result<Vec<super::Headline>> {
     if args.drain == args.nodes {
         return Err(Error::Usage("--drain must leave nodes for the pods to move to".into()));
     }
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let scratch = super::Scratch::new()?;
+    let dir = scratch.0.clone();
     let mut opts = crate::demo::StackOptions::new(dir.clone(), 1, args.nodes);
     opts.apps = firebreak_fleet_sim::Apps::Dense {
         per_node: args.pods_per_node,
@@ -166,7 +167,6 @@ pub async fn drain(args: DrainBench) -> Result<Vec<super::Headline>> {
     let stack = crate::demo::Stack::start(opts).await?;
     let result = measure(&stack, &args, started).await;
     stack.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     result
 }
 

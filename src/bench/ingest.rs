@@ -37,9 +37,9 @@ pub struct IngestBench {
     /// partition: a run with more records per partition than that is refused.
     #[arg(long, default_value_t = 12)]
     pub clusters: usize,
-    /// PostgreSQL server to measure too (a fresh database is made on it); skipped if unreachable.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432", env = "FIREBREAK_BENCH_POSTGRES")]
-    pub postgres: String,
+    /// The databases measured.
+    #[command(flatten)]
+    pub db: super::Databases,
     /// Longest to wait for one reader to read everything.
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
@@ -184,13 +184,8 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     producer.flush(Duration::from_secs(120))?;
     let produced = started.elapsed();
 
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-ingest-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
-    let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("events.db").display()))];
-    match super::postgres_database(&args.postgres).await {
-        Ok(url) => dbs.push(("PostgreSQL".into(), url)),
-        Err(why) => println!("PostgreSQL skipped: {why}"),
-    }
+    let scratch = super::Scratch::new()?;
+    let dbs = args.db.urls(&scratch, "events.db").await;
     println!(
         "firebreak bench ingest: {} faults on {} fault topics (3 partitions each), librdkafka's mock broker in \
          this process, this machine ({} CPUs); produced in {:.2} s ({:.0}/s); rates from the first record read \
@@ -231,6 +226,5 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
         );
     }
     println!("goal: event center / raw ≥ 0.5");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
 }

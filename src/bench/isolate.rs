@@ -39,6 +39,29 @@ pub struct DetectBench {
     /// How long to wait for one node before calling the run failed.
     #[arg(long, default_value = "60s", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
+    /// How long the stack is watched idle, once up, for its memory and CPU.
+    #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
+    pub idle: Duration,
+    /// Also write the figures as JSON to this file (for `bench scale`).
+    #[arg(long, hide = true)]
+    pub figures_to: Option<std::path::PathBuf>,
+}
+
+/// What `bench detect` measured at one fleet size (`--figures-to`), for `bench scale`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SizeFigures {
+    /// Nodes in the fleet.
+    pub(crate) nodes: usize,
+    /// Seconds from start to the stack being up.
+    pub(crate) setup_s: f64,
+    /// The process's resident memory once up and idle (simulated clusters, agents and control
+    /// plane together), MiB.
+    pub(crate) rss_mib: f64,
+    /// Its CPU while idle, percent of one core.
+    pub(crate) idle_cpu_percent: f64,
+    /// Kernel log line → cordoned and tainted, p50 and p99, ms.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// `firebreak bench isolate` flags.
@@ -110,12 +133,24 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
             "--clusters, --nodes and --faults must be more than 0, the faults at most the nodes".into(),
         ));
     }
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let scratch = super::Scratch::new()?;
+    let dir = scratch.0.clone();
     let started = Instant::now();
     let stack = stack(&dir, args.clusters, args.nodes, args.max_wait).await?;
     let result = async {
         let (watches, tasks) = watch_nodes(&stack).await?;
-        setup_line("detect", args.clusters, args.nodes, started.elapsed());
+        let setup = started.elapsed();
+        setup_line("detect", args.clusters, args.nodes, setup);
+        let before = super::usage(std::process::id())?;
+        tokio::time::sleep(args.idle).await;
+        let idle = super::usage(std::process::id())?;
+        let idle_cpu = 100.0 * (idle.cpu.saturating_sub(before.cpu)).as_secs_f64() / args.idle.as_secs_f64();
+        let rss_mib = idle.rss_kib as f64 / 1024.0;
+        println!(
+            "the whole process (simulated clusters, agents, control plane), up and idle for {:.0} s: resident {rss_mib:.0} \
+             MiB, CPU {idle_cpu:.0} % of one core",
+            args.idle.as_secs_f64()
+        );
         let clusters = stack.fleet.clusters();
         let one = |c: usize, node: String| {
             let watch = watches[c].clone();
@@ -157,12 +192,23 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
             |d: &[Duration]| d.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect::<Vec<_>>().join(" ");
         println!("each cluster's first fault, cold (ms): {}", listed(&cold));
         println!("then each, in order (ms): {}", listed(&samples));
-        Ok::<_, Error>(Figures::of(samples, run.elapsed()))
+        Ok::<_, Error>((Figures::of(samples, run.elapsed()), setup, rss_mib, idle_cpu))
     }
     .await;
     stack.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let f = result?;
+    let (f, setup, rss_mib, idle_cpu_percent) = result?;
+    if let Some(path) = &args.figures_to {
+        let figures = SizeFigures {
+            nodes: args.clusters * args.nodes,
+            setup_s: setup.as_secs_f64(),
+            rss_mib,
+            idle_cpu_percent,
+            p50_ms: f.p50.as_secs_f64() * 1000.0,
+            p99_ms: f.p99.as_secs_f64() * 1000.0,
+        };
+        let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
+        std::fs::write(path, json).map_err(|source| Error::Io { what: format!("write {}", path.display()), source })?;
+    }
     println!("{:<44} {:>8} {:>10} {:>10}", "kernel log line → node cordoned and tainted", "faults", "p50", "p99");
     println!("{:<44} {:>8} {:>10} {:>10}", "", f.count, ms(f.p50), ms(f.p99));
     println!("goal: p50 ≤ 25 ms, p99 ≤ 100 ms (3 clusters × 1,000 nodes)");
@@ -176,7 +222,8 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
     if args.faults == 0 || args.faults > args.nodes {
         return Err(Error::Usage("--faults must be between 1 and --nodes".into()));
     }
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let scratch = super::Scratch::new()?;
+    let dir = scratch.0.clone();
     let started = Instant::now();
     let stack = stack(&dir, 1, args.nodes, args.max_wait).await?;
     let result = async {
@@ -218,7 +265,6 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
     }
     .await;
     stack.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     let (written, first, f) = result?;
     println!("{:<34} {:>8} {:>12} {:>10} {:>10} {:>10}", "faults at once", "nodes", "nodes/s", "first", "p50", "last");
     println!(

@@ -44,6 +44,7 @@ mod agent;
 mod drain;
 mod ingest;
 mod isolate;
+mod scale;
 mod ui;
 
 /// `firebreak bench` targets.
@@ -65,6 +66,8 @@ pub enum BenchCommand {
     Isolate(isolate::IsolateBench),
     /// The incident list's and the page's server time at many stored events.
     Ui(ui::UiBench),
+    /// Memory and detection latency as the fleet grows: `detect` at each size, and a plot.
+    Scale(scale::ScaleBench),
     /// Every benchmark in turn, then one table of their headline figures against their goals.
     All(AllBench),
 }
@@ -111,13 +114,14 @@ fn print_headlines(rows: &[Headline]) {
 }
 
 /// The benchmarks `bench all` runs, in order, with their smoke sizes (the test run's).
-const ALL: [(&str, &[&str]); 8] = [
+const ALL: [(&str, &[&str]); 9] = [
     ("gate", &["--requests", "200", "--concurrency", "8"]),
     ("ingest", &["--events", "300", "--clusters", "2", "--max-wait", "60s"]),
     ("ui", &["--events", "3000", "--nodes", "200", "--clusters", "4", "--queries", "3"]),
     ("agent", &["--idle", "1s", "--load", "2s", "--rate", "200"]),
-    ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4"]),
+    ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4", "--idle", "1s"]),
     ("isolate", &["--nodes", "12", "--faults", "8"]),
+    ("scale", &["--sizes", "4,8", "--nodes-per-cluster", "4", "--faults", "2", "--idle", "1s", "--plot", "/dev/null"]),
     ("drain", &["--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s", "--max-wait", "2m"]),
     (
         "health",
@@ -222,9 +226,9 @@ pub struct GateBench {
     /// Permit requests per database (each followed by its release).
     #[arg(long, default_value_t = 5000)]
     pub requests: usize,
-    /// PostgreSQL server to measure too (a fresh database is made on it); skipped if unreachable.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432", env = "FIREBREAK_BENCH_POSTGRES")]
-    pub postgres: String,
+    /// The databases measured.
+    #[command(flatten)]
+    pub db: Databases,
 }
 
 /// Latencies of one kind of request.
@@ -401,18 +405,14 @@ async fn one(cmd: BenchCommand) -> Result<Vec<Headline>> {
         BenchCommand::Detect(args) => isolate::detect(args).await,
         BenchCommand::Isolate(args) => isolate::isolate(args).await,
         BenchCommand::Ui(args) => ui::ui(args).await,
+        BenchCommand::Scale(args) => scale::scale(args).await,
         BenchCommand::All(_) => Err(Error::Usage("`bench all` runs the others".into())),
     }
 }
 
 async fn gate(args: GateBench) -> Result<Vec<Headline>> {
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
-    let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("gate.db").display()))];
-    match postgres_database(&args.postgres).await {
-        Ok(url) => dbs.push(("PostgreSQL".into(), url)),
-        Err(why) => println!("PostgreSQL skipped: {why}"),
-    }
+    let scratch = Scratch::new()?;
+    let dbs = args.db.urls(&scratch, "gate.db").await;
     println!(
         "firebreak bench gate: {} permit requests (each then released) and {} GET /healthz, {} in flight, one gate, \
          this machine ({} CPUs)",
@@ -438,8 +438,77 @@ async fn gate(args: GateBench) -> Result<Vec<Headline>> {
             ratio <= 1.5,
         ));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)
+}
+
+/// What `/proc` says of a process: resident and peak memory, CPU time.
+pub(crate) struct Usage {
+    pub(crate) rss_kib: u64,
+    pub(crate) peak_kib: u64,
+    pub(crate) cpu: Duration,
+}
+
+pub(crate) fn usage(pid: u32) -> Result<Usage> {
+    let io = |what: String| move |source| Error::Io { what, source };
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io(format!("read /proc/{pid}/status")))?;
+    let kib = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(io(format!("read /proc/{pid}/stat")))?;
+    // Fields after the command name (which may hold spaces, inside parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks of 1/100 s.
+    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or_default();
+    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum();
+    Ok(Usage { rss_kib: kib("VmRSS:"), peak_kib: kib("VmHWM:"), cpu: Duration::from_millis(ticks * 10) })
+}
+
+/// The databases a storage benchmark measures: SQLite in a scratch directory and PostgreSQL
+/// (a fresh database on the server, skipped with a word when it cannot be reached).
+#[derive(Debug, Clone, Args)]
+pub struct Databases {
+    /// PostgreSQL server to measure too (a fresh database is made on it); skipped if unreachable.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432", env = "FIREBREAK_BENCH_POSTGRES")]
+    pub postgres: String,
+    /// Only this database (repeatable): `sqlite`, `postgres`. Both by default.
+    #[arg(long = "db", value_parser = ["sqlite", "postgres"])]
+    pub only: Vec<String>,
+}
+
+impl Databases {
+    /// (name, URL) of each database to measure, SQLite's file named `file` in `scratch`.
+    async fn urls(&self, scratch: &Scratch, file: &str) -> Vec<(String, String)> {
+        let wants = |db: &str| self.only.is_empty() || self.only.iter().any(|o| o == db);
+        let mut dbs = Vec::new();
+        if wants("sqlite") {
+            dbs.push(("SQLite".to_owned(), format!("sqlite://{}", scratch.0.join(file).display())));
+        }
+        if wants("postgres") {
+            match postgres_database(&self.postgres).await {
+                Ok(url) => dbs.push(("PostgreSQL".into(), url)),
+                Err(why) => println!("PostgreSQL skipped: {why}"),
+            }
+        }
+        dbs
+    }
+}
+
+/// A benchmark's scratch directory, removed when it ends.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A fresh database on the server at `base`.
@@ -657,7 +726,8 @@ async fn health(args: HealthBench) -> Result<Vec<Headline>> {
     if args.interval.is_zero() {
         return Err(Error::Usage("--interval must be more than 0".into()));
     }
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
+    let scratch = Scratch::new()?;
+    let dir = scratch.0.clone();
     let mut opts = crate::demo::StackOptions::new(dir.clone(), args.clusters, args.nodes);
     opts.healing = false;
     opts.policy = health_policy(args.interval, args.min_pod_starts);
@@ -699,7 +769,6 @@ async fn health(args: HealthBench) -> Result<Vec<Headline>> {
     // The consumer goes before the broker does.
     let _ = counting.await;
     stack.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
     let (rounds, pods) = result?;
     let metrics = metrics
         .map_err(|e| Error::Usage(format!("detector metrics: {e}")))?

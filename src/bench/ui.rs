@@ -33,9 +33,9 @@ pub struct UiBench {
     /// Times each query is run.
     #[arg(long, default_value_t = 50)]
     pub queries: usize,
-    /// PostgreSQL server to measure too (a fresh database is made on it); skipped if unreachable.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432", env = "FIREBREAK_BENCH_POSTGRES")]
-    pub postgres: String,
+    /// The databases measured.
+    #[command(flatten)]
+    pub db: super::Databases,
 }
 
 const KINDS: [FaultKind; 6] = [
@@ -93,13 +93,8 @@ pub async fn ui(args: UiBench) -> Result<Vec<super::Headline>> {
     if args.nodes == 0 || args.clusters == 0 || args.queries == 0 || args.clusters > args.nodes {
         return Err(usage("--nodes, --clusters and --queries must be more than zero, and clusters at most nodes"));
     }
-    let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
-    let mut dbs = vec![("SQLite".to_owned(), format!("sqlite://{}", dir.join("events.db").display()))];
-    match super::postgres_database(&args.postgres).await {
-        Ok(url) => dbs.push(("PostgreSQL".into(), url)),
-        Err(why) => println!("PostgreSQL skipped: {why}"),
-    }
+    let scratch = super::Scratch::new()?;
+    let dbs = args.db.urls(&scratch, "events.db").await;
     println!(
         "firebreak bench ui: {} faults on {} nodes in {} clusters (6 kinds), each query {} times, this machine ({} CPUs)",
         args.events,
@@ -191,7 +186,6 @@ pub async fn ui(args: UiBench) -> Result<Vec<super::Headline>> {
         results.push((name, rows));
     }
     println!("goal: the incident list ≤ 200 ms at 1,000,000 stored events");
-    let _ = std::fs::remove_dir_all(&dir);
     let mut out = Vec::new();
     for (name, rows) in &results {
         // The slowest of the incident list's queries.
