@@ -281,14 +281,8 @@ async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: Cancellat
     let beats = firebreak_schema::heartbeat_topic(&cfg.cluster);
     consumer.subscribe(&[&beats, &faults]).map_err(firebreak_plumbing::Error::from)?;
     let consumer = Arc::new(consumer);
-    let lagging = tokio::spawn(firebreak_plumbing::kafka::report_lag(
-        consumer.clone(),
-        group,
-        metrics.lag.clone(),
-        tokio::sync::watch::channel(Vec::new()).0,
-        LAG_EVERY,
-        cancel.clone(),
-    ));
+    let lagging =
+        firebreak_plumbing::kafka::spawn_lag_metric(consumer.clone(), group, metrics.lag.clone(), cancel.clone());
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, brokers = %cfg.kafka.brokers, not_ready_for = ?cfg.not_ready_for, "detector running");
     let counts: Shared = Arc::new(Mutex::new(Counts {
@@ -493,9 +487,6 @@ async fn publish_samples(
         }
     }
 }
-
-/// How often the consumer's lag is measured.
-const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// How often the topology is published when it does not change.
 const TOPOLOGY_REFRESH: Duration = Duration::from_secs(600);

@@ -304,6 +304,17 @@ pub struct LagLabels {
 /// Records not yet read by a consumer, per assigned partition.
 pub type Lag = prometheus_client::metrics::family::Family<LagLabels, prometheus_client::metrics::gauge::Gauge>;
 
+/// [`report_lag`] into the gauge family alone, every 5 s, on a task of its own.
+pub fn spawn_lag_metric(
+    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    group: String,
+    lag: Lag,
+    cancel: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (latest, _) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(report_lag(consumer, group, lag, latest, Duration::from_secs(5), cancel))
+}
+
 /// Measures a consumer's lag every `every` until `cancel`: for each partition assigned to it,
 /// the partition's high watermark minus the consumer's position (from the low watermark when it
 /// has read nothing there yet), into the gauge family and into `latest` (for an API to show).
