@@ -447,7 +447,9 @@ struct Member {
 /// hundred nodes of one zone over fifteen racks are the zone's; nodes spread over the zones
 /// are the cluster's. A scope with no correlation yet needs enough incidents joining it, or
 /// they try the next wider one: a lone node of another zone beside a rack's storm stays out of
-/// it. A rack's storm that grows over its zone widens to the zone (same id).
+/// it. A rack's storm that grows over its zone widens to the zone (same id). Each batch is
+/// judged on the window as it stands when it is written: the first nodes of a storm may be
+/// grouped more widely (the cluster's) than the storm turns out to be, and stay so.
 ///
 /// The batch's incidents take the correlation's id in memory (`incidents`, written by the
 /// caller), the stored ones in one statement per correlation (their version bumped, so the
