@@ -181,6 +181,9 @@ async fn put_many(
 ) -> Result<()> {
     const ROWS: usize = 200;
     const COLS: usize = 24;
+    // In id order, as every writer of many incidents takes them: two writers cannot each hold a
+    // row the other waits for.
+    list.sort_by_key(|(i, _)| i.id);
     for chunk in list.chunks_mut(ROWS) {
         let mut sql = format!("INSERT INTO incidents ({COLUMNS}, board_key, active, published_version) VALUES ");
         for row in 0..chunk.len() {
@@ -1369,9 +1372,11 @@ impl Store {
             .collect()
     }
 
-    /// Marks incidents published at the versions (and states) given.
+    /// Marks incidents published at the versions (and states) given: a statement each, outside
+    /// any transaction, so that the outbox never holds one incident's row while it waits for
+    /// another's that an ingest batch holds (on PostgreSQL that was a deadlock, retried, under
+    /// load). Each mark only moves forward, so a partial pass is published again, never lost.
     pub async fn incidents_published(&self, done: &[&Incident]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
         for i in done {
             sqlx::query(
                 "UPDATE incidents SET published_version = $2, published_state = $3 WHERE id = $1 AND published_version < $2",
@@ -1379,10 +1384,9 @@ impl Store {
             .bind(i.id.to_string())
             .bind(i.version)
             .bind(i.state.as_str())
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
