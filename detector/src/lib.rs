@@ -281,8 +281,7 @@ async fn detect(cfg: Config, client: Client, metrics: Metrics, cancel: Cancellat
     let beats = firebreak_schema::heartbeat_topic(&cfg.cluster);
     consumer.subscribe(&[&beats, &faults]).map_err(firebreak_plumbing::Error::from)?;
     let consumer = Arc::new(consumer);
-    let lagging =
-        firebreak_plumbing::kafka::spawn_lag_metric(consumer.clone(), group, metrics.lag.clone(), cancel.clone());
+    let lagging = firebreak_plumbing::kafka::spawn_lag_metric(&consumer, group, metrics.lag.clone(), cancel.clone());
     let span = tracing::info_span!("detector", cluster = %cfg.cluster);
     tracing::info!(parent: &span, brokers = %cfg.kafka.brokers, not_ready_for = ?cfg.not_ready_for, "detector running");
     let counts: Shared = Arc::new(Mutex::new(Counts {

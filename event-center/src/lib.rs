@@ -154,7 +154,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     );
     let (lag_now, lag_rx) = tokio::sync::watch::channel(Vec::new());
     let lagging = tokio::spawn(firebreak_plumbing::kafka::report_lag(
-        consumer.clone(),
+        Arc::downgrade(&consumer),
         cfg.group_id.clone(),
         lag,
         lag_now,

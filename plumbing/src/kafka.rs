@@ -304,23 +304,26 @@ pub struct LagLabels {
 /// Records not yet read by a consumer, per assigned partition.
 pub type Lag = prometheus_client::metrics::family::Family<LagLabels, prometheus_client::metrics::gauge::Gauge>;
 
-/// [`report_lag`] into the gauge family alone, every 5 s, on a task of its own.
+/// [`report_lag`] into the gauge family alone, every 5 s, on a task of its own (which ends when
+/// the consumer is dropped, or at `cancel`).
 pub fn spawn_lag_metric(
-    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    consumer: &std::sync::Arc<rdkafka::consumer::StreamConsumer>,
     group: String,
     lag: Lag,
     cancel: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (latest, _) = tokio::sync::watch::channel(Vec::new());
-    tokio::spawn(report_lag(consumer, group, lag, latest, Duration::from_secs(5), cancel))
+    tokio::spawn(report_lag(std::sync::Arc::downgrade(consumer), group, lag, latest, Duration::from_secs(5), cancel))
 }
 
 /// Measures a consumer's lag every `every` until `cancel`: for each partition assigned to it,
 /// the partition's high watermark minus the consumer's position (from the low watermark when it
 /// has read nothing there yet), into the gauge family and into `latest` (for an API to show).
-/// A partition no longer assigned leaves the family.
+/// A partition no longer assigned leaves the family. It holds the consumer only while it
+/// measures: once its owner drops it (a task aborted, a leader's term over), this ends too, and
+/// never keeps a client of the broker alive.
 pub async fn report_lag(
-    consumer: std::sync::Arc<rdkafka::consumer::StreamConsumer>,
+    consumer: std::sync::Weak<rdkafka::consumer::StreamConsumer>,
     group: String,
     lag: Lag,
     latest: tokio::sync::watch::Sender<Vec<(LagLabels, i64)>>,
@@ -335,7 +338,7 @@ pub async fn report_lag(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let c = consumer.clone();
+        let Some(c) = consumer.upgrade() else { return };
         let g = group.clone();
         // Watermarks are a broker round trip each: off the async threads.
         let measured = tokio::task::spawn_blocking(move || -> std::result::Result<Vec<(LagLabels, i64)>, String> {

@@ -293,8 +293,7 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
     // Its own cluster's fault topic only.
     consumer.subscribe(&[&fault_topic(&cfg.cluster)]).map_err(firebreak_plumbing::Error::from)?;
     let consumer = Arc::new(consumer);
-    let lagging =
-        firebreak_plumbing::kafka::spawn_lag_metric(consumer.clone(), group, metrics.lag.clone(), cancel.clone());
+    let lagging = firebreak_plumbing::kafka::spawn_lag_metric(&consumer, group, metrics.lag.clone(), cancel.clone());
     // Assigned, not subscribed: a replica that takes over from a killed leader reads the reports
     // at once, without waiting for the dead member to time out of a consumer group.
     let reports: StreamConsumer = cfg
