@@ -306,6 +306,55 @@ async fn batches_postgres() {
     batches_store_each_fault_once(db).await;
 }
 
+/// The board: most urgent first, then the newest opened; an incident that recurs keeps its place
+/// (its count and last seen grow), and the cursor walks the same order a page at a time. The
+/// outbox: every change is queued for the incidents topic until published at its version; a
+/// publication of an older version leaves the newer change queued.
+async fn the_board_keeps_its_order_and_the_outbox_every_change(db: String) {
+    let store = firebreak_event_center::Store::open_with(&db, no_quiet_resolution().rules).await.unwrap();
+    let hung = |node, secs| fault(node, FaultKind::KernelHung, secs);
+    store.insert_faults(&[hung("n1", 0), hung("n2", 10), hung("n3", 20)]).await.unwrap();
+    store.insert_faults(&[hung("n1", 30), hung("n1", 40)]).await.unwrap();
+    let mut walked = Vec::new();
+    let mut query = firebreak_event_center::store::IncidentQuery { limit: Some(1), ..Default::default() };
+    loop {
+        let page = store.list_incidents(&query).await.unwrap();
+        walked.extend(page.items.iter().map(|i| (i.node.clone(), i.occurrences)));
+        let Some(next) = page.next else { break };
+        query.cursor = Some(next);
+    }
+    assert_eq!(walked, [("n3".into(), 1), ("n2".into(), 1), ("n1".into(), 3)], "newest opened first, n1 in its place");
+
+    let queued = store.unpublished_incidents(100).await.unwrap();
+    assert_eq!(queued.len(), 3, "each new incident is queued");
+    let first: Vec<_> = queued.into_iter().map(|(i, _)| i).collect();
+    store.incidents_published(&first.iter().collect::<Vec<_>>()).await.unwrap();
+    assert!(store.unpublished_incidents(100).await.unwrap().is_empty(), "published at their versions");
+    store.insert_faults(&[hung("n2", 50)]).await.unwrap();
+    let mut queued = store.unpublished_incidents(100).await.unwrap();
+    assert_eq!(queued.iter().map(|(i, _)| i.node.as_str()).collect::<Vec<_>>(), ["n2"], "the change is queued");
+    // n2 changes again after the outbox read it: publishing what it read leaves n2 queued.
+    let (read, _) = queued.remove(0);
+    store.insert_faults(&[hung("n2", 60)]).await.unwrap();
+    store.incidents_published(&[&read]).await.unwrap();
+    let (n2, before) = store.unpublished_incidents(100).await.unwrap().remove(0);
+    assert_eq!((n2.occurrences, before), (3, Some(firebreak_schema::IncidentState::Open)), "queued still");
+    store.incidents_published(&[&n2]).await.unwrap();
+    assert!(store.unpublished_incidents(100).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_and_outbox_sqlite() {
+    let db = format!("sqlite://{}", temp_dir("ec-board").join("events.db").display());
+    the_board_keeps_its_order_and_the_outbox_every_change(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_and_outbox_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    the_board_keeps_its_order_and_the_outbox_every_change(db).await;
+}
+
 /// A WebDriver session on headless Chromium (chromedriver on a free port).
 struct Browser {
     driver: std::process::Child,

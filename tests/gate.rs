@@ -405,25 +405,8 @@ async fn a_storm_in_one_zone_halts_repairs_in_that_zone_only() {
         gate["clusters"].as_array()?.iter().any(|c| c["cluster"] == cluster.name()).then_some(())
     })
     .await;
-    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
     // Nodes 3, 6, 9, 12, 15: the whole of zone-a.
-    for k in [3, 6, 9, 12, 15] {
-        let node = format!("{}-node-{k:03}", cluster.name());
-        let at = chrono::Utc::now();
-        let fault = firebreak_schema::FaultEvent {
-            id: firebreak_schema::deterministic_id(at, &[&node, "NicDown"]),
-            cluster: cluster.name().to_owned(),
-            node,
-            class: firebreak_schema::FaultKind::NicDown.class(),
-            kind: firebreak_schema::FaultKind::NicDown,
-            severity: firebreak_schema::Severity::Warning,
-            source: firebreak_schema::Source::Agent,
-            observed_at: at,
-            message: "eth0: link down".into(),
-            evidence: BTreeMap::new(),
-        };
-        producer.publish(&firebreak_schema::fault_topic(cluster.name()), &fault).await.unwrap();
-    }
+    publish_nic_down(&stack, cluster.name(), [3, 6, 9, 12, 15]).await;
     let halts_url = format!("{}/api/v1/halts", stack.gate_url);
     let source = format!("storm:cluster={},topology.kubernetes.io/zone=zone-a", cluster.name());
     let halt = wait_for("the zone's storm halt", Duration::from_secs(30), || async {
@@ -461,24 +444,7 @@ async fn a_correlated_storm_halts_node_repairs_until_it_calms() {
     })
     .await;
     let cluster = stack.fleet.clusters()[0].clone();
-    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
-    for k in 2..=6 {
-        let node = format!("{}-node-00{k}", cluster.name());
-        let at = chrono::Utc::now();
-        let fault = firebreak_schema::FaultEvent {
-            id: firebreak_schema::deterministic_id(at, &[&node, "NicDown"]),
-            cluster: cluster.name().to_owned(),
-            node,
-            class: firebreak_schema::FaultKind::NicDown.class(),
-            kind: firebreak_schema::FaultKind::NicDown,
-            severity: firebreak_schema::Severity::Warning,
-            source: firebreak_schema::Source::Agent,
-            observed_at: at,
-            message: "eth0: link down".into(),
-            evidence: BTreeMap::new(),
-        };
-        producer.publish(&firebreak_schema::fault_topic(cluster.name()), &fault).await.unwrap();
-    }
+    publish_nic_down(&stack, cluster.name(), 2..=6).await;
     let halts_url = format!("{}/api/v1/halts", stack.gate_url);
     let halt = wait_for("the storm's halt", Duration::from_secs(30), || async {
         let halts = get_json_as(&stack.tokens.viewer, &halts_url).await?;
@@ -538,4 +504,27 @@ async fn a_correlated_storm_halts_node_repairs_until_it_calms() {
         detail["timeline"].as_array().unwrap().iter().filter(|e| e["type"] == "decision" && e["granted"] == true);
     assert!(granted.count() >= 2, "the workflow's cordon and reboot permits: {detail:#}");
     stack.shutdown().await;
+}
+
+/// Publishes a NIC-down fault (recorded, never repaired) for each of these nodes of `cluster`
+/// (by number), as their agents would.
+async fn publish_nic_down(stack: &firebreak::demo::Stack, cluster: &str, nodes: impl IntoIterator<Item = usize>) {
+    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
+    for k in nodes {
+        let node = format!("{cluster}-node-{k:03}");
+        let at = chrono::Utc::now();
+        let fault = firebreak_schema::FaultEvent {
+            id: firebreak_schema::deterministic_id(at, &[&node, "NicDown"]),
+            cluster: cluster.to_owned(),
+            node,
+            class: firebreak_schema::FaultKind::NicDown.class(),
+            kind: firebreak_schema::FaultKind::NicDown,
+            severity: firebreak_schema::Severity::Warning,
+            source: firebreak_schema::Source::Agent,
+            observed_at: at,
+            message: "eth0: link down".into(),
+            evidence: BTreeMap::new(),
+        };
+        producer.publish(&firebreak_schema::fault_topic(cluster), &fault).await.unwrap();
+    }
 }

@@ -56,7 +56,9 @@ async fn lag(State(s): State<AppState>) -> Json<serde_json::Value> {
         .filter(|(_, n)| *n > 0)
         .map(|(l, n)| serde_json::json!({"topic": l.topic, "partition": l.partition, "lag": n}))
         .collect();
-    Json(serde_json::json!({"total": total, "partitions": partitions, "measured_every_s": crate::LAG_EVERY.as_secs()}))
+    Json(
+        serde_json::json!({"total": total, "partitions": partitions, "measured_every_s": firebreak_plumbing::kafka::LAG_EVERY.as_secs()}),
+    )
 }
 
 /// Every route: method, path, whether it writes (an operator's token), and its handler. The

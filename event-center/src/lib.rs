@@ -131,9 +131,6 @@ pub struct Config {
     pub webhooks: Vec<subscriptions::Webhook>,
 }
 
-/// How often the consumer's lag is measured.
-pub(crate) const LAG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Runs the consumer and the HTTP server on `listener` until `cancel`.
 pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: CancellationToken) -> Result<()> {
     let store = Store::open_with(&cfg.database_url, cfg.upkeep.rules).await?;
@@ -158,7 +155,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
         cfg.group_id.clone(),
         lag,
         lag_now,
-        LAG_EVERY,
+        firebreak_plumbing::kafka::LAG_EVERY,
         cancel.clone(),
     ));
     let addr: Option<SocketAddr> = listener.local_addr().ok();

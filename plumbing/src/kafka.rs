@@ -304,8 +304,11 @@ pub struct LagLabels {
 /// Records not yet read by a consumer, per assigned partition.
 pub type Lag = prometheus_client::metrics::family::Family<LagLabels, prometheus_client::metrics::gauge::Gauge>;
 
-/// [`report_lag`] into the gauge family alone, every 5 s, on a task of its own (which ends when
-/// the consumer is dropped, or at `cancel`).
+/// How often every service measures its consumers' lag.
+pub const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// [`report_lag`] into the gauge family alone, every [`LAG_EVERY`], on a task of its own (which
+/// ends when the consumer is dropped, or at `cancel`).
 pub fn spawn_lag_metric(
     consumer: &std::sync::Arc<rdkafka::consumer::StreamConsumer>,
     group: String,
@@ -313,7 +316,7 @@ pub fn spawn_lag_metric(
     cancel: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let (latest, _) = tokio::sync::watch::channel(Vec::new());
-    tokio::spawn(report_lag(std::sync::Arc::downgrade(consumer), group, lag, latest, Duration::from_secs(5), cancel))
+    tokio::spawn(report_lag(std::sync::Arc::downgrade(consumer), group, lag, latest, LAG_EVERY, cancel))
 }
 
 /// Measures a consumer's lag every `every` until `cancel`: for each partition assigned to it,

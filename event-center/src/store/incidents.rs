@@ -185,12 +185,13 @@ async fn put_many(
     // row the other waits for.
     list.sort_by_key(|(i, _)| i.id);
     for chunk in list.chunks_mut(ROWS) {
-        let mut sql = format!("INSERT INTO incidents ({COLUMNS}, board_key, active, published_version) VALUES ");
+        let mut sql =
+            format!("INSERT INTO incidents ({COLUMNS}, board_key, active, published_version, unpublished) VALUES ");
         for row in 0..chunk.len() {
             let params: Vec<String> = (1..=COLS).map(|k| format!("${}", row * COLS + k)).collect();
             sql.push_str(if row == 0 { "(" } else { ",(" });
             sql.push_str(&params.join(","));
-            sql.push_str(",0)");
+            sql.push_str(",0,1)");
         }
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint, cluster = excluded.cluster, \
@@ -201,8 +202,8 @@ async fn put_many(
              correlation_id = excluded.correlation_id, acknowledged_by = excluded.acknowledged_by, \
              assignee = excluded.assignee, silenced_until_ms = excluded.silenced_until_ms, \
              resolved_at_ms = excluded.resolved_at_ms, updated_at_ms = excluded.updated_at_ms, \
-             version = excluded.version, board_key = excluded.board_key, active = excluded.active \
-             WHERE incidents.version = excluded.version - 1",
+             version = excluded.version, board_key = excluded.board_key, active = excluded.active, \
+             unpublished = 1 WHERE incidents.version = excluded.version - 1",
         );
         let mut q = sqlx::query(&sql);
         for (i, before) in chunk.iter_mut() {
@@ -617,7 +618,7 @@ async fn correlate(
         for chunk in stored.chunks(500) {
             let params: Vec<String> = (3..chunk.len() + 3).map(|k| format!("${k}")).collect();
             let sql = format!(
-                "UPDATE incidents SET correlation_id = $1, version = version + 1, updated_at_ms = $2 \
+                "UPDATE incidents SET correlation_id = $1, version = version + 1, updated_at_ms = $2, unpublished = 1 \
                  WHERE correlation_id IS NULL AND id IN ({}) RETURNING id, node",
                 params.join(",")
             );
@@ -928,7 +929,7 @@ pub struct IncidentQuery {
 /// A page of incidents.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct IncidentPage {
-    /// Most urgent first: state, then severity, then the latest seen.
+    /// Most urgent first: state, then severity, then the newest opened (first seen).
     pub items: Vec<Incident>,
     /// The cursor of the next page; absent on the last.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1037,19 +1038,19 @@ impl Store {
             };
             let (pk, pt, pi) = (w.param(Arg::Int(k)), w.param(Arg::Int(t)), w.param(Arg::Text(id.to_string())));
             w.terms.push(format!(
-                "(board_key > {pk} OR (board_key = {pk} AND (last_seen_ms < {pt} OR (last_seen_ms = {pt} AND id < {pi}))))"
+                "(board_key > {pk} OR (board_key = {pk} AND (first_seen_ms < {pt} OR (first_seen_ms = {pt} AND id < {pi}))))"
             ));
         }
         let lim = w.param(Arg::Int(limit + 1));
         let sql = format!(
-            "SELECT {COLUMNS}, board_key FROM incidents {} ORDER BY board_key, last_seen_ms DESC, id DESC LIMIT {lim}",
+            "SELECT {COLUMNS}, board_key FROM incidents {} ORDER BY board_key, first_seen_ms DESC, id DESC LIMIT {lim}",
             w.sql()
         );
         let rows = w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         let mut items: Vec<Incident> = rows.iter().map(incident_of_row).collect::<Result<_>>()?;
         let next = if items.len() as i64 > limit {
             items.truncate(limit as usize);
-            items.last().map(|i| format!("{}.{}.{}", board_key(i.state, i.severity), ms(i.last_seen), i.id))
+            items.last().map(|i| format!("{}.{}.{}", board_key(i.state, i.severity), ms(i.first_seen), i.id))
         } else {
             None
         };
@@ -1357,8 +1358,7 @@ impl Store {
     /// state it had when last published (`None`: never published).
     pub async fn unpublished_incidents(&self, limit: i64) -> Result<Vec<(Incident, Option<IncidentState>)>> {
         let sql = format!(
-            "SELECT {COLUMNS}, published_state FROM incidents WHERE version > published_version \
-             ORDER BY updated_at_ms LIMIT $1"
+            "SELECT {COLUMNS}, published_state FROM incidents WHERE unpublished = 1 ORDER BY updated_at_ms LIMIT $1"
         );
         let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
         rows.iter()
@@ -1379,7 +1379,8 @@ impl Store {
     pub async fn incidents_published(&self, done: &[&Incident]) -> Result<()> {
         for i in done {
             sqlx::query(
-                "UPDATE incidents SET published_version = $2, published_state = $3 WHERE id = $1 AND published_version < $2",
+                "UPDATE incidents SET published_version = $2, published_state = $3, \
+                 unpublished = CASE WHEN version = $2 THEN 0 ELSE 1 END WHERE id = $1 AND published_version < $2",
             )
             .bind(i.id.to_string())
             .bind(i.version)
