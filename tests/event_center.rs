@@ -328,7 +328,7 @@ async fn the_board_keeps_its_order_and_the_outbox_every_change(db: String) {
     let queued = store.unpublished_incidents(100).await.unwrap();
     assert_eq!(queued.len(), 3, "each new incident is queued");
     let first: Vec<_> = queued.into_iter().map(|(i, _)| i).collect();
-    store.incidents_published(&first.iter().collect::<Vec<_>>()).await.unwrap();
+    store.incidents_published(&first.iter().map(|i| (i, Vec::new())).collect::<Vec<_>>()).await.unwrap();
     assert!(store.unpublished_incidents(100).await.unwrap().is_empty(), "published at their versions");
     store.insert_faults(&[hung("n2", 50)]).await.unwrap();
     let mut queued = store.unpublished_incidents(100).await.unwrap();
@@ -336,11 +336,32 @@ async fn the_board_keeps_its_order_and_the_outbox_every_change(db: String) {
     // n2 changes again after the outbox read it: publishing what it read leaves n2 queued.
     let (read, _) = queued.remove(0);
     store.insert_faults(&[hung("n2", 60)]).await.unwrap();
-    store.incidents_published(&[&read]).await.unwrap();
+    store.incidents_published(&[(&read, Vec::new())]).await.unwrap();
     let (n2, before) = store.unpublished_incidents(100).await.unwrap().remove(0);
     assert_eq!((n2.occurrences, before), (3, Some(firebreak_schema::IncidentState::Open)), "queued still");
-    store.incidents_published(&[&n2]).await.unwrap();
+    // Its webhook calls are stored by the mark that moves: a second replica publishing the same
+    // change queues nothing more.
+    let call = |event: &str| firebreak_event_center::store::WebhookCall {
+        url: "http://hooks.example/a".into(),
+        event: event.into(),
+        body: format!("{{\"event\":\"{event}\"}}"),
+    };
+    store.incidents_published(&[(&n2, vec![call("open")])]).await.unwrap();
+    store.incidents_published(&[(&n2, vec![call("open")])]).await.unwrap();
     assert!(store.unpublished_incidents(100).await.unwrap().is_empty());
+    let due = store.due_webhooks(100).await.unwrap();
+    assert_eq!(due.iter().map(|p| p.call.clone()).collect::<Vec<_>>(), [call("open")], "queued once");
+    // A later change's call waits for the earlier one to the same receiver: in order.
+    store.insert_faults(&[hung("n2", 70)]).await.unwrap();
+    let (n2, _) = store.unpublished_incidents(100).await.unwrap().remove(0);
+    store.incidents_published(&[(&n2, vec![call("later")])]).await.unwrap();
+    let due = store.due_webhooks(100).await.unwrap();
+    assert_eq!(due.iter().map(|p| p.call.event.as_str()).collect::<Vec<_>>(), ["open"], "the oldest first, alone");
+    store.webhook_failed(due[0].id, 1, Utc::now() + chrono::TimeDelta::seconds(60)).await.unwrap();
+    assert!(store.due_webhooks(100).await.unwrap().is_empty(), "the first waits to be retried; the second behind it");
+    store.webhook_delivered(due[0].id).await.unwrap();
+    let due = store.due_webhooks(100).await.unwrap();
+    assert_eq!(due.iter().map(|p| p.call.event.as_str()).collect::<Vec<_>>(), ["later"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1237,6 +1258,41 @@ async fn webhook_subscriptions_are_told_of_state_changes_they_want() {
     assert_eq!((event.as_str(), v["incident"]["occurrences"].as_i64()), ("escalated", Some(2)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(got.try_recv().is_err(), "nothing for the system-class incident, nothing twice");
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
+/// Issue 10: a webhook call is stored with the change it tells of, so one that could not be
+/// delivered before the event center stopped (its receiver down) is delivered after it starts
+/// again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_call_outlives_a_restart_while_its_receiver_is_down() {
+    let (_mock, kafka) = incident_topics();
+    let db = format!("sqlite://{}", temp_dir("ec-webhook-restart").join("events.db").display());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let file = format!("[[webhooks]]\nurl = \"http://{addr}/hook\"\nsecret_env = \"HOOK\"\n");
+    let webhooks = || {
+        firebreak_event_center::subscriptions::parse(&file, |k| (k == "HOOK").then(|| "hook-secret".into())).unwrap()
+    };
+    let ec = start_with_webhooks(&kafka, &db, "ec-webhook-restart", None, no_quiet_resolution(), webhooks()).await;
+    let producer = Producer::new(&kafka).unwrap();
+    producer.publish(FAULTS, &fault("n1", FaultKind::MemoryUncorrectable, 0)).await.unwrap();
+    // On the incidents topic: published, and its call stored in the same step.
+    read_topic(&kafka, firebreak_schema::INCIDENTS_TOPIC, |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+
+    let (url, mut got) = common::webhook_receiver_on(&addr).await;
+    assert_eq!(url, format!("http://{addr}/hook"));
+    let ec = start_with_webhooks(&kafka, &db, "ec-webhook-restart", None, no_quiet_resolution(), webhooks()).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(20), got.recv()).await;
+    let (signature, event, body) = delivery.expect("delivered after the restart").expect("the receiver runs");
+    assert_eq!(signature, firebreak_plumbing::webhook::signature(b"hook-secret", &body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((event.as_str(), &v["incident"]["node"]), ("open", &serde_json::json!("n1")));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(got.try_recv().is_err(), "delivered once");
     ec.cancel.cancel();
     ec.task.await.unwrap();
 }

@@ -14,7 +14,8 @@ use sqlx::{AnyPool, Row};
 use crate::{Error, Result};
 
 pub use incidents::{
-    Action, Changed, ClusterSummary, Entry, IncidentDetail, IncidentPage, IncidentQuery, NodeTimeline, Rules,
+    Action, Changed, ClusterSummary, Entry, IncidentDetail, IncidentPage, IncidentQuery, NodeTimeline, PendingCall,
+    Rules, WebhookCall,
 };
 
 /// A filter on the event list.

@@ -11,8 +11,9 @@
 //! min_severity = "warning"                 # optional: info when absent
 //! ```
 //!
-//! Deliveries are sent by the outbox after the change is on the incidents topic, in the
-//! background with retries (`plumbing::webhook`): a slow or dead receiver never holds up ingest.
+//! A call is stored with the mark that publishes its change on the incidents topic and sent by
+//! `upkeep`'s webhook task until the receiver answers 2xx, with a growing delay between attempts:
+//! a slow or dead receiver never holds up ingest, and a restart loses no call.
 
 use firebreak_schema::{FaultClass, Incident, Severity};
 

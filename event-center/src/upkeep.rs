@@ -5,7 +5,9 @@
 //! The store marks each change unpublished in the transaction that made it, and this task
 //! publishes it and then marks it published: a crash in between publishes it again (consumers see
 //! at least once: occurrences carry the fault's id, incidents a version). Nothing here is on the
-//! ingest path; a broker that is down delays the topics, never the store.
+//! ingest path; a broker that is down delays the topics, never the store. Webhook calls are
+//! stored with the mark that publishes their change and sent by a task of their own, so a slow
+//! or dead receiver delays neither ingest nor the topics, and a restart loses no call.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,7 +16,11 @@ use firebreak_schema::{HEALTH_TOPIC, INCIDENTS_TOPIC, OCCURRENCES_TOPIC};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Live, Result, store::Store, subscriptions::Webhook};
+use crate::{
+    Live, Result,
+    store::{Store, WebhookCall},
+    subscriptions::Webhook,
+};
 
 /// How the background work runs.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +67,8 @@ pub(crate) async fn run(
     live: broadcast::Sender<Live>,
     cancel: CancellationToken,
 ) {
+    let calls =
+        tokio::spawn(send_webhooks(store.clone(), outlets.webhooks.clone(), outlets.http.clone(), cancel.clone()));
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut expire = tokio::time::interval(upkeep.expire_every);
     let mut retain = tokio::time::interval(upkeep.retain_every);
@@ -87,10 +95,11 @@ pub(crate) async fn run(
             tracing::warn!(%error, "publishing the outbox failed; retried");
         }
     }
+    let _ = calls.await;
 }
 
 /// Publishes what is unpublished, oldest first, each kind until none is left; an incident that
-/// opened or changed state is also sent to the webhooks that want it (in the background).
+/// opened or changed state also queues a call to each webhook that wants it.
 async fn publish_outbox(store: &Store, outlets: &Outlets, cancel: &CancellationToken) -> Result<()> {
     let producer = &outlets.producer;
     const PAGE: i64 = 1000;
@@ -110,18 +119,21 @@ async fn publish_outbox(store: &Store, outlets: &Outlets, cancel: &CancellationT
             break;
         }
         futures::future::try_join_all(incidents.iter().map(|(i, _)| producer.publish(INCIDENTS_TOPIC, i))).await?;
+        let mut done = Vec::with_capacity(incidents.len());
         for (i, before) in &incidents {
-            if *before == Some(i.state) {
-                continue;
+            let mut calls = Vec::new();
+            if *before != Some(i.state) {
+                let body = serde_json::to_string(&serde_json::json!({"event": i.state.as_str(), "incident": i}))
+                    .map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+                calls = outlets
+                    .webhooks
+                    .iter()
+                    .filter(|w| w.wants(i))
+                    .map(|w| WebhookCall { url: w.url.clone(), event: i.state.as_str().into(), body: body.clone() })
+                    .collect();
             }
-            let body = serde_json::to_vec(&serde_json::json!({"event": i.state.as_str(), "incident": i}))
-                .map_err(|e| crate::Error::Corrupt(e.to_string()))?;
-            for w in outlets.webhooks.iter().filter(|w| w.wants(i)) {
-                let what = format!("incident {} webhook", i.id);
-                webhook::deliver(&outlets.http, &w.url, w.secret(), i.state.as_str(), body.clone(), what, cancel);
-            }
+            done.push((i, calls));
         }
-        let done: Vec<&firebreak_schema::Incident> = incidents.iter().map(|(i, _)| i).collect();
         store.incidents_published(&done).await?;
     }
     for (c, version) in store.unpublished_correlations().await? {
@@ -129,4 +141,54 @@ async fn publish_outbox(store: &Store, outlets: &Outlets, cancel: &CancellationT
         store.correlation_published(c.id, version).await?;
     }
     Ok(())
+}
+
+/// Sends the stored webhook calls that are due, every second until `cancel`: each receiver's
+/// calls for an incident in order, different ones at once; a call that fails waits longer each
+/// time ([`webhook::retry_in`]) and is kept until it is delivered. A call to a URL no longer
+/// subscribed is dropped with an error log.
+async fn send_webhooks(store: Store, webhooks: Vec<Webhook>, http: reqwest::Client, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let due = match store.due_webhooks(100).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "reading due webhook calls failed; retried");
+                continue;
+            }
+        };
+        let sends = due.into_iter().map(|p| {
+            let (store, http, hook) = (&store, &http, webhooks.iter().find(|w| w.url == p.call.url));
+            async move {
+                let Some(hook) = hook else {
+                    tracing::error!(url = %p.call.url, event = p.call.event, "webhook no longer subscribed; call dropped");
+                    return store.webhook_delivered(p.id).await;
+                };
+                let sent = webhook::send(http, &hook.url, hook.secret(), &p.call.event, p.call.body.into_bytes()).await;
+                match sent {
+                    Ok(()) => {
+                        tracing::info!(url = %hook.url, event = p.call.event, "webhook delivered");
+                        store.webhook_delivered(p.id).await
+                    }
+                    Err(error) => {
+                        let attempts = p.attempts + 1;
+                        let wait = webhook::retry_in(attempts);
+                        tracing::warn!(url = %hook.url, event = p.call.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
+                        let next = chrono::Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+                        store.webhook_failed(p.id, attempts, next).await
+                    }
+                }
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            if let Err(error) = r {
+                tracing::warn!(%error, "recording a webhook call failed; it is sent again");
+            }
+        }
+    }
 }

@@ -36,6 +36,16 @@ pub async fn open(url: &str, mut migrator: Migrator, max_connections: u32) -> Re
     let pool = options.connect(&url).await.map_err(Error::Database)?;
     migrator.set_ignore_missing(true);
     migrator.run(&pool).await.map_err(Error::Migrate)?;
+    if !sqlite {
+        let autovacuum: Option<String> = sqlx::query_scalar("SHOW autovacuum").fetch_one(&pool).await.ok();
+        if autovacuum.as_deref() == Some("off") {
+            tracing::warn!(
+                database = %redacted(&url),
+                "autovacuum is off on this PostgreSQL server: the rows every update leaves behind are never \
+                 reclaimed and the planner's statistics go stale, so writes and queries slow as tables grow"
+            );
+        }
+    }
     tracing::info!(database = %redacted(&url), "database open, migrations applied");
     Ok(pool)
 }

@@ -144,17 +144,14 @@ async fn send_webhooks(ctx: &Ctx) -> Result<()> {
             ctx.store.webhook_delivered(p.id).await?;
             continue;
         };
-        let sig = firebreak_plumbing::webhook::signature(hook.secret.as_bytes(), p.body.as_bytes());
-        let sent = ctx
-            .http
-            .post(&hook.url)
-            .header("content-type", "application/json")
-            .header("x-firebreak-signature", sig)
-            .header("x-firebreak-event", &p.event)
-            .body(p.body.clone())
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status);
+        let sent = firebreak_plumbing::webhook::send(
+            &ctx.http,
+            &hook.url,
+            hook.secret.as_bytes(),
+            &p.event,
+            p.body.clone().into_bytes(),
+        )
+        .await;
         match sent {
             Ok(_) => {
                 tracing::info!(url = %hook.url, event = p.event, "webhook delivered");
@@ -162,7 +159,7 @@ async fn send_webhooks(ctx: &Ctx) -> Result<()> {
             }
             Err(error) => {
                 let attempts = p.attempts + 1;
-                let wait = Duration::from_secs(1 << attempts.clamp(0, 8) as u32).min(Duration::from_secs(300));
+                let wait = firebreak_plumbing::webhook::retry_in(attempts);
                 tracing::warn!(url = %hook.url, event = p.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
                 ctx.store
                     .webhook_failed(p.id, attempts, crate::store::ms(Utc::now()) + wait.as_millis() as i64)

@@ -518,6 +518,20 @@ async fn postgres_database(base: &str) -> std::result::Result<String, String> {
     let mut conn =
         sqlx::PgConnection::connect(&format!("{base}/postgres")).await.map_err(|e| format!("{base}: {e}"))?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.map_err(|e| e.to_string())?;
+    // The server's settings are part of the setup: with autovacuum off, the rows each update
+    // leaves behind are never reclaimed and the planner's statistics never refreshed.
+    let mut settings = Vec::new();
+    for setting in ["server_version", "autovacuum", "shared_buffers", "synchronous_commit"] {
+        let value: String =
+            sqlx::query_scalar(&format!("SHOW {setting}")).fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
+        settings.push(format!("{setting} {value}"));
+    }
+    println!("PostgreSQL at {}: {}", firebreak_plumbing::db::redacted(base), settings.join(", "));
+    if settings.iter().any(|s| s == "autovacuum off") {
+        println!(
+            "  autovacuum is off on this server: dead rows pile up, so its write and query figures are worse than a production server's"
+        );
+    }
     Ok(format!("{base}/{name}"))
 }
 

@@ -332,6 +332,29 @@ async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Re
     Ok(out)
 }
 
+/// A webhook call an incident's change makes: the receiver, the event (the incident's new
+/// state) and the JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookCall {
+    /// The subscription's URL.
+    pub url: String,
+    /// `X-Firebreak-Event`: the incident's state.
+    pub event: String,
+    /// `{"event", "incident"}` as JSON.
+    pub body: String,
+}
+
+/// A stored webhook call not delivered yet.
+#[derive(Debug, Clone)]
+pub struct PendingCall {
+    /// Its id (time-ordered).
+    pub id: Uuid,
+    /// What to send.
+    pub call: WebhookCall,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
 /// Which incident each new fault counts in, and whether it is expected.
 pub(super) type Links = HashMap<Uuid, (Uuid, bool)>;
 
@@ -1372,22 +1395,84 @@ impl Store {
             .collect()
     }
 
-    /// Marks incidents published at the versions (and states) given: a statement each, outside
-    /// any transaction, so that the outbox never holds one incident's row while it waits for
-    /// another's that an ingest batch holds (on PostgreSQL that was a deadlock, retried, under
-    /// load). Each mark only moves forward, so a partial pass is published again, never lost.
-    pub async fn incidents_published(&self, done: &[&Incident]) -> Result<()> {
-        for i in done {
-            sqlx::query(
+    /// Marks incidents published at the versions (and states) given, each with the webhook calls
+    /// its change makes: a short transaction each, outside any other, so that the outbox never
+    /// holds one incident's row while it waits for another's that an ingest batch holds (on
+    /// PostgreSQL that was a deadlock, retried, under load). Each mark only moves forward, so a
+    /// partial pass is published again, never lost; the calls are stored only by the mark that
+    /// moved, so a change that two replicas publish queues its calls once.
+    pub async fn incidents_published(&self, done: &[(&Incident, Vec<WebhookCall>)]) -> Result<()> {
+        let now = ms(Utc::now());
+        for (i, calls) in done {
+            let mut tx = self.pool.begin().await?;
+            let moved = sqlx::query(
                 "UPDATE incidents SET published_version = $2, published_state = $3, \
                  unpublished = CASE WHEN version = $2 THEN 0 ELSE 1 END WHERE id = $1 AND published_version < $2",
             )
             .bind(i.id.to_string())
             .bind(i.version)
             .bind(i.state.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 1 {
+                for c in calls {
+                    sqlx::query(
+                        "INSERT INTO incident_webhooks (id, incident_id, url, event, body, attempts, next_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, 0, $6)",
+                    )
+                    .bind(Uuid::now_v7().to_string())
+                    .bind(i.id.to_string())
+                    .bind(&c.url)
+                    .bind(&c.event)
+                    .bind(&c.body)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Webhook calls due now, oldest first, at most `limit`: for each incident and receiver only
+    /// the oldest not yet delivered, so that a receiver is told of an incident's changes in order.
+    pub async fn due_webhooks(&self, limit: i64) -> Result<Vec<PendingCall>> {
+        let rows = sqlx::query(
+            "SELECT id, url, event, body, attempts FROM incident_webhooks w WHERE next_at_ms <= $1 AND NOT EXISTS \
+             (SELECT 1 FROM incident_webhooks o WHERE o.incident_id = w.incident_id AND o.url = w.url AND o.id < w.id) \
+             ORDER BY id LIMIT $2",
+        )
+        .bind(ms(Utc::now()))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PendingCall {
+                    id: uuid(&r.try_get::<String, _>("id")?)?,
+                    call: WebhookCall { url: r.try_get("url")?, event: r.try_get("event")?, body: r.try_get("body")? },
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a delivered (or no longer deliverable) webhook call.
+    pub async fn webhook_delivered(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM incident_webhooks WHERE id = $1").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt at a webhook call and when to try again.
+    pub async fn webhook_failed(&self, id: Uuid, attempts: i64, next_at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE incident_webhooks SET attempts = $2, next_at_ms = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(attempts)
+            .bind(ms(next_at))
             .execute(&self.pool)
             .await?;
-        }
         Ok(())
     }
 
