@@ -117,7 +117,7 @@ impl Store {
         // Which are stored already (replays): only the others are counted.
         let mut stored = std::collections::HashSet::new();
         for chunk in batch.chunks(500) {
-            let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let params = firebreak_plumbing::db::placeholders(&tx, chunk.len());
             let sql = format!("SELECT id FROM fault_events WHERE id IN ({})", params.join(","));
             let mut q = sqlx::query(&sql);
             for e in chunk {
@@ -136,8 +136,8 @@ impl Store {
                  observed_at_ms, message, evidence, received_at, received_at_ms, sort_at_ms, clock_skew_ms, \
                  incident_id, expected, published) VALUES ",
             );
-            for row in 0..chunk.len() {
-                let params: Vec<String> = (1..=COLS).map(|k| format!("${}", row * COLS + k)).collect();
+            let params = firebreak_plumbing::db::placeholders(&tx, chunk.len() * COLS);
+            for (row, params) in params.chunks(COLS).enumerate() {
                 sql.push_str(if row == 0 { "(" } else { ",(" });
                 sql.push_str(&params.join(","));
                 sql.push(')');

@@ -57,3 +57,14 @@ pub fn redacted(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+/// Placeholders for `n` parameters of a statement on `conn`, bound in the order they appear:
+/// `$1, $2, …` on PostgreSQL; a bare `?` each on SQLite. SQLite looks a named parameter (`$N`,
+/// `?N`) up by a linear scan of the statement's parameters each time sqlx binds one
+/// (`sqlite3_bind_parameter_name`), so a multi-row insert of thousands of parameters spent half
+/// of the event center's ingest time binding; a bare `?` is bound by its position. On SQLite,
+/// every parameter of a statement built with these must be one of them (sqlx numbers bare ones
+/// apart from named ones), so a statement takes all its placeholders from one call.
+pub fn placeholders(conn: &sqlx::AnyConnection, n: usize) -> Vec<String> {
+    if conn.backend_name() == "SQLite" { vec!["?".to_owned(); n] } else { (1..=n).map(|k| format!("${k}")).collect() }
+}

@@ -187,8 +187,8 @@ async fn put_many(
     for chunk in list.chunks_mut(ROWS) {
         let mut sql =
             format!("INSERT INTO incidents ({COLUMNS}, board_key, active, published_version, unpublished) VALUES ");
-        for row in 0..chunk.len() {
-            let params: Vec<String> = (1..=COLS).map(|k| format!("${}", row * COLS + k)).collect();
+        let params = firebreak_plumbing::db::placeholders(tx, chunk.len() * COLS);
+        for (row, params) in params.chunks(COLS).enumerate() {
             sql.push_str(if row == 0 { "(" } else { ",(" });
             sql.push_str(&params.join(","));
             sql.push_str(",0,1)");
@@ -279,8 +279,9 @@ fn open(e: &FaultEvent) -> Incident {
 async fn active_of_nodes(tx: &mut Transaction<'_, Any>, nodes: &[(&str, &str)]) -> Result<Vec<Incident>> {
     let mut out = Vec::new();
     for chunk in nodes.chunks(200) {
+        let params = firebreak_plumbing::db::placeholders(tx, 2 * chunk.len());
         let terms: Vec<String> =
-            (0..chunk.len()).map(|k| format!("(cluster = ${} AND node = ${})", 2 * k + 1, 2 * k + 2)).collect();
+            params.chunks(2).map(|p| format!("(cluster = {} AND node = {})", p[0], p[1])).collect();
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE active = 1 AND ({})", terms.join(" OR "));
         let mut q = sqlx::query(&sql);
         for (c, n) in chunk {
@@ -302,7 +303,7 @@ async fn incidents_where_in(
 ) -> Result<Vec<Incident>> {
     let mut out = Vec::new();
     for chunk in values.chunks(500) {
-        let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+        let params = firebreak_plumbing::db::placeholders(tx, chunk.len());
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE {cond} AND {col} IN ({})", params.join(","));
         let mut q = sqlx::query(&sql);
         for v in chunk {
@@ -319,7 +320,7 @@ async fn incidents_where_in(
 async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Result<Vec<RemediationEvent>> {
     let mut out = Vec::new();
     for chunk in ids.chunks(500) {
-        let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+        let params = firebreak_plumbing::db::placeholders(tx, chunk.len());
         let sql = format!("{} WHERE trigger_event_id IN ({}) ORDER BY at_ms, id", super::STEP_SELECT, params.join(","));
         let mut q = sqlx::query(&sql);
         for id in chunk {
@@ -639,11 +640,13 @@ async fn correlate(
         let mut nodes = Vec::new();
         let stored: Vec<String> = members.iter().filter(|m| m.stored).map(|m| m.id.to_string()).collect();
         for chunk in stored.chunks(500) {
-            let params: Vec<String> = (3..chunk.len() + 3).map(|k| format!("${k}")).collect();
+            let params = firebreak_plumbing::db::placeholders(tx, chunk.len() + 2);
             let sql = format!(
-                "UPDATE incidents SET correlation_id = $1, version = version + 1, updated_at_ms = $2, unpublished = 1 \
+                "UPDATE incidents SET correlation_id = {}, version = version + 1, updated_at_ms = {}, unpublished = 1 \
                  WHERE correlation_id IS NULL AND id IN ({}) RETURNING id, node",
-                params.join(",")
+                params[0],
+                params[1],
+                params[2..].join(",")
             );
             let mut q = sqlx::query(&sql).bind(c.id.to_string()).bind(ms(now));
             for id in chunk {
@@ -1508,7 +1511,7 @@ impl Store {
     pub async fn occurrences_published(&self, ids: &[Uuid]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for chunk in ids.chunks(500) {
-            let params: Vec<String> = (1..=chunk.len()).map(|k| format!("${k}")).collect();
+            let params = firebreak_plumbing::db::placeholders(&tx, chunk.len());
             let sql = format!("UPDATE fault_events SET published = 1 WHERE id IN ({})", params.join(","));
             let mut q = sqlx::query(&sql);
             for id in chunk {
