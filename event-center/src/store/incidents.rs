@@ -441,18 +441,10 @@ pub(super) async fn count(
             apply_step(i, &step);
         }
     }
-    let mut changed = Changed::default();
-    let mut kinds: Vec<(String, FaultKind)> =
-        incidents.values().filter(|(_, v)| v.is_none()).map(|(i, _)| (i.cluster.clone(), i.kind)).collect();
-    kinds.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
-    kinds.dedup();
-    for (cluster, kind) in kinds {
-        changed.correlations.extend(correlate(tx, &cluster, kind, rules, now, &mut incidents).await?);
-    }
+    let correlations = correlate(tx, rules, now, &mut incidents).await?;
     let mut write: Vec<(Incident, Option<i64>)> = touched.iter().filter_map(|id| incidents.remove(id)).collect();
     put_many(tx, &mut write, now).await?;
-    changed.incidents = write.into_iter().map(|(i, _)| i).collect();
-    Ok((links, changed))
+    Ok((links, Changed { incidents: write.into_iter().map(|(i, _)| i).collect(), correlations }))
 }
 
 /// One incident within a correlation window: stored (with the correlation it joined, if any) or
@@ -465,7 +457,166 @@ struct Member {
     stored: bool,
 }
 
-/// When enough nodes of `cluster` opened an incident of `kind` within the window (the stored
+/// The correlation windows of the clusters and kinds this batch opened incidents of, read in a
+/// few statements for all of them (a storm over many clusters and kinds is when ingest is
+/// busiest): each (cluster, kind)'s window of active incidents, its cluster's topology and its
+/// correlations that still have an active incident; then [`correlate_one`] for each window
+/// that holds enough nodes.
+async fn correlate(
+    tx: &mut Transaction<'_, Any>,
+    rules: &Rules,
+    now: DateTime<Utc>,
+    incidents: &mut HashMap<Uuid, (Incident, Option<i64>)>,
+) -> Result<Vec<Correlation>> {
+    let window_ms = rules.correlate_window.num_milliseconds();
+    // (cluster, kind) → the newest first seen among this batch's new incidents of it.
+    let mut newest: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved) {
+        let at = newest.entry((i.cluster.clone(), i.kind.as_str())).or_insert(i64::MIN);
+        *at = (*at).max(ms(i.first_seen));
+    }
+    let Some(since) = newest.values().min().map(|n| n - window_ms) else { return Ok(Vec::new()) };
+    let clusters: Vec<&str> =
+        newest.keys().map(|(c, _)| c.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let kinds: Vec<&str> =
+        newest.keys().map(|(_, k)| *k).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let mut windows: BTreeMap<(String, &'static str), Vec<Member>> = BTreeMap::new();
+    for r in rows_of_pairs(
+        tx,
+        "SELECT id, cluster, kind, node, first_seen_ms, correlation_id FROM incidents \
+         WHERE active = 1 AND first_seen_ms >= {since} AND {pairs}",
+        Some(since),
+        &clusters,
+        &kinds,
+    )
+    .await?
+    {
+        let kind: FaultKind = r
+            .try_get::<String, _>("kind")?
+            .parse()
+            .map_err(|e: firebreak_schema::Error| Error::Corrupt(e.to_string()))?;
+        let key = (r.try_get::<String, _>("cluster")?, kind.as_str());
+        let first_seen_ms: i64 = r.try_get("first_seen_ms")?;
+        if newest.get(&key).is_none_or(|n| first_seen_ms < n - window_ms) {
+            continue;
+        }
+        windows.entry(key).or_default().push(Member {
+            id: uuid(&r.try_get::<String, _>("id")?)?,
+            node: r.try_get("node")?,
+            first_seen: time(first_seen_ms)?,
+            correlation_id: r.try_get::<Option<String>, _>("correlation_id")?.as_deref().map(uuid).transpose()?,
+            stored: true,
+        });
+    }
+    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved) {
+        let key = (i.cluster.clone(), i.kind.as_str());
+        if newest.get(&key).is_some_and(|n| ms(i.first_seen) >= n - window_ms) {
+            windows.entry(key).or_default().push(Member {
+                id: i.id,
+                node: i.node.clone(),
+                first_seen: i.first_seen,
+                correlation_id: i.correlation_id,
+                stored: false,
+            });
+        }
+    }
+    // One active incident per node for one kind: incidents are nodes.
+    let least = rules.correlate_nodes.max(2);
+    windows.retain(|_, w| w.len() >= least);
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let clusters: Vec<&str> =
+        windows.keys().map(|(c, _)| c.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let kinds: Vec<&str> =
+        windows.keys().map(|(_, k)| *k).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let mut topologies: HashMap<String, Topology> = HashMap::new();
+    let params = firebreak_plumbing::db::placeholders(tx, clusters.len());
+    let sql = format!("SELECT cluster, body FROM topologies WHERE cluster IN ({})", params.join(","));
+    let mut q = sqlx::query(&sql);
+    for c in &clusters {
+        q = q.bind(*c);
+    }
+    for r in q.fetch_all(&mut **tx).await? {
+        let cluster: String = r.try_get("cluster")?;
+        let t = serde_json::from_str(&r.try_get::<String, _>("body")?)
+            .map_err(|e| Error::Corrupt(format!("topology of {cluster}: {e}")))?;
+        topologies.insert(cluster, t);
+    }
+    // The correlations of these clusters and kinds that still have an active incident.
+    let mut existing: HashMap<(String, &'static str), Vec<(Correlation, i64)>> = HashMap::new();
+    for r in rows_of_pairs(
+        tx,
+        "SELECT body, version FROM correlations WHERE id IN (SELECT correlation_id FROM incidents \
+         WHERE active = 1 AND correlation_id IS NOT NULL AND {pairs})",
+        None,
+        &clusters,
+        &kinds,
+    )
+    .await?
+    {
+        let c: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
+            .map_err(|e| Error::Corrupt(format!("correlation: {e}")))?;
+        existing.entry((c.cluster.clone(), c.kind.as_str())).or_default().push((c, r.try_get::<i64, _>("version")?));
+    }
+    let (mut out, none) = (Vec::new(), Topology::default());
+    for ((cluster, kind), window) in windows {
+        let kind: FaultKind = kind.parse().map_err(|e: firebreak_schema::Error| Error::Corrupt(e.to_string()))?;
+        // A cluster's topology serves each of its kinds.
+        let topology = topologies.get(&cluster).unwrap_or(&none);
+        let existing = existing.remove(&(cluster.clone(), kind.as_str())).unwrap_or_default();
+        let newest = newest.get(&(cluster.clone(), kind.as_str())).copied().unwrap_or_else(|| ms(now));
+        let one = Window { cluster: &cluster, kind, newest, members: window, topology, existing };
+        out.extend(correlate_one(tx, one, rules, now, incidents).await?);
+    }
+    Ok(out)
+}
+
+/// Rows of `select` with `{pairs}` in it replaced by a condition on the incidents' cluster and
+/// kind (one of `clusters`, one of `kinds`), and `{since}` by a parameter bound to `since`.
+async fn rows_of_pairs(
+    tx: &mut Transaction<'_, Any>,
+    select: &str,
+    since: Option<i64>,
+    clusters: &[&str],
+    kinds: &[&str],
+) -> Result<Vec<sqlx::any::AnyRow>> {
+    let n = usize::from(since.is_some()) + clusters.len() + kinds.len();
+    let params = firebreak_plumbing::db::placeholders(tx, n);
+    let (first, rest) = params.split_at(usize::from(since.is_some()));
+    let (cs, ks) = rest.split_at(clusters.len());
+    let pairs = format!("cluster IN ({}) AND kind IN ({})", cs.join(","), ks.join(","));
+    let mut sql = select.replace("{pairs}", &pairs);
+    if let Some(p) = first.first() {
+        sql = sql.replace("{since}", p);
+    }
+    let mut q = sqlx::query(&sql);
+    if let Some(since) = since {
+        q = q.bind(since);
+    }
+    for c in clusters {
+        q = q.bind(*c);
+    }
+    for k in kinds {
+        q = q.bind(*k);
+    }
+    Ok(q.fetch_all(&mut **tx).await?)
+}
+
+/// One (cluster, kind)'s correlation window as [`correlate`] read it.
+struct Window<'a> {
+    cluster: &'a str,
+    kind: FaultKind,
+    /// The newest first seen of the batch's new incidents of it (ms).
+    newest: i64,
+    /// The window's incidents, stored and new: at least the threshold's number.
+    members: Vec<Member>,
+    topology: &'a Topology,
+    /// Its correlations that still have an active incident, with their versions.
+    existing: Vec<(Correlation, i64)>,
+}
+
+/// When enough nodes of a cluster opened an incident of one kind within the window (the stored
 /// active ones and this batch's new ones), groups them into correlations, created or grown.
 ///
 /// Where: each incident not yet in a correlation joins the narrowest scope that holds enough of
@@ -482,83 +633,21 @@ struct Member {
 /// The batch's incidents take the correlation's id in memory (`incidents`, written by the
 /// caller), the stored ones in one statement per correlation (their version bumped, so the
 /// outbox publishes them again).
-async fn correlate(
+async fn correlate_one(
     tx: &mut Transaction<'_, Any>,
-    cluster: &str,
-    kind: FaultKind,
+    w: Window<'_>,
     rules: &Rules,
     now: DateTime<Utc>,
     incidents: &mut HashMap<Uuid, (Incident, Option<i64>)>,
 ) -> Result<Vec<Correlation>> {
-    let ours = |i: &Incident| i.cluster == cluster && i.kind == kind && i.state != IncidentState::Resolved;
-    let Some(newest) = incidents.values().filter(|(i, v)| v.is_none() && ours(i)).map(|(i, _)| ms(i.first_seen)).max()
-    else {
-        return Ok(Vec::new());
-    };
-    let since = newest - rules.correlate_window.num_milliseconds();
-    let mut window = Vec::new();
-    for r in sqlx::query(
-        "SELECT id, node, first_seen_ms, correlation_id FROM incidents \
-         WHERE cluster = $1 AND kind = $2 AND active = 1 AND first_seen_ms >= $3",
-    )
-    .bind(cluster)
-    .bind(kind.as_str())
-    .bind(since)
-    .fetch_all(&mut **tx)
-    .await?
-    {
-        window.push(Member {
-            id: uuid(&r.try_get::<String, _>("id")?)?,
-            node: r.try_get("node")?,
-            first_seen: time(r.try_get("first_seen_ms")?)?,
-            correlation_id: r.try_get::<Option<String>, _>("correlation_id")?.as_deref().map(uuid).transpose()?,
-            stored: true,
-        });
-    }
-    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && ours(i) && ms(i.first_seen) >= since) {
-        window.push(Member {
-            id: i.id,
-            node: i.node.clone(),
-            first_seen: i.first_seen,
-            correlation_id: i.correlation_id,
-            stored: false,
-        });
-    }
-    // One active incident per node for one kind: incidents are nodes.
+    let Window { cluster, kind, newest, members: window, topology, mut existing } = w;
     let least = rules.correlate_nodes.max(2);
-    if window.len() < least {
-        return Ok(Vec::new());
-    }
-    let topology: Option<Topology> = sqlx::query("SELECT body FROM topologies WHERE cluster = $1")
-        .bind(cluster)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.try_get::<String, _>("body"))
-        .transpose()?
-        .map(|b| serde_json::from_str(&b).map_err(|e| Error::Corrupt(format!("topology of {cluster}: {e}"))))
-        .transpose()?;
-    let topology = topology.unwrap_or_default();
     let (domains_of, size) = topology.by_node();
     let mut affected: HashMap<(&str, &str), usize> = HashMap::new();
     for m in &window {
         for d in domains_of.get(m.node.as_str()).into_iter().flatten() {
             *affected.entry(*d).or_default() += 1;
         }
-    }
-    // The correlations of this cluster and kind that still have an active incident.
-    let mut existing = Vec::new();
-    for r in sqlx::query(
-        "SELECT body, version FROM correlations WHERE id IN (SELECT correlation_id FROM incidents \
-         WHERE cluster = $1 AND kind = $2 AND active = 1 AND correlation_id IS NOT NULL)",
-    )
-    .bind(cluster)
-    .bind(kind.as_str())
-    .fetch_all(&mut **tx)
-    .await?
-    {
-        let c: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
-            .map_err(|e| Error::Corrupt(format!("correlation of {cluster}/{kind}: {e}")))?;
-        existing.push((c, r.try_get::<i64, _>("version")?));
     }
     // Each incident's scopes, from the cluster down to the narrowest domain that holds more
     // than half of the nodes of the one around it.
@@ -667,8 +756,9 @@ async fn correlate(
             }
         }
         let before = c.nodes.len();
+        let mut known: std::collections::HashSet<String> = c.nodes.iter().cloned().collect();
         for n in nodes {
-            if !c.nodes.contains(&n) {
+            if known.insert(n.clone()) {
                 c.nodes.push(n);
             }
         }
