@@ -425,6 +425,25 @@ fn event_center_flags_out_of_range_are_refused() {
     }
 }
 
+/// Benchmark flags that cannot make a run are refused before anything starts, naming the flag.
+#[test]
+fn bench_flags_out_of_range_are_refused() {
+    for (args, names) in [
+        (&["scale", "--sizes", "0"][..], "--sizes"),
+        (&["scale", "--sizes="][..], "--sizes"),
+        (&["scale", "--sizes", "4,x"][..], "--sizes"),
+        (&["ui", "--db", "mysql"][..], "--db"),
+        (&["ui", "--nodes", "0"][..], "--nodes"),
+        (&["ingest", "--max-wait", "0s"][..], "--max-wait"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_firebreak")).arg("bench").args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}: refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing ran: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
 /// The scale benchmark in its smoke size: `detect` at two fleet sizes, each in its own process,
 /// then one table and the SVG plot of memory and latency against nodes.
 #[test]

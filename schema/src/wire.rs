@@ -190,4 +190,24 @@ mod tests {
         let bad_utf8 = vec![("ce_specversion", Some(&[0xffu8][..]))];
         assert!(matches!(decode::<FaultEvent>(bad_utf8, Some(&msg.payload)), Err(Error::HeaderEncoding(_))));
     }
+
+    /// A topology that parses but cannot be a cluster's failure domains is refused, so the event
+    /// center dead-letters it rather than grouping storms by it.
+    #[test]
+    fn a_topology_with_empty_labels_or_bad_node_names_is_refused() {
+        let zone = "topology.kubernetes.io/zone";
+        let topology = |key: &str, value: &str, node: &str| crate::Topology {
+            cluster: "c1".into(),
+            at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            domains: BTreeMap::from([(key.to_owned(), BTreeMap::from([(value.to_owned(), vec![node.to_owned()])]))]),
+        };
+        let good = encode(&topology(zone, "a", "n1")).unwrap();
+        let h = headers(&good);
+        assert_eq!(decode::<crate::Topology>(h.clone(), Some(&good.payload)).unwrap(), topology(zone, "a", "n1"));
+        for (key, value, node) in [("", "a", "n1"), (zone, "", "n1"), (zone, "a", ""), (zone, "a", "rack/n1")] {
+            let body = serde_json::to_vec(&topology(key, value, node)).unwrap();
+            let got = decode::<crate::Topology>(h.clone(), Some(&body));
+            assert!(matches!(got, Err(Error::Invalid(_))), "{key:?} {value:?} {node:?}: {got:?}");
+        }
+    }
 }
