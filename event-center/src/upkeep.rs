@@ -15,6 +15,7 @@ use firebreak_plumbing::{kafka::Producer, webhook};
 use firebreak_schema::{HEALTH_TOPIC, INCIDENTS_TOPIC, OCCURRENCES_TOPIC};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     Live, Result,
@@ -164,28 +165,36 @@ async fn send_webhooks(store: Store, webhooks: Vec<Webhook>, http: reqwest::Clie
         };
         let sends = due.into_iter().map(|p| {
             let (store, http, hook) = (&store, &http, webhooks.iter().find(|w| w.url == p.call.url));
+            let span = tracing::info_span!("webhook", incident_id = %p.incident_id, url = %p.call.url);
             async move {
                 let Some(hook) = hook else {
-                    tracing::error!(url = %p.call.url, event = p.call.event, "webhook no longer subscribed; call dropped");
+                    tracing::error!(event = p.call.event, "webhook no longer subscribed; call dropped");
                     return store.webhook_delivered(p.id).await;
                 };
                 let sent = webhook::send(http, &hook.url, hook.secret(), &p.call.event, p.call.body.into_bytes()).await;
                 match sent {
                     Ok(()) => {
-                        tracing::info!(url = %hook.url, event = p.call.event, "webhook delivered");
+                        tracing::info!(event = p.call.event, "webhook delivered");
                         store.webhook_delivered(p.id).await
                     }
                     Err(error) => {
                         let attempts = p.attempts + 1;
                         let wait = webhook::retry_in(attempts);
-                        tracing::warn!(url = %hook.url, event = p.call.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
+                        tracing::warn!(event = p.call.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
                         let next = chrono::Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
                         store.webhook_failed(p.id, attempts, next).await
                     }
                 }
             }
+            .instrument(span)
         });
-        for r in futures::future::join_all(sends).await {
+        // Shutdown does not wait for a slow receiver: a call cut short stays stored and is sent
+        // again after the restart.
+        let sent = tokio::select! {
+            _ = cancel.cancelled() => return,
+            sent = futures::future::join_all(sends) => sent,
+        };
+        for r in sent {
             if let Err(error) = r {
                 tracing::warn!(%error, "recording a webhook call failed; it is sent again");
             }

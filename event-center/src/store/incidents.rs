@@ -350,6 +350,8 @@ pub struct WebhookCall {
 pub struct PendingCall {
     /// Its id (time-ordered).
     pub id: Uuid,
+    /// The incident it tells of.
+    pub incident_id: Uuid,
     /// What to send.
     pub call: WebhookCall,
     /// Failed attempts so far.
@@ -1533,7 +1535,7 @@ impl Store {
     /// the oldest not yet delivered, so that a receiver is told of an incident's changes in order.
     pub async fn due_webhooks(&self, limit: i64) -> Result<Vec<PendingCall>> {
         let rows = sqlx::query(
-            "SELECT id, url, event, body, attempts FROM incident_webhooks w WHERE next_at_ms <= $1 AND NOT EXISTS \
+            "SELECT id, incident_id, url, event, body, attempts FROM incident_webhooks w WHERE next_at_ms <= $1 AND NOT EXISTS \
              (SELECT 1 FROM incident_webhooks o WHERE o.incident_id = w.incident_id AND o.url = w.url AND o.id < w.id) \
              ORDER BY id LIMIT $2",
         )
@@ -1545,6 +1547,7 @@ impl Store {
             .map(|r| {
                 Ok(PendingCall {
                     id: uuid(&r.try_get::<String, _>("id")?)?,
+                    incident_id: uuid(&r.try_get::<String, _>("incident_id")?)?,
                     call: WebhookCall { url: r.try_get("url")?, event: r.try_get("event")?, body: r.try_get("body")? },
                     attempts: r.try_get("attempts")?,
                 })
