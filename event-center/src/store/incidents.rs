@@ -333,6 +333,21 @@ async fn steps_triggered_by(tx: &mut Transaction<'_, Any>, ids: &[String]) -> Re
     Ok(out)
 }
 
+/// Marks an incident published at its version and state, if no later version was marked already;
+/// it stays queued when it changed again since it was read. Rows marked: 1 if the mark moved.
+async fn mark_published<'e>(db: impl sqlx::Executor<'e, Database = Any>, i: &Incident) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE incidents SET published_version = $2, published_state = $3, \
+         unpublished = CASE WHEN version = $2 THEN 0 ELSE 1 END WHERE id = $1 AND published_version < $2",
+    )
+    .bind(i.id.to_string())
+    .bind(i.version)
+    .bind(i.state.as_str())
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// A webhook call an incident's change makes: the receiver, the event (the incident's new
 /// state) and the JSON body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,17 +486,16 @@ async fn correlate(
     incidents: &mut HashMap<Uuid, (Incident, Option<i64>)>,
 ) -> Result<Vec<Correlation>> {
     let window_ms = rules.correlate_window.num_milliseconds();
-    // (cluster, kind) → the newest first seen among this batch's new incidents of it.
+    // This batch's new incidents, and per (cluster, kind) the newest first seen among them.
+    let fresh: Vec<&Incident> =
+        incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved).map(|(i, _)| i).collect();
     let mut newest: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
-    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved) {
+    for i in &fresh {
         let at = newest.entry((i.cluster.clone(), i.kind.as_str())).or_insert(i64::MIN);
         *at = (*at).max(ms(i.first_seen));
     }
     let Some(since) = newest.values().min().map(|n| n - window_ms) else { return Ok(Vec::new()) };
-    let clusters: Vec<&str> =
-        newest.keys().map(|(c, _)| c.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let kinds: Vec<&str> =
-        newest.keys().map(|(_, k)| *k).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let (clusters, kinds) = clusters_and_kinds(&newest);
     let mut windows: BTreeMap<(String, &'static str), Vec<Member>> = BTreeMap::new();
     for r in rows_of_pairs(
         tx,
@@ -510,7 +524,7 @@ async fn correlate(
             stored: true,
         });
     }
-    for (i, _) in incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved) {
+    for i in fresh {
         let key = (i.cluster.clone(), i.kind.as_str());
         if newest.get(&key).is_some_and(|n| ms(i.first_seen) >= n - window_ms) {
             windows.entry(key).or_default().push(Member {
@@ -528,10 +542,7 @@ async fn correlate(
     if windows.is_empty() {
         return Ok(Vec::new());
     }
-    let clusters: Vec<&str> =
-        windows.keys().map(|(c, _)| c.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let kinds: Vec<&str> =
-        windows.keys().map(|(_, k)| *k).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let (clusters, kinds) = clusters_and_kinds(&windows);
     let mut topologies: HashMap<String, Topology> = HashMap::new();
     let params = firebreak_plumbing::db::placeholders(tx, clusters.len());
     let sql = format!("SELECT cluster, body FROM topologies WHERE cluster IN ({})", params.join(","));
@@ -572,6 +583,13 @@ async fn correlate(
         out.extend(correlate_one(tx, one, rules, now, incidents).await?);
     }
     Ok(out)
+}
+
+/// The distinct clusters and kinds of these (cluster, kind) keys, each sorted.
+fn clusters_and_kinds<'a, V>(keys: &'a BTreeMap<(String, &'static str), V>) -> (Vec<&'a str>, Vec<&'static str>) {
+    let clusters: std::collections::BTreeSet<&str> = keys.keys().map(|(c, _)| c.as_str()).collect();
+    let kinds: std::collections::BTreeSet<&'static str> = keys.keys().map(|(_, k)| *k).collect();
+    (clusters.into_iter().collect(), kinds.into_iter().collect())
 }
 
 /// Rows of `select` with `{pairs}` in it replaced by a condition on the incidents' cluster and
@@ -1499,18 +1517,13 @@ impl Store {
     pub async fn incidents_published(&self, done: &[(&Incident, Vec<WebhookCall>)]) -> Result<()> {
         let now = ms(Utc::now());
         for (i, calls) in done {
+            // Most changes call no webhook: their mark is one statement.
+            if calls.is_empty() {
+                mark_published(&self.pool, i).await?;
+                continue;
+            }
             let mut tx = self.pool.begin().await?;
-            let moved = sqlx::query(
-                "UPDATE incidents SET published_version = $2, published_state = $3, \
-                 unpublished = CASE WHEN version = $2 THEN 0 ELSE 1 END WHERE id = $1 AND published_version < $2",
-            )
-            .bind(i.id.to_string())
-            .bind(i.version)
-            .bind(i.state.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved == 1 {
+            if mark_published(&mut *tx, i).await? == 1 {
                 for c in calls {
                     sqlx::query(
                         "INSERT INTO incident_webhooks (id, incident_id, url, event, body, attempts, next_at_ms) \
