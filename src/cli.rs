@@ -429,6 +429,21 @@ pub enum Command {
         /// Nodes per cluster.
         #[arg(long, default_value_t = 5)]
         nodes_per_cluster: usize,
+        /// How often each simulated kubelet renews its node Lease (a real kubelet's is 10 s;
+        /// the demo's 1 s).
+        #[arg(long, default_value = "1s", value_parser = positive_duration)]
+        heartbeat: Duration,
+        /// Silence after which the simulated node controller marks a node Unknown (a real
+        /// one's grace period is 50 s).
+        #[arg(long, default_value = "3s", value_parser = positive_duration)]
+        unreachable_after: Duration,
+        /// Pods of the `churn` workload created per minute in each cluster (0: none).
+        #[arg(long, default_value_t = 120)]
+        churn_per_minute: u32,
+        /// With brokers, the simulated machines also carry out the remediators' commands
+        /// (reboot, restart a component) as each node's agent would, and report them.
+        #[command(flatten)]
+        kafka: KafkaArgs,
     },
     /// The whole loop on this machine, with no external service.
     #[cfg(feature = "demo")]
@@ -729,22 +744,49 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(firebreak_remediator::run(cfg, client, metrics, cancel).await?)
         }
         #[cfg(feature = "demo")]
-        Command::FleetSim { data_dir, clusters, nodes_per_cluster } => {
+        Command::FleetSim {
+            data_dir,
+            clusters,
+            nodes_per_cluster,
+            heartbeat,
+            unreachable_after,
+            churn_per_minute,
+            kafka,
+        } => {
             if clusters == 0 {
                 return Err(crate::Error::Usage("--clusters must be at least 1".into()));
             }
+            let timings =
+                firebreak_fleet_sim::Timings { heartbeat, unreachable_after, churn_per_minute, ..Default::default() };
             let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
                 data_dir,
                 clusters,
                 nodes_per_cluster,
-                timings: Default::default(),
+                timings,
                 apps: Default::default(),
             })
             .await?;
+            let mut listeners = Vec::new();
+            let mut producer = None;
+            let kafka_args = kafka;
+            if let Some(kafka) = kafka_args.optional()? {
+                let names: Vec<&str> = fleet.clusters().iter().map(|c| c.name()).collect();
+                kafka_args.ensure_topics(&kafka, &names).await?;
+                let p = firebreak_plumbing::kafka::Producer::new(&kafka)?;
+                for c in fleet.clusters() {
+                    let (listener, _) = crate::demo::simulated_actuators(c, &p);
+                    listeners.push(crate::demo::spawn_command_listener(c.name(), listener, &kafka, &p, cancel.clone()));
+                }
+                producer = Some(p);
+            }
             for c in fleet.clusters() {
                 println!("cluster {} at {}: KUBECONFIG={}", c.name(), c.url(), c.kubeconfig_path().display());
             }
             cancel.cancelled().await;
+            for l in listeners {
+                let _ = l.await;
+            }
+            drop(producer);
             fleet.shutdown().await;
             Ok(())
         }

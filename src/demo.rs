@@ -208,17 +208,20 @@ impl DemoTokens {
     }
 }
 
-/// Every component, running.
-pub struct Stack {
-    /// Where the data directory's earlier run was moved, if there was one.
-    pub previous_run: Option<PathBuf>,
-    /// The simulated clusters.
-    pub fleet: Fleet,
-    /// The in-process Kafka cluster, unless brokers were given. Not `Send`: keep the stack on
-    /// the task that made it.
-    pub kafka: Option<MockCluster<'static, DefaultProducerContext>>,
-    /// Broker addresses and client tuning.
-    pub kafka_config: KafkaConfig,
+/// One cluster the control plane serves: its name and the kubeconfig of its API server.
+#[derive(Debug, Clone)]
+pub struct ClusterAccess {
+    /// The cluster's name (its topics, its permits, its incidents).
+    pub name: String,
+    /// The kubeconfig that reaches its Kubernetes API.
+    pub kubeconfig: PathBuf,
+}
+
+/// The control plane in one process: the event center, the gate, and a detector and (when
+/// healing) a remediator per cluster, on given clusters and brokers. [`Stack`] runs it beside
+/// simulated clusters and agents; `firebreak bench fleet` runs it alone, in a process of its own,
+/// against a fleet-sim process, to measure what it costs.
+pub struct ControlPlane {
     /// `http://...` of the event center.
     pub event_center_url: String,
     /// `http://...` of the gate.
@@ -227,6 +230,7 @@ pub struct Stack {
     pub metrics_url: String,
     /// The tokens' secrets.
     pub tokens: DemoTokens,
+    kafka_config: KafkaConfig,
     gate_addr: SocketAddr,
     gate_db: String,
     policy: Policy,
@@ -238,7 +242,6 @@ pub struct Stack {
     remediators: CancellationToken,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    producer: Producer,
 }
 
 fn spawn_logged<E: std::fmt::Display>(
@@ -252,66 +255,22 @@ fn spawn_logged<E: std::fmt::Display>(
     })
 }
 
-impl Stack {
-    /// Starts everything.
-    pub async fn start(opts: StackOptions) -> Result<Stack> {
-        if opts.clusters == 0 || opts.nodes_per_cluster == 0 {
-            return Err(Error::Usage("at least one cluster and one node per cluster".into()));
-        }
-        std::fs::create_dir_all(&opts.data_dir)
-            .map_err(|source| Error::Io { what: format!("create {}", opts.data_dir.display()), source })?;
-        let data_dir = std::fs::canonicalize(&opts.data_dir)
-            .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
-        let previous_run = fresh_start(&data_dir)?;
-        // librdkafka's in-process mock cluster, unless brokers are given (Tansu in the tests).
-        let kafka = match &opts.kafka_brokers {
-            Some(_) => None,
-            None => Some(MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?),
-        };
-        let brokers = match (&opts.kafka_brokers, &kafka) {
-            (Some(b), _) => b.clone(),
-            (None, Some(mock)) => mock.bootstrap_servers(),
-            (None, None) => String::new(),
-        };
-        let kafka_config = KafkaConfig {
-            brokers,
-            client_options: Vec::new(),
-            consumer_options: vec![
-                ("session.timeout.ms".into(), "6000".into()),
-                ("heartbeat.interval.ms".into(), "500".into()),
-            ],
-        };
+impl ControlPlane {
+    /// Starts the control plane for `clusters` (their topics must exist), its databases under
+    /// `data_dir` unless `opts` names others. Remediators run when `opts.remediators` and
+    /// `opts.healing` say so; detectors report silent agents only when healing.
+    pub async fn start(
+        opts: &StackOptions,
+        data_dir: &std::path::Path,
+        clusters: &[ClusterAccess],
+        kafka_config: &KafkaConfig,
+    ) -> Result<ControlPlane> {
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut remediator_runs = Vec::new();
         let tokens = DemoTokens::new();
         let gate_db =
             opts.gate_db.clone().unwrap_or_else(|| format!("sqlite://{}", data_dir.join("gate.db").display()));
-
-        let fleet = Fleet::start(FleetConfig {
-            data_dir: data_dir.clone(),
-            clusters: opts.clusters,
-            nodes_per_cluster: opts.nodes_per_cluster,
-            timings: opts.timings,
-            apps: opts.apps,
-        })
-        .await?;
-        // The topic contract, as every service creates it at start-up: fleet-wide topics and
-        // each cluster's fault topic.
-        let names: Vec<String> = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
-        let topics = firebreak_schema::topics::for_clusters(names.iter().map(String::as_str));
-        match &kafka {
-            // The mock cluster answers no CreateTopics: it has its own call.
-            Some(mock) => {
-                for (topic, partitions) in &topics {
-                    mock.create_topic(topic, *partitions, 1).map_err(firebreak_plumbing::Error::from)?;
-                }
-            }
-            None => {
-                kafka_config.ensure_topics(&topics, 1).await?;
-            }
-        }
-
         let gate_listener = bind(&opts.gate_listen).await?;
         let gate_addr =
             gate_listener.local_addr().map_err(|source| Error::Io { what: "gate address".into(), source })?;
@@ -332,8 +291,6 @@ impl Stack {
         };
         tasks.push(spawn_logged("event-center".into(), firebreak_event_center::run(ec, ec_listener, cancel.clone())));
 
-        let producer = Producer::new(&kafka_config)?;
-        let rules = Arc::new(rules::defaults());
         let mut registry = prometheus_client::registry::Registry::default();
         let detector_metrics = firebreak_detector::Metrics::new(&mut registry);
         let remediator_metrics = firebreak_remediator::Metrics::new(&mut registry);
@@ -346,10 +303,10 @@ impl Stack {
             "metrics".into(),
             crate::serve_metrics(metrics_listener, Arc::new(registry), cancel.clone()),
         ));
-        for cluster in fleet.clusters() {
-            let client = kube_client(&cluster.kubeconfig_path()).await?;
+        for cluster in clusters {
+            let client = kube_client(&cluster.kubeconfig).await?;
             let detector = firebreak_detector::Config {
-                cluster: cluster.name().into(),
+                cluster: cluster.name.clone(),
                 kafka: kafka_config.clone(),
                 // Without agents, silence is expected: not a fault.
                 agent_silent_after: if opts.healing { opts.heartbeat * 5 } else { Duration::MAX },
@@ -364,22 +321,22 @@ impl Stack {
                 // One replica per cluster here, under the same Lease as production's.
                 lease: Some(firebreak_plumbing::leader::LeaseConfig {
                     namespace: "kube-system".into(),
-                    identity: format!("demo-detector-{}", cluster.name()),
+                    identity: format!("demo-detector-{}", cluster.name),
                     duration: Duration::from_secs(6),
                 }),
             };
             tasks.push(spawn_logged(
-                format!("detector/{}", cluster.name()),
+                format!("detector/{}", cluster.name),
                 firebreak_detector::run(detector, client.clone(), detector_metrics.clone(), cancel.clone()),
             ));
             if !opts.healing {
                 continue;
             }
             let db = opts.remediator_db.clone().unwrap_or_else(|| {
-                format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name())).display())
+                format!("sqlite://{}", data_dir.join(format!("remediator-{}.db", cluster.name)).display())
             });
             let mut rem = firebreak_remediator::Config::new(
-                cluster.name(),
+                &cluster.name,
                 kafka_config.clone(),
                 &format!("http://{gate_addr}"),
                 opts.remediator_token.as_deref().unwrap_or(&tokens.requester),
@@ -397,7 +354,7 @@ impl Stack {
             // One replica per cluster here, under the same Lease as production's.
             rem.lease = Some(firebreak_remediator::LeaseConfig {
                 namespace: "kube-system".into(),
-                identity: format!("demo-remediator-{}", cluster.name()),
+                identity: format!("demo-remediator-{}", cluster.name),
                 duration: Duration::from_secs(6),
             });
             rem.evict_unmanaged = opts.evict_unmanaged;
@@ -405,91 +362,22 @@ impl Stack {
             rem.reinstall_webhook = opts.reinstall_webhook.clone();
             rem.reinstall_job = opts.reinstall_job.clone();
             if opts.cluster_api {
-                cluster.adopt_machines("default")?;
                 rem.cluster_api = Some(firebreak_remediator::reinstall::ClusterApi(client.clone()));
             }
             rem.ticket_webhook = opts.ticket_webhook.clone();
             remediator_runs.push((rem, client));
-            // Each node's actuator acts on its simulated machine where a real one runs systemctl;
-            // one listener reads the cluster's commands for all of them.
-            let sim = cluster.clone();
-            let effect = actuator::Effect::Call(Arc::new(move |node: &str, action: &NodeAction| match action {
-                NodeAction::Reboot => sim.reboot(node).map(|()| "rebooting".to_owned()).map_err(|e| e.to_string()),
-                NodeAction::Restart { component } => {
-                    sim.restart(node, component).map(|()| format!("{component} restarted")).map_err(|e| e.to_string())
-                }
-                NodeAction::Report => Ok("nothing to do".into()),
-            }));
-            let act = actuator::ActuatorConfig {
-                effect,
-                restartable: vec!["kubelet".into(), "containerd".into()],
-                timeout: Duration::from_secs(60),
-            };
-            let mut actuators = Vec::new();
-            for node in cluster.node_names() {
-                let host_root = cluster.host_root(&node);
-                let actuator = Arc::new(actuator::NodeActuator::new(
-                    cluster.name(),
-                    &node,
-                    &host_root,
-                    &host_root.join("var/lib/firebreak-agent"),
-                    act.clone(),
-                    producer.clone(),
-                ));
-                actuators.push(actuator.clone());
-                let state = host_root.join("var/lib/firebreak-agent");
-                let cursor = Some(state.join("kmsg-cursor"));
-                let metrics = firebreak_agent::metrics::Metrics::default();
-                let spool = Some(firebreak_agent::spool::Spool::open(
-                    &state.join("spool"),
-                    Default::default(),
-                    metrics.clone(),
-                )?);
-                // fleet-sim's host roots hold a kernel log and boot facts, not a sysfs: the
-                // sources beyond the kernel log are not simulated.
-                let agent = NodeAgent {
-                    sources: None,
-                    cursor,
-                    spool,
-                    metrics,
-                    cluster: cluster.name().into(),
-                    host_root,
-                    node,
-                    rules: rules.clone(),
-                    producer: producer.clone(),
-                    poll_interval: Duration::from_millis(250),
-                    heartbeat_interval: opts.heartbeat,
-                    actuator: Some(actuator),
-                };
-                tasks.push(tokio::spawn(agent.run(cancel.clone())));
-            }
-            let listener = actuator::Listener::new(actuators);
-            let (kafka, producer, cancel, group) = (
-                kafka_config.clone(),
-                producer.clone(),
-                cancel.clone(),
-                format!("firebreak-agents-{}", cluster.name()),
-            );
-            tasks.push(tokio::spawn(async move {
-                if let Err(error) = listener.run(&kafka, &group, &producer, cancel).await {
-                    tracing::error!(%error, "a command listener stopped");
-                }
-            }));
         }
-        // The gate knows the demo's fleet: a request for any other cluster is refused.
-        let mut policy = opts.policy;
+        // The gate knows the fleet: a request for any other cluster is refused.
+        let mut policy = opts.policy.clone();
         if policy.clusters.is_empty() {
-            policy.clusters = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
+            policy.clusters = clusters.iter().map(|c| c.name.clone()).collect();
         }
-        let mut stack = Stack {
-            previous_run,
-            fleet,
-            kafka,
-            kafka_config,
+        let mut control = ControlPlane {
             event_center_url: format!("http://{ec_addr}"),
             gate_url: format!("http://{gate_addr}"),
             metrics_url,
             tokens,
+            kafka_config: kafka_config.clone(),
             gate_addr,
             gate_db,
             policy,
@@ -500,13 +388,12 @@ impl Stack {
             remediator_tasks: Vec::new(),
             cancel,
             tasks,
-            producer,
         };
-        stack.serve_gate(gate_listener)?;
+        control.serve_gate(gate_listener)?;
         if opts.remediators {
-            stack.spawn_remediators();
+            control.spawn_remediators();
         }
-        Ok(stack)
+        Ok(control)
     }
 
     fn serve_gate(&mut self, listener: tokio::net::TcpListener) -> Result<()> {
@@ -538,14 +425,13 @@ impl Stack {
         }
     }
 
-    /// Stops every remediator at once, mid-step, as a crash would (their state is in their
-    /// databases; their permits are left to expire).
+    /// Stops every remediator at once, mid-step, as a crash would.
     pub fn kill_remediators(&self) {
         self.remediators.cancel();
     }
 
-    /// Kills every remediator (as [`Stack::kill_remediators`]), waits for them to stop, and
-    /// starts them again on the same databases, as a crash-looping deployment would.
+    /// Kills every remediator, waits for them to stop, and starts them again on the same
+    /// databases.
     pub async fn restart_remediators(&mut self) {
         self.remediators.cancel();
         for t in self.remediator_tasks.drain(..) {
@@ -579,6 +465,231 @@ impl Stack {
         for t in self.tasks.drain(..).chain(self.remediator_tasks.drain(..)) {
             let _ = t.await;
         }
+    }
+}
+
+/// The simulated machines' side of the remediators' commands for one fleet-sim cluster: an
+/// actuator per node that acts on its simulated machine where a real one runs systemctl, and
+/// one listener that reads the cluster's command topic for all of them.
+pub fn simulated_actuators(
+    cluster: &Arc<firebreak_fleet_sim::Cluster>,
+    producer: &Producer,
+) -> (actuator::Listener, Vec<Arc<actuator::NodeActuator>>) {
+    let sim = cluster.clone();
+    let effect = actuator::Effect::Call(Arc::new(move |node: &str, action: &NodeAction| match action {
+        NodeAction::Reboot => sim.reboot(node).map(|()| "rebooting".to_owned()).map_err(|e| e.to_string()),
+        NodeAction::Restart { component } => {
+            sim.restart(node, component).map(|()| format!("{component} restarted")).map_err(|e| e.to_string())
+        }
+        NodeAction::Report => Ok("nothing to do".into()),
+    }));
+    let act = actuator::ActuatorConfig {
+        effect,
+        restartable: vec!["kubelet".into(), "containerd".into()],
+        timeout: Duration::from_secs(60),
+    };
+    let actuators: Vec<_> = cluster
+        .node_names()
+        .into_iter()
+        .map(|node| {
+            let host_root = cluster.host_root(&node);
+            Arc::new(actuator::NodeActuator::new(
+                cluster.name(),
+                &node,
+                &host_root,
+                &host_root.join("var/lib/firebreak-agent"),
+                act.clone(),
+                producer.clone(),
+            ))
+        })
+        .collect();
+    (actuator::Listener::new(actuators.clone()), actuators)
+}
+
+/// Runs a cluster's command listener (see [`simulated_actuators`]) until `cancel`.
+pub fn spawn_command_listener(
+    cluster: &str,
+    listener: actuator::Listener,
+    kafka: &KafkaConfig,
+    producer: &Producer,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let (kafka, producer, group) = (kafka.clone(), producer.clone(), format!("firebreak-agents-{cluster}"));
+    tokio::spawn(async move {
+        if let Err(error) = listener.run(&kafka, &group, &producer, cancel).await {
+            tracing::error!(%error, "a command listener stopped");
+        }
+    })
+}
+
+/// Every component, running.
+pub struct Stack {
+    /// Where the data directory's earlier run was moved, if there was one.
+    pub previous_run: Option<PathBuf>,
+    /// The simulated clusters.
+    pub fleet: Fleet,
+    /// The in-process Kafka cluster, unless brokers were given. Not `Send`: keep the stack on
+    /// the task that made it.
+    pub kafka: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// Broker addresses and client tuning.
+    pub kafka_config: KafkaConfig,
+    /// `http://...` of the event center.
+    pub event_center_url: String,
+    /// `http://...` of the gate.
+    pub gate_url: String,
+    /// `http://...` of the detectors' and remediators' metrics.
+    pub metrics_url: String,
+    /// The tokens' secrets.
+    pub tokens: DemoTokens,
+    control: ControlPlane,
+    /// What stops the agents and command listeners.
+    cancel: CancellationToken,
+    agents: Vec<JoinHandle<()>>,
+    producer: Producer,
+}
+
+impl Stack {
+    /// Starts everything.
+    pub async fn start(opts: StackOptions) -> Result<Stack> {
+        if opts.clusters == 0 || opts.nodes_per_cluster == 0 {
+            return Err(Error::Usage("at least one cluster and one node per cluster".into()));
+        }
+        std::fs::create_dir_all(&opts.data_dir)
+            .map_err(|source| Error::Io { what: format!("create {}", opts.data_dir.display()), source })?;
+        let data_dir = std::fs::canonicalize(&opts.data_dir)
+            .map_err(|source| Error::Io { what: format!("resolve {}", opts.data_dir.display()), source })?;
+        let previous_run = fresh_start(&data_dir)?;
+        // librdkafka's in-process mock cluster, unless brokers are given (Tansu in the tests).
+        let kafka = match &opts.kafka_brokers {
+            Some(_) => None,
+            None => Some(MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?),
+        };
+        let brokers = match (&opts.kafka_brokers, &kafka) {
+            (Some(b), _) => b.clone(),
+            (None, Some(mock)) => mock.bootstrap_servers(),
+            (None, None) => String::new(),
+        };
+        let kafka_config = KafkaConfig {
+            brokers,
+            client_options: Vec::new(),
+            consumer_options: vec![
+                ("session.timeout.ms".into(), "6000".into()),
+                ("heartbeat.interval.ms".into(), "500".into()),
+            ],
+        };
+        let fleet = Fleet::start(FleetConfig {
+            data_dir: data_dir.clone(),
+            clusters: opts.clusters,
+            nodes_per_cluster: opts.nodes_per_cluster,
+            timings: opts.timings,
+            apps: opts.apps,
+        })
+        .await?;
+        // The topic contract, as every service creates it at start-up: fleet-wide topics and
+        // each cluster's fault topic.
+        let names: Vec<String> = fleet.clusters().iter().map(|c| c.name().to_owned()).collect();
+        let topics = firebreak_schema::topics::for_clusters(names.iter().map(String::as_str));
+        match &kafka {
+            // The mock cluster answers no CreateTopics: it has its own call.
+            Some(mock) => create_mock_topics(mock, &topics)?,
+            None => {
+                kafka_config.ensure_topics(&topics, 1).await?;
+            }
+        }
+        if opts.cluster_api && opts.healing {
+            for cluster in fleet.clusters() {
+                cluster.adopt_machines("default")?;
+            }
+        }
+        let access: Vec<ClusterAccess> = fleet
+            .clusters()
+            .iter()
+            .map(|c| ClusterAccess { name: c.name().to_owned(), kubeconfig: c.kubeconfig_path() })
+            .collect();
+        let control = ControlPlane::start(&opts, &data_dir, &access, &kafka_config).await?;
+
+        let cancel = CancellationToken::new();
+        let mut agents = Vec::new();
+        let producer = Producer::new(&kafka_config)?;
+        let rules = Arc::new(rules::defaults());
+        for cluster in fleet.clusters().iter().filter(|_| opts.healing) {
+            let (listener, actuators) = simulated_actuators(cluster, &producer);
+            for actuator in actuators {
+                let node = actuator.node().to_owned();
+                let host_root = cluster.host_root(&node);
+                let state = host_root.join("var/lib/firebreak-agent");
+                let cursor = Some(state.join("kmsg-cursor"));
+                let metrics = firebreak_agent::metrics::Metrics::default();
+                let spool = Some(firebreak_agent::spool::Spool::open(
+                    &state.join("spool"),
+                    Default::default(),
+                    metrics.clone(),
+                )?);
+                // fleet-sim's host roots hold a kernel log and boot facts, not a sysfs: the
+                // sources beyond the kernel log are not simulated.
+                let agent = NodeAgent {
+                    sources: None,
+                    cursor,
+                    spool,
+                    metrics,
+                    cluster: cluster.name().into(),
+                    host_root,
+                    node,
+                    rules: rules.clone(),
+                    producer: producer.clone(),
+                    poll_interval: Duration::from_millis(250),
+                    heartbeat_interval: opts.heartbeat,
+                    actuator: Some(actuator),
+                };
+                agents.push(tokio::spawn(agent.run(cancel.clone())));
+            }
+            agents.push(spawn_command_listener(cluster.name(), listener, &kafka_config, &producer, cancel.clone()));
+        }
+        Ok(Stack {
+            previous_run,
+            fleet,
+            kafka,
+            kafka_config,
+            event_center_url: control.event_center_url.clone(),
+            gate_url: control.gate_url.clone(),
+            metrics_url: control.metrics_url.clone(),
+            tokens: control.tokens.clone(),
+            control,
+            cancel,
+            agents,
+            producer,
+        })
+    }
+
+    /// Stops every remediator at once, mid-step, as a crash would (their state is in their
+    /// databases; their permits are left to expire).
+    pub fn kill_remediators(&self) {
+        self.control.kill_remediators();
+    }
+
+    /// Kills every remediator (as [`Stack::kill_remediators`]), waits for them to stop, and
+    /// starts them again on the same databases, as a crash-looping deployment would.
+    pub async fn restart_remediators(&mut self) {
+        self.control.restart_remediators().await;
+    }
+
+    /// Stops the gate, as a crash would (its state is in its database).
+    pub async fn stop_gate(&mut self) {
+        self.control.stop_gate().await;
+    }
+
+    /// Starts the gate again on the same address.
+    pub async fn start_gate(&mut self) -> Result<()> {
+        self.control.start_gate().await
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.control.shutdown().await;
+        for t in self.agents.drain(..) {
+            let _ = t.await;
+        }
         let _ = self.producer.flush(Duration::from_secs(2));
         let Stack { fleet, kafka, producer, .. } = self;
         // Every client goes before the broker does.
@@ -586,6 +697,14 @@ impl Stack {
         fleet.shutdown().await;
         drop(kafka);
     }
+}
+
+/// Creates topics on librdkafka's mock cluster, which answers no CreateTopics.
+pub fn create_mock_topics(mock: &MockCluster<'static, DefaultProducerContext>, topics: &[(String, i32)]) -> Result<()> {
+    for (topic, partitions) in topics {
+        mock.create_topic(topic, *partitions, 1).map_err(firebreak_plumbing::Error::from)?;
+    }
+    Ok(())
 }
 
 /// The runtime version `firebreak demo` marks unhealthy in every cluster.

@@ -185,7 +185,7 @@ fn bench_ingest_runs_in_smoke_mode() {
 #[test]
 fn bench_all_ends_with_one_table_of_figures_and_goals() {
     let mut args = vec!["bench", "all", "--smoke"];
-    for other in ["ingest", "ui", "agent", "detect", "isolate", "scale", "drain", "health"] {
+    for other in ["ingest", "ui", "agent", "detect", "isolate", "scale", "fleet", "drain", "health"] {
         args.extend(["--skip", other]);
     }
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak")).args(&args).output().unwrap();
@@ -195,6 +195,38 @@ fn bench_all_ends_with_one_table_of_figures_and_goals() {
     assert!(table.contains("permit p99 / bare route p99, SQLite") && table.contains("≤ 1.5"), "{table}");
     let bad = Command::new(env!("CARGO_BIN_EXE_firebreak")).args(["bench", "all", "--skip", "nope"]).output().unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("no such benchmark"));
+}
+
+/// The fleet benchmark in its smoke size: fleet-sim and the control plane run as processes of
+/// their own, the heartbeats and faults reach the control plane (the event center stores the
+/// faults and the remediators' steps), and the report gives each process's figures and the lag.
+#[test]
+fn bench_fleet_runs_in_smoke_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+        .args(["bench", "fleet", "--clusters", "2", "--nodes", "5", "--heartbeat", "1s"])
+        .args(["--duration", "6s", "--sample-every", "2s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let number_after = |what: &str| -> u64 {
+        let rest = text.split(what).nth(1).unwrap_or_else(|| panic!("{what} in\n{text}"));
+        rest.split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty()).unwrap().parse().unwrap()
+    };
+    assert!(number_after("heartbeats sent ") >= 10, "every node beat at least once:\n{text}");
+    assert!(number_after("faults sent ") >= 3, "{text}");
+    assert!(number_after("the event center stored ") >= 3, "the faults reached the control plane:\n{text}");
+    for want in
+        ["control plane up in", "control plane: peak resident", "fleet-sim: peak resident", "consumer lag, mean"]
+    {
+        assert!(text.contains(want), "{want} in\n{text}");
+    }
+    let bad =
+        Command::new(env!("CARGO_BIN_EXE_firebreak")).args(["bench", "fleet", "--clusters", "0"]).output().unwrap();
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("must be more than zero"),
+        "{bad:?}"
+    );
 }
 
 /// The page's benchmark in its smoke size: the store is filled and every query is measured on

@@ -155,6 +155,11 @@ impl NodeActuator {
         }
     }
 
+    /// The node this actuator acts on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     fn key(&self) -> String {
         format!("{}/{}", self.cluster, self.node)
     }

@@ -42,6 +42,7 @@ use crate::{Error, Result};
 
 mod agent;
 mod drain;
+mod fleet;
 mod ingest;
 mod isolate;
 mod scale;
@@ -68,6 +69,12 @@ pub enum BenchCommand {
     Ui(ui::UiBench),
     /// Memory and detection latency as the fleet grows: `detect` at each size, and a plot.
     Scale(scale::ScaleBench),
+    /// The control plane alone, in a process of its own, against a fleet-sim process under
+    /// heartbeats and faults: its memory, CPU and consumer lag over time.
+    Fleet(fleet::FleetBench),
+    /// The control plane of `bench fleet`'s child process (not run by hand).
+    #[command(hide = true)]
+    ControlPlane(fleet::ControlPlaneChild),
     /// Every benchmark in turn, then one table of their headline figures against their goals.
     All(AllBench),
 }
@@ -114,7 +121,7 @@ fn print_headlines(rows: &[Headline]) {
 }
 
 /// The benchmarks `bench all` runs, in order, with their smoke sizes (the test run's).
-const ALL: [(&str, &[&str]); 9] = [
+const ALL: [(&str, &[&str]); 10] = [
     ("gate", &["--requests", "200", "--concurrency", "8"]),
     ("ingest", &["--events", "300", "--clusters", "2", "--max-wait", "60s"]),
     ("ui", &["--events", "3000", "--nodes", "200", "--clusters", "4", "--queries", "3"]),
@@ -122,6 +129,7 @@ const ALL: [(&str, &[&str]); 9] = [
     ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4", "--idle", "1s"]),
     ("isolate", &["--nodes", "12", "--faults", "8"]),
     ("scale", &["--sizes", "4,8", "--nodes-per-cluster", "4", "--faults", "2", "--idle", "1s", "--plot", "/dev/null"]),
+    ("fleet", &["--clusters", "2", "--nodes", "5", "--heartbeat", "1s", "--duration", "6s", "--sample-every", "2s"]),
     ("drain", &["--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s", "--max-wait", "2m"]),
     (
         "health",
@@ -406,6 +414,8 @@ async fn one(cmd: BenchCommand) -> Result<Vec<Headline>> {
         BenchCommand::Isolate(args) => isolate::isolate(args).await,
         BenchCommand::Ui(args) => ui::ui(args).await,
         BenchCommand::Scale(args) => scale::scale(args).await,
+        BenchCommand::Fleet(args) => fleet::fleet(args).await,
+        BenchCommand::ControlPlane(args) => fleet::control_plane(args).await,
         BenchCommand::All(_) => Err(Error::Usage("`bench all` runs the others".into())),
     }
 }

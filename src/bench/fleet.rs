@@ -1,0 +1,539 @@
+//! `firebreak bench fleet`: the control plane alone at fleet scale, in three processes.
+//!
+//! - `firebreak fleet-sim` (a child process): the simulated clusters behind their Kubernetes
+//!   API servers, kubelets renewing their node Leases at a real kubelet's period, steady pod
+//!   churn, and each cluster's simulated machines carrying out the remediators' commands.
+//! - `firebreak bench control-plane` (a child process, hidden): what is measured — the event
+//!   center, the gate, a detector and a remediator per cluster, in one process, as
+//!   [`crate::demo::ControlPlane`] runs them, reaching the clusters through their kubeconfigs.
+//! - this process: librdkafka's mock broker and the load on it — every node's agent heartbeat
+//!   on its cluster's topic, spread evenly over the heartbeat period, and a fault every
+//!   `--fault-every` on a random node, as that node's agent would publish it.
+//!
+//! Every `--sample-every` it reads each process's resident memory and CPU time from `/proc`, and
+//! the control plane's consumer lag from its `/metrics` (every consumer's
+//! `*_consumer_lag{group,topic,partition}`). The lag is "growing" when the mean of the run's
+//! last third of samples is above the mean of its middle third by more than one second of
+//! heartbeats.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use firebreak_plumbing::kafka::{KafkaConfig, Producer};
+use firebreak_schema::{FaultEvent, FaultKind, Heartbeat, Severity, Source};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use rand::seq::IndexedRandom;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error, Result,
+    demo::{ClusterAccess, ControlPlane, StackOptions},
+};
+
+/// `firebreak bench fleet` flags.
+#[derive(Debug, Clone, Args)]
+pub struct FleetBench {
+    /// Simulated clusters.
+    #[arg(long, default_value_t = 100)]
+    pub clusters: usize,
+    /// Nodes per cluster.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Each node's agent heartbeat and kubelet Lease renewal period (a real kubelet's is 10 s).
+    #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
+    pub heartbeat: Duration,
+    /// A fault on a random node this often.
+    #[arg(long, default_value = "1s", value_parser = crate::cli::positive_duration)]
+    pub fault_every: Duration,
+    /// Pods of the churn workload created per minute in each cluster.
+    #[arg(long, default_value_t = 60)]
+    pub churn_per_minute: u32,
+    /// How long the loaded control plane is measured.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
+    pub duration: Duration,
+    /// How often memory, CPU and lag are sampled.
+    #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
+    pub sample_every: Duration,
+    /// How long fleet-sim and the control plane may take to come up.
+    #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
+    pub setup_timeout: Duration,
+}
+
+/// `firebreak bench control-plane`: the control plane for `bench fleet`'s child process. It
+/// prints one JSON line with its addresses when it is up and runs until it is killed.
+#[derive(Debug, Clone, Args)]
+pub struct ControlPlaneChild {
+    /// Where its databases go.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    pub kafka_brokers: String,
+    /// The agents' heartbeat period (a silent agent is one quiet for five of them).
+    #[arg(long, value_parser = crate::cli::positive_duration)]
+    pub heartbeat: Duration,
+    /// A cluster, `NAME=KUBECONFIG` (repeatable).
+    #[arg(long = "cluster", value_parser = cluster_access, required = true)]
+    pub clusters: Vec<ClusterAccess>,
+}
+
+fn cluster_access(s: &str) -> std::result::Result<ClusterAccess, String> {
+    let (name, path) = s.split_once('=').ok_or_else(|| format!("`{s}`: NAME=KUBECONFIG"))?;
+    if name.is_empty() || path.is_empty() {
+        return Err(format!("`{s}`: NAME=KUBECONFIG"));
+    }
+    Ok(ClusterAccess { name: name.into(), kubeconfig: path.into() })
+}
+
+/// What the control plane child prints when it is up.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Ready {
+    event_center_url: String,
+    gate_url: String,
+    metrics_url: String,
+    viewer_token: String,
+}
+
+/// Runs the control plane until the process is killed.
+pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::Headline>> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|source| Error::Io { what: format!("create {}", args.data_dir.display()), source })?;
+    // Production's detector defaults and the built-in gate policy; the agents' heartbeat as given.
+    let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters.len(), 1);
+    opts.heartbeat = args.heartbeat;
+    opts.sample_every = Duration::from_secs(10);
+    opts.pod_window = Duration::from_secs(300);
+    opts.pod_start_deadline = Duration::from_secs(120);
+    opts.not_ready_for = Duration::from_secs(30);
+    opts.policy = firebreak_rate_limiter::Policy::default();
+    let kafka = KafkaConfig::new(args.kafka_brokers.clone());
+    let control = ControlPlane::start(&opts, &args.data_dir, &args.clusters, &kafka).await?;
+    let ready = Ready {
+        event_center_url: control.event_center_url.clone(),
+        gate_url: control.gate_url.clone(),
+        metrics_url: control.metrics_url.clone(),
+        viewer_token: control.tokens.viewer.clone(),
+    };
+    println!("{}", serde_json::to_string(&ready).map_err(|e| Error::Usage(e.to_string()))?);
+    std::future::pending::<()>().await;
+    Ok(Vec::new())
+}
+
+/// A child process of this binary, killed when dropped.
+struct Child {
+    what: &'static str,
+    child: tokio::process::Child,
+    pid: u32,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    fn spawn(what: &'static str, args: &[String]) -> Result<Child> {
+        let exe = std::env::current_exe().map_err(|source| Error::Io { what: "find this binary".into(), source })?;
+        let mut child = tokio::process::Command::new(&exe)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| Error::Io { what: format!("run {} {what}", exe.display()), source })?;
+        let pid = child.id().ok_or_else(|| Error::Usage(format!("{what} exited at once")))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Usage(format!("{what}: no stdout")))?;
+        Ok(Child { what, child, pid, stdout: BufReader::new(stdout).lines() })
+    }
+
+    /// The next line it prints, within `timeout`.
+    async fn line(&mut self, timeout: Duration) -> Result<String> {
+        match tokio::time::timeout(timeout, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => Err(Error::Usage(format!("{} exited before it was up", self.what))),
+            Ok(Err(source)) => Err(Error::Io { what: format!("read {}'s output", self.what), source }),
+            Err(_) => Err(Error::Usage(format!("{} not up within {timeout:?}", self.what))),
+        }
+    }
+
+    /// An error if it has exited.
+    fn alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(Error::Usage(format!("{} exited during the run: {status}", self.what))),
+            Err(source) => Err(Error::Io { what: format!("wait for {}", self.what), source }),
+        }
+    }
+}
+
+/// Every node's heartbeat, once per `every`, spread evenly over it (a slice every 100 ms).
+async fn heartbeats(
+    producer: Producer,
+    nodes: Vec<(String, String)>,
+    every: Duration,
+    sent: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let slice = Duration::from_millis(100);
+    let slices = (every.as_millis() / slice.as_millis()).max(1) as usize;
+    let per_slice = nodes.len().div_ceil(slices);
+    let mut tick = tokio::time::interval(slice);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0_u64;
+    for chunk in nodes.chunks(per_slice.max(1)).cycle() {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if std::ptr::eq(chunk.as_ptr(), nodes.as_ptr()) {
+            seq += 1;
+        }
+        for (cluster, node) in chunk {
+            let hb = Heartbeat {
+                cluster: cluster.clone(),
+                node: node.clone(),
+                agent_version: "bench".into(),
+                seq,
+                sent_at: chrono::Utc::now(),
+            };
+            match producer.publish_nowait(&firebreak_schema::heartbeat_topic(cluster), &hb) {
+                Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
+                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+/// A fault on a random node every `every`, as its agent would publish it.
+async fn faults(
+    producer: Producer,
+    nodes: Vec<(String, String)>,
+    every: Duration,
+    sent: Arc<AtomicU64>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some((cluster, node)) = nodes.choose(&mut rand::rng()).cloned() else { return };
+        let kind = FaultKind::MemoryUncorrectable;
+        let fault = FaultEvent {
+            id: uuid::Uuid::now_v7(),
+            class: kind.class(),
+            kind,
+            severity: Severity::Critical,
+            source: Source::Agent,
+            observed_at: chrono::Utc::now(),
+            message: "EDAC MC0: 1 UE memory read error on CPU_SrcID#0_Ha#0_Chan#1_DIMM#0".into(),
+            evidence: BTreeMap::from([("rule".into(), "edac-uncorrectable".into())]),
+            cluster,
+            node,
+        };
+        if producer.publish(&firebreak_schema::fault_topic(&fault.cluster), &fault).await.is_ok() {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One sample of the run.
+struct Sample {
+    at: Duration,
+    control_rss_mib: f64,
+    control_cpu: f64,
+    sim_rss_mib: f64,
+    sim_cpu: f64,
+    own_cpu: f64,
+    lag: BTreeMap<String, f64>,
+    stored: f64,
+}
+
+impl Sample {
+    fn total_lag(&self) -> f64 {
+        self.lag.values().fold(0.0, |a, b| a + b)
+    }
+}
+
+/// Every `firebreak_<service>_consumer_lag{…}` sample of a metrics text, summed per service.
+fn lag_by_service(metrics: &str, into: &mut BTreeMap<String, f64>) {
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else { continue };
+        let Some(service) = name.strip_prefix("firebreak_").and_then(|n| n.strip_suffix("_consumer_lag")) else {
+            continue;
+        };
+        if let Some(v) = rest.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()) {
+            *into.entry(service.to_owned()).or_default() += v;
+        }
+    }
+}
+
+/// CPU used between two readings, in % of one core.
+fn cpu_percent(before: &super::Usage, after: &super::Usage, over: Duration) -> f64 {
+    100.0 * after.cpu.saturating_sub(before.cpu).as_secs_f64() / over.as_secs_f64().max(1e-9)
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = xs.fold((0.0, 0_usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
+}
+
+/// Runs `bench fleet`.
+pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
+    if args.clusters == 0 || args.nodes == 0 {
+        return Err(Error::Usage("--clusters and --nodes must be more than zero".into()));
+    }
+    let scratch = super::Scratch::new()?;
+    let mock = rdkafka::mocking::MockCluster::new(1).map_err(firebreak_plumbing::Error::from)?;
+    let kafka = KafkaConfig::new(mock.bootstrap_servers());
+    let names: Vec<String> = (1..=args.clusters).map(|i| format!("c{i}")).collect();
+    crate::demo::create_mock_topics(&mock, &firebreak_schema::topics::for_clusters(names.iter().map(String::as_str)))?;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "firebreak bench fleet: {} cluster(s) × {} nodes = {} simulated nodes; kubelet Leases and agent heartbeats every \
+         {:?}, a fault every {:?}, {} churn pods per minute per cluster; measured for {:?} after setup; this machine ({cores} \
+         CPUs). Processes: fleet-sim, the control plane (measured), this one (the mock broker and the load)",
+        args.clusters,
+        args.nodes,
+        args.clusters * args.nodes,
+        args.heartbeat,
+        args.fault_every,
+        args.churn_per_minute,
+        args.duration
+    );
+
+    let started = Instant::now();
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    let mut sim = Child::spawn(
+        "fleet-sim",
+        &[
+            "fleet-sim".into(),
+            "--data-dir".into(),
+            scratch.0.join("sim").display().to_string(),
+            "--clusters".into(),
+            args.clusters.to_string(),
+            "--nodes-per-cluster".into(),
+            args.nodes.to_string(),
+            "--heartbeat".into(),
+            fmt(args.heartbeat),
+            "--unreachable-after".into(),
+            fmt(args.heartbeat * 5),
+            "--churn-per-minute".into(),
+            args.churn_per_minute.to_string(),
+            "--kafka-brokers".into(),
+            kafka.brokers.clone(),
+            "--no-create-topics".into(),
+        ],
+    )?;
+    let mut clusters = Vec::new();
+    while clusters.len() < args.clusters {
+        let line = sim.line(args.setup_timeout).await?;
+        // `cluster NAME at URL: KUBECONFIG=PATH`
+        let Some((name, path)) =
+            line.strip_prefix("cluster ").and_then(|l| Some((l.split_once(' ')?.0, l.split_once("KUBECONFIG=")?.1)))
+        else {
+            continue;
+        };
+        if !names.iter().any(|n| n == name) {
+            return Err(Error::Usage(format!("fleet-sim named a cluster {name}, not one of c1..c{}", args.clusters)));
+        }
+        clusters.push(ClusterAccess { name: name.into(), kubeconfig: path.into() });
+    }
+    let sim_up = started.elapsed();
+    println!("fleet-sim up in {:.1} s (pid {})", sim_up.as_secs_f64(), sim.pid);
+
+    // The nodes, as the API servers list them.
+    let mut nodes = Vec::new();
+    for c in &clusters {
+        let client = crate::kube_client(&c.kubeconfig).await?;
+        let listed =
+            Api::<Node>::all(client).list(&ListParams::default()).await.map_err(firebreak_plumbing::Error::from)?;
+        nodes.extend(listed.items.into_iter().filter_map(|n| n.metadata.name).map(|n| (c.name.clone(), n)));
+    }
+    // The agents' heartbeats start before the control plane does, as a fleet's agents would.
+    let producer = Producer::new(&kafka)?;
+    let load = CancellationToken::new();
+    let (beats, dropped, faulted) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let beating = tokio::spawn(heartbeats(
+        producer.clone(),
+        nodes.clone(),
+        args.heartbeat,
+        beats.clone(),
+        dropped.clone(),
+        load.clone(),
+    ));
+
+    let control_started = Instant::now();
+    let mut cp_args = vec![
+        "bench".to_owned(),
+        "control-plane".into(),
+        "--data-dir".into(),
+        scratch.0.join("control-plane").display().to_string(),
+        "--kafka-brokers".into(),
+        kafka.brokers.clone(),
+        "--heartbeat".into(),
+        fmt(args.heartbeat),
+    ];
+    for c in &clusters {
+        cp_args.push("--cluster".into());
+        cp_args.push(format!("{}={}", c.name, c.kubeconfig.display()));
+    }
+    let mut control = Child::spawn("the control plane", &cp_args)?;
+    let ready: Ready = loop {
+        let line = control.line(args.setup_timeout).await?;
+        if let Ok(ready) = serde_json::from_str(&line) {
+            break ready;
+        }
+    };
+    println!(
+        "control plane up in {:.1} s (pid {}): event center {}, gate {}",
+        control_started.elapsed().as_secs_f64(),
+        control.pid,
+        ready.event_center_url,
+        ready.gate_url
+    );
+    let faulting = tokio::spawn(faults(producer.clone(), nodes, args.fault_every, faulted.clone(), load.clone()));
+
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| Error::Usage(e.to_string()))?;
+    let scrape = |url: String| {
+        let (http, token) = (http.clone(), ready.viewer_token.clone());
+        async move {
+            match http.get(format!("{url}/metrics")).bearer_auth(token).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    println!(
+        "{:>6} {:>12} {:>9} {:>12} {:>9} {:>9} {:>10} {:>8}  lag by service",
+        "t (s)", "control MiB", "CPU %", "sim MiB", "CPU %", "load %", "lag", "stored"
+    );
+    let run = async {
+        let mut samples: Vec<Sample> = Vec::new();
+        let measured = Instant::now();
+        let mut before = (super::usage(control.pid)?, super::usage(sim.pid)?, super::usage(std::process::id())?);
+        let mut last = Instant::now();
+        while measured.elapsed() < args.duration {
+            tokio::time::sleep(args.sample_every.min(args.duration.saturating_sub(measured.elapsed()))).await;
+            control.alive()?;
+            sim.alive()?;
+            let now = (super::usage(control.pid)?, super::usage(sim.pid)?, super::usage(std::process::id())?);
+            let over = last.elapsed();
+            last = Instant::now();
+            let mut lag = BTreeMap::new();
+            let ec = scrape(ready.event_center_url.clone()).await;
+            for text in [&ec, &scrape(ready.metrics_url.clone()).await, &scrape(ready.gate_url.clone()).await] {
+                lag_by_service(text, &mut lag);
+            }
+            let s = Sample {
+                at: measured.elapsed(),
+                control_rss_mib: now.0.rss_kib as f64 / 1024.0,
+                control_cpu: cpu_percent(&before.0, &now.0, over),
+                sim_rss_mib: now.1.rss_kib as f64 / 1024.0,
+                sim_cpu: cpu_percent(&before.1, &now.1, over),
+                own_cpu: cpu_percent(&before.2, &now.2, over),
+                lag,
+                stored: super::metric_sum(&ec, "firebreak_event_center_records_stored_total", ""),
+            };
+            println!(
+                "{:>6.0} {:>12.0} {:>9.0} {:>12.0} {:>9.0} {:>9.0} {:>10.0} {:>8.0}  {}",
+                s.at.as_secs_f64(),
+                s.control_rss_mib,
+                s.control_cpu,
+                s.sim_rss_mib,
+                s.sim_cpu,
+                s.own_cpu,
+                s.total_lag(),
+                s.stored,
+                s.lag.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>().join(", ")
+            );
+            samples.push(s);
+            before = now;
+        }
+        let peaks = (super::usage(control.pid)?.peak_kib, super::usage(sim.pid)?.peak_kib);
+        Ok::<_, Error>((samples, peaks, measured.elapsed()))
+    }
+    .await;
+    load.cancel();
+    let _ = tokio::join!(beating, faulting);
+    drop(control);
+    drop(sim);
+    let _ = producer.flush(Duration::from_secs(2));
+    drop(producer);
+    let (samples, (control_peak_kib, sim_peak_kib), measured) = run?;
+
+    let third = samples.len() / 3;
+    let lag_mean = |from: usize, to: usize| mean(samples[from..to].iter().map(Sample::total_lag));
+    let (early, middle, late) = if third == 0 {
+        let all = lag_mean(0, samples.len());
+        (all, all, all)
+    } else {
+        (lag_mean(0, third), lag_mean(third, 2 * third), lag_mean(2 * third, samples.len()))
+    };
+    let per_second = (args.clusters * args.nodes) as f64 / args.heartbeat.as_secs_f64();
+    let growing = late > middle + per_second.max(100.0);
+    let control_cpu = mean(samples.iter().map(|s| s.control_cpu));
+    let control_gib = control_peak_kib as f64 / 1024.0 / 1024.0;
+    println!(
+        "over {:.0} s: heartbeats sent {} ({} not queued), faults sent {}; the event center stored {:.0} records \
+         (faults and remediation steps)",
+        measured.as_secs_f64(),
+        beats.load(Ordering::Relaxed),
+        dropped.load(Ordering::Relaxed),
+        faulted.load(Ordering::Relaxed),
+        samples.last().map_or(0.0, |s| s.stored)
+    );
+    println!(
+        "control plane: peak resident {:.0} MiB, CPU mean {control_cpu:.0} % of one core (max sample {:.0} %)",
+        control_peak_kib as f64 / 1024.0,
+        samples.iter().map(|s| s.control_cpu).fold(0.0, f64::max)
+    );
+    println!(
+        "fleet-sim: peak resident {:.0} MiB, CPU mean {:.0} %; this process (broker and load): CPU mean {:.0} %",
+        sim_peak_kib as f64 / 1024.0,
+        mean(samples.iter().map(|s| s.sim_cpu)),
+        mean(samples.iter().map(|s| s.own_cpu))
+    );
+    println!(
+        "consumer lag, mean of each third of the run: {early:.0} → {middle:.0} → {late:.0} records ({}; one second of \
+         heartbeats is {per_second:.0})",
+        if growing { "growing" } else { "not growing" }
+    );
+    println!("goal: control plane ≤ 4 GB, no lag growing over 10 min (100 clusters × 1,000 nodes)");
+    let size = format!("{} × {} nodes", args.clusters, args.nodes);
+    Ok(vec![
+        super::Headline::new(
+            "fleet",
+            format!("control plane peak RSS, {size}"),
+            format!("{control_gib:.2} GiB"),
+            "≤ 4 GB",
+            control_gib * 1.073_741_824 <= 4.0,
+        ),
+        super::Headline::new(
+            "fleet",
+            format!("control plane CPU, mean over {:.0} s", measured.as_secs_f64()),
+            format!("{control_cpu:.0} % of a core"),
+            "-",
+            true,
+        ),
+        super::Headline::new(
+            "fleet",
+            "consumer lag, first → last third (mean)",
+            format!("{early:.0} → {late:.0}"),
+            "not growing",
+            !growing,
+        ),
+    ])
+}
