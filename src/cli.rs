@@ -440,6 +440,10 @@ pub enum Command {
         /// Pods of the `churn` workload created per minute in each cluster (0: none).
         #[arg(long, default_value_t = 120)]
         churn_per_minute: u32,
+        /// How often each cluster's simulated kubelets and controllers run (each run looks at
+        /// every node and pod: coarser for large fleets).
+        #[arg(long, default_value = "200ms", value_parser = positive_duration)]
+        tick: Duration,
         /// With brokers, the simulated machines also carry out the remediators' commands
         /// (reboot, restart a component) as each node's agent would, and report them.
         #[command(flatten)]
@@ -751,13 +755,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             heartbeat,
             unreachable_after,
             churn_per_minute,
+            tick,
             kafka,
         } => {
             if clusters == 0 {
                 return Err(crate::Error::Usage("--clusters must be at least 1".into()));
             }
-            let timings =
-                firebreak_fleet_sim::Timings { heartbeat, unreachable_after, churn_per_minute, ..Default::default() };
+            let timings = firebreak_fleet_sim::Timings {
+                heartbeat,
+                unreachable_after,
+                churn_per_minute,
+                tick,
+                ..Default::default()
+            };
             let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
                 data_dir,
                 clusters,

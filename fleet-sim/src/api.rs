@@ -281,7 +281,7 @@ fn watch(c: &Cluster, t: &Target, req: &Req) -> Result<Response> {
         match rv {
             Some(rv) => {
                 let (past, rx) = st.store.watch_from(res, rv)?;
-                (past.into_iter().map(|ch| (ch.kind, ch.object)).collect::<Vec<_>>(), rx)
+                (past.into_iter().map(|ch| (ch.kind, Arc::unwrap_or_clone(ch.object))).collect::<Vec<_>>(), rx)
             }
             None => {
                 let objs = st.store.list(res, ns.as_deref()).into_iter().map(|o| ("ADDED", o)).collect();

@@ -6,7 +6,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
 };
 
 use chrono::Utc;
@@ -415,7 +414,7 @@ impl Cluster {
 
 /// Runs the cluster's kubelets and controllers until cancelled.
 pub(crate) async fn run(cluster: Arc<Cluster>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(cluster.timings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -50,6 +50,9 @@ pub(crate) struct NodeSim {
     pub(crate) reboot_asked: bool,
     /// Faults a reboot does not clear: logged again at every boot.
     pub(crate) persistent: Vec<Fault>,
+    /// The boot the kubelet last found its Node Ready with and up to date: until its next
+    /// Lease renewal the tick has nothing to do for it.
+    settled_boot: Option<String>,
 }
 
 impl NodeSim {
@@ -65,12 +68,23 @@ impl NodeSim {
             reboot_done_at: None,
             reboot_asked: false,
             persistent: Vec::new(),
+            settled_boot: None,
         }
     }
 }
 
 impl Cluster {
     pub(crate) fn tick_node(&self, st: &mut State, name: &str, now: Instant) -> Result<()> {
+        // A settled kubelet between two renewals: no lookup, no write.
+        if let Some(sim) = st.nodes.get(name)
+            && sim.heartbeating
+            && !sim.reboot_asked
+            && sim.reboot_done_at.is_none()
+            && sim.settled_boot.as_deref() == Some(sim.boot_id.as_str())
+            && now.duration_since(sim.last_heartbeat) < self.timings.heartbeat
+        {
+            return Ok(());
+        }
         let Some(node) = st.store.get_ref(&NODES, "", name) else { return Ok(()) };
         let Some(sim) = st.nodes.get_mut(name) else { return Ok(()) };
         let ready = ready_status(node).to_owned();
@@ -116,7 +130,11 @@ impl Cluster {
                     st.store.replace(&LEASES, lease)?;
                 }
             }
-        } else if now.duration_since(sim.last_heartbeat) >= self.timings.unreachable_after && ready == "True" {
+            sim.settled_boot = Some(boot_id);
+            return Ok(());
+        }
+        sim.settled_boot = None;
+        if now.duration_since(sim.last_heartbeat) >= self.timings.unreachable_after && ready == "True" {
             let mut n = node.clone();
             set_condition(&mut n, "Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status.");
             set_taint(&mut n, UNREACHABLE_TAINT, true);

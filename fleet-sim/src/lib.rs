@@ -126,6 +126,10 @@ pub struct Timings {
     pub pod_lifetime: Duration,
     /// How often a crash-looping container restarts.
     pub crash_backoff: Duration,
+    /// How often the kubelets and controllers of a cluster run: the granularity of every
+    /// duration above. Each run looks at every node and pod of the cluster, so a large fleet
+    /// wants a coarser one.
+    pub tick: Duration,
 }
 
 impl Default for Timings {
@@ -140,6 +144,7 @@ impl Default for Timings {
             churn_per_minute: 120,
             pod_lifetime: Duration::from_secs(30),
             crash_backoff: Duration::from_secs(2),
+            tick: Duration::from_millis(200),
         }
     }
 }

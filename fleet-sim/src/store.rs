@@ -2,15 +2,26 @@
 //! name, a cluster-wide resourceVersion, and a bounded watch history so that watches can resume
 //! from a resourceVersion (or get 410 Gone when it is too old), as with etcd behind a kube-apiserver.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::{Error, Result, resources::Resource, time_now_rfc3339};
 
-/// How many changes a watch can resume across.
+/// How many changes a watch can resume across, at most.
 const HISTORY: usize = 20_000;
+
+/// How old a change a watch can resume from, at most: kube-apiserver sizes its watch cache to
+/// hold about 75 s of changes.
+const HISTORY_AGE: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// How many changes a watch may fall behind before it is ended with 410 Expired (and its client
+/// lists again), as a slow watcher of the API server's cache is.
+const WATCH_BUFFER: usize = 8_192;
 
 /// One change to one object.
 #[derive(Debug, Clone)]
@@ -21,8 +32,9 @@ pub struct Change {
     pub resource: &'static str,
     /// `ADDED`, `MODIFIED` or `DELETED`.
     pub kind: &'static str,
-    /// The object after the change (before it, for `DELETED`).
-    pub object: Value,
+    /// The object after the change (before it, for `DELETED`), shared by the store, its history
+    /// and every watch: each version of an object is held once.
+    pub object: Arc<Value>,
 }
 
 type Key = (&'static str, String, String);
@@ -33,11 +45,11 @@ const PODS: &str = "pods";
 /// The store. Callers hold it behind a mutex; every method is short.
 pub struct Store {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Arc<Value>>,
     /// Pods by `spec.nodeName`, as the API server's watch cache indexes them: a node's pods
     /// without a scan of every pod.
     pods_by_node: HashMap<String, BTreeSet<(String, String)>>,
-    history: VecDeque<Change>,
+    history: VecDeque<(std::time::Instant, Change)>,
     tx: broadcast::Sender<Change>,
 }
 
@@ -50,7 +62,7 @@ impl Default for Store {
 impl Store {
     /// An empty store.
     pub fn new() -> Self {
-        let (tx, _) = broadcast::channel(HISTORY);
+        let (tx, _) = broadcast::channel(WATCH_BUFFER);
         Self { rv: 1, objects: BTreeMap::new(), pods_by_node: HashMap::new(), history: VecDeque::new(), tx }
     }
 
@@ -61,12 +73,12 @@ impl Store {
 
     /// A copy of one object.
     pub fn get(&self, res: &Resource, ns: &str, name: &str) -> Option<Value> {
-        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned())).cloned()
+        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned())).map(|v| (**v).clone())
     }
 
     /// One object, borrowed.
     pub fn get_ref(&self, res: &Resource, ns: &str, name: &str) -> Option<&Value> {
-        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned()))
+        self.objects.get(&(res.plural, ns.to_owned(), name.to_owned())).map(Arc::as_ref)
     }
 
     /// Every object of a resource, in one namespace or all (`None`), borrowed.
@@ -76,7 +88,7 @@ impl Store {
             .range((plural, String::new(), String::new())..)
             .take_while(move |((r, _, _), _)| *r == plural)
             .filter(move |((_, n, _), _)| ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// The pods bound to a node, borrowed.
@@ -85,7 +97,7 @@ impl Store {
             .get(node)
             .into_iter()
             .flatten()
-            .filter_map(|(ns, name)| self.objects.get(&(PODS, ns.clone(), name.clone())))
+            .filter_map(|(ns, name)| self.objects.get(&(PODS, ns.clone(), name.clone())).map(Arc::as_ref))
     }
 
     fn index(&mut self, key: &Key, old: Option<&Value>, new: Option<&Value>) {
@@ -163,7 +175,7 @@ impl Store {
             o.insert("apiVersion".into(), json!(res.api_version()));
             o.insert("kind".into(), json!(res.kind));
         }
-        if obj == *old {
+        if obj == **old {
             return Ok(obj);
         }
         Ok(self.commit(key, "MODIFIED", obj))
@@ -175,20 +187,21 @@ impl Store {
         let obj = self.objects.remove(&key).ok_or_else(|| Error::NotFound(res.singular(), name.to_owned()))?;
         self.index(&key, Some(&obj), None);
         self.rv += 1;
-        let mut obj = obj;
+        let mut obj = Arc::unwrap_or_clone(obj);
         set_rv(&mut obj, self.rv);
-        self.record(Change { rv: self.rv, resource: res.plural, kind: "DELETED", object: obj.clone() });
+        self.record(Change { rv: self.rv, resource: res.plural, kind: "DELETED", object: Arc::new(obj.clone()) });
         Ok(obj)
     }
 
     /// Changes since `rv` for a resource, and a receiver for every later change; `Err(Gone)` when
     /// `rv` is older than the kept history.
     pub fn watch_from(&self, res: &Resource, rv: u64) -> Result<(Vec<Change>, broadcast::Receiver<Change>)> {
-        let oldest = self.history.front().map_or(self.rv, |c| c.rv);
+        let oldest = self.history.front().map_or(self.rv, |(_, c)| c.rv);
         if rv + 1 < oldest {
             return Err(Error::Gone(format!("too old resource version: {rv} ({oldest})")));
         }
-        let past = self.history.iter().filter(|c| c.rv > rv && c.resource == res.plural).cloned().collect();
+        let past =
+            self.history.iter().map(|(_, c)| c).filter(|c| c.rv > rv && c.resource == res.plural).cloned().collect();
         Ok((past, self.tx.subscribe()))
     }
 
@@ -200,17 +213,21 @@ impl Store {
     fn commit(&mut self, key: Key, kind: &'static str, mut obj: Value) -> Value {
         self.rv += 1;
         set_rv(&mut obj, self.rv);
+        let obj = Arc::new(obj);
         let old = self.objects.insert(key.clone(), obj.clone());
-        self.index(&key, old.as_ref(), Some(&obj));
+        self.index(&key, old.as_deref(), Some(&obj));
         self.record(Change { rv: self.rv, resource: key.0, kind, object: obj.clone() });
-        obj
+        Arc::unwrap_or_clone(obj)
     }
 
     fn record(&mut self, change: Change) {
-        if self.history.len() == HISTORY {
+        let now = std::time::Instant::now();
+        while self.history.len() >= HISTORY
+            || self.history.front().is_some_and(|(at, _)| now.duration_since(*at) > HISTORY_AGE)
+        {
             self.history.pop_front();
         }
-        self.history.push_back(change.clone());
+        self.history.push_back((now, change.clone()));
         // No receivers is fine.
         let _ = self.tx.send(change);
     }

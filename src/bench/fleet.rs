@@ -59,6 +59,9 @@ pub struct FleetBench {
     /// Pods of the churn workload created per minute in each cluster.
     #[arg(long, default_value_t = 60)]
     pub churn_per_minute: u32,
+    /// How often fleet-sim's kubelets and controllers run in each cluster.
+    #[arg(long, default_value = "1s", value_parser = crate::cli::positive_duration)]
+    pub tick: Duration,
     /// How long the loaded control plane is measured.
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub duration: Duration,
@@ -330,6 +333,8 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             fmt(args.heartbeat * 5),
             "--churn-per-minute".into(),
             args.churn_per_minute.to_string(),
+            "--tick".into(),
+            fmt(args.tick),
             "--kafka-brokers".into(),
             kafka.brokers.clone(),
             "--no-create-topics".into(),
