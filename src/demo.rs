@@ -119,6 +119,8 @@ pub struct StackOptions {
     pub heartbeat: Duration,
     /// What must hold before a repaired node is put back, beyond Ready and the quiet period.
     pub readiness: firebreak_remediator::ReadinessGates,
+    /// The detectors' and remediators' leader Lease duration (production's default is 15 s).
+    pub leader_lease: Duration,
     /// Run a remediator per cluster in this process (off: the tests start their own replicas).
     pub remediators: bool,
     /// Run the healing loop: an agent per node and a remediator per cluster. Off, the stack is
@@ -166,6 +168,7 @@ impl StackOptions {
             readiness: firebreak_remediator::ReadinessGates::default(),
             healing: true,
             remediators: true,
+            leader_lease: Duration::from_secs(6),
         }
     }
 }
@@ -322,7 +325,7 @@ impl ControlPlane {
                 lease: Some(firebreak_plumbing::leader::LeaseConfig {
                     namespace: "kube-system".into(),
                     identity: format!("demo-detector-{}", cluster.name),
-                    duration: Duration::from_secs(6),
+                    duration: opts.leader_lease,
                 }),
             };
             tasks.push(spawn_logged(
@@ -355,7 +358,7 @@ impl ControlPlane {
             rem.lease = Some(firebreak_remediator::LeaseConfig {
                 namespace: "kube-system".into(),
                 identity: format!("demo-remediator-{}", cluster.name),
-                duration: Duration::from_secs(6),
+                duration: opts.leader_lease,
             });
             rem.evict_unmanaged = opts.evict_unmanaged;
             rem.escalation_webhook = opts.escalation_webhook.clone();

@@ -199,12 +199,13 @@ fn bench_all_ends_with_one_table_of_figures_and_goals() {
 
 /// The fleet benchmark in its smoke size: fleet-sim and the control plane run as processes of
 /// their own, the heartbeats and faults reach the control plane (the event center stores the
-/// faults and the remediators' steps), and the report gives each process's figures and the lag.
+/// faults and the remediators' steps, faulted nodes are cordoned and tainted), and the report
+/// gives each process's figures and the lag.
 #[test]
 fn bench_fleet_runs_in_smoke_mode() {
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["bench", "fleet", "--clusters", "2", "--nodes", "5", "--heartbeat", "1s"])
-        .args(["--duration", "6s", "--sample-every", "2s"])
+        .args(["--duration", "8s", "--sample-every", "2s"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -216,6 +217,7 @@ fn bench_fleet_runs_in_smoke_mode() {
     assert!(number_after("heartbeats sent ") >= 10, "every node beat at least once:\n{text}");
     assert!(number_after("faults sent ") >= 3, "{text}");
     assert!(number_after("the event center stored ") >= 3, "the faults reached the control plane:\n{text}");
+    assert!(number_after("watch of the node): ") >= 1, "a faulted node was cordoned and tainted:\n{text}");
     for want in
         ["control plane up in", "control plane: peak resident", "fleet-sim: peak resident", "consumer lag, mean"]
     {

@@ -17,11 +17,11 @@
 //! heartbeats.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     process::Stdio,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -30,12 +30,10 @@ use std::{
 use clap::Args;
 use firebreak_plumbing::kafka::{KafkaConfig, Producer};
 use firebreak_schema::{FaultEvent, FaultKind, Heartbeat, Severity, Source};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams};
-use rand::seq::IndexedRandom;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
+use super::isolate::{Nodes, is_isolated, isolated};
 use crate::{
     Error, Result,
     demo::{ClusterAccess, ControlPlane, StackOptions},
@@ -112,7 +110,8 @@ struct Ready {
 pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::Headline>> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| Error::Io { what: format!("create {}", args.data_dir.display()), source })?;
-    // Production's detector defaults and the built-in gate policy; the agents' heartbeat as given.
+    // Production's detector and leader Lease defaults and the built-in gate policy; the agents'
+    // heartbeat as given.
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters.len(), 1);
     opts.heartbeat = args.heartbeat;
     opts.sample_every = Duration::from_secs(10);
@@ -120,6 +119,7 @@ pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::
     opts.pod_start_deadline = Duration::from_secs(120);
     opts.not_ready_for = Duration::from_secs(30);
     opts.policy = firebreak_rate_limiter::Policy::default();
+    opts.leader_lease = Duration::from_secs(15);
     let kafka = KafkaConfig::new(args.kafka_brokers.clone());
     let control = ControlPlane::start(&opts, &args.data_dir, &args.clusters, &kafka).await?;
     let ready = Ready {
@@ -215,14 +215,20 @@ async fn heartbeats(
     }
 }
 
-/// A fault on a random node every `every`, as its agent would publish it.
+/// Faults published and not yet seen isolated: (cluster, node, when published).
+type Pending = Arc<Mutex<Vec<(String, String, Instant)>>>;
+
+/// A fault on a random node every `every` (each node once), as its agent would publish it.
 async fn faults(
     producer: Producer,
-    nodes: Vec<(String, String)>,
+    mut nodes: Vec<(String, String)>,
     every: Duration,
     sent: Arc<AtomicU64>,
+    pending: Pending,
     cancel: CancellationToken,
 ) {
+    use rand::seq::SliceRandom;
+    nodes.shuffle(&mut rand::rng());
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -230,7 +236,7 @@ async fn faults(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let Some((cluster, node)) = nodes.choose(&mut rand::rng()).cloned() else { return };
+        let Some((cluster, node)) = nodes.pop() else { return };
         let kind = FaultKind::MemoryUncorrectable;
         let fault = FaultEvent {
             id: uuid::Uuid::now_v7(),
@@ -244,9 +250,34 @@ async fn faults(
             cluster,
             node,
         };
+        let published = Instant::now();
         if producer.publish(&firebreak_schema::fault_topic(&fault.cluster), &fault).await.is_ok() {
             sent.fetch_add(1, Ordering::Relaxed);
+            pending.lock().unwrap_or_else(|e| e.into_inner()).push((fault.cluster, fault.node, published));
         }
+    }
+}
+
+/// Moves each pending fault's latency into `done` once its node is seen cordoned and tainted.
+async fn isolations(
+    watches: HashMap<String, Nodes>,
+    pending: Pending,
+    done: Arc<Mutex<Vec<Duration>>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.retain(|(cluster, node, at)| {
+            let seen = watches.get(cluster).is_some_and(|w| is_isolated(w, node));
+            if seen {
+                done.lock().unwrap_or_else(|e| e.into_inner()).push(at.elapsed());
+            }
+            !seen
+        });
     }
 }
 
@@ -357,13 +388,26 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     let sim_up = started.elapsed();
     println!("fleet-sim up in {:.1} s (pid {})", sim_up.as_secs_f64(), sim.pid);
 
-    // The nodes, as the API servers list them.
+    // The nodes, as a watch of each cluster's API server lists them; the same watches see
+    // each faulted node cordoned and tainted.
+    let mut watches = HashMap::new();
+    let mut watch_tasks = Vec::new();
     let mut nodes = Vec::new();
     for c in &clusters {
         let client = crate::kube_client(&c.kubeconfig).await?;
-        let listed =
-            Api::<Node>::all(client).list(&ListParams::default()).await.map_err(firebreak_plumbing::Error::from)?;
-        nodes.extend(listed.items.into_iter().filter_map(|n| n.metadata.name).map(|n| (c.name.clone(), n)));
+        let seen: Nodes = Arc::default();
+        let (tx, listed) = tokio::sync::oneshot::channel();
+        watch_tasks.push(tokio::spawn(super::drain::watch(client, seen.clone(), isolated, tx)));
+        listed.await.map_err(|_| Error::Usage("a node watch ended before it listed".into()))?;
+        let mut names: Vec<String> = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .map(|k| k.trim_start_matches('/').to_owned())
+            .collect();
+        names.sort();
+        nodes.extend(names.into_iter().map(|n| (c.name.clone(), n)));
+        watches.insert(c.name.clone(), seen);
     }
     // The agents' heartbeats start before the control plane does, as a fleet's agents would.
     let producer = Producer::new(&kafka)?;
@@ -408,7 +452,11 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         ready.event_center_url,
         ready.gate_url
     );
-    let faulting = tokio::spawn(faults(producer.clone(), nodes, args.fault_every, faulted.clone(), load.clone()));
+    let pending = Pending::default();
+    let isolated_after = Arc::new(Mutex::new(Vec::new()));
+    let faulting =
+        tokio::spawn(faults(producer.clone(), nodes, args.fault_every, faulted.clone(), pending.clone(), load.clone()));
+    let checking = tokio::spawn(isolations(watches, pending.clone(), isolated_after.clone(), load.clone()));
 
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| Error::Usage(e.to_string()))?;
@@ -472,7 +520,10 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     }
     .await;
     load.cancel();
-    let _ = tokio::join!(beating, faulting);
+    let _ = tokio::join!(beating, faulting, checking);
+    for t in watch_tasks {
+        t.abort();
+    }
     drop(control);
     drop(sim);
     let _ = producer.flush(Duration::from_secs(2));
@@ -516,6 +567,16 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
          heartbeats is {per_second:.0})",
         if growing { "growing" } else { "not growing" }
     );
+    let latencies = std::mem::take(&mut *isolated_after.lock().unwrap_or_else(|e| e.into_inner()));
+    let waiting = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let isolated_count = latencies.len();
+    let f = super::Figures::of(latencies, measured);
+    println!(
+        "fault published → node cordoned and tainted (this process's watch of the node): {isolated_count} nodes, p50 {}, \
+         p99 {}; {waiting} not yet at the end",
+        super::ms(f.p50),
+        super::ms(f.p99)
+    );
     println!("goal: control plane ≤ 4 GB, no lag growing over 10 min (100 clusters × 1,000 nodes)");
     let size = format!("{} × {} nodes", args.clusters, args.nodes);
     Ok(vec![
@@ -532,6 +593,13 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             format!("{control_cpu:.0} % of a core"),
             "-",
             true,
+        ),
+        super::Headline::new(
+            "fleet",
+            format!("fault published → cordoned, p50 / p99, {size}"),
+            format!("{} / {}", super::ms(f.p50), super::ms(f.p99)),
+            "-",
+            isolated_count > 0,
         ),
         super::Headline::new(
             "fleet",

@@ -79,13 +79,13 @@ pub struct IsolateBench {
 }
 
 /// Whether a node is out of service: cordoned and tainted by Firebreak.
-fn isolated(n: &Node) -> bool {
+pub(super) fn isolated(n: &Node) -> bool {
     let spec = n.spec.as_ref();
     spec.and_then(|s| s.unschedulable) == Some(true)
         && spec.and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == UNHEALTHY_TAINT_KEY))
 }
 
-type Nodes = Arc<Mutex<HashMap<String, bool>>>;
+pub(super) type Nodes = Arc<Mutex<HashMap<String, bool>>>;
 
 /// A stack of `clusters` × `nodes`, with pods that do not churn and one pod of one app per
 /// node (the drain after the cordon is not what is measured).
@@ -113,7 +113,7 @@ async fn watch_nodes(stack: &crate::demo::Stack) -> Result<(Vec<Nodes>, Vec<toki
     Ok((all, tasks))
 }
 
-fn is_isolated(nodes: &Nodes, node: &str) -> bool {
+pub(super) fn is_isolated(nodes: &Nodes, node: &str) -> bool {
     nodes.lock().unwrap_or_else(|e| e.into_inner()).get(&format!("/{node}")).copied().unwrap_or(false)
 }
 

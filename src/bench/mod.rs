@@ -129,7 +129,7 @@ const ALL: [(&str, &[&str]); 10] = [
     ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4", "--idle", "1s"]),
     ("isolate", &["--nodes", "12", "--faults", "8"]),
     ("scale", &["--sizes", "4,8", "--nodes-per-cluster", "4", "--faults", "2", "--idle", "1s", "--plot", "/dev/null"]),
-    ("fleet", &["--clusters", "2", "--nodes", "5", "--heartbeat", "1s", "--duration", "6s", "--sample-every", "2s"]),
+    ("fleet", &["--clusters", "2", "--nodes", "5", "--heartbeat", "1s", "--duration", "8s", "--sample-every", "2s"]),
     ("drain", &["--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s", "--max-wait", "2m"]),
     (
         "health",
