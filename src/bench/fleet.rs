@@ -4,11 +4,13 @@
 //!   API servers, kubelets renewing their node Leases at a real kubelet's period, steady pod
 //!   churn, and each cluster's simulated machines carrying out the remediators' commands.
 //! - `firebreak bench control-plane` (a child process, hidden): what is measured — the event
-//!   center, the gate, a detector and a remediator per cluster, in one process, as
-//!   [`crate::demo::ControlPlane`] runs them, reaching the clusters through their kubeconfigs.
+//!   center, the gate (with a policy that limits no node operation), a detector and a
+//!   remediator per cluster, in one process, as [`crate::demo::ControlPlane`] runs them,
+//!   reaching the clusters through their kubeconfigs.
 //! - this process: librdkafka's mock broker and the load on it — every node's agent heartbeat
 //!   on its cluster's topic, spread evenly over the heartbeat period, and a fault every
-//!   `--fault-every` on a random node, as that node's agent would publish it.
+//!   `--fault-every` on a random node (each node once), as that node's agent would publish it,
+//!   and a watch of every cluster's nodes that sees each faulted node cordoned and tainted.
 //!
 //! Every `--sample-every` it reads each process's resident memory and CPU time from `/proc`, and
 //! the control plane's consumer lag from its `/metrics` (every consumer's
@@ -69,6 +71,29 @@ pub struct FleetBench {
     /// How long fleet-sim and the control plane may take to come up.
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub setup_timeout: Duration,
+    /// Also write the figures as JSON to this file (for `bench scale`).
+    #[arg(long, hide = true)]
+    pub figures_to: Option<PathBuf>,
+}
+
+/// What `bench fleet` measured at one fleet size (`--figures-to`), for `bench scale`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SizeFigures {
+    /// Simulated nodes.
+    pub(crate) nodes: usize,
+    /// Seconds from start until fleet-sim and the control plane were up.
+    pub(crate) setup_s: f64,
+    /// The control plane's peak resident memory, MiB.
+    pub(crate) control_mib: f64,
+    /// The control plane's mean CPU under the load, percent of one core.
+    pub(crate) control_cpu_percent: f64,
+    /// fleet-sim's peak resident memory, MiB.
+    pub(crate) sim_mib: f64,
+    /// Fault published → node cordoned and tainted, p50 and p99, ms.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Whether the consumer lag grew over the run.
+    pub(crate) lag_growing: bool,
 }
 
 /// `firebreak bench control-plane`: the control plane for `bench fleet`'s child process. It
@@ -110,7 +135,9 @@ struct Ready {
 pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::Headline>> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|source| Error::Io { what: format!("create {}", args.data_dir.display()), source })?;
-    // Production's detector and leader Lease defaults and the built-in gate policy; the agents'
+    // Production's detector and leader Lease defaults; a gate policy that limits no node
+    // operation (the built-in one's breaker would stop a cluster's remediation after ten faults
+    // in ten minutes, and the cost measured is the control plane doing the work); the agents'
     // heartbeat as given.
     let mut opts = StackOptions::new(args.data_dir.clone(), args.clusters.len(), 1);
     opts.heartbeat = args.heartbeat;
@@ -118,7 +145,7 @@ pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::
     opts.pod_window = Duration::from_secs(300);
     opts.pod_start_deadline = Duration::from_secs(120);
     opts.not_ready_for = Duration::from_secs(30);
-    opts.policy = firebreak_rate_limiter::Policy::default();
+    opts.policy = super::drain::generous();
     opts.leader_lease = Duration::from_secs(15);
     let kafka = KafkaConfig::new(args.kafka_brokers.clone());
     let control = ControlPlane::start(&opts, &args.data_dir, &args.clusters, &kafka).await?;
@@ -445,6 +472,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             break ready;
         }
     };
+    let setup = started.elapsed();
     println!(
         "control plane up in {:.1} s (pid {}): event center {}, gate {}",
         control_started.elapsed().as_secs_f64(),
@@ -577,6 +605,20 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         super::ms(f.p50),
         super::ms(f.p99)
     );
+    if let Some(path) = &args.figures_to {
+        let figures = SizeFigures {
+            nodes: args.clusters * args.nodes,
+            setup_s: setup.as_secs_f64(),
+            control_mib: control_peak_kib as f64 / 1024.0,
+            control_cpu_percent: control_cpu,
+            sim_mib: sim_peak_kib as f64 / 1024.0,
+            p50_ms: f.p50.as_secs_f64() * 1000.0,
+            p99_ms: f.p99.as_secs_f64() * 1000.0,
+            lag_growing: growing,
+        };
+        let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
+        std::fs::write(path, json).map_err(|source| Error::Io { what: format!("write {}", path.display()), source })?;
+    }
     println!("goal: control plane ≤ 4 GB, no lag growing over 10 min (100 clusters × 1,000 nodes)");
     let size = format!("{} × {} nodes", args.clusters, args.nodes);
     Ok(vec![

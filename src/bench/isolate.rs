@@ -42,26 +42,6 @@ pub struct DetectBench {
     /// How long the stack is watched idle, once up, for its memory and CPU.
     #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
     pub idle: Duration,
-    /// Also write the figures as JSON to this file (for `bench scale`).
-    #[arg(long, hide = true)]
-    pub figures_to: Option<std::path::PathBuf>,
-}
-
-/// What `bench detect` measured at one fleet size (`--figures-to`), for `bench scale`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SizeFigures {
-    /// Nodes in the fleet.
-    pub(crate) nodes: usize,
-    /// Seconds from start to the stack being up.
-    pub(crate) setup_s: f64,
-    /// The process's resident memory once up and idle (simulated clusters, agents and control
-    /// plane together), MiB.
-    pub(crate) rss_mib: f64,
-    /// Its CPU while idle, percent of one core.
-    pub(crate) idle_cpu_percent: f64,
-    /// Kernel log line → cordoned and tainted, p50 and p99, ms.
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
 }
 
 /// `firebreak bench isolate` flags.
@@ -192,23 +172,11 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
             |d: &[Duration]| d.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect::<Vec<_>>().join(" ");
         println!("each cluster's first fault, cold (ms): {}", listed(&cold));
         println!("then each, in order (ms): {}", listed(&samples));
-        Ok::<_, Error>((Figures::of(samples, run.elapsed()), setup, rss_mib, idle_cpu))
+        Ok::<_, Error>(Figures::of(samples, run.elapsed()))
     }
     .await;
     stack.shutdown().await;
-    let (f, setup, rss_mib, idle_cpu_percent) = result?;
-    if let Some(path) = &args.figures_to {
-        let figures = SizeFigures {
-            nodes: args.clusters * args.nodes,
-            setup_s: setup.as_secs_f64(),
-            rss_mib,
-            idle_cpu_percent,
-            p50_ms: f.p50.as_secs_f64() * 1000.0,
-            p99_ms: f.p99.as_secs_f64() * 1000.0,
-        };
-        let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
-        std::fs::write(path, json).map_err(|source| Error::Io { what: format!("write {}", path.display()), source })?;
-    }
+    let f = result?;
     println!("{:<44} {:>8} {:>10} {:>10}", "kernel log line → node cordoned and tainted", "faults", "p50", "p99");
     println!("{:<44} {:>8} {:>10} {:>10}", "", f.count, ms(f.p50), ms(f.p99));
     println!("goal: p50 ≤ 25 ms, p99 ≤ 100 ms (3 clusters × 1,000 nodes)");

@@ -67,7 +67,8 @@ pub enum BenchCommand {
     Isolate(isolate::IsolateBench),
     /// The incident list's and the page's server time at many stored events.
     Ui(ui::UiBench),
-    /// Memory and detection latency as the fleet grows: `detect` at each size, and a plot.
+    /// The control plane's memory and fault → cordon latency as the fleet grows: `fleet` at each
+    /// size, and a plot.
     Scale(scale::ScaleBench),
     /// The control plane alone, in a process of its own, against a fleet-sim process under
     /// heartbeats and faults: its memory, CPU and consumer lag over time.
@@ -128,7 +129,10 @@ const ALL: [(&str, &[&str]); 10] = [
     ("agent", &["--idle", "1s", "--load", "2s", "--rate", "200"]),
     ("detect", &["--clusters", "2", "--nodes", "6", "--faults", "4", "--idle", "1s"]),
     ("isolate", &["--nodes", "12", "--faults", "8"]),
-    ("scale", &["--sizes", "4,8", "--nodes-per-cluster", "4", "--faults", "2", "--idle", "1s", "--plot", "/dev/null"]),
+    (
+        "scale",
+        &["--sizes", "4,8", "--nodes-per-cluster", "4", "--duration", "6s", "--heartbeat", "1s", "--plot", "/dev/null"],
+    ),
     ("fleet", &["--clusters", "2", "--nodes", "5", "--heartbeat", "1s", "--duration", "8s", "--sample-every", "2s"]),
     ("drain", &["--nodes", "12", "--drain", "6", "--pods-per-node", "3", "--eviction-retry", "1s", "--max-wait", "2m"]),
     (

@@ -1,70 +1,68 @@
-//! `firebreak bench scale`: how the demo's cost grows with the fleet. For each size it runs
-//! `firebreak bench detect` as a child process, so that every size starts from a fresh heap;
-//! the child reports its process's resident memory and idle CPU with the detection latency.
-//! Then one table and one SVG plot (plotters) of memory and latency against nodes.
+//! `firebreak bench scale`: how the control plane's cost grows with the fleet. For each size it
+//! runs `firebreak bench fleet` as a child process (fleet-sim, the control plane and the load
+//! each in a process of their own, so that every size starts from fresh heaps); the child
+//! reports the control plane's peak memory and CPU under the load, fleet-sim's memory, and the
+//! time from a fault published to its node cordoned and tainted. Then one table and one SVG plot
+//! (plotters) of memory and latency against nodes.
 //!
-//! What is measured is the demo's one process: the simulated clusters, an agent per node and
-//! the whole control plane together. A size the machine cannot hold is a row that says how it
-//! failed; the plot has the sizes that ran.
+//! A size the machine cannot hold is a row that says how it failed; the plot has the sizes that
+//! ran.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 use plotters::prelude::*;
 
-use super::isolate::SizeFigures;
+use super::fleet::SizeFigures;
 use crate::{Error, Result};
 
 /// `firebreak bench scale` flags.
 #[derive(Debug, Clone, Args)]
 pub struct ScaleBench {
     /// Fleet sizes, in nodes (clusters of --nodes-per-cluster each).
-    #[arg(long, value_delimiter = ',', default_value = "1000,3000,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,30000,100000")]
     pub sizes: Vec<usize>,
     /// Nodes per simulated cluster.
     #[arg(long, default_value_t = 1000)]
     pub nodes_per_cluster: usize,
-    /// Faults measured one after another at each size.
-    #[arg(long, default_value_t = 20)]
-    pub faults: usize,
-    /// How long each size's stack is watched idle for its memory and CPU.
+    /// How long each size's control plane is measured under the load.
+    #[arg(long, default_value = "2m", value_parser = crate::cli::positive_duration)]
+    pub duration: Duration,
+    /// Kubelet Lease and agent heartbeat period.
     #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
-    pub idle: Duration,
-    /// How long to wait for one node before calling a size's run failed.
-    #[arg(long, default_value = "120s", value_parser = crate::cli::positive_duration)]
-    pub max_wait: Duration,
+    pub heartbeat: Duration,
     /// Where the SVG plot is written.
     #[arg(long, default_value = "firebreak-scale.svg")]
     pub plot: PathBuf,
 }
 
-/// Runs `bench detect` at each size, prints the table, draws the plot.
+/// Runs `bench fleet` at each size, prints the table, draws the plot.
 pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
-    if args.sizes.is_empty() || args.sizes.contains(&0) || args.nodes_per_cluster == 0 || args.faults == 0 {
-        return Err(Error::Usage("--sizes, --nodes-per-cluster and --faults must be more than zero".into()));
+    if args.sizes.is_empty() || args.sizes.contains(&0) || args.nodes_per_cluster == 0 {
+        return Err(Error::Usage("--sizes and --nodes-per-cluster must be more than zero".into()));
     }
     let exe = std::env::current_exe().map_err(|source| Error::Io { what: "find this binary".into(), source })?;
     let scratch = super::Scratch::new()?;
     println!(
-        "firebreak bench scale: bench detect at {} nodes ({} per cluster), {} faults each, one child process per size, \
-         this machine ({} CPUs)",
+        "firebreak bench scale: bench fleet at {} nodes ({} per cluster), each measured for {:?}, one child process \
+         per size, this machine ({} CPUs)",
         args.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
         args.nodes_per_cluster,
-        args.faults,
+        args.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut ran = Vec::new();
     let mut failed = Vec::new();
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
     for &size in &args.sizes {
         let clusters = size.div_ceil(args.nodes_per_cluster);
         let nodes = size.div_ceil(clusters);
         let figures = scratch.0.join(format!("{size}.json"));
         println!("--- {size} nodes: {clusters} cluster(s) × {nodes}");
         let status = tokio::process::Command::new(&exe)
-            .args(["bench", "detect", "--clusters", &clusters.to_string(), "--nodes", &nodes.to_string()])
-            .args(["--faults", &args.faults.min(clusters * nodes).to_string()])
-            .args(["--idle", &humantime::format_duration(args.idle).to_string()])
-            .args(["--max-wait", &humantime::format_duration(args.max_wait).to_string()])
+            .args(["bench", "fleet", "--clusters", &clusters.to_string(), "--nodes", &nodes.to_string()])
+            .args(["--duration", &fmt(args.duration), "--heartbeat", &fmt(args.heartbeat)])
+            .args(["--sample-every", &fmt((args.duration / 6).max(Duration::from_secs(1)))])
             .arg("--figures-to")
             .arg(&figures)
             .kill_on_drop(true)
@@ -84,13 +82,20 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
         }
     }
     println!(
-        "{:>8} {:>10} {:>14} {:>14} {:>10} {:>10}",
-        "nodes", "stack up", "resident MiB", "idle CPU %", "p50 ms", "p99 ms"
+        "{:>8} {:>9} {:>13} {:>12} {:>10} {:>10} {:>10} {:>6}",
+        "nodes", "setup", "control MiB", "control CPU", "sim MiB", "p50 ms", "p99 ms", "lag"
     );
     for f in &ran {
         println!(
-            "{:>8} {:>9.1}s {:>14.0} {:>14.0} {:>10.0} {:>10.0}",
-            f.nodes, f.setup_s, f.rss_mib, f.idle_cpu_percent, f.p50_ms, f.p99_ms
+            "{:>8} {:>8.1}s {:>13.0} {:>11.0}% {:>10.0} {:>10.0} {:>10.0} {:>6}",
+            f.nodes,
+            f.setup_s,
+            f.control_mib,
+            f.control_cpu_percent,
+            f.sim_mib,
+            f.p50_ms,
+            f.p99_ms,
+            if f.lag_growing { "grows" } else { "flat" }
         );
     }
     for (size, why) in &failed {
@@ -105,8 +110,8 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
         .map(|f| {
             super::Headline::new(
                 "scale",
-                format!("{} nodes: resident MiB, detect p50 / p99", f.nodes),
-                format!("{:.0}; {:.0} / {:.0} ms", f.rss_mib, f.p50_ms, f.p99_ms),
+                format!("{} nodes: control plane MiB, fault → cordoned p50 / p99", f.nodes),
+                format!("{:.0}; {:.0} / {:.0} ms", f.control_mib, f.p50_ms, f.p99_ms),
                 "(a curve)",
                 true,
             )
@@ -132,11 +137,11 @@ fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
     let xs = (lo * 0.7)..(hi * 1.4);
     let top = |v: &dyn Fn(&SizeFigures) -> f64| points.iter().map(v).fold(1.0_f64, f64::max) * 1.15;
     let mut memory = ChartBuilder::on(&left)
-        .caption("Resident memory of the demo process", ("sans-serif", 18))
+        .caption("Resident memory of the control plane", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(xs.clone().log_scale(), 0.0..top(&|p| p.rss_mib))
+        .build_cartesian_2d(xs.clone().log_scale(), 0.0..top(&|p| p.control_mib))
         .map_err(drawing(path))?;
     memory
         .configure_mesh()
@@ -146,12 +151,12 @@ fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
         .draw()
         .map_err(drawing(path))?;
     let series = |v: fn(&SizeFigures) -> f64| points.iter().map(move |p| (p.nodes as f64, v(p))).collect::<Vec<_>>();
-    memory.draw_series(LineSeries::new(series(|p| p.rss_mib), BLUE.stroke_width(2))).map_err(drawing(path))?;
+    memory.draw_series(LineSeries::new(series(|p| p.control_mib), BLUE.stroke_width(2))).map_err(drawing(path))?;
     memory
-        .draw_series(series(|p| p.rss_mib).into_iter().map(|xy| Circle::new(xy, 4, BLUE.filled())))
+        .draw_series(series(|p| p.control_mib).into_iter().map(|xy| Circle::new(xy, 4, BLUE.filled())))
         .map_err(drawing(path))?;
     let mut latency = ChartBuilder::on(&right)
-        .caption("Kernel log line → node cordoned", ("sans-serif", 18))
+        .caption("Fault published → node cordoned", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
