@@ -761,6 +761,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             if clusters == 0 {
                 return Err(crate::Error::Usage("--clusters must be at least 1".into()));
             }
+            if unreachable_after <= heartbeat {
+                return Err(crate::Error::Usage(
+                    "--unreachable-after must be longer than --heartbeat (every node would be Unknown between renewals)"
+                        .into(),
+                ));
+            }
             let timings = firebreak_fleet_sim::Timings {
                 heartbeat,
                 unreachable_after,
@@ -778,14 +784,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             .await?;
             let mut listeners = Vec::new();
             let mut producer = None;
-            let kafka_args = kafka;
-            if let Some(kafka) = kafka_args.optional()? {
+            if let Some(cfg) = kafka.optional()? {
                 let names: Vec<&str> = fleet.clusters().iter().map(|c| c.name()).collect();
-                kafka_args.ensure_topics(&kafka, &names).await?;
-                let p = firebreak_plumbing::kafka::Producer::new(&kafka)?;
+                kafka.ensure_topics(&cfg, &names).await?;
+                let p = firebreak_plumbing::kafka::Producer::new(&cfg)?;
                 for c in fleet.clusters() {
                     let (listener, _) = crate::demo::simulated_actuators(c, &p);
-                    listeners.push(crate::demo::spawn_command_listener(c.name(), listener, &kafka, &p, cancel.clone()));
+                    listeners.push(crate::demo::spawn_command_listener(c.name(), listener, &cfg, &p, cancel.clone()));
                 }
                 producer = Some(p);
             }

@@ -502,3 +502,25 @@ fn bench_scale_runs_each_size_and_draws_the_plot() {
     assert!(svg.starts_with("<svg") && svg.contains("Resident memory") && svg.contains("p99"), "{svg}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `firebreak fleet-sim` refuses timings under which no node could stay Ready, and an empty
+/// fleet, before it starts anything.
+#[test]
+fn fleet_sim_refuses_timings_that_cannot_hold() {
+    let dir = std::env::temp_dir().join(format!("firebreak-sim-flags-{}", uuid::Uuid::now_v7().simple()));
+    for (args, says) in [
+        (&["--heartbeat", "10s", "--unreachable-after", "5s"][..], "--unreachable-after must be longer"),
+        (&["--clusters", "0"][..], "--clusters must be at least 1"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .args(["fleet-sim", "--data-dir"])
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: no cluster started");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

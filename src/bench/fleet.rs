@@ -89,9 +89,9 @@ pub(crate) struct SizeFigures {
     pub(crate) control_cpu_percent: f64,
     /// fleet-sim's peak resident memory, MiB.
     pub(crate) sim_mib: f64,
-    /// Fault published → node cordoned and tainted, p50 and p99, ms.
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
+    /// Fault published → node cordoned and tainted, p50 and p99, ms; `None` when no faulted
+    /// node was.
+    pub(crate) cordoned_ms: Option<(f64, f64)>,
     /// Whether the consumer lag grew over the run.
     pub(crate) lag_growing: bool,
 }
@@ -472,7 +472,6 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             break ready;
         }
     };
-    let setup = started.elapsed();
     println!(
         "control plane up in {:.1} s (pid {}): event center {}, gate {}",
         control_started.elapsed().as_secs_f64(),
@@ -480,12 +479,6 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         ready.event_center_url,
         ready.gate_url
     );
-    let pending = Pending::default();
-    let isolated_after = Arc::new(Mutex::new(Vec::new()));
-    let faulting =
-        tokio::spawn(faults(producer.clone(), nodes, args.fault_every, faulted.clone(), pending.clone(), load.clone()));
-    let checking = tokio::spawn(isolations(watches, pending.clone(), isolated_after.clone(), load.clone()));
-
     let http =
         reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| Error::Usage(e.to_string()))?;
     let scrape = |url: String| {
@@ -497,6 +490,39 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             }
         }
     };
+    // Faults start once every cluster's detector and remediator consume (each leads its
+    // cluster and reports its consumer lag): the latency measured is the working control
+    // plane's, not its start-up.
+    let consuming = Instant::now();
+    loop {
+        let text = scrape(ready.metrics_url.clone()).await;
+        let groups = |service: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("firebreak_{service}_consumer_lag{{")))
+                .filter_map(|l| l.split("group=\"").nth(1)?.split('"').next())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        if groups("detector") >= args.clusters && groups("remediator") >= args.clusters {
+            break;
+        }
+        control.alive()?;
+        if consuming.elapsed() > args.setup_timeout {
+            return Err(Error::Usage(format!(
+                "not every detector and remediator consumed within {:?}",
+                args.setup_timeout
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("every detector and remediator consuming {:.1} s later", consuming.elapsed().as_secs_f64());
+    let setup = started.elapsed();
+    let pending = Pending::default();
+    let isolated_after = Arc::new(Mutex::new(Vec::new()));
+    let faulting =
+        tokio::spawn(faults(producer.clone(), nodes, args.fault_every, faulted.clone(), pending.clone(), load.clone()));
+    let checking = tokio::spawn(isolations(watches, pending.clone(), isolated_after.clone(), load.clone()));
+
     println!(
         "{:>6} {:>12} {:>9} {:>12} {:>9} {:>9} {:>10} {:>8}  lag by service",
         "t (s)", "control MiB", "CPU %", "sim MiB", "CPU %", "load %", "lag", "stored"
@@ -599,11 +625,14 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     let waiting = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
     let isolated_count = latencies.len();
     let f = super::Figures::of(latencies, measured);
+    let cordoned = if isolated_count == 0 {
+        "none".to_owned()
+    } else {
+        format!("p50 {}, p99 {}", super::ms(f.p50), super::ms(f.p99))
+    };
     println!(
-        "fault published → node cordoned and tainted (this process's watch of the node): {isolated_count} nodes, p50 {}, \
-         p99 {}; {waiting} not yet at the end",
-        super::ms(f.p50),
-        super::ms(f.p99)
+        "fault published → node cordoned and tainted (this process's watch of the node): {isolated_count} nodes, \
+         {cordoned}; {waiting} not yet at the end"
     );
     if let Some(path) = &args.figures_to {
         let figures = SizeFigures {
@@ -612,8 +641,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             control_mib: control_peak_kib as f64 / 1024.0,
             control_cpu_percent: control_cpu,
             sim_mib: sim_peak_kib as f64 / 1024.0,
-            p50_ms: f.p50.as_secs_f64() * 1000.0,
-            p99_ms: f.p99.as_secs_f64() * 1000.0,
+            cordoned_ms: (isolated_count > 0).then_some((f.p50.as_secs_f64() * 1000.0, f.p99.as_secs_f64() * 1000.0)),
             lag_growing: growing,
         };
         let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
@@ -639,7 +667,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         super::Headline::new(
             "fleet",
             format!("fault published → cordoned, p50 / p99, {size}"),
-            format!("{} / {}", super::ms(f.p50), super::ms(f.p99)),
+            cordoned,
             "-",
             isolated_count > 0,
         ),

@@ -87,14 +87,14 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
     );
     for f in &ran {
         println!(
-            "{:>8} {:>8.1}s {:>13.0} {:>11.0}% {:>10.0} {:>10.0} {:>10.0} {:>6}",
+            "{:>8} {:>8.1}s {:>13.0} {:>11.0}% {:>10.0} {:>10} {:>10} {:>6}",
             f.nodes,
             f.setup_s,
             f.control_mib,
             f.control_cpu_percent,
             f.sim_mib,
-            f.p50_ms,
-            f.p99_ms,
+            f.cordoned_ms.map_or("none".into(), |(p50, _)| format!("{p50:.0}")),
+            f.cordoned_ms.map_or("none".into(), |(_, p99)| format!("{p99:.0}")),
             if f.lag_growing { "grows" } else { "flat" }
         );
     }
@@ -111,7 +111,10 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
             super::Headline::new(
                 "scale",
                 format!("{} nodes: control plane MiB, fault → cordoned p50 / p99", f.nodes),
-                format!("{:.0}; {:.0} / {:.0} ms", f.control_mib, f.p50_ms, f.p99_ms),
+                match f.cordoned_ms {
+                    Some((p50, p99)) => format!("{:.0}; {p50:.0} / {p99:.0} ms", f.control_mib),
+                    None => format!("{:.0}; none cordoned", f.control_mib),
+                },
                 "(a curve)",
                 true,
             )
@@ -127,7 +130,8 @@ fn drawing<E: std::error::Error + Send + Sync>(path: &std::path::Path) -> impl F
     move |e| Error::Io { what: format!("draw {}", path.display()), source: std::io::Error::other(e.to_string()) }
 }
 
-/// Memory (left) and detection latency (right) against nodes, on a logarithmic axis of nodes.
+/// The control plane's memory (left) and fault → cordon latency (right) against nodes, on a
+/// logarithmic axis of nodes.
 fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(drawing(path))?;
@@ -135,13 +139,13 @@ fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
     let lo = points.iter().map(|p| p.nodes).min().unwrap_or(1) as f64;
     let hi = points.iter().map(|p| p.nodes).max().unwrap_or(1) as f64;
     let xs = (lo * 0.7)..(hi * 1.4);
-    let top = |v: &dyn Fn(&SizeFigures) -> f64| points.iter().map(v).fold(1.0_f64, f64::max) * 1.15;
+    let top = |v: &dyn Fn(&SizeFigures) -> Option<f64>| points.iter().filter_map(v).fold(1.0_f64, f64::max) * 1.15;
     let mut memory = ChartBuilder::on(&left)
         .caption("Resident memory of the control plane", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(xs.clone().log_scale(), 0.0..top(&|p| p.control_mib))
+        .build_cartesian_2d(xs.clone().log_scale(), 0.0..top(&|p| Some(p.control_mib)))
         .map_err(drawing(path))?;
     memory
         .configure_mesh()
@@ -150,17 +154,22 @@ fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(drawing(path))?;
-    let series = |v: fn(&SizeFigures) -> f64| points.iter().map(move |p| (p.nodes as f64, v(p))).collect::<Vec<_>>();
-    memory.draw_series(LineSeries::new(series(|p| p.control_mib), BLUE.stroke_width(2))).map_err(drawing(path))?;
+    // A size where no node was cordoned has no latency point.
+    let series = |v: fn(&SizeFigures) -> Option<f64>| {
+        points.iter().filter_map(move |p| Some((p.nodes as f64, v(p)?))).collect::<Vec<_>>()
+    };
     memory
-        .draw_series(series(|p| p.control_mib).into_iter().map(|xy| Circle::new(xy, 4, BLUE.filled())))
+        .draw_series(LineSeries::new(series(|p| Some(p.control_mib)), BLUE.stroke_width(2)))
+        .map_err(drawing(path))?;
+    memory
+        .draw_series(series(|p| Some(p.control_mib)).into_iter().map(|xy| Circle::new(xy, 4, BLUE.filled())))
         .map_err(drawing(path))?;
     let mut latency = ChartBuilder::on(&right)
         .caption("Fault published → node cordoned", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(xs.log_scale(), 0.0..top(&|p| p.p99_ms))
+        .build_cartesian_2d(xs.log_scale(), 0.0..top(&|p| p.cordoned_ms.map(|c| c.1)))
         .map_err(drawing(path))?;
     latency
         .configure_mesh()
@@ -169,9 +178,10 @@ fn plot(path: &std::path::Path, points: &[SizeFigures]) -> Result<()> {
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(drawing(path))?;
-    for (name, color, v) in
-        [("p50", BLUE, (|p: &SizeFigures| p.p50_ms) as fn(&SizeFigures) -> f64), ("p99", RED, |p| p.p99_ms)]
-    {
+    for (name, color, v) in [
+        ("p50", BLUE, (|p: &SizeFigures| p.cordoned_ms.map(|c| c.0)) as fn(&SizeFigures) -> Option<f64>),
+        ("p99", RED, |p| p.cordoned_ms.map(|c| c.1)),
+    ] {
         latency
             .draw_series(LineSeries::new(series(v), color.stroke_width(2)))
             .map_err(drawing(path))?
