@@ -68,7 +68,8 @@ pub struct FleetBench {
     /// How often memory, CPU and lag are sampled.
     #[arg(long, default_value = "30s", value_parser = crate::cli::positive_duration)]
     pub sample_every: Duration,
-    /// How long fleet-sim and the control plane may take to come up.
+    /// How long fleet-sim and the control plane may take to come up (past it, a control plane
+    /// whose detectors and remediators are not all consuming yet is measured as it is).
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub setup_timeout: Duration,
     /// Also write the figures as JSON to this file (for `bench scale`).
@@ -508,14 +509,21 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         }
         control.alive()?;
         if consuming.elapsed() > args.setup_timeout {
-            return Err(Error::Usage(format!(
-                "not every detector and remediator consumed within {:?}",
-                args.setup_timeout
-            )));
+            // A control plane that cannot start on this machine is measured as it is: its
+            // memory, its CPU and its lag say why.
+            println!(
+                "not every detector and remediator consuming after {:?} (detectors {}, remediators {} of {}); \
+                 measuring anyway",
+                args.setup_timeout,
+                groups("detector"),
+                groups("remediator"),
+                args.clusters
+            );
+            break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    println!("every detector and remediator consuming {:.1} s later", consuming.elapsed().as_secs_f64());
+    println!("consumers checked {:.1} s after the control plane was up", consuming.elapsed().as_secs_f64());
     let setup = started.elapsed();
     let pending = Pending::default();
     let isolated_after = Arc::new(Mutex::new(Vec::new()));

@@ -31,6 +31,9 @@ pub struct ScaleBench {
     /// Kubelet Lease and agent heartbeat period.
     #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
     pub heartbeat: Duration,
+    /// How long each size's control plane may take before it is measured as it is.
+    #[arg(long, default_value = "3m", value_parser = crate::cli::positive_duration)]
+    pub setup_timeout: Duration,
     /// Where the SVG plot is written.
     #[arg(long, default_value = "firebreak-scale.svg")]
     pub plot: PathBuf,
@@ -63,6 +66,7 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
             .args(["bench", "fleet", "--clusters", &clusters.to_string(), "--nodes", &nodes.to_string()])
             .args(["--duration", &fmt(args.duration), "--heartbeat", &fmt(args.heartbeat)])
             .args(["--sample-every", &fmt((args.duration / 6).max(Duration::from_secs(1)))])
+            .args(["--setup-timeout", &fmt(args.setup_timeout)])
             .arg("--figures-to")
             .arg(&figures)
             .kill_on_drop(true)
