@@ -16,7 +16,8 @@
 //! the control plane's consumer lag from its `/metrics` (every consumer's
 //! `*_consumer_lag{group,topic,partition}`). The lag is "growing" when the mean of the run's
 //! last third of samples is above the mean of its middle third by more than one second of
-//! heartbeats.
+//! heartbeats; "unknown" when a metrics endpoint did not answer a sample (a starved control
+//! plane's silence is not zero lag).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -93,8 +94,9 @@ pub(crate) struct SizeFigures {
     /// Fault published → node cordoned and tainted, p50 and p99, ms; `None` when no faulted
     /// node was.
     pub(crate) cordoned_ms: Option<(f64, f64)>,
-    /// Whether the consumer lag grew over the run.
-    pub(crate) lag_growing: bool,
+    /// What the consumer lag did over the run: `flat`, `grows`, or `unknown` (the control
+    /// plane's metrics did not answer).
+    pub(crate) lag: String,
 }
 
 /// `firebreak bench control-plane`: the control plane for `bench fleet`'s child process. It
@@ -317,13 +319,14 @@ struct Sample {
     sim_rss_mib: f64,
     sim_cpu: f64,
     own_cpu: f64,
-    lag: BTreeMap<String, f64>,
-    stored: f64,
+    /// `None` when a metrics endpoint did not answer.
+    lag: Option<BTreeMap<String, f64>>,
+    stored: Option<f64>,
 }
 
 impl Sample {
-    fn total_lag(&self) -> f64 {
-        self.lag.values().fold(0.0, |a, b| a + b)
+    fn total_lag(&self) -> Option<f64> {
+        self.lag.as_ref().map(|l| l.values().fold(0.0, |a, b| a + b))
     }
 }
 
@@ -486,8 +489,8 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         let (http, token) = (http.clone(), ready.viewer_token.clone());
         async move {
             match http.get(format!("{url}/metrics")).bearer_auth(token).send().await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
+                Ok(r) if r.status().is_success() => r.text().await.ok(),
+                _ => None,
             }
         }
     };
@@ -496,7 +499,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     // plane's, not its start-up.
     let consuming = Instant::now();
     loop {
-        let text = scrape(ready.metrics_url.clone()).await;
+        let text = scrape(ready.metrics_url.clone()).await.unwrap_or_default();
         let groups = |service: &str| {
             text.lines()
                 .filter(|l| l.starts_with(&format!("firebreak_{service}_consumer_lag{{")))
@@ -547,11 +550,15 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             let now = (super::usage(control.pid)?, super::usage(sim.pid)?, super::usage(std::process::id())?);
             let over = last.elapsed();
             last = Instant::now();
-            let mut lag = BTreeMap::new();
             let ec = scrape(ready.event_center_url.clone()).await;
-            for text in [&ec, &scrape(ready.metrics_url.clone()).await, &scrape(ready.gate_url.clone()).await] {
-                lag_by_service(text, &mut lag);
-            }
+            let texts = [ec.clone(), scrape(ready.metrics_url.clone()).await, scrape(ready.gate_url.clone()).await];
+            let lag = texts.iter().all(Option::is_some).then(|| {
+                let mut lag = BTreeMap::new();
+                for text in texts.iter().flatten() {
+                    lag_by_service(text, &mut lag);
+                }
+                lag
+            });
             let s = Sample {
                 at: measured.elapsed(),
                 control_rss_mib: now.0.rss_kib as f64 / 1024.0,
@@ -560,19 +567,22 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
                 sim_cpu: cpu_percent(&before.1, &now.1, over),
                 own_cpu: cpu_percent(&before.2, &now.2, over),
                 lag,
-                stored: super::metric_sum(&ec, "firebreak_event_center_records_stored_total", ""),
+                stored: ec.map(|t| super::metric_sum(&t, "firebreak_event_center_records_stored_total", "")),
             };
             println!(
-                "{:>6.0} {:>12.0} {:>9.0} {:>12.0} {:>9.0} {:>9.0} {:>10.0} {:>8.0}  {}",
+                "{:>6.0} {:>12.0} {:>9.0} {:>12.0} {:>9.0} {:>9.0} {:>10} {:>8}  {}",
                 s.at.as_secs_f64(),
                 s.control_rss_mib,
                 s.control_cpu,
                 s.sim_rss_mib,
                 s.sim_cpu,
                 s.own_cpu,
-                s.total_lag(),
-                s.stored,
-                s.lag.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>().join(", ")
+                s.total_lag().map_or("?".into(), |l| format!("{l:.0}")),
+                s.stored.map_or("?".into(), |n| format!("{n:.0}")),
+                match &s.lag {
+                    Some(lag) => lag.iter().map(|(k, v)| format!("{k} {v:.0}")).collect::<Vec<_>>().join(", "),
+                    None => "(the control plane's metrics did not answer within 10 s)".into(),
+                }
             );
             samples.push(s);
             before = now;
@@ -593,7 +603,8 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     let (samples, (control_peak_kib, sim_peak_kib), measured) = run?;
 
     let third = samples.len() / 3;
-    let lag_mean = |from: usize, to: usize| mean(samples[from..to].iter().map(Sample::total_lag));
+    let lag_mean = |from: usize, to: usize| mean(samples[from..to].iter().filter_map(Sample::total_lag));
+    let unanswered = samples.iter().filter(|s| s.lag.is_none()).count();
     let (early, middle, late) = if third == 0 {
         let all = lag_mean(0, samples.len());
         (all, all, all)
@@ -601,7 +612,13 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         (lag_mean(0, third), lag_mean(third, 2 * third), lag_mean(2 * third, samples.len()))
     };
     let per_second = (args.clusters * args.nodes) as f64 / args.heartbeat.as_secs_f64();
-    let growing = late > middle + per_second.max(100.0);
+    let lag = if unanswered > 0 {
+        "unknown"
+    } else if late > middle + per_second.max(100.0) {
+        "grows"
+    } else {
+        "flat"
+    };
     let control_cpu = mean(samples.iter().map(|s| s.control_cpu));
     let control_gib = control_peak_kib as f64 / 1024.0 / 1024.0;
     println!(
@@ -611,7 +628,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         beats.load(Ordering::Relaxed),
         dropped.load(Ordering::Relaxed),
         faulted.load(Ordering::Relaxed),
-        samples.last().map_or(0.0, |s| s.stored)
+        samples.iter().rev().find_map(|s| s.stored).unwrap_or(0.0)
     );
     println!(
         "control plane: peak resident {:.0} MiB, CPU mean {control_cpu:.0} % of one core (max sample {:.0} %)",
@@ -624,10 +641,14 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         mean(samples.iter().map(|s| s.sim_cpu)),
         mean(samples.iter().map(|s| s.own_cpu))
     );
+    let verdict = match lag {
+        "unknown" => format!("unknown: the metrics did not answer in {unanswered} of {} samples", samples.len()),
+        "grows" => "growing".into(),
+        _ => "not growing".into(),
+    };
     println!(
-        "consumer lag, mean of each third of the run: {early:.0} → {middle:.0} → {late:.0} records ({}; one second of \
-         heartbeats is {per_second:.0})",
-        if growing { "growing" } else { "not growing" }
+        "consumer lag, mean of each third of the run: {early:.0} → {middle:.0} → {late:.0} records ({verdict}; one \
+         second of heartbeats is {per_second:.0})"
     );
     let latencies = std::mem::take(&mut *isolated_after.lock().unwrap_or_else(|e| e.into_inner()));
     let waiting = pending.lock().unwrap_or_else(|e| e.into_inner()).len();
@@ -650,7 +671,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             control_cpu_percent: control_cpu,
             sim_mib: sim_peak_kib as f64 / 1024.0,
             cordoned_ms: (isolated_count > 0).then_some((f.p50.as_secs_f64() * 1000.0, f.p99.as_secs_f64() * 1000.0)),
-            lag_growing: growing,
+            lag: lag.into(),
         };
         let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
         std::fs::write(path, json).map_err(|source| Error::Io { what: format!("write {}", path.display()), source })?;
@@ -682,9 +703,9 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         super::Headline::new(
             "fleet",
             "consumer lag, first → last third (mean)",
-            format!("{early:.0} → {late:.0}"),
+            if lag == "unknown" { verdict } else { format!("{early:.0} → {late:.0}") },
             "not growing",
-            !growing,
+            lag == "flat",
         ),
     ])
 }

@@ -99,7 +99,7 @@ pub async fn scale(args: ScaleBench) -> Result<Vec<super::Headline>> {
             f.sim_mib,
             f.cordoned_ms.map_or("none".into(), |(p50, _)| format!("{p50:.0}")),
             f.cordoned_ms.map_or("none".into(), |(_, p99)| format!("{p99:.0}")),
-            if f.lag_growing { "grows" } else { "flat" }
+            f.lag
         );
     }
     for (size, why) in &failed {
