@@ -220,6 +220,8 @@ async fn heartbeats(
     let per_slice = nodes.len().div_ceil(slices);
     let mut tick = tokio::time::interval(slice);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let topics: HashMap<&str, String> =
+        nodes.iter().map(|(c, _)| (c.as_str(), firebreak_schema::heartbeat_topic(c))).collect();
     let mut seq = 0_u64;
     for chunk in nodes.chunks(per_slice.max(1)).cycle() {
         tokio::select! {
@@ -237,9 +239,10 @@ async fn heartbeats(
                 seq,
                 sent_at: chrono::Utc::now(),
             };
-            match producer.publish_nowait(&firebreak_schema::heartbeat_topic(cluster), &hb) {
-                Ok(()) => sent.fetch_add(1, Ordering::Relaxed),
-                Err(_) => dropped.fetch_add(1, Ordering::Relaxed),
+            let published = topics.get(cluster.as_str()).map(|topic| producer.publish_nowait(topic, &hb));
+            match published {
+                Some(Ok(())) => sent.fetch_add(1, Ordering::Relaxed),
+                _ => dropped.fetch_add(1, Ordering::Relaxed),
             };
         }
     }
@@ -330,16 +333,22 @@ impl Sample {
     }
 }
 
-/// Every `firebreak_<service>_consumer_lag{…}` sample of a metrics text, summed per service.
+/// Every `firebreak_<service>_consumer_lag{…group="G"…} value` sample of a metrics text:
+/// (service, group, value).
+fn consumer_lags(metrics: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+        let (name, rest) = line.split_once('{')?;
+        let service = name.strip_prefix("firebreak_")?.strip_suffix("_consumer_lag")?;
+        let group = rest.split("group=\"").nth(1)?.split('"').next()?;
+        let value = rest.rsplit_once(' ')?.1.trim().parse::<f64>().ok()?;
+        Some((service, group, value))
+    })
+}
+
+/// The consumer lag of a metrics text, summed per service.
 fn lag_by_service(metrics: &str, into: &mut BTreeMap<String, f64>) {
-    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, rest)) = line.split_once('{') else { continue };
-        let Some(service) = name.strip_prefix("firebreak_").and_then(|n| n.strip_suffix("_consumer_lag")) else {
-            continue;
-        };
-        if let Some(v) = rest.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()) {
-            *into.entry(service.to_owned()).or_default() += v;
-        }
+    for (service, _, value) in consumer_lags(metrics) {
+        *into.entry(service.to_owned()).or_default() += value;
     }
 }
 
@@ -501,9 +510,9 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
     loop {
         let text = scrape(ready.metrics_url.clone()).await.unwrap_or_default();
         let groups = |service: &str| {
-            text.lines()
-                .filter(|l| l.starts_with(&format!("firebreak_{service}_consumer_lag{{")))
-                .filter_map(|l| l.split("group=\"").nth(1)?.split('"').next())
+            consumer_lags(&text)
+                .filter(|(s, _, _)| *s == service)
+                .map(|(_, group, _)| group)
                 .collect::<std::collections::BTreeSet<_>>()
                 .len()
         };
