@@ -761,12 +761,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             if clusters == 0 {
                 return Err(crate::Error::Usage("--clusters must be at least 1".into()));
             }
-            if unreachable_after <= heartbeat {
-                return Err(crate::Error::Usage(
-                    "--unreachable-after must be longer than --heartbeat (every node would be Unknown between renewals)"
-                        .into(),
-                ));
-            }
             let timings = firebreak_fleet_sim::Timings {
                 heartbeat,
                 unreachable_after,
@@ -774,6 +768,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 tick,
                 ..Default::default()
             };
+            // Timings under which no node could stay Ready are refused.
+            if unreachable_after <= heartbeat {
+                return Err(crate::Error::Usage(
+                    "--unreachable-after must be longer than --heartbeat (every node would be Unknown between renewals)"
+                        .into(),
+                ));
+            }
+            if heartbeat >= timings.lease_duration {
+                return Err(crate::Error::Usage(format!(
+                    "--heartbeat must be shorter than the node Leases' {:?} (every Lease would lapse between renewals)",
+                    timings.lease_duration
+                )));
+            }
+            if tick > heartbeat {
+                return Err(crate::Error::Usage(
+                    "--tick must not be longer than --heartbeat (the kubelets renew their Leases on the tick)".into(),
+                ));
+            }
             let fleet = firebreak_fleet_sim::Fleet::start(firebreak_fleet_sim::FleetConfig {
                 data_dir,
                 clusters,

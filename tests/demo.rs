@@ -469,6 +469,21 @@ fn bench_flags_out_of_range_are_refused() {
         (&["ui", "--db", "mysql"][..], "--db"),
         (&["ui", "--nodes", "0"][..], "--nodes"),
         (&["ingest", "--max-wait", "0s"][..], "--max-wait"),
+        (&["fleet", "--fault-every", "0s"][..], "--fault-every"),
+        (
+            &[
+                "control-plane",
+                "--data-dir",
+                "/nonexistent",
+                "--kafka-brokers",
+                "b",
+                "--heartbeat",
+                "1s",
+                "--cluster",
+                "c1",
+            ][..],
+            "NAME=KUBECONFIG",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_firebreak")).arg("bench").args(args).output().unwrap();
         assert!(!out.status.success(), "{args:?}: refused");
@@ -510,6 +525,8 @@ fn fleet_sim_refuses_timings_that_cannot_hold() {
     let dir = std::env::temp_dir().join(format!("firebreak-sim-flags-{}", uuid::Uuid::now_v7().simple()));
     for (args, says) in [
         (&["--heartbeat", "10s", "--unreachable-after", "5s"][..], "--unreachable-after must be longer"),
+        (&["--heartbeat", "45s", "--unreachable-after", "90s"][..], "--heartbeat must be shorter than the node Leases"),
+        (&["--tick", "2s"][..], "--tick must not be longer than --heartbeat"),
         (&["--clusters", "0"][..], "--clusters must be at least 1"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
