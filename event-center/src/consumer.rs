@@ -20,7 +20,7 @@ use std::{
 };
 
 use firebreak_plumbing::{
-    kafka::{decode_message, next_message},
+    kafka::{arrived, decode_message, next_message},
     retry,
 };
 use firebreak_schema::{
@@ -87,14 +87,7 @@ pub(crate) async fn run(
             }
             m = next_message(&consumer) => m,
         };
-        // What has arrived already joins the batch; nothing waits for more.
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m),
-                _ => break,
-            }
-        }
+        let batch = arrived(&consumer, first, BATCH).await;
         if !write(&batch, &sinks, &cancel).await {
             break;
         }

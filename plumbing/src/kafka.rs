@@ -283,6 +283,24 @@ pub async fn next_message(consumer: &rdkafka::consumer::StreamConsumer) -> Borro
     }
 }
 
+/// `first` and what has arrived after it, up to `max` records in all; waits for nothing more.
+/// A batch of records is written in one transaction and its offsets stored after it.
+pub async fn arrived<'a>(
+    consumer: &'a rdkafka::consumer::StreamConsumer,
+    first: BorrowedMessage<'a>,
+    max: usize,
+) -> Vec<BorrowedMessage<'a>> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        // `timeout` polls the receive once before it looks at the (elapsed) deadline.
+        match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m),
+            _ => break,
+        }
+    }
+    batch
+}
+
 /// Decodes a consumed record into an event.
 pub fn decode_message<E: CloudEvent>(msg: &BorrowedMessage<'_>) -> firebreak_schema::Result<E> {
     let headers: Vec<(&str, Option<&[u8]>)> =

@@ -52,10 +52,10 @@ pub mod reinstall;
 pub mod store;
 mod workflow;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use firebreak_plumbing::{
-    kafka::{KafkaConfig, Producer, decode_message, next_message},
+    kafka::{KafkaConfig, Producer, arrived, decode_message, next_message},
     retry,
 };
 use firebreak_schema::{FaultEvent, REMEDIATION_CONTROL_TOPIC, fault_topic};
@@ -338,26 +338,30 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
 pub(crate) const INTAKE_RETRY: retry::Policy =
     retry::Policy::forever(Duration::from_millis(100), Duration::from_secs(5));
 
-/// The node's escalated workflow no operator has cleared, if any. The store knows which
-/// escalations stand; an operator clears one by removing the node's escalation annotation, which
-/// is read here (only for a node the store says is escalated). A node that cannot be read stays
-/// escalated: no new work on it.
-async fn escalation(ctx: &workflow::Ctx, node: &str) -> Result<Option<uuid::Uuid>> {
-    let Some(wf) = ctx.store.escalated(&ctx.cfg.cluster, node).await? else { return Ok(None) };
-    match ctx.ops.get(node).await {
-        Ok(n)
-            if !n
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(firebreak_schema::ESCALATED_ANNOTATION)) =>
+/// Faults recorded in one transaction at most: what has arrived, without waiting for more.
+const INTAKE_BATCH: usize = 256;
+
+/// The escalated workflows no operator has cleared, by node, of the nodes of `events`. The store
+/// knows which escalations stand; an operator clears one by removing the node's escalation
+/// annotation, which is read here (only for a node the store says is escalated). A node that
+/// cannot be read stays escalated: no new work on it.
+async fn escalations(ctx: &workflow::Ctx, events: &[FaultEvent]) -> Result<HashMap<String, uuid::Uuid>> {
+    let nodes: std::collections::BTreeSet<&str> = events.iter().map(|e| e.node.as_str()).collect();
+    let mut escalated = ctx.store.escalated_among(&ctx.cfg.cluster, &nodes.into_iter().collect::<Vec<_>>()).await?;
+    let mut cleared = Vec::new();
+    for (node, wf) in &escalated {
+        if let Ok(n) = ctx.ops.get(node).await
+            && !n.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(firebreak_schema::ESCALATED_ANNOTATION))
         {
             tracing::info!(workflow_id = %wf, node, "escalation cleared by an operator");
-            ctx.store.clear_escalation(wf, "the node's escalation annotation was removed").await?;
-            Ok(None)
+            ctx.store.clear_escalation(*wf, "the node's escalation annotation was removed").await?;
+            cleared.push(node.clone());
         }
-        _ => Ok(Some(wf)),
     }
+    for node in cleared {
+        escalated.remove(&node);
+    }
+    Ok(escalated)
 }
 
 async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: Arc<StreamConsumer>) -> Result<()> {
@@ -386,28 +390,39 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: Arc<Stream
     }
     tracing::info!("remediator running");
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             _ = cancel.cancelled() => break,
             m = next_message(&consumer) => m,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        match decode_message::<FaultEvent>(&msg) {
-            Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),
-            // A record naming another cluster on this cluster's topic is a misrouted or forged
-            // one: never acted on here.
-            Ok(event) if event.cluster != ctx.cfg.cluster => {
-                tracing::warn!(event_id = %event.id, other = %event.cluster, node = %event.node, "fault of another cluster on this cluster's topic skipped");
-                ctx.metrics.intake(&ctx.cfg.cluster, "other_cluster");
+        // A storm's faults are recorded together: one transaction, not one each.
+        let batch = arrived(&consumer, first, INTAKE_BATCH).await;
+        let mut events = Vec::with_capacity(batch.len());
+        for msg in &batch {
+            match decode_message::<FaultEvent>(msg) {
+                Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable fault skipped"),
+                // A record naming another cluster on this cluster's topic is a misrouted or
+                // forged one: never acted on here.
+                Ok(event) if event.cluster != ctx.cfg.cluster => {
+                    tracing::warn!(event_id = %event.id, other = %event.cluster, node = %event.node, "fault of another cluster on this cluster's topic skipped");
+                    ctx.metrics.intake(&ctx.cfg.cluster, "other_cluster");
+                }
+                Ok(event) => events.push(event),
             }
-            Ok(event) => {
-                let what = format!("recording fault {}", event.id);
-                let recorded = INTAKE_RETRY
-                    .until_ok(&what, &cancel, || async {
-                        let escalated = escalation(&ctx, &event.node).await?;
-                        ctx.store.intake(&event, &ctx.cfg.policy, ctx.cfg.stale_after, escalated).await
-                    })
-                    .await;
-                let Some(decision) = recorded else { break };
+        }
+        if !events.is_empty() {
+            let what = match events.as_slice() {
+                [one] => format!("recording fault {}", one.id),
+                many => format!("recording {} faults", many.len()),
+            };
+            let recorded = INTAKE_RETRY
+                .until_ok(&what, &cancel, || async {
+                    let escalated = escalations(&ctx, &events).await?;
+                    ctx.store.intake_all(&events, &ctx.cfg.policy, ctx.cfg.stale_after, &escalated).await
+                })
+                .await;
+            let Some(decisions) = recorded else { break };
+            for (event, decision) in events.iter().zip(decisions) {
                 ctx.metrics.intake(&ctx.cfg.cluster, decision.label());
                 match decision {
                     Intake::Started(wf) => {
@@ -426,8 +441,10 @@ async fn intake_loop(ctx: Arc<workflow::Ctx>, store: Store, consumer: Arc<Stream
                 }
             }
         }
-        if let Err(error) = consumer.store_offset_from_message(&msg) {
-            tracing::warn!(%error, "could not store offset");
+        for msg in &batch {
+            if let Err(error) = consumer.store_offset_from_message(msg) {
+                tracing::warn!(%error, "could not store offset");
+            }
         }
     }
     tasks.shutdown().await;

@@ -3,6 +3,8 @@
 //! store records each consumed fault with the decision of the intake policy (`intake`), in one
 //! transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use firebreak_schema::FaultEvent;
 use sqlx::{AnyPool, Row};
@@ -305,15 +307,109 @@ async fn history(
     Ok(History { open_workflow, escalated, occurrences, repairs })
 }
 
+/// One fault's intake, in the transaction of its batch.
+async fn intake_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    e: &FaultEvent,
+    policy: &Policy,
+    stale_after: std::time::Duration,
+    escalated: Option<Uuid>,
+) -> Result<Intake> {
+    let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
+        .bind(e.id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if seen.is_some() {
+        return Ok(Intake::Duplicate);
+    }
+    let now = Utc::now();
+    let history = history(tx, e, policy, escalated, now).await?;
+    let (decision, workflow) = match intake::decide(e, policy, &history, now, stale_after) {
+        Verdict::Attach(id) => (Intake::Attached(id), Some(id)),
+        Verdict::Ignore(why) => (Intake::Ignored(why), None),
+        Verdict::Start(plan) => {
+            let wf = Workflow {
+                id: Uuid::now_v7(),
+                cluster: e.cluster.clone(),
+                node: e.node.clone(),
+                trigger_event_id: e.id,
+                fault_kind: e.kind.to_string(),
+                state: State::PermitWait,
+                permit_id: None,
+                step_permit_id: None,
+                boot_id_before: None,
+                reboot_requested_at_ms: None,
+                was_cordoned: None,
+                step_started_at_ms: None,
+                reason: format!(
+                    "{} {} fault {}: {}; repair: {} ({})",
+                    e.severity,
+                    e.kind,
+                    e.id,
+                    e.message,
+                    plan.rung.name(),
+                    plan.why
+                ),
+                process: plan.process,
+                rung: plan.rung,
+                rung_why: plan.why,
+                reinstall_via: None,
+            };
+            sqlx::query(
+                "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, \
+                 created_at, updated_at, process, rung, rung_why) VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8,$9,$10,$11)",
+            )
+            .bind(wf.id.to_string())
+            .bind(&wf.cluster)
+            .bind(&wf.node)
+            .bind(wf.trigger_event_id.to_string())
+            .bind(&wf.fault_kind)
+            .bind(wf.state.as_str())
+            .bind(&wf.reason)
+            .bind(text(now))
+            .bind(&wf.process)
+            .bind(wf.rung.name())
+            .bind(&wf.rung_why)
+            .execute(&mut **tx)
+            .await?;
+            append_step(tx, wf.id, wf.state.as_str(), &wf.reason, now).await?;
+            let id = wf.id;
+            (Intake::Started(Box::new(wf)), Some(id))
+        }
+    };
+    let text_of_decision = match &decision {
+        Intake::Ignored(why) => format!("ignored: {why}"),
+        Intake::Attached(id) => format!("attached to open workflow {id}"),
+        Intake::Started(wf) => format!("started workflow {}", wf.id),
+        Intake::Duplicate => String::new(),
+    };
+    sqlx::query(
+        "INSERT INTO seen_faults (event_id, cluster, node, kind, severity, observed_at_ms, workflow_id, decision, at, \
+         message) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+    )
+    .bind(e.id.to_string())
+    .bind(&e.cluster)
+    .bind(&e.node)
+    .bind(e.kind.as_str())
+    .bind(e.severity.as_str())
+    .bind(ms(e.observed_at))
+    .bind(workflow.map(|w| w.to_string()))
+    .bind(text_of_decision)
+    .bind(text(now))
+    .bind(e.message.chars().take(1000).collect::<String>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(decision)
+}
+
 impl Store {
     /// Connects (a SQLite file is created if missing) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
         Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 4).await? })
     }
 
-    /// Records a consumed fault and the intake policy's decision on it, atomically: a replayed
-    /// fault is a `Duplicate`; a started workflow is written with its first step.
-    /// `escalated` is the node's escalated workflow an operator has not cleared, if any.
+    /// Records a consumed fault and the intake policy's decision on it, atomically (see
+    /// [`Store::intake_all`]).
     pub async fn intake(
         &self,
         e: &FaultEvent,
@@ -321,93 +417,30 @@ impl Store {
         stale_after: std::time::Duration,
         escalated: Option<Uuid>,
     ) -> Result<Intake> {
+        let escalated = escalated.map(|w| (e.node.clone(), w)).into_iter().collect();
+        let mut all = self.intake_all(std::slice::from_ref(e), policy, stale_after, &escalated).await?;
+        all.pop().ok_or_else(|| Error::Corrupt("an intake made no decision".into()))
+    }
+
+    /// Records consumed faults and the intake policy's decision on each, in order, in one
+    /// transaction: all or none. A replayed fault is a `Duplicate` (also one repeated within
+    /// `events`); a started workflow is written with its first step, and a later fault of the
+    /// same node in `events` attaches to it. `escalated` holds the nodes' escalated workflows an
+    /// operator has not cleared.
+    pub async fn intake_all(
+        &self,
+        events: &[FaultEvent],
+        policy: &Policy,
+        stale_after: std::time::Duration,
+        escalated: &HashMap<String, Uuid>,
+    ) -> Result<Vec<Intake>> {
         let mut tx = self.pool.begin().await?;
-        let seen = sqlx::query("SELECT decision FROM seen_faults WHERE event_id = $1")
-            .bind(e.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if seen.is_some() {
-            return Ok(Intake::Duplicate);
+        let mut decisions = Vec::with_capacity(events.len());
+        for e in events {
+            decisions.push(intake_one(&mut tx, e, policy, stale_after, escalated.get(&e.node).copied()).await?);
         }
-        let now = Utc::now();
-        let history = history(&mut tx, e, policy, escalated, now).await?;
-        let (decision, workflow) = match intake::decide(e, policy, &history, now, stale_after) {
-            Verdict::Attach(id) => (Intake::Attached(id), Some(id)),
-            Verdict::Ignore(why) => (Intake::Ignored(why), None),
-            Verdict::Start(plan) => {
-                let wf = Workflow {
-                    id: Uuid::now_v7(),
-                    cluster: e.cluster.clone(),
-                    node: e.node.clone(),
-                    trigger_event_id: e.id,
-                    fault_kind: e.kind.to_string(),
-                    state: State::PermitWait,
-                    permit_id: None,
-                    step_permit_id: None,
-                    boot_id_before: None,
-                    reboot_requested_at_ms: None,
-                    was_cordoned: None,
-                    step_started_at_ms: None,
-                    reason: format!(
-                        "{} {} fault {}: {}; repair: {} ({})",
-                        e.severity,
-                        e.kind,
-                        e.id,
-                        e.message,
-                        plan.rung.name(),
-                        plan.why
-                    ),
-                    process: plan.process,
-                    rung: plan.rung,
-                    rung_why: plan.why,
-                    reinstall_via: None,
-                };
-                sqlx::query(
-                    "INSERT INTO workflows (id, cluster, node, trigger_event_id, fault_kind, state, reason, done, \
-                     created_at, updated_at, process, rung, rung_why) VALUES ($1,$2,$3,$4,$5,$6,$7,0,$8,$8,$9,$10,$11)",
-                )
-                .bind(wf.id.to_string())
-                .bind(&wf.cluster)
-                .bind(&wf.node)
-                .bind(wf.trigger_event_id.to_string())
-                .bind(&wf.fault_kind)
-                .bind(wf.state.as_str())
-                .bind(&wf.reason)
-                .bind(text(now))
-                .bind(&wf.process)
-                .bind(wf.rung.name())
-                .bind(&wf.rung_why)
-                .execute(&mut *tx)
-                .await?;
-                append_step(&mut tx, wf.id, wf.state.as_str(), &wf.reason, now).await?;
-                let id = wf.id;
-                (Intake::Started(Box::new(wf)), Some(id))
-            }
-        };
-        let text_of_decision = match &decision {
-            Intake::Ignored(why) => format!("ignored: {why}"),
-            Intake::Attached(id) => format!("attached to open workflow {id}"),
-            Intake::Started(wf) => format!("started workflow {}", wf.id),
-            Intake::Duplicate => String::new(),
-        };
-        sqlx::query(
-            "INSERT INTO seen_faults (event_id, cluster, node, kind, severity, observed_at_ms, workflow_id, decision, at, \
-             message) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
-        )
-        .bind(e.id.to_string())
-        .bind(&e.cluster)
-        .bind(&e.node)
-        .bind(e.kind.as_str())
-        .bind(e.severity.as_str())
-        .bind(ms(e.observed_at))
-        .bind(workflow.map(|w| w.to_string()))
-        .bind(text_of_decision)
-        .bind(text(now))
-        .bind(e.message.chars().take(1000).collect::<String>())
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(decision)
+        Ok(decisions)
     }
 
     /// Persists a transition and appends it to the workflow's step log, with the webhook calls
@@ -611,6 +644,31 @@ impl Store {
         }
     }
 
+    /// The escalated workflows no operator has cleared yet of those of `nodes` that have one,
+    /// by node: one statement for a batch of faults.
+    pub async fn escalated_among(&self, cluster: &str, nodes: &[&str]) -> Result<HashMap<String, Uuid>> {
+        let mut found = HashMap::new();
+        // Bound parameters per statement stay far below SQLite's and PostgreSQL's limits.
+        for chunk in nodes.chunks(500) {
+            let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
+            let sql = format!(
+                "SELECT node, id FROM workflows WHERE cluster = $1 AND node IN ({list}) AND state = 'escalated' \
+                 AND escalation_cleared_at IS NULL ORDER BY created_at"
+            );
+            let mut query = sqlx::query(&sql).bind(cluster);
+            for n in chunk {
+                query = query.bind(*n);
+            }
+            // Ordered by creation: the latest of a node's stays.
+            for r in query.fetch_all(&self.pool).await? {
+                if let Some(id) = uuid_col(&r, "id")? {
+                    found.insert(r.try_get("node")?, id);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Records that an operator cleared an escalation (with how it was seen), once.
     pub async fn clear_escalation(&self, workflow: Uuid, how: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
@@ -755,6 +813,36 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Store::open(&format!("sqlite://{}", dir.join("r.db").display())).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_faults_is_decided_in_order_as_if_one_at_a_time() {
+        let s = store().await;
+        // n2's workflow escalates; the store names it among the batch's nodes, n1 has none.
+        let Intake::Started(n2) = s
+            .intake(&fault("n2", FaultKind::MemoryUncorrectable, Severity::Critical, 0), &P, LIMIT, None)
+            .await
+            .unwrap()
+        else {
+            panic!("a workflow starts")
+        };
+        end(&s, &n2, State::Escalated).await;
+        let escalated = s.escalated_among("c1", &["n1", "n2", "n3"]).await.unwrap();
+        assert_eq!(escalated, HashMap::from([("n2".to_owned(), n2.id)]));
+
+        let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 10);
+        let second = fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 11);
+        let on_escalated = fault("n2", FaultKind::MemoryUncorrectable, Severity::Critical, 12);
+        let batch = [first.clone(), second, first.clone(), on_escalated];
+        let d = s.intake_all(&batch, &P, LIMIT, &escalated).await.unwrap();
+        let Intake::Started(wf) = &d[0] else { panic!("n1's first fault starts a workflow: {d:?}") };
+        assert_eq!(d[1], Intake::Attached(wf.id), "a later fault of the node in the same batch joins it");
+        assert_eq!(d[2], Intake::Duplicate, "a fault repeated within the batch acts once");
+        assert!(matches!(&d[3], Intake::Ignored(w) if w.contains("needs a human")), "{:?}", d[3]);
+        // All of it was kept: replayed, the batch is all duplicates.
+        let again = s.intake_all(&batch, &P, LIMIT, &escalated).await.unwrap();
+        assert_eq!(again, vec![Intake::Duplicate; 4]);
+        assert_eq!(s.open_workflows("c1").await.unwrap().len(), 1, "one workflow for n1, none for n2");
     }
 
     #[tokio::test]

@@ -499,7 +499,10 @@ impl Databases {
         }
         if wants("postgres") {
             match postgres_database(&self.postgres).await {
-                Ok(url) => dbs.push(("PostgreSQL".into(), url)),
+                Ok(name) => {
+                    dbs.push(("PostgreSQL".into(), format!("{}/{name}", self.postgres)));
+                    scratch.1.lock().unwrap_or_else(|e| e.into_inner()).push((self.postgres.clone(), name));
+                }
                 Err(why) => println!("PostgreSQL skipped: {why}"),
             }
         }
@@ -507,25 +510,55 @@ impl Databases {
     }
 }
 
-/// A benchmark's scratch directory, removed when it ends.
-pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+/// A benchmark's scratch: a directory, and the PostgreSQL databases (server, name) made for it;
+/// both removed when it ends, however it ends.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf, std::sync::Mutex<Vec<(String, String)>>);
 
 impl Scratch {
     pub(crate) fn new() -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("firebreak-bench-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir)
             .map_err(|source| Error::Io { what: format!("create {}", dir.display()), source })?;
-        Ok(Self(dir))
+        Ok(Self(dir, Default::default()))
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let made = std::mem::take(self.1.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if made.is_empty() {
+            return;
+        }
+        // `Drop` cannot await, and may run on the benchmark's runtime: the databases are dropped
+        // from a thread of their own, on a runtime of its own, and waited for.
+        let dropping = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                for (base, name) in made {
+                    if let Err(why) = drop_postgres_database(&base, &name).await {
+                        eprintln!("could not drop the benchmark's database {name}: {why}");
+                    }
+                }
+            });
+        });
+        let _ = dropping.join();
     }
 }
 
-/// A fresh database on the server at `base`.
+/// Drops a database `postgres_database` made, closing what is still connected to it.
+async fn drop_postgres_database(base: &str, name: &str) -> std::result::Result<(), String> {
+    use sqlx::Connection;
+    let mut conn =
+        sqlx::PgConnection::connect(&format!("{base}/postgres")).await.map_err(|e| format!("{base}: {e}"))?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// A fresh database on the server at `base`; returns its name.
 async fn postgres_database(base: &str) -> std::result::Result<String, String> {
     use sqlx::Connection;
     let name = format!("fb_bench_{}", uuid::Uuid::now_v7().simple());
@@ -546,7 +579,7 @@ async fn postgres_database(base: &str) -> std::result::Result<String, String> {
             "  autovacuum is off on this server: dead rows pile up, so its write and query figures are worse than a production server's"
         );
     }
-    Ok(format!("{base}/{name}"))
+    Ok(name)
 }
 
 /// The rule `bench health` holds each batch to.
