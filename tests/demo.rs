@@ -163,6 +163,21 @@ fn bench_gate_runs_in_smoke_mode() {
     for want in ["GET /healthz (bare)", "POST /api/v1/permits", "p99 ratio permit / bare"] {
         assert!(text.contains(want), "{want} in\n{text}");
     }
+    // The PostgreSQL database it measured on is gone once it ends.
+    let made = text.split_whitespace().find(|w| w.starts_with("fb_bench_")).map(|w| w.trim_end_matches(','));
+    let made = made.unwrap_or_else(|| panic!("the benchmark names its PostgreSQL database in\n{text}"));
+    let base =
+        std::env::var("FIREBREAK_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let left: i64 = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+            .bind(made)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    });
+    assert_eq!(left, 0, "{made} was dropped");
 }
 
 /// The ingest benchmark in its smoke size: every record reaches the event center's store on
@@ -265,6 +280,7 @@ fn bench_detect_and_isolate_run_in_smoke_mode() {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nodes/s") && text.contains("goal: ≥ 100 nodes/s"), "{text}");
+    assert!(text.contains("warm-up: one fault on") && text.contains("isolated in"), "{text}");
 }
 
 /// The health benchmark in its smoke size: a bad batch in one small cluster is halted by the

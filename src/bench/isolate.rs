@@ -9,7 +9,8 @@
 //! - `detect`: faults one at a time, spread over the clusters, each written to a node's kernel
 //!   log once the previous one's node is isolated; the latency of each, p50 and p99.
 //! - `isolate`: `--faults` nodes of one cluster fail at once; nodes isolated per second from the
-//!   moment the faults are written to the last node isolated.
+//!   moment the faults are written to the last node isolated. One fault on another node is
+//!   isolated first, so the storm meets a running control plane, not a cold start.
 
 use std::{
     collections::HashMap,
@@ -201,6 +202,22 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
         let names = cluster.node_names();
         let step = (names.len() / args.faults).max(1);
         let targets: Vec<String> = names.iter().step_by(step).take(args.faults).cloned().collect();
+        // A running control plane meets the storm, not one still joining its consumer groups
+        // (seconds on a fresh start): one fault on another node first, isolated before the storm.
+        match names.iter().find(|n| !targets.contains(n)) {
+            Some(warm) => {
+                let t = Instant::now();
+                cluster.inject(warm, firebreak_fleet_sim::Fault::MemoryUncorrectable)?;
+                while !is_isolated(&watches[0], warm) {
+                    if t.elapsed() > args.max_wait {
+                        return Err(Error::Usage(format!("{warm} (warm-up) not isolated within {:?}", args.max_wait)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                println!("warm-up: one fault on {warm}, isolated in {} (consumer groups joined)", ms(t.elapsed()));
+            }
+            None => println!("no warm-up (every node fails in the storm): the figures include the stack's cold start"),
+        }
         let t = Instant::now();
         for n in &targets {
             cluster.inject(n, firebreak_fleet_sim::Fault::MemoryUncorrectable)?;

@@ -573,7 +573,11 @@ async fn postgres_database(base: &str) -> std::result::Result<String, String> {
             sqlx::query_scalar(&format!("SHOW {setting}")).fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
         settings.push(format!("{setting} {value}"));
     }
-    println!("PostgreSQL at {}: {}", firebreak_plumbing::db::redacted(base), settings.join(", "));
+    println!(
+        "PostgreSQL at {}: {}; database {name}, dropped when the benchmark ends",
+        firebreak_plumbing::db::redacted(base),
+        settings.join(", ")
+    );
     if settings.iter().any(|s| s == "autovacuum off") {
         println!(
             "  autovacuum is off on this server: dead rows pile up, so its write and query figures are worse than a production server's"
