@@ -1297,6 +1297,59 @@ async fn a_webhook_call_outlives_a_restart_while_its_receiver_is_down() {
     ec.task.await.unwrap();
 }
 
+/// Issue 10: a webhook call its receiver never took, a day after it was stored, is given up:
+/// gone from the outbox, said on its incident's timeline with the attempts and the last error,
+/// and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_call_undelivered_for_a_day_is_given_up_on_its_incidents_timeline() {
+    let (_mock, kafka) = incident_topics();
+    let path = temp_dir("ec-webhook-give-up").join("events.db");
+    let db = format!("sqlite://{}", path.display());
+    // Nobody listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let file = format!("[[webhooks]]\nurl = \"http://{addr}/hook\"\nsecret_env = \"HOOK\"\n");
+    let webhooks =
+        firebreak_event_center::subscriptions::parse(&file, |k| (k == "HOOK").then(|| "hook-secret".into())).unwrap();
+    let ec = start_with_webhooks(&kafka, &db, "ec-webhook-give-up", None, no_quiet_resolution(), webhooks).await;
+    let producer = Producer::new(&kafka).unwrap();
+    producer.publish(FAULTS, &fault("n1", FaultKind::MemoryUncorrectable, 0)).await.unwrap();
+    let list = incidents_until(&ec.url, "", |l| !l.is_empty()).await;
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+
+    // The stored call, made a day and a minute old (its UUIDv7 id holds when it was stored).
+    let conn = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM incident_webhooks").fetch_one(&conn).await.unwrap()
+    };
+    wait_for("the call stored", Duration::from_secs(20), || async { (stored().await == 1).then_some(()) }).await;
+    let then = std::time::SystemTime::now() - Duration::from_secs(24 * 3600 + 60);
+    let then = then.duration_since(std::time::UNIX_EPOCH).unwrap();
+    let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, then.as_secs(), then.subsec_nanos()));
+    sqlx::query("UPDATE incident_webhooks SET id = $1, next_at_ms = 0, attempts = 300")
+        .bind(old.to_string())
+        .execute(&conn)
+        .await
+        .unwrap();
+
+    let note = wait_for("the giving up on the timeline", Duration::from_secs(20), || async {
+        let detail = get_json(&format!("{}/api/v1/incidents/{id}", ec.url)).await?;
+        detail["timeline"]
+            .as_array()?
+            .iter()
+            .find(|e| e["type"] == "note" && e["action"] == "webhook_given_up")
+            .cloned()
+    })
+    .await;
+    assert_eq!(note["by"], "firebreak");
+    let text = note["text"].as_str().unwrap();
+    assert!(text.contains(&format!("http://{addr}/hook")) && text.contains("301 attempts over 24 h"), "{text}");
+    assert_eq!(stored().await, 0, "given up, not retried");
+    let metrics = reqwest::get(format!("{}/metrics", ec.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("firebreak_event_center_webhooks_given_up_total 1"), "{metrics}");
+    ec.cancel.cancel();
+    ec.task.await.unwrap();
+}
+
 /// Issue 10: two replicas share the fault topic's partitions through their consumer group; one
 /// is killed (SIGKILL, offsets uncommitted) mid-ingest; the other takes its partitions over and
 /// replays what it had not committed. Every occurrence is counted exactly once and each

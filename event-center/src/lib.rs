@@ -98,6 +98,7 @@ pub(crate) struct Metrics {
     duplicates: Counter,
     rejected: Family<RejectLabels, Counter>,
     store_errors: Counter,
+    webhooks_given_up: Counter,
 }
 
 impl Metrics {
@@ -111,6 +112,11 @@ impl Metrics {
             self.rejected.clone(),
         );
         registry.register("store_errors", "Failed database writes (retried)", self.store_errors.clone());
+        registry.register(
+            "webhooks_given_up",
+            "Incident webhook calls given up, undelivered a day after they were stored",
+            self.webhooks_given_up.clone(),
+        );
     }
 }
 
@@ -166,7 +172,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
     let sinks = consumer::Sinks {
         store: store.clone(),
         live: live.clone(),
-        metrics,
+        metrics: metrics.clone(),
         producer: producer.clone(),
         wake: wake.clone(),
     };
@@ -175,7 +181,12 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
         .timeout(std::time::Duration::from_secs(10))
         .build()
         .map_err(|e| Error::BadRequest(format!("webhook client: {e}")))?;
-    let outlets = upkeep::Outlets { producer: producer.clone(), webhooks: cfg.webhooks, http };
+    let outlets = upkeep::Outlets {
+        producer: producer.clone(),
+        webhooks: cfg.webhooks,
+        http,
+        given_up: metrics.webhooks_given_up.clone(),
+    };
     let upkeeping =
         tokio::spawn(upkeep::run(store.clone(), outlets, cfg.upkeep, wake.clone(), live.clone(), cancel.clone()));
     let app = http::router(

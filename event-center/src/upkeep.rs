@@ -56,6 +56,8 @@ pub(crate) struct Outlets {
     /// Told of incidents that open or change state.
     pub(crate) webhooks: Vec<Webhook>,
     pub(crate) http: reqwest::Client,
+    /// Counts the webhook calls given up.
+    pub(crate) given_up: prometheus_client::metrics::counter::Counter,
 }
 
 /// Publishes the outbox whenever `wake` fires (after each write) and every second; runs expiry
@@ -68,8 +70,13 @@ pub(crate) async fn run(
     live: broadcast::Sender<Live>,
     cancel: CancellationToken,
 ) {
-    let calls =
-        tokio::spawn(send_webhooks(store.clone(), outlets.webhooks.clone(), outlets.http.clone(), cancel.clone()));
+    let calls = tokio::spawn(send_webhooks(
+        store.clone(),
+        outlets.webhooks.clone(),
+        outlets.http.clone(),
+        outlets.given_up.clone(),
+        cancel.clone(),
+    ));
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut expire = tokio::time::interval(upkeep.expire_every);
     let mut retain = tokio::time::interval(upkeep.retain_every);
@@ -146,9 +153,16 @@ async fn publish_outbox(store: &Store, outlets: &Outlets, cancel: &CancellationT
 
 /// Sends the stored webhook calls that are due, every second until `cancel`: each receiver's
 /// calls for an incident in order, different ones at once; a call that fails waits longer each
-/// time ([`webhook::retry_in`]) and is kept until it is delivered. A call to a URL no longer
-/// subscribed is dropped with an error log.
-async fn send_webhooks(store: Store, webhooks: Vec<Webhook>, http: reqwest::Client, cancel: CancellationToken) {
+/// time and is kept until it is delivered or, undelivered a day after it was stored
+/// ([`webhook::after_failure`]), given up: counted, and said on the incident's timeline. A call
+/// to a URL no longer subscribed is dropped with an error log.
+async fn send_webhooks(
+    store: Store,
+    webhooks: Vec<Webhook>,
+    http: reqwest::Client,
+    given_up: prometheus_client::metrics::counter::Counter,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -164,7 +178,8 @@ async fn send_webhooks(store: Store, webhooks: Vec<Webhook>, http: reqwest::Clie
             }
         };
         let sends = due.into_iter().map(|p| {
-            let (store, http, hook) = (&store, &http, webhooks.iter().find(|w| w.url == p.call.url));
+            let (store, http, given_up) = (&store, &http, &given_up);
+            let hook = webhooks.iter().find(|w| w.url == p.call.url);
             let span = tracing::info_span!("webhook", incident_id = %p.incident_id, url = %p.call.url);
             async move {
                 let Some(hook) = hook else {
@@ -172,17 +187,32 @@ async fn send_webhooks(store: Store, webhooks: Vec<Webhook>, http: reqwest::Clie
                     return store.webhook_delivered(p.id).await;
                 };
                 let sent = webhook::send(http, &hook.url, hook.secret(), &p.call.event, p.call.body.into_bytes()).await;
-                match sent {
+                let error = match sent {
                     Ok(()) => {
                         tracing::info!(event = p.call.event, "webhook delivered");
-                        store.webhook_delivered(p.id).await
+                        return store.webhook_delivered(p.id).await;
                     }
-                    Err(error) => {
-                        let attempts = p.attempts + 1;
-                        let wait = webhook::retry_in(attempts);
+                    Err(error) => error,
+                };
+                let attempts = p.attempts + 1;
+                match webhook::after_failure(p.id, attempts, std::time::SystemTime::now()) {
+                    webhook::AfterFailure::RetryIn(wait) => {
                         tracing::warn!(event = p.call.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
                         let next = chrono::Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default();
                         store.webhook_failed(p.id, attempts, next).await
+                    }
+                    webhook::AfterFailure::GiveUp(age) => {
+                        let why = format!(
+                            "the {} call to {} was given up: not delivered in {} attempts over {} h (last: {error})",
+                            p.call.event,
+                            hook.url,
+                            attempts,
+                            age.as_secs() / 3600
+                        );
+                        tracing::error!(event = p.call.event, attempts, %error, "webhook given up");
+                        store.webhook_given_up(p.id, p.incident_id, &why).await?;
+                        given_up.inc();
+                        Ok(())
                     }
                 }
             }

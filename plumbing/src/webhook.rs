@@ -41,10 +41,32 @@ pub async fn send(
         .map(|_| ())
 }
 
-/// How long a durable outbox waits before the next attempt at a call that failed `attempts`
-/// times: 2 s, 4 s, 8 s … up to 5 minutes.
-pub fn retry_in(attempts: i64) -> Duration {
-    Duration::from_secs(1 << attempts.clamp(1, 8) as u32).min(Duration::from_secs(300))
+/// How long a durable outbox keeps trying a call before it gives the call up: a receiver down
+/// for a day is down for good as far as this call goes (the giving up is recorded where the
+/// call's subject is shown, and counted).
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// What a durable outbox does with a call after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Try again after this long: 2 s, 4 s, 8 s … up to 256 s, by the attempts so far.
+    RetryIn(Duration),
+    /// Stored longer than [`GIVE_UP_AFTER`] ago: undeliverable; this long ago.
+    GiveUp(Duration),
+}
+
+/// What to do with the call `id` (a UUIDv7: it holds when the call was stored) after its
+/// `attempts`th failed attempt, at `now`.
+pub fn after_failure(id: uuid::Uuid, attempts: i64, now: std::time::SystemTime) -> AfterFailure {
+    let stored = id.get_timestamp().map(|t| {
+        let (secs, nanos) = t.to_unix();
+        std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+    });
+    // An id without a time (not a UUIDv7) is judged by its attempts alone: never given up.
+    match stored.and_then(|at| now.duration_since(at).ok()) {
+        Some(age) if age >= GIVE_UP_AFTER => AfterFailure::GiveUp(age),
+        _ => AfterFailure::RetryIn(Duration::from_secs(1 << attempts.clamp(1, 8) as u32).min(Duration::from_secs(300))),
+    }
 }
 
 /// Sends `body` (JSON) to `url`, signed with `secret`, in the background: up to 8 attempts
@@ -73,6 +95,29 @@ pub fn deliver(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_is_retried_with_a_growing_delay_then_given_up_after_a_day() {
+        let now = std::time::SystemTime::now();
+        let stored = |ago: Duration| {
+            let at = (now - ago).duration_since(std::time::UNIX_EPOCH).unwrap();
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, at.as_secs(), at.subsec_nanos()))
+        };
+        let fresh = stored(Duration::from_secs(60));
+        assert_eq!(after_failure(fresh, 1, now), AfterFailure::RetryIn(Duration::from_secs(2)));
+        assert_eq!(after_failure(fresh, 3, now), AfterFailure::RetryIn(Duration::from_secs(8)));
+        assert_eq!(after_failure(fresh, 40, now), AfterFailure::RetryIn(Duration::from_secs(256)));
+        let almost = stored(GIVE_UP_AFTER - Duration::from_secs(1));
+        assert!(matches!(after_failure(almost, 300, now), AfterFailure::RetryIn(_)), "a day is not over");
+        let old = stored(GIVE_UP_AFTER + Duration::from_secs(5));
+        assert!(matches!(after_failure(old, 300, now), AfterFailure::GiveUp(age) if age >= GIVE_UP_AFTER));
+        assert!(
+            matches!(after_failure(uuid::Uuid::new_v4(), 300, now), AfterFailure::RetryIn(_)),
+            "no time in a v4 id"
+        );
+    }
+
     #[test]
     fn signature_is_rfc_4231_hmac_sha256() {
         // RFC 4231, test case 2.

@@ -21,7 +21,14 @@ macro_rules! labels {
         }
     )+};
 }
-labels!(Decision { decision }, StateLabel { state }, Outcome { outcome }, Limit { limit }, Kind { kind });
+labels!(
+    Decision { decision },
+    StateLabel { state },
+    Outcome { outcome },
+    Limit { limit },
+    Kind { kind },
+    HookLabel { hook }
+);
 
 /// Counters of one or more remediators (labelled by cluster); clones share the counts.
 #[derive(Clone, Default)]
@@ -31,6 +38,7 @@ pub struct Metrics {
     evictions: Family<Outcome, Counter>,
     denials: Family<Limit, Counter>,
     undecodable: Family<Kind, Counter>,
+    given_up: Family<HookLabel, Counter>,
     pub(crate) lag: firebreak_plumbing::kafka::Lag,
 }
 
@@ -53,7 +61,16 @@ impl Metrics {
             "Objects the node watch could not decode, skipped while the rest are watched",
             m.undecodable.clone(),
         );
+        r.register(
+            "webhooks_given_up",
+            "Webhook calls given up by cluster and hook, undelivered a day after they were stored",
+            m.given_up.clone(),
+        );
         m
+    }
+
+    pub(crate) fn webhook_given_up(&self, cluster: &str, hook: crate::outbox::Hook) {
+        self.given_up.get_or_create(&HookLabel::new(cluster, hook.as_str())).inc();
     }
 
     pub(crate) fn intake(&self, cluster: &str, decision: &'static str) {

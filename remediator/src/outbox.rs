@@ -4,11 +4,13 @@
 //! write and the delivery loses nothing. Delivery is at least once: a step keeps its id (the
 //! topic's consumers dedupe by it), a webhook receiver dedupes by `workflow_id`. Steps go out in
 //! the order they were written; a webhook that fails is retried with a growing delay (at most
-//! five minutes) until it is delivered.
+//! 256 s) until it is delivered or, undelivered a day after it was stored, given up: counted
+//! (`webhooks_given_up_total`) and said in its workflow's step log.
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
+use firebreak_plumbing::webhook;
 use firebreak_schema::{REMEDIATION_TOPIC, RemediationEvent, deterministic_id};
 use uuid::Uuid;
 
@@ -139,19 +141,13 @@ async fn send_steps(ctx: &Ctx) -> Result<()> {
 /// Delivers the webhook calls that are due, each once; a failure waits longer each time.
 async fn send_webhooks(ctx: &Ctx) -> Result<()> {
     for p in ctx.store.due_webhooks(&ctx.cfg.cluster, 100).await? {
-        let Some(hook) = Hook::parse(&p.hook).and_then(|h| h.of(&ctx.cfg)) else {
+        let Some((which, hook)) = Hook::parse(&p.hook).and_then(|h| Some((h, h.of(&ctx.cfg)?))) else {
             tracing::error!(id = %p.id, hook = p.hook, event = p.event, "webhook no longer configured; dropped");
             ctx.store.webhook_delivered(p.id).await?;
             continue;
         };
-        let sent = firebreak_plumbing::webhook::send(
-            &ctx.http,
-            &hook.url,
-            hook.secret.as_bytes(),
-            &p.event,
-            p.body.clone().into_bytes(),
-        )
-        .await;
+        let sent =
+            webhook::send(&ctx.http, &hook.url, hook.secret.as_bytes(), &p.event, p.body.clone().into_bytes()).await;
         match sent {
             Ok(_) => {
                 tracing::info!(url = %hook.url, event = p.event, "webhook delivered");
@@ -159,11 +155,28 @@ async fn send_webhooks(ctx: &Ctx) -> Result<()> {
             }
             Err(error) => {
                 let attempts = p.attempts + 1;
-                let wait = firebreak_plumbing::webhook::retry_in(attempts);
-                tracing::warn!(url = %hook.url, event = p.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
-                ctx.store
-                    .webhook_failed(p.id, attempts, crate::store::ms(Utc::now()) + wait.as_millis() as i64)
-                    .await?;
+                match webhook::after_failure(p.id, attempts, std::time::SystemTime::now()) {
+                    webhook::AfterFailure::RetryIn(wait) => {
+                        tracing::warn!(url = %hook.url, event = p.event, attempts, %error, "webhook not delivered; retrying in {wait:?}");
+                        ctx.store
+                            .webhook_failed(p.id, attempts, crate::store::ms(Utc::now()) + wait.as_millis() as i64)
+                            .await?;
+                    }
+                    webhook::AfterFailure::GiveUp(age) => {
+                        tracing::error!(url = %hook.url, event = p.event, attempts, %error, "webhook given up");
+                        let why = format!(
+                            "the {} webhook ({}) to {} was given up: not delivered in {attempts} attempts over {} h \
+                             (last: {error})",
+                            p.hook,
+                            p.event,
+                            hook.url,
+                            age.as_secs() / 3600
+                        );
+                        ctx.store.webhook_given_up(p.id, &why).await?;
+                        ctx.metrics.webhook_given_up(&ctx.cfg.cluster, which);
+                        ctx.outbox.notify_one();
+                    }
+                }
             }
         }
     }

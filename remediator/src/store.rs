@@ -573,6 +573,26 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up a webhook call that could not be delivered: it is forgotten, and its workflow's
+    /// step log says so (a step in the state the workflow is in, published like every step), in
+    /// one transaction.
+    pub async fn webhook_given_up(&self, id: Uuid, why: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let workflow = sqlx::query(
+            "SELECT w.id, w.state FROM webhook_outbox o JOIN workflows w ON w.id = o.workflow_id WHERE o.id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM webhook_outbox WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+        if let Some(r) = workflow {
+            let wf = uuid_col(&r, "id")?.ok_or_else(|| Error::Corrupt("workflow without id".into()))?;
+            append_step(&mut tx, wf, &r.try_get::<String, _>("state")?, why, Utc::now()).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records a failed delivery and when to try again.
     pub async fn webhook_failed(&self, id: Uuid, attempts: i64, next_at_ms: i64) -> Result<()> {
         sqlx::query("UPDATE webhook_outbox SET attempts = $2, next_at_ms = $3 WHERE id = $1")
@@ -946,6 +966,18 @@ mod tests {
         assert_eq!(again.due_webhooks("c1", 10).await.unwrap()[0].attempts, 2);
         again.webhook_delivered(due[0].id).await.unwrap();
         assert!(again.due_webhooks("c1", 10).await.unwrap().is_empty());
+        // One given up is gone too, and its workflow's step log says so, in the state it is in.
+        let note = Note { hook: Hook::Ticket, event: "ticket", body: serde_json::json!({"workflow_id": wf.id}) };
+        again.transition(&wf, &[note]).await.unwrap();
+        let due = again.due_webhooks("c1", 10).await.unwrap();
+        again.webhook_given_up(due[0].id, "the ticket webhook was given up").await.unwrap();
+        assert!(again.due_webhooks("c1", 10).await.unwrap().is_empty());
+        let steps = again.unpublished_steps("c1", 100).await.unwrap();
+        let last = &steps.last().unwrap().1;
+        assert_eq!((last.state.as_str(), last.reason.as_str()), ("escalated", "the ticket webhook was given up"));
+        let before = steps.len();
+        again.webhook_given_up(due[0].id, "again").await.unwrap();
+        assert_eq!(again.unpublished_steps("c1", 100).await.unwrap().len(), before, "given up once");
     }
 
     #[tokio::test]

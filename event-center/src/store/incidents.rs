@@ -1574,6 +1574,30 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up a webhook call that could not be delivered: it is forgotten, and the incident's
+    /// timeline says so (a note by `firebreak`, action `webhook_given_up`), in one transaction.
+    pub async fn webhook_given_up(&self, id: Uuid, incident_id: Uuid, why: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let gone =
+            sqlx::query("DELETE FROM incident_webhooks WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await?;
+        // Given up once, whoever else tried it meanwhile.
+        if gone.rows_affected() == 1 {
+            sqlx::query(
+                "INSERT INTO incident_notes (id, incident_id, at_ms, by_name, action, text) VALUES ($1,$2,$3,$4,$5,$6)",
+            )
+            .bind(Uuid::now_v7().to_string())
+            .bind(incident_id.to_string())
+            .bind(ms(Utc::now()))
+            .bind("firebreak")
+            .bind("webhook_given_up")
+            .bind(why)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records a failed attempt at a webhook call and when to try again.
     pub async fn webhook_failed(&self, id: Uuid, attempts: i64, next_at: DateTime<Utc>) -> Result<()> {
         sqlx::query("UPDATE incident_webhooks SET attempts = $2, next_at_ms = $3 WHERE id = $1")
