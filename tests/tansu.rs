@@ -153,3 +153,26 @@ async fn a_memory_error_heals_through_tansu() {
     assert!(all.iter().any(|(s, r)| s == "verifying" && r.starts_with("rebooted")), "{all:?}");
     stack.shutdown().await;
 }
+
+/// `bench ingest --kafka-brokers` in its smoke size against Tansu: both readers fetch from the
+/// broker's own process, every record reaches the event center's store; a second run on the same
+/// broker, which already holds fault topics the event center would read too, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_runs_against_a_broker_of_its_own_process() {
+    let Some(t) = tansu().await else { return };
+    let run = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_firebreak"))
+            .args(["bench", "ingest", "--events", "300", "--clusters", "2", "--db", "sqlite", "--max-wait", "90s"])
+            .args(["--kafka-brokers", &t.brokers])
+            .output()
+    };
+    let out = run().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [format!("the broker at {} (its own process)", t.brokers), "event center, SQLite".into()] {
+        assert!(text.contains(&want), "{want} in\n{text}");
+    }
+    let again = run().await.unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds fault topics"), "{again:?}");
+}

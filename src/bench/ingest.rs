@@ -13,6 +13,10 @@
 //!
 //! The mock broker keeps about 5 MiB per partition and drops older records beyond that, so the
 //! records are spread over enough clusters' topics (3 partitions each) to stay under it.
+//!
+//! `--kafka-brokers` runs it against a broker of its own process instead (Tansu, a Kafka
+//! cluster): both readers then fetch over TCP from another process, as a deployed event center
+//! does. The broker must hold no fault topics: the event center reads every one.
 
 use std::{
     collections::BTreeMap,
@@ -40,6 +44,10 @@ pub struct IngestBench {
     /// The databases measured.
     #[command(flatten)]
     pub db: super::Databases,
+    /// A broker to run against (its own process, holding no fault topics) instead of
+    /// librdkafka's mock broker in this process.
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
     /// Longest to wait for one reader to read everything.
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
@@ -92,6 +100,18 @@ async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Dura
     .await
     .map_err(|_| usage(format!("the raw consumer read {seen} of {want} records in {max_wait:?}")))?;
     Ok(first.map_or(Duration::ZERO, |t| t.elapsed()))
+}
+
+/// The fault topics a broker holds.
+fn existing_fault_topics(kafka: &KafkaConfig) -> Result<Vec<String>> {
+    let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(usage)?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(usage)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .filter(|t| t.starts_with(firebreak_schema::FAULT_TOPIC_PREFIX))
+        .collect())
 }
 
 /// `records_stored_total` from an event center's `/metrics`.
@@ -152,16 +172,34 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     if args.events == 0 || args.clusters == 0 {
         return Err(usage("--events and --clusters must be more than 0"));
     }
-    let mock = rdkafka::mocking::MockCluster::new(1).map_err(usage)?;
     let clusters: Vec<String> = (0..args.clusters).map(|c| format!("bench{c}")).collect();
-    for (topic, partitions) in firebreak_schema::topics::for_clusters(clusters.iter().map(String::as_str)) {
-        mock.create_topic(&topic, partitions, 1).map_err(usage)?;
-    }
-    let kafka = KafkaConfig::new(mock.bootstrap_servers());
+    let wanted = firebreak_schema::topics::for_clusters(clusters.iter().map(String::as_str));
+    let (mock, kafka, broker) = match &args.kafka_brokers {
+        None => {
+            let mock = rdkafka::mocking::MockCluster::new(1).map_err(usage)?;
+            for (topic, partitions) in &wanted {
+                mock.create_topic(topic, *partitions, 1).map_err(usage)?;
+            }
+            let kafka = KafkaConfig::new(mock.bootstrap_servers());
+            (Some(mock), kafka, "librdkafka's mock broker in this process".to_owned())
+        }
+        Some(brokers) => {
+            let kafka = KafkaConfig::new(brokers.as_str());
+            let held = existing_fault_topics(&kafka)?;
+            if !held.is_empty() {
+                return Err(usage(format!(
+                    "{brokers} already holds fault topics ({}); the event center would read them too: use a fresh broker",
+                    held.join(", ")
+                )));
+            }
+            kafka.ensure_topics(&wanted, 1).await?;
+            (None, kafka, format!("the broker at {brokers} (its own process)"))
+        }
+    };
     let topics: Vec<String> = clusters.iter().map(|c| fault_topic(c)).collect();
     let record = firebreak_schema::encode(&fault(0, args.clusters)).map_err(usage)?;
     let per_partition = (args.events / (args.clusters * 3) + 1) * (record.payload.len() + 200);
-    if per_partition > 4 << 20 {
+    if mock.is_some() && per_partition > 4 << 20 {
         return Err(usage(format!(
             "{} records on {} partitions is about {} MiB per partition, more than the mock broker keeps (5 MiB): \
              raise --clusters",
@@ -187,9 +225,8 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     let scratch = super::Scratch::new()?;
     let dbs = args.db.urls(&scratch, "events.db").await;
     println!(
-        "firebreak bench ingest: {} faults on {} fault topics (3 partitions each), librdkafka's mock broker in \
-         this process, this machine ({} CPUs); produced in {:.2} s ({:.0}/s); rates from the first record read \
-         or stored to the last",
+        "firebreak bench ingest: {} faults on {} fault topics (3 partitions each), {broker}, this machine ({} \
+         CPUs); produced in {:.2} s ({:.0}/s); rates from the first record read or stored to the last",
         args.events,
         args.clusters,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
