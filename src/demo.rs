@@ -258,6 +258,34 @@ fn spawn_logged<E: std::fmt::Display>(
     })
 }
 
+/// How a component that stopped with an error is started again: after 1 s, then longer each
+/// time, up to 30 s, as Kubernetes restarts a crashed pod (CrashLoopBackOff).
+const RESTART: firebreak_plumbing::retry::Policy =
+    firebreak_plumbing::retry::Policy::forever(Duration::from_secs(1), Duration::from_secs(30));
+
+/// Runs a component that holds no listener of its own until `cancel`: one that stops with an
+/// error (a database that timed out at start-up, its leader Lease lost to a starved API server)
+/// is started again ([`RESTART`]) instead of leaving its cluster alone. A component stops on
+/// `cancel` by itself (releasing its Lease), so it is never cut short here.
+fn spawn_restarted<E, F, Fut>(what: String, cancel: CancellationToken, mut start: F) -> JoinHandle<()>
+where
+    E: std::fmt::Display + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut backoff = RESTART.backoff();
+        loop {
+            let Err(error) = start().await else { return };
+            let Some(wait) = backoff.next_after(&what, &error) else { return };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    })
+}
+
 impl ControlPlane {
     /// Starts the control plane for `clusters` (their topics must exist), its databases under
     /// `data_dir` unless `opts` names others. Remediators run when `opts.remediators` and
@@ -328,10 +356,10 @@ impl ControlPlane {
                     duration: opts.leader_lease,
                 }),
             };
-            tasks.push(spawn_logged(
-                format!("detector/{}", cluster.name),
-                firebreak_detector::run(detector, client.clone(), detector_metrics.clone(), cancel.clone()),
-            ));
+            let (c, m, stop) = (client.clone(), detector_metrics.clone(), cancel.clone());
+            tasks.push(spawn_restarted(format!("detector/{}", cluster.name), cancel.clone(), move || {
+                firebreak_detector::run(detector.clone(), c.clone(), m.clone(), stop.clone())
+            }));
             if !opts.healing {
                 continue;
             }
@@ -416,15 +444,12 @@ impl ControlPlane {
 
     fn spawn_remediators(&mut self) {
         for (cfg, client) in &self.remediator_runs {
-            self.remediator_tasks.push(spawn_logged(
-                format!("remediator/{}", cfg.cluster),
-                firebreak_remediator::run(
-                    cfg.clone(),
-                    client.clone(),
-                    self.remediator_metrics.clone(),
-                    self.remediators.clone(),
-                ),
-            ));
+            let (cfg, client, metrics, stop) =
+                (cfg.clone(), client.clone(), self.remediator_metrics.clone(), self.remediators.clone());
+            let what = format!("remediator/{}", cfg.cluster);
+            self.remediator_tasks.push(spawn_restarted(what, self.remediators.clone(), move || {
+                firebreak_remediator::run(cfg.clone(), client.clone(), metrics.clone(), stop.clone())
+            }));
         }
     }
 

@@ -250,6 +250,27 @@ async fn not_ready_node_is_detected_and_healed() {
     stack.shutdown().await;
 }
 
+/// A remediator that stopped with an error — here its database could not be opened — is
+/// started again, as Kubernetes restarts a crashed pod, and heals the node once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_remediator_that_failed_to_start_is_started_again_and_heals() {
+    let missing = common::temp_dir("restarted").join("not-yet");
+    let db = format!("sqlite://{}", missing.join("remediator.db").display());
+    let stack = stack("restarted", |o| o.remediator_db = Some(db)).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let node = format!("{}-node-002", cluster.name());
+    cluster.inject(&node, Fault::MemoryUncorrectable).unwrap();
+    // Its directory is missing: every start fails until it is made.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(steps(&stack, &node).await.is_empty(), "no remediator yet");
+    std::fs::create_dir_all(&missing).unwrap();
+    wait_for("the node healed", Duration::from_secs(90), || async {
+        steps(&stack, &node).await.last().filter(|(s, _)| s == "healed").map(|_| ())
+    })
+    .await;
+    stack.shutdown().await;
+}
+
 /// A fault that comes back right after the reboot: the remediator escalates to a human, leaves
 /// the node cordoned and tainted, and gives its permit back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
