@@ -610,7 +610,7 @@ fn incident_topics() -> (rdkafka::mocking::MockCluster<'static, rdkafka::produce
         (firebreak_schema::INCIDENTS_TOPIC, 3),
         (firebreak_schema::OCCURRENCES_TOPIC, 3),
         (firebreak_schema::DEAD_LETTER_TOPIC, 1),
-        (firebreak_schema::REMEDIATION_CONTROL_TOPIC, 1),
+        (&firebreak_schema::control_topic("c1"), 1),
     ])
 }
 

@@ -782,13 +782,13 @@ async fn hostile_commands_and_reports_are_skipped_and_the_channel_still_works() 
         ClientConfig::new().set("bootstrap.servers", &stack.kafka_config.brokers).create().unwrap();
     let key = format!("{}/{node}", cluster.name());
     let partition = firebreak_schema::command_partition(&key, 8);
-    let send = |topic: &'static str, partition: Option<i32>, payload: Vec<u8>, headers: Vec<(String, String)>| {
-        let (raw, key) = (raw.clone(), key.clone());
+    let send = |topic: &str, partition: Option<i32>, payload: Vec<u8>, headers: Vec<(String, String)>| {
+        let (raw, key, topic) = (raw.clone(), key.clone(), topic.to_owned());
         async move {
             let headers = headers.iter().fold(rdkafka::message::OwnedHeaders::new(), |h, (k, v)| {
                 h.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) })
             });
-            let mut rec = FutureRecord::to(topic).key(&key).payload(&payload).headers(headers);
+            let mut rec = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
             if let Some(p) = partition {
                 rec = rec.partition(p);
             }
@@ -811,7 +811,7 @@ async fn hostile_commands_and_reports_are_skipped_and_the_channel_still_works() 
     };
     let wire = firebreak_schema::encode(&forged).unwrap();
     send(firebreak_schema::NODE_COMMAND_TOPIC, Some(partition), wire.payload, wire.headers).await;
-    send(firebreak_schema::NODE_REPORT_TOPIC, None, b"{\"outcome\": 7}".to_vec(), vec![]).await;
+    send(&firebreak_schema::report_topic(cluster.name()), None, b"{\"outcome\": 7}".to_vec(), vec![]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(boot(nodes.get(&node).await.unwrap()), node_boot, "the forged command rebooted nothing");
 

@@ -25,8 +25,7 @@ use std::{
 use chrono::Utc;
 use firebreak_plumbing::kafka::{KafkaConfig, Producer, assign, decode_message, next_message};
 use firebreak_schema::{
-    CloudEvent, CommandOutcome, CommandReport, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, NodeCommand,
-    command_partition,
+    CloudEvent, CommandOutcome, CommandReport, NODE_COMMAND_TOPIC, NodeAction, NodeCommand, command_partition,
 };
 use rdkafka::{
     Message,
@@ -205,7 +204,7 @@ impl NodeActuator {
             at: Utc::now(),
         };
         tracing::info!(command = %cmd.id, workflow_id = %cmd.workflow_id, action = %cmd.action, outcome = outcome.as_str(), detail = %report.detail, "command report");
-        self.producer.publish_until_delivered(NODE_REPORT_TOPIC, &report, cancel).await;
+        self.producer.publish_until_delivered(&firebreak_schema::report_topic(&report.cluster), &report, cancel).await;
     }
 
     /// Handles one command of this node: reports on it, and acts at most once.

@@ -19,7 +19,7 @@ use axum::{
     routing::{MethodRouter, get, post},
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
-use firebreak_schema::{ClearEscalation, REMEDIATION_CONTROL_TOPIC, Role};
+use firebreak_schema::{ClearEscalation, Role, control_topic};
 use futures::Stream;
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
@@ -417,7 +417,7 @@ async fn ask_clear(
         at: chrono::Utc::now(),
     };
     firebreak_schema::CloudEvent::validate(&ask).map_err(|e| Error::BadRequest(e.to_string()))?;
-    s.producer.publish(REMEDIATION_CONTROL_TOPIC, &ask).await?;
+    s.producer.publish(&control_topic(&ask.cluster), &ask).await?;
     tracing::info!(id = %ask.id, cluster = %ask.cluster, node = %ask.node, by = %ask.by, "escalation clearing asked");
     Ok(serde_json::json!({"id": ask.id, "status": "asked", "cluster": ask.cluster, "node": ask.node}))
 }

@@ -12,7 +12,7 @@
 //! (see [`upkeep`]), so a crash after a write loses none.
 //!
 //! Write actions (acknowledge, silence, assign, annotate an incident; clear a node's escalation,
-//! carried to the cluster's remediator on `firebreak.remediation-control.v1`) need an operator
+//! carried to the cluster's remediator on `firebreak.remediation-control.v1.<cluster>`) need an operator
 //! token (the gate's token scheme, `plumbing::auth`); without tokens, write actions are off.
 
 mod consumer;

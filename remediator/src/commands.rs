@@ -7,8 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, TimeDelta, Utc};
 use firebreak_plumbing::kafka::{Producer, assign, decode_message, next_message};
 use firebreak_schema::{
-    CloudEvent, CommandReport, NODE_COMMAND_TOPIC, NODE_REPORT_TOPIC, NodeAction, NodeCommand, command_partition,
-    deterministic_id,
+    CloudEvent, CommandReport, NODE_COMMAND_TOPIC, NodeAction, NodeCommand, command_partition, deterministic_id,
 };
 use rdkafka::{
     Message,
@@ -57,11 +56,13 @@ pub(crate) fn command(wf: &Workflow, action: NodeAction, requested_at_ms: i64, t
 }
 
 /// Consumes the actuators' reports on the cluster's commands into the store (then stores the
-/// offset), until cancelled. The consumer is assigned every partition of the report topic.
+/// offset), until cancelled. The consumer is assigned every partition of the cluster's report
+/// topic.
 pub(crate) async fn reports_loop(ctx: Arc<Ctx>, consumer: StreamConsumer) {
-    let Some(partitions) = ctx.producer.partitions_when_known(NODE_REPORT_TOPIC, &ctx.cancel).await else { return };
+    let topic = firebreak_schema::report_topic(&ctx.cfg.cluster);
+    let Some(partitions) = ctx.producer.partitions_when_known(&topic, &ctx.cancel).await else { return };
     let all: Vec<i32> = (0..partitions).collect();
-    if let Err(error) = assign(&consumer, NODE_REPORT_TOPIC, &all) {
+    if let Err(error) = assign(&consumer, &topic, &all) {
         tracing::error!(%error, "cannot assign the report topic; command reports are not read");
         return;
     }
@@ -72,7 +73,10 @@ pub(crate) async fn reports_loop(ctx: Arc<Ctx>, consumer: StreamConsumer) {
         };
         match decode_message::<CommandReport>(&msg) {
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable command report skipped"),
-            Ok(r) if r.cluster != ctx.cfg.cluster => {}
+            // Another cluster's report on this cluster's topic is a misrouted or forged one.
+            Ok(r) if r.cluster != ctx.cfg.cluster => {
+                tracing::warn!(other = %r.cluster, node = %r.node, "report of another cluster on this cluster's topic skipped")
+            }
             Ok(r) => {
                 let what = format!("recording the report on command {}", r.command_id);
                 let stored = crate::INTAKE_RETRY.until_ok(&what, &ctx.cancel, || ctx.store.record_report(&r)).await;

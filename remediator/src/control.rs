@@ -22,7 +22,9 @@ pub(crate) async fn control_loop(ctx: Arc<Ctx>, consumer: StreamConsumer) {
         };
         match decode_message::<ClearEscalation>(&msg) {
             Err(error) => tracing::warn!(%error, offset = msg.offset(), "undecodable instruction skipped"),
-            Ok(c) if c.cluster != ctx.cfg.cluster => {}
+            Ok(c) if c.cluster != ctx.cfg.cluster => {
+                tracing::warn!(other = %c.cluster, node = %c.node, "instruction for another cluster on this cluster's topic skipped")
+            }
             Ok(c) => {
                 let what = format!("clearing the escalation of {} ({})", c.node, c.id);
                 if INTAKE_RETRY.until_ok(&what, &ctx.cancel, || clear(&ctx, &c)).await.is_none() {

@@ -58,7 +58,7 @@ use firebreak_plumbing::{
     kafka::{KafkaConfig, Producer, arrived, decode_message, next_message},
     retry,
 };
-use firebreak_schema::{FaultEvent, REMEDIATION_CONTROL_TOPIC, fault_topic};
+use firebreak_schema::{FaultEvent, control_topic, fault_topic};
 use rdkafka::{
     Message,
     consumer::{Consumer, StreamConsumer},
@@ -306,7 +306,7 @@ async fn lead(cfg: Config, client: kube::Client, metrics: Metrics, cancel: Cance
         .consumer(&format!("firebreak-remediator-{}-control", cfg.cluster))
         .create()
         .map_err(firebreak_plumbing::Error::from)?;
-    control.subscribe(&[REMEDIATION_CONTROL_TOPIC]).map_err(firebreak_plumbing::Error::from)?;
+    control.subscribe(&[&control_topic(&cfg.cluster)]).map_err(firebreak_plumbing::Error::from)?;
     let gate = GateClient::new(&cfg.gate_url, &cfg.gate_token, cfg.gate_ca.as_deref())?;
     let ctx = Arc::new(workflow::Ctx {
         held: permits::Held::start(gate.clone(), cancel.clone()),

@@ -4,7 +4,7 @@
 //! Commands travel on [`crate::NODE_COMMAND_TOPIC`], each in the partition
 //! [`command_partition`] computes from its key, so that a node's agent reads one partition (of
 //! a few dozen nodes' commands) instead of the fleet's. Reports travel on
-//! [`crate::NODE_REPORT_TOPIC`], keyed like every node event.
+//! [`crate::report_topic`] (its cluster's), keyed like every node event.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! Operators' instructions to a cluster's remediator, given through the event center's API
-//! (an operator token) and carried on [`crate::REMEDIATION_CONTROL_TOPIC`], keyed by
+//! (an operator token) and carried on [`crate::control_topic`] (the cluster's), keyed by
 //! `<cluster>/<node>`: the remediator of that cluster carries them out and records them in the
 //! node's workflow.
 

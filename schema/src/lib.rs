@@ -63,11 +63,16 @@ pub const CHANGES_TOPIC: &str = "firebreak.changes.v1";
 /// Topic carrying [`NodeCommand`]s from the remediators to the nodes' actuators (the agents),
 /// each in the partition [`command_partition`] gives its node.
 pub const NODE_COMMAND_TOPIC: &str = "firebreak.node-commands.v1";
-/// Topic carrying the actuators' [`CommandReport`]s (key = `<cluster>/<node>`).
-pub const NODE_REPORT_TOPIC: &str = "firebreak.node-reports.v1";
-/// Topic carrying operators' instructions to the remediators ([`ClearEscalation`], key =
-/// `<cluster>/<node>`), from the event center's API.
-pub const REMEDIATION_CONTROL_TOPIC: &str = "firebreak.remediation-control.v1";
+/// The topic of one cluster's actuator [`CommandReport`]s (key = `<cluster>/<node>`):
+/// `firebreak.node-reports.v1.<cluster>`, read by that cluster's remediator alone.
+pub fn report_topic(cluster: &str) -> String {
+    format!("firebreak.node-reports.v1.{cluster}")
+}
+/// The topic of operators' instructions to one cluster's remediator ([`ClearEscalation`], key =
+/// `<cluster>/<node>`), from the event center's API: `firebreak.remediation-control.v1.<cluster>`.
+pub fn control_topic(cluster: &str) -> String {
+    format!("firebreak.remediation-control.v1.{cluster}")
+}
 
 /// Compacted topic of every incident's current state ([`Incident`], key = its id), from the
 /// event center: a platform service reads it from the start to know what is open.

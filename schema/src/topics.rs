@@ -87,28 +87,6 @@ pub const TOPICS: &[Topic] = &[
         purpose: "repair commands to the nodes' actuators (reboot, restart a component, report)",
     },
     Topic {
-        name: crate::NODE_REPORT_TOPIC,
-        per_cluster: false,
-        key: "<cluster>/<node>",
-        types: &[CommandReport::TYPE],
-        writers: "agent",
-        readers: "remediator",
-        compacted: false,
-        partitions: 3,
-        purpose: "the actuators' answers to commands",
-    },
-    Topic {
-        name: crate::REMEDIATION_CONTROL_TOPIC,
-        per_cluster: false,
-        key: "<cluster>/<node>",
-        types: &[ClearEscalation::TYPE],
-        writers: "event-center",
-        readers: "remediator",
-        compacted: false,
-        partitions: 3,
-        purpose: "operators' instructions to the remediators (clear an escalation)",
-    },
-    Topic {
         name: crate::INCIDENTS_TOPIC,
         per_cluster: false,
         key: "<incident id>",
@@ -140,6 +118,28 @@ pub const TOPICS: &[Topic] = &[
         compacted: false,
         partitions: 1,
         purpose: "records the event center could not decode, with the reason in the `firebreak_error` header",
+    },
+    Topic {
+        name: "firebreak.node-reports.v1.<cluster>",
+        per_cluster: true,
+        key: "<cluster>/<node>",
+        types: &[CommandReport::TYPE],
+        writers: "agent of <cluster>",
+        readers: "remediator of <cluster>",
+        compacted: false,
+        partitions: 3,
+        purpose: "the actuators' answers to commands",
+    },
+    Topic {
+        name: "firebreak.remediation-control.v1.<cluster>",
+        per_cluster: true,
+        key: "<cluster>/<node>",
+        types: &[ClearEscalation::TYPE],
+        writers: "event-center",
+        readers: "remediator of <cluster>",
+        compacted: false,
+        partitions: 1,
+        purpose: "operators' instructions to the cluster's remediator (clear an escalation)",
     },
     Topic {
         name: "firebreak.heartbeats.v1.<cluster>",
@@ -198,7 +198,9 @@ mod tests {
         let fleet = for_clusters(["c1", "c2"]);
         let per_cluster = TOPICS.iter().filter(|t| t.per_cluster).count();
         assert_eq!(fleet.len(), TOPICS.len() + per_cluster);
-        assert!(fleet.iter().any(|(n, _)| *n == crate::heartbeat_topic("c2")));
+        for topic in [crate::heartbeat_topic("c2"), crate::report_topic("c2"), crate::control_topic("c2")] {
+            assert!(fleet.iter().any(|(n, _)| *n == topic), "{topic}");
+        }
         assert!(fleet.iter().all(|(_, p)| *p > 0));
         for t in TOPICS.iter().filter(|t| t.per_cluster) {
             assert_eq!(t.name_for("c1").replace("c1", "<cluster>"), t.name, "one <cluster> in {}", t.name);
