@@ -6,7 +6,7 @@
 //! a workflow on the rung of that process's ladder the node's earlier repairs lead to, or with a
 //! human once the ladder or the node's attempt budget is spent (one open workflow per node;
 //! later faults attach to it); every consumed fault is recorded with the
-//! decision taken. A workflow: ask the gate for a `cordon` permit (no answer = no permit: fail
+//! decision taken, what has arrived (up to 256 faults, a storm's) in one transaction. A workflow: ask the gate for a `cordon` permit (no answer = no permit: fail
 //! closed), held until the node is back in service → cordon and taint
 //! `firebreak.io/unhealthy=<kind>:NoSchedule` → under a `drain` permit, label pods
 //! `firebreak.io/to-be-migrated=true` and evict them through the Eviction API, retrying
@@ -36,7 +36,7 @@
 //! workflow and the step), with the webhooks it calls, from an outbox written in the
 //! transition's transaction (`outbox`), and recorded as a Kubernetes Event on the node (best
 //! effort). Operators' instructions from the event center (clearing an escalation) arrive on the
-//! control topic (`control`).
+//! cluster's control topic (`control`), the actuators' reports on its report topic (`commands`).
 
 mod commands;
 mod control;

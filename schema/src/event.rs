@@ -19,8 +19,8 @@ pub enum FaultClass {
     Component,
 }
 
-/// What failed. Each kind has a default class and severity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What failed. Each kind has a default class and severity. Ordered as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum FaultKind {
     /// EDAC reported an uncorrectable memory error.
     MemoryUncorrectable,

@@ -489,14 +489,14 @@ async fn correlate(
     // This batch's new incidents, and per (cluster, kind) the newest first seen among them.
     let fresh: Vec<&Incident> =
         incidents.values().filter(|(i, v)| v.is_none() && i.state != IncidentState::Resolved).map(|(i, _)| i).collect();
-    let mut newest: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    let mut newest: BTreeMap<(String, FaultKind), i64> = BTreeMap::new();
     for i in &fresh {
-        let at = newest.entry((i.cluster.clone(), i.kind.as_str())).or_insert(i64::MIN);
+        let at = newest.entry((i.cluster.clone(), i.kind)).or_insert(i64::MIN);
         *at = (*at).max(ms(i.first_seen));
     }
     let Some(since) = newest.values().min().map(|n| n - window_ms) else { return Ok(Vec::new()) };
     let (clusters, kinds) = clusters_and_kinds(&newest);
-    let mut windows: BTreeMap<(String, &'static str), Vec<Member>> = BTreeMap::new();
+    let mut windows: BTreeMap<(String, FaultKind), Vec<Member>> = BTreeMap::new();
     for r in rows_of_pairs(
         tx,
         "SELECT id, cluster, kind, node, first_seen_ms, correlation_id FROM incidents \
@@ -511,7 +511,7 @@ async fn correlate(
             .try_get::<String, _>("kind")?
             .parse()
             .map_err(|e: firebreak_schema::Error| Error::Corrupt(e.to_string()))?;
-        let key = (r.try_get::<String, _>("cluster")?, kind.as_str());
+        let key = (r.try_get::<String, _>("cluster")?, kind);
         let first_seen_ms: i64 = r.try_get("first_seen_ms")?;
         if newest.get(&key).is_none_or(|n| first_seen_ms < n - window_ms) {
             continue;
@@ -525,7 +525,7 @@ async fn correlate(
         });
     }
     for i in fresh {
-        let key = (i.cluster.clone(), i.kind.as_str());
+        let key = (i.cluster.clone(), i.kind);
         if newest.get(&key).is_some_and(|n| ms(i.first_seen) >= n - window_ms) {
             windows.entry(key).or_default().push(Member {
                 id: i.id,
@@ -557,7 +557,7 @@ async fn correlate(
         topologies.insert(cluster, t);
     }
     // The correlations of these clusters and kinds that still have an active incident.
-    let mut existing: HashMap<(String, &'static str), Vec<(Correlation, i64)>> = HashMap::new();
+    let mut existing: HashMap<(String, FaultKind), Vec<(Correlation, i64)>> = HashMap::new();
     for r in rows_of_pairs(
         tx,
         "SELECT body, version FROM correlations WHERE id IN (SELECT correlation_id FROM incidents \
@@ -570,15 +570,14 @@ async fn correlate(
     {
         let c: Correlation = serde_json::from_str(&r.try_get::<String, _>("body")?)
             .map_err(|e| Error::Corrupt(format!("correlation: {e}")))?;
-        existing.entry((c.cluster.clone(), c.kind.as_str())).or_default().push((c, r.try_get::<i64, _>("version")?));
+        existing.entry((c.cluster.clone(), c.kind)).or_default().push((c, r.try_get::<i64, _>("version")?));
     }
     let (mut out, none) = (Vec::new(), Topology::default());
     for ((cluster, kind), window) in windows {
-        let kind: FaultKind = kind.parse().map_err(|e: firebreak_schema::Error| Error::Corrupt(e.to_string()))?;
         // A cluster's topology serves each of its kinds.
         let topology = topologies.get(&cluster).unwrap_or(&none);
-        let existing = existing.remove(&(cluster.clone(), kind.as_str())).unwrap_or_default();
-        let newest = newest.get(&(cluster.clone(), kind.as_str())).copied().unwrap_or_else(|| ms(now));
+        let existing = existing.remove(&(cluster.clone(), kind)).unwrap_or_default();
+        let newest = newest.get(&(cluster.clone(), kind)).copied().unwrap_or_else(|| ms(now));
         let one = Window { cluster: &cluster, kind, newest, members: window, topology, existing };
         out.extend(correlate_one(tx, one, rules, now, incidents).await?);
     }
@@ -586,9 +585,9 @@ async fn correlate(
 }
 
 /// The distinct clusters and kinds of these (cluster, kind) keys, each sorted.
-fn clusters_and_kinds<'a, V>(keys: &'a BTreeMap<(String, &'static str), V>) -> (Vec<&'a str>, Vec<&'static str>) {
+fn clusters_and_kinds<'a, V>(keys: &'a BTreeMap<(String, FaultKind), V>) -> (Vec<&'a str>, Vec<&'static str>) {
     let clusters: std::collections::BTreeSet<&str> = keys.keys().map(|(c, _)| c.as_str()).collect();
-    let kinds: std::collections::BTreeSet<&'static str> = keys.keys().map(|(_, k)| *k).collect();
+    let kinds: std::collections::BTreeSet<&'static str> = keys.keys().map(|(_, k)| k.as_str()).collect();
     (clusters.into_iter().collect(), kinds.into_iter().collect())
 }
 
