@@ -138,7 +138,8 @@ async fn send_steps(ctx: &Ctx) -> Result<()> {
     }
 }
 
-/// Delivers the webhook calls that are due, each once; a failure waits longer each time.
+/// Delivers the webhook calls that are due, each once; a failure waits longer each time, and a
+/// call still undelivered a day after it was stored is given up (`webhook::after_failure`).
 async fn send_webhooks(ctx: &Ctx) -> Result<()> {
     for p in ctx.store.due_webhooks(&ctx.cfg.cluster, 100).await? {
         let Some((which, hook)) = Hook::parse(&p.hook).and_then(|h| Some((h, h.of(&ctx.cfg)?))) else {
