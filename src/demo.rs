@@ -259,9 +259,12 @@ fn spawn_logged<E: std::fmt::Display>(
 }
 
 /// How a component that stopped with an error is started again: after 1 s, then longer each
-/// time, up to 30 s, as Kubernetes restarts a crashed pod (CrashLoopBackOff).
+/// time, up to 30 s, as Kubernetes restarts a crashed pod (CrashLoopBackOff); after a run of
+/// [`HEALTHY_RUN`] the delays start over.
 const RESTART: firebreak_plumbing::retry::Policy =
     firebreak_plumbing::retry::Policy::forever(Duration::from_secs(1), Duration::from_secs(30));
+/// A run this long was healthy: its crash is not part of a crash loop (Kubernetes: 10 minutes).
+const HEALTHY_RUN: Duration = Duration::from_secs(600);
 
 /// Runs a component that holds no listener of its own until `cancel`: one that stops with an
 /// error (a database that timed out at start-up, its leader Lease lost to a starved API server)
@@ -276,7 +279,11 @@ where
     tokio::spawn(async move {
         let mut backoff = RESTART.backoff();
         loop {
+            let started = tokio::time::Instant::now();
             let Err(error) = start().await else { return };
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff.reset();
+            }
             let Some(wait) = backoff.next_after(&what, &error) else { return };
             tokio::select! {
                 _ = cancel.cancelled() => return,
