@@ -585,7 +585,7 @@ async fn correlate(
 }
 
 /// The distinct clusters and kinds of these (cluster, kind) keys, each sorted.
-fn clusters_and_kinds<'a, V>(keys: &'a BTreeMap<(String, FaultKind), V>) -> (Vec<&'a str>, Vec<&'static str>) {
+fn clusters_and_kinds<V>(keys: &BTreeMap<(String, FaultKind), V>) -> (Vec<&str>, Vec<&'static str>) {
     let clusters: std::collections::BTreeSet<&str> = keys.keys().map(|(c, _)| c.as_str()).collect();
     let kinds: std::collections::BTreeSet<&'static str> = keys.keys().map(|(_, k)| k.as_str()).collect();
     (clusters.into_iter().collect(), kinds.into_iter().collect())
