@@ -65,7 +65,7 @@ pub fn after_failure(id: uuid::Uuid, attempts: i64, now: std::time::SystemTime) 
     // An id without a time (not a UUIDv7) is judged by its attempts alone: never given up.
     match stored.and_then(|at| now.duration_since(at).ok()) {
         Some(age) if age >= GIVE_UP_AFTER => AfterFailure::GiveUp(age),
-        _ => AfterFailure::RetryIn(Duration::from_secs(1 << attempts.clamp(1, 8) as u32).min(Duration::from_secs(300))),
+        _ => AfterFailure::RetryIn(Duration::from_secs(1 << attempts.clamp(1, 8))),
     }
 }
 
