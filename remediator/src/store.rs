@@ -650,37 +650,29 @@ impl Store {
 
     /// The node's escalated workflow that no operator has cleared yet, if any.
     pub async fn escalated(&self, cluster: &str, node: &str) -> Result<Option<Uuid>> {
-        let row = sqlx::query(
-            "SELECT id FROM workflows WHERE cluster = $1 AND node = $2 AND state = 'escalated' \
-             AND escalation_cleared_at IS NULL ORDER BY created_at DESC LIMIT 1",
-        )
-        .bind(cluster)
-        .bind(node)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(r) => uuid_col(&r, "id"),
-            None => Ok(None),
-        }
+        Ok(self.escalated_among(cluster, &[node]).await?.remove(node))
     }
 
-    /// The escalated workflows no operator has cleared yet of those of `nodes` that have one,
-    /// by node: one statement for a batch of faults.
+    /// The escalated workflows no operator has cleared yet of those of `nodes` that have one
+    /// (a node's latest), by node: one statement for a batch of faults.
     pub async fn escalated_among(&self, cluster: &str, nodes: &[&str]) -> Result<HashMap<String, Uuid>> {
         let mut found = HashMap::new();
+        let mut conn = self.pool.acquire().await?;
         // Bound parameters per statement stay far below SQLite's and PostgreSQL's limits.
         for chunk in nodes.chunks(500) {
-            let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
+            let params = firebreak_plumbing::db::placeholders(&conn, chunk.len() + 1);
             let sql = format!(
-                "SELECT node, id FROM workflows WHERE cluster = $1 AND node IN ({list}) AND state = 'escalated' \
-                 AND escalation_cleared_at IS NULL ORDER BY created_at"
+                "SELECT node, id FROM workflows WHERE cluster = {} AND node IN ({}) AND state = 'escalated' \
+                 AND escalation_cleared_at IS NULL ORDER BY created_at",
+                params[0],
+                params[1..].join(",")
             );
             let mut query = sqlx::query(&sql).bind(cluster);
             for n in chunk {
                 query = query.bind(*n);
             }
             // Ordered by creation: the latest of a node's stays.
-            for r in query.fetch_all(&self.pool).await? {
+            for r in query.fetch_all(&mut *conn).await? {
                 if let Some(id) = uuid_col(&r, "id")? {
                     found.insert(r.try_get("node")?, id);
                 }
@@ -829,6 +821,14 @@ mod tests {
         s.transition(&Workflow { state, ..wf.clone() }, &[]).await.unwrap();
     }
 
+    /// The workflow `e`'s intake starts; any other decision fails the test.
+    async fn started(s: &Store, e: &FaultEvent) -> Workflow {
+        match s.intake(e, &P, LIMIT, None).await.unwrap() {
+            Intake::Started(wf) => *wf,
+            other => panic!("a workflow starts, not {other:?}"),
+        }
+    }
+
     async fn store() -> Store {
         let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -839,13 +839,7 @@ mod tests {
     async fn a_batch_of_faults_is_decided_in_order_as_if_one_at_a_time() {
         let s = store().await;
         // n2's workflow escalates; the store names it among the batch's nodes, n1 has none.
-        let Intake::Started(n2) = s
-            .intake(&fault("n2", FaultKind::MemoryUncorrectable, Severity::Critical, 0), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let n2 = started(&s, &fault("n2", FaultKind::MemoryUncorrectable, Severity::Critical, 0)).await;
         end(&s, &n2, State::Escalated).await;
         let escalated = s.escalated_among("c1", &["n1", "n2", "n3"]).await.unwrap();
         assert_eq!(escalated, HashMap::from([("n2".to_owned(), n2.id)]));
@@ -869,7 +863,7 @@ mod tests {
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
         let s = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
-        let Intake::Started(wf) = s.intake(&first, &P, LIMIT, None).await.unwrap() else { panic!("a workflow starts") };
+        let wf = started(&s, &first).await;
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
         assert_eq!(s.intake(&first, &P, LIMIT, None).await.unwrap(), Intake::Duplicate, "a replayed event acts once");
         let second = fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 5);
@@ -892,13 +886,7 @@ mod tests {
     #[tokio::test]
     async fn transitions_persist_and_open_workflows_resume() {
         let s = store().await;
-        let Intake::Started(mut wf) = s
-            .intake(&fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let mut wf = started(&s, &fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0)).await;
         wf.state = State::AwaitingBoot;
         wf.permit_id = Some(Uuid::now_v7());
         wf.boot_id_before = Some("boot-1".into());
@@ -907,7 +895,7 @@ mod tests {
         wf.reason = "reboot requested".into();
         s.transition(&wf, &[]).await.unwrap();
         let open = s.open_workflows("c1").await.unwrap();
-        assert_eq!(open, vec![(*wf).clone()], "a restarted remediator resumes exactly here");
+        assert_eq!(open, vec![wf.clone()], "a restarted remediator resumes exactly here");
         assert!(s.open_workflows("c2").await.unwrap().is_empty());
         wf.state = State::Healed;
         wf.reason = "healed".into();
@@ -933,13 +921,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}", dir.join("r.db").display());
         let s = Store::open(&url).await.unwrap();
-        let Intake::Started(mut wf) = s
-            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let mut wf = started(&s, &fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0)).await;
         wf.state = State::Escalated;
         wf.reason = "needs a human".into();
         let note = Note { hook: Hook::Escalation, event: "escalated", body: serde_json::json!({"workflow_id": wf.id}) };
@@ -989,11 +971,7 @@ mod tests {
             let d = s.intake(&hung, &P, LIMIT, None).await.unwrap();
             assert!(matches!(&d, Intake::Ignored(w) if w.contains(&format!("{} of the 3", i + 1))), "{d:?}");
         }
-        let Intake::Started(wf) =
-            s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 2), &P, LIMIT, None).await.unwrap()
-        else {
-            panic!("the third hung task starts a workflow")
-        };
+        let wf = started(&s, &fault("n1", FaultKind::KernelHung, Severity::Warning, 2)).await;
         assert_eq!((wf.process.as_str(), wf.rung.clone()), ("hung-tasks", Rung::Reboot));
         assert_eq!(s.open_workflows("c1").await.unwrap()[0].rung_why, wf.rung_why, "the plan is persisted");
         end(&s, &wf, State::Healed).await;
@@ -1001,34 +979,16 @@ mod tests {
         let d = s.intake(&fault("n1", FaultKind::KernelHung, Severity::Warning, 3), &P, LIMIT, None).await.unwrap();
         assert!(matches!(&d, Intake::Ignored(w) if w.contains("1 of the 3")), "{d:?}");
         // Memory: the first UE reboots; back after a repair that held, a human.
-        let Intake::Started(mem) = s
-            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 4), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let mem = started(&s, &fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 4)).await;
         assert_eq!(mem.rung, Rung::Reboot, "a repair by another process does not climb this ladder");
         end(&s, &mem, State::Healed).await;
-        let Intake::Started(again) = s
-            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 5), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let again = started(&s, &fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 5)).await;
         assert_eq!(again.rung, Rung::Human);
         assert!(again.rung_why.contains(&mem.id.to_string()), "{}", again.rung_why);
         end(&s, &again, State::Escalated).await;
         // An operator's clearing starts the ladder over.
         s.clear_escalation(again.id, "test").await.unwrap();
-        let Intake::Started(fresh) = s
-            .intake(&fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 6), &P, LIMIT, None)
-            .await
-            .unwrap()
-        else {
-            panic!("a workflow starts")
-        };
+        let fresh = started(&s, &fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 6)).await;
         assert_eq!(fresh.rung, Rung::Reboot, "{}", fresh.rung_why);
     }
 }
