@@ -824,6 +824,65 @@ async fn hostile_commands_and_reports_are_skipped_and_the_channel_still_works() 
     stack.shutdown().await;
 }
 
+/// Hostile records on a cluster's fault topic, sent back to back with a real fault (so that the
+/// remediator's intake takes them in one batch, or a few): an undecodable record is skipped, a
+/// fault naming another cluster acts on nothing here (counted `other_cluster`), and the real
+/// fault among them is remediated as if it came alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_faults_in_a_batch_are_skipped_and_the_rest_is_remediated() {
+    use rdkafka::{
+        ClientConfig,
+        producer::{FutureProducer, FutureRecord},
+    };
+    let stack = stack("hostile-faults", |_| {}).await;
+    let cluster = stack.fleet.clusters()[0].clone();
+    let c = cluster.name().to_owned();
+    let (real, forged) = (format!("{c}-node-001"), format!("{c}-node-003"));
+    let topic = firebreak_schema::fault_topic(&c);
+    let fault = |cluster: &str, node: &str| {
+        let kind = firebreak_schema::FaultKind::MemoryUncorrectable;
+        firebreak_schema::FaultEvent {
+            id: uuid::Uuid::now_v7(),
+            cluster: cluster.into(),
+            node: node.into(),
+            class: kind.class(),
+            kind,
+            severity: firebreak_schema::Severity::Critical,
+            source: firebreak_schema::Source::Agent,
+            observed_at: chrono::Utc::now(),
+            message: "EDAC MC0: 1 UE memory read error".into(),
+            evidence: Default::default(),
+        }
+    };
+    let raw: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", &stack.kafka_config.brokers).create().unwrap();
+    let producer = firebreak_plumbing::kafka::Producer::new(&stack.kafka_config).unwrap();
+    let key = format!("{c}/{real}");
+    let garbage = FutureRecord::to(&topic).key(&key).payload(b"\xff not a fault".as_slice());
+    let (theirs, ours) = (fault("other", &forged), fault(&c, &real));
+    let (sent, other, mine) = tokio::join!(
+        raw.send(garbage, Duration::from_secs(5)),
+        producer.publish(&topic, &theirs),
+        producer.publish(&topic, &ours),
+    );
+    sent.unwrap();
+    other.unwrap();
+    mine.unwrap();
+
+    wait_for("the real fault's node healed", Duration::from_secs(60), || async {
+        steps(&stack, &real).await.last().filter(|(s, _)| s == "healed").map(|_| ())
+    })
+    .await;
+    assert!(steps(&stack, &forged).await.is_empty(), "another cluster's fault started nothing here");
+    let client = firebreak::kube_client(&cluster.kubeconfig_path()).await.unwrap();
+    let n = Api::<Node>::all(client).get(&forged).await.unwrap();
+    assert!(!common::out_of_service(&n), "{forged} left in service");
+    let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url)).await.unwrap().text().await.unwrap();
+    let counted = format!("firebreak_remediator_faults_total{{cluster=\"{c}\",decision=\"other_cluster\"}} 1");
+    assert!(metrics.contains(&counted), "{counted} in\n{metrics}");
+    stack.shutdown().await;
+}
+
 /// The drain of `node`, blocked by its budget after the first eviction: the replacement pod
 /// never becomes Ready, so the budget refuses the second eviction for good.
 async fn blocked_drain(cluster: &firebreak_fleet_sim::Cluster, node: &str) {
