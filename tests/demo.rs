@@ -488,6 +488,8 @@ fn bench_flags_out_of_range_are_refused() {
         (&["ui", "--db", "mysql"][..], "--db"),
         (&["ui", "--nodes", "0"][..], "--nodes"),
         (&["ingest", "--max-wait", "0s"][..], "--max-wait"),
+        // Nothing listens there: said with the address, after the 10 s metadata wait.
+        (&["ingest", "--events", "10", "--kafka-brokers", "127.0.0.1:1"][..], "cannot read the topics of 127.0.0.1:1"),
         (&["fleet", "--fault-every", "0s"][..], "--fault-every"),
         (
             &[

@@ -104,8 +104,9 @@ async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Dura
 
 /// The fault topics a broker holds.
 fn existing_fault_topics(kafka: &KafkaConfig) -> Result<Vec<String>> {
-    let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(usage)?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(usage)?;
+    let unread = |e: rdkafka::error::KafkaError| usage(format!("cannot read the topics of {}: {e}", kafka.brokers));
+    let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(unread)?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(unread)?;
     Ok(metadata
         .topics()
         .iter()
