@@ -320,8 +320,11 @@ impl Listener {
         let mut mine: Vec<i32> = self.actuators.keys().map(|k| command_partition(k, partitions)).collect();
         mine.sort_unstable();
         mine.dedup();
+        // A command may wait for the next fetch (on a broker that parks fetches, as librdkafka's
+        // mock does): a second is nothing beside a reboot, and an idle agent asks its brokers
+        // once a second rather than twenty times (the consumers' 50 ms default).
         let consumer: StreamConsumer = kafka
-            .consumer(group)
+            .consumer_with(group, &[("fetch.wait.max.ms", "1000")])
             .set("auto.offset.reset", "latest")
             .create()
             .map_err(firebreak_plumbing::Error::from)?;
