@@ -2,13 +2,20 @@
 //!
 //! On a real node `<host-root>/dev/kmsg` is the kernel's character device, where each `read`
 //! returns one record; on a simulated node it is a regular file of the same records, one per
-//! line. [`Follower`] handles both and notices a reboot (the log starts over).
+//! line. [`Follower`] handles both and notices a reboot (the log starts over), and
+//! [`Follower::wait`] wakes when the log may have grown: the device's readiness (epoll), or a
+//! regular file's change (inotify on its directory, one instance for the whole process).
 
 use std::{
+    collections::HashMap,
     io::{ErrorKind, Read, Seek, SeekFrom},
     os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
+
+use tokio::{io::unix::AsyncFd, sync::Notify};
 
 use crate::{Error, Result};
 
@@ -44,6 +51,10 @@ pub struct Follower {
     path: PathBuf,
     file: Option<std::fs::File>,
     device: bool,
+    /// What wakes [`Follower::wait`]; set up on its first call.
+    waker: Option<Waker>,
+    /// When [`Follower::wait`] returns even if nothing woke it.
+    due: Option<tokio::time::Instant>,
     offset: u64,
     partial: String,
     last_seq: Option<u64>,
@@ -58,6 +69,8 @@ impl Follower {
             path: host_root.join("dev/kmsg"),
             file: None,
             device: false,
+            waker: None,
+            due: None,
             offset: 0,
             partial: String::new(),
             last_seq: None,
@@ -74,14 +87,16 @@ impl Follower {
     /// replaced by a new file included) and reads it from its start.
     pub fn restart(&mut self) {
         self.file = None;
+        // A device's readiness is its open file's; a directory's watch outlives the file.
+        if matches!(self.waker, Some(Waker::Device(_))) {
+            self.waker = None;
+        }
         self.offset = 0;
         self.partial.clear();
         self.last_seq = None;
     }
 
-    /// Reads every complete record appended since the last call. A log that starts over (a
-    /// reboot truncated it, or the sequence number went back) is read again from its start.
-    pub fn poll(&mut self) -> Result<Vec<Record>> {
+    fn open(&mut self) -> Result<()> {
         let io = |source| Error::Io { path: self.path.clone(), source };
         if self.file.is_none() {
             let file =
@@ -89,6 +104,67 @@ impl Follower {
             self.device = file.metadata().map_err(io)?.file_type().is_char_device();
             self.file = Some(file);
         }
+        Ok(())
+    }
+
+    /// Waits until the log may hold records not yet read: the device is readable, or the
+    /// regular file (or its directory's `kmsg`, replaced on a reboot) changed — at most
+    /// [`BACKSTOP`], in case a wakeup was missed. Where neither can be waited on (the log
+    /// cannot be opened, inotify is out of instances), waits `poll`. The first call (and the
+    /// first after a device's [`Follower::restart`]) returns at once, for what the log already
+    /// holds. Cancel-safe.
+    pub async fn wait(&mut self, poll: Duration) {
+        if self.waker.is_none() {
+            match self.waker() {
+                Ok(w) => {
+                    self.waker = Some(w);
+                    return;
+                }
+                Err(error) => tracing::debug!(%error, "the kernel log cannot be waited on: polling it"),
+            }
+        }
+        // The deadline outlives a cancelled wait (the caller's other work woke it first).
+        let every = if self.waker.is_some() { BACKSTOP } else { poll };
+        let due = *self.due.get_or_insert_with(|| tokio::time::Instant::now() + every);
+        match &self.waker {
+            Some(Waker::Device(fd)) => {
+                if let Ok(Ok(mut ready)) = tokio::time::timeout_at(due, fd.readable()).await {
+                    // Cleared before the read that follows, which reads until EAGAIN: a record
+                    // that comes after the clear wakes the next wait.
+                    ready.clear_ready();
+                }
+            }
+            Some(Waker::File(watch)) => {
+                let _ = tokio::time::timeout_at(due, watch.notify.notified()).await;
+            }
+            None => tokio::time::sleep_until(due).await,
+        }
+        self.due = None;
+    }
+
+    fn waker(&mut self) -> Result<Waker> {
+        self.open()?;
+        let Some(file) = &self.file else { return Err(Error::Kmsg("not open".into())) };
+        let io = |source| Error::Io { path: self.path.clone(), source };
+        if self.device {
+            // A duplicate of the descriptor shares the open file, so its readiness is this
+            // reader's.
+            let dup = file.try_clone().map_err(io)?;
+            // SAFETY: the `File` owns its descriptor, open and the same until the `AsyncFd`
+            // that owns the `File` is dropped.
+            let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+                .map_err(|e| io(e.into()))?;
+            return Ok(Waker::Device(fd));
+        }
+        let dir = self.path.parent().ok_or_else(|| Error::Kmsg(format!("{}: no directory", self.path.display())))?;
+        let name = self.path.file_name().map(|n| n.to_owned()).unwrap_or_default();
+        Ok(Waker::File(Watch::new(dir, name).map_err(io)?))
+    }
+
+    /// Reads every complete record appended since the last call. A log that starts over (a
+    /// reboot truncated it, or the sequence number went back) is read again from its start.
+    pub fn poll(&mut self) -> Result<Vec<Record>> {
+        self.open()?;
         let Some(file) = self.file.as_mut() else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         if self.device {
@@ -138,6 +214,103 @@ impl Follower {
             }
         }
         Ok(records)
+    }
+}
+
+/// Longest [`Follower::wait`] waits for a wakeup before the log is read anyway.
+pub const BACKSTOP: Duration = Duration::from_secs(10);
+
+enum Waker {
+    /// The kernel's `/dev/kmsg`: readable when it has records this reader has not read.
+    Device(AsyncFd<std::fs::File>),
+    /// A regular file: its directory's inotify watch.
+    File(Watch),
+}
+
+/// One follower's interest in a file of a directory, on the process's one inotify instance
+/// (a demo runs thousands of followers; a user has 128 instances by default). Dropping it
+/// removes the directory's watch once no follower needs it.
+struct Watch {
+    dir: inotify::WatchDescriptor,
+    notify: Arc<Notify>,
+}
+
+/// The process's inotify instance: its watches, and who waits on each (which file of the
+/// watched directory). A thread of its own reads the events, so that it serves every tokio
+/// runtime (tests run many).
+struct Hub {
+    watches: Mutex<(inotify::Watches, HashMap<inotify::WatchDescriptor, Vec<Interest>>)>,
+}
+
+struct Interest {
+    name: std::ffi::OsString,
+    notify: Arc<Notify>,
+}
+
+fn hub() -> std::io::Result<&'static Hub> {
+    static HUB: OnceLock<std::result::Result<Hub, String>> = OnceLock::new();
+    HUB.get_or_init(|| {
+        let mut inotify = inotify::Inotify::init().map_err(|e| e.to_string())?;
+        let made = Hub { watches: Mutex::new((inotify.watches(), HashMap::new())) };
+        std::thread::Builder::new()
+            .name("kmsg-inotify".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let events = match inotify.read_events_blocking(&mut buf) {
+                        Ok(events) => events,
+                        Err(error) => {
+                            tracing::warn!(%error, "inotify failed: kernel logs are read at their backstop period");
+                            return;
+                        }
+                    };
+                    let Ok(shared) = hub() else { return };
+                    let Ok(watches) = shared.watches.lock() else { return };
+                    for event in events {
+                        let overflow = event.mask.contains(inotify::EventMask::Q_OVERFLOW);
+                        let waiting = watches.1.iter().filter(|(wd, _)| overflow || **wd == event.wd);
+                        for interest in waiting.flat_map(|(_, v)| v) {
+                            if overflow || event.name == Some(interest.name.as_os_str()) {
+                                interest.notify.notify_one();
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(made)
+    })
+    .as_ref()
+    .map_err(|e| std::io::Error::other(e.clone()))
+}
+
+impl Watch {
+    fn new(dir: &Path, name: std::ffi::OsString) -> std::io::Result<Self> {
+        use inotify::WatchMask;
+        let hub = hub()?;
+        let mut watches = hub.watches.lock().map_err(|_| std::io::Error::other("inotify hub poisoned"))?;
+        // The same directory watched again is the same descriptor.
+        let mask = WatchMask::MODIFY | WatchMask::CLOSE_WRITE | WatchMask::CREATE | WatchMask::MOVED_TO;
+        let wd = watches.0.add(dir, mask)?;
+        let notify = Arc::new(Notify::new());
+        watches.1.entry(wd.clone()).or_default().push(Interest { name, notify: notify.clone() });
+        Ok(Self { dir: wd, notify })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let Ok(hub) = hub() else { return };
+        let Ok(mut watches) = hub.watches.lock() else { return };
+        let (inotify, waiting) = &mut *watches;
+        if let Some(v) = waiting.get_mut(&self.dir) {
+            v.retain(|i| !Arc::ptr_eq(&i.notify, &self.notify));
+            if v.is_empty() {
+                waiting.remove(&self.dir);
+                // Gone already if the directory was.
+                let _ = inotify.remove(self.dir.clone());
+            }
+        }
     }
 }
 
@@ -201,6 +374,98 @@ mod tests {
         assert_eq!((r.level, r.message.as_str()), (6, "text; with; semicolons"));
         assert!(parse("garbage").is_err());
         assert!(parse("x,1,2,-;m").is_err());
+    }
+
+    /// Waits until `f` wakes, at most 5 s (half its backstop): `true` if it woke.
+    async fn woke(f: &mut Follower) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), f.wait(Duration::from_secs(3600))).await.is_ok()
+    }
+
+    /// `true` if `f` stays asleep for a second (a cancelled wait keeps its backstop deadline:
+    /// these seconds count towards it).
+    async fn slept(f: &mut Follower) -> bool {
+        tokio::time::timeout(Duration::from_secs(1), f.wait(Duration::from_secs(3600))).await.is_err()
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_log_wakes_its_follower_when_written_or_replaced() {
+        let dir = std::env::temp_dir().join(format!("fb-kmsg-wait-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("dev")).unwrap();
+        let log = dir.join("dev/kmsg");
+        std::fs::write(&log, "6,0,1,-;boot\n").unwrap();
+        let mut f = Follower::new(&dir);
+        assert!(woke(&mut f).await, "the first wait returns at once, for what the log holds");
+        assert_eq!(f.poll().unwrap().len(), 1);
+        assert!(slept(&mut f).await, "woken with nothing written");
+        // Another file of the directory is not the log.
+        std::fs::write(dir.join("dev/other"), "x").unwrap();
+        assert!(slept(&mut f).await, "woken by another file");
+        let (mut f, writer) = tokio::join!(
+            async move {
+                assert!(woke(&mut f).await, "not woken by an append");
+                f
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                use std::io::Write;
+                let mut h = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+                h.write_all(b"3,1,2,-;EDAC\n").unwrap();
+            }
+        );
+        let () = writer;
+        assert_eq!(f.poll().unwrap()[0].message, "EDAC");
+        // A reboot puts a new log in place: the directory's watch sees it.
+        let fresh = dir.join("dev/kmsg.new");
+        std::fs::write(&fresh, "6,0,9,-;next boot\n").unwrap();
+        std::fs::rename(&fresh, &log).unwrap();
+        assert!(woke(&mut f).await, "not woken by the log's replacement");
+        f.restart();
+        assert_eq!(f.poll().unwrap()[0].message, "next boot");
+        // Two followers of one directory (one watch) each hear; one gone, the other still does.
+        let mut g = Follower::new(&dir);
+        assert!(woke(&mut g).await);
+        std::fs::write(&log, "6,0,1,-;again\n").unwrap();
+        assert!(woke(&mut f).await && woke(&mut g).await, "both woken");
+        drop(g);
+        std::fs::write(&log, "6,0,1,-;and again\n").unwrap();
+        assert!(woke(&mut f).await, "the watch went with the other follower");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The kernel's own `/dev/kmsg` where this machine lets the test read and write it (root):
+    /// a record written wakes the follower, which reads it.
+    #[tokio::test]
+    async fn the_kernel_log_device_wakes_its_follower() {
+        use std::io::Write;
+        let Ok(mut kernel) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") else {
+            eprintln!("/dev/kmsg cannot be written here: not tested");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("fb-kmsg-device-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("dev")).unwrap();
+        std::os::unix::fs::symlink("/dev/kmsg", dir.join("dev/kmsg")).unwrap();
+        let mut f = Follower::new(&dir);
+        assert!(woke(&mut f).await);
+        assert!(f.device);
+        f.poll().unwrap();
+        let mark = format!("firebreak agent test: kernel log readiness {}", std::process::id());
+        let (mut f, ()) = tokio::join!(
+            async move {
+                assert!(woke(&mut f).await, "not woken by a kernel log record");
+                f
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                kernel.write_all(format!("<6>{mark}\n").as_bytes()).unwrap();
+            }
+        );
+        // Other records may have come too; ours is among what was read.
+        let mut read = f.poll().unwrap();
+        while !read.iter().any(|r| r.message.contains(&mark)) {
+            assert!(woke(&mut f).await, "{mark} never read");
+            read = f.poll().unwrap();
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

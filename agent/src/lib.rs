@@ -167,9 +167,7 @@ impl NodeAgent {
     async fn follow(&self, faults: &str, cancel: &CancellationToken) {
         let mut follower = kmsg::Follower::new(&self.host_root);
         let heartbeats = firebreak_schema::heartbeat_topic(&self.cluster);
-        let mut poll = tokio::time::interval(self.poll_interval);
         let mut beat = tokio::time::interval(self.heartbeat_interval);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seq = 0u64;
         let mut boot: Option<String> = None;
@@ -213,7 +211,7 @@ impl NodeAgent {
                     }
                     holding = now;
                 }
-                _ = poll.tick() => {
+                _ = follower.wait(self.poll_interval) => {
                     // A new boot id: the host booted again and its kernel log started over.
                     // (An unreadable boot id tells nothing.)
                     let (_, now_booted) = boot_facts(&self.host_root);
@@ -453,7 +451,9 @@ pub struct AgentArgs {
     /// Heartbeat period.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
-    /// Kernel log poll period.
+    /// Kernel log poll period, where the log cannot be waited on (the agent waits on the
+    /// device's readiness, or on a regular file's inotify watch, and reads it at least every
+    /// 10 s).
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
     /// Carry out no commands: the node's reboots and restarts are someone else's job.
