@@ -55,6 +55,8 @@ pub struct Follower {
     waker: Option<Waker>,
     /// When [`Follower::wait`] returns even if nothing woke it.
     due: Option<tokio::time::Instant>,
+    /// When [`Follower::wait`] last returned.
+    woken: Option<tokio::time::Instant>,
     offset: u64,
     partial: String,
     last_seq: Option<u64>,
@@ -71,6 +73,7 @@ impl Follower {
             device: false,
             waker: None,
             due: None,
+            woken: None,
             offset: 0,
             partial: String::new(),
             last_seq: None,
@@ -110,7 +113,8 @@ impl Follower {
     /// Waits until the log may hold records not yet read: the device is readable, or the
     /// regular file (or its directory's `kmsg`, replaced on a reboot) changed — at most
     /// [`BACKSTOP`], in case a wakeup was missed. Where neither can be waited on (the log
-    /// cannot be opened, inotify is out of instances), waits `poll`. The first call (and the
+    /// cannot be opened, inotify is out of instances), waits `poll`. Never returns sooner than
+    /// [`GAP`] after the last return. The first call (and the
     /// first after a device's [`Follower::restart`]) returns at once, for what the log already
     /// holds. Cancel-safe.
     pub async fn wait(&mut self, poll: Duration) {
@@ -122,6 +126,11 @@ impl Follower {
                 }
                 Err(error) => tracing::debug!(%error, "the kernel log cannot be waited on: polling it"),
             }
+        }
+        // A busy log is read in batches: no sooner than GAP after the last wakeup (a record
+        // after a quiet spell is read at once).
+        if let Some(last) = self.woken {
+            tokio::time::sleep_until(last + GAP).await;
         }
         // The deadline outlives a cancelled wait (the caller's other work woke it first).
         let every = if self.waker.is_some() { BACKSTOP } else { poll };
@@ -140,6 +149,7 @@ impl Follower {
             None => tokio::time::sleep_until(due).await,
         }
         self.due = None;
+        self.woken = Some(tokio::time::Instant::now());
     }
 
     fn waker(&mut self) -> Result<Waker> {
@@ -220,6 +230,10 @@ impl Follower {
 /// Longest [`Follower::wait`] waits for a wakeup before the log is read anyway.
 pub const BACKSTOP: Duration = Duration::from_secs(10);
 
+/// Shortest time between two returns of [`Follower::wait`]: a log written a thousand times a
+/// second is read fifty times a second, not a thousand.
+const GAP: Duration = Duration::from_millis(20);
+
 enum Waker {
     /// The kernel's `/dev/kmsg`: readable when it has records this reader has not read.
     Device(AsyncFd<std::fs::File>),
@@ -275,6 +289,10 @@ fn hub() -> std::io::Result<&'static Hub> {
                             }
                         }
                     }
+                    drop(watches);
+                    // The kernel merges a file's writes into one event while the last is unread:
+                    // a busy log costs this thread a wakeup per GAP, not one per write.
+                    std::thread::sleep(GAP / 2);
                 }
             })
             .map_err(|e| e.to_string())?;

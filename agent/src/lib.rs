@@ -173,6 +173,8 @@ impl NodeAgent {
         let mut boot: Option<String> = None;
         // Records of this boot up to here were handled before a restart.
         let mut handled: Option<(String, u64)> = self.cursor.as_deref().and_then(read_cursor);
+        // When the cursor was last written.
+        let mut kept: Option<std::time::Instant> = None;
         let mut checker = sources::Checker::default();
         let mut holding: std::collections::BTreeSet<String> = Default::default();
         let mut check = tokio::time::interval(self.sources.as_ref().map_or(Duration::from_secs(3600), |s| s.1));
@@ -250,26 +252,33 @@ impl NodeAgent {
                     let this_boot = boot.clone().unwrap_or_default();
                     let done = handled.as_ref().filter(|(b, _)| *b == this_boot).map(|(_, s)| *s);
                     let mut last = None;
+                    let mut emitted = false;
                     for record in records {
                         last = Some(record.seq);
                         if done.is_some_and(|s| record.seq <= s) {
                             continue;
                         }
                         let Some(event) = self.fault_of(&record) else { continue };
+                        emitted = true;
                         tracing::info!(kind = %event.kind, event_id = %event.id, seq = record.seq, "fault detected");
                         if !self.emit(faults, &event, cancel).await {
                             return;
                         }
                     }
                     // Every fault up to `last` is spooled or delivered: a restart goes on from there.
+                    // Kept at once after a fault (a restart does not find it again), else at most
+                    // once a second (what a restart reads again then holds no fault): a busy log
+                    // would otherwise replace the file fifty times a second.
                     if let (Some(path), Some(seq)) = (&self.cursor, last)
                         && done.is_none_or(|s| seq > s)
                         && !this_boot.is_empty()
+                        && (emitted || kept.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)))
                     {
                         if let Err(error) = write_cursor(path, &this_boot, seq) {
                             tracing::warn!(%error, path = %path.display(), "cannot keep the kernel log cursor");
                         }
                         handled = Some((this_boot, seq));
+                        kept = Some(std::time::Instant::now());
                     }
                 }
             }
