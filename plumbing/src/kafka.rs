@@ -176,21 +176,27 @@ impl ProducerContext for Deliveries {
 
 /// How long the polling thread blocks at a time: a whole number of milliseconds and 20 µs
 /// more, so that after rdkafka's rounding down the wait ends past the deadline, not just
-/// before it (see [`Producer`]). A delivery report ends the wait when it comes; this is only
-/// how often an idle producer's thread wakes, and how long it outlives the producer.
-const POLL: Duration = Duration::from_micros(1_000_020);
+/// before it (see [`Producer`]). A delivery report ends the wait when it comes; this is how
+/// often an idle producer's thread wakes, and how long dropping the last clone may wait.
+const POLL: Duration = Duration::from_micros(100_020);
 
-/// The librdkafka producer and the thread that serves its delivery reports. When the last
-/// [`Producer`] clone goes the thread is told to stop, and it drops the librdkafka producer
-/// (purging what was never delivered) within one [`POLL`]; nothing waits for it.
+/// The librdkafka producer and the thread that serves its delivery reports, stopped and joined
+/// when the last [`Producer`] clone goes — so the librdkafka producer is gone with it, not
+/// left reconnecting to brokers that may be gone too.
 struct Polled {
     producer: Arc<BaseProducer<Deliveries>>,
     stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Polled {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the producer's polling thread panicked");
+        }
     }
 }
 
@@ -209,7 +215,7 @@ impl Producer {
         }
         let producer: Arc<BaseProducer<Deliveries>> = Arc::new(c.create_with_context(Deliveries)?);
         let stop = Arc::new(AtomicBool::new(false));
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kafka-producer-poll".into())
             .spawn({
                 let (producer, stop) = (producer.clone(), stop.clone());
@@ -220,7 +226,7 @@ impl Producer {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start the producer's polling thread: {e}")))?;
-        Ok(Self { inner: Arc::new(Polled { producer, stop }) })
+        Ok(Self { inner: Arc::new(Polled { producer, stop, thread: Some(thread) }) })
     }
 
     /// Queues a record and waits until the brokers have it (or the producer gives up on it).
