@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{Error, Result, boot_facts};
+use crate::{Error, Result, boot_id};
 
 /// How a command takes effect.
 #[derive(Clone)]
@@ -191,7 +191,7 @@ impl NodeActuator {
     }
 
     async fn report(&self, cmd: &NodeCommand, outcome: CommandOutcome, detail: String, cancel: &CancellationToken) {
-        let (_, boot_id) = boot_facts(&self.host_root);
+        let boot_id = boot_id(&self.host_root);
         let report = CommandReport {
             command_id: cmd.id,
             cluster: self.cluster.clone(),
@@ -213,7 +213,7 @@ impl NodeActuator {
             tracing::info!(command = %cmd.id, "command handled before; skipped");
             return Ok(());
         }
-        let (_, boot) = boot_facts(&self.host_root);
+        let boot = boot_id(&self.host_root);
         if Utc::now() > cmd.not_after {
             let why = format!("expired: asked at {}, not to be carried out after {}", cmd.requested_at, cmd.not_after);
             self.report(cmd, CommandOutcome::Refused, why, cancel).await;
@@ -266,7 +266,7 @@ impl NodeActuator {
     pub async fn confirm_reboot(&self, cancel: &CancellationToken) -> Result<()> {
         let path = self.state_dir.join("pending-reboot.json");
         let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
-        let (_, boot) = boot_facts(&self.host_root);
+        let boot = boot_id(&self.host_root);
         let pending: Pending = match serde_json::from_slice(&bytes) {
             Ok(p) => p,
             Err(error) => {

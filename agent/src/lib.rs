@@ -216,7 +216,7 @@ impl NodeAgent {
                 _ = follower.wait(self.poll_interval) => {
                     // A new boot id: the host booted again and its kernel log started over.
                     // (An unreadable boot id tells nothing.)
-                    let (_, now_booted) = boot_facts(&self.host_root);
+                    let now_booted = boot_id(&self.host_root);
                     if !now_booted.is_empty() && boot.as_ref() != Some(&now_booted) {
                         if boot.is_some() {
                             tracing::info!(boot_id = %now_booted, "new boot; reading its kernel log from the start");
@@ -366,7 +366,7 @@ impl NodeAgent {
 /// The report that the agent lost `n` fault reports (`why`: `kmsg-overrun`, `spool-full`).
 /// Its id names the moment: two losses are two reports.
 fn lost_faults(cluster: &str, node: &str, root: &Path, why: &str, n: u64, message: String) -> FaultEvent {
-    let (_, boot_id) = boot_facts(root);
+    let boot_id = boot_id(root);
     let now = Utc::now();
     FaultEvent {
         id: deterministic_id(now, &[cluster, node, &boot_id, why, &n.to_string()]),
@@ -393,10 +393,14 @@ fn boot_facts(root: &Path) -> (Option<i64>, String) {
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok()))
         .filter(|b: &i64| *b > 0);
-    let boot_id = std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
+    (btime, boot_id(root))
+}
+
+/// The boot id from `<root>/proc/sys/kernel/random/boot_id` (empty if it cannot be read).
+fn boot_id(root: &Path) -> String {
+    std::fs::read_to_string(root.join("proc/sys/kernel/random/boot_id"))
         .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    (btime, boot_id)
+        .unwrap_or_default()
 }
 
 /// Command-line arguments of `firebreak agent` and `firebreak-agent`.
