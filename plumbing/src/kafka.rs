@@ -2,11 +2,12 @@
 //! producers, consumers and the admin client (TLS and SASL through `client_options`), how the
 //! topic contract's missing topics are created, and how a Kafka record becomes a typed event.
 
-use std::time::Duration;
-
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use rdkafka::{
