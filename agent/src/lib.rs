@@ -68,7 +68,8 @@ pub struct NodeAgent {
     pub rules: Arc<Vec<rules::Rule>>,
     /// Shared producer.
     pub producer: Producer,
-    /// How often the kernel log is read.
+    /// How often the kernel log is read where it cannot be waited on (see
+    /// [`kmsg::Follower::wait`]).
     pub poll_interval: Duration,
     /// How often a heartbeat is sent.
     pub heartbeat_interval: Duration,
