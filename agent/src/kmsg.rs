@@ -289,10 +289,6 @@ fn hub() -> std::io::Result<&'static Hub> {
                             }
                         }
                     }
-                    drop(watches);
-                    // The kernel merges a file's writes into one event while the last is unread:
-                    // a busy log costs this thread a wakeup per GAP, not one per write.
-                    std::thread::sleep(GAP / 2);
                 }
             })
             .map_err(|e| e.to_string())?;
