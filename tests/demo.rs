@@ -490,6 +490,11 @@ fn bench_flags_out_of_range_are_refused() {
         (&["ingest", "--max-wait", "0s"][..], "--max-wait"),
         // Nothing listens there: said with the address, after the 10 s metadata wait.
         (&["ingest", "--events", "10", "--kafka-brokers", "127.0.0.1:1"][..], "cannot read the topics of 127.0.0.1:1"),
+        // The same check before a simulated fleet starts.
+        (
+            &["isolate", "--nodes", "10", "--faults", "2", "--kafka-brokers", "127.0.0.1:1"][..],
+            "cannot read the topics of 127.0.0.1:1",
+        ),
         (&["fleet", "--fault-every", "0s"][..], "--fault-every"),
         (
             &[

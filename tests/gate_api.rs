@@ -196,6 +196,91 @@ async fn a_restarted_gate_knows_its_permits_and_abandoned_ones_expire() {
     gate.stop().await;
 }
 
+/// Grants 60 permits, then, all at once: 40 released twice by their holder, renewed by
+/// another requester and released by ids nobody was granted; the other 20 renewed by their
+/// holder and by an operator. Renewals and releases that arrive together are decided together
+/// (a batch reads the permits it names at once and writes what changed at once): each must
+/// still settle as if it came alone.
+async fn renewals_and_releases_at_once(urls: &[String], secrets: &Secrets) {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let r: PermitResponse =
+            ask(&http, &urls[0], &secrets.requester, &request(&format!("n{i:02}"))).await.json().await.unwrap();
+        ids.push((r.permit_id.unwrap(), r.expires_at.unwrap()));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut tasks = Vec::new();
+    for (i, (id, _)) in ids.iter().enumerate() {
+        let url = urls[i % urls.len()].clone();
+        let permit = format!("{url}/api/v1/permits/{id}");
+        let calls = if i < 40 {
+            vec![
+                ("release", "DELETE", permit.clone(), &secrets.requester),
+                ("release", "DELETE", permit.clone(), &secrets.requester),
+                ("not-yours", "POST", format!("{permit}/renew"), &secrets.other),
+                ("unknown", "DELETE", format!("{url}/api/v1/permits/{}", uuid::Uuid::now_v7()), &secrets.requester),
+            ]
+        } else {
+            vec![
+                ("renew", "POST", format!("{permit}/renew"), &secrets.requester),
+                ("renew", "POST", format!("{permit}/renew"), &secrets.operator),
+            ]
+        };
+        for (what, method, url, token) in calls {
+            let (http, token) = (http.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = match method {
+                    "DELETE" => http.delete(&url).bearer_auth(token).send().await.unwrap(),
+                    _ => http.post(&url).bearer_auth(token).send().await.unwrap(),
+                };
+                (i, what, r.status().as_u16())
+            }));
+        }
+    }
+    let mut released = vec![0; 40];
+    for t in tasks {
+        match t.await.unwrap() {
+            (i, "release", 200) => released[i] += 1,
+            (_, "release", code) => assert_eq!(code, 410, "a second release finds the permit ended"),
+            (_, "not-yours", code) => assert!([403, 410].contains(&code), "another requester's renewal: {code}"),
+            (_, "unknown", code) => assert_eq!(code, 404),
+            (_, "renew", code) => assert_eq!(code, 200),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(released, vec![1; 40], "every permit released exactly once");
+    let left = active(&urls[0], &secrets.viewer).await;
+    assert_eq!(left.len(), 20, "the renewed ones are still held: {left:?}");
+    for (id, granted_expiry) in &ids[40..] {
+        let p = left.iter().find(|p| p["id"] == id.to_string()).unwrap_or_else(|| panic!("{id} in {left:?}"));
+        let expires: chrono::DateTime<chrono::Utc> = serde_json::from_value(p["expires_at"].clone()).unwrap();
+        assert!(expires > *granted_expiry, "{id}: renewed to {expires}, granted until {granted_expiry}");
+        assert_eq!(p["state"], "active");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_and_releases_at_once_settle_each_exactly_once_sqlite() {
+    let secrets = Secrets::new();
+    let db = format!("sqlite://{}", temp_dir("gate-settle").join("gate.db").display());
+    let gate = Server::start(&db, &cordons(1000, Duration::from_secs(600)), &secrets).await;
+    renewals_and_releases_at_once(std::slice::from_ref(&gate.url), &secrets).await;
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_and_releases_at_once_settle_each_exactly_once_across_two_replicas_on_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    let secrets = Secrets::new();
+    let policy = cordons(1000, Duration::from_secs(600));
+    let a = Server::start(&db, &policy, &secrets).await;
+    let b = Server::start(&db, &policy, &secrets).await;
+    renewals_and_releases_at_once(&[a.url.clone(), b.url.clone()], &secrets).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_roles_decide_who_may_do_what() {
     let secrets = Secrets::new();

@@ -99,15 +99,17 @@ impl Follower {
         self.last_seq = None;
     }
 
-    fn open(&mut self) -> Result<()> {
-        let io = |source| Error::Io { path: self.path.clone(), source };
-        if self.file.is_none() {
-            let file =
-                std::fs::OpenOptions::new().read(true).custom_flags_nonblocking().open(&self.path).map_err(io)?;
-            self.device = file.metadata().map_err(io)?.file_type().is_char_device();
-            self.file = Some(file);
+    /// The log's open file (`file`), opened from `path` if it is not; `device` says whether it
+    /// is the kernel's device. Takes the fields, not `self`, so the file can be read while the
+    /// follower's other fields change.
+    fn open<'a>(file: &'a mut Option<std::fs::File>, path: &Path, device: &mut bool) -> Result<&'a mut std::fs::File> {
+        let io = |source| Error::Io { path: path.to_owned(), source };
+        if let Some(f) = file {
+            return Ok(f);
         }
-        Ok(())
+        let f = std::fs::OpenOptions::new().read(true).custom_flags_nonblocking().open(path).map_err(io)?;
+        *device = f.metadata().map_err(io)?.file_type().is_char_device();
+        Ok(file.insert(f))
     }
 
     /// Waits until the log may hold records not yet read: the device is readable, or the
@@ -153,13 +155,12 @@ impl Follower {
     }
 
     fn waker(&mut self) -> Result<Waker> {
-        self.open()?;
-        let Some(file) = &self.file else { return Err(Error::Kmsg("not open".into())) };
+        let dup = Self::open(&mut self.file, &self.path, &mut self.device)?.try_clone();
         let io = |source| Error::Io { path: self.path.clone(), source };
         if self.device {
             // A duplicate of the descriptor shares the open file, so its readiness is this
             // reader's.
-            let dup = file.try_clone().map_err(io)?;
+            let dup = dup.map_err(io)?;
             // SAFETY: the `File` owns its descriptor, open and the same until the `AsyncFd`
             // that owns the `File` is dropped.
             let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
@@ -174,8 +175,7 @@ impl Follower {
     /// Reads every complete record appended since the last call. A log that starts over (a
     /// reboot truncated it, or the sequence number went back) is read again from its start.
     pub fn poll(&mut self) -> Result<Vec<Record>> {
-        self.open()?;
-        let Some(file) = self.file.as_mut() else { return Ok(Vec::new()) };
+        let file = Self::open(&mut self.file, &self.path, &mut self.device)?;
         let mut out = Vec::new();
         if self.device {
             let mut buf = vec![0u8; 8192];
@@ -281,12 +281,14 @@ fn hub() -> std::io::Result<&'static Hub> {
                     let Ok(shared) = hub() else { return };
                     let Ok(watches) = shared.watches.lock() else { return };
                     for event in events {
-                        let overflow = event.mask.contains(inotify::EventMask::Q_OVERFLOW);
-                        let waiting = watches.1.iter().filter(|(wd, _)| overflow || **wd == event.wd);
-                        for interest in waiting.flat_map(|(_, v)| v) {
-                            if overflow || event.name == Some(interest.name.as_os_str()) {
-                                interest.notify.notify_one();
-                            }
+                        // Events were lost: every follower reads its log.
+                        if event.mask.contains(inotify::EventMask::Q_OVERFLOW) {
+                            watches.1.values().flatten().for_each(|i| i.notify.notify_one());
+                            continue;
+                        }
+                        let waiting = watches.1.get(&event.wd).into_iter().flatten();
+                        for interest in waiting.filter(|i| event.name == Some(i.name.as_os_str())) {
+                            interest.notify.notify_one();
                         }
                     }
                 }

@@ -3,8 +3,10 @@
 //! Exactness: every batch of decisions runs in one transaction that first takes the gate's lock
 //! — `pg_advisory_xact_lock` on PostgreSQL, held until commit; on SQLite the single connection
 //! of the pool serialises transactions — then sweeps expired permits, loads the world, decides
-//! and writes. No two decisions anywhere see the same budget. Renewals and releases are single
-//! conditional updates (`WHERE state = 'active'`), which row locks serialise.
+//! and writes: the batch's renewals and releases (the permits they name read in one statement,
+//! changed in memory, written in one more), then its decisions (the new permits and the log
+//! each in one multi-row insert). No two decisions anywhere see the same budget. The sweeper,
+//! which expires permits, takes the same lock: every write to a permit holds it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -148,14 +150,7 @@ impl Store {
         }
         let abandoned = expire(&mut tx, now).await?;
         let mut done: Vec<Option<Done>> = vec![None; ops.len()];
-        for (i, op) in ops.iter().enumerate() {
-            let change = match op {
-                Op::Decide(..) => continue,
-                Op::Renew { id, caller, any, ttl } => renew(&mut tx, *id, caller, *any, *ttl, now).await?,
-                Op::Release { id, caller, any } => release(&mut tx, *id, caller, *any, now).await?,
-            };
-            done[i] = Some(Done::Changed(change));
-        }
+        change_permits(&mut tx, ops, &mut done, now).await?;
         let asked: std::collections::BTreeSet<Operation> = ops
             .iter()
             .filter_map(|o| match o {
@@ -167,12 +162,23 @@ impl Store {
             let mut world = load_world(&mut tx, policy, &asked, now).await?;
             world.snapshots = snapshots.clone();
             let loaded = world.tats.clone();
+            let mut granted = Vec::new();
+            let mut decisions = Vec::new();
             for (i, op) in ops.iter().enumerate() {
                 let Op::Decide(req, holder) = op else { continue };
                 let o = decide(policy, &mut world, req, holder, now);
-                let d = write_outcome(&mut tx, req, holder, &o, now).await?;
+                if let Outcome::Granted(p, _) = &o {
+                    granted.push(p.clone());
+                }
+                if let Outcome::Denied(_, Some(trip)) = &o {
+                    write_trip(&mut tx, trip).await?;
+                }
+                let d = decision_of(req, holder, &o, now);
+                decisions.push(d.clone());
                 done[i] = Some(Done::Decided(Box::new((o, d))));
             }
+            insert_permits(&mut tx, &granted).await?;
+            insert_decisions(&mut tx, &decisions).await?;
             // Only the rate states that moved.
             let mut moved: Vec<(&(Operation, String), &DateTime<Utc>)> =
                 world.tats.iter().filter(|(k, v)| loaded.get(*k) != Some(*v)).collect();
@@ -207,25 +213,36 @@ pub(crate) enum Done {
 }
 
 async fn write_tats(tx: &mut Tx<'_>, tats: &[(&(Operation, String), &DateTime<Utc>)]) -> Result<()> {
-    for ((op, scope), tat) in tats {
-        sqlx::query(
-            "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES ($1, $2, $3) \
-                 ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
-        )
-        .bind(op.as_str())
-        .bind(scope)
-        .bind(ms(**tat))
-        .execute(&mut **tx)
-        .await?;
+    for chunk in tats.chunks(ROWS) {
+        let p = firebreak_plumbing::db::placeholders(tx, 3 * chunk.len());
+        let rows: Vec<String> = p.chunks(3).map(|r| format!("({})", r.join(","))).collect();
+        let sql = format!(
+            "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES {} \
+             ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
+            rows.join(",")
+        );
+        let mut q = sqlx::query(&sql);
+        for ((op, scope), tat) in chunk {
+            q = q.bind(op.as_str()).bind(scope.clone()).bind(ms(**tat));
+        }
+        q.execute(&mut **tx).await?;
     }
     Ok(())
 }
+
+/// Most rows one multi-row statement writes (at most 14 parameters a row: under every
+/// database's parameter limit).
+const ROWS: usize = 256;
 
 impl Store {
     /// Marks expired permits and trims the decision log to `keep` entries and ended permits to
     /// those still inside any window a rule looks back over.
     pub(crate) async fn sweep(&self, policy: &Policy, now: DateTime<Utc>) -> Result<Vec<Permit>> {
         let mut tx = self.pool.begin().await?;
+        // Permits change only under the lock (a batch reads them, then writes what it decided).
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
+        }
         let abandoned = expire(&mut tx, now).await?;
         sqlx::query(
             "DELETE FROM gate_decisions WHERE at_ms < \
@@ -603,45 +620,26 @@ async fn load_world(
     Ok(World { active, tats, grants, halts, trips, closed, snapshots: Default::default() })
 }
 
-/// Keeps a decision (and the permit or breaker trip it made) in the log; returns it as kept.
-async fn write_outcome(
-    tx: &mut Tx<'_>,
-    req: &PermitRequest,
-    holder: &str,
-    o: &Outcome,
-    now: DateTime<Utc>,
-) -> Result<Decision> {
-    if let Outcome::Granted(p, _) = o {
-        sqlx::query(&format!(
-            "INSERT INTO gate_permits ({PERMIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,'active',$8,$9,NULL)"
-        ))
-        .bind(p.id.to_string())
-        .bind(p.operation.as_str())
-        .bind(&p.cluster)
-        .bind(p.node.clone())
-        .bind(serde_json::to_string(&p.domains).map_err(|e| corrupt("domains", e))?)
-        .bind(&p.requester)
-        .bind(&p.holder)
-        .bind(ms(p.granted_at))
-        .bind(ms(p.expires_at))
-        .execute(&mut **tx)
-        .await?;
-    }
-    if let Outcome::Denied(_, Some(trip)) = o {
-        sqlx::query(
-            "INSERT INTO gate_breakers (id, operation, scope, tripped_at_ms, reason, until_ms) VALUES ($1,$2,$3,$4,$5,$6)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(trip.operation.as_str())
-        .bind(scope_text(&trip.scope)?)
-        .bind(ms(trip.tripped_at))
-        .bind(&trip.reason)
-        .bind(trip.until.map(ms))
-        .execute(&mut **tx)
-        .await?;
-    }
+/// Keeps a breaker's trip.
+async fn write_trip(tx: &mut Tx<'_>, trip: &BreakerTrip) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO gate_breakers (id, operation, scope, tripped_at_ms, reason, until_ms) VALUES ($1,$2,$3,$4,$5,$6)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(trip.operation.as_str())
+    .bind(scope_text(&trip.scope)?)
+    .bind(ms(trip.tripped_at))
+    .bind(&trip.reason)
+    .bind(trip.until.map(ms))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A decision as the log keeps it.
+fn decision_of(req: &PermitRequest, holder: &str, o: &Outcome, now: DateTime<Utc>) -> Decision {
     let r = o.response();
-    let d = Decision {
+    Decision {
         id: Uuid::now_v7(),
         at: now,
         operation: req.operation,
@@ -656,92 +654,156 @@ async fn write_outcome(
         threshold: r.threshold,
         reason: r.reason,
         permit_id: r.permit_id,
-    };
-    sqlx::query(
-        "INSERT INTO gate_decisions (id, at_ms, operation, cluster, node, requester, holder, granted, rule, scope, measured, \
-         threshold, reason, permit_id) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
-    )
-    .bind(d.id.to_string())
-    .bind(ms(now))
-    .bind(d.operation.as_str())
-    .bind(&d.cluster)
-    .bind(d.node.clone())
-    .bind(&d.requester)
-    .bind(&d.holder)
-    .bind(i32::from(d.granted))
-    .bind(d.rule.clone())
-    .bind(d.scope.clone())
-    .bind(d.measured.map(|v| v.to_string()))
-    .bind(d.threshold.map(|v| v.to_string()))
-    .bind(&d.reason)
-    .bind(d.permit_id.map(|p| p.to_string()))
-    .execute(&mut **tx)
-    .await?;
-    Ok(d)
-}
-
-/// Extends a permit by `ttl` from now, if `caller` holds it (or `any` is set).
-async fn renew(
-    tx: &mut Tx<'_>,
-    id: Uuid,
-    caller: &str,
-    any: bool,
-    ttl: TimeDelta,
-    now: DateTime<Utc>,
-) -> Result<PermitChange> {
-    let done = sqlx::query(&format!(
-        "UPDATE gate_permits SET expires_at_ms = $2 WHERE id = $1 AND state = 'active' AND expires_at_ms > $3 \
-         AND ($4 = 1 OR holder = $5) RETURNING {PERMIT_COLUMNS}"
-    ))
-    .bind(id.to_string())
-    .bind(ms(now + ttl))
-    .bind(ms(now))
-    .bind(i32::from(any))
-    .bind(caller)
-    .fetch_optional(&mut **tx)
-    .await?;
-    match done {
-        Some(row) => Ok(PermitChange::Done(permit_of(&row)?)),
-        None => why_not(tx, id, caller, now).await,
     }
 }
 
-/// Ends a permit as released, if `caller` holds it (or `any` is set).
-async fn release(tx: &mut Tx<'_>, id: Uuid, caller: &str, any: bool, now: DateTime<Utc>) -> Result<PermitChange> {
-    let done = sqlx::query(&format!(
-        "UPDATE gate_permits SET state = 'released', ended_at_ms = $2, ended_by = $3 \
-         WHERE id = $1 AND state = 'active' AND expires_at_ms > $2 AND ($4 = 1 OR holder = $3) RETURNING {PERMIT_COLUMNS}"
-    ))
-    .bind(id.to_string())
-    .bind(ms(now))
-    .bind(caller)
-    .bind(i32::from(any))
-    .fetch_optional(&mut **tx)
-    .await?;
-    match done {
-        Some(row) => Ok(PermitChange::Done(permit_of(&row)?)),
-        None => why_not(tx, id, caller, now).await,
+/// `n` rows of `cols` placeholders each: `($1,$2),($3,$4)` (bare `?` on SQLite).
+fn values(tx: &Tx<'_>, n: usize, cols: usize) -> String {
+    let p = firebreak_plumbing::db::placeholders(tx, n * cols);
+    p.chunks(cols).map(|r| format!("({})", r.join(","))).collect::<Vec<_>>().join(",")
+}
+
+/// Inserts new permits, a statement per [`ROWS`].
+async fn insert_permits(tx: &mut Tx<'_>, permits: &[Permit]) -> Result<()> {
+    for chunk in permits.chunks(ROWS) {
+        let sql = format!("INSERT INTO gate_permits ({PERMIT_COLUMNS}) VALUES {}", values(tx, chunk.len(), 11));
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(p.id.to_string())
+                .bind(p.operation.as_str())
+                .bind(p.cluster.clone())
+                .bind(p.node.clone())
+                .bind(serde_json::to_string(&p.domains).map_err(|e| corrupt("domains", e))?)
+                .bind(p.requester.clone())
+                .bind(p.holder.clone())
+                .bind(state_text(p.state))
+                .bind(ms(p.granted_at))
+                .bind(ms(p.expires_at))
+                .bind(p.ended_at.map(ms));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Appends decisions to the log, a statement per [`ROWS`].
+async fn insert_decisions(tx: &mut Tx<'_>, decisions: &[Decision]) -> Result<()> {
+    for chunk in decisions.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO gate_decisions (id, at_ms, operation, cluster, node, requester, holder, granted, rule, scope, \
+             measured, threshold, reason, permit_id) VALUES {}",
+            values(tx, chunk.len(), 14)
+        );
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(d.id.to_string())
+                .bind(ms(d.at))
+                .bind(d.operation.as_str())
+                .bind(d.cluster.clone())
+                .bind(d.node.clone())
+                .bind(d.requester.clone())
+                .bind(d.holder.clone())
+                .bind(i32::from(d.granted))
+                .bind(d.rule.clone())
+                .bind(d.scope.clone())
+                .bind(d.measured.map(|v| v.to_string()))
+                .bind(d.threshold.map(|v| v.to_string()))
+                .bind(d.reason.clone())
+                .bind(d.permit_id.map(|p| p.to_string()));
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+fn state_text(s: PermitState) -> &'static str {
+    match s {
+        PermitState::Active => "active",
+        PermitState::Released => "released",
+        PermitState::Expired => "expired",
     }
 }
 
-/// Why a renewal or release changed nothing.
-async fn why_not(tx: &mut Tx<'_>, id: Uuid, caller: &str, now: DateTime<Utc>) -> Result<PermitChange> {
-    let row = sqlx::query(&format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id = $1"))
-        .bind(id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(row) = row else { return Ok(PermitChange::Unknown) };
-    let mut p = permit_of(&row)?;
-    if p.state == PermitState::Active && p.expires_at <= now {
-        // Lapsed, not yet swept: it is over all the same.
-        p.state = PermitState::Expired;
-        return Ok(PermitChange::Ended(p));
+/// Runs a batch's renewals and releases, in order, on the permits they name, read in one
+/// statement; writes what changed in one more. Exact because every writer of permits holds the
+/// gate's lock (see the module's doc).
+async fn change_permits(tx: &mut Tx<'_>, ops: &[Op], done: &mut [Option<Done>], now: DateTime<Utc>) -> Result<()> {
+    let ids: std::collections::BTreeSet<Uuid> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Renew { id, .. } | Op::Release { id, .. } => Some(*id),
+            Op::Decide(..) => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
     }
-    if p.state != PermitState::Active {
-        return Ok(PermitChange::Ended(p));
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    let mut known: HashMap<Uuid, (Permit, Option<String>)> = HashMap::new();
+    for chunk in ids.chunks(ROWS) {
+        let p = firebreak_plumbing::db::placeholders(tx, chunk.len());
+        let sql = format!("SELECT {PERMIT_COLUMNS} FROM gate_permits WHERE id IN ({})", p.join(","));
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let p = permit_of(&row)?;
+            known.insert(p.id, (p, None));
+        }
     }
-    if p.holder != caller {
-        return Ok(PermitChange::NotYours(p.holder));
+    let mut changed = std::collections::BTreeSet::new();
+    for (op, slot) in ops.iter().zip(done.iter_mut()) {
+        let (id, caller, any) = match op {
+            Op::Renew { id, caller, any, .. } | Op::Release { id, caller, any } => (id, caller, *any),
+            Op::Decide(..) => continue,
+        };
+        let Some((p, ended_by)) = known.get_mut(id) else {
+            *slot = Some(Done::Changed(PermitChange::Unknown));
+            continue;
+        };
+        let change = if p.state == PermitState::Active && p.expires_at <= now {
+            // Lapsed, not yet swept: it is over all the same.
+            let mut p = p.clone();
+            p.state = PermitState::Expired;
+            PermitChange::Ended(p)
+        } else if p.state != PermitState::Active {
+            PermitChange::Ended(p.clone())
+        } else if !any && p.holder != *caller {
+            PermitChange::NotYours(p.holder.clone())
+        } else {
+            match op {
+                Op::Renew { ttl, .. } => p.expires_at = now + *ttl,
+                _ => {
+                    p.state = PermitState::Released;
+                    p.ended_at = Some(now);
+                    *ended_by = Some(caller.clone());
+                }
+            }
+            changed.insert(*id);
+            PermitChange::Done(p.clone())
+        };
+        *slot = Some(Done::Changed(change));
     }
-    Ok(PermitChange::Ended(p))
+    let changed: Vec<&(Permit, Option<String>)> = changed.iter().filter_map(|id| known.get(id)).collect();
+    for chunk in changed.chunks(ROWS) {
+        let sql = format!(
+            "UPDATE gate_permits SET state = v.column2, expires_at_ms = v.column3, ended_at_ms = v.column4, \
+             ended_by = v.column5 FROM (VALUES {}) AS v WHERE gate_permits.id = v.column1",
+            values(tx, chunk.len(), 5)
+        );
+        let mut q = sqlx::query(&sql);
+        for (p, ended_by) in chunk {
+            q = q
+                .bind(p.id.to_string())
+                .bind(state_text(p.state))
+                .bind(ms(p.expires_at))
+                .bind(p.ended_at.map(ms))
+                .bind(ended_by.clone());
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
 }

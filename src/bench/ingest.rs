@@ -44,10 +44,9 @@ pub struct IngestBench {
     /// The databases measured.
     #[command(flatten)]
     pub db: super::Databases,
-    /// A broker to run against (its own process, holding no fault topics) instead of
-    /// librdkafka's mock broker in this process.
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
+    /// The broker.
+    #[command(flatten)]
+    pub broker: super::Broker,
     /// Longest to wait for one reader to read everything.
     #[arg(long, default_value = "10m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
@@ -100,19 +99,6 @@ async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Dura
     .await
     .map_err(|_| usage(format!("the raw consumer read {seen} of {want} records in {max_wait:?}")))?;
     Ok(first.map_or(Duration::ZERO, |t| t.elapsed()))
-}
-
-/// The fault topics a broker holds.
-fn existing_fault_topics(kafka: &KafkaConfig) -> Result<Vec<String>> {
-    let unread = |e: rdkafka::error::KafkaError| usage(format!("cannot read the topics of {}: {e}", kafka.brokers));
-    let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(unread)?;
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).map_err(unread)?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_owned())
-        .filter(|t| t.starts_with(firebreak_schema::FAULT_TOPIC_PREFIX))
-        .collect())
 }
 
 /// `records_stored_total` from an event center's `/metrics`.
@@ -175,28 +161,21 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     }
     let clusters: Vec<String> = (0..args.clusters).map(|c| format!("bench{c}")).collect();
     let wanted = firebreak_schema::topics::for_clusters(clusters.iter().map(String::as_str));
-    let (mock, kafka, broker) = match &args.kafka_brokers {
+    let (mock, kafka) = match args.broker.checked()? {
         None => {
             let mock = rdkafka::mocking::MockCluster::new(1).map_err(usage)?;
             for (topic, partitions) in &wanted {
                 mock.create_topic(topic, *partitions, 1).map_err(usage)?;
             }
             let kafka = KafkaConfig::new(mock.bootstrap_servers());
-            (Some(mock), kafka, "librdkafka's mock broker in this process".to_owned())
+            (Some(mock), kafka)
         }
-        Some(brokers) => {
-            let kafka = KafkaConfig::new(brokers.as_str());
-            let held = existing_fault_topics(&kafka)?;
-            if !held.is_empty() {
-                return Err(usage(format!(
-                    "{brokers} already holds fault topics ({}); the event center would read them too: use a fresh broker",
-                    held.join(", ")
-                )));
-            }
+        Some(kafka) => {
             kafka.ensure_topics(&wanted, 1).await?;
-            (None, kafka, format!("the broker at {brokers} (its own process)"))
+            (None, kafka)
         }
     };
+    let broker = args.broker.describe();
     let topics: Vec<String> = clusters.iter().map(|c| fault_topic(c)).collect();
     let record = firebreak_schema::encode(&fault(0, args.clusters)).map_err(usage)?;
     let per_partition = (args.events / (args.clusters * 3) + 1) * (record.payload.len() + 200);

@@ -43,10 +43,9 @@ pub struct DetectBench {
     /// How long the stack is watched idle, once up, for its memory and CPU.
     #[arg(long, default_value = "10s", value_parser = crate::cli::positive_duration)]
     pub idle: Duration,
-    /// A broker to run against (its own process; a fresh one: what an earlier run left on it
-    /// would be read again) instead of librdkafka's mock broker in this process.
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
+    /// The broker.
+    #[command(flatten)]
+    pub broker: super::Broker,
 }
 
 /// `firebreak bench isolate` flags.
@@ -61,10 +60,9 @@ pub struct IsolateBench {
     /// How long to wait for them all before calling the run failed.
     #[arg(long, default_value = "5m", value_parser = crate::cli::positive_duration)]
     pub max_wait: Duration,
-    /// A broker to run against (its own process; a fresh one: what an earlier run left on it
-    /// would be read again) instead of librdkafka's mock broker in this process.
-    #[arg(long)]
-    pub kafka_brokers: Option<String>,
+    /// The broker.
+    #[command(flatten)]
+    pub broker: super::Broker,
 }
 
 /// Whether a node is out of service: cordoned and tainted by Firebreak.
@@ -83,10 +81,10 @@ async fn stack(
     clusters: usize,
     nodes: usize,
     max_wait: Duration,
-    kafka_brokers: Option<String>,
+    broker: &super::Broker,
 ) -> Result<crate::demo::Stack> {
     let mut opts = crate::demo::StackOptions::new(dir.to_owned(), clusters, nodes);
-    opts.kafka_brokers = kafka_brokers;
+    opts.kafka_brokers = broker.checked()?.map(|k| k.brokers);
     opts.apps = firebreak_fleet_sim::Apps::Dense { per_node: 1, max_unavailable_percent: 100 };
     opts.timings.churn_per_minute = 0;
     opts.policy = drain::generous();
@@ -113,8 +111,8 @@ pub(super) fn is_isolated(nodes: &Nodes, node: &str) -> bool {
     nodes.lock().unwrap_or_else(|e| e.into_inner()).get(&format!("/{node}")).copied().unwrap_or(false)
 }
 
-fn setup_line(what: &str, clusters: usize, nodes: usize, brokers: Option<&str>, took: Duration) {
-    let broker = brokers.map_or("librdkafka's mock broker".to_owned(), |b| format!("the broker at {b}"));
+fn setup_line(what: &str, clusters: usize, nodes: usize, broker: &super::Broker, took: Duration) {
+    let broker = broker.describe();
     println!(
         "firebreak bench {what}: {clusters} cluster(s) × {nodes} nodes (fleet-sim), an agent per node, {broker}, gate \
          policy limiting nothing, a remediator per cluster, this machine ({} CPUs); stack up in {:.1} s",
@@ -133,11 +131,11 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
     let scratch = super::Scratch::new()?;
     let dir = scratch.0.clone();
     let started = Instant::now();
-    let stack = stack(&dir, args.clusters, args.nodes, args.max_wait, args.kafka_brokers.clone()).await?;
+    let stack = stack(&dir, args.clusters, args.nodes, args.max_wait, &args.broker).await?;
     let result = async {
         let (watches, tasks) = watch_nodes(&stack).await?;
         let setup = started.elapsed();
-        setup_line("detect", args.clusters, args.nodes, args.kafka_brokers.as_deref(), setup);
+        setup_line("detect", args.clusters, args.nodes, &args.broker, setup);
         let before = super::usage(std::process::id())?;
         tokio::time::sleep(args.idle).await;
         let idle = super::usage(std::process::id())?;
@@ -210,10 +208,10 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
     let scratch = super::Scratch::new()?;
     let dir = scratch.0.clone();
     let started = Instant::now();
-    let stack = stack(&dir, 1, args.nodes, args.max_wait, args.kafka_brokers.clone()).await?;
+    let stack = stack(&dir, 1, args.nodes, args.max_wait, &args.broker).await?;
     let result = async {
         let (watches, tasks) = watch_nodes(&stack).await?;
-        setup_line("isolate", 1, args.nodes, args.kafka_brokers.as_deref(), started.elapsed());
+        setup_line("isolate", 1, args.nodes, &args.broker, started.elapsed());
         let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Usage("no cluster".into()))?.clone();
         let names = cluster.node_names();
         let step = (names.len() / args.faults).max(1);

@@ -510,6 +510,50 @@ impl Databases {
     }
 }
 
+/// The Kafka a benchmark runs against: librdkafka's mock broker in its own process, or a
+/// broker of its own process named by `--kafka-brokers`.
+#[derive(Debug, Clone, Args)]
+pub struct Broker {
+    /// A broker to run against (its own process, holding no fault topics: a fresh one, since
+    /// what an earlier run left there would be read again) instead of librdkafka's mock broker
+    /// in this process.
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+}
+
+impl Broker {
+    /// The named broker, checked before anything starts: reachable (within 10 s), and holding
+    /// no fault topics. `None` for the mock broker.
+    fn checked(&self) -> Result<Option<firebreak_plumbing::kafka::KafkaConfig>> {
+        let Some(brokers) = &self.kafka_brokers else { return Ok(None) };
+        let kafka = firebreak_plumbing::kafka::KafkaConfig::new(brokers.as_str());
+        let unread = |e: rdkafka::error::KafkaError| Error::Usage(format!("cannot read the topics of {brokers}: {e}"));
+        let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(unread)?;
+        let metadata =
+            rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10)).map_err(unread)?;
+        let held: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .filter(|t| t.starts_with(firebreak_schema::FAULT_TOPIC_PREFIX))
+            .collect();
+        if !held.is_empty() {
+            return Err(Error::Usage(format!(
+                "{brokers} already holds fault topics ({}); the benchmark would read them too: use a fresh broker",
+                held.join(", ")
+            )));
+        }
+        Ok(Some(kafka))
+    }
+
+    /// The broker, in words for a benchmark's setup line.
+    fn describe(&self) -> String {
+        self.kafka_brokers.as_ref().map_or("librdkafka's mock broker in this process".to_owned(), |b| {
+            format!("the broker at {b} (its own process)")
+        })
+    }
+}
+
 /// A benchmark's scratch: a directory, and the PostgreSQL databases (server, name) made for it;
 /// both removed when it ends, however it ends.
 pub(crate) struct Scratch(pub(crate) std::path::PathBuf, std::sync::Mutex<Vec<(String, String)>>);
