@@ -738,6 +738,20 @@ async fn an_operator_clears_an_escalation_through_the_event_center() {
     let bad = ask(Some(&stack.tokens.operator), "No_Such_Node!").await.unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("DNS-1123"));
+    // A cluster no remediator serves: refused as such, and asking does not make its topic (the
+    // second ask is refused too).
+    for _ in 0..2 {
+        let none = http
+            .post(&url)
+            .bearer_auth(&stack.tokens.operator)
+            .json(&json!({"cluster": "c9", "node": node, "reason": "DIMM replaced (INC-42)"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 404);
+        let text = none.text().await.unwrap();
+        assert!(text.contains("no remediator of cluster `c9`"), "{text}");
+    }
     let ok = ask(Some(&stack.tokens.operator), &node).await.unwrap();
     assert_eq!(ok.status(), 202);
     let id = ok.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();

@@ -38,6 +38,8 @@ pub(crate) struct AppState {
     pub(crate) ready: Arc<AtomicBool>,
     /// Sends operators' instructions to the remediators.
     pub(crate) producer: firebreak_plumbing::kafka::Producer,
+    /// The brokers, asked whether a cluster's control topic exists.
+    pub(crate) kafka: firebreak_plumbing::kafka::KafkaConfig,
     /// The consumer's lag as last measured, per partition.
     pub(crate) lag: tokio::sync::watch::Receiver<Vec<(firebreak_plumbing::kafka::LagLabels, i64)>>,
     /// Cancelled at shutdown: live streams end then, so the server can stop.
@@ -305,6 +307,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let code = match &self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::WritesOff => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -417,7 +420,16 @@ async fn ask_clear(
         at: chrono::Utc::now(),
     };
     firebreak_schema::CloudEvent::validate(&ask).map_err(|e| Error::BadRequest(e.to_string()))?;
-    s.producer.publish(&control_topic(&ask.cluster), &ask).await?;
+    let topic = control_topic(&ask.cluster);
+    // A cluster with no remediator has no control topic: said at once, not after the
+    // producer's 30 s of waiting for a topic that never comes.
+    if !s.kafka.topic_exists(&topic).await? {
+        return Err(Error::NotFound(format!(
+            "no remediator of cluster `{}` reads instructions: its control topic {topic} does not exist",
+            ask.cluster
+        )));
+    }
+    s.producer.publish(&topic, &ask).await?;
     tracing::info!(id = %ask.id, cluster = %ask.cluster, node = %ask.node, by = %ask.by, "escalation clearing asked");
     Ok(serde_json::json!({"id": ask.id, "status": "asked", "cluster": ask.cluster, "node": ask.node}))
 }

@@ -56,6 +56,9 @@ pub enum Error {
     /// An API request is invalid.
     #[error("{0}")]
     BadRequest(String),
+    /// What an API request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// A write action was asked of an event center that has no tokens.
     #[error("write actions are off: the event center has no tokens (--tokens FILE)")]
     WritesOff,
@@ -196,6 +199,7 @@ pub async fn run(cfg: Config, listener: tokio::net::TcpListener, cancel: Cancell
             registry: Arc::new(registry),
             ready,
             producer,
+            kafka: cfg.kafka.clone(),
             lag: lag_rx,
             shutdown: cancel.clone(),
             wake,

@@ -57,6 +57,8 @@ pub struct Retained {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The SQLite WAL's background checkpoints, while the store lives.
+    _checkpoints: firebreak_plumbing::db::Checkpoints,
     rules: Rules,
 }
 
@@ -96,7 +98,8 @@ impl Store {
 
     /// Connects and migrates; incidents follow `rules`.
     pub async fn open_with(url: &str, rules: Rules) -> Result<Self> {
-        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?, rules })
+        let (pool, checkpoints) = firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?;
+        Ok(Self { pool, _checkpoints: checkpoints, rules })
     }
 
     /// Stores events in one transaction (all or none), as multi-row inserts, and counts the new

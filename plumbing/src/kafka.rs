@@ -108,6 +108,19 @@ impl KafkaConfig {
         Ok(created)
     }
 
+    /// Whether the brokers hold `topic`, asked without creating it: a producer's metadata
+    /// request creates the topic on brokers that create topics on demand, a consumer's that
+    /// says so does not.
+    pub async fn topic_exists(&self, topic: &str) -> Result<bool> {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let client: BaseConsumer = self.client().set("allow.auto.create.topics", "false").create()?;
+        let name = topic.to_owned();
+        let meta = tokio::task::spawn_blocking(move || client.fetch_metadata(Some(&name), Duration::from_secs(10)))
+            .await
+            .map_err(|e| Error::Topic(format!("metadata of {topic}: {e}")))??;
+        Ok(meta.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+    }
+
     /// A consumer configuration for a group: offsets are stored by the application only after
     /// the record's effect is durable (`enable.auto.offset.store=false`) and committed in the
     /// background; a new group starts from the earliest record; a topic created after the

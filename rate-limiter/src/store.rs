@@ -31,6 +31,8 @@ const GATE_LOCK: i64 = 0x0066_6972_6562_726b;
 #[derive(Clone)]
 pub(crate) struct Store {
     pool: AnyPool,
+    /// The SQLite WAL's background checkpoints, while the store lives.
+    _checkpoints: firebreak_plumbing::db::Checkpoints,
     postgres: bool,
 }
 
@@ -130,8 +132,8 @@ fn trip_of(r: &AnyRow) -> Result<BreakerTrip> {
 impl Store {
     /// Connects and migrates.
     pub(crate) async fn open(url: &str) -> Result<Self> {
-        let pool = firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?;
-        Ok(Self { pool, postgres: url.starts_with("postgres") })
+        let (pool, checkpoints) = firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 8).await?;
+        Ok(Self { pool, _checkpoints: checkpoints, postgres: url.starts_with("postgres") })
     }
 
     /// Runs a batch in one locked transaction: renewals and releases first (a released budget

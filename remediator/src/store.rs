@@ -186,6 +186,8 @@ pub struct Report {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The SQLite WAL's background checkpoints, while the store lives.
+    _checkpoints: firebreak_plumbing::db::Checkpoints,
 }
 
 /// Appends a line to a workflow's step log, next in its sequence, for the outbox to publish.
@@ -405,7 +407,8 @@ async fn intake_one(
 impl Store {
     /// Connects (a SQLite file is created if missing) and migrates.
     pub async fn open(url: &str) -> Result<Self> {
-        Ok(Self { pool: firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 4).await? })
+        let (pool, checkpoints) = firebreak_plumbing::db::open(url, sqlx::migrate!("./migrations"), 4).await?;
+        Ok(Self { pool, _checkpoints: checkpoints })
     }
 
     /// Records a consumed fault and the intake policy's decision on it, atomically (see
