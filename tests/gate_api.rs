@@ -281,6 +281,70 @@ async fn renewals_and_releases_at_once_settle_each_exactly_once_across_two_repli
     b.stop().await;
 }
 
+/// A rate of one cordon a minute per cluster after a burst of three: 40 requests at once on
+/// each of two clusters get three permits each, and the budget's state (written by the batch
+/// that spent it, every scope in one statement) outlives a restart of the gate.
+async fn rate_budget_outlives_a_restart(db: &str) {
+    let secrets = Secrets::new();
+    let policy = Policy {
+        operations: BTreeMap::from([(
+            Operation::Cordon,
+            OperationPolicy {
+                cluster: Some(Limits {
+                    rate_per_minute: std::num::NonZeroU32::new(1),
+                    burst: std::num::NonZeroU32::new(3),
+                    ..Limits::default()
+                }),
+                ..OperationPolicy::default()
+            },
+        )]),
+        ..Policy::default()
+    };
+    let on = |cluster: &str, node: String| PermitRequest { cluster: cluster.into(), ..request(&node) };
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let gate = Server::start(db, &policy, &secrets).await;
+    let tasks: Vec<_> = (0..80)
+        .map(|i| {
+            let (http, url, token) = (http.clone(), gate.url.clone(), secrets.requester.clone());
+            let req = on(if i % 2 == 0 { "c1" } else { "c2" }, format!("n{i:02}"));
+            tokio::spawn(async move {
+                let r: PermitResponse = ask(&http, &url, &token, &req).await.json().await.unwrap();
+                (req.cluster, r)
+            })
+        })
+        .collect();
+    let mut granted = BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let (cluster, r) = t.await.unwrap();
+        if r.granted {
+            *granted.entry(cluster).or_default() += 1;
+        } else {
+            assert_eq!(r.limit.as_deref(), Some("rate"), "{r:?}");
+        }
+    }
+    assert_eq!(granted, BTreeMap::from([("c1".to_owned(), 3), ("c2".to_owned(), 3)]));
+    gate.stop().await;
+    let gate = Server::start(db, &policy, &secrets).await;
+    for cluster in ["c1", "c2"] {
+        let r: PermitResponse =
+            ask(&http, &gate.url, &secrets.requester, &on(cluster, "n99".into())).await.json().await.unwrap();
+        assert!(!r.granted, "{cluster} after the restart: {r:?}");
+        assert_eq!(r.limit.as_deref(), Some("rate"));
+    }
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_budget_outlives_a_restart_sqlite() {
+    rate_budget_outlives_a_restart(&format!("sqlite://{}", temp_dir("gate-rate").join("gate.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_budget_outlives_a_restart_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    rate_budget_outlives_a_restart(&db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_roles_decide_who_may_do_what() {
     let secrets = Secrets::new();

@@ -155,12 +155,12 @@ impl Follower {
     }
 
     fn waker(&mut self) -> Result<Waker> {
-        let dup = Self::open(&mut self.file, &self.path, &mut self.device)?.try_clone();
+        let file = Self::open(&mut self.file, &self.path, &mut self.device)?;
         let io = |source| Error::Io { path: self.path.clone(), source };
         if self.device {
             // A duplicate of the descriptor shares the open file, so its readiness is this
             // reader's.
-            let dup = dup.map_err(io)?;
+            let dup = file.try_clone().map_err(io)?;
             // SAFETY: the `File` owns its descriptor, open and the same until the `AsyncFd`
             // that owns the `File` is dropped.
             let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }

@@ -216,12 +216,10 @@ pub(crate) enum Done {
 
 async fn write_tats(tx: &mut Tx<'_>, tats: &[(&(Operation, String), &DateTime<Utc>)]) -> Result<()> {
     for chunk in tats.chunks(ROWS) {
-        let p = firebreak_plumbing::db::placeholders(tx, 3 * chunk.len());
-        let rows: Vec<String> = p.chunks(3).map(|r| format!("({})", r.join(","))).collect();
         let sql = format!(
             "INSERT INTO gate_rate (operation, scope, tat_ms) VALUES {} \
              ON CONFLICT (operation, scope) DO UPDATE SET tat_ms = excluded.tat_ms",
-            rows.join(",")
+            values(tx, chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for ((op, scope), tat) in chunk {
