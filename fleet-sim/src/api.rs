@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    AuditEntry, Cluster, Error, Fault, Result, now_plus, patch,
+    At, AuditEntry, Cluster, Error, Fault, Result, now_plus, patch,
     pdb::{matching_pdbs, pod_ready},
     resources::{self, NAMESPACES, PDBS, PODS, Resource},
     select::Selector,
@@ -380,8 +380,8 @@ fn patch_one(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(
     patch::apply(&mut new, ct, &req.body)?;
     // A resourceVersion in the patch is a precondition.
     if let Ok(p) = serde_json::from_slice::<Value>(&req.body)
-        && let Some(rv) = p.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-        && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        && let Some(rv) = p.at("/metadata/resourceVersion").and_then(Value::as_str)
+        && Some(rv) != old.at("/metadata/resourceVersion").and_then(Value::as_str)
     {
         return Err(Error::Conflict(format!(
             "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
@@ -421,7 +421,7 @@ fn keep_split(t: &Target, old: &Value, new: &mut Value) {
 fn dry_run(req: &Req, body: Option<&Value>) -> bool {
     req.query.get("dryRun").is_some_and(|v| v == "All")
         || body
-            .and_then(|b| b.pointer("/deleteOptions/dryRun"))
+            .and_then(|b| b.at("/deleteOptions/dryRun"))
             .and_then(Value::as_array)
             .is_some_and(|a| a.iter().any(|v| v == "All"))
 }
@@ -434,7 +434,7 @@ fn grace_period(req: &Req, options: Option<&Value>, pod: &Value) -> i64 {
         .and_then(|g| g.parse().ok())
         .or_else(|| options.and_then(|o| o.get("gracePeriodSeconds")).and_then(Value::as_i64))
         .filter(|g| *g >= 0)
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| pod.at("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
         .unwrap_or(30)
 }
 
@@ -460,7 +460,7 @@ fn terminate(store: &mut crate::store::Store, mut pod: Value, grace: i64) -> Res
     if grace == 0 {
         return Ok((StatusCode::OK, store.remove(&PODS, &ns, &name)?));
     }
-    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+    if pod.at("/metadata/deletionTimestamp").is_some() {
         return Ok((StatusCode::OK, pod));
     }
     let grace_u = u64::try_from(grace).unwrap_or(30);
@@ -480,7 +480,7 @@ fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Stat
     let pod = store.get(&PODS, ns_of(t), name).ok_or_else(|| Error::NotFound("pods".into(), name.into()))?;
     let options = body.get("deleteOptions");
     let success = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
-    let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+    let terminating = pod.at("/metadata/deletionTimestamp").is_some();
     // The budget this eviction spends, as the API server records it at once (not at the
     // disruption controller's next pass), so that evictions in a burst cannot overspend it.
     let mut spent = None;
@@ -493,7 +493,7 @@ fn evict(store: &mut crate::store::Store, t: &Target, req: &Req) -> Result<(Stat
             ));
         }
         if let Some(mut pdb) = pdbs.pop() {
-            let allowed = pdb.pointer("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
+            let allowed = pdb.at("/status/disruptionsAllowed").and_then(Value::as_i64).unwrap_or(0);
             if allowed <= 0 {
                 return Err(Error::TooManyRequests(str_at(&pdb, "/metadata/name")));
             }
@@ -534,24 +534,24 @@ fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             ],
             Box::new(|n: &Value| {
                 let ready = n
-                    .pointer("/status/conditions")
+                    .at("/status/conditions")
                     .and_then(Value::as_array)
                     .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
                     .map(|c| str_at(c, "/status"))
                     .unwrap_or_default();
                 let mut status = if ready == "True" { "Ready".to_owned() } else { "NotReady".to_owned() };
-                if n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                if n.at("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                     status.push_str(",SchedulingDisabled");
                 }
                 let roles: Vec<String> = n
-                    .pointer("/metadata/labels")
+                    .at("/metadata/labels")
                     .and_then(Value::as_object)
                     .map(|l| {
                         l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned)).collect()
                     })
                     .unwrap_or_default();
                 let roles = if roles.is_empty() { "<none>".to_owned() } else { roles.join(",") };
-                let ip = n.pointer("/status/addresses/0/address").cloned().unwrap_or(json!("<none>"));
+                let ip = n.at("/status/addresses/0/address").cloned().unwrap_or(json!("<none>"));
                 vec![
                     json!(str_at(n, "/metadata/name")),
                     json!(status),
@@ -574,7 +574,7 @@ fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
             ],
             Box::new(|p: &Value| {
                 let ready = if pod_ready(p) { "1/1" } else { "0/1" };
-                let status = if p.pointer("/metadata/deletionTimestamp").is_some() {
+                let status = if p.at("/metadata/deletionTimestamp").is_some() {
                     "Terminating".to_owned()
                 } else {
                     str_at(p, "/status/phase")
@@ -585,7 +585,7 @@ fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
                     json!(status),
                     json!("0"),
                     json!(age(p)),
-                    json!(p.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>")),
+                    json!(p.at("/status/podIP").and_then(Value::as_str).unwrap_or("<none>")),
                     json!(str_at(p, "/spec/nodeName")),
                 ]
             }),
@@ -605,7 +605,7 @@ fn table(res: &Resource, items: &[Value], rv: u64) -> Value {
 /// Formats an object's age the way kubectl does (`45s`, `3m12s`, `2h`, `4d`).
 fn age(obj: &Value) -> String {
     let created = obj
-        .pointer("/metadata/creationTimestamp")
+        .at("/metadata/creationTimestamp")
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
     let Some(created) = created else { return "<unknown>".into() };

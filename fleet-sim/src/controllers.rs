@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::{
-    Result,
+    At, Result,
     cluster::{Cluster, State},
     kubelet::ready_status,
     resources::{NODES, PODS},
@@ -61,7 +61,7 @@ impl Cluster {
         let mut live: HashMap<String, usize> = HashMap::new();
         let mut per_node: HashMap<String, usize> = HashMap::new();
         let mut daemon: HashSet<String> = HashSet::new();
-        for p in st.store.iter(&PODS, None).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()) {
+        for p in st.store.iter(&PODS, None).filter(|p| p.at("/metadata/deletionTimestamp").is_none()) {
             let node = str_at(p, "/spec/nodeName");
             if str_at(p, "/metadata/namespace") == "kube-system" {
                 daemon.insert(node.clone());
@@ -77,7 +77,7 @@ impl Cluster {
             expired.extend(
                 st.store
                     .iter(&PODS, Some(w.namespace))
-                    .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                    .filter(|p| p.at("/metadata/deletionTimestamp").is_none())
                     .filter(|p| str_at(p, "/metadata/labels/app") == w.name)
                     .filter(|p| {
                         chrono::DateTime::parse_from_rfc3339(&str_at(p, "/metadata/creationTimestamp"))
@@ -135,9 +135,9 @@ fn schedulable_nodes(store: &Store) -> impl Iterator<Item = String> + '_ {
     store
         .iter(&NODES, None)
         .filter(|n| ready_status(n) == "True")
-        .filter(|n| n.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true))
+        .filter(|n| n.at("/spec/unschedulable").and_then(Value::as_bool) != Some(true))
         .filter(|n| {
-            !n.pointer("/spec/taints")
+            !n.at("/spec/taints")
                 .and_then(Value::as_array)
                 .is_some_and(|t| t.iter().any(|t| t["effect"] == "NoSchedule" || t["effect"] == "NoExecute"))
         })

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::{
-    Result,
+    At, Result,
     cluster::{Cluster, State},
     faults::Fault,
     fmt_micro_time,
@@ -112,7 +112,7 @@ impl Cluster {
             // Like a kubelet with node leases: the lease is renewed every period, the Node
             // object is written only when its status changes.
             let boot_id = sim.boot_id.clone();
-            let stale_boot = node.pointer("/status/nodeInfo/bootID").and_then(Value::as_str) != Some(boot_id.as_str());
+            let stale_boot = node.at("/status/nodeInfo/bootID").and_then(Value::as_str) != Some(boot_id.as_str());
             if ready != "True" || stale_boot {
                 let mut n = node.clone();
                 set_condition(&mut n, "Ready", "True", "KubeletReady", "kubelet is posting ready status");
@@ -154,7 +154,7 @@ impl Cluster {
             .store
             .iter(&PODS, None)
             .filter(|p| {
-                p.pointer("/metadata/deletionTimestamp")
+                p.at("/metadata/deletionTimestamp")
                     .and_then(Value::as_str)
                     .is_some_and(|ts| DateTime::parse_from_rfc3339(ts).map_or(true, |t| t <= wall))
             })
@@ -177,7 +177,7 @@ impl Cluster {
                 st.pending_ready.remove(&k);
                 continue;
             };
-            if pod.pointer("/metadata/deletionTimestamp").is_some() {
+            if pod.at("/metadata/deletionTimestamp").is_some() {
                 st.pending_ready.remove(&k);
                 continue;
             }
@@ -206,9 +206,9 @@ impl Cluster {
                     {"type": "Initialized", "status": "True"},
                     {"type": "ContainersReady", "status": "True", "lastTransitionTime": started},
                     {"type": "Ready", "status": "True", "lastTransitionTime": started}],
-                "containerStatuses": [{"name": p.pointer("/spec/containers/0/name").cloned().unwrap_or(json!("main")),
+                "containerStatuses": [{"name": p.at("/spec/containers/0/name").cloned().unwrap_or(json!("main")),
                     "ready": true, "started": true, "restartCount": 0,
-                    "image": p.pointer("/spec/containers/0/image").cloned().unwrap_or(json!("")),
+                    "image": p.at("/spec/containers/0/image").cloned().unwrap_or(json!("")),
                     "state": {"running": {"startedAt": started}}}]});
             st.store.replace(&PODS, p)?;
             st.pending_ready.remove(&k);
@@ -218,7 +218,7 @@ impl Cluster {
             st.crashing.iter().filter(|(_, (at, _))| *at <= now).map(|(k, (_, n))| (k.clone(), *n)).collect();
         for (k, restarts) in due {
             let Some(pod) =
-                st.store.get_ref(&PODS, &k.0, &k.1).filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                st.store.get_ref(&PODS, &k.0, &k.1).filter(|p| p.at("/metadata/deletionTimestamp").is_none())
             else {
                 st.crashing.remove(&k);
                 continue;
@@ -237,8 +237,8 @@ impl Cluster {
 
 /// The status of a pod whose containers fail on a bad runtime: Running, not Ready.
 fn failing_status(pod: &Value, started: &str, failure: RuntimeFailure, restarts: u32) -> Value {
-    let name = pod.pointer("/spec/containers/0/name").cloned().unwrap_or(json!("main"));
-    let image = pod.pointer("/spec/containers/0/image").cloned().unwrap_or(json!(""));
+    let name = pod.at("/spec/containers/0/name").cloned().unwrap_or(json!("main"));
+    let image = pod.at("/spec/containers/0/image").cloned().unwrap_or(json!(""));
     let (state, reason) = match failure {
         RuntimeFailure::CrashLoop => (
             json!({"waiting": {"reason": "CrashLoopBackOff",
@@ -273,7 +273,7 @@ fn node_event(node: &str, reason: &str, message: &str) -> Value {
 }
 
 pub(crate) fn ready_status(node: &Value) -> &str {
-    node.pointer("/status/conditions")
+    node.at("/status/conditions")
         .and_then(Value::as_array)
         .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
         .and_then(|c| c["status"].as_str())

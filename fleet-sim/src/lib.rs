@@ -254,5 +254,70 @@ pub(crate) fn now_plus(d: Duration) -> String {
 
 /// The string at a JSON pointer, or "".
 pub(crate) fn str_at(v: &Value, ptr: &str) -> String {
-    v.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_owned()
+    v.at(ptr).and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
+/// [`Value::pointer`] without its allocations. serde_json unescapes every token of a pointer
+/// into two new strings (`~1`, `~0`) before it looks it up: that was more than half of the
+/// simulation's tick at 1,000 nodes and 16,000 pods, under the cluster's lock. A pointer with an
+/// escape in it takes serde_json's way.
+pub(crate) trait At {
+    /// The value at a JSON pointer (RFC 6901), as [`Value::pointer`] finds it.
+    fn at(&self, ptr: &str) -> Option<&Value>;
+}
+
+impl At for Value {
+    fn at(&self, ptr: &str) -> Option<&Value> {
+        if ptr.contains('~') {
+            return self.pointer(ptr);
+        }
+        if ptr.is_empty() {
+            return Some(self);
+        }
+        ptr.strip_prefix('/')?.split('/').try_fold(self, |v, token| match v {
+            Value::Object(m) => m.get(token),
+            // An index as serde_json reads one: no sign, no leading zero.
+            Value::Array(a) if !token.starts_with('+') && (token == "0" || !token.starts_with('0')) => {
+                token.parse::<usize>().ok().and_then(|i| a.get(i))
+            }
+            _ => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod at_tests {
+    use super::At;
+
+    #[test]
+    fn at_finds_what_pointer_finds() {
+        let v = serde_json::json!({
+            "metadata": {"name": "p", "labels": {"a/b": "1", "c~d": "2", "": "3"}},
+            "spec": {"containers": [{"name": "main"}, {"name": "side"}]},
+            "0": "key",
+        });
+        for ptr in [
+            "",
+            "/",
+            "/metadata",
+            "/metadata/name",
+            "/metadata/labels/a~1b",
+            "/metadata/labels/c~0d",
+            "/metadata/labels/",
+            "/spec/containers/0/name",
+            "/spec/containers/1/name",
+            "/spec/containers/2",
+            "/spec/containers/01",
+            "/spec/containers/+1",
+            "/spec/containers/-",
+            "/spec/containers/x",
+            "/metadata/name/deeper",
+            "/0",
+            "metadata",
+            "/nothing",
+            "//",
+        ] {
+            assert_eq!(v.at(ptr), v.pointer(ptr), "{ptr:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    Result,
+    At, Result,
     resources::{PDBS, PODS},
     select::Selector,
     store::Store,
@@ -13,10 +13,10 @@ use crate::{
 
 /// Whether a pod counts as healthy for a disruption budget.
 pub(crate) fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/metadata/deletionTimestamp").is_none()
-        && pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+    pod.at("/metadata/deletionTimestamp").is_none()
+        && pod.at("/status/phase").and_then(Value::as_str) == Some("Running")
         && pod
-            .pointer("/status/conditions")
+            .at("/status/conditions")
             .and_then(Value::as_array)
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
@@ -26,7 +26,7 @@ pub(crate) fn matching_pdbs(store: &Store, pod: &Value) -> Vec<Value> {
     let ns = str_at(pod, "/metadata/namespace");
     store
         .iter(&PDBS, Some(&ns))
-        .filter(|pdb| Selector::from_match_labels(pdb.pointer("/spec/selector/matchLabels")).matches_labels(pod))
+        .filter(|pdb| Selector::from_match_labels(pdb.at("/spec/selector/matchLabels")).matches_labels(pod))
         .cloned()
         .collect()
 }
@@ -41,26 +41,26 @@ pub(crate) fn update_pdbs(store: &mut Store) -> Result<()> {
         by_ns.entry(str_at(pdb, "/metadata/namespace")).or_default().push(i);
     }
     let selectors: Vec<Selector> =
-        pdbs.iter().map(|p| Selector::from_match_labels(p.pointer("/spec/selector/matchLabels"))).collect();
+        pdbs.iter().map(|p| Selector::from_match_labels(p.at("/spec/selector/matchLabels"))).collect();
     // (healthy, expected) per budget.
     let mut counts = vec![(0i64, 0i64); pdbs.len()];
     for (ns, idx) in &by_ns {
         for p in store.iter(&PODS, Some(ns)) {
-            let labels = p.pointer("/metadata/labels");
+            let labels = p.at("/metadata/labels");
             let mut ready = None;
             for &i in idx {
                 if selectors[i].matches_label_map(labels) {
                     let ready = *ready.get_or_insert_with(|| pod_ready(p));
                     counts[i].0 += i64::from(ready);
-                    counts[i].1 += i64::from(p.pointer("/metadata/deletionTimestamp").is_none());
+                    counts[i].1 += i64::from(p.at("/metadata/deletionTimestamp").is_none());
                 }
             }
         }
     }
     for (pdb, (healthy, expected)) in pdbs.into_iter().zip(counts) {
-        let desired = match pdb.pointer("/spec/minAvailable").and_then(Value::as_i64) {
+        let desired = match pdb.at("/spec/minAvailable").and_then(Value::as_i64) {
             Some(m) => m,
-            None => expected - pdb.pointer("/spec/maxUnavailable").and_then(Value::as_i64).unwrap_or(0),
+            None => expected - pdb.at("/spec/maxUnavailable").and_then(Value::as_i64).unwrap_or(0),
         };
         let status = json!({"currentHealthy": healthy, "desiredHealthy": desired,
             "disruptionsAllowed": (healthy - desired).max(0), "expectedPods": expected, "observedGeneration": 1});

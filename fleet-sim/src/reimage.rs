@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::{
-    Result,
+    At, Result,
     cluster::{Cluster, State},
     fmt_time,
     resources::{JOBS, LEASES, MACHINES, NODES, PODS},
@@ -78,9 +78,9 @@ impl Cluster {
         let running: Vec<Value> = st
             .store
             .iter(&JOBS, None)
-            .filter(|j| j.pointer("/status/completionTime").is_none())
+            .filter(|j| j.at("/status/completionTime").is_none())
             .filter(|j| {
-                !j.pointer("/status/conditions")
+                !j.at("/status/conditions")
                     .and_then(Value::as_array)
                     .is_some_and(|c| c.iter().any(|c| c["type"] == "Failed" && c["status"] == "True"))
             })
@@ -89,7 +89,7 @@ impl Cluster {
         for mut job in running {
             let key = (str_at(&job, "/metadata/namespace"), str_at(&job, "/metadata/name"));
             let started = *st.jobs_started.entry(key.clone()).or_insert(now);
-            if job.pointer("/status/startTime").is_none() {
+            if job.at("/status/startTime").is_none() {
                 job["status"] = json!({"startTime": fmt_time(Utc::now()), "active": 1});
                 st.store.replace(&JOBS, job)?;
                 continue;
@@ -99,7 +99,7 @@ impl Cluster {
             }
             st.jobs_started.remove(&key);
             let target = job
-                .pointer(&format!("/metadata/annotations/{}", REIMAGE_NODE_ANNOTATION.replace('/', "~1")))
+                .at(&format!("/metadata/annotations/{}", REIMAGE_NODE_ANNOTATION.replace('/', "~1")))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
             let outcome = match target {
@@ -130,9 +130,8 @@ impl Cluster {
             .store
             .iter(&NODES, None)
             .filter_map(|n| {
-                let machine = n.pointer(&format!("/metadata/annotations/{}", MACHINE_ANNOTATION.replace('/', "~1")))?;
-                let ns =
-                    n.pointer(&format!("/metadata/annotations/{}", MACHINE_NAMESPACE_ANNOTATION.replace('/', "~1")))?;
+                let machine = n.at(&format!("/metadata/annotations/{}", MACHINE_ANNOTATION.replace('/', "~1")))?;
+                let ns = n.at(&format!("/metadata/annotations/{}", MACHINE_NAMESPACE_ANNOTATION.replace('/', "~1")))?;
                 let (machine, ns) = (machine.as_str()?, ns.as_str()?);
                 st.store.get_ref(&MACHINES, ns, machine).is_none().then(|| (str_at(n, "/metadata/name"), ns.to_owned()))
             })

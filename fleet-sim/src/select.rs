@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::{Error, Result};
+use crate::{At, Error, Result};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Term {
@@ -71,7 +71,7 @@ impl Selector {
 
     /// Whether an object's labels match.
     pub fn matches_labels(&self, obj: &Value) -> bool {
-        self.matches_label_map(obj.pointer("/metadata/labels"))
+        self.matches_label_map(obj.at("/metadata/labels"))
     }
 
     /// Whether a label map (an object's `metadata.labels`) matches.
@@ -83,7 +83,7 @@ impl Selector {
     pub fn matches_fields(&self, obj: &Value) -> bool {
         self.eval(|k| {
             let ptr = format!("/{}", k.replace('.', "/"));
-            Some(obj.pointer(&ptr).and_then(Value::as_str).unwrap_or(""))
+            Some(obj.at(&ptr).and_then(Value::as_str).unwrap_or(""))
         })
     }
 

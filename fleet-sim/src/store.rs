@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::{Error, Result, resources::Resource, time_now_rfc3339};
+use crate::{At, Error, Result, resources::Resource, time_now_rfc3339};
 
 /// How many changes a watch can resume across, at most.
 const HISTORY: usize = 20_000;
@@ -105,7 +105,7 @@ impl Store {
             return;
         }
         let node =
-            |v: Option<&Value>| v.and_then(|v| v.pointer("/spec/nodeName")).and_then(Value::as_str).map(str::to_owned);
+            |v: Option<&Value>| v.and_then(|v| v.at("/spec/nodeName")).and_then(Value::as_str).map(str::to_owned);
         let (was, is) = (node(old), node(new));
         if was == is {
             return;
@@ -154,9 +154,9 @@ impl Store {
         let (ns, name) = names(res, &obj)?;
         let key = (res.plural, ns, name.clone());
         let old = self.objects.get(&key).ok_or_else(|| Error::NotFound(res.singular(), name.clone()))?;
-        if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+        if let Some(rv) = obj.at("/metadata/resourceVersion").and_then(Value::as_str)
             && !rv.is_empty()
-            && Some(rv) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(rv) != old.at("/metadata/resourceVersion").and_then(Value::as_str)
         {
             return Err(Error::Conflict(format!(
                 "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; \
@@ -165,7 +165,7 @@ impl Store {
             )));
         }
         for keep in ["uid", "creationTimestamp"] {
-            if let Some(v) = old.pointer(&format!("/metadata/{keep}")).cloned()
+            if let Some(v) = old.at(&format!("/metadata/{keep}")).cloned()
                 && let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut)
             {
                 m.insert(keep.into(), v);
@@ -241,12 +241,12 @@ fn set_rv(obj: &mut Value, rv: u64) {
 
 fn names(res: &Resource, obj: &Value) -> Result<(String, String)> {
     let name = obj
-        .pointer("/metadata/name")
+        .at("/metadata/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| Error::BadRequest("metadata.name is required".into()))?;
     let ns = if res.namespaced {
-        obj.pointer("/metadata/namespace")
+        obj.at("/metadata/namespace")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| Error::BadRequest("metadata.namespace is required".into()))?

@@ -6,11 +6,11 @@
 use firebreak_schema::names;
 use serde_json::Value;
 
-use crate::{Error, Result, resources::Resource};
+use crate::{At, Error, Result, resources::Resource};
 
 /// Checks an object about to be stored by a create, update or patch.
 pub(crate) fn object(res: &Resource, obj: &Value) -> Result<()> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let name = obj.at("/metadata/name").and_then(Value::as_str).unwrap_or_default();
     let invalid = |field: &str, why: String| {
         Error::Unprocessable(format!("{} \"{}\" is invalid: {field}: {why}", res.kind, name.escape_debug()))
     };
@@ -24,7 +24,7 @@ pub(crate) fn object(res: &Resource, obj: &Value) -> Result<()> {
         ));
     }
     for (field, values_are_labels) in [("labels", true), ("annotations", false)] {
-        let Some(map) = obj.pointer(&format!("/metadata/{field}")) else { continue };
+        let Some(map) = obj.at(&format!("/metadata/{field}")) else { continue };
         let Some(map) = map.as_object() else {
             if map.is_null() {
                 continue;
