@@ -2,9 +2,9 @@
 //! measured in the same run.
 //!
 //! `gate`: the permit endpoint (ask, then give back) at a fixed concurrency, beside a bare route
-//! of the same server (`/healthz`), on SQLite and — when it is reachable — PostgreSQL. The
-//! figure that matters is the p99 ratio: what the gate's exact, durable decision costs over
-//! the HTTP server itself.
+//! of the same server (`/healthz`), in alternating turns on connections already open, on SQLite
+//! and — when it is reachable — PostgreSQL. The figure that matters is the p99 ratio: what the
+//! gate's exact, durable decision costs over the HTTP server itself.
 //!
 //! `drain`: a mass drain under PodDisruptionBudgets (see [`drain`]).
 //!
@@ -268,23 +268,27 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs `count` requests made by `make(i)` with `concurrency` in flight; their latencies.
-async fn load<F, Fut>(concurrency: usize, count: usize, make: F) -> Result<Figures>
+/// Runs the requests `make(i)` makes for each `i` of `range`, `concurrency` in flight; their
+/// latencies, and how long they took together.
+async fn load<F, Fut>(
+    concurrency: usize,
+    range: std::ops::Range<usize>,
+    make: Arc<F>,
+) -> Result<(Vec<Duration>, Duration)>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Duration>> + Send,
 {
-    let make = Arc::new(make);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (make, next) = (make.clone(), next.clone());
+            let (make, next, end) = (make.clone(), next.clone(), range.end);
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= count {
+                    if i >= end {
                         return Ok::<_, Error>(out);
                     }
                     out.push(make(i).await?);
@@ -292,12 +296,17 @@ where
             })
         })
         .collect();
-    let mut samples = Vec::with_capacity(count);
+    let mut samples = Vec::with_capacity(range.len());
     for w in workers {
         samples.extend(w.await.map_err(|e| Error::Usage(format!("benchmark worker failed: {e}")))??);
     }
-    Ok(Figures::of(samples, started.elapsed()))
+    Ok((samples, started.elapsed()))
 }
+
+/// How many turns the bare route and the permits take, one after the other: each route's
+/// figures are of all its turns, so both meet the same moments of the server's life (its
+/// background checkpoints, the sweeper) rather than one a quiet start and the other the rest.
+const TURNS: usize = 10;
 
 struct Run {
     bare: Figures,
@@ -339,16 +348,9 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
         .build()
         .map_err(|e| Error::Usage(e.to_string()))?;
     let failed = |e: reqwest::Error| Error::Usage(format!("benchmark request failed: {e}"));
-    // Up, and warm.
-    for _ in 0..50 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let bare = {
+    let healthz = {
         let (http, url) = (http.clone(), format!("{base}/healthz"));
-        load(args.concurrency, args.requests, move |_| {
+        Arc::new(move |_| {
             let (http, url) = (http.clone(), url.clone());
             async move {
                 let t = Instant::now();
@@ -356,11 +358,19 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
                 Ok(t.elapsed())
             }
         })
-        .await?
     };
+    // Up, then warm: as many connections open as requests will be in flight, so neither route
+    // pays for opening them.
+    for _ in 0..50 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load(args.concurrency, 0..4 * args.concurrency, healthz.clone()).await?;
     let permit = {
         let (http, base, secret) = (http.clone(), base.clone(), secret.clone());
-        load(args.concurrency, args.requests, move |i| {
+        Arc::new(move |i| {
             let (http, base, secret) = (http.clone(), base.clone(), secret.clone());
             async move {
                 let req = PermitRequest {
@@ -387,8 +397,20 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
                 Ok(took)
             }
         })
-        .await?
     };
+    // Each route's latencies and time over its turns.
+    let (mut bare, mut permits) = ((Vec::new(), Duration::ZERO), (Vec::new(), Duration::ZERO));
+    let turn = args.requests.div_ceil(TURNS).max(1);
+    for start in (0..args.requests).step_by(turn) {
+        let range = start..(start + turn).min(args.requests);
+        let (samples, took) = load(args.concurrency, range.clone(), healthz.clone()).await?;
+        bare.0.extend(samples);
+        bare.1 += took;
+        let (samples, took) = load(args.concurrency, range, permit.clone()).await?;
+        permits.0.extend(samples);
+        permits.1 += took;
+    }
+    let (bare, permit) = (Figures::of(bare.0, bare.1), Figures::of(permits.0, permits.1));
     stop.cancel();
     let _ = server.await;
     Ok(Run { bare, permit })
@@ -428,8 +450,8 @@ async fn gate(args: GateBench) -> Result<Vec<Headline>> {
     let scratch = Scratch::new()?;
     let dbs = args.db.urls(&scratch, "gate.db").await;
     println!(
-        "firebreak bench gate: {} permit requests (each then released) and {} GET /healthz, {} in flight, one gate, \
-         this machine ({} CPUs)",
+        "firebreak bench gate: {} permit requests (each then released) and {} GET /healthz, {} in flight, in {TURNS} \
+         alternating turns on connections opened before, one gate, this machine ({} CPUs)",
         args.requests,
         args.requests,
         args.concurrency,
