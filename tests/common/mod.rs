@@ -13,11 +13,33 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
-/// A fresh directory under the system temp dir.
+/// A fresh directory, inside this test process's own directory of the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("firebreak-{name}-{}", uuid::Uuid::now_v7().simple()));
+    let dir = process_dir().join(format!("{name}-{}", uuid::Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The prefix of a test process's directory; its process id follows.
+const PROCESS_DIR: &str = "firebreak-tests-";
+
+/// `firebreak-tests-<pid>` in the system temp dir: every [`temp_dir`] of this process. The first
+/// call removes those of test processes that have exited, so test runs leave behind only the
+/// directories of the last process to run (kept for a look at a failure), not every run's.
+fn process_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PROCESS_DIR)) else { continue };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                // Another process may be removing it too.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        tmp.join(format!("{PROCESS_DIR}{}", std::process::id()))
+    })
 }
 
 /// A new, empty PostgreSQL database on the local server (`FIREBREAK_TEST_POSTGRES`, default
