@@ -45,13 +45,28 @@ fn process_dir() -> &'static std::path::Path {
 /// A new, empty PostgreSQL database on the local server (`FIREBREAK_TEST_POSTGRES`, default
 /// `postgres://postgres@127.0.0.1:5432`); its URL. Without a server the test cannot run: it
 /// says why and is skipped, unless `FIREBREAK_REQUIRE_POSTGRES=1` (as `.ci/test` sets) makes
-/// that a failure.
+/// that a failure. Tests do not drop their databases; the first call of a test process drops
+/// those made more than an hour ago (their names hold the time), unless one is still in use.
 pub async fn postgres_db() -> Option<String> {
     use sqlx::Connection;
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let base = std::env::var("FIREBREAK_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("fb_{}", uuid::Uuid::now_v7().simple());
     let created = async {
         let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+        if !SWEPT.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'fb\\_%'")
+                .fetch_all(&mut conn)
+                .await?;
+            let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+            for old in names {
+                let made = uuid::Uuid::parse_str(&old["fb_".len()..]).ok().and_then(|u| u.get_timestamp());
+                if made.is_some_and(|t| std::time::UNIX_EPOCH + Duration::from_secs(t.to_unix().0) < hour_ago) {
+                    // Without FORCE: a database a test still uses stays.
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{old}\"")).execute(&mut conn).await;
+                }
+            }
+        }
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
         Ok::<_, sqlx::Error>(())
     };
