@@ -496,6 +496,8 @@ fn bench_flags_out_of_range_are_refused() {
             "cannot read the topics of 127.0.0.1:1",
         ),
         (&["fleet", "--fault-every", "0s"][..], "--fault-every"),
+        (&["gate", "--concurrency", "0"][..], "--concurrency"),
+        (&["gate", "--requests", "0"][..], "--requests"),
         (
             &[
                 "control-plane",

@@ -447,6 +447,13 @@ async fn one(cmd: BenchCommand) -> Result<Vec<Headline>> {
 }
 
 async fn gate(args: GateBench) -> Result<Vec<Headline>> {
+    // Without a request there is no latency, and a ratio of nothing would read as met.
+    if args.concurrency == 0 {
+        return Err(Error::Usage("--concurrency must be at least 1".into()));
+    }
+    if args.requests == 0 {
+        return Err(Error::Usage("--requests must be at least 1".into()));
+    }
     let scratch = Scratch::new()?;
     let dbs = args.db.urls(&scratch, "gate.db").await;
     println!(
