@@ -154,7 +154,7 @@ impl NodeAgent {
     async fn emit(&self, topic: &str, event: &FaultEvent, cancel: &CancellationToken) -> bool {
         self.metrics.found(event.kind);
         if let Some(spool) = &self.spool {
-            match spool.push(event) {
+            match spool.push(event).await {
                 Ok(()) => return true,
                 Err(error) => {
                     tracing::error!(%error, event_id = %event.id, "cannot spool a fault: publishing it directly")
@@ -558,6 +558,15 @@ pub fn check(args: &AgentArgs) -> Result<Vec<rules::Rule>> {
     Ok(rules)
 }
 
+/// The agent's producer. It lingers for nothing (`linger.ms=0`, where Firebreak's services
+/// wait 5 ms to batch): an agent's records are a heartbeat every few seconds and, rarely, a
+/// fault that should be on its way at once; there is nothing to batch them with, and 5 ms were a
+/// fifth of a fault's way from the kernel log to its node cordoned (`firebreak bench detect`).
+/// The operator's options still win.
+pub fn producer(kafka: &KafkaConfig) -> Result<Producer> {
+    Ok(Producer::with(kafka, &[("linger.ms", "0")])?)
+}
+
 /// Runs one agent until Ctrl-C, then flushes what is queued.
 pub async fn run(args: AgentArgs) -> Result<()> {
     let rules = check(&args)?;
@@ -566,7 +575,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         kafka.client_options = KafkaConfig::options_file(p)?;
     }
     kafka.client_options.extend(args.kafka_options.iter().cloned());
-    let producer = Producer::new(&kafka)?;
+    let producer = producer(&kafka)?;
     let limits = spool::Limits { entries: args.spool_max_entries, bytes: args.spool_max_bytes };
     let metrics = metrics::Metrics::default();
     let spool = spool::Spool::open(&args.state_dir.join("spool"), limits, metrics.clone())?;

@@ -170,7 +170,19 @@ impl Spool {
 
     /// Writes a fault to disk; once this returns `Ok` the fault survives a crash. When the
     /// spool is full, the oldest fault of the lowest severity present is dropped and counted.
-    pub fn push(&self, event: &FaultEvent) -> Result<()> {
+    /// The write and its syncs run on a blocking thread: a storm's syncs (milliseconds each)
+    /// hold no thread of the async runtime, which an agent shares with its heartbeats — and the
+    /// demo's thousands of agents with the whole control plane.
+    pub async fn push(&self, event: &FaultEvent) -> Result<()> {
+        let (spool, event) = (self.clone(), event.clone());
+        tokio::task::spawn_blocking(move || spool.write(&event)).await.map_err(|e| Error::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(format!("the spool's write did not finish: {e}")),
+        })?
+    }
+
+    /// [`Spool::push`], on the calling thread.
+    fn write(&self, event: &FaultEvent) -> Result<()> {
         let body = serde_json::to_vec(event).map_err(|e| Error::Config(format!("a fault does not serialize: {e}")))?;
         let bytes = body.len() as u64;
         let mut state = self.lock();
@@ -281,7 +293,7 @@ impl Spool {
             let n = self.take_dropped();
             if n > 0 {
                 let report = dropped(n);
-                if let Err(error) = self.push(&report) {
+                if let Err(error) = self.push(&report).await {
                     tracing::error!(%error, "cannot spool the report of dropped faults: sending it directly");
                     if !producer.publish_until_delivered(topic, &report, cancel).await {
                         return;
@@ -322,12 +334,12 @@ mod tests {
         std::env::temp_dir().join(format!("fb-spool-{}", uuid::Uuid::now_v7().simple()))
     }
 
-    #[test]
-    fn a_reopened_spool_holds_what_was_pushed_in_order_and_forgets_cut_writes() {
+    #[tokio::test]
+    async fn a_reopened_spool_holds_what_was_pushed_in_order_and_forgets_cut_writes() {
         let d = dir();
         let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
         for n in 0..5 {
-            spool.push(&fault(n, Severity::Warning)).unwrap();
+            spool.push(&fault(n, Severity::Warning)).await.unwrap();
         }
         spool.delivered(0);
         // A write cut short by a crash leaves a temporary file: not an entry.
@@ -339,7 +351,7 @@ mod tests {
         let (seq, first) = again.oldest().unwrap();
         assert_eq!((seq, first.message.as_str()), (1, "fault 1"));
         // New entries go after the old ones.
-        again.push(&fault(9, Severity::Info)).unwrap();
+        again.push(&fault(9, Severity::Info)).await.unwrap();
         assert_eq!(*again.lock().entries.keys().last().unwrap(), 5);
         std::fs::remove_dir_all(d).unwrap();
     }
@@ -349,11 +361,11 @@ mod tests {
         let d = dir();
         let metrics = crate::metrics::Metrics::default();
         let spool = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }, metrics.clone()).unwrap();
-        spool.push(&fault(0, Severity::Critical)).unwrap();
-        spool.push(&fault(1, Severity::Info)).unwrap();
-        spool.push(&fault(2, Severity::Info)).unwrap();
-        spool.push(&fault(3, Severity::Warning)).unwrap();
-        spool.push(&fault(4, Severity::Warning)).unwrap();
+        spool.write(&fault(0, Severity::Critical)).unwrap();
+        spool.write(&fault(1, Severity::Info)).unwrap();
+        spool.write(&fault(2, Severity::Info)).unwrap();
+        spool.write(&fault(3, Severity::Warning)).unwrap();
+        spool.write(&fault(4, Severity::Warning)).unwrap();
         let left: Vec<_> = std::iter::from_fn(|| {
             let (seq, e) = spool.oldest()?;
             spool.delivered(seq);
@@ -371,9 +383,9 @@ mod tests {
         assert_eq!(again.take_dropped(), 0);
         assert!(!d.join("dropped").exists());
         // Bounded by bytes too.
-        let small = Spool::open(&dir(), Limits { entries: 100, bytes: 600 }, Default::default()).unwrap();
+        let small = Spool::open(&d.join("small"), Limits { entries: 100, bytes: 600 }, Default::default()).unwrap();
         for n in 0..10 {
-            small.push(&fault(n, Severity::Warning)).unwrap();
+            small.write(&fault(n, Severity::Warning)).unwrap();
         }
         assert!(small.lock().bytes <= 600, "{}", small.lock().bytes);
         assert!(small.take_dropped() > 0);
@@ -384,8 +396,8 @@ mod tests {
     fn an_undecodable_entry_is_kept_aside_not_sent_and_not_a_panic() {
         let d = dir();
         let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
-        spool.push(&fault(0, Severity::Critical)).unwrap();
-        spool.push(&fault(1, Severity::Critical)).unwrap();
+        spool.write(&fault(0, Severity::Critical)).unwrap();
+        spool.write(&fault(1, Severity::Critical)).unwrap();
         std::fs::write(d.join(format!("{:020}-c.json", 0)), b"\x00\x01 not json").unwrap();
         let (seq, e) = spool.oldest().unwrap();
         assert_eq!((seq, e.message.as_str()), (1, "fault 1"));

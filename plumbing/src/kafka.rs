@@ -217,16 +217,13 @@ impl Drop for Polled {
 impl Producer {
     /// Creates the producer and starts its polling thread.
     pub fn new(cfg: &KafkaConfig) -> Result<Self> {
-        let mut c = cfg.client();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "0")
-            .set("linger.ms", "5")
-            .set("queue.buffering.max.messages", "1000000");
-        // The operator's options win over these defaults.
-        for (k, v) in &cfg.client_options {
-            c.set(k, v);
-        }
+        Self::with(cfg, &[])
+    }
+
+    /// [`Producer::new`] with a client's own defaults beside Firebreak's (the operator's
+    /// options still win over both): the agent's producer lingers for nothing, for one.
+    pub fn with(cfg: &KafkaConfig, defaults: &[(&str, &str)]) -> Result<Self> {
+        let c = Self::config(cfg, defaults);
         let producer: Arc<BaseProducer<Deliveries>> = Arc::new(c.create_with_context(Deliveries)?);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
@@ -241,6 +238,25 @@ impl Producer {
             })
             .map_err(|e| Error::Config(format!("cannot start the producer's polling thread: {e}")))?;
         Ok(Self { inner: Arc::new(Polled { producer, stop, thread: Some(thread) }) })
+    }
+
+    /// The producer's configuration: Firebreak's defaults (idempotent, `acks=all`, never giving
+    /// up on a record, 5 ms of linger to batch what comes together), then the client's, then
+    /// the operator's options.
+    fn config(cfg: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut c = cfg.client();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000");
+        for (k, v) in defaults {
+            c.set(*k, *v);
+        }
+        for (k, v) in &cfg.client_options {
+            c.set(k, v);
+        }
+        c
     }
 
     /// Queues a record and waits until the brokers have it (or the producer gives up on it).
@@ -536,6 +552,19 @@ mod tests {
             seq,
             sent_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn a_producers_defaults_give_way_to_the_clients_and_those_to_the_operators() {
+        let mut cfg = KafkaConfig::new("b:9092");
+        let linger = |cfg: &KafkaConfig, defaults: &[(&str, &str)]| {
+            Producer::config(cfg, defaults).get("linger.ms").map(str::to_owned)
+        };
+        assert_eq!(linger(&cfg, &[]).as_deref(), Some("5"));
+        assert_eq!(linger(&cfg, &[("linger.ms", "0")]).as_deref(), Some("0"));
+        cfg.client_options.push(("linger.ms".into(), "20".into()));
+        assert_eq!(linger(&cfg, &[("linger.ms", "0")]).as_deref(), Some("20"), "the operator's option wins");
+        assert_eq!(Producer::config(&cfg, &[("linger.ms", "0")]).get("acks"), Some("all"));
     }
 
     #[tokio::test]
