@@ -1,6 +1,8 @@
 //! `firebreak demo`, the binary, as a user runs it: it starts, injects faults, and Ctrl-C
 //! (SIGINT) stops it cleanly; started again on the same data directory, it starts afresh.
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
@@ -48,7 +50,7 @@ fn interrupt(mut child: std::process::Child, out: std::io::Lines<BufReader<std::
 
 #[test]
 fn demo_runs_injects_and_stops_cleanly_on_ctrl_c() {
-    let dir = std::env::temp_dir().join(format!("firebreak-demo-{}", uuid::Uuid::now_v7().simple()));
+    let dir = common::temp_dir("demo");
     let (child, out, lines) = demo(&dir);
     let ui =
         lines.iter().find_map(|l| l.trim().strip_prefix("event center (web UI): ")).expect("prints the UI address");
@@ -82,8 +84,7 @@ fn firebreak(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn check_policy_prints_the_effective_policy_or_names_the_line() {
-    let dir = std::env::temp_dir().join(format!("firebreak-policy-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("policy");
     let good = dir.join("good.toml");
     std::fs::write(&good, "[operations.cordon.cluster]\nmax_in_flight = 2\n").unwrap();
     let out = firebreak(&["gate", "check-policy", good.to_str().unwrap()]);
@@ -136,8 +137,7 @@ fn the_gate_refuses_to_start_without_tokens() {
     let out = firebreak(&[&remediator[..], &["--lease-duration", "soon"]].concat());
     assert!(!out.status.success(), "a duration that is none is refused");
     // A broken remediation policy stops the remediator before it acts, naming the file and line.
-    let dir = std::env::temp_dir().join(format!("fb-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("bad-policy");
     let policy = dir.join("bad.toml");
     std::fs::write(&policy, "[budget]\nattempts = 3\nwindow = \"1h\"\n[[process]]\nname = \"m\"\nkinds = [\"KernelHung\"]\nladder = [\"pray\"]\n").unwrap();
     let out = firebreak(&[&remediator[..], &["--policy", policy.to_str().unwrap()]].concat());
@@ -353,8 +353,7 @@ fn the_topic_contract_and_kafka_settings_checked_at_start() {
     let bad = firebreak(&["topics", "--cluster", "Not A Name"]);
     assert!(!bad.status.success());
 
-    let dir = std::env::temp_dir().join(format!("firebreak-kafka-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("kafka");
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\n").unwrap();
     let detector = |extra: &[&str]| {
@@ -387,7 +386,7 @@ fn the_topic_contract_and_kafka_settings_checked_at_start() {
 /// Kubernetes would refuse, exits non-zero saying what is missing instead of running blind.
 #[test]
 fn an_agent_refuses_a_host_root_without_its_files() {
-    let root = std::env::temp_dir().join(format!("firebreak-root-{}", uuid::Uuid::now_v7().simple()));
+    let root = common::temp_dir("root");
     std::fs::create_dir_all(root.join("dev")).unwrap();
     let agent = |node: &str| {
         let out = firebreak(&[
@@ -525,8 +524,7 @@ fn bench_flags_out_of_range_are_refused() {
 /// then one table and the SVG plot of the control plane's memory and latency against nodes.
 #[test]
 fn bench_scale_runs_each_size_and_draws_the_plot() {
-    let dir = std::env::temp_dir().join(format!("firebreak-scale-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("scale");
     let plot = dir.join("scale.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_firebreak"))
         .args(["bench", "scale", "--sizes", "4,8", "--nodes-per-cluster", "4", "--duration", "6s", "--heartbeat", "1s"])
@@ -550,7 +548,7 @@ fn bench_scale_runs_each_size_and_draws_the_plot() {
 /// fleet, before it starts anything.
 #[test]
 fn fleet_sim_refuses_timings_that_cannot_hold() {
-    let dir = std::env::temp_dir().join(format!("firebreak-sim-flags-{}", uuid::Uuid::now_v7().simple()));
+    let dir = common::temp_dir("sim-flags");
     for (args, says) in [
         (&["--heartbeat", "10s", "--unreachable-after", "5s"][..], "--unreachable-after must be longer"),
         (&["--heartbeat", "45s", "--unreachable-after", "90s"][..], "--heartbeat must be shorter than the node Leases"),

@@ -443,10 +443,18 @@ mod tests {
 
     #[test]
     fn new_nodes_are_tainted_not_ready_until_their_kubelet_reports() {
-        let dir = std::env::temp_dir().join(format!("fb-sim-{}", uuid::Uuid::new_v4().simple()));
+        let dir = tempfile::Builder::new().prefix("fb-sim-").tempdir().unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let c = Cluster::new("t".into(), dir, addr, 2, Timings::default(), Apps::Default, CancellationToken::new())
-            .unwrap();
+        let c = Cluster::new(
+            "t".into(),
+            dir.path().to_owned(),
+            addr,
+            2,
+            Timings::default(),
+            Apps::Default,
+            CancellationToken::new(),
+        )
+        .unwrap();
         let node = c.lock().store.get(&NODES, "", "t-node-001").unwrap();
         assert_eq!(ready_status(&node), "False");
         assert_eq!(node["spec"]["taints"][0]["key"], NOT_READY_TAINT);

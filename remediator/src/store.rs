@@ -832,15 +832,16 @@ mod tests {
         }
     }
 
-    async fn store() -> Store {
-        let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Store::open(&format!("sqlite://{}", dir.join("r.db").display())).await.unwrap()
+    /// A store in a directory of its own, removed when the directory is dropped.
+    async fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::Builder::new().prefix("fb-rem-").tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display())).await.unwrap();
+        (store, dir)
     }
 
     #[tokio::test]
     async fn a_batch_of_faults_is_decided_in_order_as_if_one_at_a_time() {
-        let s = store().await;
+        let (s, _dir) = store().await;
         // n2's workflow escalates; the store names it among the batch's nodes, n1 has none.
         let n2 = started(&s, &fault("n2", FaultKind::MemoryUncorrectable, Severity::Critical, 0)).await;
         end(&s, &n2, State::Escalated).await;
@@ -864,7 +865,7 @@ mod tests {
 
     #[tokio::test]
     async fn intake_decides_once_per_event_and_one_workflow_per_node() {
-        let s = store().await;
+        let (s, _dir) = store().await;
         let first = fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0);
         let wf = started(&s, &first).await;
         assert_eq!((wf.state, wf.node.as_str()), (State::PermitWait, "n1"));
@@ -888,7 +889,7 @@ mod tests {
 
     #[tokio::test]
     async fn transitions_persist_and_open_workflows_resume() {
-        let s = store().await;
+        let (s, _dir) = store().await;
         let mut wf = started(&s, &fault("n1", FaultKind::ReadonlyFilesystem, Severity::Critical, 0)).await;
         wf.state = State::AwaitingBoot;
         wf.permit_id = Some(Uuid::now_v7());
@@ -920,9 +921,8 @@ mod tests {
     #[tokio::test]
     async fn steps_and_webhook_calls_wait_in_the_outbox_until_sent() {
         use crate::outbox::{Hook, Note};
-        let dir = std::env::temp_dir().join(format!("fb-rem-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}", dir.join("r.db").display());
+        let dir = tempfile::Builder::new().prefix("fb-rem-").tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
         let s = Store::open(&url).await.unwrap();
         let mut wf = started(&s, &fault("n1", FaultKind::MemoryUncorrectable, Severity::Critical, 0)).await;
         wf.state = State::Escalated;
@@ -967,7 +967,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_store_counts_occurrences_and_repairs_for_the_ladder() {
-        let s = store().await;
+        let (s, _dir) = store().await;
         // Hung tasks: the third within 15 minutes starts a reboot; the first two are recorded.
         for i in 0..2 {
             let hung = fault("n1", FaultKind::KernelHung, Severity::Warning, i);

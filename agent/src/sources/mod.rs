@@ -277,14 +277,22 @@ impl Checker {
 /// Host roots laid out as the kernel serves them, for the sources' tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
+
+    /// A fresh, empty host root, removed when dropped.
+    pub(crate) struct Root(tempfile::TempDir);
+
+    impl std::ops::Deref for Root {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            self.0.path()
+        }
+    }
 
     /// A fresh, empty host root.
-    pub(crate) fn root(name: &str) -> PathBuf {
-        let r = std::env::temp_dir().join(format!("firebreak-sources-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&r);
-        std::fs::create_dir_all(&r).unwrap();
-        r
+    pub(crate) fn root(name: &str) -> Root {
+        Root(tempfile::Builder::new().prefix(&format!("firebreak-sources-{name}-")).tempdir().unwrap())
     }
 
     /// Writes a file under the root, making its directories.
@@ -294,11 +302,14 @@ pub(crate) mod testing {
         std::fs::write(p, text).unwrap();
     }
 
-    /// A plugin script, run as `sh FILE`.
-    pub(crate) fn script(name: &str, body: &str) -> String {
-        let path = root(&format!("plugin-{name}")).join("check.sh");
+    /// A plugin script, run as `sh FILE` (the command), in a directory that goes with the
+    /// returned root.
+    pub(crate) fn script(name: &str, body: &str) -> (Root, String) {
+        let dir = root(&format!("plugin-{name}"));
+        let path = dir.join("check.sh");
         std::fs::write(&path, body).unwrap();
-        format!("sh {}", path.display())
+        let command = format!("sh {}", path.display());
+        (dir, command)
     }
 }
 
@@ -397,6 +408,7 @@ mod tests {
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
             }
         });
+        let (_plugin, ntp) = script("ntp", "echo drift\nexit 1\n");
         let cfg = Sources {
             ce_threshold: 100,
             mounts: vec!["/".into(), "/var/lib/kubelet".into()],
@@ -404,7 +416,7 @@ mod tests {
                 ("kubelet".into(), format!("http://{addr}/healthz")),
                 ("containerd".into(), "/run/containerd/containerd.sock".into()),
             ]),
-            plugins: vec![("ntp".into(), script("ntp", "echo drift\nexit 1\n"))],
+            plugins: vec![("ntp".into(), ntp)],
             timeout: Duration::from_secs(2),
             ..quiet()
         };

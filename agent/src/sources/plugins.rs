@@ -38,13 +38,13 @@ mod tests {
     #[tokio::test]
     async fn plugins_follow_the_npd_contract() {
         let t = Duration::from_secs(2);
-        assert_eq!(run_plugin(&script("ok", "exit 0\n"), t).await, PluginStatus::Ok);
+        assert_eq!(run_plugin(&script("ok", "exit 0\n").1, t).await, PluginStatus::Ok);
         assert_eq!(
-            run_plugin(&script("problem", "echo 'NTP is not synchronised'\necho more\nexit 1\n"), t).await,
+            run_plugin(&script("problem", "echo 'NTP is not synchronised'\necho more\nexit 1\n").1, t).await,
             PluginStatus::Problem("NTP is not synchronised".into())
         );
         assert!(
-            matches!(run_plugin(&script("unknown", "echo maybe\nexit 2\n"), t).await, PluginStatus::Unknown(w) if w == "exit 2: maybe")
+            matches!(run_plugin(&script("unknown", "echo maybe\nexit 2\n").1, t).await, PluginStatus::Unknown(w) if w == "exit 2: maybe")
         );
         assert!(
             matches!(run_plugin("sleep 5", Duration::from_millis(200)).await, PluginStatus::Unknown(w) if w.contains("killed"))
