@@ -146,9 +146,8 @@ mod tests {
     /// does not.
     #[tokio::test]
     async fn a_sqlite_wal_is_checkpointed_in_the_background() {
-        let dir = std::env::temp_dir().join(format!("fb-wal-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("fb-wal-").tempdir().unwrap();
+        let dir = tmp.path();
         let file = dir.join("x.db");
         let (pool, checkpoints) = open(&format!("sqlite://{}", file.display()), Migrator::DEFAULT, 1).await.unwrap();
         sqlx::query("CREATE TABLE t (v TEXT)").execute(&pool).await.unwrap();
@@ -172,6 +171,5 @@ mod tests {
         assert!(grown > 2_000_000, "the database file grew by {grown} bytes: the WAL was not checkpointed");
         drop(checkpoints);
         pool.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
