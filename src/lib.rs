@@ -71,6 +71,9 @@ pub enum Error {
     /// A flag has an invalid value.
     #[error("invalid argument: {0}")]
     Usage(String),
+    /// A benchmark could not run or finish: what it waited for did not happen.
+    #[error("benchmark failed: {0}")]
+    Bench(String),
     /// The gate refused or failed an operator command.
     #[error("gate: {0}")]
     GateApi(String),

@@ -544,6 +544,17 @@ fn bench_scale_runs_each_size_and_draws_the_plot() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A benchmark whose subject fails says that the benchmark failed and why, not that a flag
+/// was wrong.
+#[test]
+fn a_benchmark_whose_subject_fails_says_so() {
+    let out = firebreak(&["bench", "agent", "--agent-bin", "/bin/false", "--idle", "1s", "--load", "1s"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("benchmark failed: the agent exited (exit status: 1)"), "{err}");
+    assert!(!err.contains("invalid argument"), "{err}");
+}
+
 /// `firebreak fleet-sim` refuses timings under which no node could stay Ready, and an empty
 /// fleet, before it starts anything.
 #[test]

@@ -119,13 +119,13 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| Error::Io { what: format!("start {}", bin.display()), source })?;
-    let pid = child.id().ok_or_else(|| Error::Usage("the agent exited at once".into()))?;
+    let pid = child.id().ok_or_else(|| Error::Bench("the agent exited at once".into()))?;
 
     // Idle, after it settled.
     tokio::time::sleep(Duration::from_secs(3)).await;
     if let Ok(Some(status)) = child.try_wait() {
         let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-        return Err(Error::Usage(format!("the agent exited ({status}): {}", log.trim())));
+        return Err(Error::Bench(format!("the agent exited ({status}): {}", log.trim())));
     }
     let before = super::usage(pid)?;
     tokio::time::sleep(args.idle).await;
@@ -193,7 +193,7 @@ pub(super) async fn agent(args: AgentBench) -> Result<Vec<super::Headline>> {
     println!("records written {written}, faults among them {faults}, faults delivered to the topic {delivered}");
     println!("goals (issue 9 and 11): resident ≤ 16 MiB; idle CPU ≤ 0.2 % of a core");
     if delivered < faults {
-        return Err(Error::Usage(format!("the agent delivered {delivered} of {faults} faults: it did not keep up")));
+        return Err(Error::Bench(format!("the agent delivered {delivered} of {faults} faults: it did not keep up")));
     }
     let mib = idle.rss_kib.max(loaded.rss_kib) as f64 / 1024.0;
     Ok(vec![

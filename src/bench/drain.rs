@@ -171,7 +171,7 @@ pub async fn drain(args: DrainBench) -> Result<Vec<super::Headline>> {
 }
 
 async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant) -> Result<Vec<super::Headline>> {
-    let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Usage("the stack has no cluster".into()))?;
+    let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Bench("the stack has no cluster".into()))?;
     let client = crate::kube_client(&cluster.kubeconfig_path()).await?;
     let pods: Pods = Arc::default();
     let nodes: Arc<Mutex<HashMap<String, bool>>> = Arc::default();
@@ -182,8 +182,8 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
         tokio::spawn(watch(client, nodes.clone(), cordoned, nodes_tx)),
     ];
     let out = async {
-        pods_listed.await.map_err(|_| Error::Usage("the pod watch ended before it listed".into()))?;
-        nodes_listed.await.map_err(|_| Error::Usage("the node watch ended before it listed".into()))?;
+        pods_listed.await.map_err(|_| Error::Bench("the pod watch ended before it listed".into()))?;
+        nodes_listed.await.map_err(|_| Error::Bench("the node watch ended before it listed".into()))?;
         let apps = args.nodes * args.pods_per_node;
         let deadline = Instant::now() + args.max_wait;
         let wait = |what: &'static str| {
@@ -195,7 +195,7 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
                         return Ok(());
                     }
                     if Instant::now() > deadline {
-                        return Err(Error::Usage(format!("{what}: {ready} of {apps} app pods Ready")));
+                        return Err(Error::Bench(format!("{what}: {ready} of {apps} app pods Ready")));
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -226,7 +226,7 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
                 }
             }
             if Instant::now() > deadline {
-                return Err(Error::Usage(format!(
+                return Err(Error::Bench(format!(
                     "drain: {} of {} nodes emptied within {:?}",
                     emptied.len(),
                     targets.len(),
@@ -248,10 +248,10 @@ async fn measure(stack: &crate::demo::Stack, args: &DrainBench, started: Instant
     let (setup, injected, cordoned, per_node, all_drained, rescheduled) = out?;
     let metrics = reqwest::get(format!("{}/metrics", stack.metrics_url))
         .await
-        .map_err(|e| Error::Usage(format!("remediator metrics: {e}")))?
+        .map_err(|e| Error::Bench(format!("remediator metrics: {e}")))?
         .text()
         .await
-        .map_err(|e| Error::Usage(format!("remediator metrics: {e}")))?;
+        .map_err(|e| Error::Bench(format!("remediator metrics: {e}")))?;
     let evictions = |outcome: &str| -> u64 {
         super::metric_sum(&metrics, "firebreak_remediator_evictions_total", &format!("outcome=\"{outcome}\"")) as u64
     };

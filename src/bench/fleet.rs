@@ -158,7 +158,7 @@ pub(super) async fn control_plane(args: ControlPlaneChild) -> Result<Vec<super::
         metrics_url: control.metrics_url.clone(),
         viewer_token: control.tokens.viewer.clone(),
     };
-    println!("{}", serde_json::to_string(&ready).map_err(|e| Error::Usage(e.to_string()))?);
+    println!("{}", serde_json::to_string(&ready).map_err(|e| Error::Bench(e.to_string()))?);
     std::future::pending::<()>().await;
     Ok(Vec::new())
 }
@@ -181,8 +181,8 @@ impl Child {
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| Error::Io { what: format!("run {} {what}", exe.display()), source })?;
-        let pid = child.id().ok_or_else(|| Error::Usage(format!("{what} exited at once")))?;
-        let stdout = child.stdout.take().ok_or_else(|| Error::Usage(format!("{what}: no stdout")))?;
+        let pid = child.id().ok_or_else(|| Error::Bench(format!("{what} exited at once")))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Bench(format!("{what}: no stdout")))?;
         Ok(Child { what, child, pid, stdout: BufReader::new(stdout).lines() })
     }
 
@@ -190,9 +190,9 @@ impl Child {
     async fn line(&mut self, timeout: Duration) -> Result<String> {
         match tokio::time::timeout(timeout, self.stdout.next_line()).await {
             Ok(Ok(Some(line))) => Ok(line),
-            Ok(Ok(None)) => Err(Error::Usage(format!("{} exited before it was up", self.what))),
+            Ok(Ok(None)) => Err(Error::Bench(format!("{} exited before it was up", self.what))),
             Ok(Err(source)) => Err(Error::Io { what: format!("read {}'s output", self.what), source }),
-            Err(_) => Err(Error::Usage(format!("{} not up within {timeout:?}", self.what))),
+            Err(_) => Err(Error::Bench(format!("{} not up within {timeout:?}", self.what))),
         }
     }
 
@@ -200,7 +200,7 @@ impl Child {
     fn alive(&mut self) -> Result<()> {
         match self.child.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::Usage(format!("{} exited during the run: {status}", self.what))),
+            Ok(Some(status)) => Err(Error::Bench(format!("{} exited during the run: {status}", self.what))),
             Err(source) => Err(Error::Io { what: format!("wait for {}", self.what), source }),
         }
     }
@@ -421,7 +421,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             continue;
         };
         if !names.iter().any(|n| n == name) {
-            return Err(Error::Usage(format!("fleet-sim named a cluster {name}, not one of c1..c{}", args.clusters)));
+            return Err(Error::Bench(format!("fleet-sim named a cluster {name}, not one of c1..c{}", args.clusters)));
         }
         clusters.push(ClusterAccess { name: name.into(), kubeconfig: path.into() });
     }
@@ -438,7 +438,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         let seen: Nodes = Arc::default();
         let (tx, listed) = tokio::sync::oneshot::channel();
         watch_tasks.push(tokio::spawn(super::drain::watch(client, seen.clone(), isolated, tx)));
-        listed.await.map_err(|_| Error::Usage("a node watch ended before it listed".into()))?;
+        listed.await.map_err(|_| Error::Bench("a node watch ended before it listed".into()))?;
         let mut names: Vec<String> = seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -493,7 +493,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
         ready.gate_url
     );
     let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| Error::Usage(e.to_string()))?;
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| Error::Bench(e.to_string()))?;
     let scrape = |url: String| {
         let (http, token) = (http.clone(), ready.viewer_token.clone());
         async move {
@@ -682,7 +682,7 @@ pub(super) async fn fleet(args: FleetBench) -> Result<Vec<super::Headline>> {
             cordoned_ms: (isolated_count > 0).then_some((f.p50.as_secs_f64() * 1000.0, f.p99.as_secs_f64() * 1000.0)),
             lag: lag.into(),
         };
-        let json = serde_json::to_vec(&figures).map_err(|e| Error::Usage(e.to_string()))?;
+        let json = serde_json::to_vec(&figures).map_err(|e| Error::Bench(e.to_string()))?;
         std::fs::write(path, json).map_err(|source| Error::Io { what: format!("write {}", path.display()), source })?;
     }
     println!("goal: control plane ≤ 4 GB, no lag growing over 10 min (100 clusters × 1,000 nodes)");

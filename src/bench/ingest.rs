@@ -52,8 +52,8 @@ pub struct IngestBench {
     pub max_wait: Duration,
 }
 
-fn usage(e: impl std::fmt::Display) -> Error {
-    Error::Usage(e.to_string())
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Bench(e.to_string())
 }
 
 /// A fault as an agent publishes one: a kernel log record's.
@@ -83,9 +83,9 @@ fn fault(i: usize, clusters: usize) -> FaultEvent {
 /// its last.
 async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Duration) -> Result<Duration> {
     let consumer: StreamConsumer =
-        kafka.consumer(&format!("bench-raw-{}", uuid::Uuid::now_v7())).create().map_err(usage)?;
+        kafka.consumer(&format!("bench-raw-{}", uuid::Uuid::now_v7())).create().map_err(failed)?;
     let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&names).map_err(usage)?;
+    consumer.subscribe(&names).map_err(failed)?;
     let mut seen = 0;
     let mut first = None;
     tokio::time::timeout(max_wait, async {
@@ -97,7 +97,7 @@ async fn raw(kafka: &KafkaConfig, topics: &[String], want: usize, max_wait: Dura
         }
     })
     .await
-    .map_err(|_| usage(format!("the raw consumer read {seen} of {want} records in {max_wait:?}")))?;
+    .map_err(|_| failed(format!("the raw consumer read {seen} of {want} records in {max_wait:?}")))?;
     Ok(first.map_or(Duration::ZERO, |t| t.elapsed()))
 }
 
@@ -123,7 +123,7 @@ async fn event_center(kafka: &KafkaConfig, db: &str, want: usize, max_wait: Dura
         webhooks: Vec::new(),
     };
     let server = tokio::spawn(firebreak_event_center::run(cfg, listener, cancel.clone()));
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(usage)?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().map_err(failed)?;
     let mut last = 0;
     let mut first: Option<Instant> = None;
     let done = tokio::time::timeout(max_wait, async {
@@ -149,23 +149,23 @@ async fn event_center(kafka: &KafkaConfig, db: &str, want: usize, max_wait: Dura
     let ended = server.await;
     match done {
         Ok(true) => Ok(took),
-        Ok(false) => Err(usage(format!("the event center stopped after storing {last} records: {ended:?}"))),
-        Err(_) => Err(usage(format!("the event center stored {last} of {want} records in {max_wait:?}"))),
+        Ok(false) => Err(failed(format!("the event center stopped after storing {last} records: {ended:?}"))),
+        Err(_) => Err(failed(format!("the event center stored {last} of {want} records in {max_wait:?}"))),
     }
 }
 
 /// Runs the benchmark and prints its table.
 pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     if args.events == 0 || args.clusters == 0 {
-        return Err(usage("--events and --clusters must be more than 0"));
+        return Err(Error::Usage("--events and --clusters must be more than 0".into()));
     }
     let clusters: Vec<String> = (0..args.clusters).map(|c| format!("bench{c}")).collect();
     let wanted = firebreak_schema::topics::for_clusters(clusters.iter().map(String::as_str));
     let (mock, kafka) = match args.broker.checked()? {
         None => {
-            let mock = rdkafka::mocking::MockCluster::new(1).map_err(usage)?;
+            let mock = rdkafka::mocking::MockCluster::new(1).map_err(failed)?;
             for (topic, partitions) in &wanted {
-                mock.create_topic(topic, *partitions, 1).map_err(usage)?;
+                mock.create_topic(topic, *partitions, 1).map_err(failed)?;
             }
             let kafka = KafkaConfig::new(mock.bootstrap_servers());
             (Some(mock), kafka)
@@ -177,10 +177,10 @@ pub async fn ingest(args: IngestBench) -> Result<Vec<super::Headline>> {
     };
     let broker = args.broker.describe();
     let topics: Vec<String> = clusters.iter().map(|c| fault_topic(c)).collect();
-    let record = firebreak_schema::encode(&fault(0, args.clusters)).map_err(usage)?;
+    let record = firebreak_schema::encode(&fault(0, args.clusters)).map_err(failed)?;
     let per_partition = (args.events / (args.clusters * 3) + 1) * (record.payload.len() + 200);
     if mock.is_some() && per_partition > 4 << 20 {
-        return Err(usage(format!(
+        return Err(Error::Usage(format!(
             "{} records on {} partitions is about {} MiB per partition, more than the mock broker keeps (5 MiB): \
              raise --clusters",
             args.events,

@@ -101,7 +101,7 @@ async fn watch_nodes(stack: &crate::demo::Stack) -> Result<(Vec<Nodes>, Vec<toki
         let nodes: Nodes = Arc::default();
         let (tx, listed) = tokio::sync::oneshot::channel();
         tasks.push(tokio::spawn(drain::watch(client, nodes.clone(), isolated, tx)));
-        listed.await.map_err(|_| Error::Usage("the node watch ended before it listed".into()))?;
+        listed.await.map_err(|_| Error::Bench("the node watch ended before it listed".into()))?;
         all.push(nodes);
     }
     Ok((all, tasks))
@@ -158,7 +158,7 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
                         return Ok(t.elapsed());
                     }
                     if t.elapsed() > args.max_wait {
-                        return Err(Error::Usage(format!("{node} not isolated within {:?}", args.max_wait)));
+                        return Err(Error::Bench(format!("{node} not isolated within {:?}", args.max_wait)));
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -168,7 +168,7 @@ pub async fn detect(args: DetectBench) -> Result<Vec<super::Headline>> {
         // gate's first request from it): reported apart, not among the samples.
         let mut cold = Vec::new();
         for (c, cluster) in clusters.iter().enumerate() {
-            let last = cluster.node_names().last().cloned().ok_or_else(|| Error::Usage("an empty cluster".into()))?;
+            let last = cluster.node_names().last().cloned().ok_or_else(|| Error::Bench("an empty cluster".into()))?;
             cold.push(one(c, last).await?);
         }
         let mut samples = Vec::with_capacity(args.faults);
@@ -212,7 +212,7 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
     let result = async {
         let (watches, tasks) = watch_nodes(&stack).await?;
         setup_line("isolate", 1, args.nodes, &args.broker, started.elapsed());
-        let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Usage("no cluster".into()))?.clone();
+        let cluster = stack.fleet.clusters().first().ok_or_else(|| Error::Bench("no cluster".into()))?.clone();
         let names = cluster.node_names();
         let step = (names.len() / args.faults).max(1);
         let targets: Vec<String> = names.iter().step_by(step).take(args.faults).cloned().collect();
@@ -224,7 +224,7 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
                 cluster.inject(warm, firebreak_fleet_sim::Fault::MemoryUncorrectable)?;
                 while !is_isolated(&watches[0], warm) {
                     if t.elapsed() > args.max_wait {
-                        return Err(Error::Usage(format!("{warm} (warm-up) not isolated within {:?}", args.max_wait)));
+                        return Err(Error::Bench(format!("{warm} (warm-up) not isolated within {:?}", args.max_wait)));
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -246,7 +246,7 @@ pub async fn isolate(args: IsolateBench) -> Result<Vec<super::Headline>> {
                 }
             }
             if now > args.max_wait {
-                return Err(Error::Usage(format!(
+                return Err(Error::Bench(format!(
                     "{} of {} nodes isolated within {:?}",
                     at.len(),
                     targets.len(),

@@ -298,7 +298,7 @@ where
         .collect();
     let mut samples = Vec::with_capacity(range.len());
     for w in workers {
-        samples.extend(w.await.map_err(|e| Error::Usage(format!("benchmark worker failed: {e}")))??);
+        samples.extend(w.await.map_err(|e| Error::Bench(format!("benchmark worker failed: {e}")))??);
     }
     Ok((samples, started.elapsed()))
 }
@@ -346,8 +346,8 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| Error::Usage(e.to_string()))?;
-    let failed = |e: reqwest::Error| Error::Usage(format!("benchmark request failed: {e}"));
+        .map_err(|e| Error::Bench(e.to_string()))?;
+    let failed = |e: reqwest::Error| Error::Bench(format!("benchmark request failed: {e}"));
     let healthz = {
         let (http, url) = (http.clone(), format!("{base}/healthz"));
         Arc::new(move |_| {
@@ -392,7 +392,7 @@ async fn measure(db: &str, args: &GateBench) -> Result<Run> {
                     .await
                     .map_err(failed)?;
                 let took = t.elapsed();
-                let id = r.permit_id.ok_or_else(|| Error::Usage(format!("permit denied: {}", r.reason)))?;
+                let id = r.permit_id.ok_or_else(|| Error::Bench(format!("permit denied: {}", r.reason)))?;
                 http.delete(format!("{base}/api/v1/permits/{id}")).bearer_auth(&secret).send().await.map_err(failed)?;
                 Ok(took)
             }
@@ -556,7 +556,7 @@ impl Broker {
     fn checked(&self) -> Result<Option<firebreak_plumbing::kafka::KafkaConfig>> {
         let Some(brokers) = &self.kafka_brokers else { return Ok(None) };
         let kafka = firebreak_plumbing::kafka::KafkaConfig::new(brokers.as_str());
-        let unread = |e: rdkafka::error::KafkaError| Error::Usage(format!("cannot read the topics of {brokers}: {e}"));
+        let unread = |e: rdkafka::error::KafkaError| Error::Bench(format!("cannot read the topics of {brokers}: {e}"));
         let consumer: rdkafka::consumer::BaseConsumer = kafka.client().create().map_err(unread)?;
         let metadata =
             rdkafka::consumer::Consumer::fetch_metadata(&consumer, None, Duration::from_secs(10)).map_err(unread)?;
@@ -774,7 +774,7 @@ async fn bad_batch(
     let batch: Vec<String> = names.iter().step_by(step).take(size).cloned().collect();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let watch = tokio::spawn(first_failure(client.clone(), batch.iter().cloned().collect(), ready_tx));
-    ready_rx.await.map_err(|_| Error::Usage(format!("{}: the pod watch ended before it listed", cluster.name())))?;
+    ready_rx.await.map_err(|_| Error::Bench(format!("{}: the pod watch ended before it listed", cluster.name())))?;
     let changed = Instant::now();
     let nodes: kube::Api<Node> = kube::Api::all(client);
     let label = serde_json::json!({"metadata": {"labels": {firebreak_fleet_sim::RUNTIME_LABEL: BAD}}});
@@ -790,10 +790,10 @@ async fn bad_batch(
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| Error::Usage(format!("gate halts: {e}")))?
+            .map_err(|e| Error::Bench(format!("gate halts: {e}")))?
             .json()
             .await
-            .map_err(|e| Error::Usage(format!("gate halts: {e}")))?;
+            .map_err(|e| Error::Bench(format!("gate halts: {e}")))?;
         let ours = halts.into_iter().find(|h| {
             h.source.as_deref() == Some(source.as_str()) && h.scope.cluster.as_deref() == Some(cluster.name())
         });
@@ -802,7 +802,7 @@ async fn bad_batch(
         }
         if Instant::now() > deadline {
             watch.abort();
-            return Err(Error::Usage(format!("{}: no halt within {:?}", cluster.name(), args.max_wait)));
+            return Err(Error::Bench(format!("{}: no halt within {:?}", cluster.name(), args.max_wait)));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -811,10 +811,10 @@ async fn bad_batch(
         .await
         .ok()
         .and_then(|r| r.ok().flatten())
-        .ok_or_else(|| Error::Usage(format!("{}: halted, but no failed pod start was seen", cluster.name())))?;
+        .ok_or_else(|| Error::Bench(format!("{}: halted, but no failed pod start was seen", cluster.name())))?;
     // The halt's time is the gate's wall clock; the failure's is this process's monotonic one.
     let failed_at =
-        chrono::Utc::now() - chrono::TimeDelta::from_std(failed.elapsed()).map_err(|e| Error::Usage(e.to_string()))?;
+        chrono::Utc::now() - chrono::TimeDelta::from_std(failed.elapsed()).map_err(|e| Error::Bench(e.to_string()))?;
     // The first sample since the failure in which the batch's domain broke the rule.
     let breached = topic.lock().unwrap_or_else(|e| e.into_inner()).bad_domain.get(cluster.name()).and_then(|v| {
         v.iter()
@@ -909,10 +909,10 @@ async fn health(args: HealthBench) -> Result<Vec<Headline>> {
     stack.shutdown().await;
     let (rounds, pods) = result?;
     let metrics = metrics
-        .map_err(|e| Error::Usage(format!("detector metrics: {e}")))?
+        .map_err(|e| Error::Bench(format!("detector metrics: {e}")))?
         .text()
         .await
-        .map_err(|e| Error::Usage(format!("detector metrics: {e}")))?;
+        .map_err(|e| Error::Bench(format!("detector metrics: {e}")))?;
     let interval = args.interval.as_secs_f64();
     println!(
         "firebreak bench health: {} clusters × {} nodes, {} pod starts/min per cluster, health interval {}s; rule \
@@ -986,7 +986,7 @@ async fn health_rounds(
     topic: &SharedTopic,
 ) -> Result<(Vec<Round>, BTreeMap<String, usize>)> {
     let http =
-        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| Error::Usage(e.to_string()))?;
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().map_err(|e| Error::Bench(e.to_string()))?;
     let deadline = Instant::now() + args.max_wait;
     for cluster in stack.fleet.clusters() {
         loop {
@@ -999,7 +999,7 @@ async fn health_rounds(
                 break;
             }
             if Instant::now() > deadline {
-                return Err(Error::Usage(format!("{}: its health never held", cluster.name())));
+                return Err(Error::Bench(format!("{}: its health never held", cluster.name())));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -65,8 +65,8 @@ fn fault(i: usize, args: &UiBench, start: chrono::DateTime<chrono::Utc>) -> Faul
     }
 }
 
-fn usage(e: impl std::fmt::Display) -> Error {
-    Error::Usage(e.to_string())
+fn failed(e: impl std::fmt::Display) -> Error {
+    Error::Bench(e.to_string())
 }
 
 /// Runs `f` `n` times; its latencies.
@@ -86,12 +86,14 @@ where
 }
 
 fn json<T: serde::Serialize>(t: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(t).map_err(usage)
+    serde_json::to_vec(t).map_err(failed)
 }
 
 pub async fn ui(args: UiBench) -> Result<Vec<super::Headline>> {
     if args.nodes == 0 || args.clusters == 0 || args.queries == 0 || args.clusters > args.nodes {
-        return Err(usage("--nodes, --clusters and --queries must be more than zero, and clusters at most nodes"));
+        return Err(Error::Usage(
+            "--nodes, --clusters and --queries must be more than zero, and clusters at most nodes".into(),
+        ));
     }
     let scratch = super::Scratch::new()?;
     let dbs = args.db.urls(&scratch, "events.db").await;
