@@ -24,6 +24,9 @@ use crate::{
     policy::Policy,
 };
 
+/// Decisions the decision log's trim deletes in one statement (see [`Store::trim_decisions`]).
+const TRIM_ROWS: i64 = 500;
+
 /// The advisory lock every decision batch holds on PostgreSQL.
 const GATE_LOCK: i64 = 0x0066_6972_6562_726b;
 
@@ -244,19 +247,43 @@ impl Store {
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GATE_LOCK).execute(&mut *tx).await?;
         }
         let abandoned = expire(&mut tx, now).await?;
-        sqlx::query(
-            "DELETE FROM gate_decisions WHERE at_ms < \
-             (SELECT at_ms FROM gate_decisions ORDER BY at_ms DESC LIMIT 1 OFFSET $1)",
-        )
-        .bind(i64::from(policy.decision_log_entries) - 1)
-        .execute(&mut *tx)
-        .await?;
         sqlx::query("DELETE FROM gate_permits WHERE state <> 'active' AND granted_at_ms < $1")
             .bind(ms(now - lookback(policy) - TimeDelta::days(1)))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.trim_decisions(policy.decision_log_entries, TRIM_ROWS).await?;
         Ok(abandoned)
+    }
+
+    /// Deletes the decisions older than the newest `keep` (those of the same millisecond as the
+    /// `keep`th stay too), at most `chunk` a statement, each its own transaction, so that the
+    /// trim never holds SQLite's one connection much longer than a decision batch does: a gate
+    /// deciding thousands of requests a second (`bench gate`) has tens of thousands to trim at
+    /// every sweep. Returns how many went.
+    pub(crate) async fn trim_decisions(&self, keep: u32, chunk: i64) -> Result<u64> {
+        let cutoff: Option<i64> =
+            sqlx::query_scalar("SELECT at_ms FROM gate_decisions ORDER BY at_ms DESC LIMIT 1 OFFSET $1")
+                .bind(i64::from(keep) - 1)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(cutoff) = cutoff else { return Ok(0) };
+        let mut trimmed = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM gate_decisions WHERE id IN \
+                 (SELECT id FROM gate_decisions WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(chunk)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            trimmed += deleted;
+            if deleted < chunk.max(1) as u64 {
+                return Ok(trimmed);
+            }
+        }
     }
 
     /// Active permits.
@@ -806,4 +833,43 @@ async fn change_permits(tx: &mut Tx<'_>, ops: &[Op], done: &mut [Option<Done>], 
         q.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(at_ms: i64) -> Decision {
+        Decision {
+            id: Uuid::now_v7(),
+            at: DateTime::from_timestamp_millis(at_ms).unwrap(),
+            operation: Operation::Cordon,
+            cluster: "c1".into(),
+            node: Some("n1".into()),
+            requester: "r".into(),
+            holder: "r".into(),
+            granted: true,
+            rule: None,
+            scope: None,
+            measured: None,
+            threshold: None,
+            reason: "test".into(),
+            permit_id: None,
+        }
+    }
+
+    /// The decision log keeps its newest entries, however many statements its trim takes.
+    #[tokio::test]
+    async fn the_decision_log_keeps_its_newest_entries_trimmed_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("g.db").display())).await.unwrap();
+        assert_eq!(store.trim_decisions(5, 3).await.unwrap(), 0, "an empty log");
+        let mut tx = store.pool.begin().await.unwrap();
+        insert_decisions(&mut tx, &(0..23).map(|i| decision(1_000 + i)).collect::<Vec<_>>()).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.trim_decisions(5, 3).await.unwrap(), 18, "six statements of three");
+        let left: Vec<i64> = store.decisions(100).await.unwrap().iter().map(|d| d.at.timestamp_millis()).collect();
+        assert_eq!(left, [1022, 1021, 1020, 1019, 1018], "the newest five");
+        assert_eq!(store.trim_decisions(5, 3).await.unwrap(), 0, "nothing more");
+    }
 }
