@@ -365,13 +365,15 @@ mod tests {
     use super::*;
 
     struct Node {
+        _tmp: tempfile::TempDir,
         root: PathBuf,
         acted: Arc<Mutex<Vec<String>>>,
         actuator: NodeActuator,
     }
 
     fn node(restartable: &[&str], effect: Option<Effect>) -> Node {
-        let root = std::env::temp_dir().join(format!("fb-act-{}", uuid::Uuid::now_v7().simple()));
+        let tmp = tempfile::Builder::new().prefix("fb-act-").tempdir().unwrap();
+        let root = tmp.path().to_owned();
         std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
         std::fs::write(root.join("proc/sys/kernel/random/boot_id"), "boot-1\n").unwrap();
         let acted = Arc::new(Mutex::new(Vec::new()));
@@ -390,7 +392,7 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         let actuator = NodeActuator::new("c1", "n1", &root, &root.join("state"), cfg, producer);
-        Node { root, acted, actuator }
+        Node { _tmp: tmp, root, acted, actuator }
     }
 
     fn command(action: NodeAction, boot: &str, ttl_s: i64) -> NodeCommand {
@@ -436,7 +438,6 @@ mod tests {
         cancel.cancel();
         n.actuator.confirm_reboot(&cancel).await.unwrap();
         assert!(!n.root.join("state/pending-reboot.json").exists(), "reported done on the new boot");
-        std::fs::remove_dir_all(&n.root).unwrap();
     }
 
     #[tokio::test]
@@ -450,7 +451,6 @@ mod tests {
         // A report command is answered, never acted on.
         handle(&n, &command(NodeAction::Report, "boot-1", 60)).await;
         assert_eq!(*n.acted.lock().unwrap(), ["restart kubelet"]);
-        std::fs::remove_dir_all(&n.root).unwrap();
 
         // A real program: its failure and its timeout are failures, with what it said.
         let exec = |reboot: &[&str]| Effect::Exec {
@@ -471,7 +471,6 @@ mod tests {
         let n = node(&[], Some(exec(&["false"])));
         handle(&n, &command(NodeAction::Reboot, "boot-1", 60)).await;
         assert!(!n.root.join("state/pending-reboot.json").exists());
-        std::fs::remove_dir_all(&n.root).unwrap();
     }
 
     #[tokio::test]
@@ -492,6 +491,5 @@ mod tests {
         handle(&n, &restart).await;
         handle(&n, &restart).await;
         assert_eq!(*n.acted.lock().unwrap(), ["restart kubelet"]);
-        std::fs::remove_dir_all(&n.root).unwrap();
     }
 }

@@ -405,11 +405,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_regular_file_log_wakes_its_follower_when_written_or_replaced() {
-        let dir = std::env::temp_dir().join(format!("fb-kmsg-wait-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("fb-kmsg-wait-").tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("dev")).unwrap();
         let log = dir.join("dev/kmsg");
         std::fs::write(&log, "6,0,1,-;boot\n").unwrap();
-        let mut f = Follower::new(&dir);
+        let mut f = Follower::new(dir);
         assert!(woke(&mut f).await, "the first wait returns at once, for what the log holds");
         assert_eq!(f.poll().unwrap().len(), 1);
         assert!(slept(&mut f).await, "woken with nothing written");
@@ -438,14 +439,13 @@ mod tests {
         f.restart();
         assert_eq!(f.poll().unwrap()[0].message, "next boot");
         // Two followers of one directory (one watch) each hear; one gone, the other still does.
-        let mut g = Follower::new(&dir);
+        let mut g = Follower::new(dir);
         assert!(woke(&mut g).await);
         std::fs::write(&log, "6,0,1,-;again\n").unwrap();
         assert!(woke(&mut f).await && woke(&mut g).await, "both woken");
         drop(g);
         std::fs::write(&log, "6,0,1,-;and again\n").unwrap();
         assert!(woke(&mut f).await, "the watch went with the other follower");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// The kernel's own `/dev/kmsg` where this machine lets the test read and write it (root):
@@ -457,10 +457,11 @@ mod tests {
             eprintln!("/dev/kmsg cannot be written here: not tested");
             return;
         };
-        let dir = std::env::temp_dir().join(format!("fb-kmsg-device-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("fb-kmsg-device-").tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("dev")).unwrap();
         std::os::unix::fs::symlink("/dev/kmsg", dir.join("dev/kmsg")).unwrap();
-        let mut f = Follower::new(&dir);
+        let mut f = Follower::new(dir);
         assert!(woke(&mut f).await);
         assert!(f.device);
         f.poll().unwrap();
@@ -481,16 +482,16 @@ mod tests {
             assert!(woke(&mut f).await, "{mark} never read");
             read = f.poll().unwrap();
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn follows_appends_and_restarts_after_truncation() {
-        let dir = std::env::temp_dir().join(format!("fb-kmsg-{}", std::process::id()));
+        let tmp = tempfile::Builder::new().prefix("fb-kmsg-").tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("dev")).unwrap();
         let log = dir.join("dev/kmsg");
         std::fs::write(&log, "6,0,1,-;boot\n6,1,2,-;partial").unwrap();
-        let mut f = Follower::new(&dir);
+        let mut f = Follower::new(dir);
         assert_eq!(f.poll().unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![0]);
         use std::io::Write;
         let mut h = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
@@ -508,6 +509,5 @@ mod tests {
         assert!(f.poll().unwrap().is_empty(), "the old file, still open, has nothing new");
         f.restart();
         assert_eq!(f.poll().unwrap()[0].message, "third boot, a longer first line");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

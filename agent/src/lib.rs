@@ -684,11 +684,12 @@ mod tests {
 
     #[test]
     fn a_fault_is_dated_from_the_boot_time_or_says_why_not_never_1970() {
-        let root = std::env::temp_dir().join(format!("fb-agent-{}", uuid::Uuid::now_v7().simple()));
+        let tmp = tempfile::Builder::new().prefix("fb-agent-").tempdir().unwrap();
+        let root = tmp.path();
         std::fs::create_dir_all(root.join("proc")).unwrap();
         let record = kmsg::Record { level: 3, seq: 7, usec: 5_000_000, message: "EDAC MC0: 1 UE read error".into() };
         // No proc/stat: the agent's clock, and the event says so.
-        let a = agent(&root);
+        let a = agent(root);
         let e = a.fault_of(&record).unwrap();
         assert!((Utc::now() - e.observed_at).num_seconds().abs() < 5, "{}", e.observed_at);
         assert!(e.evidence["time_source"].contains("no boot time"), "{:?}", e.evidence);
@@ -708,6 +709,5 @@ mod tests {
         // An uptime shorter than the stamp is another kernel's: not used.
         std::fs::write(root.join("proc/uptime"), "1.00 1.00\n").unwrap();
         assert_eq!(a.fault_of(&record).unwrap().evidence["time_source"], "boot time + kernel timestamp");
-        std::fs::remove_dir_all(root).unwrap();
     }
 }

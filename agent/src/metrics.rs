@@ -125,8 +125,8 @@ mod tests {
         assert!(text.contains("firebreak_agent_kmsg_records_lost_total 7"), "{text}");
         assert!(text.contains("firebreak_agent_spool_dropped_total 5"), "{text}");
         assert!(text.contains("firebreak_agent_spool_faults 1"), "{text}");
-        let dir = std::env::temp_dir().join(format!("fb-agent-metrics-{}", uuid::Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new().prefix("fb-agent-metrics-").tempdir().unwrap();
+        let dir = tmp.path();
         let file = dir.join("firebreak-agent.prom");
         m.write(&file).unwrap();
         assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
@@ -143,6 +143,5 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -330,14 +330,15 @@ mod tests {
         }
     }
 
-    fn dir() -> PathBuf {
-        std::env::temp_dir().join(format!("fb-spool-{}", uuid::Uuid::now_v7().simple()))
+    fn dir() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("fb-spool-").tempdir().unwrap()
     }
 
     #[tokio::test]
     async fn a_reopened_spool_holds_what_was_pushed_in_order_and_forgets_cut_writes() {
-        let d = dir();
-        let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
+        let tmp = dir();
+        let d = tmp.path();
+        let spool = Spool::open(d, Limits::default(), Default::default()).unwrap();
         for n in 0..5 {
             spool.push(&fault(n, Severity::Warning)).await.unwrap();
         }
@@ -345,7 +346,7 @@ mod tests {
         // A write cut short by a crash leaves a temporary file: not an entry.
         std::fs::write(d.join("00000000000000000099-c.tmp"), b"{\"half").unwrap();
         drop(spool);
-        let again = Spool::open(&d, Limits::default(), Default::default()).unwrap();
+        let again = Spool::open(d, Limits::default(), Default::default()).unwrap();
         assert_eq!(again.len(), 4);
         assert!(!d.join("00000000000000000099-c.tmp").exists());
         let (seq, first) = again.oldest().unwrap();
@@ -353,14 +354,14 @@ mod tests {
         // New entries go after the old ones.
         again.push(&fault(9, Severity::Info)).await.unwrap();
         assert_eq!(*again.lock().entries.keys().last().unwrap(), 5);
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn a_full_spool_drops_the_oldest_of_the_lowest_severity_and_counts_it() {
-        let d = dir();
+        let tmp = dir();
+        let d = tmp.path();
         let metrics = crate::metrics::Metrics::default();
-        let spool = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }, metrics.clone()).unwrap();
+        let spool = Spool::open(d, Limits { entries: 3, bytes: 1 << 20 }, metrics.clone()).unwrap();
         spool.write(&fault(0, Severity::Critical)).unwrap();
         spool.write(&fault(1, Severity::Info)).unwrap();
         spool.write(&fault(2, Severity::Info)).unwrap();
@@ -378,7 +379,7 @@ mod tests {
         assert!(counted.contains("firebreak_agent_spool_faults 0"), "{counted}");
         // The count survives a restart until it is reported.
         drop(spool);
-        let again = Spool::open(&d, Limits { entries: 3, bytes: 1 << 20 }, Default::default()).unwrap();
+        let again = Spool::open(d, Limits { entries: 3, bytes: 1 << 20 }, Default::default()).unwrap();
         assert_eq!(again.take_dropped(), 2);
         assert_eq!(again.take_dropped(), 0);
         assert!(!d.join("dropped").exists());
@@ -389,19 +390,18 @@ mod tests {
         }
         assert!(small.lock().bytes <= 600, "{}", small.lock().bytes);
         assert!(small.take_dropped() > 0);
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn an_undecodable_entry_is_kept_aside_not_sent_and_not_a_panic() {
-        let d = dir();
-        let spool = Spool::open(&d, Limits::default(), Default::default()).unwrap();
+        let tmp = dir();
+        let d = tmp.path();
+        let spool = Spool::open(d, Limits::default(), Default::default()).unwrap();
         spool.write(&fault(0, Severity::Critical)).unwrap();
         spool.write(&fault(1, Severity::Critical)).unwrap();
         std::fs::write(d.join(format!("{:020}-c.json", 0)), b"\x00\x01 not json").unwrap();
         let (seq, e) = spool.oldest().unwrap();
         assert_eq!((seq, e.message.as_str()), (1, "fault 1"));
         assert!(d.join(format!("{:020}-c.bad", 0)).exists());
-        std::fs::remove_dir_all(d).unwrap();
     }
 }
