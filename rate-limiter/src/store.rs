@@ -261,7 +261,7 @@ impl Store {
     /// trim never holds SQLite's one connection much longer than a decision batch does: a gate
     /// deciding thousands of requests a second (`bench gate`) has tens of thousands to trim at
     /// every sweep. Returns how many went.
-    pub(crate) async fn trim_decisions(&self, keep: u32, chunk: i64) -> Result<u64> {
+    async fn trim_decisions(&self, keep: u32, chunk: i64) -> Result<u64> {
         let cutoff: Option<i64> =
             sqlx::query_scalar("SELECT at_ms FROM gate_decisions ORDER BY at_ms DESC LIMIT 1 OFFSET $1")
                 .bind(i64::from(keep) - 1)
