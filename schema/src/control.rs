@@ -46,13 +46,16 @@ impl CloudEvent for ClearEscalation {
     }
     fn validate(&self) -> Result<()> {
         validate_names(&self.cluster, &self.node)?;
-        if !crate::names::is_dns1123_subdomain(&self.node) {
-            return Err(Error::Invalid(format!("node `{}` is not a DNS-1123 subdomain", self.node)));
+        // The cluster names a topic (`control_topic`), and the gate knows clusters by such names.
+        for (what, v) in [("cluster", &self.cluster), ("node", &self.node)] {
+            if !crate::names::is_dns1123_subdomain(v) {
+                return Err(Error::Invalid(format!("{what} `{}` is not a DNS-1123 subdomain", v.escape_debug())));
+            }
         }
         for (what, v) in [("by", &self.by), ("reason", &self.reason)] {
-            if v.trim().is_empty() || v.chars().count() > MAX_WORDS || v.chars().any(char::is_control) {
+            if v.trim().is_empty() || !crate::names::is_plain_text(v, MAX_WORDS) {
                 return Err(Error::Invalid(format!(
-                    "{what} is empty, longer than {MAX_WORDS} characters or has control characters"
+                    "{what} is empty, longer than {MAX_WORDS} characters or has control or bidirectional-override characters"
                 )));
             }
         }
@@ -82,6 +85,9 @@ mod tests {
         for bad in [
             ClearEscalation { node: "Not_A_Node".into(), ..ok.clone() },
             ClearEscalation { node: String::new(), ..ok.clone() },
+            ClearEscalation { cluster: "c\u{0}1".into(), ..ok.clone() },
+            ClearEscalation { cluster: "Prod_East".into(), ..ok.clone() },
+            ClearEscalation { reason: "ok \u{202e}kO".into(), ..ok.clone() },
             ClearEscalation { reason: " ".into(), ..ok.clone() },
             ClearEscalation { reason: "x".repeat(MAX_WORDS + 1), ..ok.clone() },
             ClearEscalation { by: "a\u{1b}[31m".into(), ..ok.clone() },

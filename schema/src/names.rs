@@ -31,10 +31,11 @@ pub fn is_qualified_name(s: &str) -> bool {
     prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
-/// Text fit to record and show: at most `max` bytes, no control characters (no NUL, ESC, CR,
-/// LF) and no bidirectional overrides.
+/// Text fit to record and show: at most `max` characters (as a JSON Schema `maxLength` counts
+/// them: an operator's note in Chinese gets as many as one in English), no control characters
+/// (no NUL, ESC, CR, LF) and no bidirectional overrides.
 pub fn is_plain_text(s: &str, max: usize) -> bool {
-    s.len() <= max
+    (s.len() <= max || s.chars().count() <= max)
         && !s
             .chars()
             .any(|c| c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c))
@@ -87,5 +88,7 @@ mod tests {
             assert!(!is_plain_text(bad, 256), "{bad:?}");
         }
         assert!(!is_plain_text(&"a".repeat(257), 256));
+        assert!(is_plain_text(&"节点".repeat(128), 256), "characters are counted, not bytes");
+        assert!(!is_plain_text(&format!("{}x", "节点".repeat(128)), 256));
     }
 }

@@ -20,6 +20,31 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A program the tests run beside Firebreak (a peer it did not write): the path in the
+/// environment variable `env`, else `target/tools/<in_target>` in the workspace, else `name` on
+/// the PATH. Without one the test skips, saying so; with `FIREBREAK_REQUIRE_<WHAT>` set (as
+/// `.ci/test` sets it, having installed the program) it fails instead.
+pub fn tool(env: &str, in_target: &str, name: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os(env).map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools").join(in_target)),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.is_file()).or_else(|| {
+        let found = std::process::Command::new("sh").args(["-c", &format!("command -v {name}")]).output().ok()?;
+        let path = String::from_utf8(found.stdout).ok()?;
+        (!path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
+    });
+    if found.is_none() {
+        let require = format!("FIREBREAK_REQUIRE_{}", name.to_uppercase());
+        assert!(
+            std::env::var(&require).is_err(),
+            "{require} is set but no {name} was found ({env}, target/tools/{in_target}, the PATH)"
+        );
+        eprintln!("skipped: no {name} (set {env}, or run .ci/test, which installs it)");
+    }
+    found
+}
+
 /// The prefix of a test process's directory; its process id follows.
 const PROCESS_DIR: &str = "firebreak-tests-";
 

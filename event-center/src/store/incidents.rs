@@ -17,7 +17,7 @@ use firebreak_schema::{
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Store, ms};
+use super::{Arg, Store, Where, given, ms};
 use crate::{Error, Result};
 
 /// How faults become incidents and incidents end.
@@ -1071,47 +1071,6 @@ pub struct IncidentPage {
     pub next: Option<String>,
 }
 
-enum Arg {
-    Text(String),
-    Int(i64),
-}
-
-/// A query built from the filters given, and nothing for those not given (so the planner sees
-/// only real conditions and can use the indexes).
-#[derive(Default)]
-struct Where {
-    terms: Vec<String>,
-    args: Vec<Arg>,
-}
-
-impl Where {
-    fn param(&mut self, a: Arg) -> String {
-        self.args.push(a);
-        format!("${}", self.args.len())
-    }
-    fn eq(&mut self, col: &str, v: Option<&String>) {
-        if let Some(v) = v {
-            let p = self.param(Arg::Text(v.clone()));
-            self.terms.push(format!("{col} = {p}"));
-        }
-    }
-    fn sql(&self) -> String {
-        if self.terms.is_empty() { String::new() } else { format!("WHERE {}", self.terms.join(" AND ")) }
-    }
-    fn bind<'q>(
-        &'q self,
-        mut q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-        for a in &self.args {
-            q = match a {
-                Arg::Text(s) => q.bind(s.as_str()),
-                Arg::Int(n) => q.bind(*n),
-            };
-        }
-        q
-    }
-}
-
 fn bad(what: &str) -> Error {
     Error::BadRequest(what.to_owned())
 }
@@ -1127,17 +1086,17 @@ impl Store {
     pub async fn list_incidents(&self, q: &IncidentQuery) -> Result<IncidentPage> {
         let limit = super::limit(q.limit)?;
         let mut w = Where::default();
-        w.eq("cluster", q.cluster.as_ref());
-        w.eq("node", q.node.as_ref());
-        if let Some(c) = &q.class {
+        w.eq("cluster", given(&q.cluster));
+        w.eq("node", given(&q.node));
+        if let Some(c) = given(&q.class) {
             c.parse::<FaultClass>().map_err(|_| bad(&format!("unknown class `{c}` (hardware, system, component)")))?;
             w.eq("class", Some(c));
         }
-        if let Some(k) = &q.kind {
+        if let Some(k) = given(&q.kind) {
             k.parse::<FaultKind>().map_err(|e| bad(&e.to_string()))?;
             w.eq("kind", Some(k));
         }
-        if let Some(states) = &q.state {
+        if let Some(states) = given(&q.state) {
             let mut ranges = Vec::new();
             for s in states.split(',') {
                 let list: Vec<IncidentState> = if s == "active" {
@@ -1157,20 +1116,24 @@ impl Store {
             }
             w.terms.push(format!("({})", ranges.join(" OR ")));
         }
-        if let Some(s) = &q.since {
+        if let Some(s) = given(&q.since) {
             let p = w.param(Arg::Int(ms(parse_rfc3339("since", s)?)));
             w.terms.push(format!("last_seen_ms >= {p}"));
         }
-        if let Some(s) = &q.until {
+        if let Some(s) = given(&q.until) {
             let p = w.param(Arg::Int(ms(parse_rfc3339("until", s)?)));
             w.terms.push(format!("first_seen_ms <= {p}"));
         }
-        if let Some(c) = &q.cursor {
+        if let Some(c) = given(&q.cursor) {
             let parts: Vec<&str> = c.splitn(3, '.').collect();
             let [k, t, id] = parts[..] else { return Err(bad(&format!("cursor `{c}` is not one this API gave"))) };
+            // Only as this API writes them (no `+1`, no uppercase or braced ids).
             let (Ok(k), Ok(t), Ok(id)) = (k.parse::<i64>(), t.parse::<i64>(), id.parse::<Uuid>()) else {
                 return Err(bad(&format!("cursor `{c}` is not one this API gave")));
             };
+            if format!("{k}.{t}.{id}") != c {
+                return Err(bad(&format!("cursor `{c}` is not one this API gave")));
+            }
             let (pk, pt, pi) = (w.param(Arg::Int(k)), w.param(Arg::Int(t)), w.param(Arg::Text(id.to_string())));
             w.terms.push(format!(
                 "(board_key > {pk} OR (board_key = {pk} AND (first_seen_ms < {pt} OR (first_seen_ms = {pt} AND id < {pi}))))"
