@@ -446,9 +446,9 @@ impl Store {
     /// receive time).
     pub async fn list_faults(&self, f: &EventFilter) -> Result<Vec<EventRecord>> {
         let mut w = Where::default();
-        w.eq("cluster", given(&f.cluster));
-        w.eq("node", given(&f.node));
-        if let Some(c) = given(&f.class) {
+        w.eq("cluster", given("cluster", &f.cluster)?);
+        w.eq("node", given("node", &f.node)?);
+        if let Some(c) = given("class", &f.class)? {
             FaultClass::from_str(c)
                 .map_err(|_| Error::BadRequest(format!("unknown class `{c}` (hardware, system, component)")))?;
             w.eq("class", Some(c));
@@ -465,8 +465,8 @@ impl Store {
     /// Remediation steps matching `f`, newest first.
     pub async fn list_remediations(&self, f: &StepFilter) -> Result<Vec<RemediationEvent>> {
         let mut w = Where::default();
-        w.eq("cluster", given(&f.cluster));
-        w.eq("node", given(&f.node));
+        w.eq("cluster", given("cluster", &f.cluster)?);
+        w.eq("node", given("node", &f.node)?);
         let lim = w.param(Arg::Int(limit(f.limit)?));
         let sql = format!("{STEP_SELECT} {} ORDER BY at_ms DESC, id DESC LIMIT {lim}", w.sql());
         w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?.iter().map(step_of_row).collect()
@@ -621,9 +621,14 @@ impl Where {
 }
 
 /// A filter's value, if one was given: `?cluster=` (a form's empty field) is no filter, on every
-/// list alike.
-fn given(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|v| !v.is_empty())
+/// list alike. A value that no name, time or cursor is (control characters, over 253 characters)
+/// is a 400 rather than a query: PostgreSQL refuses a NUL in text.
+fn given<'a>(what: &str, v: &'a Option<String>) -> Result<Option<&'a str>> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) if firebreak_schema::names::is_plain_text(v, 253) => Ok(Some(v)),
+        Some(_) => Err(Error::BadRequest(format!("`{what}` must be printable text of at most 253 characters"))),
+    }
 }
 
 /// The one rule for `?limit=` on every list: 1 to 1000, 100 when absent; anything else is a 400.

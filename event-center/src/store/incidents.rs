@@ -1086,17 +1086,17 @@ impl Store {
     pub async fn list_incidents(&self, q: &IncidentQuery) -> Result<IncidentPage> {
         let limit = super::limit(q.limit)?;
         let mut w = Where::default();
-        w.eq("cluster", given(&q.cluster));
-        w.eq("node", given(&q.node));
-        if let Some(c) = given(&q.class) {
+        w.eq("cluster", given("cluster", &q.cluster)?);
+        w.eq("node", given("node", &q.node)?);
+        if let Some(c) = given("class", &q.class)? {
             c.parse::<FaultClass>().map_err(|_| bad(&format!("unknown class `{c}` (hardware, system, component)")))?;
             w.eq("class", Some(c));
         }
-        if let Some(k) = given(&q.kind) {
+        if let Some(k) = given("kind", &q.kind)? {
             k.parse::<FaultKind>().map_err(|e| bad(&e.to_string()))?;
             w.eq("kind", Some(k));
         }
-        if let Some(states) = given(&q.state) {
+        if let Some(states) = given("state", &q.state)? {
             let mut ranges = Vec::new();
             for s in states.split(',') {
                 let list: Vec<IncidentState> = if s == "active" {
@@ -1116,15 +1116,15 @@ impl Store {
             }
             w.terms.push(format!("({})", ranges.join(" OR ")));
         }
-        if let Some(s) = given(&q.since) {
+        if let Some(s) = given("since", &q.since)? {
             let p = w.param(Arg::Int(ms(parse_rfc3339("since", s)?)));
             w.terms.push(format!("last_seen_ms >= {p}"));
         }
-        if let Some(s) = given(&q.until) {
+        if let Some(s) = given("until", &q.until)? {
             let p = w.param(Arg::Int(ms(parse_rfc3339("until", s)?)));
             w.terms.push(format!("first_seen_ms <= {p}"));
         }
-        if let Some(c) = given(&q.cursor) {
+        if let Some(c) = given("cursor", &q.cursor)? {
             let parts: Vec<&str> = c.splitn(3, '.').collect();
             let [k, t, id] = parts[..] else { return Err(bad(&format!("cursor `{c}` is not one this API gave"))) };
             // Only as this API writes them (no `+1`, no uppercase or braced ids).
