@@ -896,6 +896,54 @@ async fn incidents_postgres() {
     incidents_dedupe_count_and_follow_their_workflow(db).await;
 }
 
+/// An operator's action on an incident that occurrences keep changing (a hung task reported
+/// every few hundred milliseconds) is applied, not refused as a conflict: each write is a
+/// compare-and-set on the incident's version, and the action is applied again to what the
+/// incident has become. On PostgreSQL, where ingest and the action run side by side.
+async fn an_action_on_a_busy_incident_is_applied(db: String) {
+    use firebreak_event_center::store::Action;
+    let store = firebreak_event_center::Store::open(&db).await.unwrap();
+    let (_, changed) = store.insert_faults(&[fault("n1", FaultKind::KernelHung, 0)]).await.unwrap();
+    let id = changed.incidents[0].id;
+    let busy = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 1..150 {
+                // As the consumer does: a batch that met an operator's write is written again.
+                while let Err(e) = store.insert_faults(&[fault("n1", FaultKind::KernelHung, i)]).await {
+                    assert!(matches!(e, firebreak_event_center::Error::Conflict(_)), "{e}");
+                }
+            }
+        })
+    };
+    let mut notes = 0;
+    // (The timeline shows the newest 400 entries: occurrences and notes stay under that.)
+    while !busy.is_finished() && notes < 200 {
+        let text = format!("note {notes}");
+        let i = store.act(id, "alice", &Action::Annotate { text }).await.unwrap().unwrap();
+        assert_eq!(i.id, id);
+        notes += 1;
+    }
+    busy.await.unwrap();
+    let detail = store.incident_detail(id).await.unwrap().unwrap();
+    assert_eq!(detail.incident.occurrences, 150, "every occurrence counted");
+    let noted =
+        detail.timeline.iter().filter(|e| matches!(e, firebreak_event_center::store::Entry::Note { .. })).count();
+    assert_eq!(noted, notes, "each note once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_incident_sqlite() {
+    an_action_on_a_busy_incident_is_applied(format!("sqlite://{}", temp_dir("ec-busy").join("events.db").display()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_incident_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    an_action_on_a_busy_incident_is_applied(db).await;
+}
+
 /// Issue 10: K nodes of a cluster reporting the same kind within W are one correlated incident,
 /// on the API and the health topic; other kinds and fewer nodes are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1363,7 +1363,26 @@ impl Store {
 
     /// Records an operator's action on an incident and applies it; the incident as it now is.
     /// A resolved incident takes notes only.
+    ///
+    /// Every write of an incident is a compare-and-set on its version, and an occurrence may come
+    /// between this read and write (on PostgreSQL, where ingest runs beside it): the action is
+    /// then applied again to what the incident has become, rather than refusing the operator a
+    /// busy incident. Its note is written in the same transaction, so it is kept once.
     pub async fn act(&self, id: Uuid, by: &str, action: &Action) -> Result<Option<Incident>> {
+        use backon::Retryable;
+        let again = backon::ExponentialBuilder::new()
+            .with_jitter()
+            .with_min_delay(std::time::Duration::from_millis(2))
+            .with_max_delay(std::time::Duration::from_millis(100))
+            .with_max_times(10);
+        (|| self.act_once(id, by, action))
+            .retry(again)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, Error::Conflict(_)))
+            .await
+    }
+
+    async fn act_once(&self, id: Uuid, by: &str, action: &Action) -> Result<Option<Incident>> {
         let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         let sql = format!("SELECT {COLUMNS} FROM incidents WHERE id = $1");
