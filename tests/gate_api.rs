@@ -148,6 +148,49 @@ async fn budget_of_ten_holds_exactly_under_a_thousand_requests_sqlite() {
     gate.stop().await;
 }
 
+/// A change id that no change can have (not a DNS-1123 name: a NUL, a capital) is answered 404
+/// on every route that names a change, on both stores: PostgreSQL refuses a NUL in text, and
+/// such an id was sent to it (a 500).
+async fn ids_no_change_has_are_not_found(db: &str) {
+    let secrets = Secrets::new();
+    let mut policy = cordons(10, Duration::from_secs(60));
+    policy.operations.insert(Operation::CanaryBatch, OperationPolicy::default());
+    let gate = Server::start(db, &policy, &secrets).await;
+    let http = reqwest::Client::new();
+    for id in ["c%00x", "Upgrade_1", "a%E2%80%AEb"] {
+        let base = format!("{}/api/v1/changes/{id}", gate.url);
+        let asks = [
+            http.get(&base).bearer_auth(&secrets.viewer),
+            http.get(format!("{}/api/v1/verdict?cluster=c1&change={id}", gate.url)).bearer_auth(&secrets.viewer),
+            http.post(format!("{base}/batches/1/begin")).bearer_auth(&secrets.requester).json(&serde_json::json!({})),
+            http.post(format!("{base}/batches/1/complete"))
+                .bearer_auth(&secrets.requester)
+                .json(&serde_json::json!({})),
+            http.post(format!("{base}/resume")).bearer_auth(&secrets.operator).json(&serde_json::json!({})),
+            http.post(format!("{base}/abort")).bearer_auth(&secrets.operator).json(&serde_json::json!({})),
+        ];
+        for ask in asks {
+            let r = ask.send().await.unwrap();
+            let (url, status) = (r.url().clone(), r.status());
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(status, 404, "{url}: {body}");
+            assert!(body["error"].as_str().is_some_and(|e| e.starts_with("no change")), "{url}: {body}");
+        }
+    }
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_no_change_has_sqlite() {
+    ids_no_change_has_are_not_found(&format!("sqlite://{}", temp_dir("gate-ids").join("gate.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_no_change_has_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    ids_no_change_has_are_not_found(&db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budget_of_ten_holds_exactly_across_two_replicas_on_postgres() {
     let Some(db) = common::postgres_db().await else { return };

@@ -62,6 +62,11 @@ impl Gate {
     }
 
     async fn load(&self, id: &str) -> Result<(Change, i64)> {
+        // Every change's id is a DNS-1123 name (checked when it is registered): another is none,
+        // and is not sent to the database (PostgreSQL refuses a NUL in text: that was a 500).
+        if !firebreak_schema::names::is_dns1123_subdomain(id) {
+            return Err(Error::NotFound(format!("no change `{}`", id.escape_debug())));
+        }
         self.store.change(id).await?.ok_or_else(|| Error::NotFound(format!("no change {id}")))
     }
 
