@@ -123,6 +123,11 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     let first = fault("n1", FaultKind::MemoryUncorrectable, 0);
     producer.publish(FAULTS, &first).await.unwrap();
     producer.publish(FAULTS, &first).await.unwrap();
+    // A NUL in a string: PostgreSQL refuses it in text, so it is refused as invalid before it
+    // reaches a batch (stored, that batch would fail for ever and hold up what comes after).
+    let mut nul = fault("n9", FaultKind::KernelHung, 5);
+    nul.message = "hung task\u{0}".into();
+    producer.publish(FAULTS, &nul).await.unwrap();
     let second = fault("n2", FaultKind::KernelHung, 10);
     producer.publish(FAULTS, &second).await.unwrap();
 
@@ -133,9 +138,10 @@ async fn malformed_records_are_kept_and_skipped(db: String) {
     let want = [
         "firebreak_event_center_records_rejected_total{reason=\"missing_header\"} 1",
         "firebreak_event_center_records_rejected_total{reason=\"json\"} 1",
+        "firebreak_event_center_records_rejected_total{reason=\"invalid\"} 1",
         "firebreak_event_center_records_duplicate_total 1",
         "firebreak_event_center_records_stored_total 2",
-        "firebreak_event_center_records_consumed_total 5",
+        "firebreak_event_center_records_consumed_total 6",
         // Everything read: no lag on the fault topic (measured every 5 s).
         "firebreak_event_center_consumer_lag{group=\"ec-test\",topic=\"firebreak.faults.v1.c1\",partition=\"0\"} 0",
     ];

@@ -296,8 +296,11 @@ pub struct EventRecord {
 
 pub(crate) fn validate_names(cluster: &str, node: &str) -> Result<()> {
     for (what, v) in [("cluster", cluster), ("node", node)] {
-        if v.is_empty() || v.len() > 253 || v.contains('/') {
-            return Err(Error::Invalid(format!("{what} name `{v}` is empty, too long or contains '/'")));
+        if v.is_empty() || v.len() > 253 || v.contains('/') || v.chars().any(char::is_control) {
+            return Err(Error::Invalid(format!(
+                "{what} name `{}` is empty, too long, or holds '/' or a control character",
+                v.escape_debug()
+            )));
         }
     }
     Ok(())

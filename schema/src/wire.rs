@@ -81,7 +81,25 @@ pub fn decode<'a, E: CloudEvent>(
     let payload = payload.ok_or(Error::MissingPayload)?;
     let event: E = serde_json::from_slice(payload)?;
     event.validate()?;
+    if holds_nul(payload) {
+        // PostgreSQL refuses a NUL in text: stored, such a record would fail its batch for ever.
+        return Err(Error::Invalid("a string holds a NUL character (\\u0000), which no store keeps".into()));
+    }
     Ok(event)
+}
+
+/// Whether a JSON text has a NUL in one of its strings (raw, JSON allows it only escaped).
+fn holds_nul(json: &[u8]) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    // The escape is rare: only a record that has it is read again, to tell `\u0000` from `\\u0000`.
+    json.windows(6).any(|w| w == br"\u0000") && serde_json::from_slice(json).is_ok_and(|v| walk(&v))
 }
 
 #[cfg(test)]
@@ -109,6 +127,22 @@ mod tests {
 
     fn headers(m: &WireMessage) -> Vec<(&str, Option<&[u8]>)> {
         m.headers.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))).collect()
+    }
+
+    #[test]
+    fn a_record_with_a_nul_in_a_string_is_invalid_and_a_backslash_is_not() {
+        let mut f = fault();
+        f.message = "EDAC MC0: 1 UE\u{0}".into();
+        let msg = encode(&f).unwrap();
+        assert!(matches!(decode::<FaultEvent>(headers(&msg), Some(&msg.payload)), Err(Error::Invalid(_))));
+        let mut f = fault();
+        f.evidence.insert("a\u{0}".into(), "x".into());
+        let msg = encode(&f).unwrap();
+        assert!(matches!(decode::<FaultEvent>(headers(&msg), Some(&msg.payload)), Err(Error::Invalid(_))));
+        let mut f = fault();
+        f.message = r"a path C:\u0000\x".into();
+        let msg = encode(&f).unwrap();
+        assert_eq!(decode::<FaultEvent>(headers(&msg), Some(&msg.payload)).unwrap(), f, "an escaped backslash");
     }
 
     proptest::proptest! {
