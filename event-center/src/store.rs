@@ -626,9 +626,16 @@ impl Where {
 fn given<'a>(what: &str, v: &'a Option<String>) -> Result<Option<&'a str>> {
     match v.as_deref() {
         None | Some("") => Ok(None),
-        Some(v) if firebreak_schema::names::is_plain_text(v, 253) => Ok(Some(v)),
-        Some(_) => Err(Error::BadRequest(format!("`{what}` must be printable text of at most 253 characters"))),
+        Some(v) => printable(what, v).map(Some),
     }
+}
+
+/// A name or filter value as the API takes one: printable, at most 253 characters.
+fn printable<'a>(what: &str, v: &'a str) -> Result<&'a str> {
+    if !firebreak_schema::names::is_plain_text(v, 253) {
+        return Err(Error::BadRequest(format!("`{what}` must be printable text of at most 253 characters")));
+    }
+    Ok(v)
 }
 
 /// The one rule for `?limit=` on every list: 1 to 1000, 100 when absent; anything else is a 400.

@@ -69,6 +69,23 @@ impl Policy {
             },
         }
     }
+
+    /// Runs `op` again while it fails with an error that `when` accepts, as often as this
+    /// policy allows, logging `what` and the error on every retry; otherwise its result (an
+    /// error `when` refuses, or the last one, is returned as it is).
+    pub async fn while_err<T, E, W, F, Fut>(&self, what: &str, when: W, op: F) -> Result<T, E>
+    where
+        E: Display,
+        W: FnMut(&E) -> bool,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        op.retry(self.builder())
+            .sleep(tokio::time::sleep)
+            .when(when)
+            .notify(|error: &E, next: Duration| tracing::warn!(%error, retry_in = ?next, "{what} failed; retrying"))
+            .await
+    }
 }
 
 /// Delays of a [`Policy`], handed out one failure at a time.
@@ -141,6 +158,30 @@ mod tests {
             .until_ok("cancelled", &cancel, || async { Err::<(), _>("no") })
             .await;
         assert_eq!(got, None);
+        // Only the errors it is told to retry, and those no more often than the policy says.
+        let policy = Policy::times(3, Duration::from_millis(1), Duration::from_millis(2));
+        let calls = AtomicU32::new(0);
+        let got = policy
+            .while_err(
+                "busy",
+                |e: &&str| *e == "busy",
+                || async { if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err("busy") } else { Ok(7) } },
+            )
+            .await;
+        assert_eq!((got, calls.swap(0, Ordering::SeqCst)), (Ok(7), 3));
+        let got: Result<(), _> = policy.while_err("busy", |e: &&str| *e == "busy", || async { Err("busy") }).await;
+        assert_eq!(got, Err("busy"));
+        let got: Result<(), _> = policy
+            .while_err(
+                "busy",
+                |e: &&str| *e == "busy",
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("broken")
+                },
+            )
+            .await;
+        assert_eq!((got, calls.load(Ordering::SeqCst)), (Err("broken"), 1), "another error at once");
         let mut b = Policy::times(1, Duration::from_millis(1), Duration::from_millis(1)).backoff();
         assert!(b.next_after("x", &"e").is_some());
         assert!(b.next_after("x", &"e").is_none());

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{CloudEvent, Error, Result, event::validate_names};
+use crate::{CloudEvent, Error, Result};
 
 /// The longest `by` and `reason` accepted.
 pub const MAX_WORDS: usize = 1000;
@@ -45,8 +45,8 @@ impl CloudEvent for ClearEscalation {
         format!("{}/{}", self.cluster, self.node)
     }
     fn validate(&self) -> Result<()> {
-        validate_names(&self.cluster, &self.node)?;
-        // The cluster names a topic (`control_topic`), and the gate knows clusters by such names.
+        // The cluster names a topic (`control_topic`), and the gate knows clusters by such names
+        // (stricter than any event's names).
         for (what, v) in [("cluster", &self.cluster), ("node", &self.node)] {
             if !crate::names::is_dns1123_subdomain(v) {
                 return Err(Error::Invalid(format!("{what} `{}` is not a DNS-1123 subdomain", v.escape_debug())));

@@ -7,9 +7,13 @@
 //! two replicas that touch one incident at once cannot both win, and the loser's batch is
 //! retried against what the winner wrote.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use firebreak_plumbing::retry;
 use firebreak_schema::{
     Correlation, FaultClass, FaultEvent, FaultKind, Incident, IncidentState, Occurrence, RemediationEvent, Severity,
     Topology, fingerprint,
@@ -17,7 +21,7 @@ use firebreak_schema::{
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 use uuid::Uuid;
 
-use super::{Arg, Store, Where, given, ms};
+use super::{Arg, Store, Where, given, ms, printable};
 use crate::{Error, Result};
 
 /// How faults become incidents and incidents end.
@@ -1245,6 +1249,7 @@ impl Store {
     /// A node's active incidents and its timeline: its latest 200 faults, steps and gate
     /// decisions, and the notes on its incidents, newest first.
     pub async fn node_timeline(&self, cluster: &str, node: &str) -> Result<NodeTimeline> {
+        let (cluster, node) = (printable("cluster", cluster)?, printable("node", node)?);
         let sql = format!(
             "SELECT {COLUMNS} FROM incidents WHERE cluster = $1 AND node = $2 AND active = 1 ORDER BY board_key, last_seen_ms DESC"
         );
@@ -1369,16 +1374,9 @@ impl Store {
     /// then applied again to what the incident has become, rather than refusing the operator a
     /// busy incident. Its note is written in the same transaction, so it is kept once.
     pub async fn act(&self, id: Uuid, by: &str, action: &Action) -> Result<Option<Incident>> {
-        use backon::Retryable;
-        let again = backon::ExponentialBuilder::new()
-            .with_jitter()
-            .with_min_delay(std::time::Duration::from_millis(2))
-            .with_max_delay(std::time::Duration::from_millis(100))
-            .with_max_times(10);
-        (|| self.act_once(id, by, action))
-            .retry(again)
-            .sleep(tokio::time::sleep)
-            .when(|e| matches!(e, Error::Conflict(_)))
+        const AGAIN: retry::Policy = retry::Policy::times(10, Duration::from_millis(2), Duration::from_millis(100));
+        AGAIN
+            .while_err("an operator's action", |e| matches!(e, Error::Conflict(_)), || self.act_once(id, by, action))
             .await
     }
 
