@@ -1189,6 +1189,12 @@ async fn operator_actions_need_a_token_and_silences_expire() {
     let ack = serde_json::json!({"note": "looking"});
     assert_eq!(post("acknowledge", None, ack.clone()).await.unwrap().status(), 401);
     assert_eq!(post("acknowledge", Some("v-secret"), ack.clone()).await.unwrap().status(), 403);
+    // A body is an object: an array is not read as the fields in order, nor anything else.
+    for bad in [serde_json::json!(["looking"]), serde_json::json!("looking"), serde_json::json!(null)] {
+        let r = post("acknowledge", Some("o-secret"), bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    assert_eq!(incidents_until(&ec.url, "", |l| l.len() == 1).await[0]["state"], "open", "nothing acknowledged");
     let r = post("acknowledge", Some("o-secret"), ack).await.unwrap();
     assert_eq!(r.status(), 200);
     let i: serde_json::Value = r.json().await.unwrap();
