@@ -17,11 +17,18 @@ struct Secrets {
     requester: String,
     other: String,
     operator: String,
+    admin: String,
 }
 
 impl Secrets {
     fn new() -> Self {
-        Self { viewer: new_secret(), requester: new_secret(), other: new_secret(), operator: new_secret() }
+        Self {
+            viewer: new_secret(),
+            requester: new_secret(),
+            other: new_secret(),
+            operator: new_secret(),
+            admin: new_secret(),
+        }
     }
 
     fn tokens(&self) -> Tokens {
@@ -30,6 +37,7 @@ impl Secrets {
             entry("remediator-a", Role::Requester, &self.requester),
             entry("remediator-b", Role::Requester, &self.other),
             entry("ops", Role::Operator, &self.operator),
+            entry("root", Role::Admin, &self.admin),
         ]
         .join("\n");
         Tokens::parse(&text).unwrap()
@@ -44,12 +52,13 @@ struct Server {
 
 impl Server {
     async fn start(db: &str, policy: &Policy, secrets: &Secrets) -> Server {
-        Self::start_with(db, policy, secrets, None).await
+        Self::start_with(db, policy, None, secrets, None).await
     }
 
     async fn start_with(
         db: &str,
         policy: &Policy,
+        policy_path: Option<std::path::PathBuf>,
         secrets: &Secrets,
         tls: Option<firebreak_plumbing::serve::Tls>,
     ) -> Server {
@@ -61,7 +70,7 @@ impl Server {
         let cfg = firebreak_rate_limiter::Config {
             database_url: db.into(),
             policy: policy.clone(),
-            policy_path: None,
+            policy_path,
             tokens: secrets.tokens(),
             kafka: None,
             tls,
@@ -189,6 +198,101 @@ async fn ids_no_change_has_sqlite() {
 async fn ids_no_change_has_postgres() {
     let Some(db) = common::postgres_db().await else { return };
     ids_no_change_has_are_not_found(&db).await;
+}
+
+/// What the gate's OpenAPI document refuses, the gate refuses with a JSON 400 (or a 404 for a
+/// batch or change that is not there), and nothing is recorded; what it allows is taken. Each was
+/// a defect schemathesis found: an array read as a scope, a domain without its cluster halting
+/// the fleet, a NUL in a breaker's scope reaching PostgreSQL, a batch number past the change's,
+/// a soak of `600.0` refused.
+async fn input_the_document_refuses(db: &str) {
+    let secrets = Secrets::new();
+    let mut policy = cordons(10, Duration::from_secs(60));
+    policy.operations.insert(Operation::CanaryBatch, OperationPolicy::default());
+    let gate = Server::start(db, &policy, &secrets).await;
+    let http = reqwest::Client::new();
+    let url = &gate.url;
+    let post = |path: &str, token: &str, body: serde_json::Value| {
+        http.post(format!("{url}{path}")).bearer_auth(token.to_owned()).json(&body).send()
+    };
+    use serde_json::json;
+    let refused = [
+        ("/api/v1/halts", json!({"scope": [null, null], "reason": "r"})),
+        ("/api/v1/halts", json!({"scope": {"domain": ["rack", "r1"]}, "reason": "r"})),
+        ("/api/v1/halts", json!({"scope": {"cluster": "c1", "zone": "a"}, "reason": "r"})),
+        ("/api/v1/halts", json!({"scope": {}, "operation": ["reboot"], "reason": "typo: operations"})),
+        ("/api/v1/breakers/reset", json!({"operation": "cordon", "scope": {"cluster": "c\u{0}1"}})),
+        ("/api/v1/permits", json!(["cordon", "c1", "n1", "test"])),
+        (
+            "/api/v1/permits",
+            json!({"operation": "cordon", "cluster": "c1", "node": "n1", "requester": "t", "nodes": []}),
+        ),
+        (
+            "/api/v1/permits",
+            json!({"operation": "cordon", "cluster": "c1", "node": "n1", "requester": "t", "domains": {"bad key!": "a"}}),
+        ),
+        (
+            "/api/v1/changes",
+            json!({"id": "up", "kind": "k", "owner": "o", "cluster": "c1", "batches": ["+5"], "soak_s": 0}),
+        ),
+        (
+            "/api/v1/changes",
+            json!({"id": "up", "kind": "k", "owner": "o", "cluster": "C1", "batches": [1], "soak_s": 0}),
+        ),
+    ];
+    for (path, body) in refused {
+        let r = post(path, &secrets.operator, body.clone()).await.unwrap();
+        let status = r.status();
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()), "{path} {body}: {answer}");
+    }
+    let halts: Vec<serde_json::Value> = http
+        .get(format!("{url}/api/v1/halts"))
+        .bearer_auth(&secrets.viewer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(halts.is_empty(), "nothing was halted: {halts:?}");
+    let r = http
+        .post(format!("{url}/api/v1/permits/not-a-uuid/renew"))
+        .bearer_auth(&secrets.requester)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<serde_json::Value>().await.unwrap()["error"].is_string(), "a path's error is JSON too");
+    // Taken: a soak written 600.0 (an integer to JSON Schema), sizes between spaces.
+    let change = json!({"id": "up", "kind": "k", "owner": "o", "cluster": "c1", "batches": [" 1 ", "50%", 7.0], "soak_s": 600.0});
+    let r = post("/api/v1/changes", &secrets.requester, change).await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    for n in [0, 4, 101] {
+        let r = post(&format!("/api/v1/changes/up/batches/{n}/begin"), &secrets.requester, json!({})).await.unwrap();
+        assert_eq!(r.status(), 404, "batch {n}");
+        assert!(r.text().await.unwrap().contains(&format!("no batch {n}")));
+    }
+    let r = http
+        .get(format!("{url}/api/v1/verdict?cluster=c2&change=up"))
+        .bearer_auth(&secrets.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the change is in c1, not c2");
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_the_document_refuses_sqlite() {
+    input_the_document_refuses(&format!("sqlite://{}", temp_dir("gate-input").join("gate.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_the_document_refuses_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    input_the_document_refuses(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -523,7 +627,7 @@ async fn the_gate_serves_https_with_its_certificate() {
     let tls = firebreak_plumbing::serve::Tls::load(&cert_path, &key_path).unwrap();
     let secrets = Secrets::new();
     let db = format!("sqlite://{}", dir.join("gate.db").display());
-    let gate = Server::start_with(&db, &cordons(5, Duration::from_secs(60)), &secrets, Some(tls)).await;
+    let gate = Server::start_with(&db, &cordons(5, Duration::from_secs(60)), None, &secrets, Some(tls)).await;
     assert!(gate.url.starts_with("https://"));
 
     let trusting = reqwest::Client::builder()
@@ -688,4 +792,70 @@ async fn changes_verdicts_flagger_and_signed_halt_webhooks() {
         post(&secrets.operator, abort, serde_json::json!({})).await.unwrap().json().await.unwrap();
     assert_eq!(c["state"], "aborted");
     server.stop().await;
+}
+
+/// The gate's API holds to its OpenAPI document (`GET /api/v1/openapi.json`), as a tool that wrote
+/// neither reads them: schemathesis (pinned; `.ci/test` installs it) generates requests from the
+/// document alone, valid ones (which must be answered 2xx, or 404 for ids nothing has), invalid
+/// ones (which must be refused with a 4xx: wrong types, names that are not DNS-1123, arrays for
+/// objects, unknown fields, batch sizes out of range), sequences that follow the document's links
+/// (register a change → begin its batch → complete it; a permit → renew → release; a halt →
+/// resume), and every route without its token (401). Each answer's status, type and body must be
+/// the document's, and none a 5xx. On both stores: PostgreSQL refuses a NUL in text that SQLite
+/// takes.
+async fn the_gate_holds_to_its_openapi_document(db: &str) {
+    let Some(schemathesis) = common::tool("FIREBREAK_SCHEMATHESIS", "venv/bin/schemathesis", "schemathesis") else {
+        return;
+    };
+    let dir = temp_dir("gate-contract");
+    // A policy file, so that an admin's reload has one to read.
+    let text = "permit_ttl = \"60s\"\nfailure_domains = [\"topology.kubernetes.io/zone\"]\n\
+                [operations.cordon.cluster]\nmax_in_flight = 1000\n\
+                [operations.drain.cluster]\nmax_in_flight = 1000\n\
+                [operations.canary_batch.cluster]\nmax_in_flight = 1000\n";
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, text).unwrap();
+    let policy = Policy::parse(text).unwrap();
+    let secrets = Secrets::new();
+    let gate = Server::start_with(db, &policy, Some(path), &secrets, None).await;
+    // A permit released or expired is gone (410): its documented answer when a sequence renews
+    // or releases one a step before released.
+    let config = dir.join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        "[[operations]]\ninclude-path-regex = \"^/api/v1/permits/\\\\{id\\\\}\"\n\
+         checks.positive_data_acceptance.expected-statuses = [\"2xx\", \"401\", \"403\", \"404\", \"410\", \"429\"]\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(schemathesis)
+        .current_dir(&dir)
+        .arg("--no-color")
+        .arg("--config-file")
+        .arg(&config)
+        .args(["run", &format!("{}/api/v1/openapi.json", gate.url)])
+        .args(["--header", &format!("Authorization: Bearer {}", secrets.admin)])
+        .args(["--max-examples", "40", "--seed", "20261204", "--request-timeout", "10"])
+        .output()
+        .await
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found the gate's API and its document apart:\n{report}");
+    // schemathesis leaves out the route that serves the document.
+    assert!(report.contains("Operations:       22 selected"), "every route was tried:\n{report}");
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_contract_sqlite() {
+    the_gate_holds_to_its_openapi_document(&format!(
+        "sqlite://{}",
+        temp_dir("gate-contract").join("gate.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_contract_postgres() {
+    let Some(db) = common::postgres_db().await else { return };
+    the_gate_holds_to_its_openapi_document(&db).await;
 }

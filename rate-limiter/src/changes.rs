@@ -83,6 +83,7 @@ impl Gate {
     /// Asks to begin batch `n` (1-based) of a change.
     pub async fn begin_batch(&self, id: &str, n: u32, caller: &Caller) -> Result<BatchAnswer> {
         let (mut c, version) = self.load(id).await?;
+        batch_of(&c, n)?;
         let begun = c.history.len() as u32;
         match c.state {
             ChangeState::InBatch if n == begun => {
@@ -146,6 +147,7 @@ impl Gate {
     /// Asks to complete batch `n` after its soak: the verdict against its baseline.
     pub async fn complete_batch(&self, id: &str, n: u32, caller: &Caller) -> Result<BatchAnswer> {
         let (mut c, version) = self.load(id).await?;
+        batch_of(&c, n)?;
         let begun = c.history.len() as u32;
         let Some(batch) = c.history.last().cloned().filter(|b| b.n == n) else {
             return Err(Error::Conflict(format!("batch {n} of change {id} has not begun ({begun} have)")));
@@ -251,4 +253,16 @@ impl Gate {
             tracing::debug!(%error, permit_id = %id, "batch permit not released");
         }
     }
+}
+
+/// A batch number the change has (1 to its batches), or 404.
+fn batch_of(c: &Change, n: u32) -> Result<()> {
+    if n == 0 || n as usize > c.spec.batches.len() {
+        return Err(Error::NotFound(format!(
+            "change {} has {} batches: no batch {n}",
+            c.spec.id,
+            c.spec.batches.len()
+        )));
+    }
+    Ok(())
 }

@@ -162,9 +162,9 @@ impl Gate {
     /// Decides on a request made with `caller`'s token.
     pub async fn request(&self, mut req: PermitRequest, caller: &Caller) -> Result<PermitResponse> {
         let policy = self.policy();
+        validate(&req)?;
         // Only the labels the policy names are failure domains; others are not the gate's business.
         req.domains.retain(|k, _| policy.failure_domains.contains(k));
-        validate(&req)?;
         policy.knows_cluster(&req.cluster)?;
         match self.submit(Op::Decide(req, caller.name.clone())).await? {
             Done::Decided(d) => Ok(d.0.response()),
@@ -369,6 +369,7 @@ impl Gate {
 
     /// Closes an operation's open breakers in a scope.
     pub async fn reset_breaker(&self, op: Operation, scope: &Scope, caller: &Caller) -> Result<u64> {
+        validate_scope(scope)?;
         let n = self.store.reset_breaker(op, scope, &caller.name, Utc::now()).await?;
         if n == 0 {
             return Err(Error::NotFound(format!("no open {op} breaker in {scope}")));
@@ -483,7 +484,11 @@ fn settle(id: Uuid, caller: &Caller, change: PermitChange) -> Result<Permit> {
     }
 }
 
+/// Checks a scope's names as Kubernetes would; a failure domain belongs to a cluster.
 fn validate_scope(scope: &Scope) -> Result<()> {
+    if scope.domain.is_some() && scope.cluster.is_none() {
+        return Err(Error::BadRequest("a failure domain needs its cluster: `scope.cluster` is missing".into()));
+    }
     if let Some(c) = &scope.cluster
         && !names::is_dns1123_subdomain(c)
     {
@@ -525,8 +530,12 @@ fn validate(req: &PermitRequest) -> Result<()> {
         return Err(Error::BadRequest("requester: 1 to 256 characters of plain text".into()));
     }
     for (k, v) in &req.domains {
-        if !names::is_label_value(v) {
-            return Err(Error::BadRequest(format!("`{k}={}`: not a label value", v.escape_debug())));
+        if !names::is_qualified_name(k) || !names::is_label_value(v) {
+            return Err(Error::BadRequest(format!(
+                "failure domain `{}={}` is not a label",
+                k.escape_debug(),
+                v.escape_debug()
+            )));
         }
     }
     Ok(())

@@ -1,17 +1,21 @@
-//! The gate's HTTP API (axum). Every route but `/healthz` needs a bearer token: viewers read,
-//! requesters ask for, renew and release their own permits, operators release any permit, halt,
-//! resume and reset breakers, admins reload the policy. Errors are JSON `{"error": …}`; 5xx
-//! details go to the log, not to the caller.
+//! The gate's HTTP API (axum), described by `GET /api/v1/openapi.json`. Every route but
+//! `/healthz` and the document needs a bearer token: viewers read, requesters ask for, renew and
+//! release their own permits and step changes, operators release any permit, halt, resume and
+//! reset breakers, admins reload the policy. Errors are JSON `{"error": …}`; 5xx details go to
+//! the log, not to the caller.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Extension, Json, Router,
-    extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::StatusCode,
+    extract::{
+        DefaultBodyLimit, FromRequest, Path, Query, Request, State,
+        rejection::{JsonRejection, PathRejection},
+    },
+    http::{Method, StatusCode},
     middleware,
     response::{IntoResponse, Response},
-    routing::{delete, get, post},
+    routing::{MethodRouter, delete, get, post},
 };
 use firebreak_plumbing::auth::{Caller, Guard, Tokens, require};
 use firebreak_schema::{ChangeRequest, HaltRequest, Operation, PermitRequest, Phase, Role, Scope, Verdict};
@@ -46,24 +50,35 @@ impl IntoResponse for Error {
     }
 }
 
-/// A JSON body whose rejections are JSON errors too.
+/// A JSON object body whose rejections are JSON errors too. It is read as an object first:
+/// serde would take an array's items for a struct's fields, in order.
 struct Body<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = Response;
     async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
+        let object = match Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state).await {
+            Ok(Json(o)) => o,
             Err(e) => {
                 let code = match e {
                     JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                Err((code, Json(serde_json::json!({"error": e.body_text()}))).into_response())
+                return Err((code, Json(serde_json::json!({"error": e.body_text()}))).into_response());
             }
-        }
+        };
+        serde_json::from_value(serde_json::Value::Object(object)).map(Body).map_err(|e| {
+            Error::BadRequest(format!("Failed to deserialize the JSON body into the target type: {e}")).into_response()
+        })
     }
+}
+
+/// A path's parameters, or a 400 that says which is wrong (a JSON error, as every other).
+type P<T> = Result<Path<T>, PathRejection>;
+
+fn path<T>(p: P<T>) -> Result<T, Error> {
+    p.map(|Path(t)| t).map_err(|e| Error::BadRequest(e.body_text()))
 }
 
 /// Requests per token, when the policy limits them.
@@ -94,11 +109,47 @@ async fn limit_requests(
     next.run(req).await
 }
 
-fn guarded(router: Router<Arc<Gate>>, tokens: &Arc<Tokens>, role: Role, limiter: &Limiter) -> Router<Arc<Gate>> {
-    // Layers run outside in: the token is checked first, then its request rate.
-    router
-        .route_layer(middleware::from_fn_with_state(limiter.clone(), limit_requests))
-        .route_layer(middleware::from_fn_with_state(Guard { tokens: tokens.clone(), role }, require))
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Anyone: liveness and the API's own description.
+    Open,
+    /// A bearer token of this role or a higher one, within the policy's request rate per token.
+    Token(Role),
+    /// Flagger's webhook: a known token in the `Authorization` header or in `metadata.token`.
+    Hook,
+}
+
+/// Every route: method, path, who may call it, and its handler. The router is built from this
+/// table and the OpenAPI document is checked against it.
+pub(crate) fn routes() -> Vec<(Method, &'static str, Access, MethodRouter<Arc<Gate>>)> {
+    use Access::{Hook, Open, Token};
+    use Role::{Admin, Operator, Requester, Viewer};
+    vec![
+        (Method::GET, "/healthz", Open, get(|| async { "ok" })),
+        (Method::GET, "/api/v1/openapi.json", Open, get(openapi)),
+        (Method::GET, "/metrics", Token(Viewer), get(metrics)),
+        (Method::GET, "/api/v1/status", Token(Viewer), get(status)),
+        (Method::GET, "/api/v1/verdict", Token(Viewer), get(verdict)),
+        (Method::GET, "/api/v1/permits", Token(Viewer), get(list_permits)),
+        (Method::POST, "/api/v1/permits", Token(Requester), post(request_permit)),
+        (Method::POST, "/api/v1/permits/{id}/renew", Token(Requester), post(renew_permit)),
+        (Method::DELETE, "/api/v1/permits/{id}", Token(Requester), delete(release_permit)),
+        (Method::GET, "/api/v1/decisions", Token(Viewer), get(list_decisions)),
+        (Method::GET, "/api/v1/halts", Token(Viewer), get(list_halts)),
+        (Method::POST, "/api/v1/halts", Token(Operator), post(halt)),
+        (Method::POST, "/api/v1/halts/{id}/resume", Token(Operator), post(resume)),
+        (Method::POST, "/api/v1/breakers/reset", Token(Operator), post(reset_breaker)),
+        (Method::GET, "/api/v1/changes", Token(Viewer), get(list_changes)),
+        (Method::POST, "/api/v1/changes", Token(Requester), post(register_change)),
+        (Method::GET, "/api/v1/changes/{id}", Token(Viewer), get(get_change)),
+        (Method::POST, "/api/v1/changes/{id}/batches/{n}/begin", Token(Requester), post(begin_batch)),
+        (Method::POST, "/api/v1/changes/{id}/batches/{n}/complete", Token(Requester), post(complete_batch)),
+        (Method::POST, "/api/v1/changes/{id}/resume", Token(Operator), post(resume_change)),
+        (Method::POST, "/api/v1/changes/{id}/abort", Token(Operator), post(abort_change)),
+        (Method::POST, "/api/v1/policy/reload", Token(Admin), post(reload)),
+        (Method::POST, "/api/v1/webhooks/flagger", Hook, post(flagger)),
+    ]
 }
 
 /// The gate's HTTP API.
@@ -107,38 +158,32 @@ pub fn router(gate: Arc<Gate>, tokens: Arc<Tokens>) -> Router {
         .policy()
         .api_rate_per_token
         .map(|r| Arc::new(RateLimiter::keyed(Quota::per_second(r.per_second).allow_burst(r.burst))));
-    let viewer = Router::new()
-        .route("/api/v1/permits", get(list_permits))
-        .route("/api/v1/decisions", get(list_decisions))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/halts", get(list_halts))
-        .route("/api/v1/changes", get(list_changes))
-        .route("/api/v1/changes/{id}", get(get_change))
-        .route("/api/v1/verdict", get(verdict))
-        .route("/metrics", get(metrics));
-    let requester = Router::new()
-        .route("/api/v1/changes", post(register_change))
-        .route("/api/v1/changes/{id}/batches/{n}/begin", post(begin_batch))
-        .route("/api/v1/changes/{id}/batches/{n}/complete", post(complete_batch))
-        .route("/api/v1/permits", post(request_permit))
-        .route("/api/v1/permits/{id}/renew", post(renew_permit))
-        .route("/api/v1/permits/{id}", delete(release_permit));
-    let operator = Router::new()
-        .route("/api/v1/halts", post(halt))
-        .route("/api/v1/halts/{id}/resume", post(resume))
-        .route("/api/v1/breakers/reset", post(reset_breaker))
-        .route("/api/v1/changes/{id}/resume", post(resume_change))
-        .route("/api/v1/changes/{id}/abort", post(abort_change));
-    let admin = Router::new().route("/api/v1/policy/reload", post(reload));
-    Router::new()
-        .merge(guarded(viewer, &tokens, Role::Viewer, &limiter))
-        .merge(guarded(requester, &tokens, Role::Requester, &limiter))
-        .merge(guarded(operator, &tokens, Role::Operator, &limiter))
-        .merge(guarded(admin, &tokens, Role::Admin, &limiter))
-        .route("/api/v1/webhooks/flagger", post(flagger).with_state(FlaggerState { gate: gate.clone(), tokens }))
-        .route("/healthz", get(|| async { "ok" }))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(gate)
+    let mut open = Router::new();
+    let mut guarded: BTreeMap<Role, Router<Arc<Gate>>> = BTreeMap::new();
+    for (_, path, access, handler) in routes() {
+        match access {
+            Access::Token(role) => {
+                let r = guarded.entry(role).or_default();
+                *r = std::mem::take(r).route(path, handler);
+            }
+            Access::Open | Access::Hook => open = open.route(path, handler),
+        }
+    }
+    for (role, routes) in guarded {
+        // Layers run outside in: the token is checked first, then its request rate.
+        let routes = routes
+            .route_layer(middleware::from_fn_with_state(limiter.clone(), limit_requests))
+            .route_layer(middleware::from_fn_with_state(Guard { tokens: tokens.clone(), role }, require));
+        open = open.merge(routes);
+    }
+    open.layer(Extension(tokens)).layer(DefaultBodyLimit::max(BODY_LIMIT)).with_state(gate)
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn register_change(
@@ -152,36 +197,41 @@ async fn register_change(
 async fn begin_batch(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path((id, n)): Path<(String, u32)>,
+    p: P<(String, u32)>,
 ) -> Result<Response, Error> {
+    let (id, n) = path(p)?;
     Ok(Json(gate.begin_batch(&id, n, &caller).await?).into_response())
 }
 
 async fn complete_batch(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path((id, n)): Path<(String, u32)>,
+    p: P<(String, u32)>,
 ) -> Result<Response, Error> {
+    let (id, n) = path(p)?;
     Ok(Json(gate.complete_batch(&id, n, &caller).await?).into_response())
 }
 
 async fn resume_change(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    p: P<String>,
 ) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.resume_change(&id, &caller).await?).into_response())
 }
 
 async fn abort_change(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
+    p: P<String>,
 ) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.abort_change(&id, &caller).await?).into_response())
 }
 
-async fn get_change(State(gate): State<Arc<Gate>>, Path(id): Path<String>) -> Result<Response, Error> {
+async fn get_change(State(gate): State<Arc<Gate>>, p: P<String>) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.change(&id).await?).into_response())
 }
 
@@ -194,6 +244,7 @@ async fn list_changes(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VerdictQuery {
     cluster: String,
     change: Option<String>,
@@ -219,7 +270,7 @@ async fn judge(gate: &Gate, cluster: &str, change: Option<&str>) -> Result<Verdi
     if let Some(id) = change {
         let c = gate.change(id).await?;
         if c.spec.cluster != cluster {
-            return Err(Error::BadRequest(format!("change {id} is in cluster {}, not {cluster}", c.spec.cluster)));
+            return Err(Error::NotFound(format!("no change {id} in cluster {cluster} (it is in {})", c.spec.cluster)));
         }
         if c.state == firebreak_schema::ChangeState::Halted || c.state == firebreak_schema::ChangeState::Aborted {
             halted = Some(format!("change {id} is {}: {}", c.state.as_str(), c.reason.unwrap_or_default()));
@@ -241,12 +292,6 @@ async fn judge(gate: &Gate, cluster: &str, change: Option<&str>) -> Result<Verdi
     Ok(v)
 }
 
-#[derive(Clone)]
-struct FlaggerState {
-    gate: Arc<Gate>,
-    tokens: Arc<Tokens>,
-}
-
 /// Flagger's webhook payload.
 #[derive(Deserialize)]
 struct FlaggerHook {
@@ -265,7 +310,12 @@ struct FlaggerHook {
 /// 200 rolls the canary back (the verdict failed), 403 lets it go on. The cluster comes from
 /// `metadata.cluster` (and an optional `metadata.change`). Flagger sends no headers, so the
 /// viewer token may come as `metadata.token` when there is no `Authorization` header.
-async fn flagger(State(st): State<FlaggerState>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+async fn flagger(
+    State(gate): State<Arc<Gate>>,
+    Extension(tokens): Extension<Arc<Tokens>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let hook: FlaggerHook = match serde_json::from_slice(&body) {
         Ok(h) => h,
         Err(e) => return Error::BadRequest(format!("not a Flagger webhook payload: {e}")).into_response(),
@@ -275,7 +325,7 @@ async fn flagger(State(st): State<FlaggerState>, headers: axum::http::HeaderMap,
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let Some(caller) = bearer.or_else(|| hook.metadata.get("token").cloned()).and_then(|t| st.tokens.check(&t)) else {
+    let Some(caller) = bearer.or_else(|| hook.metadata.get("token").cloned()).and_then(|t| tokens.check(&t)) else {
         return (
             StatusCode::UNAUTHORIZED,
             Json(serde_json::json!({"error": "a known token is needed (Authorization header or metadata.token)"})),
@@ -285,7 +335,7 @@ async fn flagger(State(st): State<FlaggerState>, headers: axum::http::HeaderMap,
     let Some(cluster) = hook.metadata.get("cluster") else {
         return Error::BadRequest("metadata.cluster names no cluster".into()).into_response();
     };
-    let v = match judge(&st.gate, cluster, hook.metadata.get("change").map(String::as_str)).await {
+    let v = match judge(&gate, cluster, hook.metadata.get("change").map(String::as_str)).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -308,16 +358,18 @@ async fn request_permit(
 async fn renew_permit(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    p: P<Uuid>,
 ) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.renew(id, &caller).await?).into_response())
 }
 
 async fn release_permit(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    p: P<Uuid>,
 ) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.release(id, &caller).await?).into_response())
 }
 
@@ -326,6 +378,7 @@ async fn list_permits(State(gate): State<Arc<Gate>>) -> Result<Response, Error> 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Limit {
     limit: Option<i64>,
 }
@@ -357,13 +410,15 @@ async fn halt(
 async fn resume(
     State(gate): State<Arc<Gate>>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    p: P<Uuid>,
 ) -> Result<Response, Error> {
+    let id = path(p)?;
     Ok(Json(gate.resume(id, &caller).await?).into_response())
 }
 
 /// `POST /api/v1/breakers/reset` body.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ResetBreaker {
     operation: Operation,
     scope: Scope,
@@ -391,5 +446,70 @@ async fn metrics(State(gate): State<Arc<Gate>>) -> Response {
             ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
         }
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::from_str(OPENAPI).expect("the document is JSON")
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_who_may_call_it() {
+        let doc = doc();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let documented: BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object().expect("operations").keys().map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> =
+            routes().into_iter().map(|(m, p, _, _)| (m.to_string(), p.to_owned())).collect();
+        assert_eq!(documented, served);
+        for (m, p, access, _) in routes() {
+            let op = &doc["paths"][p][m.as_str().to_lowercase()];
+            assert!(op["summary"].is_string(), "{m} {p} has a summary");
+            match access {
+                Access::Open => assert!(op["security"].is_null(), "{m} {p} is open"),
+                Access::Token(role) => {
+                    assert_eq!(op["security"], serde_json::json!([{"bearer": []}]), "{m} {p} needs a token");
+                    assert_eq!(op["x-role"], role.as_str(), "{m} {p} names its role");
+                    assert!(op["responses"]["403"].is_object(), "{m} {p}: a lesser role's 403");
+                }
+                Access::Hook => {
+                    assert_eq!(op["security"], serde_json::json!([{"bearer": []}, {}]), "{m} {p}: header or body");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_operation_and_state() {
+        let doc = doc();
+        let names = |v: &serde_json::Value| -> BTreeSet<String> {
+            v["enum"].as_array().expect("an enum").iter().map(|s| s.as_str().expect("a name").to_owned()).collect()
+        };
+        let schemas = &doc["components"]["schemas"];
+        let all =
+            |names: &mut dyn Iterator<Item = &'static str>| -> BTreeSet<String> { names.map(str::to_owned).collect() };
+        use firebreak_schema::{ChangeState, PermitState};
+        assert_eq!(names(&schemas["Operation"]), all(&mut Operation::ALL.iter().map(|o| o.as_str())));
+        assert_eq!(
+            names(&schemas["Change"]["properties"]["state"]),
+            all(&mut ChangeState::ALL.iter().map(|s| s.as_str()))
+        );
+        assert_eq!(
+            names(&schemas["Permit"]["properties"]["state"]),
+            all(&mut PermitState::ALL.iter().map(|s| s.as_str()))
+        );
+        assert_eq!(names(&schemas["Phase"]), all(&mut Phase::ALL.iter().map(|p| p.as_str())));
     }
 }

@@ -21,6 +21,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 4] = [Phase::Successful, Phase::Inconclusive, Phase::Error, Phase::Failed];
+
     /// The name on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,17 +97,43 @@ impl BatchSize {
     }
 }
 
+impl BatchSize {
+    /// Most nodes a batch may count (a cluster has at most some thousands).
+    pub const MAX_NODES: u32 = 100_000;
+}
+
 impl std::str::FromStr for BatchSize {
     type Err = Error;
+    /// `N` (1 to 100,000 nodes) or `P%` (more than 0 and at most 100, with at most two decimals),
+    /// between optional spaces; no sign, exponent or leading zero, as the API's document says.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Invalid(format!("batch size `{s}`: expected a node count (≥ 1) or a percentage (`10%`)"));
-        match s.trim().strip_suffix('%') {
+        let bad = || {
+            Error::Invalid(format!(
+                "batch size `{}`: expected a node count (1 to {}) or a percentage (`10%`, `12.5%`)",
+                s.escape_debug(),
+                BatchSize::MAX_NODES
+            ))
+        };
+        let digits = |d: &str, max: usize| {
+            !d.is_empty()
+                && d.len() <= max
+                && d.bytes().all(|b| b.is_ascii_digit())
+                && (d == "0" || !d.starts_with('0'))
+        };
+        let t = s.trim_matches(' ');
+        match t.strip_suffix('%') {
             Some(p) => {
-                let p: f64 = p.trim().parse().map_err(|_| bad())?;
-                if p > 0.0 && p <= 100.0 { Ok(BatchSize::Percent(p)) } else { Err(bad()) }
+                let (whole, fraction) = p.split_once('.').unwrap_or((p, "1"));
+                let plain = digits(whole, 3)
+                    && (1..=2).contains(&fraction.len())
+                    && fraction.bytes().all(|b| b.is_ascii_digit());
+                match p.parse::<f64>() {
+                    Ok(v) if plain && v > 0.0 && v <= 100.0 => Ok(BatchSize::Percent(v)),
+                    _ => Err(bad()),
+                }
             }
-            None => match s.trim().parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(BatchSize::Nodes(n)),
+            None => match t.parse::<u32>() {
+                Ok(n) if digits(t, 6) && (1..=BatchSize::MAX_NODES).contains(&n) => Ok(BatchSize::Nodes(n)),
                 _ => Err(bad()),
             },
         }
@@ -125,7 +154,13 @@ impl TryFrom<serde_json::Value> for BatchSize {
     fn try_from(v: serde_json::Value) -> Result<Self> {
         match v {
             serde_json::Value::String(s) => s.parse(),
-            serde_json::Value::Number(n) => n.to_string().parse(),
+            // A whole number written as `5.0` is an integer to JSON Schema too.
+            serde_json::Value::Number(n) => match n.as_f64() {
+                Some(f) if f.fract() == 0.0 && (1.0..=f64::from(BatchSize::MAX_NODES)).contains(&f) => {
+                    Ok(BatchSize::Nodes(f as u32))
+                }
+                _ => Err(Error::Invalid(format!("batch size {n}: expected 1 to {} nodes", BatchSize::MAX_NODES))),
+            },
             other => Err(Error::Invalid(format!("batch size {other}: expected a number or a string"))),
         }
     }
@@ -156,7 +191,18 @@ pub struct ChangeRequest {
     /// The batches, cumulative.
     pub batches: Vec<BatchSize>,
     /// Seconds to wait after a batch before its health is judged.
+    #[serde(deserialize_with = "whole_number")]
     pub soak_s: u64,
+}
+
+/// A non-negative whole number, written `600` or `600.0` (both integers to JSON Schema).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    match (n.as_u64(), n.as_f64()) {
+        (Some(u), _) => Ok(u),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!("{n}: expected a non-negative whole number"))),
+    }
 }
 
 impl ChangeRequest {
@@ -165,7 +211,9 @@ impl ChangeRequest {
         if !names::is_dns1123_subdomain(&self.id) {
             return Err(Error::Invalid(format!("change id `{}` is not a DNS-1123 name", self.id.escape_debug())));
         }
-        validate_names(&self.cluster, "-")?;
+        if !names::is_dns1123_subdomain(&self.cluster) {
+            return Err(Error::Invalid(format!("cluster `{}` is not a DNS-1123 name", self.cluster.escape_debug())));
+        }
         for (what, v) in [("kind", &self.kind), ("owner", &self.owner)] {
             if v.is_empty() || !names::is_plain_text(v, 256) {
                 return Err(Error::Invalid(format!("{what}: 1 to 256 characters of plain text")));
@@ -198,6 +246,10 @@ pub enum ChangeState {
 }
 
 impl ChangeState {
+    /// Every state, in a change's order.
+    pub const ALL: [ChangeState; 5] =
+        [ChangeState::Ready, ChangeState::InBatch, ChangeState::Halted, ChangeState::Aborted, ChangeState::Completed];
+
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -386,7 +438,30 @@ mod tests {
         let sizes: Vec<u32> = b.iter().map(|b| b.cumulative(25)).collect();
         assert_eq!(sizes, [1, 3, 13, 25]);
         assert_eq!(serde_json::to_string(&b).unwrap(), r#"[1,"10%","50%","100%"]"#);
-        for bad in [r#"[0]"#, r#"["150%"]"#, r#"["x"]"#, r#"[true]"#, r#"["-1"]"#] {
+        let b: Vec<BatchSize> = serde_json::from_str(r#"[" 3 ", 100000, 7.0, "0.01%", "12.5%", "100.00%"]"#).unwrap();
+        assert_eq!(b[0], BatchSize::Nodes(3));
+        assert_eq!(b[2], BatchSize::Nodes(7));
+        assert_eq!(serde_json::to_string(&b[3..]).unwrap(), r#"["0.01%","12.5%","100%"]"#);
+        for bad in [
+            r#"[0]"#,
+            r#"["150%"]"#,
+            r#"["x"]"#,
+            r#"[true]"#,
+            r#"["-1"]"#,
+            r#"[100001]"#,
+            r#"[2.5]"#,
+            r#"["+5"]"#,
+            r#"["05"]"#,
+            r#"["1e1%"]"#,
+            r#"["0%"]"#,
+            r#"["0.00%"]"#,
+            r#"["5.%"]"#,
+            r#"[".5%"]"#,
+            r#"["12.345%"]"#,
+            r#"["100.01%"]"#,
+            r#"["\t5"]"#,
+            r#"["inf%"]"#,
+        ] {
             assert!(serde_json::from_str::<Vec<BatchSize>>(bad).is_err(), "{bad}");
         }
     }

@@ -92,7 +92,7 @@ impl Role {
 
 /// Where a rule, a halt or a breaker applies: everywhere, one cluster, or one failure domain
 /// (a node label and its value, as `topology.kubernetes.io/zone=zone-a`) of one cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Scope {
     /// The cluster; `None` for the whole fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,6 +100,34 @@ pub struct Scope {
     /// The failure domain within the cluster: (label key, value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<(String, String)>,
+}
+
+/// [`Scope`]'s fields as they are read: from an object only (serde would take an array's items
+/// for a struct's fields, in order), and no other field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeFields {
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    domain: Option<(String, String)>,
+}
+
+impl<'de> Deserialize<'de> for Scope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Scope;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a scope: an object with an optional `cluster` and `domain`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> std::result::Result<Scope, A::Error> {
+                let f = ScopeFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Scope { cluster: f.cluster, domain: f.domain })
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
 impl Scope {
@@ -171,6 +199,7 @@ impl std::str::FromStr for Scope {
 
 /// `POST /api/v1/permits` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PermitRequest {
     /// What is about to be done.
     pub operation: Operation,
@@ -231,6 +260,9 @@ pub enum PermitState {
 }
 
 impl PermitState {
+    /// Every state, in a permit's order.
+    pub const ALL: [PermitState; 3] = [PermitState::Active, PermitState::Released, PermitState::Expired];
+
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -273,6 +305,7 @@ pub struct Permit {
 
 /// `POST /api/v1/halts` body: stop operations in a scope until an operator resumes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HaltRequest {
     /// Where.
     pub scope: Scope,
@@ -341,4 +374,22 @@ pub struct BreakerTrip {
     /// Who reset it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_is_read_from_an_object_only() {
+        let s: Scope = serde_json::from_str(r#"{"cluster":"c1","domain":["rack","r7"]}"#).unwrap();
+        assert_eq!(s, Scope::domain("c1", "rack", "r7"));
+        assert_eq!(serde_json::from_str::<Scope>("{}").unwrap(), Scope::global());
+        assert_eq!(serde_json::from_str::<Scope>(r#"{"cluster":null}"#).unwrap(), Scope::global());
+        for bad in [r#"[null, null]"#, r#"["c1"]"#, r#"{"cluster":"c1","zone":"a"}"#, r#""global""#, "null"] {
+            assert!(serde_json::from_str::<Scope>(bad).is_err(), "{bad}");
+        }
+        let s = Scope::domain("c1", "topology.kubernetes.io/zone", "a");
+        assert_eq!(serde_json::from_str::<Scope>(&serde_json::to_string(&s).unwrap()).unwrap(), s);
+    }
 }
