@@ -123,10 +123,9 @@ impl std::str::FromStr for BatchSize {
         let t = s.trim_matches(' ');
         match t.strip_suffix('%') {
             Some(p) => {
-                let (whole, fraction) = p.split_once('.').unwrap_or((p, "1"));
+                let (whole, fraction) = p.split_once('.').map_or((p, None), |(w, f)| (w, Some(f)));
                 let plain = digits(whole, 3)
-                    && (1..=2).contains(&fraction.len())
-                    && fraction.bytes().all(|b| b.is_ascii_digit());
+                    && fraction.is_none_or(|f| (1..=2).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()));
                 match p.parse::<f64>() {
                     Ok(v) if plain && v > 0.0 && v <= 100.0 => Ok(BatchSize::Percent(v)),
                     _ => Err(bad()),
