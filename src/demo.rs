@@ -829,7 +829,10 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> Result<()> {
     }
     println!("  event center (web UI): {}/", stack.event_center_url);
     println!("  events API:            {}/api/v1/events", stack.event_center_url);
-    println!("  gate:                  {} (every route but /healthz needs a token)", stack.gate_url);
+    println!(
+        "  gate:                  {} (every route but /healthz and /api/v1/openapi.json needs a token)",
+        stack.gate_url
+    );
     println!("    operator token:      {}", stack.tokens.operator);
     println!("    viewer token:        {}", stack.tokens.viewer);
     println!(

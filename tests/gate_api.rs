@@ -502,13 +502,16 @@ async fn tokens_and_roles_decide_who_may_do_what() {
     let http = reqwest::Client::new();
     let url = &gate.url;
 
-    // No token, or a wrong one: 401, on every route but /healthz.
+    // No token, or a wrong one: 401, on every route but /healthz and the API's document.
     assert_eq!(http.post(format!("{url}/api/v1/permits")).json(&request("n1")).send().await.unwrap().status(), 401);
     assert_eq!(ask(&http, url, "not-a-token", &request("n1")).await.status(), 401);
     for path in ["/api/v1/permits", "/api/v1/decisions", "/api/v1/status", "/metrics"] {
         assert_eq!(http.get(format!("{url}{path}")).send().await.unwrap().status(), 401, "{path}");
     }
     assert_eq!(http.get(format!("{url}/healthz")).send().await.unwrap().status(), 200);
+    let doc = http.get(format!("{url}/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(doc.status(), 200);
+    assert_eq!(doc.json::<serde_json::Value>().await.unwrap()["info"]["title"], "Firebreak gate");
     // A viewer reads but may not ask.
     assert_eq!(ask(&http, url, &secrets.viewer, &request("n1")).await.status(), 403);
     let r: PermitResponse = ask(&http, url, &secrets.requester, &request("n1")).await.json().await.unwrap();
