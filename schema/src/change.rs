@@ -154,10 +154,8 @@ impl TryFrom<serde_json::Value> for BatchSize {
         match v {
             serde_json::Value::String(s) => s.parse(),
             // A whole number written as `5.0` is an integer to JSON Schema too.
-            serde_json::Value::Number(n) => match n.as_f64() {
-                Some(f) if f.fract() == 0.0 && (1.0..=f64::from(BatchSize::MAX_NODES)).contains(&f) => {
-                    Ok(BatchSize::Nodes(f as u32))
-                }
+            serde_json::Value::Number(n) => match whole(&n).and_then(|u| u32::try_from(u).ok()) {
+                Some(u) if (1..=BatchSize::MAX_NODES).contains(&u) => Ok(BatchSize::Nodes(u)),
                 _ => Err(Error::Invalid(format!("batch size {n}: expected 1 to {} nodes", BatchSize::MAX_NODES))),
             },
             other => Err(Error::Invalid(format!("batch size {other}: expected a number or a string"))),
@@ -194,14 +192,18 @@ pub struct ChangeRequest {
     pub soak_s: u64,
 }
 
-/// A non-negative whole number, written `600` or `600.0` (both integers to JSON Schema).
+/// A JSON number as a non-negative whole number, written `600` or `600.0` (both integers to
+/// JSON Schema); `None` for a fraction, a negative number or one past 2^53.
+fn whole(n: &serde_json::Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f)).map(|f| f as u64)
+    })
+}
+
+/// Reads a field with [`whole`].
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    match (n.as_u64(), n.as_f64()) {
-        (Some(u), _) => Ok(u),
-        (None, Some(f)) if f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(&f) => Ok(f as u64),
-        _ => Err(serde::de::Error::custom(format!("{n}: expected a non-negative whole number"))),
-    }
+    whole(&n).ok_or_else(|| serde::de::Error::custom(format!("{n}: expected a non-negative whole number")))
 }
 
 impl ChangeRequest {
