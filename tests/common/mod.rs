@@ -45,18 +45,23 @@ pub fn tool(env: &str, in_target: &str, name: &str) -> Option<PathBuf> {
     found
 }
 
-/// Runs schemathesis (found by [`tool`]; `None` when it is not here and not required) against
-/// the OpenAPI document at `base/api/v1/openapi.json`, with a bearer token, the per-operation
-/// `config` (TOML, written to `dir`) and `extra` arguments; every phase and check, a fixed seed
-/// and 40 examples per operation. Returns whether it passed, and its report.
+/// schemathesis, found by [`tool`]: `None` when it is not here and not required.
+pub fn schemathesis_tool() -> Option<PathBuf> {
+    tool("FIREBREAK_SCHEMATHESIS", "venv/bin/schemathesis", "schemathesis")
+}
+
+/// Runs schemathesis (`tool`, from [`schemathesis_tool`]) against the OpenAPI document at
+/// `base/api/v1/openapi.json`, with a bearer token, the per-operation `config` (TOML, written to
+/// `dir`) and `extra` arguments; every phase and check, a fixed seed and 40 examples per
+/// operation. Returns whether it passed, and its report.
 pub async fn schemathesis(
+    tool: &std::path::Path,
     dir: &std::path::Path,
     base: &str,
     token: &str,
     config: &str,
     extra: &[&str],
-) -> Option<(bool, String)> {
-    let tool = tool("FIREBREAK_SCHEMATHESIS", "venv/bin/schemathesis", "schemathesis")?;
+) -> (bool, String) {
     let file = dir.join("schemathesis.toml");
     std::fs::write(&file, config).unwrap();
     let out = tokio::process::Command::new(tool)
@@ -71,10 +76,7 @@ pub async fn schemathesis(
         .output()
         .await
         .unwrap();
-    Some((
-        out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-    ))
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// The prefix of a test process's directory; its process id follows.
